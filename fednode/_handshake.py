@@ -1,0 +1,176 @@
+"""Both sides of the authenticated link handshake.
+
+Dialer: HTTP upgrade carrying ``Authorization: Bearer <token for the peer>``; the listener answers
+101 with ``X-Fednode-Token: <token for the dialer>`` (or 401/403 and no WebSocket). The dialer
+verifies that token before it sends anything. Then each side sends one ``hello`` frame (dialer
+first) naming itself and the protocol version. The whole exchange runs under one deadline
+(``[link] handshake_timeout``) on each side.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    WebSocketRequest,
+    connect_websocket_url,
+)
+
+from . import _wire as wire
+from ._auth import FORBIDDEN_REASONS, AuthReason
+from ._config import PeerConfig
+from ._errors import AuthError, FednodeError, ProtocolError
+from ._link import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+TOKEN_HEADER = b"x-fednode-token"
+SOFTWARE = "fednode"
+
+
+class HandshakeFailed(FednodeError):
+    """The link handshake failed; ``str()`` says why in one line."""
+
+
+def header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    """All values of header ``name`` (case-insensitive)."""
+    return [value for key, value in headers if key.lower() == name]
+
+
+def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The token of a single ``Authorization: Bearer`` header, or None."""
+    values = header(headers, b"authorization")
+    if len(values) != 1:
+        return None
+    scheme, _, token = values[0].strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    try:
+        return token.strip().decode("ascii") or None
+    except UnicodeDecodeError:
+        return None
+
+
+async def close_quietly(ws: WebSocketConnection, code: int, reason: str, timeout: float = 1.0) -> None:
+    """Send a close frame and wait (bounded, shielded) for the close to complete."""
+    with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+        await ws.aclose(code, reason)
+
+
+def check_hello(frame: str | bytes, expected_node: str) -> wire.Hello:
+    """Validate the peer's first frame.
+
+    Raises:
+        ProtocolError: it is not a hello from ``expected_node`` speaking our version.
+    """
+    message = wire.decode(frame)
+    if not isinstance(message, wire.Hello):
+        raise ProtocolError(f"expected a hello frame first, got {message.TYPE!r}")
+    if message.node != expected_node:
+        raise ProtocolError(f"hello names node {message.node[:64]!r}, but the token was issued by {expected_node!r}")
+    if message.version != wire.PROTOCOL_VERSION:
+        raise ProtocolError(f"peer speaks protocol version {message.version}, this node speaks {wire.PROTOCOL_VERSION}")
+    return message
+
+
+def client_ssl_context(node: Node) -> ssl.SSLContext:
+    """The TLS context used to dial wss:// peers (trusting ``[tls] ca`` when set)."""
+    ca = node.config.tls.ca
+    return ssl.create_default_context(cafile=str(ca) if ca else None)
+
+
+async def dial(node: Node, peer: PeerConfig, nursery: trio.Nursery) -> WebSocketConnection:
+    """Connect to ``peer``, authenticate both ways and exchange hellos.
+
+    The WebSocket's background reader runs in ``nursery``; cancel it to drop the connection.
+
+    Raises:
+        HandshakeFailed: with a one-line reason (refused, timed out, bad token, protocol error...).
+    """
+    assert peer.control is not None
+    timeout = node.config.link.handshake_timeout
+    token = node.auth.create_token(peer.id)
+    context = client_ssl_context(node) if peer.control.startswith("wss://") else None
+    ws: WebSocketConnection | None = None
+    try:
+        with trio.fail_after(timeout):
+            ws = await connect_websocket_url(
+                nursery, peer.control, context,
+                extra_headers=[(b"authorization", b"Bearer " + token.encode())],
+                max_message_size=node.config.link.max_message_size,
+            )
+            replies = header(ws.handshake_headers, TOKEN_HEADER)
+            try:
+                node.auth.verify_token(replies[0].decode("ascii") if len(replies) == 1 else None,
+                                       expected_issuer=peer.id)
+            except (AuthError, UnicodeDecodeError) as exc:
+                reason = exc.reason if isinstance(exc, AuthError) else AuthReason.GARBAGE.value
+                node.count_refused(reason)
+                await close_quietly(ws, CLOSE_POLICY, "authentication failed")
+                raise HandshakeFailed(f"peer's proof of identity refused: {exc}") from None
+            await ws.send_message(wire.encode(wire.Hello(node=node.id, software=SOFTWARE)))
+            try:
+                check_hello(await ws.get_message(), peer.id)
+            except ProtocolError as exc:
+                await close_quietly(ws, CLOSE_PROTOCOL_ERROR, "bad hello")
+                raise HandshakeFailed(f"bad hello from peer: {exc}") from None
+        return ws
+    except trio.TooSlowError:
+        raise HandshakeFailed(f"handshake not complete within {timeout:g}s") from None
+    except ConnectionRejected as exc:
+        body = (exc.body or b"").decode("utf-8", "replace")[:100]
+        raise HandshakeFailed(f"refused by peer: HTTP {exc.status_code} {body}".rstrip()) from None
+    except HandshakeError as exc:
+        raise HandshakeFailed(f"WebSocket handshake failed: {type(exc).__name__}") from None
+    except ConnectionClosed as exc:
+        code = exc.reason.code if exc.reason else "?"
+        raise HandshakeFailed(f"connection closed during handshake ({code})") from None
+    except (OSError, trio.BrokenResourceError) as exc:
+        raise HandshakeFailed(f"cannot connect to {peer.control}: {exc}") from None
+
+
+async def accept(node: Node, request: WebSocketRequest, remote: str) -> tuple[WebSocketConnection, str] | None:
+    """Authenticate an inbound request; on success accept it and exchange hellos.
+
+    Returns:
+        ``(ws, peer_id)``, or None when the request was refused (already answered and logged).
+    """
+    if node.closing:
+        await request.reject(503, body=b"node is shutting down")
+        return None
+    expected_path = node.control_path
+    if request.path.split("?", 1)[0] != expected_path:
+        await request.reject(404, body=b"not a fednode control endpoint")
+        return None
+    try:
+        claims = node.auth.verify_token(bearer_token(request.headers))
+    except AuthError as exc:
+        node.count_refused(exc.reason)
+        node.log.warning("auth.refused", reason=exc.reason, detail=exc.detail, remote=remote)
+        status = 403 if exc.reason in {r.value for r in FORBIDDEN_REASONS} else 401
+        await request.reject(status, extra_headers=[(b"content-type", b"text/plain")],
+                             body=exc.reason.encode())
+        return None
+    peer_id = claims.issuer
+    if not node.has_peer(peer_id):  # removed between verification and now
+        await request.reject(403, body=AuthReason.UNKNOWN_ISSUER.value.encode())
+        return None
+    reply = node.auth.create_token(peer_id)
+    ws = await request.accept(extra_headers=[(TOKEN_HEADER, reply.encode())])
+    try:
+        check_hello(await ws.get_message(), peer_id)
+    except ProtocolError as exc:
+        node.log.warning("handshake.bad_hello", peer=peer_id, remote=remote, error=str(exc))
+        await close_quietly(ws, CLOSE_PROTOCOL_ERROR, "bad hello")
+        return None
+    await ws.send_message(wire.encode(wire.Hello(node=node.id, software=SOFTWARE)))
+    return ws, peer_id
+

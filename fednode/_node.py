@@ -1,0 +1,303 @@
+"""The node: owns the root nursery, the listener and one supervisor per peer; the public API."""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import structlog
+import trio
+
+from . import _wire as wire
+from ._auth import AuthManager
+from ._config import NodeConfig, PeerConfig
+from ._errors import PeerUnavailableError, UnknownPeerError
+from ._link import CLOSE_NORMAL, Handlers, NotificationHandler, RequestContext, RequestHandler
+from ._listener import Listener
+from ._supervisor import PeerStatus, PeerSupervisor
+from ._version import __version__
+
+DEFAULT_REQUEST_TIMEOUT = 30.0
+
+
+class Node:
+    """A running fednode. Obtain one from :func:`open_node` or :func:`serve`; don't construct it directly.
+
+    Attributes:
+        config: the configuration the node was started with.
+        id: this node's id.
+        auth: the node's :class:`AuthManager`.
+        handlers: the method table for requests and notifications from peers.
+    """
+
+    def __init__(self, config: NodeConfig, nursery: trio.Nursery, *,
+                 jitter: Callable[[float], float] | None = None) -> None:
+        self.config = config
+        self.id = config.id
+        self.log = structlog.get_logger("fednode").bind(node=config.id)
+        self.auth = AuthManager(config.id, config.auth)
+        self.handlers = Handlers()
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.started_at = trio.current_time()
+        self._nursery = nursery
+        self._jitter = jitter
+        self._supervisors: dict[str, PeerSupervisor] = {}
+        self._registry_lock = trio.Lock()
+        self._listener = Listener(self)
+        self._closing = False
+        self._changed = trio.Event()
+        self.register_handler("echo", _echo)
+        self.register_handler("node/info", self._node_info)
+
+    # -- addresses --------------------------------------------------------------------------
+
+    @property
+    def control_url(self) -> str:
+        """The control URL peers dial, with the real port when the config asked for port 0."""
+        parts = urlsplit(self.config.control)
+        if self._listener.port is None:
+            return self.config.control
+        host = parts.hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return urlunsplit((parts.scheme, f"{host}:{self._listener.port}", parts.path, "", ""))
+
+    @property
+    def control_path(self) -> str:
+        """The HTTP path of the control endpoint (``/`` unless the control URL names one)."""
+        return urlsplit(self.config.control).path or "/"
+
+    # -- peers ------------------------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """True once the node has begun to shut down."""
+        return self._closing
+
+    def has_peer(self, peer_id: str) -> bool:
+        """Whether ``peer_id`` is registered."""
+        return peer_id in self._supervisors
+
+    def supervisor(self, peer_id: str) -> PeerSupervisor | None:
+        """The supervisor of a registered peer, if any."""
+        return self._supervisors.get(peer_id)
+
+    async def register_peer(self, peer: PeerConfig, *, wait: bool = True, keep_retrying: bool = True) -> None:
+        """Add a peer at runtime (or replace the registered peer with the same id).
+
+        Args:
+            peer: the peer to add.
+            wait: when the peer has a control URL, return only once the first dial has succeeded.
+            keep_retrying: if the first dial fails, keep the peer and its supervisor retrying with
+                backoff (True), or remove it again (False). Either way the error is raised.
+
+        Raises:
+            PeerConnectError: ``wait`` was set and the first dial failed.
+            ValueError: the peer has this node's own id.
+        """
+        if peer.id == self.id:
+            raise ValueError(f"peer id {peer.id!r} is this node's own id")
+        async with self._registry_lock:
+            if peer.id in self._supervisors:
+                await self._remove(peer.id, "peer replaced")
+            supervisor = PeerSupervisor(self, peer, self._jitter)
+            self.auth.set_peer(peer)
+            self._supervisors[peer.id] = supervisor
+            await self._nursery.start(self._supervise, supervisor)
+        if wait and peer.control:
+            await supervisor.first_attempt.wait()
+            if supervisor.first_error is not None:
+                if not keep_retrying and self._supervisors.get(peer.id) is supervisor:
+                    await self.remove_peer(peer.id)
+                raise supervisor.first_error
+
+    async def _supervise(self, supervisor: PeerSupervisor, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await supervisor.run(task_status=task_status)
+        finally:
+            if self._supervisors.get(supervisor.peer.id) is supervisor:
+                del self._supervisors[supervisor.peer.id]
+                self.auth.drop_peer(supervisor.peer.id)
+
+    async def remove_peer(self, peer_id: str) -> None:
+        """Remove a peer: close its link with a normal close frame and end its supervisor.
+
+        Returns once the supervisor and its link have ended (bounded by ``shutdown_grace``).
+
+        Raises:
+            UnknownPeerError: no such peer is registered.
+        """
+        async with self._registry_lock:
+            await self._remove(peer_id, "peer removed")
+
+    async def _remove(self, peer_id: str, reason: str) -> None:
+        supervisor = self._supervisors.pop(peer_id, None)
+        if supervisor is None:
+            raise UnknownPeerError(peer_id, f"no peer {peer_id!r} is registered")
+        self.auth.drop_peer(peer_id)
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self.config.shutdown_grace):
+                await supervisor.stop_link(CLOSE_NORMAL, reason)
+            supervisor.scope.cancel()
+            await supervisor.finished.wait()
+        self.log.info("peer.removed", peer=peer_id, reason=reason)
+
+    def connected_peers(self) -> list[str]:
+        """Ids of the peers with a live link, sorted."""
+        return sorted(pid for pid, s in self._supervisors.items() if s.link is not None and s.link.is_up)
+
+    def peer_states(self) -> dict[str, PeerStatus]:
+        """Each registered peer's state, last RTT, reconnect count and last error."""
+        return {pid: s.status() for pid, s in sorted(self._supervisors.items())}
+
+    async def wait_connected(self, *peer_ids: str, timeout: float = 10.0) -> None:
+        """Wait until every named peer (default: all registered) has a live link.
+
+        Raises:
+            trio.TooSlowError: not all of them connected within ``timeout``.
+        """
+        wanted = set(peer_ids or self._supervisors)
+        with trio.fail_after(timeout):
+            while not wanted <= set(self.connected_peers()):
+                await self._changed.wait()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def register_handler(self, method: str, handler: RequestHandler) -> None:
+        """Serve requests for ``method``: ``await handler(params, context)`` returns the result.
+
+        The handler may raise :class:`~fednode.RequestError` to answer with a specific error.
+        Registering a method again replaces its handler.
+        """
+        self.handlers.requests[method] = handler
+
+    def register_notification_handler(self, method: str, handler: NotificationHandler) -> None:
+        """Handle notifications for ``method``: ``await handler(params, context)``."""
+        self.handlers.notifications[method] = handler
+
+    def _live_link(self, peer_id: str) -> Any:
+        supervisor = self._supervisors.get(peer_id)
+        if supervisor is None:
+            raise UnknownPeerError(peer_id, f"no peer {peer_id!r} is registered")
+        link = supervisor.link
+        if link is None or not link.is_up:
+            detail = f"; last error: {supervisor.last_error}" if supervisor.last_error else ""
+            raise PeerUnavailableError(
+                peer_id, f"peer {peer_id!r} has no live link (state: {supervisor.state.value}{detail})")
+        return link
+
+    async def request(self, peer_id: str, method: str, params: Any = None, *,
+                      timeout: float = DEFAULT_REQUEST_TIMEOUT) -> Any:
+        """Send a request to a peer and return its result.
+
+        Raises:
+            UnknownPeerError: the peer is not registered.
+            PeerUnavailableError: the peer has no live link right now.
+            LinkClosedError: the link closed before the answer (raised at once).
+            RequestTimeoutError: no answer within ``timeout`` seconds.
+            RemoteError: the peer answered with an error.
+            MessageTooLargeError: the request exceeds ``max_message_size``.
+        """
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        return await self._live_link(peer_id).request(method, params, timeout=timeout)
+
+    async def notify(self, peer_id: str, method: str, params: Any = None) -> None:
+        """Send a notification to a peer (no answer).
+
+        Raises:
+            UnknownPeerError, PeerUnavailableError, LinkClosedError, MessageTooLargeError.
+        """
+        await self._live_link(peer_id).notify(method, params)
+
+    async def _node_info(self, params: Any, context: RequestContext) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "software": "fednode",
+            "version": __version__,
+            "protocol": wire.PROTOCOL_VERSION,
+            "peers": self.connected_peers(),
+            "uptime": round(trio.current_time() - self.started_at, 3),
+        }
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def notify_change(self) -> None:
+        """Wake everyone waiting for a change of peer state (called by supervisors)."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def count_refused(self, reason: str) -> None:
+        """Count one refused authentication by reason (shown by status and metrics later)."""
+        self.refused[reason] += 1
+
+    async def _start(self) -> None:
+        await self._nursery.start(self._listener.serve)
+        self.log.info("node.started", control=self.control_url, peers=len(self.config.peers),
+                      version=__version__)
+        for peer in self.config.peers:
+            await self.register_peer(peer, wait=False)
+
+    async def _shutdown(self) -> None:
+        """Close every link gracefully (bounded by ``shutdown_grace``), then cancel all node tasks."""
+        with trio.CancelScope(shield=True):
+            if not self._closing:
+                self._closing = True
+                started = trio.current_time()
+                self.log.info("node.shutdown", peers=len(self._supervisors), grace=self.config.shutdown_grace)
+                with trio.move_on_after(self.config.shutdown_grace):
+                    async with trio.open_nursery() as closers:
+                        for supervisor in list(self._supervisors.values()):
+                            closers.start_soon(supervisor.stop_link, CLOSE_NORMAL, "node shutting down")
+                self._nursery.cancel_scope.cancel()
+                self.log.info("node.stopped", seconds=round(trio.current_time() - started, 3))
+
+
+async def _echo(params: Any, context: RequestContext) -> Any:
+    return params
+
+
+@asynccontextmanager
+async def open_node(config: NodeConfig, *, jitter: Callable[[float], float] | None = None) -> AsyncIterator[Node]:
+    """Run a node inside the caller's Trio program for the duration of the ``async with`` block.
+
+    The listener is bound and every configured peer's supervisor started before the block begins
+    (links come up in the background; see :meth:`Node.wait_connected`). Leaving the block, by any
+    route including cancellation, closes every link with a normal close frame, waiting at most
+    ``shutdown_grace`` for the peers to answer, then cancels everything the node started.
+
+    Args:
+        config: the node's configuration (see :func:`fednode.load_config`).
+        jitter: backoff jitter function, for tests; default full jitter.
+
+    Raises:
+        OSError: the control address cannot be bound.
+    """
+    async with trio.open_nursery() as outer:
+        # The node's tasks live in a shielded scope so that cancelling the caller does not tear
+        # the links down mid-frame: the finally below closes them properly, then cancels them.
+        node: Node = await outer.start(_run_node_tasks, config, jitter)
+        try:
+            await node._start()
+            yield node
+        finally:
+            await node._shutdown()
+
+
+async def _run_node_tasks(config: NodeConfig, jitter: Callable[[float], float] | None, *,
+                          task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.CancelScope(shield=True):
+        async with trio.open_nursery() as nursery:
+            task_status.started(Node(config, nursery, jitter=jitter))
+            await trio.sleep_forever()  # until Node._shutdown cancels this nursery
+
+
+async def serve(config: NodeConfig, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a node until cancelled; ``node = await nursery.start(fednode.serve, config)``."""
+    async with open_node(config) as node:
+        task_status.started(node)
+        await trio.sleep_forever()
