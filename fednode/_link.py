@@ -117,6 +117,7 @@ class Link:
         self._serving: dict[int, trio.CancelScope] = {}
         self._next_id = 1
         self._protocol_errors = 0
+        self._last_words: wire.Message | None = None
         self._ping_seq = 0
         self._ping_sent_at = 0.0
         self._last_pong = self.started_at
@@ -151,6 +152,9 @@ class Link:
         finally:
             self._end(self.end_reason or f"closed locally: {self._close_text}")
             with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
+                if self._last_words is not None:
+                    with contextlib.suppress(ConnectionClosed):
+                        await self.ws.send_message(wire.encode(self._last_words))
                 await self.ws.aclose(self._close_code, self._close_text)
             self.ended.set()
         assert self.end_reason is not None
@@ -288,9 +292,12 @@ class Link:
         self._protocol_errors += 1
         limit = self.config.link.max_protocol_errors
         self.log.warning("link.protocol_error", error=str(exc), count=self._protocol_errors, limit=limit)
-        self._send_control(wire.Error(id=request_id, code=exc.code, message=str(exc)))
+        reply = wire.Error(id=request_id, code=exc.code, message=str(exc))
         if self._protocol_errors >= limit:
+            self._last_words = reply  # sent just before the close frame, so the peer learns why
             self.stop(CLOSE_POLICY, "too many protocol errors")
+        else:
+            self._send_control(reply)
 
     def _dispatch(self, message: wire.Message, handlers: trio.Nursery) -> None:
         match message:

@@ -208,4 +208,6 @@ def _describe(exc: BaseException) -> str:
             where = "; ".join(str(n) for n in getattr(sub, "__notes__", []))
             notes.append(f"{_describe(sub)}" + (f" ({where})" if where else ""))
         return "; ".join(notes)[:300]
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}" if exc.args else "missing field"
     return str(exc)[:300] or type(exc).__name__

@@ -1,0 +1,500 @@
+#!/usr/bin/env python3
+"""Benchmark fednode links against a bare trio-websocket echo, measured in the same run.
+
+Everything runs in this one process, on 127.0.0.1 with port 0, under one ``trio.run``:
+
+1. Round trip over one link. A bare trio-websocket echo server/client pair and two fednode nodes
+   (``node-a`` dials ``node-b``; the built-in ``echo`` method) are set up side by side; measurement
+   rounds alternate between them so drift (CPU frequency, other load) hits both alike.
+   * sequential: one request at a time; p50, p99 and mean round trip in microseconds;
+   * pipelined: ``--inflight`` requests in flight over the same single connection; messages/s.
+2. Memory per idle link: ``--links`` bare WebSocket connections, then one fednode hub with
+   ``--links`` spoke nodes each dialing it. tracemalloc compares a snapshot taken once every node
+   (or the bare server) is up but before any link exists with one taken after every link is up
+   and has idled for a couple of heartbeat intervals. Both ends of each link live in this process,
+   so "per end" is half of "per link". The VmRSS delta (minus tracemalloc's own bookkeeping) is
+   printed as a secondary, coarser figure.
+
+Targets (from the issue): a node-to-node echo costs at most 1.3x the bare round trip (sequential
+p50), and an idle link costs under 100 KiB (per end). Results are printed, never turned into an
+exit status.
+
+Usage::
+
+    .venv/bin/python scripts/bench_links.py            # default run (< ~60 s on 2 cores)
+    .venv/bin/python scripts/bench_links.py --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import sys
+import time
+import tracemalloc
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from importlib.metadata import version
+
+import structlog
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, connect_websocket, serve_websocket
+
+import fednode
+
+HOST = "127.0.0.1"
+#: A benchmark-only HS512 secret (>= 64 bytes); never a real deployment's.
+SECRET = "bench-secret-" + "0123456789abcdef" * 5
+RTT_TARGET = 1.3  # fednode sequential p50 / bare sequential p50
+LINK_TARGET_KIB = 100.0  # tracemalloc bytes per idle link end
+ROUNDS = 5  # alternating measurement rounds per mode
+
+RoundTrip = Callable[[int], Awaitable[None]]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def quiet_logging() -> None:
+    """Only fednode warnings and errors, on stderr (info events would flood stdout and cost time)."""
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def raise_fd_limit(links: int) -> None:
+    """Each fednode link costs two sockets plus a listener per spoke node; make room for them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 6 * links + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+def node_config(node_id: str, *, interval: float, timeout: float, inflight: int) -> fednode.NodeConfig:
+    return fednode.NodeConfig.from_mapping({
+        "node": {"id": node_id, "control": f"ws://{HOST}:0", "data": f"http://{HOST}:0", "shutdown_grace": "2s"},
+        "auth": {"secret": SECRET},
+        "heartbeat": {"interval": interval, "timeout": timeout},
+        "backoff": {"initial": "0.05s", "max": "0.5s", "reset_after": "1s"},
+        "link": {"handshake_timeout": "20s", "max_inflight": max(128, inflight)},
+    })
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    index = max(0, math.ceil(fraction * len(ordered)) - 1)
+    return ordered[index]
+
+
+def rss_bytes() -> int | None:
+    """Current resident set size (VmRSS), or None where /proc is not available."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def split(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+class Stats:
+    """Round-trip samples (ns) and pipelined totals for one contender."""
+
+    def __init__(self) -> None:
+        self.sequential_ns: list[int] = []
+        self.pipelined_ns: list[int] = []
+        self.pipelined_messages = 0
+        self.pipelined_elapsed_ns = 0
+
+    def seq(self, fraction: float | None = None) -> float:
+        """Sequential round trip in microseconds: a percentile, or the mean when fraction is None."""
+        if fraction is None:
+            return sum(self.sequential_ns) / len(self.sequential_ns) / 1000
+        return percentile(sorted(self.sequential_ns), fraction) / 1000
+
+    def pipe_p50(self) -> float:
+        return percentile(sorted(self.pipelined_ns), 0.5) / 1000
+
+    def throughput(self) -> float:
+        return self.pipelined_messages / (self.pipelined_elapsed_ns / 1e9)
+
+
+# -- round-trip measurement ---------------------------------------------------------------------
+
+
+async def run_sequential(call: RoundTrip, count: int, first: int, samples: list[int]) -> None:
+    clock = time.perf_counter_ns
+    for i in range(first, first + count):
+        started = clock()
+        await call(i)
+        samples.append(clock() - started)
+
+
+async def run_pipelined_tasks(call: RoundTrip, count: int, inflight: int, first: int, stats: Stats) -> None:
+    """``inflight`` tasks each issue requests back to back over the same link, ``count`` in total."""
+    clock = time.perf_counter_ns
+
+    async def worker(start: int, n: int) -> None:
+        for i in range(start, start + n):
+            began = clock()
+            await call(i)
+            stats.pipelined_ns.append(clock() - began)
+
+    started = clock()
+    async with trio.open_nursery() as nursery:
+        start = first
+        for n in split(count, inflight):
+            nursery.start_soon(worker, start, n)
+            start += n
+    stats.pipelined_elapsed_ns += clock() - started
+    stats.pipelined_messages += count
+
+
+async def bare_echo_handler(request: WebSocketRequest) -> None:
+    ws = await request.accept()
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except ConnectionClosed:
+        pass
+
+
+class BareClient:
+    """The bare trio-websocket contender: JSON text out, the same text echoed back, JSON parsed."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+
+    async def round_trip(self, i: int) -> None:
+        await self.ws.send_message(json.dumps({"seq": i}))
+        reply = json.loads(await self.ws.get_message())
+        if reply["seq"] != i:
+            raise RuntimeError(f"bare echo out of order: sent {i}, got {reply!r}")
+
+    async def pipelined(self, count: int, inflight: int, first: int, stats: Stats) -> None:
+        """One sender and one receiver task; at most ``inflight`` messages unanswered at a time."""
+        clock = time.perf_counter_ns
+        window = trio.Semaphore(inflight)
+        sent_at: deque[int] = deque()
+
+        async def sender() -> None:
+            for i in range(first, first + count):
+                await window.acquire()
+                sent_at.append(clock())
+                await self.ws.send_message(json.dumps({"seq": i}))
+
+        async def receiver() -> None:
+            for i in range(first, first + count):
+                reply = json.loads(await self.ws.get_message())
+                stats.pipelined_ns.append(clock() - sent_at.popleft())
+                if reply["seq"] != i:
+                    raise RuntimeError(f"bare echo out of order: sent {i}, got {reply!r}")
+                window.release()
+
+        started = clock()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver)
+            nursery.start_soon(sender)
+        stats.pipelined_elapsed_ns += clock() - started
+        stats.pipelined_messages += count
+
+
+class NodeClient:
+    """The fednode contender: ``node-a`` requests ``echo`` from ``node-b`` over their link."""
+
+    def __init__(self, node: fednode.Node, peer_id: str) -> None:
+        self.node = node
+        self.peer_id = peer_id
+
+    async def round_trip(self, i: int) -> None:
+        params = {"seq": i}
+        reply = await self.node.request(self.peer_id, "echo", params, timeout=10)
+        if reply != params:
+            raise RuntimeError(f"fednode echo mismatch: sent {params!r}, got {reply!r}")
+
+    async def pipelined(self, count: int, inflight: int, first: int, stats: Stats) -> None:
+        await run_pipelined_tasks(self.round_trip, count, inflight, first, stats)
+
+
+async def bench_round_trips(args: argparse.Namespace) -> tuple[Stats, Stats]:
+    bare, node = Stats(), Stats()
+    config_a = node_config("node-a", interval=5.0, timeout=15.0, inflight=args.inflight)
+    config_b = node_config("node-b", interval=5.0, timeout=15.0, inflight=args.inflight)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        server = await nursery.start(serve_websocket, bare_echo_handler, HOST, 0, None)
+        ws = await connect_websocket(nursery, HOST, server.port, "/", use_ssl=False)
+        bare_client = BareClient(ws)
+
+        a = await stack.enter_async_context(fednode.open_node(config_a))
+        b = await stack.enter_async_context(fednode.open_node(config_b))
+        await b.register_peer(fednode.PeerConfig(id=a.id), wait=False)  # dials in only
+        await a.register_peer(fednode.PeerConfig(id=b.id, control=b.control_url))
+        await a.wait_connected(b.id, timeout=10)
+        await b.wait_connected(a.id, timeout=10)
+        node_client = NodeClient(a, b.id)
+
+        contenders = [(bare_client, bare), (node_client, node)]
+        warmup = args.warmup
+        for client, _ in contenders:  # warm caches, lazy imports, cattrs' generated hooks
+            await run_sequential(client.round_trip, warmup, 0, [])
+            await client.pipelined(max(warmup, args.inflight * 4), args.inflight, 0, Stats())
+
+        for r, per_round in enumerate(split(args.messages, ROUNDS)):
+            ordered = contenders if r % 2 == 0 else contenders[::-1]
+            for client, stats in ordered:
+                await run_sequential(client.round_trip, per_round, r * per_round, stats.sequential_ns)
+        for r, per_round in enumerate(split(args.messages, ROUNDS)):
+            ordered = contenders if r % 2 == 0 else contenders[::-1]
+            for client, stats in ordered:
+                await client.pipelined(per_round, args.inflight, r * per_round, stats)
+
+        if a.connected_peers() != [b.id]:
+            raise RuntimeError(f"fednode link dropped during the benchmark: {a.peer_states()}")
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+    return bare, node
+
+
+# -- memory measurement -------------------------------------------------------------------------
+
+
+class MemoryDelta:
+    """tracemalloc (and VmRSS) growth between :meth:`begin` and :meth:`end`."""
+
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self.traced = 0
+        self.rss: int | None = None
+        self.sites: list[tuple[str, int]] = []
+        self._before: tuple[int, int, int | None] = (0, 0, None)
+        self._snapshot: tracemalloc.Snapshot | None = None
+
+    @staticmethod
+    def _now() -> tuple[int, int, int | None]:
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0], tracemalloc.get_tracemalloc_memory(), rss_bytes()
+
+    def begin(self) -> None:
+        self._before = self._now()
+        self._snapshot = tracemalloc.take_snapshot() if self.top else None
+
+    def end(self) -> None:
+        traced, overhead, rss = self._now()
+        traced0, overhead0, rss0 = self._before
+        self.traced = traced - traced0
+        if rss is not None and rss0 is not None:
+            # tracemalloc's own trace table grows with every live block: not the links' cost.
+            self.rss = (rss - rss0) - (overhead - overhead0)
+        if self._snapshot is not None:
+            keep = [tracemalloc.Filter(False, tracemalloc.__file__)]
+            after = tracemalloc.take_snapshot().filter_traces(keep)
+            diff = after.compare_to(self._snapshot.filter_traces(keep), "filename")
+            self.sites = [(self._short(d.traceback[0].filename), d.size_diff) for d in diff[: self.top]]
+            self._snapshot = None
+
+    @staticmethod
+    def _short(filename: str) -> str:
+        for marker in ("site-packages/", "/fednode/", "/lib/python"):
+            if marker in filename:
+                tail = filename.split(marker, 1)[1]
+                return ("fednode/" + tail) if marker == "/fednode/" else tail
+        return filename
+
+
+async def bench_bare_memory(links: int, idle: float, top: int) -> MemoryDelta:
+    delta = MemoryDelta(top)
+    accepted = 0
+    all_accepted = trio.Event()
+
+    async def idle_handler(request: WebSocketRequest) -> None:
+        nonlocal accepted
+        ws = await request.accept()
+        accepted += 1
+        if accepted == links:
+            all_accepted.set()
+        try:
+            while True:
+                await ws.send_message(await ws.get_message())
+        except ConnectionClosed:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, idle_handler, HOST, 0, None)
+        delta.begin()
+        async with trio.open_nursery() as clients:
+            conns = [await connect_websocket(clients, HOST, server.port, "/", use_ssl=False) for _ in range(links)]
+            with trio.fail_after(30):
+                await all_accepted.wait()
+            await trio.sleep(idle)
+            delta.end()
+            for ws in conns:
+                await ws.aclose()
+        nursery.cancel_scope.cancel()
+    return delta
+
+
+async def bench_node_memory(links: int, interval: float, idle: float, top: int) -> tuple[MemoryDelta, MemoryDelta]:
+    """Returns (per-node delta for the hub and the spokes before any link, per-link delta)."""
+    nodes_delta, links_delta = MemoryDelta(0), MemoryDelta(top)
+    timeout = max(5.0, 4 * interval)
+
+    def config(node_id: str) -> fednode.NodeConfig:
+        return node_config(node_id, interval=interval, timeout=timeout, inflight=0)
+
+    async with AsyncExitStack() as stack:
+        nodes_delta.begin()
+        hub = await stack.enter_async_context(fednode.open_node(config("hub")))
+        spokes = [await stack.enter_async_context(fednode.open_node(config(f"spoke-{i:04d}")))
+                  for i in range(links)]
+        nodes_delta.end()
+
+        links_delta.begin()
+        for spoke in spokes:  # the hub knows every spoke but never dials: they dial in
+            await hub.register_peer(fednode.PeerConfig(id=spoke.id), wait=False)
+        hub_peer = fednode.PeerConfig(id=hub.id, control=hub.control_url)
+        for spoke in spokes:
+            await spoke.register_peer(hub_peer, wait=False)
+        await hub.wait_connected(timeout=60)
+        for spoke in spokes:
+            await spoke.wait_connected(timeout=60)
+        await trio.sleep(idle)
+        up = len(hub.connected_peers())
+        if up != links:
+            raise RuntimeError(f"only {up} of {links} fednode links stayed up while idle")
+        links_delta.end()
+        tracemalloc.stop()  # teardown of 2 x links sockets is much faster untraced
+    return nodes_delta, links_delta
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def kib(n: float) -> str:
+    return f"{n / 1024:,.1f}"
+
+
+def report(args: argparse.Namespace, bare: Stats, node: Stats, bare_mem: MemoryDelta, nodes_mem: MemoryDelta,
+           node_mem: MemoryDelta, seconds: float) -> None:
+    L = args.links
+    w = 34
+    print()
+    print(f"Round trip over one link: {args.messages} messages per mode in {ROUNDS} alternating rounds, "
+          f"{args.warmup} warm-up, {args.inflight} in flight when pipelined")
+    print(f"  {'':{w}}{'bare trio-websocket':>20}{'fednode':>12}{'fednode/bare':>14}")
+    rows: list[tuple[str, float, float, str]] = [
+        ("sequential p50 (us)", bare.seq(0.5), node.seq(0.5), ""),
+        ("sequential p99 (us)", bare.seq(0.99), node.seq(0.99), ""),
+        ("sequential mean (us)", bare.seq(), node.seq(), ""),
+        ("pipelined throughput (msg/s)", bare.throughput(), node.throughput(), ""),
+        ("pipelined p50 latency (us)", bare.pipe_p50(), node.pipe_p50(), ""),
+    ]
+    for label, b, n, _ in rows:
+        fmt = "{:>20,.0f}{:>12,.0f}" if "msg/s" in label else "{:>20,.1f}{:>12,.1f}"
+        print(f"  {label:{w}}" + fmt.format(b, n) + f"{n / b:>13.2f}x")
+
+    print()
+    print(f"Memory per idle link: {L} links, both ends in this process (tracemalloc; "
+          f"fednode links idled {args.idle:g}s = {args.idle / args.heartbeat:g} heartbeat intervals)")
+    print(f"  {'':{w}}{'bare trio-websocket':>20}{'fednode':>12}{'fednode/bare':>14}")
+    b_link, n_link = bare_mem.traced / L, node_mem.traced / L
+    print(f"  {'per link, both ends (KiB)':{w}}{kib(b_link):>20}{kib(n_link):>12}{n_link / b_link:>13.2f}x")
+    print(f"  {'per end (KiB)':{w}}{kib(b_link / 2):>20}{kib(n_link / 2):>12}")
+    if bare_mem.rss is not None and node_mem.rss is not None:
+        print(f"  {'RSS delta per link, both ends (KiB)':{w}}{kib(bare_mem.rss / L):>20}{kib(node_mem.rss / L):>12}"
+              "   (coarse: freed arenas get reused)")
+    print(f"  {'per idle fednode node, no links (KiB)':{w}}{'':>20}{kib(nodes_mem.traced / (L + 1)):>12}"
+          "   (listener, tasks; not counted above)")
+    if node_mem.sites:
+        print(f"  fednode per-link allocations by file (KiB per link, both ends; top {len(node_mem.sites)}):")
+        for name, size in node_mem.sites:
+            print(f"    {kib(size / L):>8}  {name}")
+
+    rtt_ratio = node.seq(0.5) / bare.seq(0.5)
+    per_end = n_link / 2 / 1024
+    rtt_ok = rtt_ratio <= RTT_TARGET
+    mem_ok = per_end < LINK_TARGET_KIB
+    print()
+    print("Targets")
+    print(f"  [{'PASS' if rtt_ok else 'FAIL'}] node-to-node echo (sequential p50) <= {RTT_TARGET}x bare "
+          f"trio-websocket: {rtt_ratio:.2f}x ({node.seq(0.5):.1f} us vs {bare.seq(0.5):.1f} us)")
+    print(f"  [{'PASS' if mem_ok else 'FAIL'}] idle link < {LINK_TARGET_KIB:g} KiB per end: "
+          f"{per_end:.1f} KiB (bare trio-websocket: {b_link / 2 / 1024:.1f} KiB)")
+    print(f"  (info) pipelined throughput fednode/bare: {node.throughput() / bare.throughput():.2f}x")
+    print(f"total {seconds:.1f}s")
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+async def main(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    print(f"fednode link benchmark: python {platform.python_version()}, trio {version('trio')}, "
+          f"trio-websocket {version('trio-websocket')}, fednode {fednode.__version__}, "
+          f"{os.cpu_count()} CPUs", flush=True)
+
+    print("measuring round trips ...", flush=True)
+    bare, node = await bench_round_trips(args)
+
+    print(f"measuring memory of {args.links} idle links ...", flush=True)
+    tracemalloc.start(1)
+    bare_mem = await bench_bare_memory(args.links, 0.2, args.top)
+    nodes_mem, node_mem = await bench_node_memory(args.links, args.heartbeat, args.idle, args.top)
+    if tracemalloc.is_tracing():
+        tracemalloc.stop()
+
+    report(args, bare, node, bare_mem, nodes_mem, node_mem, time.perf_counter() - started)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=5000, help="round trips per mode and contender (5000)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up round trips (default: messages/10)")
+    parser.add_argument("--inflight", type=int, default=32, help="requests in flight when pipelined (32)")
+    parser.add_argument("--links", type=int, default=200, help="idle links for the memory measurement (200)")
+    parser.add_argument("--heartbeat", type=float, default=1.0,
+                        help="heartbeat interval of the memory-measurement nodes, seconds (1.0)")
+    parser.add_argument("--idle", type=float, default=None,
+                        help="seconds the links idle before measuring (default: 2.5 heartbeat intervals)")
+    parser.add_argument("--top", type=int, default=6, help="allocation sites to list for fednode links (6; 0 = none)")
+    parser.add_argument("--quick", action="store_true", help="small numbers for a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.messages = min(args.messages, 500)
+        args.links = min(args.links, 20)
+        args.heartbeat = min(args.heartbeat, 0.2)
+    if args.warmup is None:
+        args.warmup = max(50, args.messages // 10)
+    if args.idle is None:
+        args.idle = 2.5 * args.heartbeat
+    for name in ("messages", "inflight", "links"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if args.messages < ROUNDS:
+        parser.error(f"--messages must be >= {ROUNDS}")
+    if args.heartbeat <= 0 or args.idle < 0 or args.warmup < 0 or args.top < 0:
+        parser.error("--heartbeat must be > 0; --idle, --warmup and --top must be >= 0")
+    return args
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    quiet_logging()
+    raise_fd_limit(arguments.links)
+    trio.run(main, arguments)

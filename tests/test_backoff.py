@@ -1,0 +1,103 @@
+"""Reconnect backoff: exponential with full jitter, reset only after a link stayed up, exact under MockClock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import fednode
+from conftest import node_config
+from fednode import _supervisor
+from fednode._backoff import Backoff
+from fednode._config import BackoffConfig
+from fednode._handshake import HandshakeFailed
+from fednode._link import Direction, Handlers, Link
+from memws import ws_pair
+
+
+class TestBackoffSequence:
+    """Delays double from initial up to max; jitter draws within [0, cap]; reset starts over."""
+
+    def test_caps_double_up_to_max(self) -> None:
+        backoff = Backoff(BackoffConfig(initial=0.5, max=4.0), jitter=lambda cap: cap)
+        assert [backoff.next_delay() for _ in range(7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+        backoff.reset()
+        assert backoff.next_delay() == 0.5
+
+    def test_full_jitter_stays_within_cap(self) -> None:
+        backoff = Backoff(BackoffConfig(initial=1.0, max=8.0))
+        for _ in range(200):
+            cap = backoff.cap()
+            assert 0.0 <= backoff.next_delay() <= cap
+
+    def test_long_outage_does_not_overflow(self) -> None:
+        backoff = Backoff(BackoffConfig(initial=0.5, max=30.0), jitter=lambda cap: cap)
+        for _ in range(10_000):
+            delay = backoff.next_delay()
+        assert delay == 30.0
+
+
+def refusing_dial(attempts: list[float]) -> Any:
+    async def dial(node: fednode.Node, peer: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
+        attempts.append(trio.current_time())
+        raise HandshakeFailed("refused by peer: HTTP 401 bad_signature")
+    return dial
+
+
+class TestSupervisorBackoff:
+    """The supervisor waits exactly the backoff delay between failed attempts, in virtual time."""
+
+    async def test_failed_dials_back_off_exponentially(self, autojump_clock: trio.testing.MockClock,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+        attempts: list[float] = []
+        monkeypatch.setattr(_supervisor, "dial", refusing_dial(attempts))
+        config = node_config("node-a", backoff={"initial": "0.5s", "max": "4s"})
+        async with fednode.open_node(config, jitter=lambda cap: cap) as node:
+            start = trio.current_time()
+            with pytest.raises(fednode.PeerConnectError, match="401 bad_signature"):
+                await node.register_peer(fednode.PeerConfig(id="node-b", control="ws://127.0.0.1:9"))
+            await trio.sleep(20)
+            offsets = [round(t - start, 6) for t in attempts]
+            assert offsets[:7] == [0.0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5]
+            status = node.peer_states()["node-b"]
+            assert status.state is fednode.PeerState.BACKOFF
+            assert "401" in (status.last_error or "")
+
+    async def test_backoff_resets_only_after_link_stayed_up(self, autojump_clock: trio.testing.MockClock,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+        """A peer that accepts and then drops at once keeps the backoff growing; a stable link resets it."""
+        attempts: list[float] = []
+        lifetimes = iter([0.1, 0.1, 0.1, 5.0, 0.1])  # reset_after is 1 s in these configs
+
+        async with trio.open_nursery() as far_end:
+            async def dial(node: fednode.Node, peer: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
+                attempts.append(trio.current_time())
+                lifetime = next(lifetimes, None)
+                if lifetime is None:
+                    raise HandshakeFailed("enough")
+                ws, remote = await ws_pair(nursery)
+                other = Link(remote, local_id="node-b", peer_id="node-a", direction=Direction.INBOUND,
+                             config=node_config("node-b"), handlers=Handlers())
+
+                async def live_then_drop() -> None:
+                    with trio.move_on_after(lifetime):
+                        await other.run()
+                    other.stop(1000, "dropping")
+
+                far_end.start_soon(live_then_drop)
+                return ws
+
+            monkeypatch.setattr(_supervisor, "dial", dial)
+            config = node_config("node-a", backoff={"initial": "1s", "max": "60s", "reset_after": "1s"})
+            async with fednode.open_node(config, jitter=lambda cap: cap) as node:
+                start = trio.current_time()
+                await node.register_peer(fednode.PeerConfig(id="node-b", control="ws://127.0.0.1:9"))
+                await trio.sleep(40)
+                offsets = [round(t - start, 6) for t in attempts]
+                # up 0.1 s, wait 1; up 0.1, wait 2; up 0.1, wait 4; up 5 s (reset), wait 1; up 0.1, wait 2; fail, wait 4.
+                assert offsets[:7] == [0.0, 1.1, 3.2, 7.3, 13.3, 15.4, 17.4]
+                assert node.peer_states()["node-b"].reconnects == 4
+            far_end.cancel_scope.cancel()
