@@ -190,6 +190,7 @@ class PeerSupervisor:
             self.log.info("link.duplicate", direction=direction.value,
                           kept=self.link.direction.value if self.link else None)
             await link.reject(CLOSE_DUPLICATE, "duplicate link")
+            self._resolve_first(None)  # the peer is connected, through the link that was kept
             return
         self._resolve_first(None)
         self.state = PeerState.UP

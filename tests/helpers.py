@@ -1,0 +1,104 @@
+"""Test tools that speak to a node from outside: a raw authenticated peer, a TCP proxy, task counts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+from trio_websocket import WebSocketConnection, connect_websocket_url
+
+import fednode
+from conftest import SECRET
+from fednode import _wire as wire
+
+
+def token_from(issuer: str, audience: str) -> str:
+    """A valid link token from ``issuer`` to ``audience`` under the shared test secret."""
+    config = fednode.NodeConfig.from_mapping({"node": {"id": issuer}, "auth": {"secret": SECRET},
+                                              "peers": [{"id": audience}]})
+    manager = fednode.AuthManager(issuer, config.auth, {p.id: p for p in config.peers})
+    return manager.create_token(audience)
+
+
+@asynccontextmanager
+async def raw_peer(node: fednode.Node, as_id: str, *, hello: bool = True,
+                   max_message_size: int = 16 * 1024 * 1024) -> AsyncIterator[WebSocketConnection]:
+    """A hand-driven WebSocket that authenticates to ``node`` as peer ``as_id`` (and sends hello)."""
+    async with trio.open_nursery() as nursery:
+        ws = await connect_websocket_url(
+            nursery, node.control_url,
+            extra_headers=[(b"authorization", f"Bearer {token_from(as_id, node.id)}".encode())],
+            max_message_size=max_message_size)
+        if hello:
+            await ws.send_message(wire.encode(wire.Hello(node=as_id)))
+            assert isinstance(wire.decode(await ws.get_message()), wire.Hello)
+        try:
+            yield ws
+        finally:
+            with trio.move_on_after(1):
+                await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def next_frame(ws: WebSocketConnection) -> wire.Message:
+    """The next frame that is not a heartbeat (pings are answered)."""
+    while True:
+        message = wire.decode(await ws.get_message())
+        if isinstance(message, wire.Ping):
+            await ws.send_message(wire.encode(wire.Pong(seq=message.seq)))
+        elif not isinstance(message, wire.Pong):
+            return message
+
+
+class BlackholeProxy:
+    """A loopback TCP proxy that can silently drop all traffic while keeping connections open."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.blackhole = False
+        self.connections = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        except OSError:
+            await client.aclose()
+            return
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
+            nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
+
+    async def _pump(self, source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope) -> None:
+        try:
+            while data := await source.receive_some(65536):
+                if not self.blackhole:
+                    await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+
+def task_count() -> int:
+    """Number of live Trio tasks in this run."""
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(walk(child) for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return walk(trio.lowlevel.current_root_task())
+
+
+def fd_count() -> int:
+    """Number of open file descriptors of this process."""
+    return len(os.listdir("/proc/self/fd"))
