@@ -31,7 +31,8 @@ def raw_config(node_id: str, peers: list[dict[str, Any]] | None = None, **sectio
     return raw
 
 
-def node_config(node_id: str, peers: list[dict[str, Any]] | None = None, **sections: dict[str, Any]) -> fednode.NodeConfig:
+def node_config(node_id: str, peers: list[dict[str, Any]] | None = None,
+                **sections: dict[str, Any]) -> fednode.NodeConfig:
     """A validated NodeConfig (see :func:`raw_config`)."""
     return fednode.NodeConfig.from_mapping(raw_config(node_id, peers, **sections))
 

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
+from conftest import SECRET
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
 import fednode
-from conftest import SECRET
 from fednode import _wire as wire
 
 

@@ -7,15 +7,15 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from conftest import node_config
+from memws import ws_pair
 
 import fednode
-from conftest import node_config
 from fednode import _supervisor
 from fednode._backoff import Backoff
 from fednode._config import BackoffConfig
 from fednode._handshake import HandshakeFailed
 from fednode._link import Direction, Handlers, Link
-from memws import ws_pair
 
 
 class TestBackoffSequence:
@@ -97,7 +97,8 @@ class TestSupervisorBackoff:
                 await node.register_peer(fednode.PeerConfig(id="node-b", control="ws://127.0.0.1:9"))
                 await trio.sleep(40)
                 offsets = [round(t - start, 6) for t in attempts]
-                # up 0.1 s, wait 1; up 0.1, wait 2; up 0.1, wait 4; up 5 s (reset), wait 1; up 0.1, wait 2; fail, wait 4; ...
+                # up 0.1 s, wait 1; up 0.1, wait 2; up 0.1, wait 4; up 5 s (reset), wait 1;
+                # up 0.1, wait 2; fail, wait 4; ...
                 assert offsets[:7] == [0.0, 1.1, 3.2, 7.3, 13.3, 15.4, 19.4]
                 assert node.peer_states()["node-b"].reconnects == 4
             far_end.cancel_scope.cancel()

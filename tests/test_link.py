@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import node_config
+from memws import ws_pair
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import fednode
-from conftest import node_config
 from fednode import _wire as wire
 from fednode._link import CLOSE_POLICY, Direction, Handlers, Link
-from memws import ws_pair
 
 INTERVAL, TIMEOUT = 5.0, 15.0
 
@@ -61,7 +61,7 @@ class TestHeartbeat:
 
     async def test_silent_peer_detected_at_exactly_timeout(self, autojump_clock: trio.testing.MockClock) -> None:
         async with trio.open_nursery() as nursery:
-            ws_a, ws_b = await ws_pair(nursery)
+            ws_a, _ws_b = await ws_pair(nursery)
             a = make_link(ws_a, "node-a", "node-b")
             start = trio.current_time()
             reason = await a.run()  # nobody reads ws_b: no pong ever comes back

@@ -9,12 +9,12 @@ import pytest
 import structlog
 import trio
 import trio.testing
+from conftest import mesh, node_config, peer
+from helpers import BlackholeProxy, fd_count, next_frame, raw_peer, task_count
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 import fednode
-from conftest import mesh, node_config, peer
 from fednode import _wire as wire
-from helpers import BlackholeProxy, fd_count, next_frame, raw_peer, task_count
 
 
 class TestConnect:
@@ -253,7 +253,8 @@ class TestHostileInput:
             async with fednode.open_node(config) as a:
                 port = int(a.control_url.rsplit(":", 1)[1])
                 # Raw bytes that are not HTTP at all, and a WebSocket frame without any upgrade.
-                for junk in (b"\x16\x03\x01garbage\r\n\r\n", b"\x81\x85abcd\x01\x02\x03\x04\x05", b"GET / HTTP/1.1\r\n\r\n"):
+                junks = (b"\x16\x03\x01garbage\r\n\r\n", b"\x81\x85abcd\x01\x02\x03\x04\x05", b"GET / HTTP/1.1\r\n\r\n")
+                for junk in junks:
                     stream = await trio.open_tcp_stream("127.0.0.1", port)
                     await stream.send_all(junk)
                     with trio.fail_after(5):

@@ -1,7 +1,8 @@
 """Two nodes on loopback connect, authenticate and exchange requests."""
 
-import fednode
 from conftest import mesh
+
+import fednode
 
 
 async def test_two_nodes_echo_and_info() -> None:
