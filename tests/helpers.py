@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
-from conftest import SECRET
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
 import fednode
 from fednode import _wire as wire
+
+from conftest import SECRET
 
 
 def token_from(issuer: str, audience: str) -> str:

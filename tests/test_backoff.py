@@ -7,8 +7,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import node_config
-from memws import ws_pair
 
 import fednode
 from fednode import _supervisor
@@ -16,6 +14,9 @@ from fednode._backoff import Backoff
 from fednode._config import BackoffConfig
 from fednode._handshake import HandshakeFailed
 from fednode._link import Direction, Handlers, Link
+
+from conftest import node_config
+from memws import ws_pair
 
 
 class TestBackoffSequence:

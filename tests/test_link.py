@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import node_config
-from memws import ws_pair
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import fednode
 from fednode import _wire as wire
 from fednode._link import CLOSE_POLICY, Direction, Handlers, Link
+
+from conftest import node_config
+from memws import ws_pair
 
 INTERVAL, TIMEOUT = 5.0, 15.0
 

@@ -9,12 +9,13 @@ import pytest
 import structlog
 import trio
 import trio.testing
-from conftest import mesh, node_config, peer
-from helpers import BlackholeProxy, fd_count, next_frame, raw_peer, task_count
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 import fednode
 from fednode import _wire as wire
+
+from conftest import mesh, node_config, peer
+from helpers import BlackholeProxy, fd_count, next_frame, raw_peer, task_count
 
 
 class TestConnect:

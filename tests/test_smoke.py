@@ -1,8 +1,8 @@
 """Two nodes on loopback connect, authenticate and exchange requests."""
 
-from conftest import mesh
-
 import fednode
+
+from conftest import mesh
 
 
 async def test_two_nodes_echo_and_info() -> None:
