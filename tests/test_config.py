@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SECRET, raw_config
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -26,6 +25,8 @@ from hypothesis import strategies as st
 import fednode
 from fednode import _cli
 from fednode._config import describe, parse_duration
+
+from conftest import SECRET, raw_config
 
 FEDNODE = str(Path(sys.executable).parent / "fednode")
 TIMEOUT = 30
@@ -268,8 +269,8 @@ BAD_CASES = [
                      _set("heartbeat", interval="5 parsecs", timeout="30s"), run=True), id="bad-duration"),
     pytest.param(Bad("backoff.reset_after", "duration must be finite and >= 0, got -1",
                      _set("backoff", reset_after=-1), cli=False), id="negative-duration"),
-    pytest.param(Bad("link.handshake_timeout", "must be greater than 0", _set("link", handshake_timeout="0s"), cli=False),
-                 id="zero-duration"),
+    pytest.param(Bad("link.handshake_timeout", "must be greater than 0", _set("link", handshake_timeout="0s"),
+                     cli=False), id="zero-duration"),
     pytest.param(Bad("heartbeat.timeout", "must be longer than heartbeat.interval (2s)",
                      _set("heartbeat", interval="2s", timeout="2s")), id="heartbeat-timeout-not-above-interval"),
     pytest.param(Bad("backoff.max", "must be >= backoff.initial (5s)", _set("backoff", initial="5s", max="1s")),
@@ -284,7 +285,8 @@ BAD_CASES = [
                      _set("auth", secret="${FEDNODE_SECRET}"), env={"FEDNODE_SECRET": SHORT_SECRET}, cli=False),
                  id="short-secret-from-environment"),
     pytest.param(Bad("peers[0].secret", "HS512 secret is 17 bytes",
-                     _peers({"id": "node-b", "control": _B, "secret": SHORT_SECRET}), cli=False), id="short-peer-secret"),
+                     _peers({"id": "node-b", "control": _B, "secret": SHORT_SECRET}), cli=False),
+                 id="short-peer-secret"),
     pytest.param(Bad("auth.secrets", "give either secret or secrets, not both", _secret_and_secrets),
                  id="secret-and-secrets"),
     # ids and peers
@@ -296,14 +298,15 @@ BAD_CASES = [
                             {"id": "node-b"}), run=True), id="duplicate-peer-id"),
     pytest.param(Bad("peers[1].id", "peer id 'node-a' is this node's own id",
                      _peers({"id": "node-b", "control": _B}, {"id": "node-a"})), id="peer-with-own-id"),
-    pytest.param(Bad("peers[0].id", "required key is missing", _peers({"control": _B}), cli=False), id="peer-without-id"),
+    pytest.param(Bad("peers[0].id", "required key is missing", _peers({"control": _B}), cli=False),
+                 id="peer-without-id"),
     # URLs
     pytest.param(Bad("peers[0].control", "scheme must be ws:// or wss://",
                      _peers({"id": "node-b", "control": "http://127.0.0.1:9001"}), run=True), id="bad-url-scheme"),
     pytest.param(Bad("peers[0].control", "port 0 is only allowed for this node's own addresses",
                      _peers({"id": "node-b", "control": "ws://127.0.0.1:0"}), cli=False), id="bad-url-peer-port-0"),
-    pytest.param(Bad("node.data", "bad URL 'http://127.0.0.1:99999'", _set("node", data="http://127.0.0.1:99999"), cli=False),
-                 id="bad-url-port-out-of-range"),
+    pytest.param(Bad("node.data", "bad URL 'http://127.0.0.1:99999'", _set("node", data="http://127.0.0.1:99999"),
+                     cli=False), id="bad-url-port-out-of-range"),
     pytest.param(Bad("node.control", "needs [tls] cert and key", _set("node", control="wss://127.0.0.1:0")),
                  id="wss-control-without-tls"),
     # EdDSA keys
@@ -332,7 +335,8 @@ BAD_CASES = [
                  id="config-file-missing"),
     pytest.param(Bad("", "cannot read file", text=b"[node]\nid = \"\xff\xfe\"\n"), id="config-file-not-utf8"),
     # known bugs (see the report in each reason)
-    pytest.param(Bad("heartbeat.interval", "bad duration '5 parsecs'", _set("heartbeat", interval="5 parsecs"), cli=False),
+    pytest.param(Bad("heartbeat.interval", "bad duration '5 parsecs'", _set("heartbeat", interval="5 parsecs"),
+                     cli=False),
                  id="bad-interval-reported-once",
                  marks=pytest.mark.xfail(strict=True, reason=(
                      "fednode/_config.py _Builder.heartbeat: an invalid interval falls back to the default 5s and "
