@@ -115,6 +115,7 @@ class Link:
         self._scope: trio.CancelScope | None = None
         self._pending: dict[int, _Pending] = {}
         self._serving: dict[int, trio.CancelScope] = {}
+        self._notifying = 0
         self._next_id = 1
         self._protocol_errors = 0
         self._last_words: wire.Message | None = None
@@ -335,7 +336,7 @@ class Link:
         if request.id in self._serving:
             self._protocol_error(ProtocolError(f"request id {request.id} is already in flight"), None)
             return
-        if len(self._serving) >= self.config.link.max_inflight:
+        if len(self._serving) + self._notifying >= self.config.link.max_inflight:
             self._send_control(wire.Error(id=request.id, code=wire.OVERLOADED,
                                           message=f"node {self.local_id!r} is busy; retry later"))
             return
@@ -387,9 +388,10 @@ class Link:
         if handler is None:
             self.log.debug("link.unknown_notification", method=notification.method[:100])
             return
-        if len(self._serving) >= self.config.link.max_inflight:
+        if len(self._serving) + self._notifying >= self.config.link.max_inflight:
             self.log.warning("link.notification_dropped", method=notification.method[:100], reason="busy")
             return
+        self._notifying += 1
         handlers.start_soon(self._serve_notification, handler, notification)
 
     async def _serve_notification(self, handler: NotificationHandler, notification: wire.Notification) -> None:
@@ -399,6 +401,8 @@ class Link:
         except Exception as exc:
             self.log.error("link.handler_failed", method=notification.method[:100],
                            error=f"{type(exc).__name__}: {exc}"[:300])
+        finally:
+            self._notifying -= 1
 
     # -- heartbeat --------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import trio
 from . import _wire as wire
 from ._auth import AuthManager
 from ._config import NodeConfig, PeerConfig
-from ._errors import PeerUnavailableError, UnknownPeerError
+from ._errors import PeerConnectError, PeerUnavailableError, UnknownPeerError
 from ._link import CLOSE_NORMAL, Handlers, NotificationHandler, RequestContext, RequestHandler
 from ._listener import Listener
 from ._supervisor import PeerStatus, PeerSupervisor
@@ -100,6 +100,8 @@ class Node:
         """
         if peer.id == self.id:
             raise ValueError(f"peer id {peer.id!r} is this node's own id")
+        if self._closing:
+            raise PeerConnectError(peer.id, f"node {self.id!r} is shutting down; cannot add peer {peer.id!r}")
         async with self._registry_lock:
             if peer.id in self._supervisors:
                 await self._remove(peer.id, "peer replaced")

@@ -16,6 +16,7 @@ from fednode import _wire as wire
 from fednode._link import CLOSE_POLICY, Direction, Handlers, Link
 
 from conftest import node_config
+from helpers import next_frame as next_answered_frame
 from memws import ws_pair
 
 INTERVAL, TIMEOUT = 5.0, 15.0
@@ -196,6 +197,33 @@ class TestRequests:
             await a.notify("note", {"n": 1})
             await trio.sleep(1)
             assert got == [("node-a", {"n": 1})]
+
+
+class TestLimits:
+    """A peer cannot make a node run more than max_inflight handlers at once."""
+
+    async def test_requests_beyond_max_inflight_are_refused(self, autojump_clock: trio.testing.MockClock) -> None:
+        async with trio.open_nursery() as nursery:
+            ws_a, raw = await ws_pair(nursery)
+            handlers = Handlers()
+            started: list[int] = []
+
+            async def slow(params: Any, context: fednode.RequestContext) -> Any:
+                started.append(params)
+                await trio.sleep(100)
+                return params
+
+            handlers.requests["slow"] = slow
+            a = make_link(ws_a, "node-a", "node-b", handlers, max_inflight=2)
+            nursery.start_soon(a.run)
+            for i in range(3):
+                await raw.send_message(wire.encode(wire.Request(id=i, method="slow", params=i)))
+            reply = await next_answered_frame(raw)
+            assert reply == wire.Error(id=2, code=wire.OVERLOADED, message="node 'node-a' is busy; retry later")
+            assert started == [0, 1]
+            replies = {await next_answered_frame(raw), await next_answered_frame(raw)}
+            assert replies == {wire.Response(id=0, result=0), wire.Response(id=1, result=1)}
+            nursery.cancel_scope.cancel()
 
 
 class TestProtocolErrors:
