@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tomllib
@@ -27,7 +28,7 @@ NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MIN_HS512_SECRET_BYTES = 64
 ALGORITHMS = ("HS512", "EdDSA")
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\$")
 
@@ -76,11 +77,14 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like \"5s\", got {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError("duration is too large") from None
     elif isinstance(value, str):
         match = _DURATION_RE.match(value)
         if match is None:
-            raise ValueError(f"bad duration {value!r} (use a number with ms, s, m or h, e.g. \"5s\")")
+            raise ValueError(f"bad duration {value[:40]!r} (use a number with ms, s, m or h, e.g. \"5s\")")
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     else:
         raise ValueError(f"expected a duration like \"5s\", got {type(value).__name__}")
@@ -222,32 +226,41 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
         except json.JSONDecodeError as exc:
             where = f"line {exc.lineno} column {exc.colno}"
             raise ConfigError(source, [("", f"invalid JSON at {where}: {exc.msg}")]) from None
+        except (ValueError, RecursionError) as exc:  # e.g. an integer too long to convert
+            raise ConfigError(source, [("", f"invalid JSON: {str(exc)[:200]}")]) from None
     else:
         try:
             raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, RecursionError) as exc:
             raise ConfigError(source, [("", f"invalid TOML: {exc}")]) from None
     if not isinstance(raw, dict):
         raise ConfigError(source, [("", "the top level must be a table/object")])
     return NodeConfig.from_mapping(raw, source=source, base_dir=file.resolve().parent, environ=environ)
 
 
+def _shown_url(value: str) -> str:
+    """The URL as safe to show in a message: credentials masked, length capped."""
+    shown = re.sub(r"(//)[^/@]*@", r"\1***@", value)
+    return repr(shown if len(shown) <= 200 else shown[:200] + "...")
+
+
 def _url_problem(value: object, schemes: tuple[str, ...], *, allow_port_zero: bool) -> str | None:
     if not isinstance(value, str):
         return f"expected a URL string, got {type(value).__name__}"
+    shown = _shown_url(value)
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError as exc:
-        return f"bad URL {value!r}: {exc}"
+        return f"bad URL {shown}: {exc}"
     if parts.scheme not in schemes:
-        return f"bad URL {value!r}: scheme must be {' or '.join(s + '://' for s in schemes)}"
+        return f"bad URL {shown}: scheme must be {' or '.join(s + '://' for s in schemes)}"
     if not parts.hostname:
-        return f"bad URL {value!r}: no host"
+        return f"bad URL {shown}: no host"
     if parts.query or parts.fragment or parts.username or parts.password:
-        return f"bad URL {value!r}: no query, fragment or credentials allowed"
+        return f"bad URL {shown}: no query, fragment or credentials allowed"
     if port == 0 and not allow_port_zero:
-        return f"bad URL {value!r}: port 0 is only allowed for this node's own addresses"
+        return f"bad URL {shown}: port 0 is only allowed for this node's own addresses"
     return None
 
 
@@ -348,10 +361,14 @@ class _Builder:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.problem(where, f"expected a number, got {type(value).__name__}")
             return default
-        if value < minimum:
-            self.problem(where, f"must be >= {minimum}, got {value}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number) or number < minimum:
+            self.problem(where, f"must be a finite number >= {minimum:g}")
             return default
-        return float(value)
+        return number
 
     def url(self, raw: Mapping[str, Any], key: str, path: str, schemes: tuple[str, ...],
             default: str | None, *, own: bool, required: bool = False) -> str | None:
@@ -403,7 +420,8 @@ class _Builder:
             if len(secret) < MIN_HS512_SECRET_BYTES:
                 # The length is safe to report; the value never is.
                 self.problem(where, f"HS512 secret is {len(secret)} bytes; at least "
-                                    f"{MIN_HS512_SECRET_BYTES} are required (try: fednode keygen)")
+                                    f"{MIN_HS512_SECRET_BYTES} are required (make one with: python3 -c "
+                                    f"'import secrets; print(secrets.token_urlsafe(64))')")
                 continue
             result.append(secret)
         return tuple(result)
@@ -448,9 +466,10 @@ class _Builder:
 
     def build(self, raw: Mapping[str, Any]) -> NodeConfig:
         self.unknown_keys(raw, {"node", "auth", "heartbeat", "backoff", "link", "tls", "peers"}, "")
+        node_ok = isinstance(raw.get("node", {}), dict)
         node_raw = self.table(raw, "node", "node")
         self.unknown_keys(node_raw, {"id", "control", "data", "shutdown_grace"}, "node")
-        node_id = self.string(node_raw, "id", "node", required=True)
+        node_id = self.string(node_raw, "id", "node", required=node_ok)
         if node_id is not None and not NODE_ID_RE.match(node_id):
             self.problem("node.id", f"{node_id!r} must match [a-z0-9][a-z0-9-]{{0,62}}")
             node_id = None
@@ -510,17 +529,19 @@ class _Builder:
 
     def heartbeat(self, raw: dict[str, Any]) -> HeartbeatConfig:
         self.unknown_keys(raw, {"interval", "timeout"}, "heartbeat")
+        before = len(self.problems)
         interval = self.duration(raw, "interval", "heartbeat", 5.0)
         timeout = self.duration(raw, "timeout", "heartbeat", 15.0)
-        if timeout <= interval:
+        if len(self.problems) == before and timeout <= interval:
             self.problem("heartbeat.timeout", f"must be longer than heartbeat.interval ({interval:g}s)")
         return HeartbeatConfig(interval=interval, timeout=timeout)
 
     def backoff(self, raw: dict[str, Any]) -> BackoffConfig:
         self.unknown_keys(raw, {"initial", "max", "multiplier", "reset_after"}, "backoff")
+        before = len(self.problems)
         initial = self.duration(raw, "initial", "backoff", 0.5)
         maximum = self.duration(raw, "max", "backoff", 30.0)
-        if maximum < initial:
+        if len(self.problems) == before and maximum < initial:
             self.problem("backoff.max", f"must be >= backoff.initial ({initial:g}s)")
         multiplier = self.number(raw, "multiplier", "backoff", 2.0, 1.0)
         reset_after = self.duration(raw, "reset_after", "backoff", 10.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import (
@@ -20,7 +21,7 @@ from trio_websocket import (
     HandshakeError,
     WebSocketConnection,
     WebSocketRequest,
-    connect_websocket_url,
+    wrap_client_stream,
 )
 
 from . import _wire as wire
@@ -87,23 +88,55 @@ def client_ssl_context(node: Node) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca) if ca else None)
 
 
+async def _close_on_exit(stream: trio.abc.Stream) -> None:
+    """Own the dialed stream: close it when the connection's nursery ends, however it ends."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _open_stream(node: Node, url: str) -> tuple[trio.abc.Stream, str, str]:
+    """TCP connect (and TLS handshake for wss://) to ``url``; returns (stream, host header, path)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    if secure:
+        # The TLS handshake runs here, not lazily inside trio-websocket, so that a certificate
+        # problem fails the dial at once with its real reason instead of at the deadline.
+        ssl_stream = trio.SSLStream(stream, client_ssl_context(node), server_hostname=host, https_compatible=True)
+        try:
+            await ssl_stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        stream = ssl_stream
+    host_header = host if port == (443 if secure else 80) else f"{host}:{port}"
+    if ":" in host:
+        host_header = f"[{host}]" + host_header[len(host):]
+    return stream, host_header, parts.path or "/"
+
+
 async def dial(node: Node, peer: PeerConfig, nursery: trio.Nursery) -> WebSocketConnection:
     """Connect to ``peer``, authenticate both ways and exchange hellos.
 
-    The WebSocket's background reader runs in ``nursery``; cancel it to drop the connection.
+    The WebSocket's background tasks run in ``nursery``; cancel it to drop the connection. A refusal
+    (HTTP 401/403) surfaces from that nursery as ``trio_websocket.ConnectionRejected``.
 
     Raises:
-        HandshakeFailed: with a one-line reason (refused, timed out, bad token, protocol error...).
+        HandshakeFailed: with a one-line reason (unreachable, TLS, timed out, bad token, bad hello...).
     """
     assert peer.control is not None
     timeout = node.config.link.handshake_timeout
     token = node.auth.create_token(peer.id)
-    context = client_ssl_context(node) if peer.control.startswith("wss://") else None
-    ws: WebSocketConnection | None = None
     try:
         with trio.fail_after(timeout):
-            ws = await connect_websocket_url(
-                nursery, peer.control, context,
+            stream, host_header, path = await _open_stream(node, peer.control)
+            nursery.start_soon(_close_on_exit, stream)
+            ws = await wrap_client_stream(
+                nursery, stream, host_header, path,  # type: ignore[arg-type]
                 extra_headers=[(b"authorization", b"Bearer " + token.encode())],
                 max_message_size=node.config.link.max_message_size,
             )
@@ -125,16 +158,22 @@ async def dial(node: Node, peer: PeerConfig, nursery: trio.Nursery) -> WebSocket
         return ws
     except trio.TooSlowError:
         raise HandshakeFailed(f"handshake not complete within {timeout:g}s") from None
-    except ConnectionRejected as exc:
-        body = (exc.body or b"").decode("utf-8", "replace")[:100]
-        raise HandshakeFailed(f"refused by peer: HTTP {exc.status_code} {body}".rstrip()) from None
     except HandshakeError as exc:
         raise HandshakeFailed(f"WebSocket handshake failed: {type(exc).__name__}") from None
     except ConnectionClosed as exc:
         code = exc.reason.code if exc.reason else "?"
         raise HandshakeFailed(f"connection closed during handshake ({code})") from None
-    except (OSError, trio.BrokenResourceError) as exc:
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__ or exc
+        raise HandshakeFailed(f"cannot connect to {peer.control}: {cause}") from None
+    except OSError as exc:
         raise HandshakeFailed(f"cannot connect to {peer.control}: {exc}") from None
+
+
+def describe_rejection(exc: ConnectionRejected) -> str:
+    """One line for a refused upgrade: the status and the reason the peer gave."""
+    body = (exc.body or b"").decode("utf-8", "replace")[:100]
+    return f"refused by peer: HTTP {exc.status_code} {body}".rstrip()
 
 
 async def accept(node: Node, request: WebSocketRequest, remote: str) -> tuple[WebSocketConnection, str] | None:

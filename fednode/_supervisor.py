@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import attrs
 import trio
-from trio_websocket import WebSocketConnection
+from trio_websocket import ConnectionRejected, WebSocketConnection
 
 from ._backoff import Backoff
 from ._config import PeerConfig
 from ._errors import PeerConnectError
-from ._handshake import HandshakeFailed, close_quietly, dial
+from ._handshake import HandshakeFailed, close_quietly, describe_rejection, dial
 from ._link import CLOSE_DUPLICATE, CLOSE_GOING_AWAY, Direction, Link
 
 if TYPE_CHECKING:
@@ -134,21 +134,22 @@ class PeerSupervisor:
     async def _attempt(self) -> str | None:
         """One dial; runs the link if it comes up. Returns an error text if the dial failed."""
         self.log.info("peer.connecting", url=self.peer.control)
+        error: str | None = None
         try:
             async with trio.open_nursery() as connection_tasks:
                 try:
                     ws = await dial(self.node, self.peer, connection_tasks)
                 except HandshakeFailed as exc:
-                    connection_tasks.cancel_scope.cancel()
-                    return str(exc)
-                try:
+                    error = str(exc)
+                else:
                     await self._take(ws, Direction.OUTBOUND)
-                finally:
-                    connection_tasks.cancel_scope.cancel()
-        except Exception as exc:  # a bug or an unforeseen library error must not kill the node
-            self.log.error("peer.unexpected_error", error=repr(exc)[:300])
-            return f"unexpected error: {type(exc).__name__}"
-        return None
+                connection_tasks.cancel_scope.cancel()
+        except* ConnectionRejected as group:
+            error = describe_rejection(group.exceptions[0])  # type: ignore[arg-type]
+        except* Exception as group:  # a bug or an unforeseen library error must not kill the node
+            self.log.error("peer.unexpected_error", error=repr(group.exceptions[0])[:300])
+            error = f"unexpected error: {type(group.exceptions[0]).__name__}"
+        return error
 
     # -- inbound ----------------------------------------------------------------------------
 
