@@ -13,11 +13,11 @@ import attrs
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ._config import AuthConfig, PeerConfig, Secret, public_key_kid
+from ._config import MAX_TOKEN_TTL, AuthConfig, PeerConfig, Secret, public_key_kid
 from ._errors import AuthError
 
 #: Longest token lifetime accepted, whatever a peer's own token_ttl: bounds the replay cache.
-MAX_TOKEN_LIFETIME = 3600.0
+MAX_TOKEN_LIFETIME = MAX_TOKEN_TTL
 #: Longest token accepted, in characters; anything longer is garbage.
 MAX_TOKEN_LENGTH = 8192
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "jti"]
@@ -206,8 +206,11 @@ class AuthManager:
         jti = payload["jti"]
         if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
             raise refuse(AuthReason.MISSING_CLAIM, "'jti' must be a string of 8 to 128 characters")
-        issued_at = float(payload["iat"])
-        expires_at = float(payload["exp"])
+        try:
+            issued_at = float(payload["iat"])
+            expires_at = float(payload["exp"])
+        except (OverflowError, TypeError, ValueError):
+            raise refuse(AuthReason.GARBAGE, "'iat' or 'exp' is out of range") from None
         if expires_at - time.time() > MAX_TOKEN_LIFETIME + self.config.leeway:
             raise refuse(AuthReason.TOO_LONG_LIVED, f"token expires more than {MAX_TOKEN_LIFETIME:g}s from now")
         if not self.replay.check_and_remember(issuer, jti, expires_at + self.config.leeway):

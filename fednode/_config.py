@@ -26,6 +26,8 @@ from ._errors import ConfigError
 
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MIN_HS512_SECRET_BYTES = 64
+#: Longest link-token lifetime; peers refuse tokens that live longer.
+MAX_TOKEN_TTL = 3600.0
 ALGORITHMS = ("HS512", "EdDSA")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -523,6 +525,10 @@ class _Builder:
         elif key_path is not None:
             self.problem("auth.private_key", "private_key is only used with algorithm = \"EdDSA\"")
         ttl = self.duration(raw, "token_ttl", "auth", 60.0)
+        if ttl > MAX_TOKEN_TTL:
+            # Peers refuse longer-lived tokens (they bound the replay cache): fail here, not at every dial.
+            self.problem("auth.token_ttl", f"must be at most {MAX_TOKEN_TTL:g}s, got {ttl:g}s")
+            ttl = 60.0
         leeway = self.duration(raw, "leeway", "auth", 5.0, positive=False)
         return AuthConfig(algorithm=algorithm, secrets=secrets, private_key=private_key, token_ttl=ttl,
                           leeway=leeway)

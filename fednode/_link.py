@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import heapq
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -65,14 +66,20 @@ class RequestContext:
 
 
 RequestHandler = Callable[[Any, RequestContext], Awaitable[Any]]
+InlineHandler = Callable[[Any, RequestContext], Any]
 NotificationHandler = Callable[[Any, RequestContext], Awaitable[None]]
 
 
 @attrs.define
 class Handlers:
-    """The node's method table, shared by all its links."""
+    """The node's method table, shared by all its links.
+
+    ``inline`` handlers are plain functions run by the link's reader itself, saving a task per
+    request; they must return at once (no I/O, no waiting). Everything else runs in its own task.
+    """
 
     requests: dict[str, RequestHandler] = attrs.field(factory=dict)
+    inline: dict[str, InlineHandler] = attrs.field(factory=dict)
     notifications: dict[str, NotificationHandler] = attrs.field(factory=dict)
 
 
@@ -81,6 +88,7 @@ class _Pending:
     done: trio.Event = attrs.field(factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
+    timed_out: bool = False
 
 
 class Link:
@@ -114,6 +122,9 @@ class Link:
         self._close_timeout = config.shutdown_grace
         self._scope: trio.CancelScope | None = None
         self._pending: dict[int, _Pending] = {}
+        self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, request id)
+        self._sweep_at = math.inf
+        self._sweep_wake = trio.Event()
         self._serving: dict[int, trio.CancelScope] = {}
         self._notifying = 0
         self._next_id = 1
@@ -150,6 +161,7 @@ class Link:
                 nursery.start_soon(self._control_sender)
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._watchdog)
+                nursery.start_soon(self._deadline_keeper)
         finally:
             self._end(self.end_reason or f"closed locally: {self._close_text}")
             with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
@@ -233,6 +245,11 @@ class Link:
     async def request(self, method: str, params: Any = None, *, timeout: float) -> Any:
         """Send a request and wait for its answer.
 
+        The deadline is kept by the link's deadline task rather than a cancel scope per request
+        (a scope costs more than the rest of a round trip's bookkeeping). It is exact while the
+        request waits for its answer; a send held up because the peer stopped reading altogether
+        ends at the latest when the heartbeat timeout closes the link.
+
         Raises:
             RequestTimeoutError: no answer within ``timeout`` (a cancel frame is sent).
             LinkClosedError: the link ended first (raised at once when it does).
@@ -246,26 +263,53 @@ class Link:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         request_id = self._next_id
         self._next_id += 1
+        deadline = trio.current_time() + timeout
         pending = _Pending()
         self._pending[request_id] = pending
+        heapq.heappush(self._deadlines, (deadline, request_id))
+        if deadline < self._sweep_at:
+            self._sweep_wake.set()
         sent = False
         try:
-            with trio.move_on_after(timeout) as scope:
-                await self.send(wire.Request(id=request_id, method=method, params=params, timeout=timeout))
-                sent = True
-                await pending.done.wait()
-            if scope.cancelled_caught:
-                raise RequestTimeoutError(
-                    self.peer_id, f"request {method!r} to {self.peer_id!r} got no answer within {timeout:g}s")
+            await self.send(wire.Request(id=request_id, method=method, params=params, timeout=timeout))
+            sent = True
+            await pending.done.wait()
         except BaseException:
             if sent and not pending.done.is_set():
                 self._send_control(wire.Cancel(id=request_id))
             raise
         finally:
             del self._pending[request_id]
+        if pending.timed_out:
+            self._send_control(wire.Cancel(id=request_id))
+            raise RequestTimeoutError(
+                self.peer_id, f"request {method!r} to {self.peer_id!r} got no answer within {timeout:g}s")
         if pending.error is not None:
             raise pending.error
         return pending.result
+
+    async def _deadline_keeper(self) -> None:
+        """Fail requests whose deadline has passed; sleeps until the earliest live deadline."""
+        heap = self._deadlines
+        while True:
+            now = trio.current_time()
+            while heap:
+                deadline, request_id = heap[0]
+                pending = self._pending.get(request_id)
+                if pending is not None and not pending.done.is_set():
+                    if deadline > now:
+                        break
+                    pending.timed_out = True
+                    pending.done.set()
+                heapq.heappop(heap)
+            # Answered requests leave their entries behind; compact once they dominate the heap.
+            if len(heap) > 1024 and len(heap) > 4 * len(self._pending):
+                heap[:] = [entry for entry in heap if entry[1] in self._pending]
+                heapq.heapify(heap)
+            self._sweep_at = heap[0][0] if heap else math.inf
+            self._sweep_wake = trio.Event()
+            with trio.move_on_at(self._sweep_at):
+                await self._sweep_wake.wait()
 
     async def notify(self, method: str, params: Any = None) -> None:
         """Send a notification (no answer)."""
@@ -287,7 +331,25 @@ class Link:
                 except ProtocolError as exc:
                     self._protocol_error(exc, wire.request_id_of(frame))
                     continue
-                self._dispatch(message, handlers)
+                if type(message) is wire.Request and message.method in self.handlers.inline:
+                    await self._serve_inline(message)
+                else:
+                    self._dispatch(message, handlers)
+
+    async def _serve_inline(self, request: wire.Request) -> None:
+        handler = self.handlers.inline[request.method]
+        context = RequestContext(peer_id=self.peer_id, method=request.method, timeout=request.timeout)
+        reply: wire.Message
+        try:
+            reply = wire.Response(id=request.id, result=handler(request.params, context))
+        except RequestError as exc:
+            reply = wire.Error(id=request.id, code=exc.code, message=str(exc), data=exc.data)
+        except Exception as exc:
+            self.log.error("link.handler_failed", method=request.method[:100],
+                           error=f"{type(exc).__name__}: {exc}"[:300])
+            reply = wire.Error(id=request.id, code=wire.INTERNAL_ERROR,
+                               message=f"internal error while handling {request.method[:100]!r}")
+        await self._reply(request.id, reply)
 
     def _protocol_error(self, exc: ProtocolError, request_id: int | None) -> None:
         self._protocol_errors += 1
@@ -302,6 +364,11 @@ class Link:
 
     def _dispatch(self, message: wire.Message, handlers: trio.Nursery) -> None:
         match message:
+            case wire.Response(id=request_id, result=result):
+                pending = self._pending.get(request_id)
+                if pending is not None and not pending.done.is_set():
+                    pending.result = result
+                    pending.done.set()
             case wire.Ping(seq=seq):
                 self._send_control(wire.Pong(seq=seq))
             case wire.Pong(seq=seq):
@@ -313,11 +380,6 @@ class Link:
                 self._start_request(message, handlers)
             case wire.Notification():
                 self._start_notification(message, handlers)
-            case wire.Response(id=request_id, result=result):
-                pending = self._pending.get(request_id)
-                if pending is not None and not pending.done.is_set():
-                    pending.result = result
-                    pending.done.set()
             case wire.Error(id=None, code=code, message=text):
                 self.log.warning("link.peer_reported_error", code=code, error=text[:300])
             case wire.Error(id=int(request_id), code=code, message=text, data=data):
@@ -370,12 +432,13 @@ class Link:
             del self._serving[request.id]
         if reply is None:
             return  # cancelled by the caller or past its deadline: nobody waits for an answer
+        await self._reply(request.id, reply)
+
+    async def _reply(self, request_id: int, reply: wire.Message) -> None:
         try:
             await self.send(reply)
-        except MessageTooLargeError as exc:
-            await self._send_quietly(wire.Error(id=request.id, code=wire.INTERNAL_ERROR, message=str(exc)))
-        except ProtocolError as exc:  # the handler returned something that is not JSON
-            await self._send_quietly(wire.Error(id=request.id, code=wire.INTERNAL_ERROR, message=str(exc)))
+        except ProtocolError as exc:  # too large, or the handler returned something that is not JSON
+            await self._send_quietly(wire.Error(id=request_id, code=wire.INTERNAL_ERROR, message=str(exc)))
         except LinkClosedError:
             pass
 

@@ -16,7 +16,7 @@ from . import _wire as wire
 from ._auth import AuthManager
 from ._config import NodeConfig, PeerConfig
 from ._errors import PeerConnectError, PeerUnavailableError, UnknownPeerError
-from ._link import CLOSE_NORMAL, Handlers, NotificationHandler, RequestContext, RequestHandler
+from ._link import CLOSE_NORMAL, Handlers, InlineHandler, NotificationHandler, RequestContext, RequestHandler
 from ._listener import Listener
 from ._supervisor import PeerStatus, PeerSupervisor
 from ._version import __version__
@@ -50,8 +50,8 @@ class Node:
         self._listener = Listener(self)
         self._closing = False
         self._changed = trio.Event()
-        self.register_handler("echo", _echo)
-        self.register_handler("node/info", self._node_info)
+        self.register_handler("echo", _echo, inline=True)
+        self.register_handler("node/info", self._node_info, inline=True)
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -169,13 +169,21 @@ class Node:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def register_handler(self, method: str, handler: RequestHandler) -> None:
+    def register_handler(self, method: str, handler: RequestHandler | InlineHandler, *, inline: bool = False) -> None:
         """Serve requests for ``method``: ``await handler(params, context)`` returns the result.
 
         The handler may raise :class:`~fednode.RequestError` to answer with a specific error.
-        Registering a method again replaces its handler.
+        Each request runs in its own task, so slow handlers never stall the link. With
+        ``inline=True`` the handler is a plain function called by the link's reader itself
+        (cheaper, for answers computed at once, without I/O or waiting). Registering a method
+        again replaces its handler.
         """
-        self.handlers.requests[method] = handler
+        self.handlers.requests.pop(method, None)
+        self.handlers.inline.pop(method, None)
+        if inline:
+            self.handlers.inline[method] = handler
+        else:
+            self.handlers.requests[method] = handler
 
     def register_notification_handler(self, method: str, handler: NotificationHandler) -> None:
         """Handle notifications for ``method``: ``await handler(params, context)``."""
@@ -216,7 +224,7 @@ class Node:
         """
         await self._live_link(peer_id).notify(method, params)
 
-    async def _node_info(self, params: Any, context: RequestContext) -> dict[str, Any]:
+    def _node_info(self, params: Any, context: RequestContext) -> dict[str, Any]:
         return {
             "id": self.id,
             "software": "fednode",
@@ -259,7 +267,7 @@ class Node:
                 self.log.info("node.stopped", seconds=round(trio.current_time() - started, 3))
 
 
-async def _echo(params: Any, context: RequestContext) -> Any:
+def _echo(params: Any, context: RequestContext) -> Any:
     return params
 
 

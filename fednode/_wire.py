@@ -9,7 +9,7 @@ an unknown ``type`` or a field of the wrong type is a :class:`~fednode.ProtocolE
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, TypeGuard
 
 import attrs
 import cattrs
@@ -147,18 +147,62 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
+def _body(message: Message) -> dict[str, Any]:
+    # Hand-written for the frames on the hot path (a request/response round trip and heartbeats);
+    # cattrs handles the rest. tests/test_wire.py checks both give the same frames.
+    match message:
+        case Request(id=request_id, method=method, params=params, timeout=timeout):
+            return {"type": "request", "id": request_id, "method": method, "params": params, "timeout": timeout}
+        case Response(id=request_id, result=result):
+            return {"type": "response", "id": request_id, "result": result}
+        case Ping(seq=seq):
+            return {"type": "ping", "seq": seq}
+        case Pong(seq=seq):
+            return {"type": "pong", "seq": seq}
+    body: dict[str, Any] = converter.unstructure(message)
+    body["type"] = message.TYPE
+    return body
+
+
 def encode(message: Message) -> str:
     """Serialise a message to the text of one frame.
 
     Raises:
         ProtocolError: a payload is not JSON-serialisable.
     """
-    body = converter.unstructure(message)
-    body["type"] = message.TYPE
     try:
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _dumps(_body(message))
     except (TypeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"cannot encode {message.TYPE} frame: {exc}", INTERNAL_ERROR) from None
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _is_id(value: object) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value <= _MAX_ID
+
+
+def _fast_structure(body: dict[str, Any]) -> Message | None:
+    """Build the hot-path frame types without cattrs; None means "let cattrs decide (and explain)"."""
+    kind = body["type"]
+    if kind == "response":
+        request_id = body.get("id")
+        if _is_id(request_id):
+            return Response(id=request_id, result=body.get("result"))
+    elif kind == "request":
+        request_id, method, timeout = body.get("id"), body.get("method"), body.get("timeout")
+        if _is_id(request_id) and type(method) is str and (timeout is None or type(timeout) in (int, float)):
+            return Request(id=request_id, method=method, params=body.get("params"),
+                           timeout=None if timeout is None else float(timeout))
+    elif kind in ("ping", "pong"):
+        seq = body.get("seq")
+        if _is_id(seq):
+            return Ping(seq=seq) if kind == "ping" else Pong(seq=seq)
+    return None
 
 
 def decode(frame: str | bytes) -> Message:
@@ -170,7 +214,7 @@ def decode(frame: str | bytes) -> Message:
     if not isinstance(frame, str):
         raise ProtocolError("binary frames are not part of the protocol", INVALID_REQUEST)
     try:
-        body = json.loads(frame, parse_constant=_reject_constant)
+        body = _loads(frame)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"frame is not valid JSON: {str(exc)[:200]}", PARSE_ERROR) from None
     if not isinstance(body, dict):
@@ -180,10 +224,22 @@ def decode(frame: str | bytes) -> Message:
     if cls is None:
         shown = kind[:40] if isinstance(kind, str) else type(kind).__name__
         raise ProtocolError(f"unknown frame type {shown!r}", INVALID_REQUEST)
+    fast = _fast_structure(body)
+    if fast is not None:
+        return fast
+    return structure(body, cls)
+
+
+def structure(body: dict[str, Any], cls: type[Message]) -> Message:
+    """Build a message from a decoded frame with cattrs (the reference path, with precise errors).
+
+    Raises:
+        ProtocolError: a field is missing or of the wrong type.
+    """
     try:
         return converter.structure(body, cls)
     except Exception as exc:  # cattrs raises groups and assorted errors: all mean "malformed"
-        raise ProtocolError(f"malformed {kind} frame: {_describe(exc)}", INVALID_REQUEST) from None
+        raise ProtocolError(f"malformed {cls.TYPE} frame: {_describe(exc)}", INVALID_REQUEST) from None
 
 
 def request_id_of(frame: str | bytes) -> int | None:

@@ -163,7 +163,10 @@ class TestFaults:
 
     async def test_silent_link_death_detected_and_healed(self) -> None:
         with trio.fail_after(30):
-            async with fednode.open_node(node_config("node-b", peers=[{"id": "node-a"}])) as b, \
+            # node-b's own heartbeat is slower, so it is node-a's watchdog that notices the silence
+            # (otherwise node-b may give up first and the proxy would pass on its TCP close).
+            b_config = node_config("node-b", peers=[{"id": "node-a"}], heartbeat={"timeout": "5s"})
+            async with fednode.open_node(b_config) as b, \
                     fednode.open_node(node_config("node-a")) as a, trio.open_nursery() as nursery:
                 proxy = BlackholeProxy(int(b.control_url.rsplit(":", 1)[1]))
                 await nursery.start(proxy.serve)

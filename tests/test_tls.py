@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import fednode
+
 from conftest import node_config
 
 
@@ -57,9 +58,9 @@ class TestTLS:
         b_config = node_config("node-b", peers=[{"id": "node-a"}],
                                node={"control": "wss://127.0.0.1:0"}, tls={"cert": str(cert), "key": str(key)})
         with trio.fail_after(15):
-            async with fednode.open_node(b_config) as b:
-                async with fednode.open_node(node_config("node-a", tls={"ca": str(other)})) as a:
-                    with pytest.raises(fednode.PeerConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-                        await a.register_peer(fednode.PeerConfig(id="node-b", control=b.control_url),
-                                              keep_retrying=False)
-                    assert b.connected_peers() == []
+            async with fednode.open_node(b_config) as b, \
+                    fednode.open_node(node_config("node-a", tls={"ca": str(other)})) as a:
+                with pytest.raises(fednode.PeerConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                    await a.register_peer(fednode.PeerConfig(id="node-b", control=b.control_url),
+                                          keep_retrying=False)
+                assert b.connected_peers() == []
