@@ -342,14 +342,17 @@ class Link:
         reply: wire.Message
         try:
             reply = wire.Response(id=request.id, result=handler(request.params, context))
-        except RequestError as exc:
-            reply = wire.Error(id=request.id, code=exc.code, message=str(exc), data=exc.data)
         except Exception as exc:
-            self.log.error("link.handler_failed", method=request.method[:100],
-                           error=f"{type(exc).__name__}: {exc}"[:300])
-            reply = wire.Error(id=request.id, code=wire.INTERNAL_ERROR,
-                               message=f"internal error while handling {request.method[:100]!r}")
+            reply = self._error_reply(request, exc)
         await self._reply(request.id, reply)
+
+    def _error_reply(self, request: wire.Request, exc: Exception) -> wire.Error:
+        """The answer to a request whose handler raised: its RequestError, or a generic internal error."""
+        if isinstance(exc, RequestError):
+            return wire.Error(id=request.id, code=exc.code, message=str(exc), data=exc.data)
+        self.log.error("link.handler_failed", method=request.method[:100], error=f"{type(exc).__name__}: {exc}"[:300])
+        return wire.Error(id=request.id, code=wire.INTERNAL_ERROR,
+                          message=f"internal error while handling {request.method[:100]!r}")
 
     def _protocol_error(self, exc: ProtocolError, request_id: int | None) -> None:
         self._protocol_errors += 1
@@ -419,15 +422,9 @@ class Link:
                 else:
                     context = RequestContext(peer_id=self.peer_id, method=request.method, timeout=request.timeout)
                     try:
-                        result = await handler(request.params, context)
-                        reply = wire.Response(id=request.id, result=result)
-                    except RequestError as exc:
-                        reply = wire.Error(id=request.id, code=exc.code, message=str(exc), data=exc.data)
+                        reply = wire.Response(id=request.id, result=await handler(request.params, context))
                     except Exception as exc:
-                        self.log.error("link.handler_failed", method=request.method[:100],
-                                       error=f"{type(exc).__name__}: {exc}"[:300])
-                        reply = wire.Error(id=request.id, code=wire.INTERNAL_ERROR,
-                                           message=f"internal error while handling {request.method[:100]!r}")
+                        reply = self._error_reply(request, exc)
         finally:
             del self._serving[request.id]
         if reply is None:
