@@ -104,7 +104,8 @@ class Link:
     """
 
     def __init__(self, ws: WebSocketConnection, *, local_id: str, peer_id: str, direction: Direction,
-                 config: NodeConfig, handlers: Handlers, logger: Any = None) -> None:
+                 config: NodeConfig, handlers: Handlers, logger: Any = None,
+                 on_end: Callable[[Link], None] | None = None) -> None:
         self.ws = ws
         self.local_id = local_id
         self.peer_id = peer_id
@@ -135,6 +136,7 @@ class Link:
         self._last_pong = self.started_at
         self._control_send, self._control_recv = trio.open_memory_channel[wire.Message](_CONTROL_QUEUE)
         self.log = (logger or log).bind(peer=peer_id, direction=direction.value)
+        self._on_end = on_end
 
     def __repr__(self) -> str:
         state = "ended" if self.ended.is_set() else "up"
@@ -201,6 +203,8 @@ class Link:
         """Mark the link as ended: fail every waiting request at once and stop the tasks."""
         if self.end_reason is None:
             self.end_reason = reason
+            if self._on_end is not None:
+                self._on_end(self)
         error_text = f"link to {self.peer_id!r} closed before the answer arrived ({self.end_reason})"
         for pending in self._pending.values():
             if not pending.done.is_set():

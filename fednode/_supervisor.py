@@ -186,7 +186,8 @@ class PeerSupervisor:
 
     async def _take(self, ws: WebSocketConnection, direction: Direction) -> None:
         link = Link(ws, local_id=self.node.id, peer_id=self.peer.id, direction=direction,
-                    config=self.node.config, handlers=self.node.handlers, logger=self.node.log)
+                    config=self.node.config, handlers=self.node.handlers, logger=self.node.log,
+                    on_end=self._link_ending)
         if not self._install(link):
             self.log.info("link.duplicate", direction=direction.value,
                           kept=self.link.direction.value if self.link else None)
@@ -206,13 +207,19 @@ class PeerSupervisor:
             if self.link is link:
                 self.link = None
                 self._link_gone.set()
-                self.state = PeerState.CONNECTING if self.peer.control else PeerState.WAITING
-                if not reason.startswith("closed locally"):
-                    self.last_error = reason
             if uptime >= self.node.config.backoff.reset_after:
                 self.backoff.reset()
             self.log.info("link.down", direction=direction.value, reason=link.end_reason or reason,
                           uptime=round(uptime, 3))
+            self.node.notify_change()
+
+    def _link_ending(self, link: Link) -> None:
+        """Called by a link the moment it starts to end, so status never shows a dead link as up."""
+        if self.link is link:
+            self.state = PeerState.CONNECTING if self.peer.control else PeerState.WAITING
+            reason = link.end_reason or "link ended"
+            if not reason.startswith("closed locally"):
+                self.last_error = reason
             self.node.notify_change()
 
     def _install(self, link: Link) -> bool:
