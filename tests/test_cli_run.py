@@ -15,6 +15,7 @@ import trio
 import fednode
 
 from conftest import SECRET, node_config
+from helpers import BlackholeProxy
 
 FEDNODE = str(Path(sys.executable).parent / "fednode")
 
@@ -91,3 +92,39 @@ async def test_run_refuses_to_start_when_the_port_is_taken(tmp_path: Path) -> No
         await listeners[0].aclose()
     assert result.returncode == 1
     assert f"cannot start node 'node-s' on ws://127.0.0.1:{port}" in result.stderr.decode()
+
+
+async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
+    """While shutdown waits for a peer that no longer answers, a second signal ends the process at once."""
+    config_path = write_config(tmp_path)
+    events: list[dict[str, object]] = []
+    with trio.fail_after(30):
+        process = await trio.lowlevel.open_process(
+            [FEDNODE, "run", "--config", str(config_path)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, env={"TEST_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
+        try:
+            async with trio.open_nursery() as nursery:
+                assert process.stderr is not None
+                nursery.start_soon(read_events, process.stderr, events)
+                while not any(e["event"] == "node.started" for e in events):
+                    await trio.sleep(0.02)
+                control = str(next(e["control"] for e in events if e["event"] == "node.started"))
+                proxy = BlackholeProxy(int(control.rsplit(":", 1)[1]))
+                await nursery.start(proxy.serve)
+                async with fednode.open_node(node_config("node-t", heartbeat={"timeout": "10s"})) as t:
+                    await t.register_peer(fednode.PeerConfig(id="node-s", control=proxy.url))
+                    proxy.blackhole = True  # node-s's close frame will never be answered
+                    process.send_signal(signal.SIGTERM)
+                    while not any(e["event"] == "node.shutdown" for e in events):
+                        await trio.sleep(0.02)
+                    start = trio.current_time()
+                    process.send_signal(signal.SIGINT)
+                    status = await process.wait()
+                    assert trio.current_time() - start < 1.0  # well inside the 3 s grace period
+                    assert status == 128 + signal.SIGINT
+                nursery.cancel_scope.cancel()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert not any(e["event"] == "node.stopped" for e in events)
