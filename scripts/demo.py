@@ -8,6 +8,7 @@ both others, then everything shuts down with SIGTERM and every exit status is ch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,7 +30,9 @@ FEDNODE = str(Path(sys.executable).parent / "fednode")
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    # Output piped into `head` and closed: keep going, so the nodes still get shut down cleanly.
+    with contextlib.suppress(BrokenPipeError):
+        print(text, flush=True)
 
 
 def port_free(url: str) -> bool:
@@ -120,20 +123,26 @@ def main() -> int:
     subprocess.run([FEDNODE, "check-config", str(CONFIGS / "node-b.toml")], check=True)
 
     say("\n== starting node-c and node-b with `fednode run` (logs in .demo/)")
-    processes = {name: start_node(name) for name in ("node-c", "node-b")}
+    # SIGTERM (or a closed pipe) must still reach the finally below, which stops the child nodes.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     ok = False
     try:
+        for name in ("node-c", "node-b"):
+            processes[name] = start_node(name)
         wait_started(processes)
         say("\n== node-a joins, embedded in this Trio program")
         configure_logging("console", "info")
         trio.run(exchange)
         ok = True
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt) as exc:
         say(f"demo failed: {type(exc).__name__}: {exc}")
+        ok = False
     finally:
         say("\n== shutting down")
-        for name in ("node-b", "node-c"):
-            ok = stop(name, processes[name]) and ok
+        for name, process in processes.items():
+            ok = stop(name, process) and ok
 
     say("\n== what the nodes logged about their links")
     for name in ("node-b", "node-c"):
