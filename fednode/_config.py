@@ -116,12 +116,70 @@ class PeerConfig:
         control: the peer's control URL (``ws://`` or ``wss://``); ``None`` for a peer that only dials in.
         secrets: HS512 secrets for this pair (the first signs, all verify); empty = use ``[auth]``'s.
         public_keys: EdDSA public keys of the peer (any verifies).
+        export: server ids whose routes this node shares with the peer (None = all).
+        import_: server ids whose routes this node accepts from the peer (None = all).
+        transit: whether routes learned from other peers are re-advertised to this peer.
     """
 
     id: str = attrs.field(validator=_check_id)
     control: str | None = attrs.field(default=None, validator=_check_ws_url)
     secrets: tuple[Secret, ...] = attrs.field(default=(), repr=False)
     public_keys: tuple[Ed25519PublicKey, ...] = attrs.field(default=(), repr=False)
+    export: tuple[str, ...] | None = None
+    import_: tuple[str, ...] | None = None
+    transit: bool = True
+
+    def exports(self, server_id: str) -> bool:
+        """Whether routes to ``server_id`` may be advertised to this peer (``export``; default all)."""
+        return self.export is None or server_id in self.export
+
+    def imports(self, server_id: str) -> bool:
+        """Whether routes to ``server_id`` are accepted from this peer (``import``; default all)."""
+        return self.import_ is None or server_id in self.import_
+
+
+SERVER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+@attrs.frozen
+class ServerConfig:
+    """One MCP server attached to this node (``[[servers]]``): a stdio command or a Streamable HTTP URL.
+
+    Attributes:
+        id: unique on this node, ``[a-z0-9][a-z0-9_-]{0,31}``; the same id on several nodes = replicas.
+        prefix: exposed-name prefix for tools and prompts (``{prefix}__{name}``); None = the id, "" = none.
+        timeout: deadline of requests forwarded to this server (None = the node's ``[mcp] request_timeout``).
+    """
+
+    id: str
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    cwd: str | None = None
+    url: str | None = None
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    prefix: str | None = None
+    timeout: float | None = None
+
+    @property
+    def exposed_prefix(self) -> str:
+        """The prefix actually used: the configured one, or the id."""
+        return self.id if self.prefix is None else self.prefix
+
+
+@attrs.frozen
+class MCPConfig:
+    """MCP federation settings (``[mcp]``)."""
+
+    request_timeout: float = 60.0
+    transit: bool = True
+
+
+@attrs.frozen
+class ClientsConfig:
+    """MCP client access (``[clients]``): bearer tokens required on ``{data}/mcp`` when any are set."""
+
+    tokens: tuple[Secret, ...] = attrs.field(default=(), repr=False)
 
 
 @attrs.frozen
@@ -189,6 +247,9 @@ class NodeConfig:
     link: LinkConfig = attrs.field(factory=LinkConfig)
     tls: TLSConfig = attrs.field(factory=TLSConfig)
     peers: tuple[PeerConfig, ...] = ()
+    servers: tuple[ServerConfig, ...] = ()
+    mcp: MCPConfig = attrs.field(factory=MCPConfig)
+    clients: ClientsConfig = attrs.field(factory=ClientsConfig)
     source: str = attrs.field(default="<config>", eq=False)
 
     @classmethod
@@ -467,7 +528,8 @@ class _Builder:
     # -- sections ---------------------------------------------------------------------------
 
     def build(self, raw: Mapping[str, Any]) -> NodeConfig:
-        self.unknown_keys(raw, {"node", "auth", "heartbeat", "backoff", "link", "tls", "peers"}, "")
+        self.unknown_keys(raw, {"node", "auth", "heartbeat", "backoff", "link", "tls", "peers", "servers", "mcp",
+                                "clients"}, "")
         node_ok = isinstance(raw.get("node", {}), dict)
         node_raw = self.table(raw, "node", "node")
         self.unknown_keys(node_raw, {"id", "control", "data", "shutdown_grace"}, "node")
@@ -485,12 +547,112 @@ class _Builder:
         link = self.link(self.table(raw, "link", "link"))
         tls = self.tls(self.table(raw, "tls", "tls"), control)
         peers = self.peers(raw.get("peers", []), node_id, auth)
+        servers = self.servers(raw.get("servers", []))
+        mcp = self.mcp(self.table(raw, "mcp", "mcp"))
+        clients = self.clients(self.table(raw, "clients", "clients"))
 
         if self.problems or node_id is None or control is None or data is None:
             raise ConfigError(self.source, self.problems or [("node", "incomplete configuration")])
         return NodeConfig(id=node_id, control=control, data=data, shutdown_grace=grace, auth=auth,
                           heartbeat=heartbeat, backoff=backoff, link=link, tls=tls, peers=peers,
-                          source=self.source)
+                          servers=servers, mcp=mcp, clients=clients, source=self.source)
+
+    def string_list(self, raw: Mapping[str, Any], key: str, path: str) -> tuple[str, ...] | None:
+        if key not in raw:
+            return None
+        value = raw[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.problem(f"{path}.{key}", "expected a list of strings")
+            return None
+        result = []
+        for index, item in enumerate(value):
+            expanded = self.expand(f"{path}.{key}[{index}]", item)
+            if expanded is not None:
+                result.append(expanded)
+        return tuple(result)
+
+    def boolean(self, raw: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(f"{path}.{key}", f"expected true or false, got {type(value).__name__}")
+            return default
+        return value
+
+    def string_table(self, raw: Mapping[str, Any], key: str, path: str) -> tuple[tuple[str, str], ...]:
+        value = raw.get(key, {})
+        if not isinstance(value, dict):
+            self.problem(f"{path}.{key}", f"expected a table of strings, got {type(value).__name__}")
+            return ()
+        pairs = []
+        for name, item in value.items():
+            if not isinstance(item, str):
+                self.problem(f"{path}.{key}.{name}", f"expected a string, got {type(item).__name__}")
+                continue
+            expanded = self.expand(f"{path}.{key}.{name}", item)
+            if expanded is not None:
+                pairs.append((str(name), expanded))
+        return tuple(pairs)
+
+    def servers(self, raw: object) -> tuple[ServerConfig, ...]:
+        if not isinstance(raw, list):
+            self.problem("servers", f"expected an array of tables ([[servers]]), got {type(raw).__name__}")
+            return ()
+        result: list[ServerConfig] = []
+        seen: dict[str, int] = {}
+        for index, item in enumerate(raw):
+            path = f"servers[{index}]"
+            if not isinstance(item, dict):
+                self.problem(path, f"expected a table, got {type(item).__name__}")
+                continue
+            server = self.server(item, path)
+            if server is None:
+                continue
+            if server.id in seen:
+                self.problem(f"{path}.id", f"duplicate server id {server.id!r} (also servers[{seen[server.id]}])")
+                continue
+            seen[server.id] = index
+            result.append(server)
+        return tuple(result)
+
+    def server(self, raw: dict[str, Any], path: str) -> ServerConfig | None:
+        self.unknown_keys(raw, {"id", "command", "args", "env", "cwd", "url", "headers", "prefix", "timeout"}, path)
+        before = len(self.problems)
+        server_id = self.string(raw, "id", path, required=True)
+        if server_id is not None and not SERVER_ID_RE.match(server_id):
+            self.problem(f"{path}.id", f"{server_id!r} must match [a-z0-9][a-z0-9_-]{{0,31}}")
+        command = self.string(raw, "command", path)
+        url = self.url(raw, "url", path, ("http", "https"), None, own=False)
+        if (command is None) == ("url" not in raw):
+            self.problem(path, "give either command (a stdio server) or url (a Streamable HTTP server)")
+        args = self.string_list(raw, "args", path) or ()
+        env = self.string_table(raw, "env", path)
+        headers = self.string_table(raw, "headers", path)
+        cwd = self.path_value(raw, "cwd", path)
+        prefix = self.string(raw, "prefix", path)
+        if prefix is not None and prefix and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", prefix):
+            self.problem(f"{path}.prefix", f"{prefix!r} must be 1-64 characters of A-Z a-z 0-9 _ - . (or \"\")")
+        timeout = self.duration(raw, "timeout", path, 0.0) if "timeout" in raw else None
+        if command is not None and ("headers" in raw):
+            self.problem(f"{path}.headers", "headers are only used with url")
+        if url is not None and any(k in raw for k in ("args", "env", "cwd")):
+            self.problem(path, "args, env and cwd are only used with command")
+        if len(self.problems) > before or server_id is None:
+            return None
+        return ServerConfig(id=server_id, command=command, args=args, env=env, cwd=str(cwd) if cwd else None,
+                            url=url, headers=headers, prefix=prefix, timeout=timeout)
+
+    def mcp(self, raw: dict[str, Any]) -> MCPConfig:
+        self.unknown_keys(raw, {"request_timeout", "transit"}, "mcp")
+        return MCPConfig(request_timeout=self.duration(raw, "request_timeout", "mcp", 60.0),
+                         transit=self.boolean(raw, "transit", "mcp", True))
+
+    def clients(self, raw: dict[str, Any]) -> ClientsConfig:
+        self.unknown_keys(raw, {"tokens"}, "clients")
+        tokens = self.string_list(raw, "tokens", "clients") or ()
+        for index, token in enumerate(tokens):
+            if len(token) < 16:
+                self.problem(f"clients.tokens[{index}]", f"client token is {len(token)} characters; use at least 16")
+        return ClientsConfig(tokens=tuple(Secret(t) for t in tokens))
 
     def auth(self, raw: dict[str, Any]) -> AuthConfig:
         self.unknown_keys(raw, {"type", "algorithm", "secret", "secrets", "private_key", "token_ttl",
@@ -602,7 +764,8 @@ class _Builder:
         return tuple(result)
 
     def peer(self, raw: dict[str, Any], path: str, auth: AuthConfig) -> PeerConfig | None:
-        self.unknown_keys(raw, {"id", "control", "secret", "secrets", "public_key", "public_keys"}, path)
+        self.unknown_keys(raw, {"id", "control", "secret", "secrets", "public_key", "public_keys", "export", "import",
+                                "transit"}, path)
         before = len(self.problems)
         peer_id = self.string(raw, "id", path, required=True)
         if peer_id is not None and not NODE_ID_RE.match(peer_id):
@@ -624,9 +787,13 @@ class _Builder:
             keys = self.public_keys(raw, path)
             if not keys and "public_key" not in raw and "public_keys" not in raw:
                 self.problem(f"{path}.public_key", "EdDSA needs this peer's public key")
+        export = self.string_list(raw, "export", path)
+        import_ = self.string_list(raw, "import", path)
+        transit = self.boolean(raw, "transit", path, True)
         if len(self.problems) > before or peer_id is None:
             return None
-        return PeerConfig(id=peer_id, control=control, secrets=secrets, public_keys=keys)
+        return PeerConfig(id=peer_id, control=control, secrets=secrets, public_keys=keys, export=export,
+                          import_=import_, transit=transit)
 
 
 def describe(config: NodeConfig) -> str:
@@ -651,4 +818,10 @@ def describe(config: NodeConfig) -> str:
         elif peer.public_keys:
             own = f", {len(peer.public_keys)} public key(s)"
         lines.append(f"    - {peer.id}: {how}{own}")
+    lines.append(f"  servers   {len(config.servers)}")
+    for server in config.servers:
+        # Arguments and URLs can carry credentials: show the command only, and URLs masked.
+        what = (f"stdio: {server.command} (+{len(server.args)} args)" if server.command
+                else f"http: {_shown_url(server.url or '')}")
+        lines.append(f"    - {server.id}: {what} (prefix {server.exposed_prefix!r})")
     return "\n".join(lines)

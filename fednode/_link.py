@@ -81,6 +81,7 @@ class Handlers:
     requests: dict[str, RequestHandler] = attrs.field(factory=dict)
     inline: dict[str, InlineHandler] = attrs.field(factory=dict)
     notifications: dict[str, NotificationHandler] = attrs.field(factory=dict)
+    inline_notifications: dict[str, Callable[[Any, RequestContext], None]] = attrs.field(factory=dict)
 
 
 @attrs.define
@@ -448,6 +449,16 @@ class Link:
             await self.send(message)
 
     def _start_notification(self, notification: wire.Notification, handlers: trio.Nursery) -> None:
+        inline = self.handlers.inline_notifications.get(notification.method)
+        if inline is not None:
+            # Run in the reader, so notifications of this method are handled in the order they were sent.
+            try:
+                inline(notification.params, RequestContext(peer_id=self.peer_id, method=notification.method,
+                                                           timeout=None))
+            except Exception as exc:
+                self.log.error("link.handler_failed", method=notification.method[:100],
+                               error=f"{type(exc).__name__}: {exc}"[:300])
+            return
         handler = self.handlers.notifications.get(notification.method)
         if handler is None:
             self.log.debug("link.unknown_notification", method=notification.method[:100])

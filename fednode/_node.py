@@ -185,9 +185,19 @@ class Node:
         else:
             self.handlers.requests[method] = handler
 
-    def register_notification_handler(self, method: str, handler: NotificationHandler) -> None:
-        """Handle notifications for ``method``: ``await handler(params, context)``."""
-        self.handlers.notifications[method] = handler
+    def register_notification_handler(self, method: str, handler: NotificationHandler | InlineHandler, *,
+                                      inline: bool = False) -> None:
+        """Handle notifications for ``method``: ``await handler(params, context)``.
+
+        With ``inline=True`` the handler is a plain function run by the link's reader, so a peer's
+        notifications of that method are handled one at a time, in the order they were sent.
+        """
+        self.handlers.notifications.pop(method, None)
+        self.handlers.inline_notifications.pop(method, None)
+        if inline:
+            self.handlers.inline_notifications[method] = handler
+        else:
+            self.handlers.notifications[method] = handler
 
     def _live_link(self, peer_id: str) -> Any:
         supervisor = self._supervisors.get(peer_id)
