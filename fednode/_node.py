@@ -195,7 +195,7 @@ class Node:
         self.handlers.notifications.pop(method, None)
         self.handlers.inline_notifications.pop(method, None)
         if inline:
-            self.handlers.inline_notifications[method] = handler
+            self.handlers.inline_notifications[method] = handler  # type: ignore[assignment]
         else:
             self.handlers.notifications[method] = handler
 
