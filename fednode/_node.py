@@ -16,6 +16,7 @@ from . import _wire as wire
 from ._auth import AuthManager
 from ._config import NodeConfig, PeerConfig
 from ._errors import PeerConnectError, PeerUnavailableError, UnknownPeerError
+from ._federation import Federation
 from ._link import CLOSE_NORMAL, Handlers, InlineHandler, NotificationHandler, RequestContext, RequestHandler
 from ._listener import Listener
 from ._supervisor import PeerStatus, PeerSupervisor
@@ -52,6 +53,7 @@ class Node:
         self._changed = trio.Event()
         self.register_handler("echo", _echo, inline=True)
         self.register_handler("node/info", self._node_info, inline=True)
+        self.federation = Federation(self)
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -84,6 +86,19 @@ class Node:
     def supervisor(self, peer_id: str) -> PeerSupervisor | None:
         """The supervisor of a registered peer, if any."""
         return self._supervisors.get(peer_id)
+
+    def peer_config(self, peer_id: str) -> PeerConfig | None:
+        """The configuration of a registered peer, if any."""
+        supervisor = self._supervisors.get(peer_id)
+        return supervisor.peer if supervisor is not None else None
+
+    def link_changed(self, peer_id: str, up: bool) -> None:
+        """Called by supervisors when a peer's link comes up or starts to go down."""
+        if up:
+            self.federation.link_up(peer_id)
+        else:
+            self.federation.link_down(peer_id)
+        self.notify_change()
 
     async def register_peer(self, peer: PeerConfig, *, wait: bool = True, keep_retrying: bool = True) -> None:
         """Add a peer at runtime (or replace the registered peer with the same id).
@@ -256,6 +271,7 @@ class Node:
         self.refused[reason] += 1
 
     async def _start(self) -> None:
+        await self._nursery.start(self.federation.advertiser)
         await self._nursery.start(self._listener.serve)
         self.log.info("node.started", control=self.control_url, peers=len(self.config.peers),
                       version=__version__)

@@ -198,7 +198,7 @@ class PeerSupervisor:
         self.state = PeerState.UP
         self.links_up += 1
         self.log.info("link.up", direction=direction.value, reconnects=max(0, self.links_up - 1))
-        self.node.notify_change()
+        self.node.link_changed(self.peer.id, True)
         reason = "unknown"
         try:
             reason = await link.run()
@@ -220,7 +220,7 @@ class PeerSupervisor:
             reason = link.end_reason or "link ended"
             if not reason.startswith("closed locally"):
                 self.last_error = reason
-            self.node.notify_change()
+            self.node.link_changed(self.peer.id, False)
 
     def _install(self, link: Link) -> bool:
         """Make ``link`` the peer's link, or refuse it; both nodes reach the same choice.

@@ -44,11 +44,13 @@ async def raw_peer(node: fednode.Node, as_id: str, *, hello: bool = True,
 
 
 async def next_frame(ws: WebSocketConnection) -> wire.Message:
-    """The next frame that is not a heartbeat (pings are answered)."""
+    """The next frame that is not a heartbeat (pings are answered) or a route advertisement."""
     while True:
         message = wire.decode(await ws.get_message())
         if isinstance(message, wire.Ping):
             await ws.send_message(wire.encode(wire.Pong(seq=message.seq)))
+        elif isinstance(message, wire.Notification) and message.method == "fed/routes":
+            continue
         elif not isinstance(message, wire.Pong):
             return message
 

@@ -1,0 +1,545 @@
+"""The MCP client-facing edge of a node: serves MCP clients of both protocol eras.
+
+List methods are answered from the node's federated catalog; ``tools/call``, ``prompts/get``,
+``resources/read`` and ``completion/complete`` are handed to a :class:`Forwarder`. Everything
+else (``initialize``, ``server/discover``, ``ping``, ``subscriptions/listen``, the HTTP session
+machinery, Host/Origin checks) is left to the official MCP SDK's lowlevel ``Server``.
+
+The forwarded and listed methods are answered from a ``Server.middleware`` that returns the
+result dict without calling the rest of the chain: that skips the SDK's result sieve
+(``extra="ignore"`` would drop fields the node must pass through unchanged), so the edge owns
+the envelope of those results itself (see :func:`_shape_result`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hmac
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache, partial
+from types import UnionType
+from typing import Any, Literal, Protocol, cast, get_args
+
+import anyio
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import mcp_types
+import structlog
+import trio
+from mcp.server.connection import Connection
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
+from mcp.server.stdio import stdio_server
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ServerEvent,
+    ToolsListChanged,
+)
+from mcp.shared.exceptions import MCPError
+from mcp_types import methods as mcp_methods
+from mcp_types.version import KNOWN_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ._errors import FednodeError
+
+__all__ = ["PAGE_SIZE", "EdgeCall", "EdgeError", "Forwarder", "MCPEdge"]
+
+#: Items per page of a list result.
+PAGE_SIZE = 100
+
+#: The catalog kinds, as passed to :meth:`Forwarder.list_items` and :meth:`MCPEdge.notify_list_changed`.
+KINDS = ("tools", "prompts", "resources", "resourceTemplates")
+
+#: Methods handed to :meth:`Forwarder.forward`.
+FORWARDED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "completion/complete"})
+
+# list method -> catalog kind (which is also the result key holding the page).
+_LIST_METHODS: dict[str, str] = {
+    "tools/list": "tools",
+    "prompts/list": "prompts",
+    "resources/list": "resources",
+    "resources/templates/list": "resourceTemplates",
+}
+
+# kind -> the legacy notification and the 2026-07-28 listen event announcing a change of it.
+_CHANGE_NOTIFICATIONS: dict[str, tuple[str, ServerEvent]] = {
+    "tools": ("notifications/tools/list_changed", ToolsListChanged()),
+    "prompts": ("notifications/prompts/list_changed", PromptsListChanged()),
+    "resources": ("notifications/resources/list_changed", ResourcesListChanged()),
+    "resourceTemplates": ("notifications/resources/list_changed", ResourcesListChanged()),
+}
+
+# The params model of each intercepted method, for registering the SDK handlers that make it
+# advertise the capabilities (the middleware answers before they would run).
+_PARAMS_TYPES: dict[str, type[BaseModel]] = {
+    "tools/list": mcp_types.PaginatedRequestParams,
+    "prompts/list": mcp_types.PaginatedRequestParams,
+    "resources/list": mcp_types.PaginatedRequestParams,
+    "resources/templates/list": mcp_types.PaginatedRequestParams,
+    "tools/call": mcp_types.CallToolRequestParams,
+    "prompts/get": mcp_types.GetPromptRequestParams,
+    "resources/read": mcp_types.ReadResourceRequestParams,
+    "completion/complete": mcp_types.CompleteRequestParams,
+}
+
+_SESSION_KEY_STATE = "fednode.edge.session_key"
+_NOTIFY_TIMEOUT = 5.0
+
+
+class Forwarder(Protocol):
+    """What the edge needs from the node: the federated catalog and a way to execute requests."""
+
+    def list_items(self, kind: str) -> list[dict[str, Any]]:
+        """The federated definitions of ``kind`` (one of :data:`KINDS`), already renamed to their
+        exposed names, as raw dicts returned to clients unchanged."""
+        ...
+
+    def tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """The input schema of the exposed tool ``name``, or None when unknown.
+
+        Synchronous and called for every 2026-07-28 ``tools/call`` (the SDK validates
+        ``Mcp-Param-*`` headers with it), so it should be a cache lookup.
+        """
+        ...
+
+    async def forward(self, method: str, params: dict[str, Any], call: EdgeCall) -> dict[str, Any]:
+        """Execute ``tools/call``, ``prompts/get``, ``resources/read`` or ``completion/complete``
+        somewhere in the federation and return the raw result dict.
+
+        ``params`` are the client's raw params, ``_meta`` included. Raise :class:`EdgeError` to
+        answer with a JSON-RPC error (e.g. unknown tool -32602, unreachable -32001); an upstream
+        server's own error should be raised as an EdgeError with its code unchanged.
+        """
+        ...
+
+
+@attrs.frozen
+class EdgeError(FednodeError):
+    """A JSON-RPC error to give the MCP client, raised by :meth:`Forwarder.forward`.
+
+    Attributes:
+        code: the JSON-RPC error code.
+        message: the error message.
+        data: optional JSON-serialisable detail.
+    """
+
+    code: int
+    message: str
+    data: Any = None
+
+    def __str__(self) -> str:
+        return f"{self.message} (code {self.code})"
+
+
+class EdgeCall:
+    """Per-request context handed to :meth:`Forwarder.forward`.
+
+    Attributes:
+        method: the MCP method being forwarded.
+        era: ``"legacy"`` (2025-11-25 and older, initialize handshake) or ``"modern"`` (2026-07-28+).
+        protocol_version: the client's protocol version.
+        meta: the request's raw ``_meta`` (empty when absent).
+        session_key: identifies the client's session, for per-session upstream state: the
+            Streamable HTTP session id (or a key minted per stdio connection) for legacy clients;
+            None for the stateless 2026-07-28 era.
+        request_id: the client's JSON-RPC request id.
+        client_info: the client's ``Implementation`` as a wire dict, when it identified itself.
+        client_capabilities: the capabilities the client declared, as a wire dict, when known.
+    """
+
+    def __init__(self, ctx: ServerRequestContext[Any, Any], *, session_key: str | None) -> None:
+        self._session = ctx.session
+        self.method: str = ctx.method
+        self.protocol_version: str = ctx.protocol_version
+        self.era: Literal["legacy", "modern"] = "modern" if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS \
+            else "legacy"
+        raw_meta = (ctx.params or {}).get("_meta")
+        self.meta: dict[str, Any] = dict(raw_meta) if isinstance(raw_meta, Mapping) else {}
+        self.session_key = session_key
+        self.request_id: str | int | None = ctx.request_id
+        params = ctx.session.client_params
+        self.client_info: dict[str, Any] | None = _dump(params.client_info) if params is not None else None
+        capabilities = ctx.session.client_capabilities
+        self.client_capabilities: dict[str, Any] | None = _dump(capabilities) if capabilities is not None else None
+
+    async def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        """Send ``notifications/progress`` to this request's client.
+
+        A no-op when the client sent no progress token. Best effort: a client that has gone
+        away is not an error (the request is being cancelled anyway).
+        """
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._session.report_progress(progress, total, message)
+
+    def __repr__(self) -> str:
+        return (f"EdgeCall(method={self.method!r}, era={self.era!r}, protocol_version={self.protocol_version!r}, "
+                f"session_key={self.session_key!r}, request_id={self.request_id!r})")
+
+
+class _EdgeServer(Server[Any]):
+    # The SDK builds the legacy InitializeResult from create_initialization_options() with no
+    # arguments on HTTP, so listChanged would be false; the edge does send list_changed.
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        if notification_options is None:
+            notification_options = NotificationOptions(prompts_changed=True, resources_changed=True,
+                                                       tools_changed=True)
+        return super().create_initialization_options(notification_options, experimental_capabilities, extensions)
+
+
+class MCPEdge:
+    """Serves MCP clients (both protocol eras) over Streamable HTTP and stdio for one node.
+
+    Args:
+        forwarder: the node's catalog and request executor.
+        name: the server name reported to clients.
+        version: the server version reported to clients.
+        logger: a structlog-style logger (default ``structlog.get_logger("fednode.edge")``).
+        client_tokens: when non-empty, HTTP requests other than ``/healthz`` must carry
+            ``Authorization: Bearer <one of them>``.
+    """
+
+    def __init__(self, forwarder: Forwarder, *, name: str, version: str, logger: Any = None,
+                 client_tokens: Sequence[str] = ()) -> None:
+        self.forwarder = forwarder
+        self.log: Any = logger if logger is not None else structlog.get_logger("fednode.edge")
+        self._tokens = [token.encode() for token in client_tokens]
+        self._bus = InMemorySubscriptionBus()
+        self._listen = ListenHandler(self._bus)
+        # Live legacy connections (HTTP sessions and stdio) -> their session key; entries remove
+        # themselves when the SDK unwinds the connection's exit stack.
+        self._legacy: dict[Connection, str] = {}
+        self.server = _EdgeServer(name, version=version, get_tool_input_schema=self._tool_input_schema,
+                                  on_subscriptions_listen=self._listen)
+        # Registered only so the SDK advertises the capabilities and knows the methods: the
+        # middleware below answers them first. Should it ever be bypassed, they still work
+        # (minus pass-through of unknown fields).
+        for method, params_type in _PARAMS_TYPES.items():
+            self.server.add_request_handler(method, params_type, self._fallback_handler)
+        self.server.middleware.append(self._middleware)
+
+    @property
+    def legacy_sessions(self) -> list[str]:
+        """Session keys of the live legacy-era connections (2026-07-28 clients hold none)."""
+        return list(self._legacy.values())
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def asgi_app(self, *, host: str, path: str = "/mcp") -> ASGIApp:
+        """An ASGI app serving MCP at ``path`` (POST/GET/DELETE, both eras) and ``GET /healthz``.
+
+        Host/Origin (DNS-rebinding) protection is what the SDK applies for ``host``: on for
+        127.0.0.1, localhost and ::1, off otherwise. Each call builds a new app (the SDK's
+        session manager runs once), whose lifespan must be run by the ASGI server.
+        """
+        app = self.server.streamable_http_app(
+            streamable_http_path=path,
+            host=host,
+            custom_starlette_routes=[Route("/healthz", _healthz, methods=["GET"])],
+        )
+        if not self._tokens:
+            return app
+        return _BearerAuth(app, self._tokens)
+
+    async def serve_http(self, host: str, port: int, *, path: str = "/mcp",
+                         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve :meth:`asgi_app` with hypercorn's Trio worker until cancelled.
+
+        ``task_status.started(port)`` reports the bound port once listening (useful with port 0).
+        Cancelling the task stops the server at once, open streams included.
+        """
+        config = hypercorn.config.Config()
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("fednode.edge.http")
+        app = self.asgi_app(host=host, path=path)
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(partial(hypercorn.trio.serve, cast(Any, app), config))
+            bound = int(binds[0].rsplit(":", 1)[1])
+            self.log.info("edge.listening", url=f"{binds[0]}{path}")
+            task_status.started(bound)
+
+    async def serve_stdio(self, stdin: anyio.AsyncFile[str] | None = None,
+                          stdout: anyio.AsyncFile[str] | None = None) -> None:
+        """Serve one MCP client over stdio (the process's own, or the given text files).
+
+        The client's first request fixes the connection's era. Returns at end of input.
+        """
+        async with stdio_server(stdin, stdout) as (read_stream, write_stream):
+            await self.server.run(read_stream, write_stream, self.server.create_initialization_options())
+
+    # -- notifications ----------------------------------------------------------------------
+
+    async def notify_list_changed(self, kinds: Iterable[str]) -> None:
+        """Tell connected clients that the catalog changed (best effort; never raises).
+
+        Legacy sessions get ``notifications/{tools,prompts,resources}/list_changed`` on their
+        standalone stream (the HTTP GET stream, or the stdio pipe); 2026-07-28 clients get the
+        matching event on their ``subscriptions/listen`` streams. Unknown kinds are ignored.
+        """
+        try:
+            changes = {_CHANGE_NOTIFICATIONS[kind] for kind in kinds if kind in _CHANGE_NOTIFICATIONS}
+            for _, event in changes:
+                await self._bus.publish(event)
+            methods = sorted({method for method, _ in changes})
+            connections = list(self._legacy)
+            if not methods or not connections:
+                return
+            async with trio.open_nursery() as nursery:
+                for connection in connections:
+                    nursery.start_soon(self._notify_connection, connection, methods)
+        except Exception as exc:  # best effort by contract: a catalog change must not fail the node
+            self.log.warning("edge.notify_failed", error=repr(exc))
+
+    async def _notify_connection(self, connection: Connection, methods: list[str]) -> None:
+        # A client that stopped reading must not hold up the others (or the caller) for long.
+        with trio.move_on_after(_NOTIFY_TIMEOUT):
+            try:
+                for method in methods:
+                    await connection.notify(method, None)
+            except Exception as exc:
+                self.log.debug("edge.notify_session_failed", session=self._legacy.get(connection),
+                               error=repr(exc))
+
+    # -- request handling -------------------------------------------------------------------
+
+    def _tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
+        return self.forwarder.tool_input_schema(name)
+
+    async def _middleware(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.request_id is None:  # a notification
+            result = await call_next(ctx)
+            if ctx.method == "notifications/initialized":
+                self._session_key(ctx)
+            return result
+        if ctx.method not in FORWARDED_METHODS and ctx.method not in _LIST_METHODS:
+            return await call_next(ctx)
+        self._check_request(ctx)
+        return await self._serve(ctx)
+
+    async def _fallback_handler(self, ctx: ServerRequestContext[Any, Any], params: BaseModel) -> HandlerResult:
+        return await self._serve(ctx)
+
+    async def _serve(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        if ctx.method in _LIST_METHODS:
+            result = self._list(ctx)
+        else:
+            result = await self._forward(ctx)
+        return _shape_result(self.server, ctx.method, ctx.protocol_version, result)
+
+    def _check_request(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        # What the SDK does before its handlers, which the short-circuit skips: request-surface
+        # validation per version (the params themselves still go out raw) and the legacy gate
+        # against requests before `initialize`.
+        try:
+            mcp_methods.validate_client_request(ctx.method, ctx.protocol_version, ctx.params)
+        except KeyError:
+            raise MCPError(mcp_types.METHOD_NOT_FOUND, "Method not found", ctx.method) from None
+        connection = _connection(ctx)
+        if connection is not None and not connection.initialize_accepted:
+            raise MCPError(mcp_types.INVALID_PARAMS, "Invalid request parameters", "")
+
+    def _list(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        kind = _LIST_METHODS[ctx.method]
+        cursor = (ctx.params or {}).get("cursor")
+        offset = _decode_cursor(kind, cursor) if cursor is not None else 0
+        try:
+            items = self.forwarder.list_items(kind)
+        except Exception as exc:
+            self.log.exception("edge.list_failed", kind=kind)
+            raise MCPError(mcp_types.INTERNAL_ERROR, "Internal error", None) from exc
+        result: dict[str, Any] = {kind: items[offset:offset + PAGE_SIZE]}
+        if offset + PAGE_SIZE < len(items):
+            result["nextCursor"] = _encode_cursor(kind, offset + PAGE_SIZE)
+        return result
+
+    async def _forward(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        call = EdgeCall(ctx, session_key=self._session_key(ctx))
+        try:
+            # Any: the forwarder is the node's code, but what it returns goes on the wire.
+            result: Any = await self.forwarder.forward(ctx.method, dict(ctx.params or {}), call)
+        except (EdgeError, MCPError) as exc:
+            raise _as_mcp_error(exc) from exc
+        except BaseExceptionGroup as group:
+            # Under Trio an error raised inside the forwarder's task group arrives wrapped; left
+            # as is the SDK would answer -32603 instead of the error meant for the client.
+            sole = _sole_error(group)
+            if sole is None:
+                raise
+            raise _as_mcp_error(sole) from group
+        except Exception as exc:
+            self.log.exception("edge.forward_failed", method=ctx.method)
+            raise MCPError(mcp_types.INTERNAL_ERROR, "Internal error", None) from exc
+        if not isinstance(result, dict):
+            self.log.error("edge.forward_bad_result", method=ctx.method, type=type(result).__name__)
+            raise MCPError(mcp_types.INTERNAL_ERROR, "Internal error", None)
+        return result
+
+    def _session_key(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
+        """The legacy connection's key, registering the connection for list_changed; None if modern."""
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return None
+        connection = _connection(ctx)
+        if connection is None:
+            return None
+        key = self._legacy.get(connection)
+        if key is None:
+            key = connection.session_id or f"stdio-{uuid.uuid4().hex}"
+            connection.state[_SESSION_KEY_STATE] = key
+            self._legacy[connection] = key
+            connection.exit_stack.callback(self._legacy.pop, connection, None)
+        return key
+
+
+def _connection(ctx: ServerRequestContext[Any, Any]) -> Connection | None:
+    # The per-connection state (session id, standalone channel, exit stack) is reachable from a
+    # lowlevel handler only through the session's private attribute (SDK 2.3).
+    connection = getattr(ctx.session, "_connection", None)
+    return connection if isinstance(connection, Connection) else None
+
+
+def _shape_result(server: Server[Any], method: str, version: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Give a raw result the envelope its client's era requires, touching nothing else.
+
+    2026-07-28: ``resultType`` (required; ``"complete"`` unless given), ``ttlMs``/``cacheScope``
+    on cacheable results (required; 0 / private unless given), and the SDK's ``serverInfo``
+    ``_meta`` stamp when the result carries none. Legacy: keys that only a later revision
+    defines for the method (``resultType``, ``ttlMs``, ...) are dropped, as the SDK's own
+    client does; an ``input_required`` result cannot be delivered at all.
+    """
+    shaped = dict(result)
+    if version in MODERN_PROTOCOL_VERSIONS:
+        input_required = mcp_methods.is_input_required(shaped)
+        shaped.setdefault("resultType", "complete")
+        if method in mcp_methods.CACHEABLE_METHODS and not input_required:
+            shaped.setdefault("ttlMs", 0)
+            shaped.setdefault("cacheScope", "private")
+        meta = shaped.get("_meta")
+        if meta is None:
+            shaped["_meta"] = {mcp_types.SERVER_INFO_META_KEY: server.server_info_stamp}
+        elif isinstance(meta, dict) and meta.get(mcp_types.SERVER_INFO_META_KEY) is None:
+            shaped["_meta"] = {**meta, mcp_types.SERVER_INFO_META_KEY: server.server_info_stamp}
+        return shaped
+    if mcp_methods.is_input_required(shaped):
+        raise MCPError(mcp_types.INTERNAL_ERROR,
+                       f"{method} needs input from the client, which a {version} client cannot be asked for", None)
+    for key in _later_revision_fields(method, version) & shaped.keys():
+        del shaped[key]
+    return shaped
+
+
+@cache
+def _later_revision_fields(method: str, version: str) -> frozenset[str]:
+    # Result keys that a revision after `version` defines for `method` and `version` does not.
+    current = mcp_methods.SERVER_RESULTS.get((method, version))
+    if current is None or version not in KNOWN_PROTOCOL_VERSIONS:
+        return frozenset()
+    later: set[str] = set()
+    for revision in KNOWN_PROTOCOL_VERSIONS[KNOWN_PROTOCOL_VERSIONS.index(version) + 1:]:
+        row = mcp_methods.SERVER_RESULTS.get((method, revision))
+        if row is not None:
+            later |= _wire_fields(row)
+    return frozenset(later - _wire_fields(current))
+
+
+def _wire_fields(target: type[BaseModel] | UnionType) -> set[str]:
+    members: tuple[Any, ...] = get_args(target) if isinstance(target, UnionType) else (target,)
+    return {field.alias or name
+            for model in members if isinstance(model, type) and issubclass(model, BaseModel)
+            for name, field in model.model_fields.items()}
+
+
+def _encode_cursor(kind: str, offset: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{offset}".encode()).decode("ascii")
+
+
+def _decode_cursor(kind: str, cursor: object) -> int:
+    """The offset a cursor from :func:`_encode_cursor` stands for; -32602 for anything else."""
+    if isinstance(cursor, str):
+        try:
+            cursor_kind, _, offset = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii").partition(":")
+            if cursor_kind == kind and offset.isdigit():
+                return int(offset)
+        except (ValueError, binascii.Error):
+            pass
+    raise MCPError(mcp_types.INVALID_PARAMS, "Invalid cursor", None)
+
+
+def _as_mcp_error(exc: EdgeError | MCPError) -> MCPError:
+    if isinstance(exc, MCPError):
+        return exc
+    return MCPError(exc.code, exc.message, exc.data)
+
+
+def _sole_error(group: BaseExceptionGroup[Any]) -> EdgeError | MCPError | None:
+    """The one EdgeError/MCPError a (nested) exception group consists of, else None."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], EdgeError | MCPError):
+        return leaves[0]
+    return None
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+async def _healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+class _BearerAuth:
+    """ASGI middleware: every HTTP request except ``/healthz`` needs a known bearer token."""
+
+    def __init__(self, app: ASGIApp, tokens: list[bytes]) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/healthz" and not self._authorized(scope):
+            response = PlainTextResponse("Unauthorized", status_code=401,
+                                         headers={"WWW-Authenticate": 'Bearer realm="fednode"'})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        headers = cast(Iterable[tuple[bytes, bytes]], scope["headers"])
+        value = next((v for k, v in headers if k == b"authorization"), None)
+        if value is None:
+            return False
+        scheme, _, presented = value.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        presented = presented.strip()
+        # Compare against every token without stopping early: timing then says nothing about
+        # which token (or how much of one) matched.
+        matched = False
+        for token in self.tokens:
+            matched |= hmac.compare_digest(presented, token)
+        return matched
+
+

@@ -1,0 +1,480 @@
+"""The federated catalog, path-vector routing and request forwarding across peer links.
+
+Every node advertises to each peer one *route* per attached MCP server it can reach: the server's
+catalog (raw definitions), the prefix its owner chose, and the path of node ids the advertisement
+travelled (owner first). A node never accepts a route whose path contains its own id. After the
+first full exchange on a link, only differences travel; when a link goes down, every route learned
+over it is dropped at once and the change propagates as withdrawals, so convergence never waits
+for a periodic re-sync.
+
+Requests (tools/call, prompts/get, resources/read, completion/complete) travel hop by hop as
+``fed/forward`` requests to the owning node, which executes them against the attached server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ._errors import (
+    FednodeError,
+    LinkClosedError,
+    PeerError,
+    PeerUnavailableError,
+    RemoteError,
+    RequestError,
+    RequestTimeoutError,
+    UnknownPeerError,
+)
+from ._link import RequestContext
+
+if TYPE_CHECKING:
+    from ._node import Node
+    from ._upstream import ServerCatalog, UpstreamServer
+
+ROUTES_METHOD = "fed/routes"
+FORWARD_METHOD = "fed/forward"
+KINDS = ("tools", "prompts", "resources", "resourceTemplates")
+_CATALOG_FIELDS = {"tools": "tools", "prompts": "prompts", "resources": "resources",
+                   "resourceTemplates": "resource_templates"}
+
+# JSON-RPC error codes fednode gives MCP clients (the server-error range); an attached server's own
+# errors pass through with their own codes.
+UNKNOWN_NAME = -32602
+NODE_UNREACHABLE = -32050
+SERVER_UNAVAILABLE = -32051
+DEADLINE_EXCEEDED = -32052
+FORWARDING_LOOP = -32053
+
+MAX_PATH = 32  # longer advertised paths are refused: a sane federation is far smaller
+
+
+class ForwardError(RequestError):
+    """A request could not be executed where it had to go (travels back to the caller unchanged)."""
+
+
+@attrs.frozen
+class Route:
+    """One attached server as reachable from here: owner, server id, prefix, path and catalog."""
+
+    origin: str
+    server: str
+    prefix: str
+    path: tuple[str, ...]
+    digest: str
+    catalog: Mapping[str, tuple[dict[str, Any], ...]] = attrs.field(eq=False, repr=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.origin, self.server)
+
+    def to_wire(self, path: tuple[str, ...]) -> dict[str, Any]:
+        return {"origin": self.origin, "server": self.server, "prefix": self.prefix, "path": list(path),
+                "digest": self.digest, "catalog": {k: list(v) for k, v in self.catalog.items()}}
+
+
+@attrs.frozen
+class Entry:
+    """One item a client sees: a tool, prompt, resource or template with its exposed name."""
+
+    kind: str
+    exposed: str
+    name: str
+    server: str
+    definition: dict[str, Any] = attrs.field(eq=False, repr=False)
+    origins: tuple[str, ...] = ()
+
+
+def catalog_digest(catalog: Mapping[str, tuple[dict[str, Any], ...]]) -> str:
+    """A content hash of a catalog, so unchanged catalogs are never re-sent."""
+    text = json.dumps({k: catalog.get(k, ()) for k in KINDS}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _route_from_wire(item: object) -> Route:
+    if not isinstance(item, dict):
+        raise ValueError("route must be an object")
+    origin, server, prefix, path = item.get("origin"), item.get("server"), item.get("prefix"), item.get("path")
+    digest, catalog = item.get("digest"), item.get("catalog")
+    if not (isinstance(origin, str) and isinstance(server, str) and isinstance(prefix, str)
+            and isinstance(digest, str) and isinstance(path, list) and isinstance(catalog, dict)):
+        raise ValueError("route fields have the wrong types")
+    if not path or len(path) > MAX_PATH or not all(isinstance(p, str) for p in path) or path[0] != origin:
+        raise ValueError("route path must start at its origin")
+    kinds: dict[str, tuple[dict[str, Any], ...]] = {}
+    for kind in KINDS:
+        items = catalog.get(kind, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise ValueError(f"catalog {kind} must be a list of objects")
+        kinds[kind] = tuple(items)
+    return Route(origin=origin, server=server, prefix=prefix, path=tuple(path), digest=digest, catalog=kinds)
+
+
+def _item_name(kind: str, definition: Mapping[str, Any]) -> str | None:
+    key = "uri" if kind == "resources" else "uriTemplate" if kind == "resourceTemplates" else "name"
+    value = definition.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    """A regex for an RFC 6570 level-1 URI template (``{var}`` matches one path segment or more)."""
+    parts = re.split(r"(\{[^}]*\})", template)
+    pattern = "".join("[^?#]+?" if part.startswith("{") else re.escape(part) for part in parts)
+    return re.compile(f"^{pattern}$")
+
+
+class Federation:
+    """Catalog, routing and forwarding for one node. Created by the node; see :class:`fednode.Node`."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.log = node.log
+        self.upstreams: dict[str, UpstreamServer] = {}
+        self.local_catalogs: dict[str, ServerCatalog] = {}
+        self.learned: dict[str, dict[tuple[str, str], Route]] = {}
+        self.advertised: dict[str, dict[tuple[str, str], tuple[tuple[str, ...], str]] | None] = {}
+        self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self.conflicts: list[str] = []
+        self._templates: list[tuple[re.Pattern[str], Entry]] = []
+        self._dirty = trio.Event()
+        self._listeners: list[Callable[[set[str]], None]] = []
+        node.register_notification_handler(ROUTES_METHOD, self._on_routes, inline=True)
+        node.register_handler(FORWARD_METHOD, self._on_forward)
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def on_catalog_change(self, listener: Callable[[set[str]], None]) -> None:
+        """Call ``listener(kinds)`` whenever the exposed catalog changes (kinds that changed)."""
+        self._listeners.append(listener)
+
+    def set_local_catalog(self, server_id: str, catalog: ServerCatalog | None) -> None:
+        """Record (or with None, forget) the catalog of a server attached to this node."""
+        if catalog is None:
+            self.local_catalogs.pop(server_id, None)
+        else:
+            self.local_catalogs[server_id] = catalog
+        self._changed()
+
+    def link_up(self, peer_id: str) -> None:
+        """A link to ``peer_id`` came up: send it everything (a full advertisement)."""
+        self.advertised[peer_id] = None
+        self._dirty.set()
+
+    def link_down(self, peer_id: str) -> None:
+        """The link to ``peer_id`` is gone: drop every route learned over it, now."""
+        self.advertised.pop(peer_id, None)
+        if self.learned.pop(peer_id, None):
+            self._changed()
+
+    def _on_routes(self, params: Any, context: RequestContext) -> None:
+        peer_id = context.peer_id
+        peer = self.node.peer_config(peer_id)
+        if not isinstance(params, dict) or peer is None:
+            return
+        try:
+            routes = [_route_from_wire(item) for item in params.get("set", [])]
+            withdrawn = [tuple(k) for k in params.get("withdraw", []) if isinstance(k, list) and len(k) == 2]
+        except (ValueError, TypeError) as exc:
+            self.log.warning("routes.malformed", peer=peer_id, error=str(exc))
+            return
+        table = {} if params.get("full") else dict(self.learned.get(peer_id, {}))
+        for key in withdrawn:
+            table.pop(key, None)
+        for route in routes:
+            if self.node.id in route.path or route.path[-1] != peer_id or not peer.imports(route.server):
+                table.pop(route.key, None)  # a loop, a forged path or not imported: never used
+                continue
+            table[route.key] = route
+        self.learned[peer_id] = table
+        self._changed()
+
+    # -- routing state ----------------------------------------------------------------------
+
+    def _local_routes(self) -> dict[tuple[str, str], Route]:
+        routes = {}
+        for server_id, catalog in self.local_catalogs.items():
+            upstream = self.upstreams.get(server_id)
+            prefix = upstream.config.exposed_prefix if upstream is not None else server_id
+            kinds = {kind: tuple(getattr(catalog, field)) for kind, field in _CATALOG_FIELDS.items()}
+            routes[(self.node.id, server_id)] = Route(
+                origin=self.node.id, server=server_id, prefix=prefix, path=(self.node.id,),
+                digest=catalog_digest(kinds), catalog=kinds)
+        return routes
+
+    def _rtt(self, peer_id: str) -> float:
+        supervisor = self.node.supervisor(peer_id)
+        link = supervisor.link if supervisor is not None else None
+        return link.rtt if link is not None and link.rtt is not None else float("inf")
+
+    def best_routes(self) -> dict[tuple[str, str], tuple[Route, str | None]]:
+        """For each (origin, server): the best route and the peer it goes through (None = local)."""
+        best: dict[tuple[str, str], tuple[Route, str | None]] = {
+            key: (route, None) for key, route in self._local_routes().items()}
+        for peer_id, table in self.learned.items():
+            for key, route in table.items():
+                if key[0] == self.node.id:
+                    continue
+                current = best.get(key)
+                rank = (len(route.path), self._rtt(peer_id), peer_id)
+                if current is None or (current[1] is not None and rank < (
+                        len(current[0].path), self._rtt(current[1]), current[1])):
+                    best[key] = (route, peer_id)
+        return best
+
+    def _changed(self) -> None:
+        before = {kind: dict(entries) for kind, entries in self.entries.items()}
+        self._rebuild_entries()
+        changed = {kind for kind in KINDS if before[kind].keys() != self.entries[kind].keys() or any(
+            before[kind][name].definition != entry.definition or before[kind][name].origins != entry.origins
+            for name, entry in self.entries[kind].items() if name in before[kind])}
+        if changed:
+            for listener in self._listeners:
+                listener(changed)
+        self._dirty.set()
+
+    def _rebuild_entries(self) -> None:
+        best = self.best_routes()
+        # Group by server id: the same id on several nodes is one server with replicas.
+        by_server: dict[str, list[tuple[Route, str | None]]] = {}
+        for route, via in best.values():
+            by_server.setdefault(route.server, []).append((route, via))
+        entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        conflicts: list[str] = []
+        for server_id in sorted(by_server):
+            replicas = sorted(by_server[server_id], key=lambda rv: (len(rv[0].path), rv[0].origin))
+            nearest = replicas[0][0]
+            origins = tuple(route.origin for route, _ in replicas)
+            for kind in KINDS:
+                for definition in nearest.catalog.get(kind, ()):
+                    name = _item_name(kind, definition)
+                    if name is None:
+                        continue
+                    exposed = name
+                    if kind in ("tools", "prompts") and nearest.prefix:
+                        exposed = f"{nearest.prefix}__{name}"
+                    if exposed in entries[kind]:
+                        other = entries[kind][exposed]
+                        if kind in ("resources", "resourceTemplates"):
+                            conflicts.append(f"{kind} {exposed!r}: servers {other.server!r} and {server_id!r}; "
+                                             f"{other.server!r} serves it")
+                            continue
+                        renamed = f"{nearest.origin}__{exposed}"
+                        conflicts.append(f"{kind} {exposed!r}: servers {other.server!r} and {server_id!r}; "
+                                         f"the second is exposed as {renamed!r}")
+                        exposed = renamed
+                    shown = dict(definition)
+                    if kind in ("tools", "prompts"):
+                        shown["name"] = exposed
+                    entries[kind][exposed] = Entry(kind=kind, exposed=exposed, name=name, server=server_id,
+                                                   definition=shown, origins=origins)
+        if conflicts != self.conflicts:
+            for conflict in conflicts:
+                if conflict not in self.conflicts:
+                    self.log.warning("catalog.conflict", conflict=conflict)
+        self.conflicts = conflicts
+        self.entries = entries
+        self._templates = [(_template_regex(name), entry) for name, entry in entries["resourceTemplates"].items()]
+
+    # -- advertising ------------------------------------------------------------------------
+
+    def desired_for(self, peer_id: str) -> dict[tuple[str, str], tuple[Route, tuple[str, ...]]]:
+        """What this node should advertise to ``peer_id``: route and the path it carries."""
+        peer = self.node.peer_config(peer_id)
+        if peer is None:
+            return {}
+        transit = peer.transit and self.node.config.mcp.transit
+        result = {}
+        for key, (route, via) in self.best_routes().items():
+            if peer_id in route.path or not peer.exports(route.server):
+                continue
+            if via is not None and not transit:
+                continue
+            path = route.path if via is None else (*route.path, self.node.id)
+            if len(path) > MAX_PATH:
+                continue
+            result[key] = (route, path)
+        return result
+
+    async def advertiser(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send each connected peer what changed, whenever something changed. Runs until cancelled."""
+        task_status.started()
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            async with trio.open_nursery() as senders:
+                for peer_id in self.node.connected_peers():
+                    senders.start_soon(self._advertise, peer_id)
+
+    async def _advertise(self, peer_id: str) -> None:
+        desired = self.desired_for(peer_id)
+        previous = self.advertised.get(peer_id)
+        snapshot = {key: (path, route.digest) for key, (route, path) in desired.items()}
+        if previous is None:
+            message: dict[str, Any] = {"full": True, "set": [r.to_wire(p) for r, p in desired.values()],
+                                       "withdraw": []}
+        else:
+            changed = [r.to_wire(p) for key, (r, p) in desired.items() if previous.get(key) != snapshot[key]]
+            withdrawn = [list(key) for key in previous if key not in desired]
+            if not changed and not withdrawn:
+                return
+            message = {"full": False, "set": changed, "withdraw": withdrawn}
+        try:
+            await self.node.notify(peer_id, ROUTES_METHOD, message)
+        except FednodeError as exc:
+            self.advertised.pop(peer_id, None)  # resent in full when the link is back
+            self.log.info("routes.not_sent", peer=peer_id, error=str(exc))
+            return
+        self.advertised[peer_id] = snapshot
+
+    # -- looking things up --------------------------------------------------------------------
+
+    def list_items(self, kind: str) -> list[dict[str, Any]]:
+        """The exposed definitions of one kind, sorted by exposed name."""
+        return [entry.definition for _, entry in sorted(self.entries.get(kind, {}).items())]
+
+    def tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
+        entry = self.entries["tools"].get(name)
+        schema = entry.definition.get("inputSchema") if entry is not None else None
+        return schema if isinstance(schema, Mapping) else None
+
+    def resolve(self, method: str, params: Mapping[str, Any]) -> tuple[Entry, dict[str, Any]]:
+        """Find the entry a client request is about; returns it and the params to send upstream.
+
+        Raises:
+            ForwardError: unknown name or URI (-32602).
+        """
+        upstream_params = dict(params)
+        if method in ("tools/call", "prompts/get"):
+            kind = "tools" if method == "tools/call" else "prompts"
+            name = params.get("name")
+            entry = self.entries[kind].get(name) if isinstance(name, str) else None
+            if entry is None:
+                raise ForwardError(UNKNOWN_NAME, f"Unknown {kind[:-1]}: {name}")
+            upstream_params["name"] = entry.name
+            return entry, upstream_params
+        if method == "resources/read":
+            uri = params.get("uri")
+            if isinstance(uri, str):
+                entry = self.entries["resources"].get(uri) or self._template_for(uri)
+                if entry is not None:
+                    return entry, upstream_params
+            raise ForwardError(UNKNOWN_NAME, f"Unknown resource: {uri}")
+        if method == "completion/complete":
+            ref = params.get("ref")
+            if isinstance(ref, dict) and ref.get("type") == "ref/prompt":
+                entry = self.entries["prompts"].get(ref.get("name", ""))
+                if entry is not None:
+                    upstream_params["ref"] = {**ref, "name": entry.name}
+                    return entry, upstream_params
+            if isinstance(ref, dict) and ref.get("type") == "ref/resource":
+                uri = ref.get("uri", "")
+                entry = self.entries["resourceTemplates"].get(uri) or self.entries["resources"].get(uri)
+                if entry is not None:
+                    return entry, upstream_params
+            raise ForwardError(UNKNOWN_NAME, f"Unknown completion reference: {json.dumps(ref)[:200]}")
+        raise ForwardError(-32601, f"Method not forwarded: {method}")
+
+    def _template_for(self, uri: str) -> Entry | None:
+        for pattern, entry in self._templates:
+            if pattern.match(uri):
+                return entry
+        return None
+
+    # -- forwarding ---------------------------------------------------------------------------
+
+    async def execute(self, method: str, params: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """Run a client request wherever its server is, nearest replica first; return the raw result.
+
+        Raises:
+            ForwardError / RequestError: with the code to give the client.
+        """
+        entry, upstream_params = self.resolve(method, params)
+        deadline = trio.current_time() + (timeout or self.node.config.mcp.request_timeout)
+        last: ForwardError | None = None
+        for origin in entry.origins:
+            try:
+                return await self._send(origin, entry.server, method, upstream_params, deadline, trace=())
+            except _NotDelivered as exc:
+                last = exc.error  # fail over to the next replica: this one never saw the request
+        assert last is not None
+        raise last
+
+    async def _send(self, origin: str, server: str, method: str, params: dict[str, Any], deadline: float,
+                    trace: tuple[str, ...]) -> dict[str, Any]:
+        remaining = deadline - trio.current_time()
+        if remaining <= 0:
+            raise ForwardError(DEADLINE_EXCEEDED, f"Deadline exceeded before reaching {server!r} on {origin!r}")
+        if origin == self.node.id:
+            return await self._call_local(server, method, params, remaining)
+        via = self._next_hop(origin, server)
+        if via is None:
+            raise _NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable"))
+        forward = {"origin": origin, "server": server, "method": method, "params": params,
+                   "timeout": remaining, "trace": [*trace, self.node.id]}
+        try:
+            result = await self.node.request(via, FORWARD_METHOD, forward, timeout=remaining)
+        except (PeerUnavailableError, UnknownPeerError) as exc:
+            raise _NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} is unreachable: {exc}")) from None
+        except LinkClosedError as exc:
+            raise ForwardError(NODE_UNREACHABLE, f"Link to {via!r} lost while forwarding to {origin!r}: {exc}") \
+                from None
+        except RequestTimeoutError:
+            raise ForwardError(DEADLINE_EXCEEDED, f"Deadline exceeded waiting for {server!r} on {origin!r}") from None
+        except RemoteError as exc:
+            raise ForwardError(exc.code, exc.remote_message, exc.data) from None
+        except PeerError as exc:
+            raise ForwardError(NODE_UNREACHABLE, str(exc)) from None
+        if not isinstance(result, dict):
+            raise ForwardError(-32603, f"Malformed result from {origin!r}")
+        return result
+
+    def _next_hop(self, origin: str, server: str) -> str | None:
+        best = self.best_routes().get((origin, server))
+        return best[1] if best is not None else None
+
+    async def _call_local(self, server: str, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        from ._upstream import ServerUnavailableError, UpstreamError
+
+        upstream = self.upstreams.get(server)
+        if upstream is None:
+            raise ForwardError(SERVER_UNAVAILABLE, f"Server {server!r} is not attached to node {self.node.id!r}")
+        try:
+            return await upstream.call(method, params, timeout=timeout)
+        except UpstreamError as exc:
+            raise ForwardError(exc.code, exc.message, exc.data) from None
+        except ServerUnavailableError as exc:
+            raise ForwardError(SERVER_UNAVAILABLE, f"Server {server!r} is down: {exc}") from None
+        except FednodeError as exc:  # the upstream's own timeout, and the like
+            code = DEADLINE_EXCEEDED if "timeout" in type(exc).__name__.lower() else SERVER_UNAVAILABLE
+            raise ForwardError(code, f"Server {server!r}: {exc}") from None
+
+    async def _on_forward(self, params: Any, context: RequestContext) -> Any:
+        if not isinstance(params, dict):
+            raise ForwardError(-32602, "fed/forward params must be an object")
+        origin, server, method = params.get("origin"), params.get("server"), params.get("method")
+        upstream_params, timeout, trace = params.get("params"), params.get("timeout"), params.get("trace", [])
+        if not (isinstance(origin, str) and isinstance(server, str) and isinstance(method, str)
+                and isinstance(upstream_params, dict) and isinstance(timeout, int | float) and timeout > 0
+                and isinstance(trace, list) and len(trace) <= MAX_PATH):
+            raise ForwardError(-32602, "malformed fed/forward request")
+        if self.node.id in trace:
+            raise ForwardError(FORWARDING_LOOP, f"Forwarding loop through {self.node.id!r}")
+        deadline = trio.current_time() + min(float(timeout), self.node.config.mcp.request_timeout * 10)
+        try:
+            return await self._send(origin, server, method, upstream_params, deadline, tuple(trace))
+        except _NotDelivered as exc:
+            raise exc.error from None
+
+
+class _NotDelivered(Exception):
+    """The request never left this node (no route, no live link): safe to try another replica."""
+
+    def __init__(self, error: ForwardError) -> None:
+        self.error = error
+        super().__init__(str(error))

@@ -1,0 +1,267 @@
+"""An MCP test server built with the official SDK's lowlevel ``Server``, for fednode's upstream tests.
+
+Run it as a subprocess::
+
+    python tests/mcp_fixtures/test_server.py [--name NAME] [--legacy-only] [--many N] [--page-size N]
+                                             [--stubborn] [--spawn-child] [--http PORT]
+
+It speaks both protocol eras (the SDK picks the era from the client's first request) over stdio, or
+Streamable HTTP on 127.0.0.1 with ``--http`` (it then prints ``url <URL>`` on stdout once listening).
+
+The lowlevel ``Server`` is used instead of ``MCPServer`` because ``MCPServer`` never paginates its
+lists and fixes the handshake-era ``listChanged`` capabilities to false; this fixture paginates every
+list (``--page-size``, default 4) so that a client's cursor handling is always exercised.
+
+Tools: ``add(a, b)`` (text and structured output), ``echo(text)``, ``fail()`` (an ``isError``
+result), ``slow(seconds, marker?)`` (sleeps; writes ``cancelled`` or ``completed`` to ``marker``),
+``progress(steps)`` (one progress notification per step), ``grow()`` (registers a new tool at run
+time and announces it with ``tools/list_changed``), ``pid()``; ``--many N`` adds ``extra_0`` ..
+``extra_<N-1>``. Prompt ``greet(name)``; resource ``test://static``; template ``test://items/{id}``.
+
+Options that make it misbehave on purpose:
+
+- ``--legacy-only``: answer ``server/discover`` with -32601 (method not found) the way a server
+  from before 2026-07-28 does, so only the ``initialize`` handshake works. The SDK's dual-era loop
+  would otherwise lock the connection into the modern era on that first request, so the refusal is
+  made in front of it, on the raw message streams.
+- ``--stubborn``: ignore SIGTERM and keep running after stdin closes (only SIGKILL ends it).
+- ``--spawn-child``: start a ``sleep`` grandchild in the server's process group and report its pid
+  on stderr as ``grandchild <pid>``; it outlives the server unless the client cleans up the group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import trio
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.stdio import stdio_server
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+Ctx = ServerRequestContext[Any]
+
+
+def _tool(name: str, description: str, properties: dict[str, Any], required: list[str] | None = None,
+          output: dict[str, Any] | None = None) -> types.Tool:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return types.Tool(name=name, description=description, input_schema=schema, output_schema=output)
+
+
+def _text(text: str) -> list[types.ContentBlock]:
+    return [types.TextContent(type="text", text=text)]
+
+
+class Fixture:
+    """The server's state: the tool list grows at run time."""
+
+    def __init__(self, name: str, many: int, page_size: int) -> None:
+        self.page_size = page_size
+        self.bus = InMemorySubscriptionBus()
+        self.tools: list[types.Tool] = [
+            _tool("add", "Add two numbers.", {"a": {"type": "number"}, "b": {"type": "number"}}, ["a", "b"],
+                  output={"type": "object", "properties": {"result": {"type": "number"}}, "required": ["result"]}),
+            _tool("echo", "Echo the text back.", {"text": {"type": "string"}}, ["text"]),
+            _tool("fail", "Always fails (an isError result).", {}),
+            _tool("slow", "Sleep; writes 'cancelled' or 'completed' to marker.",
+                  {"seconds": {"type": "number"}, "marker": {"type": "string"}}, ["seconds"]),
+            _tool("progress", "Report progress once per step.", {"steps": {"type": "integer"}}, ["steps"]),
+            _tool("grow", "Register a new tool and announce it.", {}),
+            _tool("pid", "This server's process id.", {}),
+        ]
+        self.tools += [_tool(f"extra_{i}", f"Extra tool {i}.", {}) for i in range(many)]
+        self.grown = 0
+        self.server: Server[Any] = Server(
+            name,
+            version="1.0.0",
+            instructions="fednode test fixture",
+            on_list_tools=self.list_tools,
+            on_call_tool=self.call_tool,
+            on_list_prompts=self.list_prompts,
+            on_get_prompt=self.get_prompt,
+            on_list_resources=self.list_resources,
+            on_list_resource_templates=self.list_resource_templates,
+            on_read_resource=self.read_resource,
+            on_subscriptions_listen=ListenHandler(self.bus),
+        )
+
+    def page(self, items: list[Any], params: types.PaginatedRequestParams | None) -> tuple[list[Any], str | None]:
+        cursor = params.cursor if params is not None else None
+        try:
+            start = int(cursor) if cursor is not None else 0
+        except ValueError:
+            raise MCPError(types.INVALID_PARAMS, f"bad cursor {cursor!r}") from None
+        end = start + self.page_size
+        return items[start:end], (str(end) if end < len(items) else None)
+
+    async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        tools, cursor = self.page(self.tools, params)
+        return types.ListToolsResult(tools=tools, next_cursor=cursor)
+
+    async def call_tool(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+        args = params.arguments or {}
+        match params.name:
+            case "add":
+                total = args["a"] + args["b"]
+                return types.CallToolResult(content=_text(str(total)), structured_content={"result": total})
+            case "echo":
+                return types.CallToolResult(content=_text(str(args["text"])), _meta={"fixture/echoed": True})
+            case "fail":
+                return types.CallToolResult(content=_text("it failed"), is_error=True)
+            case "slow":
+                return await self.slow(float(args["seconds"]), args.get("marker"))
+            case "progress":
+                steps = int(args["steps"])
+                for step in range(1, steps + 1):
+                    await ctx.session.report_progress(step, steps, f"step {step}")
+                    await anyio.sleep(0.01)
+                return types.CallToolResult(content=_text(f"{steps} steps"))
+            case "grow":
+                self.grown += 1
+                name = f"grown_{self.grown}"
+                self.tools.append(_tool(name, "Added at run time.", {}))
+                if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                    await self.bus.publish(ToolsListChanged())  # 2026: only listen streams carry it
+                else:
+                    await ctx.session.send_tool_list_changed()
+                return types.CallToolResult(content=_text(name))
+            case "pid":
+                return types.CallToolResult(content=_text(str(os.getpid())))
+            case name if any(tool.name == name for tool in self.tools):
+                return types.CallToolResult(content=_text(name))
+        raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}", data={"tool": params.name})
+
+    async def slow(self, seconds: float, marker: str | None) -> types.CallToolResult:
+        try:
+            await anyio.sleep(seconds)
+        except anyio.get_cancelled_exc_class():
+            if marker:
+                Path(marker).write_text("cancelled")
+            raise
+        if marker:
+            Path(marker).write_text("completed")
+        return types.CallToolResult(content=_text(f"slept {seconds}"))
+
+    async def list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        prompts, cursor = self.page([types.Prompt(
+            name="greet", description="Greet someone.",
+            arguments=[types.PromptArgument(name="name", description="Who", required=True)])], params)
+        return types.ListPromptsResult(prompts=prompts, next_cursor=cursor)
+
+    async def get_prompt(self, ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        if params.name != "greet":
+            raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: {params.name}")
+        who = (params.arguments or {}).get("name", "world")
+        return types.GetPromptResult(description="A greeting", messages=[
+            types.PromptMessage(role="user", content=types.TextContent(type="text", text=f"Hello, {who}!"))])
+
+    async def list_resources(self, ctx: Ctx,
+                             params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+        resources, cursor = self.page([types.Resource(uri="test://static", name="static", mime_type="text/plain")],
+                                      params)
+        return types.ListResourcesResult(resources=resources, next_cursor=cursor)
+
+    async def list_resource_templates(self, ctx: Ctx,
+                                      params: types.PaginatedRequestParams | None) -> types.ListResourceTemplatesResult:
+        templates, cursor = self.page([types.ResourceTemplate(uri_template="test://items/{id}", name="item",
+                                                              mime_type="text/plain")], params)
+        return types.ListResourceTemplatesResult(resource_templates=templates, next_cursor=cursor)
+
+    async def read_resource(self, ctx: Ctx, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        uri = str(params.uri)
+        if uri == "test://static":
+            text = "static content"
+        elif uri.startswith("test://items/"):
+            text = f"item {uri.removeprefix('test://items/')}"
+        else:
+            raise MCPError(types.RESOURCE_NOT_FOUND, f"Unknown resource: {uri}", data={"uri": uri})
+        return types.ReadResourceResult(contents=[types.TextResourceContents(uri=uri, text=text,
+                                                                               mime_type="text/plain")])
+
+    def init_options(self) -> Any:
+        return self.server.create_initialization_options(
+            NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True))
+
+
+async def _refuse_discover(source: Any, sink: Any, write: Any) -> None:
+    """Relay client messages to the server, answering ``server/discover`` with -32601 ourselves."""
+    async with sink:
+        async for item in source:
+            message = item.message if isinstance(item, SessionMessage) else None
+            if isinstance(message, types.JSONRPCRequest) and message.method == "server/discover":
+                error = types.ErrorData(code=types.METHOD_NOT_FOUND, message="Method not found")
+                try:
+                    await write.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error)))
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+                continue
+            await sink.send(item)
+
+
+async def serve_stdio(fixture: Fixture, legacy_only: bool, stubborn: bool) -> None:
+    async with stdio_server() as (read, write):
+        if legacy_only:
+            sink, relayed = anyio.create_memory_object_stream[Any](0)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_refuse_discover, read, sink, write)
+                await fixture.server.run(relayed, write, fixture.init_options())
+        else:
+            await fixture.server.run(read, write, fixture.init_options())
+    if stubborn:
+        await trio.sleep_forever()  # stdin is closed; only SIGKILL ends us now
+
+
+async def serve_http(fixture: Fixture, port: int) -> None:
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    app = fixture.server.streamable_http_app(json_response=False)
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(serve, app, config)
+        print(f"url {binds[0]}/mcp", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default="fixture")
+    parser.add_argument("--legacy-only", action="store_true")
+    parser.add_argument("--many", type=int, default=0)
+    parser.add_argument("--page-size", type=int, default=4)
+    parser.add_argument("--stubborn", action="store_true")
+    parser.add_argument("--spawn-child", action="store_true")
+    parser.add_argument("--http", type=int, default=None, metavar="PORT")
+    args = parser.parse_args()
+
+    print(f"fixture {args.name} starting", file=sys.stderr, flush=True)
+    if args.stubborn:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.spawn_child:
+        child = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        print(f"grandchild {child.pid}", file=sys.stderr, flush=True)
+    fixture = Fixture(args.name, args.many, args.page_size)
+    if args.http is not None:
+        trio.run(serve_http, fixture, args.http)
+    else:
+        trio.run(serve_stdio, fixture, args.legacy_only, args.stubborn)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Catalog propagation over real links: path-vector routes, loop freedom, withdrawal, policy, conflicts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+import fednode
+
+from conftest import node_config
+
+
+@attrs.frozen
+class Catalog:
+    """Stands in for an attached server's catalog (the upstream driver's ServerCatalog has these fields)."""
+
+    tools: tuple[dict[str, Any], ...] = ()
+    prompts: tuple[dict[str, Any], ...] = ()
+    resources: tuple[dict[str, Any], ...] = ()
+    resource_templates: tuple[dict[str, Any], ...] = ()
+
+
+def tools(*names: str) -> Catalog:
+    return Catalog(tools=tuple({"name": n, "description": f"the {n} tool", "inputSchema": {"type": "object"},
+                                "_meta": {"x": n}} for n in names))
+
+
+@asynccontextmanager
+async def topology(edges: Iterable[tuple[str, str]], policies: dict[tuple[str, str], dict[str, Any]] | None = None,
+                   ) -> AsyncIterator[dict[str, fednode.Node]]:
+    """Nodes linked along ``edges`` (the first of each pair dials); ``policies[(a, b)]`` = a's policy for b."""
+    edges = list(edges)
+    ids = sorted({n for edge in edges for n in edge})
+    policies = policies or {}
+    async with AsyncExitStack() as stack:
+        nodes = {i: await stack.enter_async_context(fednode.open_node(node_config(i))) for i in ids}
+        for a, b in edges:
+            pa = {k: tuple(v) if isinstance(v, list) else v for k, v in policies.get((a, b), {}).items()}
+            pb = {k: tuple(v) if isinstance(v, list) else v for k, v in policies.get((b, a), {}).items()}
+            await nodes[b].register_peer(fednode.PeerConfig(id=a, **pb), wait=False)
+            await nodes[a].register_peer(fednode.PeerConfig(id=b, control=nodes[b].control_url, **pa))
+        yield nodes
+
+
+async def eventually(check: Any, timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not check():
+            await trio.sleep(0.01)
+
+
+def names(node: fednode.Node, kind: str = "tools") -> set[str]:
+    return set(node.federation.entries[kind])
+
+
+class TestPropagation:
+    """A server attached anywhere shows up everywhere, with a loop-free path, and leaves when it goes."""
+
+    async def test_chain(self) -> None:
+        with trio.fail_after(20):
+            async with topology([("node-a", "node-b"), ("node-b", "node-c")]) as nodes:
+                a, c = nodes["node-a"], nodes["node-c"]
+                c.federation.set_local_catalog("time", tools("now", "zone"))
+                await eventually(lambda: names(a) == {"time__now", "time__zone"})
+                entry = a.federation.entries["tools"]["time__now"]
+                assert entry.origins == ("node-c",) and entry.name == "now" and entry.server == "time"
+                assert entry.definition == {"name": "time__now", "description": "the now tool",
+                                            "inputSchema": {"type": "object"}, "_meta": {"x": "now"}}
+                route, via = a.federation.best_routes()[("node-c", "time")]
+                assert route.path == ("node-c", "node-b") and via == "node-b"
+                # A change travels as a delta; removal withdraws everywhere.
+                c.federation.set_local_catalog("time", tools("now"))
+                await eventually(lambda: names(a) == {"time__now"})
+                c.federation.set_local_catalog("time", None)
+                await eventually(lambda: names(a) == set() and names(nodes["node-b"]) == set())
+
+    async def test_link_loss_withdraws_at_once_and_heals(self) -> None:
+        with trio.fail_after(20):
+            async with topology([("node-a", "node-b"), ("node-b", "node-c")]) as nodes:
+                a, b, c = nodes["node-a"], nodes["node-b"], nodes["node-c"]
+                c.federation.set_local_catalog("time", tools("now"))
+                await eventually(lambda: names(a) == {"time__now"})
+                await b.remove_peer("node-c")
+                await eventually(lambda: names(a) == set(), timeout=2)
+                await c.remove_peer("node-b")
+                await c.register_peer(fednode.PeerConfig(id="node-b"), wait=False)
+                await b.register_peer(fednode.PeerConfig(id="node-c", control=c.control_url))
+                await eventually(lambda: names(a) == {"time__now"})
+
+    async def test_ring_of_four_is_loop_free(self) -> None:
+        ring = [("node-a", "node-b"), ("node-b", "node-c"), ("node-c", "node-d"), ("node-a", "node-d")]
+        with trio.fail_after(30):
+            async with topology(ring) as nodes:
+                for node_id, node in nodes.items():
+                    node.federation.set_local_catalog(f"s-{node_id[-1]}", tools("t"))
+                expected = {f"s-{i}__t" for i in "abcd"}
+                await eventually(lambda: all(names(n) == expected for n in nodes.values()))
+                for node in nodes.values():
+                    for (origin, _), (route, _via) in node.federation.best_routes().items():
+                        assert len(set(route.path)) == len(route.path), route.path
+                        assert node.id not in route.path or origin == node.id
+                        assert len(route.path) <= 3  # opposite corner: two hops either way
+                # Cut one edge: everything is still reachable the long way round.
+                await nodes["node-a"].remove_peer("node-b")
+                await nodes["node-b"].remove_peer("node-a")
+                await eventually(lambda: all(names(n) == expected for n in nodes.values()))
+                route, via = nodes["node-a"].federation.best_routes()[("node-b", "s-b")]
+                assert route.path == ("node-b", "node-c", "node-d") and via == "node-d"
+
+    async def test_full_mesh_of_five_prefers_direct_routes(self) -> None:
+        ids = [f"node-{i}" for i in "abcde"]
+        edges = [(x, y) for i, x in enumerate(ids) for y in ids[i + 1:]]
+        with trio.fail_after(30):
+            async with topology(edges) as nodes:
+                for node_id, node in nodes.items():
+                    node.federation.set_local_catalog(f"s-{node_id[-1]}", tools("t"))
+                await eventually(lambda: all(len(names(n)) == 5 for n in nodes.values()))
+                for node in nodes.values():
+                    for (origin, _), (route, via) in node.federation.best_routes().items():
+                        assert via == (None if origin == node.id else origin)
+                        assert len(route.path) == 1
+
+
+class TestPolicy:
+    """export, import and transit decide what crosses each link."""
+
+    async def test_export_and_import(self) -> None:
+        policies = {("node-b", "node-a"): {"export": ["public"]}, ("node-b", "node-c"): {"import_": ["time"]}}
+        with trio.fail_after(20):
+            async with topology([("node-a", "node-b"), ("node-b", "node-c")], policies) as nodes:
+                a, b, c = nodes["node-a"], nodes["node-b"], nodes["node-c"]
+                b.federation.set_local_catalog("public", tools("p"))
+                b.federation.set_local_catalog("private", tools("q"))
+                c.federation.set_local_catalog("time", tools("now"))
+                c.federation.set_local_catalog("secret", tools("s"))
+                await eventually(lambda: names(b) == {"public__p", "private__q", "time__now"})
+                await eventually(lambda: names(c) == {"public__p", "private__q", "time__now", "secret__s"})
+                await trio.sleep(0.3)
+                assert names(a) == {"public__p"}  # b exports only "public" to a (not even c's "time")
+
+    async def test_no_transit(self) -> None:
+        policies = {("node-b", "node-a"): {"transit": False}}
+        with trio.fail_after(20):
+            async with topology([("node-a", "node-b"), ("node-b", "node-c")], policies) as nodes:
+                nodes["node-b"].federation.set_local_catalog("own", tools("o"))
+                nodes["node-c"].federation.set_local_catalog("far", tools("f"))
+                await eventually(lambda: names(nodes["node-b"]) == {"own__o", "far__f"})
+                await trio.sleep(0.3)
+                assert names(nodes["node-a"]) == {"own__o"}
+
+
+class TestNames:
+    """Replicas merge into one entry; different servers claiming one name both stay reachable."""
+
+    async def test_replicas_and_conflicts(self) -> None:
+        with trio.fail_after(20):
+            async with topology([("node-a", "node-b"), ("node-b", "node-c")]) as nodes:
+                a, b, c = nodes["node-a"], nodes["node-b"], nodes["node-c"]
+                b.federation.set_local_catalog("time", tools("now"))
+                c.federation.set_local_catalog("time", tools("now"))
+                await eventually(lambda: a.federation.entries["tools"].get("time__now") is not None
+                                 and len(a.federation.entries["tools"]["time__now"].origins) == 2)
+                assert a.federation.entries["tools"]["time__now"].origins == ("node-b", "node-c")
+                # Two different servers whose prefixes make the same exposed name: both stay reachable.
+                b.federation.set_local_catalog("aa", tools("bb__cc"))   # exposed "aa__bb__cc"
+                c.federation.set_local_catalog("aa__bb", tools("cc"))   # exposed "aa__bb__cc" too
+                await eventually(lambda: len([n for n in names(a) if n.endswith("aa__bb__cc")]) == 2)
+                tools_at_a = a.federation.entries["tools"]
+                assert tools_at_a["aa__bb__cc"].server == "aa"  # sorted by server id: "aa" keeps the name
+                assert tools_at_a["node-c__aa__bb__cc"].server == "aa__bb"  # the other gets its node id
+                assert tools_at_a["node-c__aa__bb__cc"].definition["name"] == "node-c__aa__bb__cc"
+                assert any("aa__bb__cc" in conflict for conflict in a.federation.conflicts)
