@@ -12,11 +12,14 @@ from ._auth import Claims as Claims
 from ._backoff import Backoff as Backoff
 from ._config import AuthConfig as AuthConfig
 from ._config import BackoffConfig as BackoffConfig
+from ._config import ClientsConfig as ClientsConfig
 from ._config import HeartbeatConfig as HeartbeatConfig
 from ._config import LinkConfig as LinkConfig
+from ._config import MCPConfig as MCPConfig
 from ._config import NodeConfig as NodeConfig
 from ._config import PeerConfig as PeerConfig
 from ._config import Secret as Secret
+from ._config import ServerConfig as ServerConfig
 from ._config import TLSConfig as TLSConfig
 from ._config import load_config as load_config
 from ._errors import AuthError as AuthError

@@ -77,6 +77,44 @@ async def _run_until_signal(config: NodeConfig) -> None:
             nursery.cancel_scope.cancel()
 
 
+@main.command("mcp")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="The node's configuration file (.toml or .json).")
+@click.option("--log-format", type=click.Choice(["json", "console"]), default="json", show_default=True)
+@click.option("--log-level", type=click.Choice(LEVELS), default="warning", show_default=True)
+def mcp(config_path: str, log_format: str, log_level: str) -> None:
+    """Run the node in-process and serve one MCP client on stdin/stdout (for desktop MCP hosts).
+
+    The node also peers and serves HTTP as with `fednode run`. Logs go to stderr only. Ends when
+    the client closes stdin (or on SIGINT/SIGTERM).
+    """
+    configure_logging(log_format, log_level)
+    config = _load_or_exit(config_path)
+    try:
+        trio.run(_serve_stdio_until_eof, config)
+    except* OSError as group:
+        exc = group.exceptions[0]
+        click.echo(f"fednode: cannot start node {config.id!r}: {exc}", err=True)
+        sys.exit(1)
+
+
+async def _serve_stdio_until_eof(config: NodeConfig) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            node_scope = trio.CancelScope()
+
+            async def watch_signals() -> None:
+                async for _ in signals:
+                    node_scope.cancel()
+                    return
+
+            nursery.start_soon(watch_signals)
+            with node_scope:
+                async with open_node(config) as node:
+                    await node.serve_mcp_stdio()
+            nursery.cancel_scope.cancel()
+
+
 @main.command("check-config")
 @click.argument("config_path", metavar="FILE", type=click.Path(dir_okay=False))
 def check_config(config_path: str) -> None:

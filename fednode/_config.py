@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -621,6 +622,9 @@ class _Builder:
         if server_id is not None and not SERVER_ID_RE.match(server_id):
             self.problem(f"{path}.id", f"{server_id!r} must match [a-z0-9][a-z0-9_-]{{0,31}}")
         command = self.string(raw, "command", path)
+        if command in ("python", "python3"):
+            # The interpreter fednode runs under, which has the SDK and the shipped examples.
+            command = sys.executable
         url = self.url(raw, "url", path, ("http", "https"), None, own=False)
         if (command is None) == ("url" not in raw):
             self.problem(path, "give either command (a stdio server) or url (a Streamable HTTP server)")

@@ -19,7 +19,7 @@ import contextlib
 import hmac
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import cache, partial
 from types import UnionType
 from typing import Any, Literal, Protocol, cast, get_args
@@ -55,7 +55,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._errors import FednodeError
 
-__all__ = ["PAGE_SIZE", "EdgeCall", "EdgeError", "Forwarder", "MCPEdge"]
+__all__ = ["FORWARDED_METHODS", "KINDS", "PAGE_SIZE", "EdgeCall", "EdgeError", "Forwarder", "MCPEdge",
+           "ProgressReporter"]
 
 #: Items per page of a list result.
 PAGE_SIZE = 100
@@ -144,13 +145,21 @@ class EdgeError(FednodeError):
         return f"{self.message} (code {self.code})"
 
 
+ProgressReporter = Callable[[float, "float | None", "str | None"], Awaitable[None]]
+"""``async (progress, total, message)``: what :meth:`EdgeCall.report_progress` delegates to."""
+
+
 class EdgeCall:
     """Per-request context handed to :meth:`Forwarder.forward`.
 
+    The edge builds one per forwarded request; tests and other callers of a forwarder may build
+    their own from the keyword arguments.
+
     Attributes:
         method: the MCP method being forwarded.
-        era: ``"legacy"`` (2025-11-25 and older, initialize handshake) or ``"modern"`` (2026-07-28+).
         protocol_version: the client's protocol version.
+        era: ``"modern"`` for 2026-07-28 and later (stateless, per-request envelope), else
+            ``"legacy"`` (initialize handshake).
         meta: the request's raw ``_meta`` (empty when absent).
         session_key: identifies the client's session, for per-session upstream state: the
             Streamable HTTP session id (or a key minted per stdio connection) for legacy clients;
@@ -160,29 +169,48 @@ class EdgeCall:
         client_capabilities: the capabilities the client declared, as a wire dict, when known.
     """
 
-    def __init__(self, ctx: ServerRequestContext[Any, Any], *, session_key: str | None) -> None:
-        self._session = ctx.session
-        self.method: str = ctx.method
-        self.protocol_version: str = ctx.protocol_version
-        self.era: Literal["legacy", "modern"] = "modern" if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS \
+    def __init__(self, *, method: str, protocol_version: str, meta: Mapping[str, Any] | None = None,
+                 session_key: str | None = None, request_id: str | int | None = None,
+                 client_info: dict[str, Any] | None = None, client_capabilities: dict[str, Any] | None = None,
+                 progress: ProgressReporter | None = None) -> None:
+        self.method = method
+        self.protocol_version = protocol_version
+        self.era: Literal["legacy", "modern"] = "modern" if protocol_version in MODERN_PROTOCOL_VERSIONS \
             else "legacy"
-        raw_meta = (ctx.params or {}).get("_meta")
-        self.meta: dict[str, Any] = dict(raw_meta) if isinstance(raw_meta, Mapping) else {}
+        self.meta: dict[str, Any] = dict(meta or {})
         self.session_key = session_key
-        self.request_id: str | int | None = ctx.request_id
-        params = ctx.session.client_params
-        self.client_info: dict[str, Any] | None = _dump(params.client_info) if params is not None else None
+        self.request_id = request_id
+        self.client_info = client_info
+        self.client_capabilities = client_capabilities
+        self._progress = progress
+
+    @classmethod
+    def _from_context(cls, ctx: ServerRequestContext[Any, Any], session_key: str | None) -> EdgeCall:
+        raw_meta = (ctx.params or {}).get("_meta")
+        client_params = ctx.session.client_params
         capabilities = ctx.session.client_capabilities
-        self.client_capabilities: dict[str, Any] | None = _dump(capabilities) if capabilities is not None else None
+        return cls(
+            method=ctx.method,
+            protocol_version=ctx.protocol_version,
+            meta=raw_meta if isinstance(raw_meta, Mapping) else None,
+            session_key=session_key,
+            request_id=ctx.request_id,
+            client_info=_dump(client_params.client_info) if client_params is not None else None,
+            client_capabilities=_dump(capabilities) if capabilities is not None else None,
+            # The SDK sends it against the caller's progress token, on this request's stream.
+            progress=ctx.session.report_progress,
+        )
 
     async def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
-        """Send ``notifications/progress`` to this request's client.
+        """Send ``notifications/progress`` for this request to its client.
 
         A no-op when the client sent no progress token. Best effort: a client that has gone
         away is not an error (the request is being cancelled anyway).
         """
+        if self._progress is None:
+            return
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            await self._session.report_progress(progress, total, message)
+            await self._progress(progress, total, message)
 
     def __repr__(self) -> str:
         return (f"EdgeCall(method={self.method!r}, era={self.era!r}, protocol_version={self.protocol_version!r}, "
@@ -332,6 +360,7 @@ class MCPEdge:
         if ctx.method not in FORWARDED_METHODS and ctx.method not in _LIST_METHODS:
             return await call_next(ctx)
         self._check_request(ctx)
+        self._session_key(ctx)
         return await self._serve(ctx)
 
     async def _fallback_handler(self, ctx: ServerRequestContext[Any, Any], params: BaseModel) -> HandlerResult:
@@ -371,7 +400,7 @@ class MCPEdge:
         return result
 
     async def _forward(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
-        call = EdgeCall(ctx, session_key=self._session_key(ctx))
+        call = EdgeCall._from_context(ctx, self._session_key(ctx))
         try:
             # Any: the forwarder is the node's code, but what it returns goes on the wire.
             result: Any = await self.forwarder.forward(ctx.method, dict(ctx.params or {}), call)

@@ -143,6 +143,7 @@ class Federation:
         self.conflicts: list[str] = []
         self._templates: list[tuple[re.Pattern[str], Entry]] = []
         self._dirty = trio.Event()
+        self._catalog_event = trio.Event()
         self._listeners: list[Callable[[set[str]], None]] = []
         node.register_notification_handler(ROUTES_METHOD, self._on_routes, inline=True)
         node.register_handler(FORWARD_METHOD, self._on_forward)
@@ -236,7 +237,19 @@ class Federation:
         if changed:
             for listener in self._listeners:
                 listener(changed)
+            self._catalog_event.set()
+            self._catalog_event = trio.Event()
         self._dirty.set()
+
+    async def wait_for(self, *names: str, kind: str = "tools", timeout: float = 10.0) -> None:
+        """Wait until every exposed name is in this node's catalog of ``kind``.
+
+        Raises:
+            trio.TooSlowError: not all of them appeared within ``timeout``.
+        """
+        with trio.fail_after(timeout):
+            while not set(names) <= self.entries[kind].keys():
+                await self._catalog_event.wait()
 
     def _rebuild_entries(self) -> None:
         best = self.best_routes()

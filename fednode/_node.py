@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,8 +15,9 @@ import trio
 
 from . import _wire as wire
 from ._auth import AuthManager
-from ._config import NodeConfig, PeerConfig
-from ._errors import PeerConnectError, PeerUnavailableError, UnknownPeerError
+from ._config import NodeConfig, PeerConfig, ServerConfig
+from ._edge import EdgeCall, EdgeError, MCPEdge
+from ._errors import PeerConnectError, PeerUnavailableError, RequestError, UnknownPeerError
 from ._federation import Federation
 from ._link import CLOSE_NORMAL, Handlers, InlineHandler, NotificationHandler, RequestContext, RequestHandler
 from ._listener import Listener
@@ -47,6 +49,7 @@ class Node:
         self._nursery = nursery
         self._jitter = jitter
         self._supervisors: dict[str, PeerSupervisor] = {}
+        self._servers: dict[str, tuple[Any, trio.CancelScope, trio.Event]] = {}
         self._registry_lock = trio.Lock()
         self._listener = Listener(self)
         self._closing = False
@@ -54,6 +57,10 @@ class Node:
         self.register_handler("echo", _echo, inline=True)
         self.register_handler("node/info", self._node_info, inline=True)
         self.federation = Federation(self)
+        self.edge = MCPEdge(_Forwarder(self.federation), name=f"fednode {config.id}", version=__version__,
+                            logger=self.log, client_tokens=[t.reveal().decode() for t in config.clients.tokens])
+        self.federation.on_catalog_change(self._catalog_changed)
+        self.data_port: int | None = None
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -182,6 +189,58 @@ class Node:
             while not wanted <= set(self.connected_peers()):
                 await self._changed.wait()
 
+    # -- attached MCP servers ---------------------------------------------------------------
+
+    async def add_server(self, config: ServerConfig, *, wait: bool = True, timeout: float = 30.0) -> None:
+        """Attach an MCP server (or replace the attached server with the same id).
+
+        Its supervisor starts the process (or connects), reads its catalog and keeps it running,
+        restarting with backoff. With ``wait``, return once it is up.
+
+        Raises:
+            trio.TooSlowError: ``wait`` was set and the server was not up within ``timeout``
+                (its supervisor keeps trying).
+        """
+        from ._upstream import UpstreamServer
+
+        if config.id in self._servers:
+            await self.remove_server(config.id)
+        upstream = UpstreamServer(config, backoff=self.config.backoff, logger=self.log,
+                                  on_catalog=functools.partial(self.federation.set_local_catalog, config.id))
+        scope, finished = trio.CancelScope(), trio.Event()
+        self._servers[config.id] = (upstream, scope, finished)
+        self.federation.upstreams[config.id] = upstream
+        await self._nursery.start(self._run_server, upstream, scope, finished)
+        if wait:
+            await upstream.wait_ready(timeout)
+
+    async def _run_server(self, upstream: Any, scope: trio.CancelScope, finished: trio.Event, *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with scope:
+                await upstream.run(task_status=task_status)
+        finally:
+            finished.set()
+
+    async def remove_server(self, server_id: str) -> None:
+        """Detach an MCP server: its process is terminated and its catalog withdrawn everywhere.
+
+        Raises:
+            KeyError: no server with that id is attached.
+        """
+        upstream, scope, finished = self._servers.pop(server_id)
+        scope.cancel()
+        with trio.CancelScope(shield=True):
+            await finished.wait()
+        if self.federation.upstreams.get(server_id) is upstream:
+            del self.federation.upstreams[server_id]
+        self.federation.set_local_catalog(server_id, None)
+        self.log.info("server.removed", server=server_id)
+
+    def servers(self) -> dict[str, Any]:
+        """The attached MCP servers by id (their supervisors: state, era, restarts, last error, catalog)."""
+        return {server_id: entry[0] for server_id, entry in sorted(self._servers.items())}
+
     # -- requests ---------------------------------------------------------------------------
 
     def register_handler(self, method: str, handler: RequestHandler | InlineHandler, *, inline: bool = False) -> None:
@@ -261,6 +320,10 @@ class Node:
 
     # -- bookkeeping ------------------------------------------------------------------------
 
+    def _catalog_changed(self, kinds: set[str]) -> None:
+        if not self._closing:
+            self._nursery.start_soon(self.edge.notify_list_changed, kinds)
+
     def notify_change(self) -> None:
         """Wake everyone waiting for a change of peer state (called by supervisors)."""
         self._changed.set()
@@ -270,13 +333,37 @@ class Node:
         """Count one refused authentication by reason (shown by status and metrics later)."""
         self.refused[reason] += 1
 
+    @property
+    def data_url(self) -> str:
+        """The data URL (MCP clients at ``{data_url}/mcp``), with the real port once serving."""
+        parts = urlsplit(self.config.data)
+        if self.data_port is None:
+            return self.config.data
+        host = parts.hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return urlunsplit((parts.scheme, f"{host}:{self.data_port}", "", "", ""))
+
+    @property
+    def mcp_url(self) -> str:
+        """Where MCP clients connect over Streamable HTTP."""
+        return self.data_url + "/mcp"
+
+    async def serve_mcp_stdio(self) -> None:
+        """Serve one MCP client on this process's stdin/stdout until end of input (``fednode mcp``)."""
+        await self.edge.serve_stdio()
+
     async def _start(self) -> None:
         await self._nursery.start(self.federation.advertiser)
         await self._nursery.start(self._listener.serve)
+        parts = urlsplit(self.config.data)
+        port = parts.port if parts.port is not None else 80
+        self.data_port = await self._nursery.start(self.edge.serve_http, parts.hostname or "127.0.0.1", port)
         self.log.info("node.started", control=self.control_url, peers=len(self.config.peers),
                       version=__version__)
         for peer in self.config.peers:
             await self.register_peer(peer, wait=False)
+        for server in self.config.servers:
+            await self.add_server(server, wait=False)
 
     async def _shutdown(self) -> None:
         """Close every link gracefully (bounded by ``shutdown_grace``), then cancel all node tasks."""
@@ -291,6 +378,25 @@ class Node:
                             closers.start_soon(supervisor.stop_link, CLOSE_NORMAL, "node shutting down")
                 self._nursery.cancel_scope.cancel()
                 self.log.info("node.stopped", seconds=round(trio.current_time() - started, 3))
+
+
+class _Forwarder:
+    """Adapts the federation to the edge's Forwarder protocol (errors become EdgeErrors)."""
+
+    def __init__(self, federation: Federation) -> None:
+        self.federation = federation
+
+    def list_items(self, kind: str) -> list[dict[str, Any]]:
+        return self.federation.list_items(kind)
+
+    def tool_input_schema(self, name: str) -> Any:
+        return self.federation.tool_input_schema(name)
+
+    async def forward(self, method: str, params: dict[str, Any], call: EdgeCall) -> dict[str, Any]:
+        try:
+            return await self.federation.execute(method, params)
+        except RequestError as exc:
+            raise EdgeError(exc.code, str(exc), exc.data) from None
 
 
 def _echo(params: Any, context: RequestContext) -> Any:

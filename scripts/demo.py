@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The demo behind ./scripts/demo: a local 3-node federation (node-a <-> node-b <-> node-c).
 
-node-b and node-c run as `fednode run` processes; node-a runs embedded in this Trio program
-(the library use case). node-a exchanges requests with node-b, node-b reports that it is linked to
-both others, then everything shuts down with SIGTERM and every exit status is checked.
+node-b and node-c run as `fednode run` processes with the example MCP servers "notes" (node-b) and
+"clock" (node-c) attached; node-a runs embedded in this Trio program (the library use case).
+node-a exchanges peer requests with node-b, then an MCP client at node-a lists the federated tools
+and calls one two hops away. Everything shuts down with SIGTERM and every exit status is checked.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import trio
+from mcp import Client
 
 import fednode
 from fednode._logging import configure_logging
@@ -109,6 +111,24 @@ async def exchange() -> None:
                     break
                 await trio.sleep(0.2)
         say(f"node-a -> node-b node/info: {json.dumps(info)}")
+
+        # An MCP client (the official SDK's) at node-a sees every server in the federation.
+        await node_a.federation.wait_for("clock__now", "notes__add_note", timeout=30)
+        say(f"\n== an MCP client at node-a ({node_a.mcp_url})")
+        async with Client(node_a.mcp_url, cache=None) as client:
+            tools = (await client.list_tools()).tools
+            for tool in tools:
+                where = node_a.federation.entries["tools"][tool.name].origins[0]
+                say(f"  tool {tool.name:<22} on {where}: {tool.description}")
+            started = time.perf_counter()
+            result = await client.call_tool("clock__now", {"timezone": "Europe/Paris"})
+            elapsed = (time.perf_counter() - started) * 1000
+            say(f"  clock__now(timezone='Europe/Paris') -> {result.content[0].text}  "  # type: ignore[union-attr]
+                f"(node-a -> node-b -> node-c and back, {elapsed:.1f} ms)")
+            result = await client.call_tool("notes__add_note", {"text": "federated hello"})
+            say(f"  notes__add_note(text='federated hello') -> {result.content[0].text}")  # type: ignore[union-attr]
+            read = await client.read_resource("notes://all")
+            say(f"  read notes://all -> {read.contents[0].text!r}")  # type: ignore[union-attr]
     say("node-a left its `async with` block: links closed with a normal close frame")
 
 
@@ -150,7 +170,8 @@ def main() -> int:
             if str(event.get("event", "")).startswith(("link.", "node.", "auth.")):
                 fields = {k: v for k, v in event.items() if k not in ("timestamp", "event", "node", "level")}
                 say(f"  {name}: {event['event']:<14} {json.dumps(fields)}")
-    say("\ndemo " + ("completed: 3 nodes connected, exchanged requests and shut down cleanly" if ok else "FAILED"))
+    say("\ndemo " + ("completed: 3 nodes connected, an MCP client at node-a called a server two hops away, "
+                      "and everything shut down cleanly" if ok else "FAILED"))
     return 0 if ok else 1
 
 

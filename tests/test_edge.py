@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 import httpx2
@@ -21,7 +21,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ToolsListChanged
 
-from fednode._edge import PAGE_SIZE, EdgeCall, EdgeError, MCPEdge
+from fednode._edge import PAGE_SIZE, EdgeCall, EdgeError, MCPEdge, _decode_cursor, _encode_cursor, _shape_result
 
 MODES = ["auto", "legacy", "2026-07-28"]
 MODERN = "2026-07-28"
@@ -204,7 +204,7 @@ async def test_raw_modern_results_pass_through_exactly() -> None:
             assert result.pop("_meta") == {**ECHO_RESULT["_meta"],
                                            SERVER_INFO: {"name": "edge-test", "version": "9.9.9"}}
             assert result == {k: v for k, v in ECHO_RESULT.items() if k != "_meta"}
-            method, params, call = forwarder.calls[-1]
+            _, params, call = forwarder.calls[-1]
             assert params == {"name": "echo", "arguments": {"text": "x"}, "_meta": meta}
             assert (call.era, call.protocol_version, call.session_key, call.meta) == ("modern", MODERN, None, meta)
 
@@ -339,7 +339,8 @@ async def test_list_changed_reaches_legacy_client() -> None:
 
     with trio.fail_after(15):
         async with running_edge(forwarder) as (edge, url), client(url, "legacy", message_handler=on_message):
-            assert len(edge.legacy_sessions) == 1
+            while len(edge.legacy_sessions) != 1:  # notifications/initialized is processed asynchronously
+                await trio.sleep(0.01)
             # The client opens its GET stream after the handshake; until then the SDK drops
             # standalone notifications, so repeat until one lands.
             while not arrived.is_set():
@@ -358,12 +359,12 @@ async def test_list_changed_reaches_legacy_client() -> None:
 async def test_list_changed_reaches_modern_listener() -> None:
     forwarder = FakeForwarder()
     with trio.fail_after(15):
-        async with running_edge(forwarder) as (edge, url), client(url, MODERN) as c:
-            async with c.listen(tools_list_changed=True) as subscription:
-                await edge.notify_list_changed(["prompts", "tools"])
-                async for event in subscription:
-                    assert event == ToolsListChanged()
-                    break
+        async with running_edge(forwarder) as (edge, url), client(url, MODERN) as c, \
+                c.listen(tools_list_changed=True) as subscription:
+            await edge.notify_list_changed(["prompts", "tools"])  # prompts: not subscribed, not delivered
+            async for event in subscription:
+                assert event == ToolsListChanged()
+                break
 
 
 # -- HTTP surface -------------------------------------------------------------------------------
@@ -423,18 +424,28 @@ async def test_serve_http_stops_promptly_when_cancelled() -> None:
 # -- stdio --------------------------------------------------------------------------------------
 
 
+def pipe_files() -> dict[str, TextIO]:
+    """Two pipes as text files: client -> server (stdin) and server -> client (stdout)."""
+    to_server_r, to_server_w = os.pipe()
+    to_client_r, to_client_w = os.pipe()
+    return {name: open(fd, mode="r" if name.endswith("_r") else "w", encoding="utf-8")
+            for name, fd in (("server_in_r", to_server_r), ("client_out_w", to_server_w),
+                             ("client_in_r", to_client_r), ("server_out_w", to_client_w))}
+
+
 @pytest.mark.parametrize("mode", ["legacy", MODERN])
 async def test_stdio(mode: str) -> None:
     """serve_stdio on in-process pipes; the client side reuses the SDK's stdio framing."""
     forwarder = FakeForwarder()
     edge = MCPEdge(forwarder, name="edge-test", version="9.9.9")
-    to_server_r, to_server_w = os.pipe()
-    to_client_r, to_client_w = os.pipe()
-    files = {name: open(fd, mode="r" if name.endswith("_r") else "w", encoding="utf-8")  # noqa: SIM115
-             for name, fd in (("server_in_r", to_server_r), ("client_out_w", to_server_w),
-                              ("client_in_r", to_client_r), ("server_out_w", to_client_w))}
+    files = pipe_files()
     done = trio.Event()
     seen: list[float] = []
+    changed = trio.Event()
+
+    async def on_message(message: Any) -> None:
+        if getattr(message, "method", None) == "notifications/tools/list_changed":
+            changed.set()
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append(progress)
@@ -451,7 +462,7 @@ async def test_stdio(mode: str) -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run_server)
                 transport = stdio_server(anyio.wrap_file(files["client_in_r"]), anyio.wrap_file(files["client_out_w"]))
-                async with Client(transport, mode=mode, cache=None) as c:
+                async with Client(transport, mode=mode, cache=None, message_handler=on_message) as c:
                     assert [t.name for t in (await c.list_tools()).tools][:2] == ["echo", "progress"]
                     result = dump(await c.call_tool("echo", {}))
                     assert result["structuredContent"] == ECHO_RESULT["structuredContent"]
@@ -465,6 +476,8 @@ async def test_stdio(mode: str) -> None:
                     if mode == "legacy":
                         assert call.era == "legacy" and call.session_key is not None
                         assert edge.legacy_sessions == [call.session_key]
+                        await edge.notify_list_changed(["tools"])  # rides the pipe
+                        await changed.wait()
                     else:
                         assert call.era == "modern" and call.session_key is None
                     files["client_out_w"].close()  # EOF: serve_stdio returns
@@ -477,10 +490,44 @@ async def test_stdio(mode: str) -> None:
 
 
 def test_cursor_is_opaque_but_checked() -> None:
-    from fednode._edge import _decode_cursor, _encode_cursor
 
     assert _decode_cursor("tools", _encode_cursor("tools", 200)) == 200
     for bad in ("", "!!", _encode_cursor("prompts", 100), json.dumps({"offset": 1}), 5):
         with pytest.raises(MCPError) as info:
             _decode_cursor("tools", bad)
         assert info.value.code == -32602
+
+
+def test_results_are_shaped_for_the_client_era() -> None:
+    server = MCPEdge(FakeForwarder(), name="edge-test", version="9.9.9").server
+    modern_result = {"content": [], "resultType": "complete", "ttlMs": 5, "x-keep": 1}
+    legacy = _shape_result(server, "tools/call", "2025-11-25", modern_result)
+    assert legacy == {"content": [], "ttlMs": 5, "x-keep": 1}  # tools/call has no ttlMs in any revision
+    read = _shape_result(server, "resources/read", "2025-06-18",
+                         {"contents": [], "resultType": "complete", "ttlMs": 5, "cacheScope": "public"})
+    assert read == {"contents": []}
+    with pytest.raises(MCPError) as info:
+        _shape_result(server, "tools/call", "2025-11-25", {"resultType": "input_required", "inputRequests": {}})
+    assert info.value.code == -32603
+    pending = {"resultType": "input_required", "inputRequests": {}, "requestState": "s"}
+    shaped = _shape_result(server, "resources/read", MODERN, pending)
+    assert "ttlMs" not in shaped and shaped["requestState"] == "s"
+    upstream_stamp = {SERVER_INFO: {"name": "upstream", "version": "1"}}
+    kept = _shape_result(server, "resources/read", MODERN,
+                         {"contents": [], "ttlMs": 60000, "cacheScope": "public", "_meta": upstream_stamp})
+    assert (kept["ttlMs"], kept["cacheScope"], kept["_meta"]) == (60000, "public", upstream_stamp)
+
+
+async def test_edge_call_standalone() -> None:
+    call = EdgeCall(method="tools/call", protocol_version="2025-06-18", meta={"progressToken": 1})
+    assert (call.era, call.session_key, call.meta) == ("legacy", None, {"progressToken": 1})
+    await call.report_progress(1, 2, "no reporter: no-op")
+    reports: list[tuple[float, float | None, str | None]] = []
+
+    async def reporter(progress: float, total: float | None, message: str | None) -> None:
+        reports.append((progress, total, message))
+
+    call = EdgeCall(method="tools/call", protocol_version=MODERN, progress=reporter)
+    await call.report_progress(0.5)
+    assert call.era == "modern" and reports == [(0.5, None, None)]
+    assert "modern" in repr(call)

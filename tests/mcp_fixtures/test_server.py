@@ -15,7 +15,8 @@ list (``--page-size``, default 4) so that a client's cursor handling is always e
 Tools: ``add(a, b)`` (text and structured output), ``echo(text)``, ``fail()`` (an ``isError``
 result), ``slow(seconds, marker?)`` (sleeps; writes ``cancelled`` or ``completed`` to ``marker``),
 ``progress(steps)`` (one progress notification per step), ``grow()`` (registers a new tool at run
-time and announces it with ``tools/list_changed``), ``pid()``; ``--many N`` adds ``extra_0`` ..
+time and announces it with ``tools/list_changed``), ``pid()``, ``meta()`` (the request's ``_meta``
+keys); ``--many N`` adds ``extra_0`` ..
 ``extra_<N-1>``. Prompt ``greet(name)``; resource ``test://static``; template ``test://items/{id}``.
 
 Options that make it misbehave on purpose:
@@ -81,6 +82,7 @@ class Fixture:
             _tool("progress", "Report progress once per step.", {"steps": {"type": "integer"}}, ["steps"]),
             _tool("grow", "Register a new tool and announce it.", {}),
             _tool("pid", "This server's process id.", {}),
+            _tool("meta", "The _meta keys of this request, and its progress token.", {}),
         ]
         self.tools += [_tool(f"extra_{i}", f"Extra tool {i}.", {}) for i in range(many)]
         self.grown = 0
@@ -140,6 +142,11 @@ class Fixture:
                 return types.CallToolResult(content=_text(name))
             case "pid":
                 return types.CallToolResult(content=_text(str(os.getpid())))
+            case "meta":
+                meta = (ctx.params or {}).get("_meta") or {}
+                return types.CallToolResult(content=_text(", ".join(sorted(meta))), structured_content={
+                    "keys": sorted(meta), "progressToken": meta.get("progressToken"),
+                    "capabilities": meta.get("io.modelcontextprotocol/clientCapabilities")})
             case name if any(tool.name == name for tool in self.tools):
                 return types.CallToolResult(content=_text(name))
         raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}", data={"tool": params.name})
@@ -149,10 +156,11 @@ class Fixture:
             await anyio.sleep(seconds)
         except anyio.get_cancelled_exc_class():
             if marker:
-                Path(marker).write_text("cancelled")
+                # Synchronous on purpose: any await here would be cancelled at once.
+                Path(marker).write_text("cancelled")  # noqa: ASYNC240
             raise
         if marker:
-            Path(marker).write_text("completed")
+            Path(marker).write_text("completed")  # noqa: ASYNC240 - a tiny local file
         return types.CallToolResult(content=_text(f"slept {seconds}"))
 
     async def list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
@@ -187,7 +195,8 @@ class Fixture:
         elif uri.startswith("test://items/"):
             text = f"item {uri.removeprefix('test://items/')}"
         else:
-            raise MCPError(types.RESOURCE_NOT_FOUND, f"Unknown resource: {uri}", data={"uri": uri})
+            # An application-defined code: a client must get it back unchanged.
+            raise MCPError(404, f"Unknown resource: {uri}", data={"uri": uri})
         return types.ReadResourceResult(contents=[types.TextResourceContents(uri=uri, text=text,
                                                                                mime_type="text/plain")])
 

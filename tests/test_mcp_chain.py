@@ -1,0 +1,131 @@
+"""End to end: the SDK's own client at node A reaches SDK-built servers attached at B and C (chain A-B-C)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.shared.exceptions import MCPError
+
+import fednode
+
+from conftest import node_config
+
+FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")
+MODES = ["auto", "legacy", "2026-07-28"]
+
+
+def fixture_server(server_id: str = "fx", *args: str, prefix: str | None = None) -> fednode.ServerConfig:
+    return fednode.ServerConfig(id=server_id, command=sys.executable, args=(FIXTURE, *args), prefix=prefix)
+
+
+def notes_server() -> fednode.ServerConfig:
+    return fednode.ServerConfig(id="notes", command=sys.executable, args=("-m", "fednode.examples.notes"))
+
+
+@asynccontextmanager
+async def chain(**servers: list[fednode.ServerConfig]) -> AsyncIterator[dict[str, fednode.Node]]:
+    """Nodes node-a - node-b - node-c; ``servers["b"]`` are attached at node-b, and so on."""
+    async with AsyncExitStack() as stack:
+        nodes = {i: await stack.enter_async_context(fednode.open_node(node_config(f"node-{i}"))) for i in "abc"}
+        for left, right in (("a", "b"), ("b", "c")):
+            await nodes[right].register_peer(fednode.PeerConfig(id=f"node-{left}"), wait=False)
+            await nodes[left].register_peer(fednode.PeerConfig(id=f"node-{right}", control=nodes[right].control_url))
+        for where, configs in servers.items():
+            for config in configs:
+                await nodes[where].add_server(config, timeout=20)
+        yield {f"node-{i}": node for i, node in nodes.items()}
+
+
+async def until_listed(node: fednode.Node, *names: str, timeout: float = 10) -> None:
+    await node.federation.wait_for(*names, timeout=timeout)
+
+
+def dump(model: Any) -> dict[str, Any]:
+    result: dict[str, Any] = model.model_dump(by_alias=True, mode="json", exclude_none=True)
+    result.pop("_meta", None)  # the serving side stamps its own serverInfo there
+    return result
+
+
+class TestThroughTheChain:
+    """What a client gets through node A equals what a direct call to the server returns."""
+
+    @pytest.mark.parametrize("mode", MODES)
+    async def test_list_and_call_two_hops_away(self, mode: str) -> None:
+        with trio.fail_after(60):
+            async with chain(b=[notes_server()], c=[fixture_server()]) as nodes:
+                a = nodes["node-a"]
+                await until_listed(a, "fx__add", "notes__add_note")
+                params = StdioServerParameters(command=sys.executable, args=[FIXTURE])
+                async with Client(a.mcp_url, mode=mode, cache=None) as client, \
+                        Client(params, mode=mode, cache=None) as direct:
+                    listed = {t.name: t for t in (await client.list_tools()).tools}
+                    assert {"fx__add", "fx__echo", "fx__fail", "notes__add_note", "notes__word_count"} <= set(listed)
+                    direct_tools = {t.name: t for t in (await direct.list_tools()).tools}
+                    # Only the name changes: description, schemas and annotations pass through.
+                    assert dump(listed["fx__add"]) == {**dump(direct_tools["add"]), "name": "fx__add"}
+
+                    via = await client.call_tool("fx__add", {"a": 2, "b": 40})
+                    assert dump(via) == dump(await direct.call_tool("add", {"a": 2, "b": 40}))
+                    failed = await client.call_tool("fx__fail", {})
+                    assert failed.is_error and dump(failed) == dump(await direct.call_tool("fail", {}))
+                    noted = await client.call_tool("notes__add_note", {"text": "hello"})
+                    assert noted.content[0].text == "note 1 stored"  # type: ignore[union-attr]
+
+    @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+    async def test_prompts_and_resources(self, mode: str) -> None:
+        with trio.fail_after(60):
+            async with chain(c=[fixture_server()]) as nodes:
+                a = nodes["node-a"]
+                await until_listed(a, "fx__add")
+                async with Client(a.mcp_url, mode=mode, cache=None) as client:
+                    prompts = {p.name for p in (await client.list_prompts()).prompts}
+                    assert "fx__greet" in prompts
+                    prompt = await client.get_prompt("fx__greet", {"name": "Ada"})
+                    assert "Ada" in str(prompt.messages[0].content)
+                    resources = {str(r.uri) for r in (await client.list_resources()).resources}
+                    assert "test://static" in resources
+                    read = await client.read_resource("test://static")
+                    assert read.contents and read.contents[0].uri == "test://static"
+                    templated = await client.read_resource("test://items/42")
+                    assert "42" in str(templated.contents[0])
+
+    async def test_errors_are_clear(self) -> None:
+        with trio.fail_after(60):
+            async with chain(c=[fixture_server()]) as nodes:
+                a = nodes["node-a"]
+                await until_listed(a, "fx__add")
+                async with Client(a.mcp_url, mode="legacy", cache=None) as client:
+                    with pytest.raises(MCPError) as info:
+                        await client.call_tool("nope__nothing", {})
+                    assert info.value.error.code == -32602 and "nope__nothing" in info.value.error.message
+                    # The owning node becomes unreachable: a clear error, at once.
+                    await nodes["node-b"].remove_peer("node-c")
+                    with trio.fail_after(5):
+                        while "fx__add" in a.federation.entries["tools"]:
+                            await trio.sleep(0.02)
+                    with pytest.raises(MCPError) as info:
+                        await client.call_tool("fx__add", {"a": 1, "b": 2})
+                    assert info.value.error.code == -32602  # withdrawn: no longer a known tool
+
+
+class TestServersAtRuntime:
+    """Servers attached and removed at runtime appear and disappear across the federation."""
+
+    async def test_add_and_remove(self) -> None:
+        with trio.fail_after(60):
+            async with chain() as nodes:
+                a, c = nodes["node-a"], nodes["node-c"]
+                await c.add_server(fixture_server("late"), timeout=20)
+                await until_listed(a, "late__add")
+                await c.remove_server("late")
+                with trio.fail_after(5):
+                    while "late__add" in a.federation.entries["tools"]:
+                        await trio.sleep(0.02)

@@ -1,0 +1,414 @@
+"""The driver of one attached MCP server, against real SDK-built servers in subprocesses.
+
+The server is ``tests/mcp_fixtures/test_server.py``; ``--legacy-only`` makes it refuse
+``server/discover`` the way a pre-2026 server does, so most tests run once per protocol era.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import trio
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+from fednode._config import BackoffConfig, ServerConfig
+from fednode._upstream import (
+    MODERN_ERA,
+    ServerCatalog,
+    ServerUnavailableError,
+    UpstreamError,
+    UpstreamServer,
+    UpstreamTimeoutError,
+)
+
+FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")
+FAST_BACKOFF = BackoffConfig(initial=0.05, max=0.5, multiplier=2.0, reset_after=10.0)
+ERAS = pytest.mark.parametrize("legacy", [False, True], ids=["modern", "legacy"])
+FIXTURE_TOOLS = ["add", "echo", "fail", "slow", "progress", "grow", "pid", "meta"]
+
+
+def fixture_args(*extra: str, legacy: bool = False) -> tuple[str, ...]:
+    return (FIXTURE, *extra, *(("--legacy-only",) if legacy else ()))
+
+
+def stdio_config(*extra: str, legacy: bool = False, server_id: str = "fx",
+                 timeout: float | None = None) -> ServerConfig:
+    return ServerConfig(id=server_id, command=sys.executable, args=fixture_args(*extra, legacy=legacy),
+                        timeout=timeout)
+
+
+class Catalogs:
+    """Records every catalog the driver publishes; lets a test wait for one that matches."""
+
+    def __init__(self) -> None:
+        self.seen: list[ServerCatalog] = []
+        self._changed = trio.Event()
+
+    def __call__(self, catalog: ServerCatalog) -> None:
+        self.seen.append(catalog)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, predicate: Any) -> ServerCatalog:
+        while not (self.seen and predicate(self.seen[-1])):
+            await self._changed.wait()
+        return self.seen[-1]
+
+
+@asynccontextmanager
+async def running(config: ServerConfig, *, ready: bool = True) -> AsyncIterator[tuple[UpstreamServer, Catalogs]]:
+    """Run an UpstreamServer in a nursery (cancelled on exit); by default wait until it is up."""
+    catalogs = Catalogs()
+    server = UpstreamServer(config, backoff=FAST_BACKOFF, on_catalog=catalogs, jitter=lambda cap: cap)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        if ready:
+            await server.wait_ready(15)
+        yield server, catalogs
+        nursery.cancel_scope.cancel()
+
+
+def names(definitions: tuple[dict[str, Any], ...]) -> list[str]:
+    return [d["name"] for d in definitions]
+
+
+def tool_call(name: str, **arguments: Any) -> dict[str, Any]:
+    return {"name": name, "arguments": arguments}
+
+
+def assert_gone(pid: int) -> None:
+    """The process no longer exists (our own child: reaped, so even a zombie would fail this)."""
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def is_gone(pid: int) -> bool:
+    """A process that is not our child is gone once it no longer exists or is a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state == "Z"
+
+
+async def wait_file(path: Path, timeout: float) -> str:
+    """The file's text, once it has some."""
+    file = trio.Path(path)
+    with trio.fail_after(timeout):
+        while not await file.exists() or not await file.read_text():
+            await trio.sleep(0.02)
+    return await file.read_text()
+
+
+class TestHandshake:
+    """Era detection and the catalog."""
+
+    @ERAS
+    async def test_era_and_full_catalog(self, legacy: bool) -> None:
+        """17 tools over pages of 4 (5 pages) plus a prompt, a resource and a template; both eras."""
+        with trio.fail_after(20):
+            async with running(stdio_config("--many", "10", legacy=legacy)) as (server, catalogs):
+                assert server.state == "up"
+                assert server.era == ("2025-11-25" if legacy else MODERN_ERA)
+                assert server.server_info is not None
+                assert server.server_info["serverInfo"]["name"] == "fixture"
+                assert set(server.server_info["capabilities"]) >= {"tools", "prompts", "resources"}
+                catalog = server.catalog
+                assert names(catalog.tools) == FIXTURE_TOOLS + [f"extra_{i}" for i in range(10)]
+                assert names(catalog.prompts) == ["greet"]
+                assert [r["uri"] for r in catalog.resources] == ["test://static"]
+                assert [t["uriTemplate"] for t in catalog.resource_templates] == ["test://items/{id}"]
+                # Raw definitions, exactly as sent (camelCase keys, the output schema included).
+                add = catalog.tools[0]
+                assert add["inputSchema"]["required"] == ["a", "b"] and "outputSchema" in add
+                assert catalogs.seen == [catalog]
+                assert server.pid is not None and server.restarts == 0 and server.last_error is None
+
+    async def test_unavailable_until_up(self) -> None:
+        with trio.fail_after(20):
+            async with running(stdio_config(), ready=False) as (server, _):
+                assert server.state == "starting"
+                with pytest.raises(ServerUnavailableError):
+                    await server.call("tools/call", tool_call("add", a=1, b=2))
+                await server.wait_ready(15)
+                assert (await server.call("tools/call", tool_call("add", a=1, b=2)))["structuredContent"] == {
+                    "result": 3}
+
+    async def test_missing_command_backs_off(self) -> None:
+        config = ServerConfig(id="nothing", command="fednode-no-such-command-xyz")
+        with trio.fail_after(10):
+            async with running(config, ready=False) as (server, _):
+                with pytest.raises(trio.TooSlowError):
+                    await server.wait_ready(0.5)
+                assert server.state in ("backoff", "starting") and server.restarts >= 1
+                assert server.last_error is not None and "not found" in server.last_error
+                with pytest.raises(ServerUnavailableError):
+                    await server.call("tools/call", tool_call("add", a=1, b=2))
+
+
+class TestForwarding:
+    """Requests pass through unchanged, errors and progress come back, cancellation reaches the server."""
+
+    @ERAS
+    async def test_results_equal_a_direct_sdk_client(self, legacy: bool) -> None:
+        requests: list[tuple[str, dict[str, Any]]] = [
+            ("tools/call", tool_call("add", a=2, b=3)),
+            ("tools/call", tool_call("echo", text="hi")),
+            ("tools/call", tool_call("fail")),
+            ("prompts/get", {"name": "greet", "arguments": {"name": "Ada"}}),
+            ("resources/read", {"uri": "test://static"}),
+            ("resources/read", {"uri": "test://items/42"}),
+        ]
+        with trio.fail_after(30):
+            async with running(stdio_config(legacy=legacy)) as (server, _):
+                ours = [await server.call(method, params) for method, params in requests]
+            params = StdioServerParameters(command=sys.executable, args=list(fixture_args(legacy=legacy)))
+            async with Client(params, mode="auto", cache=None) as client:
+                direct = [
+                    await client.call_tool("add", {"a": 2, "b": 3}),
+                    await client.call_tool("echo", {"text": "hi"}),
+                    await client.call_tool("fail", {}),
+                    await client.get_prompt("greet", {"name": "Ada"}),
+                    await client.read_resource("test://static"),
+                    await client.read_resource("test://items/42"),
+                ]
+        for raw, typed in zip(ours, direct, strict=True):
+            # Only the fields the server sent: the typed models fill in defaults (resultType, ttlMs, ...).
+            assert raw == typed.model_dump(by_alias=True, mode="json", exclude_unset=True)
+        add, echo, fail = ours[:3]
+        assert add["structuredContent"] == {"result": 5} and add["isError"] is False
+        assert fail["isError"] is True and fail["content"][0]["text"] == "it failed"
+        assert echo["_meta"]["fixture/echoed"] is True  # unknown _meta keys survive
+
+    @ERAS
+    async def test_meta_envelope(self, legacy: bool) -> None:
+        """Modern: envelope defaults added, the caller's kept. Legacy: envelope removed. Tokens are ours."""
+        version_key, capabilities_key = "io.modelcontextprotocol/protocolVersion", \
+            "io.modelcontextprotocol/clientCapabilities"
+        with trio.fail_after(20):
+            async with running(stdio_config(legacy=legacy)) as (server, _):
+                bare = await server.call("tools/call", tool_call("meta"))
+                theirs = {"custom/key": 1, "progressToken": "theirs", capabilities_key: {"sampling": {}}}
+                given = await server.call("tools/call", {**tool_call("meta"), "_meta": theirs})
+
+                async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                    pass
+
+                tracked = await server.call("tools/call", tool_call("meta"), on_progress=on_progress)
+        assert theirs["progressToken"] == "theirs" and len(theirs) == 3  # the caller's dict is not modified
+        if legacy:
+            assert bare["structuredContent"]["keys"] == []
+            assert given["structuredContent"]["keys"] == ["custom/key"]
+        else:
+            assert bare["structuredContent"]["keys"] == [capabilities_key, version_key]
+            assert given["structuredContent"]["keys"] == ["custom/key", capabilities_key, version_key]
+            assert given["structuredContent"]["capabilities"] == {"sampling": {}}
+        token = tracked["structuredContent"]["progressToken"]
+        assert isinstance(token, str) and token.startswith("fednode-")
+
+    @ERAS
+    async def test_upstream_errors_pass_through(self, legacy: bool) -> None:
+        with trio.fail_after(20):
+            async with running(stdio_config(legacy=legacy)) as (server, _):
+                with pytest.raises(UpstreamError) as caught:
+                    await server.call("tools/call", tool_call("nope"))
+                assert (caught.value.code, caught.value.message, caught.value.data) == (
+                    -32602, "Unknown tool: nope", {"tool": "nope"})
+                with pytest.raises(UpstreamError) as caught:
+                    await server.call("resources/read", {"uri": "test://missing"})
+                assert caught.value.code == 404 and caught.value.data == {"uri": "test://missing"}
+                with pytest.raises(UpstreamError) as caught:
+                    await server.call("fednode/no-such-method", {})
+                assert caught.value.code == -32601
+                assert server.state == "up"
+
+    @ERAS
+    async def test_progress_delivered_before_the_result(self, legacy: bool) -> None:
+        with trio.fail_after(20):
+            async with running(stdio_config(legacy=legacy)) as (server, _):
+                for _ in range(3):
+                    seen: list[tuple[float, float | None, str | None]] = []
+
+                    async def on_progress(progress: float, total: float | None, message: str | None,
+                                          seen: list[tuple[float, float | None, str | None]] = seen) -> None:
+                        seen.append((progress, total, message))
+
+                    result = await server.call("tools/call", tool_call("progress", steps=5), on_progress=on_progress)
+                    assert result["content"][0]["text"] == "5 steps"
+                    assert seen == [(float(i), 5.0, f"step {i}") for i in range(1, 6)]
+
+    @ERAS
+    async def test_cancelling_the_caller_cancels_at_the_server(self, legacy: bool, tmp_path: Path) -> None:
+        marker = tmp_path / "slow"
+        with trio.fail_after(20):
+            async with running(stdio_config(legacy=legacy)) as (server, _):
+                started = trio.current_time()
+                with trio.move_on_after(0.5):
+                    await server.call("tools/call", tool_call("slow", seconds=30, marker=str(marker)))
+                assert await wait_file(marker, 5) == "cancelled"
+                assert trio.current_time() - started < 5
+                assert (await server.call("tools/call", tool_call("echo", text="still here")))["content"][0][
+                    "text"] == "still here"
+
+    async def test_timeout_cancels_at_the_server(self, tmp_path: Path) -> None:
+        marker = tmp_path / "slow"
+        with trio.fail_after(20):
+            async with running(stdio_config(timeout=0.5)) as (server, _):
+                assert server.timeout == 0.5
+                with pytest.raises(UpstreamTimeoutError):
+                    await server.call("tools/call", tool_call("slow", seconds=30, marker=str(marker)))
+                assert await wait_file(marker, 5) == "cancelled"
+                # An explicit deadline overrides the configured one.
+                result = await server.call("tools/call", tool_call("slow", seconds=0.8), timeout=10)
+                assert result["content"][0]["text"] == "slept 0.8"
+
+    @ERAS
+    async def test_list_changed_is_followed(self, legacy: bool) -> None:
+        with trio.fail_after(20):
+            async with running(stdio_config(legacy=legacy)) as (server, catalogs):
+                assert (await server.call("tools/call", tool_call("grow")))["content"][0]["text"] == "grown_1"
+                catalog = await catalogs.wait_for(lambda c: "grown_1" in names(c.tools))
+                assert names(catalog.tools) == [*FIXTURE_TOOLS, "grown_1"]
+                assert catalog.prompts and catalog.resources  # the other lists were kept
+                await server.call("tools/call", tool_call("grow"))
+                await catalogs.wait_for(lambda c: "grown_2" in names(c.tools))
+
+    async def test_streamable_http_server(self, tmp_path: Path) -> None:
+        """The same over Streamable HTTP (127.0.0.1): era, catalog, calls, progress, list changes, loss."""
+        with trio.fail_after(30):
+            process = await trio.lowlevel.open_process([sys.executable, FIXTURE, "--http", "0"],
+                                                       stdout=subprocess.PIPE)
+            try:
+                assert process.stdout is not None
+                line = b""
+                while not line.endswith(b"\n"):
+                    chunk = await process.stdout.receive_some(1024)
+                    assert chunk, "the HTTP fixture exited"
+                    line += chunk
+                url = line.decode().split()[1]
+                assert url.startswith("http://127.0.0.1:")
+                async with running(ServerConfig(id="web", url=url)) as (server, catalogs):
+                    assert server.era == MODERN_ERA and server.pid is None
+                    assert names(server.catalog.tools) == FIXTURE_TOOLS
+                    add = await server.call("tools/call", tool_call("add", a=1, b=2))
+                    assert add["structuredContent"] == {"result": 3}
+                    seen: list[float] = []
+
+                    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                        seen.append(progress)
+
+                    await server.call("tools/call", tool_call("progress", steps=3), on_progress=on_progress)
+                    assert seen == [1.0, 2.0, 3.0]
+                    await server.call("tools/call", tool_call("grow"))
+                    await catalogs.wait_for(lambda c: "grown_1" in names(c.tools))
+                    marker = tmp_path / "slow"
+                    with trio.move_on_after(0.5):
+                        await server.call("tools/call", tool_call("slow", seconds=30, marker=str(marker)))
+                    assert await wait_file(marker, 5) == "cancelled"
+                    process.kill()
+                    await process.wait()
+                    with pytest.raises(ServerUnavailableError):
+                        await server.call("tools/call", tool_call("add", a=1, b=2))
+                    while server.state == "up":
+                        await trio.sleep(0.02)
+                    assert server.last_error
+            finally:
+                process.kill()
+                await process.wait()
+
+
+class TestProcess:
+    """Restart after a crash, termination on removal, stderr to the log."""
+
+    @ERAS
+    async def test_killed_process_restarts(self, legacy: bool, tmp_path: Path) -> None:
+        with trio.fail_after(30):
+            async with running(stdio_config(legacy=legacy)) as (server, catalogs):
+                old_pid = server.pid
+                assert old_pid is not None
+                reported = await server.call("tools/call", tool_call("pid"))
+                assert reported["content"][0]["text"] == str(old_pid)  # the shim exec'd: same pid
+                in_flight: list[BaseException] = []
+
+                async def slow_call() -> None:
+                    try:
+                        await server.call("tools/call", tool_call("slow", seconds=30))
+                    except ServerUnavailableError as exc:
+                        in_flight.append(exc)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(slow_call)
+                    await trio.sleep(0.3)
+                    os.kill(old_pid, signal.SIGKILL)
+                assert len(in_flight) == 1  # the request in flight failed at once
+                assert server.state != "up"
+                started = trio.current_time()
+                with pytest.raises(ServerUnavailableError):
+                    await server.call("tools/call", tool_call("add", a=1, b=2))
+                assert trio.current_time() - started < 0.1
+                published = len(catalogs.seen)
+                await server.wait_ready(15)
+                assert server.restarts == 1 and server.pid not in (None, old_pid)
+                assert server.last_error is not None
+                assert len(catalogs.seen) == published + 1 and names(catalogs.seen[-1].tools) == FIXTURE_TOOLS
+                assert (await server.call("tools/call", tool_call("add", a=1, b=2)))["structuredContent"] == {
+                    "result": 3}
+                assert_gone(old_pid)
+
+    async def test_cancelling_run_terminates_the_process(self) -> None:
+        with trio.fail_after(20):
+            async with running(stdio_config()) as (server, _):
+                pid = server.pid
+                assert pid is not None
+                started = trio.current_time()
+            assert trio.current_time() - started < 2  # it exits when its stdin closes
+            assert server.state == "stopped" and server.pid is None
+            assert_gone(pid)
+
+    async def test_stubborn_process_is_killed(self) -> None:
+        """Ignoring stdin's end and SIGTERM only delays the end: SIGKILL follows the grace periods."""
+        with trio.fail_after(20):
+            async with running(stdio_config("--stubborn")) as (server, _):
+                pid = server.pid
+                assert pid is not None
+                started = trio.current_time()
+            assert 3 < trio.current_time() - started < 10
+            assert_gone(pid)
+
+    async def test_descendants_are_swept(self) -> None:
+        """A grandchild left in the server's process group is terminated too."""
+        with trio.fail_after(20), structlog.testing.capture_logs() as logs:
+            async with running(stdio_config("--spawn-child")):
+                lines = [e["line"] for e in logs if e["event"] == "upstream.stderr"]
+                grandchild = int(next(line for line in lines if line.startswith("grandchild ")).split()[1])
+                assert not is_gone(grandchild)
+            with trio.fail_after(5):
+                while not is_gone(grandchild):
+                    await trio.sleep(0.02)
+            assert any(e["event"] == "upstream.sweep" for e in logs)
+
+    async def test_stderr_goes_to_the_log(self, capfd: pytest.CaptureFixture[str]) -> None:
+        with trio.fail_after(20), structlog.testing.capture_logs() as logs:
+            async with running(stdio_config("--name", "chatty", server_id="chatty")):
+                pass
+        stderr_events = [e for e in logs if e["event"] == "upstream.stderr"]
+        assert {"event": "upstream.stderr", "server": "chatty", "line": "fixture chatty starting",
+                "log_level": "info"} in stderr_events
+        assert all(e["server"] == "chatty" for e in stderr_events)
+        assert not any("fednode-upstream-pid" in e["line"] for e in stderr_events)
+        captured = capfd.readouterr()
+        assert "fixture chatty starting" not in captured.out + captured.err
