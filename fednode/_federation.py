@@ -13,10 +13,12 @@ Requests (tools/call, prompts/get, resources/read, completion/complete) travel h
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -40,6 +42,10 @@ if TYPE_CHECKING:
 
 ROUTES_METHOD = "fed/routes"
 FORWARD_METHOD = "fed/forward"
+PROGRESS_METHOD = "fed/progress"
+_PROGRESS_BUFFER = 64  # progress notifications queued per request before newer ones are dropped
+
+ProgressFn = Callable[[float, "float | None", "str | None"], Awaitable[None]]
 KINDS = ("tools", "prompts", "resources", "resourceTemplates")
 _CATALOG_FIELDS = {"tools": "tools", "prompts": "prompts", "resources": "resources",
                    "resourceTemplates": "resource_templates"}
@@ -147,6 +153,8 @@ class Federation:
         self._listeners: list[Callable[[set[str]], None]] = []
         node.register_notification_handler(ROUTES_METHOD, self._on_routes, inline=True)
         node.register_handler(FORWARD_METHOD, self._on_forward)
+        node.register_notification_handler(PROGRESS_METHOD, self._on_progress, inline=True)
+        self._progress_routes: dict[str, trio.MemorySendChannel[tuple[float, float | None, str | None]]] = {}
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -401,8 +409,13 @@ class Federation:
 
     # -- forwarding ---------------------------------------------------------------------------
 
-    async def execute(self, method: str, params: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+    async def execute(self, method: str, params: dict[str, Any], *, timeout: float | None = None,
+                      progress: ProgressFn | None = None) -> dict[str, Any]:
         """Run a client request wherever its server is, nearest replica first; return the raw result.
+
+        Args:
+            progress: awaited with ``(progress, total, message)`` for each progress notification the
+                server sends about this request, all before this method returns.
 
         Raises:
             ForwardError / RequestError: with the code to give the client.
@@ -412,24 +425,54 @@ class Federation:
         last: ForwardError | None = None
         for origin in entry.origins:
             try:
-                return await self._send(origin, entry.server, method, upstream_params, deadline, trace=())
+                return await self._send(origin, entry.server, method, upstream_params, deadline, (), progress)
             except _NotDelivered as exc:
                 last = exc.error  # fail over to the next replica: this one never saw the request
         assert last is not None
         raise last
 
     async def _send(self, origin: str, server: str, method: str, params: dict[str, Any], deadline: float,
-                    trace: tuple[str, ...]) -> dict[str, Any]:
+                    trace: tuple[str, ...], progress: ProgressFn | None) -> dict[str, Any]:
         remaining = deadline - trio.current_time()
         if remaining <= 0:
             raise ForwardError(DEADLINE_EXCEEDED, f"Deadline exceeded before reaching {server!r} on {origin!r}")
         if origin == self.node.id:
-            return await self._call_local(server, method, params, remaining)
+            return await self._call_local(server, method, params, remaining, progress)
         via = self._next_hop(origin, server)
         if via is None:
             raise _NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable"))
-        forward = {"origin": origin, "server": server, "method": method, "params": params,
-                   "timeout": remaining, "trace": [*trace, self.node.id]}
+        forward: dict[str, Any] = {"origin": origin, "server": server, "method": method, "params": params,
+                                   "timeout": remaining, "trace": [*trace, self.node.id]}
+        if progress is None:
+            return await self._request(via, origin, server, forward, remaining)
+        # Progress comes back as fed/progress notifications naming our token; they are relayed in
+        # order, and all of them before the result (the relay drains before the nursery exits).
+        token = uuid.uuid4().hex
+        forward["progress"] = token
+        send, receive = trio.open_memory_channel[tuple[float, float | None, str | None]](_PROGRESS_BUFFER)
+        self._progress_routes[token] = send
+        async with trio.open_nursery() as relay:
+            relay.start_soon(_relay_progress, receive, progress)
+            try:
+                return await self._request(via, origin, server, forward, remaining)
+            finally:
+                del self._progress_routes[token]
+                send.close()
+
+    def _on_progress(self, params: Any, context: RequestContext) -> None:
+        if not isinstance(params, dict):
+            return
+        route = self._progress_routes.get(params.get("token"))  # type: ignore[arg-type]
+        value, total, message = params.get("progress"), params.get("total"), params.get("message")
+        if route is None or not isinstance(value, int | float) or isinstance(value, bool):
+            return
+        item = (float(value), float(total) if isinstance(total, int | float) else None,
+                message if isinstance(message, str) else None)
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            route.send_nowait(item)  # a client that cannot keep up loses progress, never results
+
+    async def _request(self, via: str, origin: str, server: str, forward: dict[str, Any],
+                       remaining: float) -> dict[str, Any]:
         try:
             result = await self.node.request(via, FORWARD_METHOD, forward, timeout=remaining)
         except (PeerUnavailableError, UnknownPeerError) as exc:
@@ -451,14 +494,17 @@ class Federation:
         best = self.best_routes().get((origin, server))
         return best[1] if best is not None else None
 
-    async def _call_local(self, server: str, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _call_local(self, server: str, method: str, params: dict[str, Any], timeout: float,
+                          progress: ProgressFn | None) -> dict[str, Any]:
         from ._upstream import ServerUnavailableError, UpstreamError
 
         upstream = self.upstreams.get(server)
         if upstream is None:
             raise ForwardError(SERVER_UNAVAILABLE, f"Server {server!r} is not attached to node {self.node.id!r}")
+        if upstream.config.timeout is not None:
+            timeout = min(timeout, upstream.config.timeout)
         try:
-            return await upstream.call(method, params, timeout=timeout)
+            return await upstream.call(method, params, timeout=timeout, on_progress=progress)
         except UpstreamError as exc:
             raise ForwardError(exc.code, exc.message, exc.data) from None
         except ServerUnavailableError as exc:
@@ -479,10 +525,25 @@ class Federation:
         if self.node.id in trace:
             raise ForwardError(FORWARDING_LOOP, f"Forwarding loop through {self.node.id!r}")
         deadline = trio.current_time() + min(float(timeout), self.node.config.mcp.request_timeout * 10)
+        token = params.get("progress")
+        progress: ProgressFn | None = None
+        if isinstance(token, str):
+            async def progress(value: float, total: float | None, message: str | None) -> None:
+                with contextlib.suppress(FednodeError):
+                    await self.node.notify(context.peer_id, PROGRESS_METHOD,
+                                           {"token": token, "progress": value, "total": total, "message": message})
         try:
-            return await self._send(origin, server, method, upstream_params, deadline, tuple(trace))
+            return await self._send(origin, server, method, upstream_params, deadline, tuple(trace), progress)
         except _NotDelivered as exc:
             raise exc.error from None
+
+
+async def _relay_progress(receive: trio.MemoryReceiveChannel[tuple[float, float | None, str | None]],
+                          progress: ProgressFn) -> None:
+    async with receive:
+        async for value, total, message in receive:
+            with contextlib.suppress(Exception):  # the caller's progress sink failing must not fail the call
+                await progress(value, total, message)
 
 
 class _NotDelivered(Exception):

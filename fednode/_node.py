@@ -393,8 +393,11 @@ class _Forwarder:
         return self.federation.tool_input_schema(name)
 
     async def forward(self, method: str, params: dict[str, Any], call: EdgeCall) -> dict[str, Any]:
+        meta = params.get("_meta")
+        wants_progress = isinstance(meta, dict) and meta.get("progressToken") is not None
         try:
-            return await self.federation.execute(method, params)
+            return await self.federation.execute(method, params,
+                                                 progress=call.report_progress if wants_progress else None)
         except RequestError as exc:
             raise EdgeError(exc.code, str(exc), exc.data) from None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -129,3 +131,137 @@ class TestServersAtRuntime:
                 with trio.fail_after(5):
                     while "late__add" in a.federation.entries["tools"]:
                         await trio.sleep(0.02)
+
+
+class TestProgressAndCancellation:
+    """Progress travels back across hops; a client's cancellation reaches the server two hops away."""
+
+    @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+    async def test_progress_two_hops(self, mode: str) -> None:
+        with trio.fail_after(60):
+            async with chain(c=[fixture_server()]) as nodes:
+                a = nodes["node-a"]
+                await until_listed(a, "fx__progress")
+                seen: list[tuple[float, float | None, str | None]] = []
+
+                async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                    seen.append((progress, total, message))
+
+                async with Client(a.mcp_url, mode=mode, cache=None) as client:
+                    result = await client.call_tool("fx__progress", {"steps": 4}, progress_callback=on_progress)
+                assert not result.is_error
+                assert seen == [(float(i), 4.0, f"step {i}") for i in range(1, 5)]
+
+    async def test_cancel_reaches_the_server(self, tmp_path: Path) -> None:
+        marker = tmp_path / "marker"
+        with trio.fail_after(60):
+            async with chain(c=[fixture_server()]) as nodes:
+                a = nodes["node-a"]
+                await until_listed(a, "fx__slow")
+                async with Client(a.mcp_url, mode="legacy", cache=None) as client:
+                    with pytest.raises(MCPError):
+                        await client.call_tool("fx__slow", {"seconds": 30, "marker": str(marker)},
+                                               read_timeout_seconds=0.5)
+                with trio.fail_after(10):
+                    while not marker.exists():
+                        await trio.sleep(0.05)
+                assert marker.read_text() == "cancelled"
+
+
+class TestFaults:
+    """Servers and nodes that die are noticed fast, reported clearly, and come back."""
+
+    async def test_killed_server_fails_fast_and_restarts(self) -> None:
+        with trio.fail_after(60):
+            async with chain(c=[fixture_server()]) as nodes:
+                a, c = nodes["node-a"], nodes["node-c"]
+                await until_listed(a, "fx__add")
+                upstream = c.servers()["fx"]
+                pid = upstream.pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                async with Client(a.mcp_url, mode="legacy", cache=None) as client:
+                    start = trio.current_time()
+                    try:
+                        await client.call_tool("fx__add", {"a": 1, "b": 1})
+                    except MCPError as exc:
+                        assert exc.error.code == -32051 and "down" in exc.error.message
+                        assert trio.current_time() - start < 2
+                    # The server restarts (backoff) and works again.
+                    with trio.fail_after(20):
+                        while upstream.state != "up" or upstream.pid == pid:
+                            await trio.sleep(0.05)
+                    result = await client.call_tool("fx__add", {"a": 1, "b": 1})
+                    assert not result.is_error and upstream.restarts == 1
+
+    async def test_node_death_withdraws_its_tools_within_the_heartbeat_timeout(self) -> None:
+        with trio.fail_after(60):
+            async with AsyncExitStack() as stack:
+                a = await stack.enter_async_context(fednode.open_node(node_config("node-a")))
+                b = await stack.enter_async_context(fednode.open_node(node_config("node-b")))
+                c_scope = trio.CancelScope()
+                c_ready: list[fednode.Node] = []
+                gone = trio.Event()
+
+                async def run_c() -> None:
+                    with c_scope:
+                        async with fednode.open_node(node_config("node-c")) as c:
+                            c_ready.append(c)
+                            await c.register_peer(fednode.PeerConfig(id="node-b"), wait=False)
+                            await b.register_peer(fednode.PeerConfig(id="node-c", control=c.control_url))
+                            await c.add_server(fixture_server(), timeout=20)
+                            await trio.sleep_forever()
+                    gone.set()
+
+                await b.register_peer(fednode.PeerConfig(id="node-a"), wait=False)
+                await a.register_peer(fednode.PeerConfig(id="node-b", control=b.control_url))
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run_c)
+                    await until_listed(a, "fx__add", timeout=30)
+                    # A silent death: node-c's links stop answering (its heartbeat tasks are frozen by
+                    # cancelling it without a close, from node-b's point of view the link just dies).
+                    supervisor = b.supervisor("node-c")
+                    assert supervisor is not None and supervisor.link is not None
+                    supervisor.link.stop(4002, "simulated death", timeout=0)
+                    start = trio.current_time()
+                    with trio.fail_after(a.config.heartbeat.timeout + 2):
+                        while "fx__add" in a.federation.entries["tools"]:
+                            await trio.sleep(0.01)
+                    assert trio.current_time() - start < a.config.heartbeat.timeout + 1
+                    # ... and the tools return with the node.
+                    await until_listed(a, "fx__add", timeout=20)
+                    c_scope.cancel()
+
+    async def test_replica_failover(self) -> None:
+        with trio.fail_after(60):
+            async with chain(b=[fixture_server()], c=[fixture_server()]) as nodes:
+                a, b = nodes["node-a"], nodes["node-b"]
+                await a.federation.wait_for("fx__add")
+                with trio.fail_after(10):
+                    while a.federation.entries["tools"]["fx__add"].origins != ("node-b", "node-c"):
+                        await trio.sleep(0.02)
+                async with Client(a.mcp_url, mode="legacy", cache=None) as client:
+                    assert not (await client.call_tool("fx__add", {"a": 1, "b": 2})).is_error
+                    # The nearest replica's server goes away: calls go to the next one.
+                    await b.remove_server("fx")
+                    result = await client.call_tool("fx__add", {"a": 1, "b": 2})
+                    assert not result.is_error
+                    assert a.federation.entries["tools"]["fx__add"].origins == ("node-c",)
+
+    async def test_in_flight_request_fails_at_once_when_its_route_dies(self, tmp_path: Path) -> None:
+        with trio.fail_after(60):
+            async with chain(c=[fixture_server()]) as nodes:
+                a, b = nodes["node-a"], nodes["node-b"]
+                await until_listed(a, "fx__slow")
+                async with Client(a.mcp_url, mode="legacy", cache=None) as client:
+                    async def cut_soon() -> None:
+                        await trio.sleep(0.5)
+                        await b.remove_peer("node-a")
+
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(cut_soon)
+                        start = trio.current_time()
+                        with pytest.raises(MCPError) as info:
+                            await client.call_tool("fx__slow", {"seconds": 30})
+                        assert trio.current_time() - start < 3  # not the 30 s of the tool, nor the deadline
+                    assert info.value.error.code == -32050
