@@ -1,0 +1,38 @@
+"""`fednode mcp`: a desktop MCP host launches the node as a stdio server and reaches the federation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+import fednode
+from conftest import SECRET, node_config
+
+FEDNODE = str(Path(sys.executable).parent / "fednode")
+FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_stdio_client_reaches_a_server_on_a_peer(tmp_path: Path, mode: str) -> None:
+    with trio.fail_after(60):
+        async with fednode.open_node(node_config("node-b", peers=[{"id": "node-s"}])) as b:
+            await b.add_server(fednode.ServerConfig(id="fx", command=sys.executable, args=(FIXTURE,)), timeout=20)
+            config = tmp_path / "node-s.toml"
+            config.write_text(
+                '[node]\nid = "node-s"\ncontrol = "ws://127.0.0.1:0"\ndata = "http://127.0.0.1:0"\n'
+                f'[auth]\nsecret = "{SECRET}"\n'
+                f'[[peers]]\nid = "node-b"\ncontrol = "{b.control_url}"\n')
+            params = StdioServerParameters(command=FEDNODE, args=["mcp", "--config", str(config)],
+                                           env={"PATH": "/usr/bin:/bin"})
+            async with Client(params, mode=mode, cache=None) as client:
+                with trio.fail_after(20):
+                    while "fx__add" not in {t.name for t in (await client.list_tools()).tools}:
+                        await trio.sleep(0.1)
+                result = await client.call_tool("fx__add", {"a": 20, "b": 22})
+                assert not result.is_error
+                assert result.structured_content is not None and 42 in result.structured_content.values()
