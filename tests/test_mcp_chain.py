@@ -265,3 +265,20 @@ class TestFaults:
                             await client.call_tool("fx__slow", {"seconds": 30})
                         assert trio.current_time() - start < 3  # not the 30 s of the tool, nor the deadline
                     assert info.value.error.code == -32050
+
+
+class TestEras:
+    """A client of either era uses a server of the other era."""
+
+    @pytest.mark.parametrize("mode", ["2026-07-28", "legacy"])
+    async def test_legacy_only_server(self, mode: str) -> None:
+        with trio.fail_after(60):
+            async with chain(c=[fixture_server("old", "--legacy-only")]) as nodes:
+                a, c = nodes["node-a"], nodes["node-c"]
+                await until_listed(a, "old__add")
+                assert c.servers()["old"].era != "2026-07-28"
+                async with Client(a.mcp_url, mode=mode, cache=None) as client:
+                    result = await client.call_tool("old__add", {"a": 1, "b": 2})
+                    assert not result.is_error and result.structured_content is not None
+                    prompt = await client.get_prompt("old__greet", {"name": "Bo"})
+                    assert "Bo" in str(prompt.messages[0].content)
