@@ -145,6 +145,8 @@ class Federation:
         self.local_catalogs: dict[str, ServerCatalog] = {}
         self.learned: dict[str, dict[tuple[str, str], Route]] = {}
         self.advertised: dict[str, dict[tuple[str, str], tuple[tuple[str, ...], str]] | None] = {}
+        self._staging: dict[str, dict[tuple[str, str], Route]] = {}
+        self._best: dict[tuple[str, str], tuple[Route, str | None]] = {}
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self.conflicts: list[str] = []
         self._templates: list[tuple[re.Pattern[str], Entry]] = []
@@ -178,6 +180,7 @@ class Federation:
     def link_down(self, peer_id: str) -> None:
         """The link to ``peer_id`` is gone: drop every route learned over it, now."""
         self.advertised.pop(peer_id, None)
+        self._staging.pop(peer_id, None)
         if self.learned.pop(peer_id, None):
             self._changed()
 
@@ -192,7 +195,12 @@ class Federation:
         except (ValueError, TypeError) as exc:
             self.log.warning("routes.malformed", peer=peer_id, error=str(exc))
             return
-        table = {} if params.get("full") else dict(self.learned.get(peer_id, {}))
+        # A full advertisement may span several frames ("more": true on all but the last); it is
+        # staged and swapped in whole, so clients never see a half-received catalog.
+        staging = self._staging.get(peer_id)
+        if params.get("full") and staging is None:
+            staging = self._staging[peer_id] = {}
+        table = staging if staging is not None else dict(self.learned.get(peer_id, {}))
         for key in withdrawn:
             table.pop(key, None)
         for route in routes:
@@ -200,6 +208,9 @@ class Federation:
                 table.pop(route.key, None)  # a loop, a forged path or not imported: never used
                 continue
             table[route.key] = route
+        if staging is not None and params.get("more"):
+            return
+        self._staging.pop(peer_id, None)
         self.learned[peer_id] = table
         self._changed()
 
@@ -260,7 +271,7 @@ class Federation:
                 await self._catalog_event.wait()
 
     def _rebuild_entries(self) -> None:
-        best = self.best_routes()
+        best = self._best = self.best_routes()
         # Group by server id: the same id on several nodes is one server with replicas.
         by_server: dict[str, list[tuple[Route, str | None]]] = {}
         for route, via in best.values():
@@ -311,7 +322,7 @@ class Federation:
             return {}
         transit = peer.transit and self.node.config.mcp.transit
         result = {}
-        for key, (route, via) in self.best_routes().items():
+        for key, (route, via) in self._best.items():
             if peer_id in route.path or not peer.exports(route.server):
                 continue
             if via is not None and not transit:
@@ -336,22 +347,44 @@ class Federation:
         desired = self.desired_for(peer_id)
         previous = self.advertised.get(peer_id)
         snapshot = {key: (path, route.digest) for key, (route, path) in desired.items()}
+        full = previous is None
         if previous is None:
-            message: dict[str, Any] = {"full": True, "set": [r.to_wire(p) for r, p in desired.values()],
-                                       "withdraw": []}
+            routes = [r.to_wire(p) for r, p in desired.values()]
+            withdrawn: list[list[str]] = []
         else:
-            changed = [r.to_wire(p) for key, (r, p) in desired.items() if previous.get(key) != snapshot[key]]
+            routes = [r.to_wire(p) for key, (r, p) in desired.items() if previous.get(key) != snapshot[key]]
             withdrawn = [list(key) for key in previous if key not in desired]
-            if not changed and not withdrawn:
+            if not routes and not withdrawn:
                 return
-            message = {"full": False, "set": changed, "withdraw": withdrawn}
+        frames = self._frames(full, routes, withdrawn)
         try:
-            await self.node.notify(peer_id, ROUTES_METHOD, message)
+            for frame in frames:
+                await self.node.notify(peer_id, ROUTES_METHOD, frame)
         except FednodeError as exc:
             self.advertised.pop(peer_id, None)  # resent in full when the link is back
             self.log.info("routes.not_sent", peer=peer_id, error=str(exc))
             return
         self.advertised[peer_id] = snapshot
+
+    def _frames(self, full: bool, routes: list[dict[str, Any]], withdrawn: list[list[str]]) -> list[dict[str, Any]]:
+        """Pack an advertisement into frames that fit the link's maximum message size."""
+        budget = int(self.node.config.link.max_message_size * 0.9) - 1024
+        frames: list[dict[str, Any]] = []
+        current: list[dict[str, Any]] = []
+        size = 0
+        for route in routes:
+            length = len(json.dumps(route, separators=(",", ":"), ensure_ascii=False, default=str))
+            if length > budget:
+                self.log.error("routes.too_large", server=route["server"], origin=route["origin"], size=length,
+                               limit=budget, hint="raise [link] max_message_size on every node")
+                continue
+            if current and size + length > budget:
+                frames.append({"full": full, "set": current, "withdraw": [], "more": True})
+                current, size = [], 0
+            current.append(route)
+            size += length
+        frames.append({"full": full, "set": current, "withdraw": withdrawn, "more": False})
+        return frames
 
     # -- looking things up --------------------------------------------------------------------
 
@@ -491,7 +524,8 @@ class Federation:
         return result
 
     def _next_hop(self, origin: str, server: str) -> str | None:
-        best = self.best_routes().get((origin, server))
+        # The table as of the last routing change: recomputing per request would cost O(routes).
+        best = self._best.get((origin, server))
         return best[1] if best is not None else None
 
     async def _call_local(self, server: str, method: str, params: dict[str, Any], timeout: float,

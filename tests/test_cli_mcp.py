@@ -11,6 +11,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 import fednode
+
 from conftest import SECRET, node_config
 
 FEDNODE = str(Path(sys.executable).parent / "fednode")

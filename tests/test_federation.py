@@ -173,3 +173,23 @@ class TestNames:
                 assert tools_at_a["node-c__aa__bb__cc"].server == "aa__bb"  # the other gets its node id
                 assert tools_at_a["node-c__aa__bb__cc"].definition["name"] == "node-c__aa__bb__cc"
                 assert any("aa__bb__cc" in conflict for conflict in a.federation.conflicts)
+
+
+class TestLargeCatalogs:
+    """Catalogs larger than one frame travel in several frames and are swapped in whole."""
+
+    async def test_big_catalog_crosses_in_several_frames(self) -> None:
+        with trio.fail_after(30):
+            async with topology([("node-a", "node-b")]) as nodes:
+                a, b = nodes["node-a"], nodes["node-b"]
+                big = "x" * 2000
+                for i in range(8):  # 8 servers x 150 tools x ~2 KB: several MiB in all
+                    b.federation.set_local_catalog(f"s{i}", Catalog(tools=tuple(
+                        {"name": f"t{j}", "description": big, "inputSchema": {"type": "object"}}
+                        for j in range(150))))
+                await eventually(lambda: len(names(a)) == 8 * 150, timeout=20)
+                # A server whose catalog alone exceeds a frame is refused with a clear log line, not a crash.
+                b.federation.set_local_catalog("huge", Catalog(tools=tuple(
+                    {"name": f"t{j}", "description": big * 2} for j in range(400))))
+                await trio.sleep(0.5)
+                assert len(names(a)) == 8 * 150 and a.connected_peers() == ["node-b"]
