@@ -317,21 +317,26 @@ class Federation:
 
     def desired_for(self, peer_id: str) -> dict[tuple[str, str], tuple[Route, tuple[str, ...]]]:
         """What this node should advertise to ``peer_id``: route and the path it carries."""
-        peer = self.node.peer_config(peer_id)
-        if peer is None:
-            return {}
-        transit = peer.transit and self.node.config.mcp.transit
         result = {}
-        for key, (route, via) in self._best.items():
-            if peer_id in route.path or not peer.exports(route.server):
-                continue
-            if via is not None and not transit:
-                continue
-            path = route.path if via is None else (*route.path, self.node.id)
-            if len(path) > MAX_PATH:
-                continue
-            result[key] = (route, path)
+        for key in self._best:
+            path = self._advertised_path(peer_id, key)
+            if path is not None:
+                result[key] = (self._best[key][0], path)
         return result
+
+    def _advertised_path(self, peer_id: str, key: tuple[str, str]) -> tuple[str, ...] | None:
+        """The path this node offers ``peer_id`` for ``key``, or None if policy keeps it from that peer."""
+        peer = self.node.peer_config(peer_id)
+        best = self._best.get(key)
+        if peer is None or best is None:
+            return None
+        route, via = best
+        if peer_id in route.path or not peer.exports(route.server):
+            return None
+        if via is not None and not (peer.transit and self.node.config.mcp.transit):
+            return None
+        path = route.path if via is None else (*route.path, self.node.id)
+        return path if len(path) <= MAX_PATH else None
 
     async def advertiser(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send each connected peer what changed, whenever something changed. Runs until cancelled."""
@@ -558,6 +563,11 @@ class Federation:
             raise ForwardError(-32602, "malformed fed/forward request")
         if self.node.id in trace:
             raise ForwardError(FORWARDING_LOOP, f"Forwarding loop through {self.node.id!r}")
+        # Policy is enforced here, not only by what is advertised: a peer may only reach what this
+        # node offers it (export, transit), whatever it asks for.
+        if self._advertised_path(context.peer_id, (origin, server)) is None:
+            self.log.warning("forward.refused", peer=context.peer_id, origin=origin, server=server)
+            raise ForwardError(UNKNOWN_NAME, f"Server {server!r} on {origin!r} is not offered to {context.peer_id!r}")
         deadline = trio.current_time() + min(float(timeout), self.node.config.mcp.request_timeout * 10)
         token = params.get("progress")
         progress: ProgressFn | None = None

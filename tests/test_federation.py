@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import attrs
+import pytest
 import trio
 
 import fednode
@@ -193,3 +194,21 @@ class TestLargeCatalogs:
                     {"name": f"t{j}", "description": big * 2} for j in range(400))))
                 await trio.sleep(0.5)
                 assert len(names(a)) == 8 * 150 and a.connected_peers() == ["node-b"]
+
+
+class TestEnforcement:
+    """A peer cannot reach a server that policy keeps from it, even by asking for it directly."""
+
+    async def test_forward_to_unexported_server_is_refused(self) -> None:
+        policies = {("node-b", "node-a"): {"export": ["public"]}}
+        with trio.fail_after(20):
+            async with topology([("node-a", "node-b")], policies) as nodes:
+                a, b = nodes["node-a"], nodes["node-b"]
+                b.federation.set_local_catalog("public", tools("p"))
+                b.federation.set_local_catalog("private", tools("q"))
+                await eventually(lambda: names(a) == {"public__p"})
+                forged = {"origin": "node-b", "server": "private", "method": "tools/call",
+                          "params": {"name": "q", "arguments": {}}, "timeout": 5, "trace": ["node-a"]}
+                with pytest.raises(fednode.RemoteError) as info:
+                    await a.request("node-b", "fed/forward", forged, timeout=5)
+                assert info.value.code == -32602 and "not offered" in info.value.remote_message
