@@ -282,3 +282,22 @@ class TestEras:
                     assert not result.is_error and result.structured_content is not None
                     prompt = await client.get_prompt("old__greet", {"name": "Bo"})
                     assert "Bo" in str(prompt.messages[0].content)
+
+
+class TestCatalogChanges:
+    """A server changing its tools at runtime is seen, and announced, at the far end of the chain."""
+
+    async def test_grown_tool_reaches_a_listening_client(self) -> None:
+        with trio.fail_after(60):
+            async with chain(c=[fixture_server()]) as nodes:
+                a = nodes["node-a"]
+                await until_listed(a, "fx__grow")
+                before = set(a.federation.entries["tools"])
+                async with Client(a.mcp_url, mode="2026-07-28", cache=None) as client, \
+                        client.listen(tools_list_changed=True) as subscription:
+                    await client.call_tool("fx__grow", {})
+                    async for event in subscription:
+                        assert type(event).__name__ == "ToolsListChanged"
+                        break
+                    grown = {t.name for t in (await client.list_tools()).tools} - before
+                    assert grown and all(name.startswith("fx__") for name in grown)
