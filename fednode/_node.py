@@ -191,11 +191,14 @@ class Node:
 
     # -- attached MCP servers ---------------------------------------------------------------
 
-    async def add_server(self, config: ServerConfig, *, wait: bool = True, timeout: float = 30.0) -> None:
+    async def add_server(self, config: ServerConfig, *, wait: bool = True, timeout: float = 30.0,
+                         server: Any = None) -> None:
         """Attach an MCP server (or replace the attached server with the same id).
 
         Its supervisor starts the process (or connects), reads its catalog and keeps it running,
-        restarting with backoff. With ``wait``, return once it is up.
+        restarting with backoff. With ``wait``, return once it is up. For embedding, ``server`` may
+        be an official-SDK server object (lowlevel ``Server`` or ``MCPServer``) run in this process
+        (then ``config`` gives only the id, prefix and timeout).
 
         Raises:
             trio.TooSlowError: ``wait`` was set and the server was not up within ``timeout``
@@ -205,7 +208,7 @@ class Node:
 
         if config.id in self._servers:
             await self.remove_server(config.id)
-        upstream = UpstreamServer(config, backoff=self.config.backoff, logger=self.log,
+        upstream = UpstreamServer(config, backoff=self.config.backoff, logger=self.log, server=server,
                                   on_catalog=functools.partial(self.federation.set_local_catalog, config.id))
         scope, finished = trio.CancelScope(), trio.Event()
         self._servers[config.id] = (upstream, scope, finished)

@@ -40,6 +40,7 @@ import httpx2
 import structlog
 import trio
 from mcp.client import Transport
+from mcp.client._memory import InMemoryTransport
 from mcp.client.stdio import StdioServerParameters, get_default_environment, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import CallOptions, DispatchContext
@@ -296,10 +297,14 @@ class UpstreamServer:
     """
 
     def __init__(self, config: ServerConfig, *, backoff: BackoffConfig, on_catalog: Callable[[ServerCatalog], None],
-                 logger: Any = None, jitter: Callable[[float], float] | None = None) -> None:
-        if (config.command is None) == (config.url is None):
+                 logger: Any = None, jitter: Callable[[float], float] | None = None, server: Any = None) -> None:
+        if server is None and (config.command is None) == (config.url is None):
             raise ValueError(f"server {config.id!r}: give exactly one of command and url")
+        if server is not None and (config.command is not None or config.url is not None):
+            raise ValueError(f"server {config.id!r}: an in-process server takes neither command nor url")
         self.config = config
+        # An SDK server object (lowlevel Server or MCPServer) run in this process, for embedding.
+        self._in_process = server
         self.timeout = config.timeout if config.timeout is not None else DEFAULT_TIMEOUT
         self.state = STOPPED
         self.era: str | None = None
@@ -566,6 +571,9 @@ class UpstreamServer:
         """
         self._stderr_done = trio.Event()
         self._pid_seen = trio.Event()
+        if self._in_process is not None:
+            self._stderr_done.set()
+            return InMemoryTransport(self._in_process), None
         if self.config.url is not None:
             self._stderr_done.set()
             # No read timeout: every forwarded request has its own deadline, listen streams are

@@ -301,3 +301,27 @@ class TestCatalogChanges:
                         break
                     grown = {t.name for t in (await client.list_tools()).tools} - before
                     assert grown and all(name.startswith("fx__") for name in grown)
+
+
+class TestEmbedding:
+    """An SDK server object in the embedding program is attached without a subprocess."""
+
+    async def test_in_process_server(self) -> None:
+        from mcp.server.mcpserver import MCPServer
+
+        app = MCPServer("embedded")
+
+        @app.tool()
+        def shout(text: str) -> str:
+            """Upper-case a text."""
+            return text.upper()
+
+        with trio.fail_after(60):
+            async with chain() as nodes:
+                a, c = nodes["node-a"], nodes["node-c"]
+                await c.add_server(fednode.ServerConfig(id="emb"), server=app, timeout=20)
+                assert c.servers()["emb"].pid is None
+                await until_listed(a, "emb__shout")
+                async with Client(a.mcp_url, mode="legacy", cache=None) as client:
+                    result = await client.call_tool("emb__shout", {"text": "hi"})
+                    assert result.content[0].text == "HI"  # type: ignore[union-attr]
