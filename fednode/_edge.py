@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import contextlib
 import hmac
 import logging
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import cache, partial
@@ -36,6 +38,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
     ListenHandler,
@@ -281,6 +284,9 @@ class MCPEdge:
             streamable_http_path=path,
             host=host,
             custom_starlette_routes=[Route("/healthz", _healthz, methods=["GET"])],
+            # Resumable SSE (priming events, Last-Event-ID) and a retry hint, as the spec asks.
+            event_store=BoundedEventStore(),
+            retry_interval=1000,
         )
         if not self._tokens:
             return app
@@ -534,6 +540,38 @@ def _sole_error(group: BaseExceptionGroup[Any]) -> EdgeError | MCPError | None:
 
 def _dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+class BoundedEventStore(EventStore):
+    """SSE events kept for resumption: the newest ``limit`` of them, all streams together.
+
+    Event ids carry a random part, so a client cannot replay another client's stream by guessing.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._events: collections.OrderedDict[str, tuple[str, Any]] = collections.OrderedDict()
+        self._limit = limit
+        self._counter = 0
+
+    async def store_event(self, stream_id: str, message: Any) -> str:
+        self._counter += 1
+        event_id = f"{self._counter}-{secrets.token_hex(8)}"
+        self._events[event_id] = (stream_id, message)
+        while len(self._events) > self._limit:
+            self._events.popitem(last=False)
+        return event_id
+
+    async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> str | None:
+        known = self._events.get(last_event_id)
+        if known is None:
+            return None
+        stream_id = known[0]
+        after = False
+        for event_id, (stream, message) in list(self._events.items()):
+            if after and stream == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))
+            after = after or event_id == last_event_id
+        return stream_id
 
 
 async def _healthz(request: Request) -> Response:

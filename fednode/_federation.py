@@ -423,7 +423,7 @@ class Federation:
                 entry = self.entries["resources"].get(uri) or self._template_for(uri)
                 if entry is not None:
                     return entry, upstream_params
-            raise ForwardError(UNKNOWN_NAME, f"Unknown resource: {uri}")
+            raise ForwardError(UNKNOWN_NAME, f"Unknown resource: {uri}", {"uri": uri})
         if method == "completion/complete":
             ref = params.get("ref")
             if isinstance(ref, dict) and ref.get("type") == "ref/prompt":

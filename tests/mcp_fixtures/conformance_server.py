@@ -50,7 +50,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import mcp_types as types
@@ -198,8 +198,8 @@ TOOLS: list[types.Tool] = [
           {"region": {"type": "string", "x-mcp-header": "Region"}}, ["region"]),
     _tool("test_missing_capability", "Needs the client's sampling capability."),
     _tool("test_streaming_elicitation", "Needs input from the user (never as a request on the response stream)."),
-    _tool("test_trigger_tool_change", "Changes the tool list and announces it."),
-    _tool("test_trigger_prompt_change", "Changes the prompt list and announces it."),
+    _tool("test_trigger_tool_change", "Adds or removes test_dynamic_tool and announces the change."),
+    _tool("test_trigger_prompt_change", "Adds or removes test_dynamic_prompt and announces the change."),
     _tool("test_input_required_result_elicitation", "Multi round-trip: one elicitation."),
     _tool("test_input_required_result_sampling", "Multi round-trip: one sampling request."),
     _tool("test_input_required_result_list_roots", "Multi round-trip: one roots/list request."),
@@ -468,10 +468,12 @@ class Fixture:
         return answers
 
     async def ask_back(self, ctx: Ctx, request: dict[str, Any]) -> dict[str, Any]:
-        model = {"elicitation/create": types.ElicitRequest, "sampling/createMessage": types.CreateMessageRequest,
-                 "roots/list": types.ListRootsRequest}[request["method"]].model_validate(request, by_name=False)
+        request_types: dict[str, type[types.Request[Any, Any]]] = {
+            "elicitation/create": types.ElicitRequest, "sampling/createMessage": types.CreateMessageRequest,
+            "roots/list": types.ListRootsRequest}
+        model: Any = request_types[request["method"]].model_validate(request, by_name=False)
         result_type = _INPUT_KINDS[request["method"]][1]
-        result = await ctx.session.send_request(model, result_type,  # type: ignore[arg-type]
+        result = await ctx.session.send_request(model, result_type,
                                                 metadata=ServerMessageMetadata(related_request_id=ctx.request_id))
         return result.model_dump(by_alias=True, mode="json", exclude_none=True)
 
@@ -506,7 +508,7 @@ class Fixture:
         except _InputRequired as exc:
             return self.input_required(exc)
 
-    async def run_tool(self, ctx: Ctx, name: str, args: dict[str, Any]) -> Any:  # noqa: C901
+    async def run_tool(self, ctx: Ctx, name: str, args: dict[str, Any]) -> Any:
         match name:
             case "test_simple_text":
                 return types.CallToolResult(content=_text("This is a simple text response for testing."))
@@ -583,7 +585,11 @@ class Fixture:
                     "name": {"type": "string"}}, ["name"])}))["answer"]
                 return types.CallToolResult(content=_text(f"Got: {json.dumps(answer.get('content'))}"))
             case "test_trigger_tool_change":
-                if DYNAMIC_TOOL not in self.tools:
+                # A real change every time (added, then removed, ...), so a client that compares
+                # lists (a proxy's catalog) sees one too.
+                if DYNAMIC_TOOL in self.tools:
+                    self.tools.remove(DYNAMIC_TOOL)
+                else:
                     self.tools.append(DYNAMIC_TOOL)
                 if self.modern(ctx):
                     await self.bus.publish(ToolsListChanged())
@@ -591,7 +597,9 @@ class Fixture:
                     await ctx.session.send_tool_list_changed()
                 return types.CallToolResult(content=_text("Tool list changed"))
             case "test_trigger_prompt_change":
-                if DYNAMIC_PROMPT not in self.prompts:
+                if DYNAMIC_PROMPT in self.prompts:
+                    self.prompts.remove(DYNAMIC_PROMPT)
+                else:
                     self.prompts.append(DYNAMIC_PROMPT)
                 if self.modern(ctx):
                     await self.bus.publish(PromptsListChanged())
@@ -653,7 +661,7 @@ class Fixture:
                     "name": {"type": "string"}}, ["name"])}))["user_name"]
                 who = " ".join(str(value) for value in (answer.get("content") or {}).values())
                 return self.start_task(lambda task: self.finish_greeting(task, who))
-            case "test_dynamic_tool":
+            case "test_dynamic_tool" if DYNAMIC_TOOL in self.tools:
                 return types.CallToolResult(content=_text("dynamic"))
         raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {name}", {"tool": name})
 
@@ -787,7 +795,7 @@ class Fixture:
 
     async def get_prompt(self, ctx: Ctx, params: types.GetPromptRequestParams) -> Any:
         args = params.arguments or {}
-        user = "user"
+        user: Literal["user"] = "user"
         match params.name:
             case "test_simple_prompt":
                 messages = [types.PromptMessage(role=user, content=types.TextContent(
