@@ -175,7 +175,8 @@ class EdgeCall:
     def __init__(self, *, method: str, protocol_version: str, meta: Mapping[str, Any] | None = None,
                  session_key: str | None = None, request_id: str | int | None = None,
                  client_info: dict[str, Any] | None = None, client_capabilities: dict[str, Any] | None = None,
-                 progress: ProgressReporter | None = None) -> None:
+                 progress: ProgressReporter | None = None,
+                 ask: Callable[[str, Mapping[str, Any] | None], Awaitable[dict[str, Any]]] | None = None) -> None:
         self.method = method
         self.protocol_version = protocol_version
         self.era: Literal["legacy", "modern"] = "modern" if protocol_version in MODERN_PROTOCOL_VERSIONS \
@@ -186,6 +187,7 @@ class EdgeCall:
         self.client_info = client_info
         self.client_capabilities = client_capabilities
         self._progress = progress
+        self._ask = ask
 
     @classmethod
     def _from_context(cls, ctx: ServerRequestContext[Any, Any], session_key: str | None) -> EdgeCall:
@@ -202,7 +204,28 @@ class EdgeCall:
             client_capabilities=_dump(capabilities) if capabilities is not None else None,
             # The SDK sends it against the caller's progress token, on this request's stream.
             progress=ctx.session.report_progress,
+            # Server-to-client requests ride this request's own stream (legacy eras only). The
+            # request-scoped channel is private in SDK 2.3; it is the one send_request() uses
+            # with a related_request_id, minus the typed validation a raw forwarder must skip.
+            ask=getattr(ctx.session, "_request_outbound", None) and partial(
+                ctx.session._request_outbound.send_raw_request, opts=None),
         )
+
+    @property
+    def can_ask(self) -> bool:
+        """Whether requests can be sent to this client on this request's stream (legacy eras)."""
+        return self._ask is not None and self.era == "legacy"
+
+    async def ask(self, method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Send a request (``elicitation/create``, ``sampling/createMessage``, ``roots/list``) to the client.
+
+        Raises:
+            EdgeError: the client cannot be asked (modern era, or no back channel).
+            MCPError: the client answered with an error.
+        """
+        if not self.can_ask or self._ask is None:
+            raise EdgeError(-32603, f"cannot send {method} to this client")
+        return await self._ask(method, params)
 
     async def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
         """Send ``notifications/progress`` for this request to its client.

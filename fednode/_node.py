@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 import trio
+from mcp.shared.exceptions import MCPError
 
 from . import _wire as wire
 from ._auth import AuthManager
@@ -25,6 +26,8 @@ from ._supervisor import PeerStatus, PeerSupervisor
 from ._version import __version__
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
+CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+MAX_INPUT_ROUNDS = 16
 
 
 class Node:
@@ -398,11 +401,42 @@ class _Forwarder:
     async def forward(self, method: str, params: dict[str, Any], call: EdgeCall) -> dict[str, Any]:
         meta = params.get("_meta")
         wants_progress = isinstance(meta, dict) and meta.get("progressToken") is not None
+        progress = call.report_progress if wants_progress else None
+        if call.era == "legacy":
+            # A legacy client declared its capabilities once, at initialize; servers of the
+            # 2026-07-28 era read them from each request's envelope.
+            meta = dict(meta) if isinstance(meta, dict) else {}
+            meta.setdefault(CLIENT_CAPABILITIES_KEY, call.client_capabilities or {})
+            params = {**params, "_meta": meta}
         try:
-            return await self.federation.execute(method, params,
-                                                 progress=call.report_progress if wants_progress else None)
+            result = await self.federation.execute(method, params, progress=progress)
+            # A 2026-07-28 server asks for input by returning input_required; a legacy client
+            # expects to be asked directly. Ask it on its request's stream and retry, as its SDK would.
+            delay = 0.05
+            for _ in range(MAX_INPUT_ROUNDS):
+                if result.get("resultType") != "input_required" or not call.can_ask:
+                    return result
+                requests = result.get("inputRequests") or {}
+                retry = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
+                if isinstance(requests, dict) and requests:
+                    delay = 0.05
+                    answers = {}
+                    for key, request in requests.items():
+                        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+                            raise EdgeError(-32603, "malformed input request from the server")
+                        answers[key] = await call.ask(request["method"], request.get("params"))
+                    retry["inputResponses"] = answers
+                else:
+                    await trio.sleep(delay)  # state only: the server is still working
+                    delay = min(delay * 2, 0.25)
+                if isinstance(result.get("requestState"), str):
+                    retry["requestState"] = result["requestState"]
+                result = await self.federation.execute(method, retry, progress=progress)
+            raise EdgeError(-32603, f"the server asked for input more than {MAX_INPUT_ROUNDS} times")
         except RequestError as exc:
             raise EdgeError(exc.code, str(exc), exc.data) from None
+        except MCPError as exc:  # the client refused an input request
+            raise EdgeError(exc.error.code, exc.error.message, exc.error.data) from None
 
 
 def _echo(params: Any, context: RequestContext) -> Any:

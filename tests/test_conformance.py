@@ -52,17 +52,10 @@ PROXY_LIMITS: dict[str, str] = {
 
 # Scenarios fednode does not pass yet: features not built, not proxy limits. Each must still fail
 # (the test says so when one starts passing, so this list only ever shrinks). See README.
-_SESSION_FEATURES = ("needs per-client-session upstream state and server-to-client requests relayed across "
-                     "the mesh (fednode talks to the server in the 2026 era and does not yet turn its "
-                     "input_required rounds into requests to a legacy client)")
 _TASKS = ("the tasks extension: fednode does not advertise attached servers' extensions nor route "
           "tasks/get, tasks/update and tasks/cancel back to the server that created the task")
 KNOWN_GAPS: dict[str, dict[str, str]] = {
     "2025-11-25": {
-        "elicitation-sep1034-defaults": _SESSION_FEATURES,
-        "elicitation-sep1330-enums": _SESSION_FEATURES,
-        "tools-call-elicitation": _SESSION_FEATURES,
-        "tools-call-sampling": _SESSION_FEATURES,
         "logging-set-level": "logging/setLevel is not implemented at the edge",
         "tools-call-with-logging": "server log notifications are not relayed to the client",
         "resources-subscribe": "resource subscriptions are not implemented",

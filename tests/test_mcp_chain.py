@@ -325,3 +325,36 @@ class TestEmbedding:
                 async with Client(a.mcp_url, mode="legacy", cache=None) as client:
                     result = await client.call_tool("emb__shout", {"text": "hi"})
                     assert result.content[0].text == "HI"  # type: ignore[union-attr]
+
+
+class TestAskingTheClient:
+    """A server two hops away asks the client for input; clients of either era answer."""
+
+    @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+    async def test_elicitation_and_sampling(self, mode: str) -> None:
+        import mcp_types
+
+        conformance = str(Path(__file__).parent / "mcp_fixtures" / "conformance_server.py")
+        asked: list[str] = []
+
+        async def on_elicit(context: Any, params: Any) -> Any:
+            asked.append(f"elicit: {params.message}")
+            return mcp_types.ElicitResult(action="accept", content={"username": "ada", "email": "ada@example.org"})
+
+        async def on_sample(context: Any, params: Any) -> Any:
+            asked.append("sample")
+            return mcp_types.CreateMessageResult(role="assistant", model="test-model",
+                                                 content=mcp_types.TextContent(type="text", text="forty-two"))
+
+        with trio.fail_after(60):
+            async with chain(c=[fednode.ServerConfig(id="conf", command=sys.executable, args=(conformance,))]) as nodes:
+                a = nodes["node-a"]
+                await until_listed(a, "conf__test_elicitation", "conf__test_sampling")
+                async with Client(a.mcp_url, mode=mode, cache=None, elicitation_callback=on_elicit,
+                                  sampling_callback=on_sample) as client:
+                    elicited = await client.call_tool("conf__test_elicitation", {"message": "Who are you?"})
+                    assert "action=accept" in elicited.content[0].text  # type: ignore[union-attr]
+                    assert "ada@example.org" in elicited.content[0].text  # type: ignore[union-attr]
+                    sampled = await client.call_tool("conf__test_sampling", {"prompt": "meaning?"})
+                    assert sampled.content[0].text == "LLM response: forty-two"  # type: ignore[union-attr]
+                assert asked == ["elicit: Who are you?", "sample"]
