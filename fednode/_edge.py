@@ -68,7 +68,10 @@ PAGE_SIZE = 100
 KINDS = ("tools", "prompts", "resources", "resourceTemplates")
 
 #: Methods handed to :meth:`Forwarder.forward`.
-FORWARDED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "completion/complete"})
+FORWARDED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "completion/complete",
+                               "tasks/get", "tasks/update", "tasks/cancel"})
+_TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
+HEADER_MISMATCH = -32020
 
 # list method -> catalog kind (which is also the result key holding the page).
 _LIST_METHODS: dict[str, str] = {
@@ -409,7 +412,9 @@ class MCPEdge:
         try:
             mcp_methods.validate_client_request(ctx.method, ctx.protocol_version, ctx.params)
         except KeyError:
-            raise MCPError(mcp_types.METHOD_NOT_FOUND, "Method not found", ctx.method) from None
+            # Extension methods (tasks/*) are not in the core tables; their server validates them.
+            if ctx.method not in _TASK_METHODS:
+                raise MCPError(mcp_types.METHOD_NOT_FOUND, "Method not found", ctx.method) from None
         connection = _connection(ctx)
         if connection is not None and not connection.initialize_accepted:
             raise MCPError(mcp_types.INVALID_PARAMS, "Invalid request parameters", "")
@@ -429,6 +434,13 @@ class MCPEdge:
         return result
 
     async def _forward(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        if ctx.method in _TASK_METHODS and ctx.request is not None:
+            # An HTTP server checks the routing header itself; the attached server may be on stdio
+            # (or another hop away), so the edge checks it for it.
+            header = ctx.request.headers.get("mcp-name")
+            task_id = (ctx.params or {}).get("taskId")
+            if header is not None and header.strip() != (task_id if isinstance(task_id, str) else ""):
+                raise MCPError(HEADER_MISMATCH, "Mcp-Name header does not match params.taskId")
         call = EdgeCall._from_context(ctx, self._session_key(ctx))
         try:
             # Any: the forwarder is the node's code, but what it returns goes on the wire.

@@ -13,6 +13,7 @@ Requests (tools/call, prompts/get, resources/read, completion/complete) travel h
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -59,6 +60,12 @@ DEADLINE_EXCEEDED = -32052
 FORWARDING_LOOP = -32053
 
 MAX_PATH = 32  # longer advertised paths are refused: a sane federation is far smaller
+MAX_TASKS = 10_000  # tasks remembered for routing tasks/*; the oldest are forgotten first
+
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
+TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
+CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+MISSING_CAPABILITY = -32021
 
 
 class ForwardError(RequestError):
@@ -75,6 +82,7 @@ class Route:
     path: tuple[str, ...]
     digest: str
     catalog: Mapping[str, tuple[dict[str, Any], ...]] = attrs.field(eq=False, repr=False)
+    extensions: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -82,7 +90,8 @@ class Route:
 
     def to_wire(self, path: tuple[str, ...]) -> dict[str, Any]:
         return {"origin": self.origin, "server": self.server, "prefix": self.prefix, "path": list(path),
-                "digest": self.digest, "catalog": {k: list(v) for k, v in self.catalog.items()}}
+                "digest": self.digest, "catalog": {k: list(v) for k, v in self.catalog.items()},
+                "extensions": dict(self.extensions)}
 
 
 @attrs.frozen
@@ -97,9 +106,10 @@ class Entry:
     origins: tuple[str, ...] = ()
 
 
-def catalog_digest(catalog: Mapping[str, tuple[dict[str, Any], ...]]) -> str:
-    """A content hash of a catalog, so unchanged catalogs are never re-sent."""
-    text = json.dumps({k: catalog.get(k, ()) for k in KINDS}, sort_keys=True, separators=(",", ":"), default=str)
+def catalog_digest(catalog: Mapping[str, Any]) -> str:
+    """A content hash of a catalog (and its server's extensions), so unchanged ones are never re-sent."""
+    text = json.dumps({k: catalog.get(k, ()) for k in (*KINDS, "extensions")}, sort_keys=True,
+                      separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -119,7 +129,11 @@ def _route_from_wire(item: object) -> Route:
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise ValueError(f"catalog {kind} must be a list of objects")
         kinds[kind] = tuple(items)
-    return Route(origin=origin, server=server, prefix=prefix, path=tuple(path), digest=digest, catalog=kinds)
+    extensions = item.get("extensions", {})
+    if not isinstance(extensions, dict):
+        raise ValueError("extensions must be an object")
+    return Route(origin=origin, server=server, prefix=prefix, path=tuple(path), digest=digest, catalog=kinds,
+                 extensions=extensions)
 
 
 def _item_name(kind: str, definition: Mapping[str, Any]) -> str | None:
@@ -147,6 +161,9 @@ class Federation:
         self.advertised: dict[str, dict[tuple[str, str], tuple[tuple[str, ...], str]] | None] = {}
         self._staging: dict[str, dict[tuple[str, str], Route]] = {}
         self._best: dict[tuple[str, str], tuple[Route, str | None]] = {}
+        self.extensions: dict[str, Any] = {}
+        # task id -> (server, origin) of tasks created through this node (tasks extension), newest last
+        self._tasks: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self.conflicts: list[str] = []
         self._templates: list[tuple[re.Pattern[str], Entry]] = []
@@ -222,9 +239,13 @@ class Federation:
             upstream = self.upstreams.get(server_id)
             prefix = upstream.config.exposed_prefix if upstream is not None else server_id
             kinds = {kind: tuple(getattr(catalog, field)) for kind, field in _CATALOG_FIELDS.items()}
+            info = (upstream.server_info if upstream is not None else None) or {}
+            capabilities = info.get("capabilities")
+            found = capabilities.get("extensions") if isinstance(capabilities, dict) else None
+            extensions: dict[str, Any] = found if isinstance(found, dict) else {}
             routes[(self.node.id, server_id)] = Route(
                 origin=self.node.id, server=server_id, prefix=prefix, path=(self.node.id,),
-                digest=catalog_digest(kinds), catalog=kinds)
+                digest=catalog_digest({**kinds, "extensions": extensions}), catalog=kinds, extensions=extensions)
         return routes
 
     def _rtt(self, peer_id: str) -> float:
@@ -253,6 +274,13 @@ class Federation:
         changed = {kind for kind in KINDS if before[kind].keys() != self.entries[kind].keys() or any(
             before[kind][name].definition != entry.definition or before[kind][name].origins != entry.origins
             for name, entry in self.entries[kind].items() if name in before[kind])}
+        extensions: dict[str, Any] = {}
+        for route, _via in self._best.values():
+            for name, settings in route.extensions.items():
+                extensions.setdefault(name, settings)
+        if extensions != self.extensions:
+            self.extensions = extensions
+            changed.add("extensions")
         if changed:
             for listener in self._listeners:
                 listener(changed)
@@ -458,16 +486,42 @@ class Federation:
         Raises:
             ForwardError / RequestError: with the code to give the client.
         """
-        entry, upstream_params = self.resolve(method, params)
+        if method in TASK_METHODS:
+            server, origins, upstream_params = self._resolve_task(params)
+        else:
+            entry, upstream_params = self.resolve(method, params)
+            server, origins = entry.server, entry.origins
         deadline = trio.current_time() + (timeout or self.node.config.mcp.request_timeout)
         last: ForwardError | None = None
-        for origin in entry.origins:
+        for origin in origins:
             try:
-                return await self._send(origin, entry.server, method, upstream_params, deadline, (), progress)
+                result = await self._send(origin, server, method, upstream_params, deadline, (), progress)
             except _NotDelivered as exc:
                 last = exc.error  # fail over to the next replica: this one never saw the request
+                continue
+            task_id = result.get("taskId")
+            if result.get("resultType") == "task" and isinstance(task_id, str):
+                # Later tasks/* calls about it must reach the same server instance.
+                self._tasks[task_id] = (server, origin)
+                while len(self._tasks) > MAX_TASKS:
+                    self._tasks.popitem(last=False)
+            return result
         assert last is not None
         raise last
+
+    def _resolve_task(self, params: Mapping[str, Any]) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        meta = params.get("_meta")
+        capabilities = meta.get(CLIENT_CAPABILITIES_KEY) if isinstance(meta, Mapping) else None
+        extensions = capabilities.get("extensions") if isinstance(capabilities, Mapping) else None
+        if not isinstance(extensions, Mapping) or TASKS_EXTENSION not in extensions:
+            raise ForwardError(MISSING_CAPABILITY, f"tasks methods need the {TASKS_EXTENSION} extension",
+                               {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}})
+        task_id = params.get("taskId")
+        where = self._tasks.get(task_id) if isinstance(task_id, str) else None
+        if where is None:
+            raise ForwardError(UNKNOWN_NAME, f"Unknown task: {task_id}", {"taskId": task_id})
+        server, origin = where
+        return server, (origin,), dict(params)
 
     async def _send(self, origin: str, server: str, method: str, params: dict[str, Any], deadline: float,
                     trace: tuple[str, ...], progress: ProgressFn | None) -> dict[str, Any]:

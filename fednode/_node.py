@@ -19,14 +19,13 @@ from ._auth import AuthManager
 from ._config import NodeConfig, PeerConfig, ServerConfig
 from ._edge import EdgeCall, EdgeError, MCPEdge
 from ._errors import PeerConnectError, PeerUnavailableError, RequestError, UnknownPeerError
-from ._federation import Federation
+from ._federation import CLIENT_CAPABILITIES_KEY, Federation
 from ._link import CLOSE_NORMAL, Handlers, InlineHandler, NotificationHandler, RequestContext, RequestHandler
 from ._listener import Listener
 from ._supervisor import PeerStatus, PeerSupervisor
 from ._version import __version__
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
-CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 MAX_INPUT_ROUNDS = 16
 
 
@@ -327,8 +326,10 @@ class Node:
     # -- bookkeeping ------------------------------------------------------------------------
 
     def _catalog_changed(self, kinds: set[str]) -> None:
+        # Extensions the attached servers support (anywhere) are advertised to clients as ours.
+        self.edge.server.extensions = dict(self.federation.extensions)
         if not self._closing:
-            self._nursery.start_soon(self.edge.notify_list_changed, kinds)
+            self._nursery.start_soon(self.edge.notify_list_changed, kinds - {"extensions"})
 
     def notify_change(self) -> None:
         """Wake everyone waiting for a change of peer state (called by supervisors)."""
@@ -360,14 +361,16 @@ class Node:
 
     async def _start(self) -> None:
         await self._nursery.start(self.federation.advertiser)
+        # Peers first: a configured peer dialing in the moment the listener opens must find its
+        # supervisor (and its key) in place, not be refused as an unknown issuer.
+        for peer in self.config.peers:
+            await self.register_peer(peer, wait=False)
         await self._nursery.start(self._listener.serve)
         parts = urlsplit(self.config.data)
         port = parts.port if parts.port is not None else 80
         self.data_port = await self._nursery.start(self.edge.serve_http, parts.hostname or "127.0.0.1", port)
         self.log.info("node.started", control=self.control_url, peers=len(self.config.peers),
                       version=__version__)
-        for peer in self.config.peers:
-            await self.register_peer(peer, wait=False)
         for server in self.config.servers:
             await self.add_server(server, wait=False)
 

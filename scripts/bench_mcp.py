@@ -11,13 +11,13 @@ Every path calls the same small tool (the SDK-built fixture's ``add``) with the 
 * fednode, 3 nodes: the fixture attached to node C, reached through A -> B -> C;
 * fednode, 1 node, HTTP upstream: a second ``--http`` fixture attached to node A by URL;
 * FastMCP proxy (``create_proxy``) in front of the fixture over stdio, and over HTTP (the second
-  ``--http`` fixture): what a user would otherwise pick. FastMCP is installed into this
-  interpreter's environment on first use (only for the benchmark); its rows are skipped with a
-  note if that fails.
+  ``--http`` fixture): what a user would otherwise pick, one proxy process per era. FastMCP is
+  installed into this interpreter's environment on first use (only for the benchmark); its rows
+  are skipped with a note if that fails.
 
 Process layout: the nodes run as ``fednode run`` subprocesses (a chain A - B - C from generated
 TOML files in a temporary directory, free ports picked by binding port 0 first), the fixtures and
-the FastMCP proxy are subprocesses too, and the clients all live in this process under one
+the FastMCP proxies are subprocesses too, and the clients all live in this process under one
 ``trio.run``. Separate processes are what a deployment looks like, and they keep the client's own
 CPU work (the SDK client is not cheap) off the event loops being measured; on a 2-core machine
 the processes still share the cores, so concurrent throughput is a whole-system figure.
@@ -27,13 +27,23 @@ between the paths (in a rotating order) so drift (CPU frequency, other load) hit
 Sequential: one call at a time, per-call latency (p50, p99) and calls/s. Concurrent:
 ``--concurrency`` tasks share each path's one client (one session), calls/s over the whole burst.
 The CPU time each process spends per sequential call (from /proc) is printed too, to show where
-the time goes. Targets (from the issue) are printed as PASS/FAIL, never turned into an exit status.
+the time goes, and the nodes' logs are checked for unexpected warnings.
+
+Targets (from the issue), printed as PASS/FAIL per era and per sequential/concurrent, never turned
+into an exit status: A -> B reaches at least 60% of the direct HTTP calls/s; each extra node
+(1 -> 2, 2 -> 3) adds at most 0.5 ms to the sequential p50; one node reaches at least 10x the
+calls/s of the FastMCP proxy with the same upstream transport (stdio, and HTTP).
+
+``--profile DIR`` runs the nodes under cProfile (CPU clock, enabled only while the calls are
+measured; several times slower) and prints, per node, CPU per call, the share of each package,
+task spawns / socket sends / pydantic validations per call and the heaviest functions; combine
+with ``--paths`` and ``--modes`` to profile one path in one era.
 
 Usage::
 
-    .venv/bin/python scripts/bench_mcp.py            # default run (~1-2 minutes on 2 cores)
+    .venv/bin/python scripts/bench_mcp.py            # default run (~1.5 minutes on 2 cores)
     .venv/bin/python scripts/bench_mcp.py --quick    # smoke run
-    .venv/bin/python scripts/bench_mcp.py --profile /tmp/prof   # nodes under cProfile (slower)
+    .venv/bin/python scripts/bench_mcp.py --paths node2 --modes 2026-07-28 --profile /tmp/prof
 """
 
 from __future__ import annotations
@@ -174,6 +184,20 @@ def package_version(name: str) -> str:
         return "-"
 
 
+async def git_revision() -> str:
+    """`` (git abc1234)`` for the checkout measured, with ``+changes`` when it has uncommitted ones."""
+    try:
+        head = await trio.run_process(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                      capture_stdout=True, capture_stderr=True, check=False)
+        dirty = await trio.run_process(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                       capture_stdout=True, capture_stderr=True, check=False)
+    except OSError:
+        return ""
+    if head.returncode != 0:
+        return ""
+    return f" (git {head.stdout.decode().strip()}{'+changes' if dirty.stdout.strip() else ''})"
+
+
 # -- subprocesses -----------------------------------------------------------------------------
 
 
@@ -210,6 +234,32 @@ class Proc:
         except OSError:
             return "  (no log)"
         return "\n".join(f"  | {line[:300]}" for line in text)
+
+    def log_problems(self) -> tuple[list[str], int]:
+        """(unexpected, expected): the log lines at warning level or above (``fednode run`` logs JSON lines).
+
+        Expected here: resource conflicts (the same fixture is attached four times, and resources keep
+        their URIs) and failed dials of a peer that is not listening yet (all nodes start at once).
+        """
+        problems, expected = [], 0
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return [], 0
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                problems.append(line)  # not a log event: a traceback or the like
+                continue
+            if not isinstance(event, dict) or event.get("level") in ("debug", "info"):
+                continue
+            name, error = event.get("event"), str(event.get("error"))
+            if name == "catalog.conflict" or (name == "peer.connect_failed" and "all attempts to connect" in error):
+                expected += 1
+            else:
+                problems.append(line)
+        return problems, expected
 
     async def read_line(self, prefix: str, timeout: float) -> str:
         """The first stdout line starting with ``prefix`` (the fixture prints ``url <URL>``)."""
@@ -304,11 +354,31 @@ def node_toml(node_id: str, control: int, data: int, peers: list[tuple[str, int 
     return "\n".join(lines)
 
 
+# Runs a script under cProfile counting CPU time (not wall time: on a busy machine a wall-clock profile
+# charges a process for being preempted, typically inside the send() that woke its peer), enabled
+# by SIGUSR1 and disabled by SIGUSR2, so that start-up (imports) and warm-up stay out of it.
+PROFILE_WRAPPER = """
+import cProfile, runpy, signal, sys, time
+out = sys.argv[1]
+sys.argv = sys.argv[2:]
+profiler = cProfile.Profile(time.process_time)
+signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+signal.signal(signal.SIGUSR2, lambda *_: profiler.disable())
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit:
+    pass
+finally:
+    profiler.disable()
+    profiler.dump_stats(out)
+"""
+
+
 def node_argv(config: Path, profile_dir: Path | None, node_id: str) -> list[str]:
     argv = [FEDNODE, "run", "--config", str(config), "--log-level", "warning"]
     if profile_dir is None:
         return argv
-    return [sys.executable, "-m", "cProfile", "-o", str(profile_dir / f"{node_id}.prof"), *argv]
+    return [sys.executable, "-c", PROFILE_WRAPPER, str(profile_dir / f"{node_id}.prof"), *argv]
 
 
 # -- paths and rows -----------------------------------------------------------------------------
@@ -321,8 +391,8 @@ class PathSpec:
     key: str
     label: str
     tool: str
-    target: Callable[[], Any]  # a fresh mcp.Client target (URL or transport)
-    cpu: dict[str, Callable[[], list[int]]]  # column -> pids whose CPU time counts there
+    target: Callable[[str], Any]  # mode -> a fresh mcp.Client target (URL or transport)
+    cpu: Callable[[str], dict[str, list[int]]]  # mode -> column -> pids whose CPU time counts there
     fastmcp: bool = False
 
 
@@ -333,11 +403,9 @@ class Row:
     calls: int
     client: Any = None
     seq_ns: list[int] = field(default_factory=list)
-    conc_ns: list[int] = field(default_factory=list)
     conc_calls: int = 0
     conc_elapsed_ns: int = 0
     cpu: dict[str, float] = field(default_factory=dict)  # column -> CPU seconds over the sequential calls
-    pids: dict[str, list[int]] = field(default_factory=dict)  # column -> pids, resolved after the warm-up
     error: str | None = None
 
     @property
@@ -374,10 +442,7 @@ async def run_concurrent(row: Row, count: int, workers: int, first: int, record:
 
     async def worker(start: int, n: int) -> None:
         for i in range(start, start + n):
-            began = clock()
             await call(row, i)
-            if record:
-                row.conc_ns.append(clock() - began)
 
     started = clock()
     async with trio.open_nursery() as nursery:
@@ -391,10 +456,17 @@ async def run_concurrent(row: Row, count: int, workers: int, first: int, record:
         row.conc_calls += count
 
 
-def cpu_snapshot(row: Row) -> dict[str, float]:
-    snapshot = {"client": own_cpu_seconds()}
-    for column, pids in row.pids.items():
-        snapshot[column] = sum(cpu_seconds(pid) for pid in pids)
+def cpu_snapshot(row: Row, *, before: bool) -> dict[str, dict[int, float]]:
+    """CPU seconds per process, by column. Pids are looked up each time (a proxy may restart its
+    upstream); this process's own time is read last before the calls and first after them, so the
+    /proc scans are not charged to the client."""
+    snapshot: dict[str, dict[int, float]] = {}
+    if not before:
+        snapshot["client"] = {0: own_cpu_seconds()}
+    for column, pids in row.path.cpu(row.mode).items():
+        snapshot[column] = {pid: cpu_seconds(pid) for pid in pids}
+    if before:
+        snapshot["client"] = {0: own_cpu_seconds()}
     return snapshot
 
 
@@ -406,7 +478,7 @@ def failed(row: Row, exc: BaseException) -> None:
     say(f"\n  ! {row.path.label} [{row.mode}] failed: {row.error}")
 
 
-async def measure(rows: list[Row], args: argparse.Namespace) -> None:
+async def measure(rows: list[Row], args: argparse.Namespace, profiling: Callable[[bool], None]) -> None:
     live = [row for row in rows if row.error is None]
     for row in live:  # warm up: the client lists tools (output schema), caches, lazy imports, upstream sessions
         try:
@@ -415,23 +487,24 @@ async def measure(rows: list[Row], args: argparse.Namespace) -> None:
             await run_concurrent(row, args.concurrency * 2, args.concurrency, 0, record=False)
         except Exception as exc:
             failed(row, exc)
-    for row in rows:  # every process exists by now (FastMCP spawns its upstreams on first use)
-        row.pids = {column: pids() for column, pids in row.path.cpu.items()}
+    profiling(True)
     say("sequential ", end="")
     for r in range(args.rounds):
         live = [row for row in rows if row.error is None]
         shift = r % len(live) if live else 0
         for row in live[shift:] + live[:shift]:
             n = split(row.calls, args.rounds)[r]
-            before = cpu_snapshot(row)
+            before = cpu_snapshot(row, before=True)
             try:
                 await run_sequential(row, n, r * n, row.seq_ns)
             except Exception as exc:
                 failed(row, exc)
                 continue
-            after = cpu_snapshot(row)
-            for column, value in after.items():
-                row.cpu[column] = row.cpu.get(column, 0.0) + value - before[column]
+            after = cpu_snapshot(row, before=False)
+            for column, times in after.items():
+                # A process that ended meanwhile loses its last interval; a new one counts in full.
+                spent = sum(value - before[column].get(pid, 0.0) for pid, value in times.items())
+                row.cpu[column] = row.cpu.get(column, 0.0) + spent
         say(".", end="")
     say(" concurrent ", end="")
     for r in range(args.rounds):
@@ -444,6 +517,7 @@ async def measure(rows: list[Row], args: argparse.Namespace) -> None:
             except Exception as exc:
                 failed(row, exc)
         say(".", end="")
+    profiling(False)
     say()
 
 
@@ -495,36 +569,57 @@ def bucket(filename: str, funcname: str) -> str:
         if any(marker in filename for marker in markers):
             return name
     if filename == "~":
-        if "socket" in funcname or "epoll" in funcname or "select" in funcname:
-            return "C: sockets / epoll"
+        if any(word in funcname for word in ("socket", "epoll", "select", "posix.write", "posix.read")):
+            return "C: socket / pipe I/O, epoll"
         if "json" in funcname.lower() or "encode" in funcname or "scanner" in funcname:
             return "C: json"
         return "C: other builtins"
     return "other Python (stdlib, contextvars, ...)"
 
 
-def summarize_profile(path: Path, top: int) -> None:
+def summarize_profile(path: Path, top: int, calls: int) -> None:
+    """Where a node's CPU went while the calls were measured (``calls`` = tools/calls it took part in)."""
     stats = pstats.Stats(str(path))
     entries: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-    idle = 0.0
-    busy: list[tuple[float, float, int, str]] = []
+    rows: list[tuple[float, float, int, str, str]] = []
     buckets: dict[str, float] = {}
+    counts: dict[str, int] = {}
     for (filename, line, funcname), (_, ncalls, tottime, cumtime, _) in entries.items():
-        if filename == "~" and "poll" in funcname and "epoll" in funcname:
-            idle += tottime  # waiting for I/O: not work
-            continue
         where = funcname if filename == "~" else f"{_short(filename)}:{line}({funcname})"
-        busy.append((tottime, cumtime, ncalls, where))
+        rows.append((tottime, cumtime, ncalls, where, filename))
         name = bucket(filename, funcname)
         buckets[name] = buckets.get(name, 0.0) + tottime
-    total = sum(b[0] for b in busy)
-    say(f"  {path.stem}: {total:.2f}s CPU in Python/C functions ({idle:.2f}s idle in epoll excluded)")
-    say("    by package (own time):  " + ", ".join(
+        for label, match in _COUNTED:
+            if match(filename, funcname):
+                counts[label] = counts.get(label, 0) + ncalls
+    total = sum(row[0] for row in rows)
+    if not total or not calls:
+        say(f"  {path.stem}: nothing profiled")
+        return
+    say(f"  {path.stem}: {total:.2f}s CPU over {calls:,} calls = {1000 * total / calls:.2f} ms per call "
+        "(profiler overhead included)")
+    say("    by package (own time): " + ", ".join(
         f"{name} {100 * seconds / total:.0f}%" for name, seconds in sorted(buckets.items(), key=lambda kv: -kv[1])
         if seconds / total >= 0.01))
+    say("    per call: " + ", ".join(f"{counts.get(label, 0) / calls:.1f} {label}" for label, _ in _COUNTED))
     say(f"    top {top} functions by own time:")
-    for tottime, cumtime, ncalls, where in sorted(busy, reverse=True)[:top]:
-        say(f"      {100 * tottime / total:5.1f}%  {tottime:6.2f}s own {cumtime:7.2f}s cum {ncalls:>9,} calls  {where}")
+    for tottime, _cumulative, ncalls, where, _ in sorted(rows, reverse=True)[:top]:
+        say(f"      {100 * tottime / total:5.1f}%  {1e6 * tottime / calls:7.1f} us/call own  "
+            f"{ncalls / calls:6.1f} calls/call  {where}")
+    ours = sorted((row for row in rows if "/fednode/" in row[4]), key=lambda row: -row[1])[:top]
+    say(f"    top {len(ours)} fednode functions by cumulative time (a coroutine's own steps and what they call):")
+    for _, cumtime, ncalls, where, _ in ours:
+        say(f"      {100 * cumtime / total:5.1f}%  {1e6 * cumtime / calls:7.1f} us/call cum  "
+            f"{ncalls / calls:6.1f} calls/call  {where}")
+
+
+_COUNTED: list[tuple[str, Callable[[str, str], bool]]] = [
+    ("task spawns", lambda f, fn: f.endswith("trio/_core/_run.py") and fn == "spawn_impl"),
+    ("socket sends", lambda f, fn: f == "~" and fn.startswith("<method 'send' of '_socket.socket")),
+    ("pipe writes", lambda f, fn: f == "~" and fn == "<built-in method posix.write>"),
+    ("pydantic validations", lambda f, fn: f == "~" and "SchemaValidator" in fn and "validate" in fn),
+    ("json dumps", lambda f, fn: f.endswith("json/__init__.py") and fn == "dumps"),
+]
 
 
 def _short(filename: str) -> str:
@@ -575,7 +670,7 @@ def report(rows: list[Row], args: argparse.Namespace, fastmcp_note: str, seconds
     checks: list[tuple[str, list[tuple[bool | None, str]]]] = []
 
     lines: list[tuple[bool | None, str]] = []
-    for mode in MODES:
+    for mode in args.modes:
         two, base = by.get(("node2", mode)), by.get(("direct-http", mode))
         if two is None or base is None:
             lines.append((None, f"{mode}: not measured"))
@@ -588,7 +683,7 @@ def report(rows: list[Row], args: argparse.Namespace, fastmcp_note: str, seconds
     checks.append((f"through A -> B >= {RATIO_TARGET:.0%} of direct HTTP throughput", lines))
 
     lines = []
-    for mode in MODES:
+    for mode in args.modes:
         hops = [by.get((f"node{n}", mode)) for n in (1, 2, 3)]
         for (left, right), (a, b) in zip([(1, 2), (2, 3)], [(hops[0], hops[1]), (hops[1], hops[2])], strict=True):
             if a is None or b is None:
@@ -601,7 +696,7 @@ def report(rows: list[Row], args: argparse.Namespace, fastmcp_note: str, seconds
 
     lines = []
     pairs = [("node1", "fastmcp-stdio", "stdio upstream"), ("node1-http", "fastmcp-http", "HTTP upstream")]
-    for mode in MODES:
+    for mode in args.modes:
         for ours, theirs, what in pairs:
             a, b = by.get((ours, mode)), by.get((theirs, mode))
             if a is None or b is None:
@@ -622,21 +717,34 @@ def report(rows: list[Row], args: argparse.Namespace, fastmcp_note: str, seconds
             say(f"      {'n/a ' if ok is None else 'ok  ' if ok else 'MISS'} {text}")
     if args.profile:
         say("  (nodes ran under cProfile: the fednode figures above are slowed down by it)")
-    say(f"total {seconds:.1f}s")
+    say(f"total {seconds:.1f}s; load average now {os.getloadavg()[0]:.2f} (other processes on this machine "
+        "shift every figure; the ratios of one run are measured side by side)")
 
 
 # -- main ---------------------------------------------------------------------------------------
 
 
+ERA = {"2026-07-28": "modern", "legacy": "legacy"}
+PATH_KEYS = ("direct-http", "direct-stdio", "node1", "node2", "node3", "node1-http", "fastmcp-stdio", "fastmcp-http")
+
+
 async def main(args: argparse.Namespace, profile_dir: Path | None, devnull: TextIO) -> None:
     started = time.perf_counter()
     say(f"fednode MCP benchmark: python {platform.python_version()}, mcp {package_version('mcp')}, "
-        f"trio {package_version('trio')}, hypercorn {package_version('hypercorn')}, fednode {fednode.__version__}, "
-        f"{os.cpu_count()} CPUs")
-    have_fastmcp, fastmcp_note = await ensure_fastmcp(args)
+        f"trio {package_version('trio')}, hypercorn {package_version('hypercorn')}, fednode {fednode.__version__}"
+        f"{await git_revision()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    have_fastmcp, fastmcp_note = False, "skipped (--no-fastmcp)" if args.no_fastmcp else "skipped (not in --paths)"
+    if any(key.startswith("fastmcp") for key in args.paths):
+        have_fastmcp, fastmcp_note = await ensure_fastmcp(args)
     say(f"FastMCP rows: {fastmcp_note}")
-    say("layout: nodes are `fednode run` subprocesses (chain A - B - C), fixtures and the FastMCP proxy are "
-        "subprocesses, the clients run in this process; all on 127.0.0.1")
+    say("layout: the nodes run as `fednode run` subprocesses, not in-process: a chain A - B - C from generated TOML "
+        "(the fixture attached over stdio at A, B and C, and over HTTP at A), each node with its own interpreter "
+        "and event loop as deployed, and the clients' CPU work kept off the nodes' loops. The fixtures and the "
+        "FastMCP proxies are subprocesses too; the clients run in this process; everything on 127.0.0.1.")
+    if any(key.startswith("fastmcp") for key in args.paths):
+        say("FastMCP runs one proxy process per era: a proxy serving both mirrors each request's era onto its "
+            "upstream and restarts a stdio upstream at every switch between eras (~1 s each), which alternating "
+            "rounds would measure instead of the proxy.")
 
     with tempfile.TemporaryDirectory(prefix="bench-mcp-") as tmp:
         work = Path(tmp)
@@ -645,17 +753,13 @@ async def main(args: argparse.Namespace, profile_dir: Path | None, devnull: Text
         try:
             say("starting servers and nodes ...", end=" ")
             phase = time.perf_counter()
-            procs["direct-http"] = Proc("direct-http", [sys.executable, *fixture_args("direct-http", "--http", "0")],
-                                        work, pipe_stdout=True)
-            procs["upstream-http"] = Proc("upstream-http",
-                                          [sys.executable, *fixture_args("upstream-http", "--http", "0")], work,
-                                          pipe_stdout=True)
-            for proc in procs.values():
-                await proc.start()
+            for name in ("direct-http", "upstream-http"):
+                procs[name] = Proc(name, [sys.executable, *fixture_args(name, "--http", "0")], work, pipe_stdout=True)
+                await procs[name].start()
             direct_url = await procs["direct-http"].read_line("url", 30)
             upstream_url = await procs["upstream-http"].read_line("url", 30)
 
-            ports = free_ports(6 + 2 * have_fastmcp)
+            ports = free_ports(6 + 2 * len(args.modes) * have_fastmcp)
             control = dict(zip("abc", ports[0:3], strict=True))
             data = dict(zip("abc", ports[3:6], strict=True))
             configs = {
@@ -669,12 +773,17 @@ async def main(args: argparse.Namespace, profile_dir: Path | None, devnull: Text
                 path = work / f"node-{n}.toml"
                 path.write_text(text)
                 procs[f"node-{n}"] = Proc(f"node-{n}", node_argv(path, profile_dir, f"node-{n}"), work)
-            if have_fastmcp:
-                procs["fastmcp-stdio"] = Proc("fastmcp-stdio", [
-                    sys.executable, "-c", FASTMCP_PROXY, str(ports[6]), "stdio", sys.executable,
-                    *fixture_args("fastmcp-up")], work)
-                procs["fastmcp-http"] = Proc("fastmcp-http", [
-                    sys.executable, "-c", FASTMCP_PROXY, str(ports[7]), "http", upstream_url], work)
+            # One proxy per era: a FastMCP proxy mirrors each request's era onto its upstream session, and
+            # when requests of both eras alternate it restarts its stdio upstream at every switch (~1 s each).
+            fastmcp_urls: dict[tuple[str, str], str] = {}
+            fastmcp_ports = iter(ports[6:])
+            for kind in ("stdio", "http") if have_fastmcp else ():
+                for mode in args.modes:
+                    name, port = f"fastmcp-{kind}-{ERA[mode]}", next(fastmcp_ports)
+                    backend = [sys.executable, *fixture_args(f"fastmcp-up-{ERA[mode]}")] if kind == "stdio" \
+                        else [upstream_url]
+                    procs[name] = Proc(name, [sys.executable, "-c", FASTMCP_PROXY, str(port), kind, *backend], work)
+                    fastmcp_urls[(kind, mode)] = f"http://{HOST}:{port}/mcp"
             for proc in procs.values():
                 if proc.process is None:
                     await proc.start()
@@ -691,57 +800,65 @@ async def main(args: argparse.Namespace, profile_dir: Path | None, devnull: Text
                         if wanted <= names:
                             break
                         await trio.sleep(0.1)
-            fastmcp_urls: dict[str, str] = {}
-            for offset, kind in enumerate(("stdio", "http")):
-                if have_fastmcp:
-                    await procs[f"fastmcp-{kind}"].wait_port(ports[6 + offset], 60)
-                    fastmcp_urls[kind] = f"http://{HOST}:{ports[6 + offset]}/mcp"
+            for (kind, mode), url in fastmcp_urls.items():
+                port = int(url.rsplit(":", 1)[1].split("/")[0])
+                await procs[f"fastmcp-{kind}-{ERA[mode]}"].wait_port(port, 60)
             say(f"{time.perf_counter() - phase:.1f}s")
 
-            def pids_of(name: str) -> Callable[[], list[int]]:
-                return lambda: [procs[name].pid]
+            def pid(name: str) -> list[int]:
+                return [procs[name].pid]
 
-            def fixtures(name: str) -> Callable[[], list[int]]:
-                return lambda: fixture_pids(name)
+            def nodes(*letters: str) -> dict[str, list[int]]:
+                return {f"node {n.upper()}": pid(f"node-{n}") for n in letters}
 
-            nodes = {"node A": pids_of("node-a"), "node B": pids_of("node-b"), "node C": pids_of("node-c")}
+            def stdio_target(mode: str) -> Any:
+                params = StdioServerParameters(command=sys.executable, args=fixture_args(f"direct-stdio-{ERA[mode]}"))
+                return stdio_client(params, errlog=devnull)
+
             paths = [
-                PathSpec("direct-http", "direct, HTTP", "add", lambda: direct_url,
-                         {"server": pids_of("direct-http")}),
-                PathSpec("direct-stdio", "direct, stdio", "add", lambda: stdio_client(StdioServerParameters(
-                    command=sys.executable, args=fixture_args("direct-stdio")), errlog=devnull),
-                    {"server": fixtures("direct-stdio")}),
-                PathSpec("node1", "fednode, 1 node (A)", "fxa__add", lambda: a_url,
-                         {"node A": nodes["node A"], "server": fixtures("fxa")}),
-                PathSpec("node2", "fednode, 2 nodes (A -> B)", "fxb__add", lambda: a_url,
-                         {"node A": nodes["node A"], "node B": nodes["node B"], "server": fixtures("fxb")}),
-                PathSpec("node3", "fednode, 3 nodes (A -> B -> C)", "fxc__add", lambda: a_url,
-                         {**nodes, "server": fixtures("fxc")}),
-                PathSpec("node1-http", "fednode, 1 node, HTTP upstream", "fxh__add", lambda: a_url,
-                         {"node A": nodes["node A"], "server": pids_of("upstream-http")}),
+                PathSpec("direct-http", "direct, HTTP", "add", lambda m: direct_url,
+                         lambda m: {"server": pid("direct-http")}),
+                PathSpec("direct-stdio", "direct, stdio", "add", stdio_target,
+                         lambda m: {"server": fixture_pids(f"direct-stdio-{ERA[m]}")}),
+                PathSpec("node1", "fednode, 1 node (A)", "fxa__add", lambda m: a_url,
+                         lambda m: {**nodes("a"), "server": fixture_pids("fxa")}),
+                PathSpec("node2", "fednode, 2 nodes (A -> B)", "fxb__add", lambda m: a_url,
+                         lambda m: {**nodes("a", "b"), "server": fixture_pids("fxb")}),
+                PathSpec("node3", "fednode, 3 nodes (A -> B -> C)", "fxc__add", lambda m: a_url,
+                         lambda m: {**nodes("a", "b", "c"), "server": fixture_pids("fxc")}),
+                PathSpec("node1-http", "fednode, 1 node, HTTP upstream", "fxh__add", lambda m: a_url,
+                         lambda m: {**nodes("a"), "server": pid("upstream-http")}),
+                PathSpec("fastmcp-stdio", "FastMCP proxy, stdio upstream", "add",
+                         lambda m: fastmcp_urls[("stdio", m)],
+                         lambda m: {"proxy": pid(f"fastmcp-stdio-{ERA[m]}"),
+                                    "server": fixture_pids(f"fastmcp-up-{ERA[m]}")}, fastmcp=True),
+                PathSpec("fastmcp-http", "FastMCP proxy, HTTP upstream", "add",
+                         lambda m: fastmcp_urls[("http", m)],
+                         lambda m: {"proxy": pid(f"fastmcp-http-{ERA[m]}"), "server": pid("upstream-http")},
+                         fastmcp=True),
             ]
-            if have_fastmcp:
-                paths += [
-                    PathSpec("fastmcp-stdio", "FastMCP proxy, stdio upstream", "add",
-                             lambda: fastmcp_urls["stdio"],
-                             {"proxy": pids_of("fastmcp-stdio"), "server": fixtures("fastmcp-up")}, fastmcp=True),
-                    PathSpec("fastmcp-http", "FastMCP proxy, HTTP upstream", "add", lambda: fastmcp_urls["http"],
-                             {"proxy": pids_of("fastmcp-http"), "server": pids_of("upstream-http")}, fastmcp=True),
-                ]
+            def profiling(on: bool) -> None:
+                if profile_dir is not None:
+                    for n in "abc":
+                        process = procs[f"node-{n}"].process
+                        if process is not None and process.returncode is None:
+                            process.send_signal(signal.SIGUSR1 if on else signal.SIGUSR2)
+
             rows = [Row(path, mode, args.fastmcp_calls if path.fastmcp else args.calls)
-                    for path in paths for mode in MODES]
+                    for path in paths if path.key in args.paths and (have_fastmcp or not path.fastmcp)
+                    for mode in MODES if mode in args.modes]
 
             async with AsyncExitStack() as clients:
                 say("connecting clients ...", end=" ")
                 for row in rows:
                     try:
                         row.client = await clients.enter_async_context(
-                            Client(row.path.target(), mode=row.mode, cache=None))
+                            Client(row.path.target(row.mode), mode=row.mode, cache=None))
                     except Exception as exc:
                         failed(row, exc)
                 say("measuring ...", end=" ")
                 phase = time.perf_counter()
-                await measure(rows, args)
+                await measure(rows, args, profiling)
                 say(f"  measured in {time.perf_counter() - phase:.1f}s")
         finally:
             with trio.CancelScope(shield=True):
@@ -757,28 +874,40 @@ async def main(args: argparse.Namespace, profile_dir: Path | None, devnull: Text
                         say(procs[name].log_tail())
                 if left:
                     say(f"note: killed {len(left)} leftover fixture process(es): {left}")
+                for name in (name for name in procs if name.startswith("node-")):
+                    problems, expected = procs[name].log_problems()
+                    if problems:
+                        say(f"note: {name} logged {len(problems)} unexpected warning(s)/error(s) (and {expected} "
+                            "expected: resource conflicts, dials before a peer listens), e.g.:")
+                        for line in problems[:4]:
+                            say(f"  | {line[:300]}")
 
     report(rows, args, fastmcp_note, time.perf_counter() - started)
     if profile_dir is not None:
         say()
-        say(f"Profiles of the node processes ({profile_dir}; whole process lifetime, all rows):")
+        say(f"CPU profiles of the nodes while the calls were measured ({profile_dir}/node-*.prof):")
         for n in "abc":
             path = profile_dir / f"node-{n}.prof"
+            calls = sum(len(row.seq_ns) + row.conc_calls for row in rows
+                        if row.ok and f"node {n.upper()}" in row.path.cpu(row.mode))
             if path.exists():
-                summarize_profile(path, args.top)
+                summarize_profile(path, args.top, calls)
             else:
                 say(f"  node-{n}: no profile written")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--calls", type=int, default=500,
-                        help="calls per path and mode, for each of sequential and concurrent (500)")
+    parser.add_argument("--calls", type=int, default=300,
+                        help="calls per path and mode, for each of sequential and concurrent (300)")
     parser.add_argument("--fastmcp-calls", type=int, default=None,
-                        help="calls per FastMCP row and mode (default: calls/5, at least 2 x concurrency)")
+                        help="calls per FastMCP row and mode (default: calls/10, at least 2 x concurrency)")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent callers (16)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating measurement rounds (5)")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating measurement rounds (10)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up calls per row (default: calls/10)")
+    parser.add_argument("--paths", default=",".join(PATH_KEYS),
+                        help=f"comma-separated paths to measure (default all: {','.join(PATH_KEYS)})")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated eras (default: {','.join(MODES)})")
     parser.add_argument("--no-fastmcp", action="store_true", help="skip the FastMCP rows (and never install it)")
     parser.add_argument("--profile", metavar="DIR", default=None,
                         help="run the nodes under cProfile, write DIR/node-{a,b,c}.prof and summarise them")
@@ -789,7 +918,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.calls = min(args.calls, 60)
         args.rounds = min(args.rounds, 2)
     if args.fastmcp_calls is None:
-        args.fastmcp_calls = max(args.calls // 5, 2 * args.concurrency)
+        args.fastmcp_calls = max(args.calls // 10, 2 * args.concurrency)
+    args.paths = [key.strip() for key in args.paths.split(",") if key.strip()]
+    unknown = set(args.paths) - set(PATH_KEYS)
+    if unknown:
+        parser.error(f"unknown --paths {sorted(unknown)}; choose from {', '.join(PATH_KEYS)}")
+    if args.no_fastmcp:
+        args.paths = [key for key in args.paths if not key.startswith("fastmcp")]
+    args.modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    if not args.modes or set(args.modes) - set(MODES):
+        parser.error(f"--modes: choose from {', '.join(MODES)}")
     if min(args.calls, args.fastmcp_calls, args.concurrency, args.rounds) < 1:
         parser.error("--calls, --fastmcp-calls, --concurrency and --rounds must be >= 1")
     if args.calls < args.rounds or args.fastmcp_calls < args.rounds:

@@ -52,8 +52,6 @@ PROXY_LIMITS: dict[str, str] = {
 
 # Scenarios fednode does not pass yet: features not built, not proxy limits. Each must still fail
 # (the test says so when one starts passing, so this list only ever shrinks). See README.
-_TASKS = ("the tasks extension: fednode does not advertise attached servers' extensions nor route "
-          "tasks/get, tasks/update and tasks/cancel back to the server that created the task")
 KNOWN_GAPS: dict[str, dict[str, str]] = {
     "2025-11-25": {
         "logging-set-level": "logging/setLevel is not implemented at the edge",
@@ -61,10 +59,7 @@ KNOWN_GAPS: dict[str, dict[str, str]] = {
         "resources-subscribe": "resource subscriptions are not implemented",
         "resources-unsubscribe": "resource subscriptions are not implemented",
     },
-    "2026-07-28": {name: _TASKS for name in (
-        "tasks-capability-negotiation", "tasks-dispatch-and-envelope", "tasks-lifecycle",
-        "tasks-mrtr-composition", "tasks-mrtr-input", "tasks-request-headers",
-        "tasks-request-state-removal", "tasks-wire-fields")},
+    "2026-07-28": {},
 }
 
 # Worst first: the status of a check id that occurs several times in a scenario is its worst one.

@@ -315,3 +315,26 @@ class TestHandshakeDeadline:
                 assert await stream.receive_some(100) == b""
                 assert 0.25 <= trio.current_time() - start < 3
                 await stream.aclose()
+
+
+class TestStartup:
+    """A configured peer that dials in while the node is starting is never refused."""
+
+    async def test_no_refusal_while_starting(self) -> None:
+        with trio.fail_after(20):
+            probe = trio.socket.socket()
+            await probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+            probe.close()
+            fast = {"initial": "0.005s", "max": "0.01s"}
+            config_a = node_config("node-a", peers=[{"id": "node-b", "control": f"ws://127.0.0.1:{port}"}],
+                                   backoff=fast)
+            async with fednode.open_node(config_a) as a:
+                await trio.sleep(0.1)  # node-a is dialing node-b's address again and again
+                config_b = node_config("node-b", peers=[{"id": "node-a"}], node={"control": f"ws://127.0.0.1:{port}"})
+                with structlog.testing.capture_logs() as logs:
+                    async with fednode.open_node(config_b) as b:
+                        await b.wait_connected("node-a")
+                        await a.wait_connected("node-b")
+                assert [e for e in logs if e["event"] == "auth.refused"] == []
+                assert b.refused == {}
