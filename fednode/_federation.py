@@ -60,6 +60,7 @@ DEADLINE_EXCEEDED = -32052
 FORWARDING_LOOP = -32053
 
 MAX_PATH = 32  # longer advertised paths are refused: a sane federation is far smaller
+MAX_ROUTES_PER_PEER = 1024  # routes (attached servers) accepted from one peer
 MAX_TASKS = 10_000  # tasks remembered for routing tasks/*; the oldest are forgotten first
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
@@ -223,6 +224,10 @@ class Federation:
         for route in routes:
             if self.node.id in route.path or route.path[-1] != peer_id or not peer.imports(route.server):
                 table.pop(route.key, None)  # a loop, a forged path or not imported: never used
+                continue
+            if route.key not in table and len(table) >= MAX_ROUTES_PER_PEER:
+                # A peer cannot make this node hold unbounded state, whatever it advertises.
+                self.log.warning("routes.limit", peer=peer_id, limit=MAX_ROUTES_PER_PEER, dropped=list(route.key))
                 continue
             table[route.key] = route
         if staging is not None and params.get("more"):

@@ -212,3 +212,20 @@ class TestEnforcement:
                 with pytest.raises(fednode.RemoteError) as info:
                     await a.request("node-b", "fed/forward", forged, timeout=5)
                 assert info.value.code == -32602 and "not offered" in info.value.remote_message
+
+
+class TestLimits:
+    """A peer advertising without bound cannot make a node hold unbounded state."""
+
+    async def test_routes_per_peer_are_capped(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from fednode import _federation
+
+        monkeypatch.setattr(_federation, "MAX_ROUTES_PER_PEER", 5)
+        with trio.fail_after(20):
+            async with topology([("node-a", "node-b")]) as nodes:
+                a, b = nodes["node-a"], nodes["node-b"]
+                for i in range(8):
+                    b.federation.set_local_catalog(f"s{i}", tools("t"))
+                await eventually(lambda: len(a.federation.learned.get("node-b", {})) == 5)
+                await trio.sleep(0.2)
+                assert len(a.federation.learned["node-b"]) == 5 and len(names(a)) == 5
