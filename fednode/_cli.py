@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 import click
 import trio
@@ -12,7 +13,7 @@ import trio
 from ._config import NodeConfig, describe, load_config
 from ._errors import ConfigError
 from ._logging import LEVELS, configure_logging
-from ._node import open_node
+from ._node import Node, open_node
 from ._version import __version__
 
 EXIT_CONFIG = 2
@@ -44,17 +45,24 @@ def run(config_path: str, log_format: str, log_level: str) -> None:
     Exits 0 after a clean shutdown, 2 for a bad configuration (nothing is started), 1 when the
     node cannot start (e.g. its control address is in use).
     """
+    _run_node(config_path, log_format, log_level, None)
+
+
+def _run_node(config_path: str, log_format: str, log_level: str,
+              body: Callable[[Node], Awaitable[None]] | None) -> None:
+    """Load the configuration (exit 2 if bad), run the node until ``body`` returns (forever if None)
+    or a signal arrives (a second signal exits at once), and exit 1 if it cannot start."""
     configure_logging(log_format, log_level)
     config = _load_or_exit(config_path)
     try:
-        trio.run(_run_until_signal, config)
+        trio.run(_until_signal, config, body)
     except* OSError as group:
         exc = group.exceptions[0]
         click.echo(f"fednode: cannot start node {config.id!r} on {config.control}: {exc}", err=True)
         sys.exit(1)
 
 
-async def _run_until_signal(config: NodeConfig) -> None:
+async def _until_signal(config: NodeConfig, body: Callable[[Node], Awaitable[None]] | None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             node_scope = trio.CancelScope()
@@ -72,8 +80,11 @@ async def _run_until_signal(config: NodeConfig) -> None:
 
             nursery.start_soon(watch_signals)
             with node_scope:
-                async with open_node(config):
-                    await trio.sleep_forever()
+                async with open_node(config) as node:
+                    if body is None:
+                        await trio.sleep_forever()
+                    else:
+                        await body(node)
             nursery.cancel_scope.cancel()
 
 
@@ -88,31 +99,11 @@ def mcp(config_path: str, log_format: str, log_level: str) -> None:
     The node also peers and serves HTTP as with `fednode run`. Logs go to stderr only. Ends when
     the client closes stdin (or on SIGINT/SIGTERM).
     """
-    configure_logging(log_format, log_level)
-    config = _load_or_exit(config_path)
-    try:
-        trio.run(_serve_stdio_until_eof, config)
-    except* OSError as group:
-        exc = group.exceptions[0]
-        click.echo(f"fednode: cannot start node {config.id!r}: {exc}", err=True)
-        sys.exit(1)
+    _run_node(config_path, log_format, log_level, _serve_stdio)
 
 
-async def _serve_stdio_until_eof(config: NodeConfig) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            node_scope = trio.CancelScope()
-
-            async def watch_signals() -> None:
-                async for _ in signals:
-                    node_scope.cancel()
-                    return
-
-            nursery.start_soon(watch_signals)
-            with node_scope:
-                async with open_node(config) as node:
-                    await node.serve_mcp_stdio()
-            nursery.cancel_scope.cancel()
+async def _serve_stdio(node: Node) -> None:
+    await node.serve_mcp_stdio()
 
 
 @main.command("check-config")
