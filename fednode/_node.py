@@ -12,21 +12,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 import trio
-from mcp.shared.exceptions import MCPError
 
 from . import _wire as wire
 from ._auth import AuthManager
 from ._config import NodeConfig, PeerConfig, ServerConfig
-from ._edge import EdgeCall, EdgeError, MCPEdge
-from ._errors import PeerConnectError, PeerUnavailableError, RequestError, UnknownPeerError
-from ._federation import CLIENT_CAPABILITIES_KEY, Federation
+from ._edge import MCPEdge
+from ._errors import PeerConnectError, PeerUnavailableError, UnknownPeerError
+from ._federation import Federation
+from ._forwarder import FederationForwarder
 from ._link import CLOSE_NORMAL, Handlers, InlineHandler, NotificationHandler, RequestContext, RequestHandler
 from ._listener import Listener
 from ._supervisor import PeerStatus, PeerSupervisor
 from ._version import __version__
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
-MAX_INPUT_ROUNDS = 16
 
 
 class Node:
@@ -59,7 +58,7 @@ class Node:
         self.register_handler("echo", _echo, inline=True)
         self.register_handler("node/info", self._node_info, inline=True)
         self.federation = Federation(self)
-        self.edge = MCPEdge(_Forwarder(self.federation), name=f"fednode {config.id}", version=__version__,
+        self.edge = MCPEdge(FederationForwarder(self.federation), name=f"fednode {config.id}", version=__version__,
                             logger=self.log, client_tokens=[t.reveal().decode() for t in config.clients.tokens])
         self.federation.on_catalog_change(self._catalog_changed)
         self.data_port: int | None = None
@@ -387,59 +386,6 @@ class Node:
                             closers.start_soon(supervisor.stop_link, CLOSE_NORMAL, "node shutting down")
                 self._nursery.cancel_scope.cancel()
                 self.log.info("node.stopped", seconds=round(trio.current_time() - started, 3))
-
-
-class _Forwarder:
-    """Adapts the federation to the edge's Forwarder protocol (errors become EdgeErrors)."""
-
-    def __init__(self, federation: Federation) -> None:
-        self.federation = federation
-
-    def list_items(self, kind: str) -> list[dict[str, Any]]:
-        return self.federation.list_items(kind)
-
-    def tool_input_schema(self, name: str) -> Any:
-        return self.federation.tool_input_schema(name)
-
-    async def forward(self, method: str, params: dict[str, Any], call: EdgeCall) -> dict[str, Any]:
-        meta = params.get("_meta")
-        wants_progress = isinstance(meta, dict) and meta.get("progressToken") is not None
-        progress = call.report_progress if wants_progress else None
-        if call.era == "legacy":
-            # A legacy client declared its capabilities once, at initialize; servers of the
-            # 2026-07-28 era read them from each request's envelope.
-            meta = dict(meta) if isinstance(meta, dict) else {}
-            meta.setdefault(CLIENT_CAPABILITIES_KEY, call.client_capabilities or {})
-            params = {**params, "_meta": meta}
-        try:
-            result = await self.federation.execute(method, params, progress=progress)
-            # A 2026-07-28 server asks for input by returning input_required; a legacy client
-            # expects to be asked directly. Ask it on its request's stream and retry, as its SDK would.
-            delay = 0.05
-            for _ in range(MAX_INPUT_ROUNDS):
-                if result.get("resultType") != "input_required" or not call.can_ask:
-                    return result
-                requests = result.get("inputRequests") or {}
-                retry = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
-                if isinstance(requests, dict) and requests:
-                    delay = 0.05
-                    answers = {}
-                    for key, request in requests.items():
-                        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
-                            raise EdgeError(-32603, "malformed input request from the server")
-                        answers[key] = await call.ask(request["method"], request.get("params"))
-                    retry["inputResponses"] = answers
-                else:
-                    await trio.sleep(delay)  # state only: the server is still working
-                    delay = min(delay * 2, 0.25)
-                if isinstance(result.get("requestState"), str):
-                    retry["requestState"] = result["requestState"]
-                result = await self.federation.execute(method, retry, progress=progress)
-            raise EdgeError(-32603, f"the server asked for input more than {MAX_INPUT_ROUNDS} times")
-        except RequestError as exc:
-            raise EdgeError(exc.code, str(exc), exc.data) from None
-        except MCPError as exc:  # the client refused an input request
-            raise EdgeError(exc.error.code, exc.error.message, exc.error.data) from None
 
 
 def _echo(params: Any, context: RequestContext) -> Any:

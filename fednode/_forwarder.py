@@ -1,0 +1,77 @@
+"""The bridge between the client-facing edge and the federation: what forwarding a client request means.
+
+Besides finding where a request goes (the federation's job), it adapts between protocol eras: a
+legacy client's capabilities travel in each request's envelope, and a 2026-07-28 server's
+``input_required`` rounds become questions asked on a legacy client's request stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from mcp.shared.exceptions import MCPError
+
+from ._edge import EdgeCall, EdgeError
+from ._errors import RequestError
+from ._federation import CLIENT_CAPABILITIES_KEY, DEADLINE_EXCEEDED, Federation
+
+#: Rounds of input_required answered for one request before giving up.
+MAX_INPUT_ROUNDS = 16
+
+
+class FederationForwarder:
+    """Adapts the federation to the edge's Forwarder protocol (errors become EdgeErrors)."""
+
+    def __init__(self, federation: Federation) -> None:
+        self.federation = federation
+
+    def list_items(self, kind: str) -> list[dict[str, Any]]:
+        return self.federation.list_items(kind)
+
+    def tool_input_schema(self, name: str) -> Any:
+        return self.federation.tool_input_schema(name)
+
+    async def forward(self, method: str, params: dict[str, Any], call: EdgeCall) -> dict[str, Any]:
+        meta = params.get("_meta")
+        wants_progress = isinstance(meta, dict) and meta.get("progressToken") is not None
+        progress = call.report_progress if wants_progress else None
+        if call.era == "legacy":
+            # A legacy client declared its capabilities once, at initialize; servers of the
+            # 2026-07-28 era read them from each request's envelope.
+            meta = dict(meta) if isinstance(meta, dict) else {}
+            meta.setdefault(CLIENT_CAPABILITIES_KEY, call.client_capabilities or {})
+            params = {**params, "_meta": meta}
+        try:
+            result = await self.federation.execute(method, params, progress=progress)
+            # A 2026-07-28 server asks for input by returning input_required; a legacy client
+            # expects to be asked directly. Ask it on its request's stream and retry, as its SDK would.
+            delay = 0.05
+            for _ in range(MAX_INPUT_ROUNDS):
+                if result.get("resultType") != "input_required" or not call.can_ask:
+                    return result
+                requests = result.get("inputRequests") or {}
+                retry = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
+                if isinstance(requests, dict) and requests:
+                    delay = 0.05
+                    answers = {}
+                    for key, request in requests.items():
+                        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+                            raise EdgeError(-32603, "malformed input request from the server")
+                        # The client gets as long to answer as any forwarded request gets.
+                        with trio.fail_after(self.federation.node.config.mcp.request_timeout):
+                            answers[key] = await call.ask(request["method"], request.get("params"))
+                    retry["inputResponses"] = answers
+                else:
+                    await trio.sleep(delay)  # state only: the server is still working
+                    delay = min(delay * 2, 0.25)
+                if isinstance(result.get("requestState"), str):
+                    retry["requestState"] = result["requestState"]
+                result = await self.federation.execute(method, retry, progress=progress)
+            raise EdgeError(-32603, f"the server asked for input more than {MAX_INPUT_ROUNDS} times")
+        except RequestError as exc:
+            raise EdgeError(exc.code, str(exc), exc.data) from None
+        except MCPError as exc:  # the client refused an input request
+            raise EdgeError(exc.error.code, exc.error.message, exc.error.data) from None
+        except trio.TooSlowError:
+            raise EdgeError(DEADLINE_EXCEEDED, "the client did not answer the server's question in time") from None
