@@ -312,7 +312,9 @@ class Federation:
         entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         conflicts: list[str] = []
         for server_id in sorted(by_server):
-            replicas = sorted(by_server[server_id], key=lambda rv: (len(rv[0].path), rv[0].origin))
+            # Nearest first: fewest hops, then the lowest RTT of the first hop (local is 0), then a stable order.
+            replicas = sorted(by_server[server_id], key=lambda rv: (
+                len(rv[0].path), 0.0 if rv[1] is None else self._rtt(rv[1]), rv[0].origin))
             nearest = replicas[0][0]
             origins = tuple(route.origin for route, _ in replicas)
             for kind in KINDS:
