@@ -546,7 +546,7 @@ class _Builder:
         heartbeat = self.heartbeat(self.table(raw, "heartbeat", "heartbeat"))
         backoff = self.backoff(self.table(raw, "backoff", "backoff"))
         link = self.link(self.table(raw, "link", "link"))
-        tls = self.tls(self.table(raw, "tls", "tls"), control)
+        tls = self.tls(self.table(raw, "tls", "tls"), control, data)
         peers = self.peers(raw.get("peers", []), node_id, auth)
         servers = self.servers(raw.get("servers", []))
         mcp = self.mcp(self.table(raw, "mcp", "mcp"))
@@ -729,7 +729,7 @@ class _Builder:
             max_inflight=self.integer(raw, "max_inflight", "link", 128, 1),
         )
 
-    def tls(self, raw: dict[str, Any], control: str | None) -> TLSConfig:
+    def tls(self, raw: dict[str, Any], control: str | None, data: str | None) -> TLSConfig:
         self.unknown_keys(raw, {"cert", "key", "ca"}, "tls")
         paths: dict[str, Path | None] = {}
         for key in ("cert", "key", "ca"):
@@ -741,6 +741,8 @@ class _Builder:
             self.problem("tls", "cert and key must be given together")
         if control is not None and control.startswith("wss://") and "cert" not in raw:
             self.problem("node.control", "a wss:// control address needs [tls] cert and key")
+        if data is not None and data.startswith("https://") and "cert" not in raw:
+            self.problem("node.data", "an https:// data address needs [tls] cert and key")
         return TLSConfig(cert=paths["cert"], key=paths["key"], ca=paths["ca"])
 
     def peers(self, raw: object, node_id: str | None, auth: AuthConfig) -> tuple[PeerConfig, ...]:

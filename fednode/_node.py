@@ -366,8 +366,11 @@ class Node:
             await self.register_peer(peer, wait=False)
         await self._nursery.start(self._listener.serve)
         parts = urlsplit(self.config.data)
-        port = parts.port if parts.port is not None else 80
-        self.data_port = await self._nursery.start(self.edge.serve_http, parts.hostname or "127.0.0.1", port)
+        port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
+        tls = self.config.tls if parts.scheme == "https" else None
+        self.data_port = await self._nursery.start(functools.partial(
+            self.edge.serve_http, parts.hostname or "127.0.0.1", port,
+            certfile=str(tls.cert) if tls and tls.cert else None, keyfile=str(tls.key) if tls and tls.key else None))
         self.log.info("node.started", control=self.control_url, peers=len(self.config.peers),
                       version=__version__)
         for server in self.config.servers:

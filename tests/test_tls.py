@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,19 @@ class TestTLS:
                     await a.register_peer(fednode.PeerConfig(id="node-b", control=b.control_url),
                                           keep_retrying=False)
                 assert b.connected_peers() == []
+
+    async def test_https_data_endpoint(self, tmp_path: Path) -> None:
+        import httpx2
+
+        cert, key = self_signed(tmp_path, "node-a")
+        config = node_config("node-a", node={"data": "https://127.0.0.1:0"}, tls={"cert": str(cert), "key": str(key)})
+        with trio.fail_after(15):
+            async with fednode.open_node(config) as a:
+                assert a.data_url.startswith("https://127.0.0.1:")
+                async with httpx2.AsyncClient(verify=ssl.create_default_context(cafile=str(cert))) as http:
+                    response = await http.get(a.data_url + "/healthz")
+                assert response.status_code == 200
+
+    def test_https_needs_a_certificate(self) -> None:
+        with pytest.raises(fednode.ConfigError, match="node.data: an https:// data address needs"):
+            node_config("node-a", node={"data": "https://127.0.0.1:0"})
