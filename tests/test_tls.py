@@ -79,5 +79,5 @@ class TestTLS:
                 assert response.status_code == 200
 
     def test_https_needs_a_certificate(self) -> None:
-        with pytest.raises(fednode.ConfigError, match="node.data: an https:// data address needs"):
+        with pytest.raises(fednode.ConfigError, match=r"node\.data: an https:// data address needs"):
             node_config("node-a", node={"data": "https://127.0.0.1:0"})
