@@ -6,7 +6,10 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -39,41 +42,47 @@ async def read_events(stream: trio.abc.ReceiveStream, events: list[dict[str, obj
             events.append(json.loads(line))  # every stderr line must be a JSON log event
 
 
+@asynccontextmanager
+async def fednode_run(config_path: Path) -> AsyncIterator[tuple[trio.Process, list[dict[str, Any]], str, trio.Nursery]]:
+    """`fednode run` as a child process; yields it, its log events (live), its control URL and a nursery."""
+    events: list[dict[str, Any]] = []
+    process = await trio.lowlevel.open_process(
+        [FEDNODE, "run", "--config", str(config_path)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL, env={"TEST_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
+    try:
+        async with trio.open_nursery() as nursery:
+            assert process.stderr is not None
+            nursery.start_soon(read_events, process.stderr, events)
+            while not any(e["event"] == "node.started" for e in events):
+                await trio.sleep(0.02)
+            control = str(next(e["control"] for e in events if e["event"] == "node.started"))
+            yield process, events, control, nursery
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:  # only the process this test started, by its own handle
+            process.kill()
+            await process.wait()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_run_links_and_exits_zero_on_signal(tmp_path: Path, signum: int) -> None:
-    config_path = write_config(tmp_path)
-    env = {"TEST_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
-    events: list[dict[str, object]] = []
     with trio.fail_after(30):
-        process = await trio.lowlevel.open_process(
-            [FEDNODE, "run", "--config", str(config_path)], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL, env=env)
-        try:
-            async with trio.open_nursery() as nursery:
-                assert process.stderr is not None
-                nursery.start_soon(read_events, process.stderr, events)
-                while not any(e["event"] == "node.started" for e in events):
-                    await trio.sleep(0.02)
-                control = next(e["control"] for e in events if e["event"] == "node.started")
-                async with fednode.open_node(node_config("node-t")) as t:
-                    await t.register_peer(fednode.PeerConfig(id="node-s", control=str(control)))
-                    assert (await t.request("node-s", "node/info", timeout=5))["id"] == "node-s"
-                    start = trio.current_time()
-                    with structlog.testing.capture_logs() as t_logs:
-                        process.send_signal(signum)
-                        status = await process.wait()
-                        elapsed = trio.current_time() - start
-                        with trio.fail_after(5):
-                            while t.connected_peers():
-                                await trio.sleep(0.01)
-                    assert status == 0
-                    assert elapsed < 3.0  # the configured shutdown_grace
-                    downs = [e["reason"] for e in t_logs if e["event"] == "link.down"]
-                    assert downs == ["connection closed (1000: node shutting down)"]
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        async with fednode_run(write_config(tmp_path)) as (process, events, control, _), \
+                fednode.open_node(node_config("node-t")) as t:
+            await t.register_peer(fednode.PeerConfig(id="node-s", control=control))
+            assert (await t.request("node-s", "node/info", timeout=5))["id"] == "node-s"
+            start = trio.current_time()
+            with structlog.testing.capture_logs() as t_logs:
+                process.send_signal(signum)
+                status = await process.wait()
+                elapsed = trio.current_time() - start
+                with trio.fail_after(5):
+                    while t.connected_peers():
+                        await trio.sleep(0.01)
+            assert status == 0
+            assert elapsed < 3.0  # the configured shutdown_grace
+            downs = [e["reason"] for e in t_logs if e["event"] == "link.down"]
+            assert downs == ["connection closed (1000: node shutting down)"]
     names = [e["event"] for e in events]
     assert names.count("node.shutdown") == 1 and names[-1] == "node.stopped"
     assert "link.up" in names and "link.down" in names
@@ -96,35 +105,19 @@ async def test_run_refuses_to_start_when_the_port_is_taken(tmp_path: Path) -> No
 
 async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
     """While shutdown waits for a peer that no longer answers, a second signal ends the process at once."""
-    config_path = write_config(tmp_path)
-    events: list[dict[str, object]] = []
     with trio.fail_after(30):
-        process = await trio.lowlevel.open_process(
-            [FEDNODE, "run", "--config", str(config_path)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL, env={"TEST_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
-        try:
-            async with trio.open_nursery() as nursery:
-                assert process.stderr is not None
-                nursery.start_soon(read_events, process.stderr, events)
-                while not any(e["event"] == "node.started" for e in events):
+        async with fednode_run(write_config(tmp_path)) as (process, events, control, nursery):
+            proxy = BlackholeProxy(int(control.rsplit(":", 1)[1]))
+            await nursery.start(proxy.serve)
+            async with fednode.open_node(node_config("node-t", heartbeat={"timeout": "10s"})) as t:
+                await t.register_peer(fednode.PeerConfig(id="node-s", control=proxy.url))
+                proxy.blackhole = True  # node-s's close frame will never be answered
+                process.send_signal(signal.SIGTERM)
+                while not any(e["event"] == "node.shutdown" for e in events):
                     await trio.sleep(0.02)
-                control = str(next(e["control"] for e in events if e["event"] == "node.started"))
-                proxy = BlackholeProxy(int(control.rsplit(":", 1)[1]))
-                await nursery.start(proxy.serve)
-                async with fednode.open_node(node_config("node-t", heartbeat={"timeout": "10s"})) as t:
-                    await t.register_peer(fednode.PeerConfig(id="node-s", control=proxy.url))
-                    proxy.blackhole = True  # node-s's close frame will never be answered
-                    process.send_signal(signal.SIGTERM)
-                    while not any(e["event"] == "node.shutdown" for e in events):
-                        await trio.sleep(0.02)
-                    start = trio.current_time()
-                    process.send_signal(signal.SIGINT)
-                    status = await process.wait()
-                    assert trio.current_time() - start < 1.0  # well inside the 3 s grace period
-                    assert status == 128 + signal.SIGINT
-                nursery.cancel_scope.cancel()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+                start = trio.current_time()
+                process.send_signal(signal.SIGINT)
+                status = await process.wait()
+                assert trio.current_time() - start < 1.0  # well inside the 3 s grace period
+                assert status == 128 + signal.SIGINT
     assert not any(e["event"] == "node.stopped" for e in events)
