@@ -69,7 +69,8 @@ KINDS = ("tools", "prompts", "resources", "resourceTemplates")
 
 #: Methods handed to :meth:`Forwarder.forward`.
 FORWARDED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "completion/complete",
-                               "tasks/get", "tasks/update", "tasks/cancel"})
+                               "tasks/get", "tasks/update", "tasks/cancel",
+                               "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
 _TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
 HEADER_MISMATCH = -32020
 
@@ -100,6 +101,9 @@ _PARAMS_TYPES: dict[str, type[BaseModel]] = {
     "prompts/get": mcp_types.GetPromptRequestParams,
     "resources/read": mcp_types.ReadResourceRequestParams,
     "completion/complete": mcp_types.CompleteRequestParams,
+    "logging/setLevel": mcp_types.SetLevelRequestParams,
+    "resources/subscribe": mcp_types.SubscribeRequestParams,
+    "resources/unsubscribe": mcp_types.UnsubscribeRequestParams,
 }
 
 _SESSION_KEY_STATE = "fednode.edge.session_key"
@@ -191,9 +195,24 @@ class EdgeCall:
         self.client_capabilities = client_capabilities
         self._progress = progress
         self._ask = ask
+        self._notify: Callable[[str, Mapping[str, Any] | None], Awaitable[None]] | None = None
 
     @classmethod
     def _from_context(cls, ctx: ServerRequestContext[Any, Any], session_key: str | None) -> EdgeCall:
+        call = cls._build(ctx, session_key)
+        outbound = getattr(ctx.session, "_request_outbound", None)
+        if outbound is not None:
+            call._notify = partial(outbound.notify, opts=None)
+        return call
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None) -> None:
+        """Send a notification on this request's stream (best effort)."""
+        if self._notify is not None:
+            with contextlib.suppress(Exception):
+                await self._notify(method, params)
+
+    @classmethod
+    def _build(cls, ctx: ServerRequestContext[Any, Any], session_key: str | None) -> EdgeCall:
         raw_meta = (ctx.params or {}).get("_meta")
         client_params = ctx.session.client_params
         capabilities = ctx.session.client_capabilities
@@ -481,7 +500,20 @@ class MCPEdge:
             connection.state[_SESSION_KEY_STATE] = key
             self._legacy[connection] = key
             connection.exit_stack.callback(self._legacy.pop, connection, None)
+            connection.exit_stack.callback(self._session_ended, key)
         return key
+
+    def _session_ended(self, key: str) -> None:
+        ended = getattr(self.forwarder, "session_ended", None)
+        if ended is not None:
+            ended(key)
+
+    async def notify_session(self, key: str, method: str, params: Mapping[str, Any] | None) -> None:
+        """Send a notification to one legacy session on its standalone stream (best effort)."""
+        for connection, session_key in list(self._legacy.items()):
+            if session_key == key:
+                with trio.move_on_after(_NOTIFY_TIMEOUT), contextlib.suppress(Exception):
+                    await connection.notify(method, params)
 
 
 def _connection(ctx: ServerRequestContext[Any, Any]) -> Connection | None:

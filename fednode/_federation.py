@@ -174,6 +174,11 @@ class Federation:
         node.register_notification_handler(ROUTES_METHOD, self._on_routes, inline=True)
         node.register_handler(FORWARD_METHOD, self._on_forward)
         node.register_notification_handler(PROGRESS_METHOD, self._on_progress, inline=True)
+        from ._sessions import Sessions
+
+        self.sessions = Sessions(self)
+        #: per local client session: the (origin, server) pairs its requests went to
+        self.session_used: dict[str, set[tuple[str, str]]] = {}
         self._progress_routes: dict[str, trio.MemorySendChannel[tuple[float, float | None, str | None]]] = {}
 
     # -- inputs -----------------------------------------------------------------------------
@@ -452,7 +457,7 @@ class Federation:
                 raise ForwardError(UNKNOWN_NAME, f"Unknown {kind[:-1]}: {name}")
             upstream_params["name"] = entry.name
             return entry, upstream_params
-        if method == "resources/read":
+        if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
             uri = params.get("uri")
             if isinstance(uri, str):
                 entry = self.entries["resources"].get(uri) or self._template_for(uri)
@@ -483,7 +488,7 @@ class Federation:
     # -- forwarding ---------------------------------------------------------------------------
 
     async def execute(self, method: str, params: dict[str, Any], *, timeout: float | None = None,
-                      progress: ProgressFn | None = None) -> dict[str, Any]:
+                      progress: ProgressFn | None = None, session: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run a client request wherever its server is, nearest replica first; return the raw result.
 
         Args:
@@ -501,8 +506,10 @@ class Federation:
         deadline = trio.current_time() + (timeout or self.node.config.mcp.request_timeout)
         last: ForwardError | None = None
         for origin in origins:
+            if session is not None:
+                self.session_used.setdefault(session["id"], set()).add((origin, server))
             try:
-                result = await self._send(origin, server, method, upstream_params, deadline, (), progress)
+                result = await self._send(origin, server, method, upstream_params, deadline, (), progress, session)
             except _NotDelivered as exc:
                 last = exc.error  # fail over to the next replica: this one never saw the request
                 continue
@@ -531,17 +538,20 @@ class Federation:
         return server, (origin,), dict(params)
 
     async def _send(self, origin: str, server: str, method: str, params: dict[str, Any], deadline: float,
-                    trace: tuple[str, ...], progress: ProgressFn | None) -> dict[str, Any]:
+                    trace: tuple[str, ...], progress: ProgressFn | None,
+                    session: dict[str, Any] | None = None) -> dict[str, Any]:
         remaining = deadline - trio.current_time()
         if remaining <= 0:
             raise ForwardError(DEADLINE_EXCEEDED, f"Deadline exceeded before reaching {server!r} on {origin!r}")
         if origin == self.node.id:
-            return await self._call_local(server, method, params, remaining, progress)
+            return await self._call_local(server, method, params, remaining, progress, session, trace)
         via = self._next_hop(origin, server)
         if via is None:
             raise _NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable"))
         forward: dict[str, Any] = {"origin": origin, "server": server, "method": method, "params": params,
                                    "timeout": remaining, "trace": [*trace, self.node.id]}
+        if session is not None:
+            forward["session"] = session
         if progress is None:
             return await self._request(via, origin, server, forward, remaining)
         # Progress comes back as fed/progress notifications naming our token; they are relayed in
@@ -589,13 +599,18 @@ class Federation:
             raise ForwardError(-32603, f"Malformed result from {origin!r}")
         return result
 
+    def next_hop(self, origin: str, server: str) -> str | None:
+        """The peer a request for ``server`` on ``origin`` goes to next (None: no route)."""
+        return self._next_hop(origin, server)
+
     def _next_hop(self, origin: str, server: str) -> str | None:
         # The table as of the last routing change: recomputing per request would cost O(routes).
         best = self._best.get((origin, server))
         return best[1] if best is not None else None
 
     async def _call_local(self, server: str, method: str, params: dict[str, Any], timeout: float,
-                          progress: ProgressFn | None) -> dict[str, Any]:
+                          progress: ProgressFn | None, session: dict[str, Any] | None = None,
+                          trace: tuple[str, ...] = ()) -> dict[str, Any]:
         from ._upstream import ServerUnavailableError, UpstreamError
 
         upstream = self.upstreams.get(server)
@@ -604,6 +619,17 @@ class Federation:
         if upstream.config.timeout is not None:
             timeout = min(timeout, upstream.config.timeout)
         try:
+            if session is not None:
+                # A legacy client session gets its own connection: its log level, subscriptions and
+                # the server's messages for it stay its own.
+                try:
+                    own = await self.sessions.upstream_for(server, session, trace, timeout)
+                except trio.TooSlowError:
+                    raise ForwardError(SERVER_UNAVAILABLE, f"Server {server!r} did not open a session in time") \
+                        from None
+                if own is not None:
+                    upstream = own
+                    await self.sessions.apply_level(server, session, upstream)
             return await upstream.call(method, params, timeout=timeout, on_progress=progress)
         except UpstreamError as exc:
             raise ForwardError(exc.code, exc.message, exc.data) from None
@@ -637,8 +663,12 @@ class Federation:
                 with contextlib.suppress(FednodeError):
                     await self.node.notify(context.peer_id, PROGRESS_METHOD,
                                            {"token": token, "progress": value, "total": total, "message": message})
+        session = params.get("session")
+        if session is not None and not (isinstance(session, dict) and isinstance(session.get("id"), str)):
+            raise ForwardError(-32602, "malformed session in fed/forward")
         try:
-            return await self._send(origin, server, method, upstream_params, deadline, tuple(trace), progress)
+            return await self._send(origin, server, method, upstream_params, deadline, tuple(trace), progress,
+                                    session)
         except _NotDelivered as exc:
             raise exc.error from None
 

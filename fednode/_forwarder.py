@@ -23,8 +23,40 @@ MAX_INPUT_ROUNDS = 16
 class FederationForwarder:
     """Adapts the federation to the edge's Forwarder protocol (errors become EdgeErrors)."""
 
-    def __init__(self, federation: Federation) -> None:
+    def __init__(self, federation: Federation, edge: Any = None) -> None:
         self.federation = federation
+        self.edge = edge
+        self._levels: dict[str, str] = {}
+        self._calls: dict[str, list[EdgeCall]] = {}
+        federation.sessions.deliver = self._deliver
+        federation.sessions.ask_local = self._ask
+
+    def _session_id(self, call: EdgeCall) -> str | None:
+        if call.era != "legacy" or call.session_key is None:
+            return None
+        return f"{self.federation.node.id}/{call.session_key}"
+
+    def session_ended(self, key: str) -> None:
+        """The edge's legacy session ``key`` is gone: release what it held across the mesh."""
+        session_id = f"{self.federation.node.id}/{key}"
+        self._levels.pop(session_id, None)
+        used = self.federation.session_used.pop(session_id, set())
+        if used:
+            self.federation.sessions.end(session_id, used)
+
+    async def _deliver(self, session_id: str, method: str, params: dict[str, Any]) -> None:
+        calls = self._calls.get(session_id)
+        if calls:  # a request is in flight: its stream is where the client listens for sure
+            await calls[-1].notify(method, params)
+        elif self.edge is not None:
+            await self.edge.notify_session(session_id.split("/", 1)[1], method, params)
+
+    async def _ask(self, session_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        calls = self._calls.get(session_id)
+        if not calls or not calls[-1].can_ask:
+            raise MCPError(-32603, f"no request of the client's in flight to ask {method} on")
+        with trio.fail_after(self.federation.node.config.mcp.request_timeout):
+            return await calls[-1].ask(method, params)
 
     def list_items(self, kind: str) -> list[dict[str, Any]]:
         return self.federation.list_items(kind)
@@ -33,6 +65,30 @@ class FederationForwarder:
         return self.federation.tool_input_schema(name)
 
     async def forward(self, method: str, params: dict[str, Any], call: EdgeCall) -> dict[str, Any]:
+        session_id = self._session_id(call)
+        if method == "logging/setLevel":
+            # Applied to the session's connection at each server it uses, before its next request there.
+            level = params.get("level")
+            if session_id is not None and isinstance(level, str):
+                self._levels[session_id] = level
+            return {}
+        session: dict[str, Any] | None = None
+        if session_id is not None:
+            session = {"id": session_id, "capabilities": call.client_capabilities or {},
+                       "clientInfo": call.client_info, "logLevel": self._levels.get(session_id)}
+            self._calls.setdefault(session_id, []).append(call)
+        try:
+            return await self._forward(method, params, call, session)
+        finally:
+            if session_id is not None:
+                calls = self._calls.get(session_id, [])
+                if call in calls:
+                    calls.remove(call)
+                if not calls:
+                    self._calls.pop(session_id, None)
+
+    async def _forward(self, method: str, params: dict[str, Any], call: EdgeCall,
+                       session: dict[str, Any] | None) -> dict[str, Any]:
         meta = params.get("_meta")
         wants_progress = isinstance(meta, dict) and meta.get("progressToken") is not None
         progress = call.report_progress if wants_progress else None
@@ -43,7 +99,7 @@ class FederationForwarder:
             meta.setdefault(CLIENT_CAPABILITIES_KEY, call.client_capabilities or {})
             params = {**params, "_meta": meta}
         try:
-            result = await self.federation.execute(method, params, progress=progress)
+            result = await self.federation.execute(method, params, progress=progress, session=session)
             # A 2026-07-28 server asks for input by returning input_required; a legacy client
             # expects to be asked directly. Ask it on its request's stream and retry, as its SDK would.
             delay = 0.05
@@ -67,7 +123,7 @@ class FederationForwarder:
                     delay = min(delay * 2, 0.25)
                 if isinstance(result.get("requestState"), str):
                     retry["requestState"] = result["requestState"]
-                result = await self.federation.execute(method, retry, progress=progress)
+                result = await self.federation.execute(method, retry, progress=progress, session=session)
             raise EdgeError(-32603, f"the server asked for input more than {MAX_INPUT_ROUNDS} times")
         except RequestError as exc:
             raise EdgeError(exc.code, str(exc), exc.data) from None

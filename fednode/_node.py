@@ -58,8 +58,10 @@ class Node:
         self.register_handler("echo", _echo, inline=True)
         self.register_handler("node/info", self._node_info, inline=True)
         self.federation = Federation(self)
-        self.edge = MCPEdge(FederationForwarder(self.federation), name=f"fednode {config.id}", version=__version__,
+        forwarder = FederationForwarder(self.federation)
+        self.edge = MCPEdge(forwarder, name=f"fednode {config.id}", version=__version__,
                             logger=self.log, client_tokens=[t.reveal().decode() for t in config.clients.tokens])
+        forwarder.edge = self.edge
         self.federation.on_catalog_change(self._catalog_changed)
         self.data_port: int | None = None
 
@@ -81,6 +83,11 @@ class Node:
         return urlsplit(self.config.control).path or "/"
 
     # -- peers ------------------------------------------------------------------------------
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The nursery holding the node's tasks (ends when the node stops)."""
+        return self._nursery
 
     @property
     def closing(self) -> bool:
@@ -360,6 +367,7 @@ class Node:
 
     async def _start(self) -> None:
         await self._nursery.start(self.federation.advertiser)
+        await self._nursery.start(self.federation.sessions.relay)
         # Peers first: a configured peer dialing in the moment the listener opens must find its
         # supervisor (and its key) in place, not be refused as an unknown issuer.
         for peer in self.config.peers:

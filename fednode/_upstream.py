@@ -270,6 +270,29 @@ class _Connection:
 # -- the driver ---------------------------------------------------------------------------------
 
 
+#: Server notifications a session connection hands to its client session.
+SESSION_NOTIFICATIONS = frozenset({"notifications/message", "notifications/resources/updated"})
+#: Server-to-client requests a session connection relays to its client session.
+SESSION_REQUESTS = frozenset({"elicitation/create", "sampling/createMessage", "roots/list"})
+
+
+@attrs.define
+class SessionHooks:
+    """What a per-client-session connection needs from its owner.
+
+    Attributes:
+        capabilities: the client's declared capabilities, sent in ``initialize``.
+        client_info: the client's ``clientInfo`` (None: fednode's own).
+        notify: called with each of the server's session notifications (must not block).
+        ask: awaited for each server-to-client request; returns the client's result dict.
+    """
+
+    capabilities: Mapping[str, Any]
+    client_info: Mapping[str, Any] | None
+    notify: Callable[[str, dict[str, Any]], None]
+    ask: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 class UpstreamServer:
     """Keeps one MCP server connected and forwards requests to it.
 
@@ -297,12 +320,16 @@ class UpstreamServer:
     """
 
     def __init__(self, config: ServerConfig, *, backoff: BackoffConfig, on_catalog: Callable[[ServerCatalog], None],
-                 logger: Any = None, jitter: Callable[[float], float] | None = None, server: Any = None) -> None:
+                 logger: Any = None, jitter: Callable[[float], float] | None = None, server: Any = None,
+                 session: SessionHooks | None = None) -> None:
         if server is None and (config.command is None) == (config.url is None):
             raise ValueError(f"server {config.id!r}: give exactly one of command and url")
         if server is not None and (config.command is not None or config.url is not None):
             raise ValueError(f"server {config.id!r}: an in-process server takes neither command nor url")
         self.config = config
+        # A connection held for one client session: legacy era, that client's capabilities, and
+        # the server's notifications and requests handed to the session's hooks.
+        self.session = session
         # An SDK server object (lowlevel Server or MCPServer) run in this process, for embedding.
         self._in_process = server
         self.timeout = config.timeout if config.timeout is not None else DEFAULT_TIMEOUT
@@ -325,6 +352,11 @@ class UpstreamServer:
         self._pid_seen = trio.Event()
 
     # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the server is an SDK object running in this process."""
+        return self._in_process is not None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Supervise the server until cancelled: connect, serve, and restart after backoff when it ends.
@@ -655,6 +687,12 @@ class UpstreamServer:
 
     async def _handshake(self, conn: _Connection) -> None:
         """Find the server's era: ``server/discover`` first, ``initialize`` if it shows itself legacy."""
+        if self.session is not None:
+            try:
+                await self._initialize(conn)
+                return
+            except MCPError as exc:
+                raise _SessionFailed(f"initialize failed with error {exc.code}: {exc.message}"[:300]) from None
         for attempt in range(2):
             try:
                 result = await self._discover(conn)
@@ -703,7 +741,9 @@ class UpstreamServer:
         self.server_info = info
 
     async def _initialize(self, conn: _Connection) -> None:
-        params = {"protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": {}, "clientInfo": dict(CLIENT_INFO)}
+        capabilities = dict(self.session.capabilities) if self.session is not None else {}
+        client_info = dict(self.session.client_info or CLIENT_INFO) if self.session is not None else dict(CLIENT_INFO)
+        params = {"protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": capabilities, "clientInfo": client_info}
         opts: CallOptions = {"request_id": conn.next_id(), "cancel_on_abandon": False, "timeout": self.timeout}
         result = await conn.dispatcher.send_raw_request("initialize", params, opts)
         version = result.get("protocolVersion")
@@ -712,8 +752,8 @@ class UpstreamServer:
         await conn.dispatcher.notify("notifications/initialized", None,
                                      {"headers": {MCP_PROTOCOL_VERSION_HEADER: version}})
         conn.era = version
-        capabilities = result.get("capabilities")
-        conn.capabilities = capabilities if isinstance(capabilities, dict) else {}
+        offered = result.get("capabilities")
+        conn.capabilities = offered if isinstance(offered, dict) else {}
         self.era = version
         self.server_info = dict(result)
 
@@ -850,6 +890,9 @@ class UpstreamServer:
 
     async def _on_notify(self, dctx: DispatchContext[TransportContext], method: str,
                          params: Mapping[str, Any] | None) -> None:
+        if self.session is not None and method in SESSION_NOTIFICATIONS:
+            self.session.notify(method, dict(params or {}))
+            return
         if method == "notifications/message" and params is not None:
             self.log.info("upstream.message", level=str(params.get("level"))[:20],
                           logger=str(params.get("logger"))[:100], data=repr(params.get("data"))[:1000])
@@ -858,9 +901,12 @@ class UpstreamServer:
 
     async def _on_request(self, dctx: DispatchContext[TransportContext], method: str,
                           params: Mapping[str, Any] | None) -> dict[str, Any]:
-        # fednode declares no client capabilities, so it answers only ping.
         if method == "ping":
             return {}
+        if self.session is not None and method in SESSION_REQUESTS:
+            # The server asks the session's client (elicitation, sampling, roots): relay and wait.
+            return await self.session.ask(method, dict(params or {}))
+        # Without a session fednode declares no client capabilities, so it answers only ping.
         raise MCPError(METHOD_NOT_FOUND, f"Method not found: {method}")
 
     # -- state ----------------------------------------------------------------------------------

@@ -52,15 +52,7 @@ PROXY_LIMITS: dict[str, str] = {
 
 # Scenarios fednode does not pass yet: features not built, not proxy limits. Each must still fail
 # (the test says so when one starts passing, so this list only ever shrinks). See README.
-KNOWN_GAPS: dict[str, dict[str, str]] = {
-    "2025-11-25": {
-        "logging-set-level": "logging/setLevel is not implemented at the edge",
-        "tools-call-with-logging": "server log notifications are not relayed to the client",
-        "resources-subscribe": "resource subscriptions are not implemented",
-        "resources-unsubscribe": "resource subscriptions are not implemented",
-    },
-    "2026-07-28": {},
-}
+KNOWN_GAPS: dict[str, dict[str, str]] = {"2025-11-25": {}, "2026-07-28": {}}
 
 # Worst first: the status of a check id that occurs several times in a scenario is its worst one.
 _SEVERITY = {"FAILURE": 0, "WARNING": 1, "SKIPPED": 2, "INFO": 3, "SUCCESS": 4}

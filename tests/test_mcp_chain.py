@@ -159,6 +159,8 @@ class TestProgressAndCancellation:
                 a = nodes["node-a"]
                 await until_listed(a, "fx__slow")
                 async with Client(a.mcp_url, mode="legacy", cache=None) as client:
+                    # The session's own connection to the server opens on first use (a process start).
+                    await client.call_tool("fx__add", {"a": 1, "b": 1})
                     with pytest.raises(MCPError):
                         await client.call_tool("fx__slow", {"seconds": 30, "marker": str(marker)},
                                                read_timeout_seconds=0.5)
@@ -358,3 +360,35 @@ class TestAskingTheClient:
                     sampled = await client.call_tool("conf__test_sampling", {"prompt": "meaning?"})
                     assert sampled.content[0].text == "LLM response: forty-two"  # type: ignore[union-attr]
                 assert asked == ["elicit: Who are you?", "sample"]
+
+
+class TestLegacySessions:
+    """A legacy client session has its own log level and log messages at a server two hops away."""
+
+    async def test_logs_reach_only_their_session(self) -> None:
+        conformance = str(Path(__file__).parent / "mcp_fixtures" / "conformance_server.py")
+        with trio.fail_after(60):
+            async with chain(c=[fednode.ServerConfig(id="conf", command=sys.executable, args=(conformance,))]) as nodes:
+                a, c = nodes["node-a"], nodes["node-c"]
+                await until_listed(a, "conf__test_tool_with_logging")
+                first: list[Any] = []
+                second: list[Any] = []
+
+                async def log_first(params: Any) -> None:
+                    first.append(params)
+
+                async def log_second(params: Any) -> None:
+                    second.append(params)
+
+                async with Client(a.mcp_url, mode="legacy", cache=None, logging_callback=log_first) as one, \
+                        Client(a.mcp_url, mode="legacy", cache=None, logging_callback=log_second) as two:
+                    await one.set_logging_level("debug")
+                    result = await one.call_tool("conf__test_tool_with_logging", {})
+                    assert not result.is_error
+                    assert len(first) == 3 and second == []  # the other session hears nothing
+                    await two.call_tool("conf__test_simple_text", {})
+                    assert second == []
+                    assert len(c.federation.sessions._held) == 2  # one connection per client session
+                with trio.fail_after(10):  # and they close with the client sessions
+                    while c.federation.sessions._held:
+                        await trio.sleep(0.05)
