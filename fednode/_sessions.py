@@ -63,6 +63,7 @@ class Sessions:
         self.deliver: Deliver | None = None
         self.ask_local: Ask | None = None
         self._held: dict[tuple[str, str], _Held] = {}
+        self._opening: dict[tuple[str, str], trio.Event] = {}
         self._relay_send, self._relay_recv = trio.open_memory_channel[tuple[str, dict[str, Any]]](_RELAY_BUFFER)
         self.node.register_notification_handler(SESSION_EVENT, self._on_event, inline=True)
         self.node.register_handler(SESSION_REQUEST, self._on_request)
@@ -80,9 +81,14 @@ class Sessions:
         if shared is None or shared.in_process or not isinstance(session_id, str):
             return None
         key = (server_id, session_id)
+        opening = self._opening.get(key)
+        if opening is not None:  # the session's first requests arrive together: open one connection
+            with trio.fail_after(timeout):
+                await opening.wait()
         held = self._held.get(key)
         if held is not None and not held.finished.is_set():
             held.path, held.last_used = trace, trio.current_time()
+            await held.upstream.wait_ready(timeout)
             return held.upstream
         if len(self._held) >= MAX_SESSION_UPSTREAMS:
             oldest = min(self._held, key=lambda k: self._held[k].last_used)
@@ -97,8 +103,13 @@ class Sessions:
         held = _Held(upstream=upstream, scope=trio.CancelScope(), finished=trio.Event(), path=trace,
                      last_used=trio.current_time())
         self._held[key] = held
-        await self.node.nursery.start(self._run, key, held)
-        await upstream.wait_ready(timeout)
+        self._opening[key] = opened = trio.Event()
+        try:
+            await self.node.nursery.start(self._run, key, held)
+            await upstream.wait_ready(timeout)
+        finally:
+            del self._opening[key]
+            opened.set()
         self.log.info("session.opened", server=server_id, session=session_id)
         return upstream
 
