@@ -36,6 +36,7 @@ from ._errors import (
     UnknownPeerError,
 )
 from ._link import RequestContext
+from ._parking import token_origin
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -66,6 +67,8 @@ MAX_TASKS = 10_000  # tasks remembered for routing tasks/*; the oldest are forgo
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
 CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+MODERN_ERA = "2026-07-28"
 MISSING_CAPABILITY = -32021
 
 
@@ -174,9 +177,11 @@ class Federation:
         node.register_notification_handler(ROUTES_METHOD, self._on_routes, inline=True)
         node.register_handler(FORWARD_METHOD, self._on_forward)
         node.register_notification_handler(PROGRESS_METHOD, self._on_progress, inline=True)
+        from ._parking import Parking
         from ._sessions import Sessions
 
         self.sessions = Sessions(self)
+        self.parking = Parking(node)
         #: per local client session: the (origin, server) pairs its requests went to
         self.session_used: dict[str, set[tuple[str, str]]] = {}
         self._progress_routes: dict[str, trio.MemorySendChannel[tuple[float, float | None, str | None]]] = {}
@@ -503,6 +508,9 @@ class Federation:
         else:
             entry, upstream_params = self.resolve(method, params)
             server, origins = entry.server, entry.origins
+            parked_at = token_origin(params.get("requestState"))
+            if parked_at in origins:
+                origins = (parked_at,)  # a retry answering a parked call goes where the call waits
         deadline = trio.current_time() + (timeout or self.node.config.mcp.request_timeout)
         last: ForwardError | None = None
         for origin in origins:
@@ -630,6 +638,12 @@ class Federation:
                 if own is not None:
                     upstream = own
                     await self.sessions.apply_level(server, session, upstream)
+            meta = params.get("_meta")
+            client_era = meta.get(PROTOCOL_VERSION_KEY) if isinstance(meta, dict) else None
+            if (session is None and client_era == MODERN_ERA and upstream.era != MODERN_ERA
+                    and method in ("tools/call", "prompts/get", "resources/read")):
+                # A legacy server may ask this stateless client questions: park the call (see _parking).
+                return await self.parking.call(server, upstream, method, params, timeout, progress)
             return await upstream.call(method, params, timeout=timeout, on_progress=progress)
         except UpstreamError as exc:
             raise ForwardError(exc.code, exc.message, exc.data) from None

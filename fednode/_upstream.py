@@ -332,6 +332,7 @@ class UpstreamServer:
         self.session = session
         # An SDK server object (lowlevel Server or MCPServer) run in this process, for embedding.
         self._in_process = server
+        self._in_flight: dict[Any, Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]] | None] = {}
         self.timeout = config.timeout if config.timeout is not None else DEFAULT_TIMEOUT
         self.state = STOPPED
         self.era: str | None = None
@@ -411,7 +412,9 @@ class UpstreamServer:
                 await self._state_changed.wait()
 
     async def call(self, method: str, params: dict[str, Any] | None, *, timeout: float | None = None,
-                   on_progress: ProgressCallback | None = None) -> dict[str, Any]:
+                   on_progress: ProgressCallback | None = None,
+                   on_question: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None,
+                   ) -> dict[str, Any]:
         """Forward one request and return the server's raw result dict, exactly as it was sent.
 
         ``params`` are forwarded as given, except ``_meta``: a ``progressToken`` is replaced by
@@ -441,6 +444,9 @@ class UpstreamServer:
         opts: CallOptions = {"request_id": request_id}
         if conn.http:
             opts["headers"] = conn.headers_for(method, out)
+        # Questions the server asks (a legacy server sends them as requests on the connection)
+        # can be matched to this call only while it is the one call in flight; see _on_request.
+        self._in_flight[request_id] = on_question
         try:
             # Our own deadline rather than the dispatcher's: its timeout error has the same code
             # (-32001) as a server's own error, which must pass through unchanged.
@@ -458,6 +464,8 @@ class UpstreamServer:
                 assert isinstance(leaf, MCPError)
                 raise self._translate(conn, leaf) from None
             raise
+        finally:
+            del self._in_flight[request_id]
         raise UpstreamTimeoutError(self.config.id, method, limit)
 
     # -- forwarding ---------------------------------------------------------------------------
@@ -741,7 +749,10 @@ class UpstreamServer:
         self.server_info = info
 
     async def _initialize(self, conn: _Connection) -> None:
-        capabilities = dict(self.session.capabilities) if self.session is not None else {}
+        # Without a session (shared by stateless 2026-07-28 clients) fednode can still relay a
+        # legacy server's questions to the one call in flight (see _parking): say so.
+        capabilities = (dict(self.session.capabilities) if self.session is not None
+                        else {"elicitation": {}, "sampling": {}})
         client_info = dict(self.session.client_info or CLIENT_INFO) if self.session is not None else dict(CLIENT_INFO)
         params = {"protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": capabilities, "clientInfo": client_info}
         opts: CallOptions = {"request_id": conn.next_id(), "cancel_on_abandon": False, "timeout": self.timeout}
@@ -906,7 +917,11 @@ class UpstreamServer:
         if self.session is not None and method in SESSION_REQUESTS:
             # The server asks the session's client (elicitation, sampling, roots): relay and wait.
             return await self.session.ask(method, dict(params or {}))
-        # Without a session fednode declares no client capabilities, so it answers only ping.
+        if method in SESSION_REQUESTS and len(self._in_flight) == 1:
+            ask = next(iter(self._in_flight.values()))
+            if ask is not None:
+                return await ask(method, dict(params or {}))
+        # Otherwise fednode cannot tell whose question it is: it declares no client capabilities.
         raise MCPError(METHOD_NOT_FOUND, f"Method not found: {method}")
 
     # -- state ----------------------------------------------------------------------------------

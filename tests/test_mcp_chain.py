@@ -393,3 +393,33 @@ class TestLegacySessions:
                 with trio.fail_after(10):  # and they close with the client sessions
                     while c.federation.sessions._held:
                         await trio.sleep(0.05)
+
+
+class TestParkedCalls:
+    """A 2026-07-28 client answers a legacy-only server's question: the call is parked across rounds."""
+
+    async def test_modern_client_answers_a_legacy_server(self) -> None:
+        import mcp_types
+
+        asked: list[str] = []
+
+        async def on_elicit(context: Any, params: Any) -> Any:
+            asked.append(params.message)
+            return mcp_types.ElicitResult(action="accept", content={"answer": "forty-two"})
+
+        with trio.fail_after(60):
+            async with chain(c=[fixture_server("old", "--legacy-only")]) as nodes:
+                a, c = nodes["node-a"], nodes["node-c"]
+                await until_listed(a, "old__ask")
+                assert c.servers()["old"].era != "2026-07-28"
+                async with Client(a.mcp_url, mode="2026-07-28", cache=None, elicitation_callback=on_elicit) as client:
+                    result = await client.call_tool("old__ask", {"question": "The answer?"})
+                    assert result.content[0].text == 'accept: {"answer": "forty-two"}'  # type: ignore[union-attr]
+                    # A client that cannot answer gets a clear error, and nothing stays parked.
+                async with Client(a.mcp_url, mode="2026-07-28", cache=None) as mute:
+                    with pytest.raises(MCPError, match="did not declare the elicitation capability"):
+                        await mute.call_tool("old__ask", {"question": "Anyone?"})
+                assert asked == ["The answer?"]
+                with trio.fail_after(5):
+                    while c.federation.parking._parked:
+                        await trio.sleep(0.02)

@@ -34,7 +34,7 @@ from fednode._upstream import (
 FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")
 FAST_BACKOFF = BackoffConfig(initial=0.05, max=0.5, multiplier=2.0, reset_after=10.0)
 ERAS = pytest.mark.parametrize("legacy", [False, True], ids=["modern", "legacy"])
-FIXTURE_TOOLS = ["add", "echo", "fail", "slow", "progress", "grow", "pid", "meta"]
+FIXTURE_TOOLS = ["add", "echo", "fail", "slow", "progress", "grow", "pid", "meta", "ask"]
 
 
 def fixture_args(*extra: str, legacy: bool = False) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ Options that make it misbehave on purpose:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -48,7 +49,7 @@ from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.stdio import stdio_server
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp.shared.exceptions import MCPError
-from mcp.shared.message import SessionMessage
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 Ctx = ServerRequestContext[Any]
@@ -83,6 +84,8 @@ class Fixture:
             _tool("grow", "Register a new tool and announce it.", {}),
             _tool("pid", "This server's process id.", {}),
             _tool("meta", "The _meta keys of this request, and its progress token.", {}),
+            _tool("ask", "Ask the client a question (elicitation, as a legacy server does).",
+                  {"question": {"type": "string"}}, ["question"]),
         ]
         self.tools += [_tool(f"extra_{i}", f"Extra tool {i}.", {}) for i in range(many)]
         self.grown = 0
@@ -121,6 +124,15 @@ class Fixture:
                 return types.CallToolResult(content=_text(str(total)), structured_content={"result": total})
             case "echo":
                 return types.CallToolResult(content=_text(str(args["text"])), _meta={"fixture/echoed": True})
+            case "ask":
+                # The legacy way: a request to the client in the middle of the call.
+                request = types.ElicitRequest.model_validate({"method": "elicitation/create", "params": {
+                    "message": str(args["question"]),
+                    "requestedSchema": {"type": "object", "properties": {"answer": {"type": "string"}}}}},
+                    by_name=False)
+                answer = await ctx.session.send_request(
+                    request, types.ElicitResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id))
+                return types.CallToolResult(content=_text(f"{answer.action}: {json.dumps(answer.content)}"))
             case "fail":
                 return types.CallToolResult(content=_text("it failed"), is_error=True)
             case "slow":

@@ -1,0 +1,153 @@
+"""Bridging a 2026-07-28 client to a server that only speaks the legacy era, when the server asks.
+
+A legacy server asks its client for input with a request in the middle of a call; a 2026-07-28
+client can only be asked with an ``input_required`` result and answers by retrying the call. So the
+owning node parks the upstream call: it keeps running in the node's nursery, the server's question
+goes back as ``input_required`` with a sealed, expiring ``requestState`` naming the parked call, and
+the retry's ``inputResponses`` answer the waiting question. Tokens are HMAC-sealed with a key that
+never leaves the node, so a client can neither forge nor reuse another's.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import trio
+from mcp.shared.exceptions import MCPError
+
+from ._errors import FednodeError
+
+if TYPE_CHECKING:
+    from ._federation import ProgressFn
+    from ._node import Node
+    from ._upstream import UpstreamServer
+
+TOKEN_PREFIX = "fednode1."
+QUESTION_KEY = "fednode-question"
+CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+MAX_PARKED = 256
+
+
+def token_origin(token: object) -> str | None:
+    """The node a fednode request state belongs to (unverified: only routing uses it)."""
+    if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX):
+        return None
+    try:
+        body = json.loads(base64.urlsafe_b64decode(token[len(TOKEN_PREFIX):].split(".", 1)[0] + "=="))
+    except ValueError:
+        return None
+    origin = body.get("origin") if isinstance(body, dict) else None
+    return origin if isinstance(origin, str) else None
+
+
+_CAPABILITY = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}
+
+
+class _Parked:
+    def __init__(self, park_id: str, deadline: float, declared: dict[str, Any]) -> None:
+        self.id = park_id
+        self.deadline = deadline
+        self.declared = declared
+        self.outcomes_send, self.outcomes = trio.open_memory_channel[tuple[str, Any]](1)
+        self.answer: trio.MemorySendChannel[dict[str, Any]] | None = None
+        self.scope = trio.CancelScope(deadline=deadline)
+
+    async def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if _CAPABILITY.get(method) not in self.declared:
+            raise MCPError(-32601, f"the client did not declare the {_CAPABILITY.get(method)} capability")
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self.answer = send
+        await self.outcomes_send.send(("question", {"method": method, "params": params}))
+        async with receive:
+            return await receive.receive()
+
+
+class Parking:
+    """Parked upstream calls of one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._key = secrets.token_bytes(32)
+        self._parked: dict[str, _Parked] = {}
+
+    def _seal(self, server: str, park_id: str, expires: float) -> str:
+        body = base64.urlsafe_b64encode(json.dumps(
+            {"origin": self.node.id, "server": server, "id": park_id, "exp": expires}).encode()).decode().rstrip("=")
+        mac = hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
+        return f"{TOKEN_PREFIX}{body}.{mac}"
+
+    def _open(self, token: str, server: str) -> _Parked:
+        from ._federation import ForwardError
+
+        body, _, mac = token[len(TOKEN_PREFIX):].partition(".")
+        good = hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(mac, good):
+            raise ForwardError(-32602, "invalid requestState")
+        fields = json.loads(base64.urlsafe_b64decode(body + "=="))
+        parked = self._parked.get(fields.get("id"))
+        if parked is None or fields.get("server") != server or trio.current_time() > fields.get("exp", 0):
+            raise ForwardError(-32602, "requestState has expired or is unknown")
+        return parked
+
+    async def call(self, server: str, upstream: UpstreamServer, method: str, params: dict[str, Any],
+                   timeout: float, progress: ProgressFn | None) -> dict[str, Any]:
+        """Run (or continue) a call whose server may ask questions; returns a result or input_required."""
+        from ._federation import ForwardError
+
+        state = params.get("requestState")
+        if isinstance(state, str) and state.startswith(TOKEN_PREFIX):
+            parked = self._open(state, server)
+            responses = params.get("inputResponses")
+            answer = responses.get(QUESTION_KEY) if isinstance(responses, dict) else None
+            if not isinstance(answer, dict) or parked.answer is None:
+                raise ForwardError(-32602, f"inputResponses must answer {QUESTION_KEY!r}")
+            sender, parked.answer = parked.answer, None
+            sender.send_nowait(answer)
+            return await self._next(server, parked)
+        if len(self._parked) >= MAX_PARKED:
+            raise ForwardError(-32004, "too many requests waiting for input on this node; retry later")
+        meta = params.get("_meta")
+        declared = meta.get(CLIENT_CAPABILITIES_KEY) if isinstance(meta, dict) else None
+        parked = _Parked(uuid.uuid4().hex, trio.current_time() + timeout,
+                         declared if isinstance(declared, dict) else {})
+        self._parked[parked.id] = parked
+        upstream_params = {k: v for k, v in params.items() if k not in ("requestState", "inputResponses")}
+        await self.node.nursery.start(self._run, parked, upstream, method, upstream_params, progress)
+        return await self._next(server, parked)
+
+    async def _run(self, parked: _Parked, upstream: UpstreamServer, method: str, params: dict[str, Any],
+                   progress: ProgressFn | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                   ) -> None:
+        task_status.started()
+        try:
+            with parked.scope:
+                try:
+                    result = await upstream.call(method, params, timeout=parked.deadline - trio.current_time(),
+                                                 on_progress=progress, on_question=parked.ask)
+                    outcome: tuple[str, Any] = ("result", result)
+                except FednodeError as exc:
+                    outcome = ("error", exc)
+                await parked.outcomes_send.send(outcome)
+        finally:
+            self._parked.pop(parked.id, None)
+
+    async def _next(self, server: str, parked: _Parked) -> dict[str, Any]:
+        from ._federation import DEADLINE_EXCEEDED, ForwardError
+
+        with trio.move_on_at(parked.deadline) as scope:
+            kind, value = await parked.outcomes.receive()
+        if scope.cancelled_caught:
+            parked.scope.cancel()
+            raise ForwardError(DEADLINE_EXCEEDED, "deadline exceeded while the server worked or waited for input")
+        if kind == "result":
+            return value  # type: ignore[no-any-return]
+        if kind == "error":
+            raise value
+        return {"resultType": "input_required", "inputRequests": {QUESTION_KEY: value},
+                "requestState": self._seal(server, parked.id, parked.deadline)}
