@@ -70,12 +70,7 @@ class Node:
     @property
     def control_url(self) -> str:
         """The control URL peers dial, with the real port when the config asked for port 0."""
-        parts = urlsplit(self.config.control)
-        if self._listener.port is None:
-            return self.config.control
-        host = parts.hostname or "127.0.0.1"
-        host = f"[{host}]" if ":" in host else host
-        return urlunsplit((parts.scheme, f"{host}:{self._listener.port}", parts.path, "", ""))
+        return _with_port(self.config.control, self._listener.port)
 
     @property
     def control_path(self) -> str:
@@ -217,6 +212,7 @@ class Node:
         if config.id in self._servers:
             await self.remove_server(config.id)
         upstream = UpstreamServer(config, backoff=self.config.backoff, logger=self.log, server=server,
+                                  jitter=self._jitter,
                                   on_catalog=functools.partial(self.federation.set_local_catalog, config.id))
         scope, finished = trio.CancelScope(), trio.Event()
         self._servers[config.id] = (upstream, scope, finished)
@@ -349,12 +345,8 @@ class Node:
     @property
     def data_url(self) -> str:
         """The data URL (MCP clients at ``{data_url}/mcp``), with the real port once serving."""
-        parts = urlsplit(self.config.data)
-        if self.data_port is None:
-            return self.config.data
-        host = parts.hostname or "127.0.0.1"
-        host = f"[{host}]" if ":" in host else host
-        return urlunsplit((parts.scheme, f"{host}:{self.data_port}", "", "", ""))
+        # The edge serves /mcp and /healthz at the root whatever path the configured URL has.
+        return _with_port(self.config.data, self.data_port, keep_path=False)
 
     @property
     def mcp_url(self) -> str:
@@ -397,6 +389,16 @@ class Node:
                             closers.start_soon(supervisor.stop_link, CLOSE_NORMAL, "node shutting down")
                 self._nursery.cancel_scope.cancel()
                 self.log.info("node.stopped", seconds=round(trio.current_time() - started, 3))
+
+
+def _with_port(url: str, port: int | None, *, keep_path: bool = True) -> str:
+    """``url`` with the port actually bound (the configured one may be 0); unchanged before binding."""
+    if port is None:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit((parts.scheme, f"{host}:{port}", parts.path if keep_path else "", "", ""))
 
 
 def _echo(params: Any, context: RequestContext) -> Any:

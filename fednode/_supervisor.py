@@ -46,6 +46,7 @@ class PeerStatus:
     reconnects: int
     last_error: str | None
     control: str | None
+    last_seen: float | None = None  #: trio clock time of the last frame received on the live link
 
 
 class PeerSupervisor:
@@ -84,6 +85,7 @@ class PeerSupervisor:
             reconnects=max(0, self.links_up - 1),
             last_error=self.last_error,
             control=self.peer.control,
+            last_seen=link.last_seen if link is not None else None,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -33,10 +33,13 @@ def notes_server() -> fednode.ServerConfig:
 
 
 @asynccontextmanager
-async def chain(**servers: list[fednode.ServerConfig]) -> AsyncIterator[dict[str, fednode.Node]]:
+async def chain(backoff: dict[str, Any] | None = None, jitter: Any = None,
+                **servers: list[fednode.ServerConfig]) -> AsyncIterator[dict[str, fednode.Node]]:
     """Nodes node-a - node-b - node-c; ``servers["b"]`` are attached at node-b, and so on."""
+    sections = {"backoff": backoff} if backoff else {}
     async with AsyncExitStack() as stack:
-        nodes = {i: await stack.enter_async_context(fednode.open_node(node_config(f"node-{i}"))) for i in "abc"}
+        nodes = {i: await stack.enter_async_context(fednode.open_node(node_config(f"node-{i}", **sections),
+                                                                      jitter=jitter)) for i in "abc"}
         for left, right in (("a", "b"), ("b", "c")):
             await nodes[right].register_peer(fednode.PeerConfig(id=f"node-{left}"), wait=False)
             await nodes[left].register_peer(fednode.PeerConfig(id=f"node-{right}", control=nodes[right].control_url))
@@ -174,22 +177,27 @@ class TestFaults:
     """Servers and nodes that die are noticed fast, reported clearly, and come back."""
 
     async def test_killed_server_fails_fast_and_restarts(self) -> None:
+        # A fixed 1 s restart delay (no jitter), so the server is surely down when the call arrives.
         with trio.fail_after(60):
-            async with chain(c=[fixture_server()]) as nodes:
+            async with chain(c=[fixture_server()], backoff={"initial": "1s", "max": "1s"},
+                             jitter=lambda cap: cap) as nodes:
                 a, c = nodes["node-a"], nodes["node-c"]
                 await until_listed(a, "fx__add")
                 upstream = c.servers()["fx"]
                 pid = upstream.pid
                 assert pid is not None
-                os.kill(pid, signal.SIGKILL)
-                async with Client(a.mcp_url, mode="legacy", cache=None) as client:
+                # 2026-07-28 clients share the server's main connection (legacy sessions get their own).
+                async with Client(a.mcp_url, mode="2026-07-28", cache=None) as client:
+                    os.kill(pid, signal.SIGKILL)
+                    with trio.fail_after(5):
+                        while upstream.state == "up":
+                            await trio.sleep(0.01)
                     start = trio.current_time()
-                    try:
+                    with pytest.raises(MCPError) as info:
                         await client.call_tool("fx__add", {"a": 1, "b": 1})
-                    except MCPError as exc:
-                        assert exc.error.code == -32051 and "down" in exc.error.message
-                        assert trio.current_time() - start < 2
-                    # The server restarts (backoff) and works again.
+                    assert info.value.error.code == -32051 and "down" in info.value.error.message
+                    assert trio.current_time() - start < 1
+                    # The server restarts after the backoff and works again.
                     with trio.fail_after(20):
                         while upstream.state != "up" or upstream.pid == pid:
                             await trio.sleep(0.05)

@@ -33,6 +33,7 @@ class TestConnect:
                         assert await node.request(other, "echo", [node_id, other], timeout=5) == [node_id, other]
                     for status in node.peer_states().values():
                         assert status.state is fednode.PeerState.UP and status.rtt is not None
+                        assert status.last_seen is not None and status.last_seen <= trio.current_time()
 
     async def test_configured_peers_connect_from_config(self) -> None:
         """Peers listed in the configuration are dialed at start-up; dial-in-only peers are accepted."""
