@@ -35,7 +35,7 @@ from ._errors import (
     RequestTimeoutError,
     UnknownPeerError,
 )
-from ._link import RequestContext
+from ._link import Link, RequestContext, Transit
 from ._parking import token_origin
 
 if TYPE_CHECKING:
@@ -176,6 +176,7 @@ class Federation:
         self._listeners: list[Callable[[set[str]], None]] = []
         node.register_notification_handler(ROUTES_METHOD, self._on_routes, inline=True)
         node.register_handler(FORWARD_METHOD, self._on_forward)
+        node.handlers.transit[FORWARD_METHOD] = self._transit
         node.register_notification_handler(PROGRESS_METHOD, self._on_progress, inline=True)
         from ._parking import Parking
         from ._sessions import Sessions
@@ -185,6 +186,8 @@ class Federation:
         #: per local client session: the (origin, server) pairs its requests went to
         self.session_used: dict[str, set[tuple[str, str]]] = {}
         self._progress_routes: dict[str, trio.MemorySendChannel[tuple[float, float | None, str | None]]] = {}
+        #: progress tokens of requests passed on by this node -> the link their notifications go back on
+        self._progress_relays: dict[str, Link] = {}
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -579,7 +582,12 @@ class Federation:
     def _on_progress(self, params: Any, context: RequestContext) -> None:
         if not isinstance(params, dict):
             return
-        route = self._progress_routes.get(params.get("token"))  # type: ignore[arg-type]
+        token = params.get("token")
+        relay = self._progress_relays.get(token)  # type: ignore[arg-type]
+        if relay is not None:  # a request passed on by this node: the notification goes back as is
+            relay.forward_notification(PROGRESS_METHOD, params)
+            return
+        route = self._progress_routes.get(token)  # type: ignore[arg-type]
         value, total, message = params.get("progress"), params.get("total"), params.get("message")
         if route is None or not isinstance(value, int | float) or isinstance(value, bool):
             return
@@ -653,7 +661,14 @@ class Federation:
             code = DEADLINE_EXCEEDED if "timeout" in type(exc).__name__.lower() else SERVER_UNAVAILABLE
             raise ForwardError(code, f"Server {server!r}: {exc}") from None
 
-    async def _on_forward(self, params: Any, context: RequestContext) -> Any:
+    def _check_forward(self, params: Any, peer_id: str) -> tuple[str, str, str, dict[str, Any], float, list[str]]:
+        """Validate a fed/forward request from ``peer_id``: its fields, loops and this node's policy.
+
+        Returns ``(origin, server, method, params, timeout, trace)``.
+
+        Raises:
+            ForwardError: malformed (-32602), a forwarding loop, or a server not offered to the peer.
+        """
         if not isinstance(params, dict):
             raise ForwardError(-32602, "fed/forward params must be an object")
         origin, server, method = params.get("origin"), params.get("server"), params.get("method")
@@ -666,10 +681,51 @@ class Federation:
             raise ForwardError(FORWARDING_LOOP, f"Forwarding loop through {self.node.id!r}")
         # Policy is enforced here, not only by what is advertised: a peer may only reach what this
         # node offers it (export, transit), whatever it asks for.
-        if self._advertised_path(context.peer_id, (origin, server)) is None:
-            self.log.warning("forward.refused", peer=context.peer_id, origin=origin, server=server)
-            raise ForwardError(UNKNOWN_NAME, f"Server {server!r} on {origin!r} is not offered to {context.peer_id!r}")
-        deadline = trio.current_time() + min(float(timeout), self.node.config.mcp.request_timeout * 10)
+        if self._advertised_path(peer_id, (origin, server)) is None:
+            self.log.warning("forward.refused", peer=peer_id, origin=origin, server=server)
+            raise ForwardError(UNKNOWN_NAME, f"Server {server!r} on {origin!r} is not offered to {peer_id!r}")
+        session = params.get("session")
+        if session is not None and not (isinstance(session, dict) and isinstance(session.get("id"), str)):
+            raise ForwardError(-32602, "malformed session in fed/forward")
+        timeout = min(float(timeout), self.node.config.mcp.request_timeout * 10)
+        return origin, server, method, upstream_params, timeout, trace
+
+    def _transit(self, params: Any, context: RequestContext, inbound: Link) -> Transit | None:
+        """Pass a fed/forward for a server on another node straight on to the next hop (run by the reader).
+
+        Returns None for this node's own servers (served by :meth:`_on_forward` in a task).
+        """
+        origin, server, _method, _params, timeout, trace = self._check_forward(params, context.peer_id)
+        if origin == self.node.id:
+            return None
+        via = self._next_hop(origin, server)
+        supervisor = self.node.supervisor(via) if via is not None else None
+        onward = supervisor.link if supervisor is not None else None
+        if onward is None or not onward.is_up:
+            raise ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable")
+        token = params.get("progress")
+        done: Callable[[], None] | None = None
+        if isinstance(token, str):
+            if token in self._progress_relays or token in self._progress_routes:
+                return None  # a reused token: the task path mints a fresh one
+            self._progress_relays[token] = inbound
+
+            def done() -> None:
+                del self._progress_relays[token]
+
+        def error(why: str) -> tuple[int, str]:
+            if why == "timeout":
+                return DEADLINE_EXCEEDED, f"Deadline exceeded waiting for {server!r} on {origin!r}"
+            if why.startswith("lost: "):
+                return NODE_UNREACHABLE, f"Link to {via!r} lost while forwarding to {origin!r}: {why[6:]}"
+            return -32603, f"Cannot forward to {origin!r}: {why}"
+
+        return Transit(onward=onward, params={**params, "timeout": timeout, "trace": [*trace, self.node.id]},
+                       timeout=timeout, error=error, done=done)
+
+    async def _on_forward(self, params: Any, context: RequestContext) -> Any:
+        origin, server, method, upstream_params, timeout, trace = self._check_forward(params, context.peer_id)
+        deadline = trio.current_time() + timeout
         token = params.get("progress")
         progress: ProgressFn | None = None
         if isinstance(token, str):
@@ -677,12 +733,9 @@ class Federation:
                 with contextlib.suppress(FednodeError):
                     await self.node.notify(context.peer_id, PROGRESS_METHOD,
                                            {"token": token, "progress": value, "total": total, "message": message})
-        session = params.get("session")
-        if session is not None and not (isinstance(session, dict) and isinstance(session.get("id"), str)):
-            raise ForwardError(-32602, "malformed session in fed/forward")
         try:
             return await self._send(origin, server, method, upstream_params, deadline, tuple(trace), progress,
-                                    session)
+                                    params.get("session"))
         except _NotDelivered as exc:
             raise exc.error from None
 

@@ -42,9 +42,11 @@ CLOSE_POLICY = 1008
 CLOSE_DUPLICATE = 4001
 CLOSE_HEARTBEAT = 4002
 
-# Control frames (pongs, cancels, protocol-error replies) queue here so the reader never blocks on
-# a send; when the queue is full the frame is dropped, which is safe for each of them (the next
-# ping gets its pong; a dropped cancel only means the peer finishes work nobody waits for).
+# Frames the reader must not wait to send go through the link's send queue: control frames
+# (pongs, cancels, protocol-error replies), which are dropped while more than _CONTROL_QUEUE frames
+# wait (safe for each of them: the next ping gets its pong; a dropped cancel only means the peer
+# finishes work nobody waits for), and relayed requests and answers (see Transit), which are never
+# dropped: their number is bounded by the links' max_inflight.
 _CONTROL_QUEUE = 64
 
 
@@ -69,16 +71,51 @@ InlineHandler = Callable[[Any, RequestContext], Any]
 NotificationHandler = Callable[[Any, RequestContext], Awaitable[None]]
 
 
+@attrs.define(eq=False)
+class Transit:
+    """A request passed on to another link by the links themselves, without a task.
+
+    A transit handler (see :class:`Handlers`) returns one to say where a request goes next and
+    with which params and timeout; the inbound link's reader sends it on through ``onward``'s send
+    queue, and ``onward``'s reader sends the answer (or error) back under the original id. Cancel
+    frames follow the request; its deadline is kept by ``onward``'s deadline task.
+
+    Attributes:
+        onward: the link the request continues on.
+        params: the params sent onward.
+        timeout: seconds the onward request may take.
+        error: ``error(why)`` gives the ``(code, message)`` answered when the request fails here:
+            ``why`` is ``"timeout"`` or ``"lost: <reason>"`` (the onward link ended first), or
+            ``"too large: <detail>"`` (the onward frame would exceed ``max_message_size``).
+        done: called once when the request is over, however it ended.
+    """
+
+    onward: Link
+    params: Any
+    timeout: float
+    error: Callable[[str], tuple[int, str]]
+    done: Callable[[], None] | None = None
+    inbound: Link | None = None
+    inbound_id: int = 0
+    onward_id: int = 0
+
+
+TransitHandler = Callable[[Any, RequestContext, "Link"], Transit | None]
+
+
 @attrs.define
 class Handlers:
     """The node's method table, shared by all its links.
 
     ``inline`` handlers are plain functions run by the link's reader itself, saving a task per
-    request; they must return at once (no I/O, no waiting). Everything else runs in its own task.
+    request; they must return at once (no I/O, no waiting). A ``transit`` handler, also run by the
+    reader, returns a :class:`Transit` to pass the request on to another link, or None to have it
+    served by ``requests[method]`` after all. Everything else runs in its own task.
     """
 
     requests: dict[str, RequestHandler] = attrs.field(factory=dict)
     inline: dict[str, InlineHandler] = attrs.field(factory=dict)
+    transit: dict[str, TransitHandler] = attrs.field(factory=dict)
     notifications: dict[str, NotificationHandler] = attrs.field(factory=dict)
     inline_notifications: dict[str, Callable[[Any, RequestContext], None]] = attrs.field(factory=dict)
 
@@ -127,6 +164,8 @@ class Link:
         self._sweep_at = math.inf
         self._sweep_wake = trio.Event()
         self._serving: dict[int, trio.CancelScope] = {}
+        self._transits_in: dict[int, Transit] = {}  # requests from this peer passed on, by its ids
+        self._transits_out: dict[int, Transit] = {}  # requests passed on to this peer, by our ids
         self._notifying = 0
         self._next_id = 1
         self._protocol_errors = 0
@@ -134,7 +173,9 @@ class Link:
         self._ping_seq = 0
         self._ping_sent_at = 0.0
         self._last_pong = self.started_at
-        self._control_send, self._control_recv = trio.open_memory_channel[wire.Message](_CONTROL_QUEUE)
+        # Unbounded as a channel; bounded by what is put in (see _CONTROL_QUEUE).
+        self._queue_send, self._queue_recv = trio.open_memory_channel[tuple[wire.Message, Transit | None]](math.inf)
+        self._queued = 0
         self.log = (logger or log).bind(peer=peer_id, direction=direction.value)
         self._on_end = on_end
 
@@ -160,7 +201,7 @@ class Link:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 nursery.start_soon(self._reader)
-                nursery.start_soon(self._control_sender)
+                nursery.start_soon(self._sender)
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._watchdog)
                 nursery.start_soon(self._deadline_keeper)
@@ -210,6 +251,11 @@ class Link:
             if not pending.done.is_set():
                 pending.error = LinkClosedError(self.peer_id, error_text)
                 pending.done.set()
+        for transit in list(self._transits_out.values()):  # passed on to this peer: answer the asker
+            _fail_transit(transit, f"lost: {self.end_reason}")
+        for transit in list(self._transits_in.values()):  # from this peer: nobody waits any more
+            transit.onward._send_control(wire.Cancel(id=transit.onward_id))
+            _finish_transit(transit)
         if self._scope is not None:
             self._scope.cancel()
 
@@ -236,15 +282,54 @@ class Link:
             raise LinkClosedError(self.peer_id, f"link to {self.peer_id!r} closed ({self.end_reason})") from None
 
     def _send_control(self, message: wire.Message) -> None:
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            self._control_send.send_nowait(message)
+        """Queue a frame that may be lost (dropped while the queue is long)."""
+        if self._queued < _CONTROL_QUEUE:
+            self._enqueue(message, None)
 
-    async def _control_sender(self) -> None:
-        async for message in self._control_recv:
-            try:
-                await self.send(message)
-            except LinkClosedError:
+    def forward_notification(self, method: str, params: Any) -> None:
+        """Queue a notification for this peer without waiting (dropped while the queue is long)."""
+        self._send_control(wire.Notification(method=method, params=params))
+
+    def _enqueue(self, message: wire.Message, transit: Transit | None) -> None:
+        if self.end_reason is None:
+            self._queued += 1
+            self._queue_send.send_nowait((message, transit))  # unbounded channel: never blocks
+
+    async def _sender(self) -> None:
+        async for message, transit in self._queue_recv:
+            self._queued -= 1
+            if not await self._send_frame(message, transit):
                 return
+
+    async def _send_frame(self, message: wire.Message, transit: Transit | None) -> bool:
+        """Send a queued or passed-on frame, handling its failure; False once the link is closed."""
+        try:
+            await self.send(message)
+        except LinkClosedError:
+            return False  # whatever was passed on to this peer has been failed by _end
+        except ProtocolError as exc:  # too large (or not JSON)
+            if transit is not None:  # a request passed on: the asker gets the error
+                _fail_transit(transit, f"too large: {exc}")
+            elif type(message) is wire.Response:  # an answer passed back: say why it is missing
+                await self._send_quietly(wire.Error(id=message.id, code=wire.INTERNAL_ERROR, message=str(exc)))
+        return True
+
+    async def _pass(self, message: wire.Message, transit: Transit | None) -> None:
+        """Send a frame passed on by another link's reader: at once when nothing waits in the queue.
+
+        A reader must never be held up for long by another link, or its own peer would miss our
+        pongs: a send that cannot finish within half the heartbeat slack means this peer has stopped
+        reading, and the link is closed (the frame may be half-sent, so the stream is unusable).
+        """
+        if self._queued or self.end_reason is not None:
+            self._enqueue(message, transit)
+            return
+        heartbeat = self.config.heartbeat
+        with trio.move_on_after(max((heartbeat.timeout - heartbeat.interval) / 2, 0.1)) as scope:
+            await self._send_frame(message, transit)
+        if scope.cancelled_caught:
+            self.stop(CLOSE_HEARTBEAT, "peer stopped reading", timeout=0,
+                      why="peer stopped reading: a frame could not be sent")
 
     async def request(self, method: str, params: Any = None, *, timeout: float) -> Any:
         """Send a request and wait for its answer.
@@ -305,10 +390,16 @@ class Link:
                         break
                     pending.timed_out = True
                     pending.done.set()
+                elif (transit := self._transits_out.get(request_id)) is not None:
+                    if deadline > now:
+                        break
+                    self._send_control(wire.Cancel(id=request_id))
+                    _fail_transit(transit, "timeout")
                 heapq.heappop(heap)
             # Answered requests leave their entries behind; compact once they dominate the heap.
-            if len(heap) > 1024 and len(heap) > 4 * len(self._pending):
-                heap[:] = [entry for entry in heap if entry[1] in self._pending]
+            live = len(self._pending) + len(self._transits_out)
+            if len(heap) > 1024 and len(heap) > 4 * live:
+                heap[:] = [entry for entry in heap if entry[1] in self._pending or entry[1] in self._transits_out]
                 heapq.heapify(heap)
             self._sweep_at = heap[0][0] if heap else math.inf
             self._sweep_wake = trio.Event()
@@ -335,10 +426,15 @@ class Link:
                 except ProtocolError as exc:
                     self._protocol_error(exc, wire.request_id_of(frame))
                     continue
-                if type(message) is wire.Request and message.method in self.handlers.inline:
-                    await self._serve_inline(message)
-                else:
-                    self._dispatch(message, handlers)
+                if type(message) is wire.Request:
+                    if message.method in self.handlers.inline:
+                        await self._serve_inline(message)
+                        continue
+                    transit = self.handlers.transit.get(message.method)
+                    if transit is not None:
+                        await self._pass_on(message, transit, handlers)
+                        continue
+                await self._dispatch(message, handlers)
 
     async def _serve_inline(self, request: wire.Request) -> None:
         handler = self.handlers.inline[request.method]
@@ -349,6 +445,49 @@ class Link:
         except Exception as exc:
             reply = self._error_reply(request, exc)
         await self._reply(request.id, reply)
+
+    async def _pass_on(self, request: wire.Request, handler: TransitHandler, handlers: trio.Nursery) -> None:
+        """Send a request on to the link its transit handler names (or serve it here, if it names none)."""
+        if not self._admit(request):
+            return
+        context = RequestContext(peer_id=self.peer_id, method=request.method, timeout=request.timeout)
+        try:
+            transit = handler(request.params, context, self)
+        except Exception as exc:
+            await self._reply(request.id, self._error_reply(request, exc))
+            return
+        if transit is None:
+            self._start_request(request, handlers, admitted=True)
+            return
+        onward = transit.onward
+        transit.inbound, transit.inbound_id = self, request.id
+        if not onward.is_up:
+            code, text = transit.error(f"lost: {onward.end_reason}")
+            if transit.done is not None:
+                transit.done()
+            await self._reply(request.id, wire.Error(id=request.id, code=code, message=text))
+            return
+        transit.onward_id = onward_id = onward._next_id
+        onward._next_id += 1
+        self._transits_in[request.id] = transit
+        onward._transits_out[onward_id] = transit
+        deadline = trio.current_time() + transit.timeout
+        heapq.heappush(onward._deadlines, (deadline, onward_id))
+        if deadline < onward._sweep_at:
+            onward._sweep_wake.set()
+        await onward._pass(wire.Request(id=onward_id, method=request.method, params=transit.params,
+                                        timeout=transit.timeout), transit)
+
+    def _admit(self, request: wire.Request) -> bool:
+        """Whether a request may be served (else it was refused: duplicate id, or too busy)."""
+        if request.id in self._serving or request.id in self._transits_in:
+            self._protocol_error(ProtocolError(f"request id {request.id} is already in flight"), None)
+            return False
+        if len(self._serving) + len(self._transits_in) + self._notifying >= self.config.link.max_inflight:
+            self._send_control(wire.Error(id=request.id, code=wire.OVERLOADED,
+                                          message=f"node {self.local_id!r} is busy; retry later"))
+            return False
+        return True
 
     def _error_reply(self, request: wire.Request, exc: Exception) -> wire.Error:
         """The answer to a request whose handler raised: its RequestError, or a generic internal error."""
@@ -369,13 +508,17 @@ class Link:
         else:
             self._send_control(reply)
 
-    def _dispatch(self, message: wire.Message, handlers: trio.Nursery) -> None:
+    async def _dispatch(self, message: wire.Message, handlers: trio.Nursery) -> None:
         match message:
             case wire.Response(id=request_id, result=result):
                 pending = self._pending.get(request_id)
-                if pending is not None and not pending.done.is_set():
-                    pending.result = result
-                    pending.done.set()
+                if pending is not None:
+                    if not pending.done.is_set():
+                        pending.result = result
+                        pending.done.set()
+                elif (transit := self._transits_out.get(request_id)) is not None and _finish_transit(transit):
+                    assert transit.inbound is not None
+                    await transit.inbound._pass(wire.Response(id=transit.inbound_id, result=result), None)
             case wire.Ping(seq=seq):
                 self._send_control(wire.Pong(seq=seq))
             case wire.Pong(seq=seq):
@@ -391,23 +534,26 @@ class Link:
                 self.log.warning("link.peer_reported_error", code=code, error=text[:300])
             case wire.Error(id=int(request_id), code=code, message=text, data=data):
                 pending = self._pending.get(request_id)
-                if pending is not None and not pending.done.is_set():
-                    pending.error = RemoteError(self.peer_id, code, text, data)
-                    pending.done.set()
+                if pending is not None:
+                    if not pending.done.is_set():
+                        pending.error = RemoteError(self.peer_id, code, text, data)
+                        pending.done.set()
+                elif (transit := self._transits_out.get(request_id)) is not None and _finish_transit(transit):
+                    assert transit.inbound is not None
+                    await transit.inbound._pass(
+                        wire.Error(id=transit.inbound_id, code=code, message=text, data=data), None)
             case wire.Cancel(id=request_id):
                 scope = self._serving.get(request_id)
                 if scope is not None:
                     scope.cancel()
+                elif (transit := self._transits_in.get(request_id)) is not None:
+                    transit.onward._send_control(wire.Cancel(id=transit.onward_id))
+                    _finish_transit(transit)
             case wire.Hello():
                 self._protocol_error(ProtocolError("hello after the link is established"), None)
 
-    def _start_request(self, request: wire.Request, handlers: trio.Nursery) -> None:
-        if request.id in self._serving:
-            self._protocol_error(ProtocolError(f"request id {request.id} is already in flight"), None)
-            return
-        if len(self._serving) + self._notifying >= self.config.link.max_inflight:
-            self._send_control(wire.Error(id=request.id, code=wire.OVERLOADED,
-                                          message=f"node {self.local_id!r} is busy; retry later"))
+    def _start_request(self, request: wire.Request, handlers: trio.Nursery, *, admitted: bool = False) -> None:
+        if not admitted and not self._admit(request):
             return
         scope = trio.CancelScope()
         if request.timeout is not None and math.isfinite(request.timeout) and request.timeout > 0:
@@ -462,7 +608,7 @@ class Link:
         if handler is None:
             self.log.debug("link.unknown_notification", method=notification.method[:100])
             return
-        if len(self._serving) + self._notifying >= self.config.link.max_inflight:
+        if len(self._serving) + len(self._transits_in) + self._notifying >= self.config.link.max_inflight:
             self.log.warning("link.notification_dropped", method=notification.method[:100], reason="busy")
             return
         self._notifying += 1
@@ -499,6 +645,25 @@ class Link:
                           why=f"heartbeat timeout: no pong for {timeout:g}s")
                 return
             await trio.sleep_until(deadline)
+
+
+def _finish_transit(transit: Transit) -> bool:
+    """End a passed-on request: forget it on both links; False if it had ended already."""
+    if transit.onward._transits_out.pop(transit.onward_id, None) is None:
+        return False
+    assert transit.inbound is not None
+    transit.inbound._transits_in.pop(transit.inbound_id, None)
+    if transit.done is not None:
+        transit.done()
+    return True
+
+
+def _fail_transit(transit: Transit, why: str) -> None:
+    """End a passed-on request here, answering the asker with the error for ``why`` (queued)."""
+    if _finish_transit(transit):
+        assert transit.inbound is not None
+        code, text = transit.error(why)
+        transit.inbound._enqueue(wire.Error(id=transit.inbound_id, code=code, message=text), None)
 
 
 def _describe_close(exc: ConnectionClosed) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import fednode
 from fednode import _wire as wire
-from fednode._link import CLOSE_POLICY, Direction, Handlers, Link
+from fednode._link import CLOSE_POLICY, Direction, Handlers, Link, Transit
 
 from conftest import node_config
 from helpers import next_frame as next_answered_frame
@@ -263,3 +264,184 @@ class TestProtocolErrors:
             assert await next_frame(raw, skip=(wire.Ping,)) == wire.Pong(seq=99)
             assert a.is_up
             nursery.cancel_scope.cancel()
+
+
+TRANSIT_TIMEOUT = 3.0
+
+
+def _transit_error(why: str) -> tuple[int, str]:
+    return {"timeout": -32052, "lost": -32050, "too large": -32603}[why.split(":")[0]], f"transit: {why}"
+
+
+@asynccontextmanager
+async def relay_chain(c_handlers: Handlers, *, b_served: list[Any] | None = None
+                      ) -> AsyncIterator[tuple[Link, Link, Link, Link]]:
+    """Links a-b1 and b2-c, with node-b passing ``relay`` requests from a on to c (``local`` ones it serves)."""
+    b_handlers = Handlers()
+    links: dict[str, Link] = {}
+
+    def relay(params: Any, context: fednode.RequestContext, inbound: Link) -> Transit | None:
+        if params == "local":
+            return None
+        if params == "refuse":
+            raise fednode.RequestError(-32602, "refused at b")
+        timeout = params.get("t", TRANSIT_TIMEOUT) if isinstance(params, dict) else TRANSIT_TIMEOUT
+        return Transit(onward=links["b2"], params=params, timeout=timeout, error=_transit_error)
+
+    async def local(params: Any, context: fednode.RequestContext) -> Any:
+        if b_served is not None:
+            b_served.append(params)
+        return "served at b"
+
+    b_handlers.transit["relay"] = relay
+    b_handlers.requests["relay"] = local
+    async with trio.open_nursery() as nursery:
+        ws_a, ws_b1 = await ws_pair(nursery)
+        ws_b2, ws_c = await ws_pair(nursery)
+        a = make_link(ws_a, "node-a", "node-b")
+        links["b1"] = b1 = make_link(ws_b1, "node-b", "node-a", b_handlers)
+        links["b2"] = b2 = make_link(ws_b2, "node-b", "node-c", b_handlers)
+        c = make_link(ws_c, "node-c", "node-b", c_handlers)
+        for link in (a, b1, b2, c):
+            nursery.start_soon(link.run)
+        yield a, b1, b2, c
+        nursery.cancel_scope.cancel()
+
+
+class TestTransit:
+    """A request passed on by a transit handler travels without a task at the middle node, and every
+    way it can end (answer, error, cancel, deadline, either link lost, a stalled peer) is handled there."""
+
+    @staticmethod
+    def c_handlers(events: list[str], *, gate: trio.Event | None = None) -> Handlers:
+        handlers = Handlers()
+
+        async def serve(params: Any, context: fednode.RequestContext) -> Any:
+            events.append(f"start {params['op']}")
+            try:
+                if params["op"] == "fail":
+                    raise fednode.RequestError(-32099, "failed at c", {"where": "c"})
+                if params["op"] == "wait":
+                    if gate is None:
+                        await trio.sleep_forever()
+                    await gate.wait()
+                events.append(f"timeout {context.timeout:g}")
+                return {"echo": params, "from": context.peer_id}
+            except trio.Cancelled:
+                events.append(f"cancelled {params['op']}")
+                raise
+
+        handlers.requests["relay"] = serve
+        return handlers
+
+    async def test_answers_and_errors_come_back_unchanged(self, autojump_clock: trio.testing.MockClock) -> None:
+        events: list[str] = []
+        async with relay_chain(self.c_handlers(events)) as (a, b1, b2, _c):
+            result = await a.request("relay", {"op": "echo", "x": [1, "two"]}, timeout=100)
+            assert result == {"echo": {"op": "echo", "x": [1, "two"]}, "from": "node-b"}
+            # c saw the transit's own timeout, not the caller's
+            assert events == ["start echo", f"timeout {TRANSIT_TIMEOUT:g}"]
+            with pytest.raises(fednode.RemoteError) as info:
+                await a.request("relay", {"op": "fail"}, timeout=100)
+            error = (info.value.code, info.value.remote_message, info.value.data)
+            assert error == (-32099, "failed at c", {"where": "c"})
+            assert b1._transits_in == {} and b2._transits_out == {}
+
+    async def test_no_task_at_the_middle_node(self, autojump_clock: trio.testing.MockClock) -> None:
+        gate = trio.Event()
+        events: list[str] = []
+        async with relay_chain(self.c_handlers(events, gate=gate)) as (a, b1, b2, _c):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(a.request, "relay", {"op": "wait"}, timeout=100))
+                await wait_until(lambda: events == ["start wait"])
+                assert b1._serving == {} and len(b1._transits_in) == 1 and len(b2._transits_out) == 1
+                gate.set()
+            assert b1._transits_in == {} and b2._transits_out == {}
+
+    async def test_handler_may_serve_or_refuse(self, autojump_clock: trio.testing.MockClock) -> None:
+        served: list[Any] = []
+        async with relay_chain(self.c_handlers([]), b_served=served) as (a, _b1, _b2, _c):
+            assert await a.request("relay", "local", timeout=5) == "served at b"
+            assert served == ["local"]
+            with pytest.raises(fednode.RemoteError) as info:
+                await a.request("relay", "refuse", timeout=5)
+            assert (info.value.code, info.value.remote_message) == (-32602, "refused at b")
+
+    async def test_cancel_follows_the_request(self, autojump_clock: trio.testing.MockClock) -> None:
+        events: list[str] = []
+        async with relay_chain(self.c_handlers(events)) as (a, b1, b2, _c):
+            with trio.move_on_after(2):
+                await a.request("relay", {"op": "wait"}, timeout=100)
+            await wait_until(lambda: "cancelled wait" in events)
+            assert b1._transits_in == {} and b2._transits_out == {}
+
+    async def test_deadline_at_the_middle_node_is_exact(self, autojump_clock: trio.testing.MockClock) -> None:
+        events: list[str] = []
+        async with relay_chain(self.c_handlers(events)) as (a, b1, b2, _c):
+            start = trio.current_time()
+            with pytest.raises(fednode.RemoteError) as info:
+                await a.request("relay", {"op": "wait"}, timeout=100)
+            assert trio.current_time() - start == pytest.approx(TRANSIT_TIMEOUT)
+            assert (info.value.code, info.value.remote_message) == (-32052, "transit: timeout")
+            await wait_until(lambda: "cancelled wait" in events)
+            assert b1._transits_in == {} and b2._transits_out == {}
+
+    async def test_onward_link_lost_fails_the_request_at_once(self, autojump_clock: trio.testing.MockClock) -> None:
+        events: list[str] = []
+        async with relay_chain(self.c_handlers(events)) as (a, b1, _b2, c):
+            async def drop_later() -> None:
+                await trio.sleep(1)
+                c.stop(1000, "bye")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drop_later)
+                start = trio.current_time()
+                with pytest.raises(fednode.RemoteError) as info:
+                    await a.request("relay", {"op": "wait"}, timeout=100)
+                assert trio.current_time() - start == pytest.approx(1)
+            assert info.value.code == -32050 and info.value.remote_message.startswith("transit: lost: ")
+            assert b1._transits_in == {}
+            # and a request arriving while the onward link is down is refused the same way
+            await wait_until(lambda: not _b2.is_up)
+            with pytest.raises(fednode.RemoteError) as info:
+                await a.request("relay", {"op": "echo"}, timeout=100)
+            assert info.value.code == -32050
+
+    async def test_inbound_link_lost_cancels_onward(self, autojump_clock: trio.testing.MockClock) -> None:
+        events: list[str] = []
+        async with relay_chain(self.c_handlers(events)) as (a, b1, b2, _c):
+            async with trio.open_nursery() as nursery:
+                async def ask() -> None:
+                    with pytest.raises(fednode.LinkClosedError):
+                        await a.request("relay", {"op": "wait"}, timeout=100)
+
+                nursery.start_soon(ask)
+                await wait_until(lambda: events == ["start wait"])
+                b1.stop(1000, "bye")
+            await wait_until(lambda: "cancelled wait" in events)
+            assert b2._transits_out == {} and b2.is_up
+
+    async def test_peer_that_stops_reading_is_dropped_not_the_asker(
+            self, autojump_clock: trio.testing.MockClock) -> None:
+        events: list[str] = []
+        async with relay_chain(self.c_handlers(events)) as (a, b1, b2, _c):
+            stream: Any = b2.ws._stream
+
+            async def stalled(data: bytes) -> None:
+                await trio.sleep_forever()
+
+            stream.send_all = stalled  # node-c's side stops reading: b2's sends never finish
+            start = trio.current_time()
+            with pytest.raises(fednode.RemoteError) as info:
+                await a.request("relay", {"op": "echo", "t": 50}, timeout=100)
+            # dropped after half the heartbeat slack, well before a's own heartbeat would give up on b
+            assert trio.current_time() - start == pytest.approx((TIMEOUT - INTERVAL) / 2)
+            assert info.value.code == -32050 and "stopped reading" in info.value.remote_message
+            assert not b2.is_up and b1.is_up and a.is_up
+            assert events == []
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
