@@ -110,6 +110,19 @@ class AuthManager:
         if config.algorithm == "EdDSA" and config.private_key is not None:
             self._signing_kid = public_key_kid(config.private_key.public_key())
 
+    def update(self, config: AuthConfig) -> None:
+        """Use a new ``[auth]`` section from now on (a configuration reload); live links are unaffected."""
+        self.config = config
+        self._signing_kid = None
+        if config.algorithm == "EdDSA" and config.private_key is not None:
+            self._signing_kid = public_key_kid(config.private_key.public_key())
+
+    def fingerprint(self) -> tuple[object, ...]:
+        """What identifies the keys and rules in use, without revealing them (to tell if a reload changed them)."""
+        key = self._signing_kid
+        return (self.config.algorithm, tuple(s.kid for s in self.config.secrets), key, self.config.token_ttl,
+                self.config.leeway)
+
     def set_peer(self, peer: PeerConfig) -> None:
         """Add or replace a peer whose tokens are accepted."""
         self.peers[peer.id] = peer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -40,7 +41,7 @@ def main() -> None:
               help="JSON lines or human-readable lines, on stderr.")
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
 def run(config_path: str, log_format: str, log_level: str) -> None:
-    """Run a node until SIGINT or SIGTERM (a second signal exits at once).
+    """Run a node until SIGINT or SIGTERM (a second signal exits at once); SIGHUP reloads FILE.
 
     Exits 0 after a clean shutdown, 2 for a bad configuration (nothing is started), 1 when the
     node cannot start (e.g. its control address is in use).
@@ -51,25 +52,34 @@ def run(config_path: str, log_format: str, log_level: str) -> None:
 def _run_node(config_path: str, log_format: str, log_level: str,
               body: Callable[[Node], Awaitable[None]] | None) -> None:
     """Load the configuration (exit 2 if bad), run the node until ``body`` returns (forever if None)
-    or a signal arrives (a second signal exits at once), and exit 1 if it cannot start."""
+    or a signal arrives (a second signal exits at once), and exit 1 if it cannot start.
+    SIGHUP reloads the configuration file."""
     configure_logging(log_format, log_level)
     config = _load_or_exit(config_path)
     try:
-        trio.run(_until_signal, config, body)
+        trio.run(_until_signal, config, body, config_path)
     except* OSError as group:
         exc = group.exceptions[0]
         click.echo(f"fednode: cannot start node {config.id!r} on {config.control}: {exc}", err=True)
         sys.exit(1)
 
 
-async def _until_signal(config: NodeConfig, body: Callable[[Node], Awaitable[None]] | None) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _until_signal(config: NodeConfig, body: Callable[[Node], Awaitable[None]] | None,
+                        config_path: str | None = None) -> None:
+    hangup = (signal.SIGHUP,) if config_path is not None and hasattr(signal, "SIGHUP") else ()
+    # Reload requests: a bounded queue, so a burst of SIGHUPs becomes at most one more reload.
+    reload_send, reload_recv = trio.open_memory_channel[None](1)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, *hangup) as signals:
         async with trio.open_nursery() as nursery:
             node_scope = trio.CancelScope()
 
             async def watch_signals() -> None:
                 received = 0
                 async for signum in signals:
+                    if hangup and signum == signal.SIGHUP:
+                        with contextlib.suppress(trio.WouldBlock):
+                            reload_send.send_nowait(None)
+                        continue
                     received += 1
                     if received == 1:
                         node_scope.cancel()
@@ -78,13 +88,21 @@ async def _until_signal(config: NodeConfig, body: Callable[[Node], Awaitable[Non
                         sys.stderr.flush()
                         os._exit(128 + signum)
 
+            async def reloader(node: Node) -> None:
+                assert config_path is not None
+                async for _ in reload_recv:
+                    await node.reload(config_path)
+
             nursery.start_soon(watch_signals)
             with node_scope:
-                async with open_node(config) as node:
+                async with open_node(config) as node, trio.open_nursery() as inner:
+                    if hangup:
+                        inner.start_soon(reloader, node)
                     if body is None:
                         await trio.sleep_forever()
                     else:
                         await body(node)
+                    inner.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
 
 

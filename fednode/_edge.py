@@ -296,6 +296,9 @@ class MCPEdge:
                  client_tokens: Sequence[str] = ()) -> None:
         self.forwarder = forwarder
         self.log: Any = logger if logger is not None else structlog.get_logger("fednode.edge")
+        #: more Starlette routes served beside /mcp and /healthz (add before serving); they need
+        #: a client token like /mcp when tokens are configured
+        self.routes: list[Route] = []
         self._tokens = [token.encode() for token in client_tokens]
         self._bus = InMemorySubscriptionBus()
         self._listen = ListenHandler(self._bus)
@@ -314,6 +317,10 @@ class MCPEdge:
         self.server.middleware[:] = [m for m in self.server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
         self.server.middleware.append(self._middleware)
 
+    def set_client_tokens(self, tokens: Sequence[str]) -> None:
+        """Replace the client tokens (also for apps already serving); empty = no token needed."""
+        self._tokens[:] = [token.encode() for token in tokens]
+
     @property
     def legacy_sessions(self) -> list[str]:
         """Session keys of the live legacy-era connections (2026-07-28 clients hold none)."""
@@ -322,7 +329,7 @@ class MCPEdge:
     # -- serving ----------------------------------------------------------------------------
 
     def asgi_app(self, *, host: str, path: str = "/mcp") -> ASGIApp:
-        """An ASGI app serving MCP at ``path`` (POST/GET/DELETE, both eras) and ``GET /healthz``.
+        """An ASGI app serving MCP at ``path`` (POST/GET/DELETE, both eras), ``GET /healthz`` and :attr:`routes`.
 
         Host/Origin (DNS-rebinding) protection is what the SDK applies for ``host``: on for
         127.0.0.1, localhost and ::1, off otherwise. Each call builds a new app (the SDK's
@@ -331,13 +338,11 @@ class MCPEdge:
         app = self.server.streamable_http_app(
             streamable_http_path=path,
             host=host,
-            custom_starlette_routes=[Route("/healthz", _healthz, methods=["GET"])],
+            custom_starlette_routes=[Route("/healthz", _healthz, methods=["GET"]), *self.routes],
             # Resumable SSE (priming events, Last-Event-ID) and a retry hint, as the spec asks.
             event_store=BoundedEventStore(),
             retry_interval=1000,
         )
-        if not self._tokens:
-            return app
         return _BearerAuth(app, self._tokens)
 
     async def serve_http(self, host: str, port: int, *, path: str = "/mcp", certfile: str | None = None,
@@ -652,14 +657,14 @@ async def _healthz(request: Request) -> Response:
 
 
 class _BearerAuth:
-    """ASGI middleware: every HTTP request except ``/healthz`` needs a known bearer token."""
+    """ASGI middleware: while ``tokens`` is non-empty, every HTTP request except ``/healthz`` needs one of them."""
 
     def __init__(self, app: ASGIApp, tokens: list[bytes]) -> None:
         self.app = app
         self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/healthz" and not self._authorized(scope):
+        if self.tokens and scope["type"] == "http" and scope["path"] != "/healthz" and not self._authorized(scope):
             response = PlainTextResponse("Unauthorized", status_code=401,
                                          headers={"WWW-Authenticate": 'Bearer realm="fednode"'})
             await response(scope, receive, send)

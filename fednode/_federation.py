@@ -70,6 +70,9 @@ CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 MODERN_ERA = "2026-07-28"
 MISSING_CAPABILITY = -32021
+# error code -> the outcome label of forwarded-request metrics (any other code: "error")
+_OUTCOMES = {UNKNOWN_NAME: "unknown", NODE_UNREACHABLE: "unreachable", SERVER_UNAVAILABLE: "unavailable",
+             DEADLINE_EXCEEDED: "deadline", FORWARDING_LOOP: "loop"}
 
 
 class ForwardError(RequestError):
@@ -170,6 +173,7 @@ class Federation:
         self._tasks: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self.conflicts: list[str] = []
+        self.in_flight = 0  # client and peer requests being executed here (passed-on ones: see Link)
         self._templates: list[tuple[re.Pattern[str], Entry]] = []
         self._dirty = trio.Event()
         self._catalog_event = trio.Event()
@@ -506,6 +510,34 @@ class Federation:
         Raises:
             ForwardError / RequestError: with the code to give the client.
         """
+        return await self._measured("client", method, self._execute(method, params, timeout=timeout,
+                                                                    progress=progress, session=session))
+
+    async def _measured(self, source: str, method: str, work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        """Await ``work`` counted as in flight, and record its outcome and latency in the node's metrics."""
+        started = trio.current_time()
+        outcome = "cancelled"
+        self.in_flight += 1
+        try:
+            result = await work
+            outcome = "tool_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
+            return result
+        except RequestError as exc:
+            outcome = _OUTCOMES.get(exc.code, "error")
+            raise
+        except Exception:
+            outcome = "internal"
+            raise
+        finally:
+            self.in_flight -= 1
+            self.node.metrics.observe_forward(source, method, outcome, trio.current_time() - started)
+
+    def routes_by_origin(self) -> dict[str, int]:
+        """How many attached servers are reachable from here, per owning node (this one included)."""
+        return dict(collections.Counter(origin for origin, _server in self._best))
+
+    async def _execute(self, method: str, params: dict[str, Any], *, timeout: float | None,
+                       progress: ProgressFn | None, session: dict[str, Any] | None) -> dict[str, Any]:
         if method in TASK_METHODS:
             server, origins, upstream_params = self._resolve_task(params)
         else:
@@ -724,6 +756,11 @@ class Federation:
                        timeout=timeout, error=error, done=done)
 
     async def _on_forward(self, params: Any, context: RequestContext) -> Any:
+        method = params.get("method") if isinstance(params, dict) else None
+        return await self._measured("peer", method if isinstance(method, str) else "other",
+                                    self._serve_forward(params, context))
+
+    async def _serve_forward(self, params: Any, context: RequestContext) -> Any:
         origin, server, method, upstream_params, timeout, trace = self._check_forward(params, context.peer_id)
         deadline = trio.current_time() + timeout
         token = params.get("progress")

@@ -116,6 +116,8 @@ class Handlers:
     requests: dict[str, RequestHandler] = attrs.field(factory=dict)
     inline: dict[str, InlineHandler] = attrs.field(factory=dict)
     transit: dict[str, TransitHandler] = attrs.field(factory=dict)
+    #: called with (peer id, seconds) for each heartbeat round trip measured
+    on_rtt: Callable[[str, float], None] | None = None
     notifications: dict[str, NotificationHandler] = attrs.field(factory=dict)
     inline_notifications: dict[str, Callable[[Any, RequestContext], None]] = attrs.field(factory=dict)
 
@@ -182,6 +184,11 @@ class Link:
     def __repr__(self) -> str:
         state = "ended" if self.ended.is_set() else "up"
         return f"<Link {self.local_id}->{self.peer_id} {self.direction.value} {state}>"
+
+    @property
+    def passing_on(self) -> int:
+        """Requests from this peer currently passed on to another link."""
+        return len(self._transits_in)
 
     @property
     def is_up(self) -> bool:
@@ -526,6 +533,8 @@ class Link:
                 self._last_pong = now
                 if seq == self._ping_seq:
                     self.rtt = now - self._ping_sent_at
+                    if self.handlers.on_rtt is not None:
+                        self.handlers.on_rtt(self.peer_id, self.rtt)
             case wire.Request():
                 self._start_request(message, handlers)
             case wire.Notification():

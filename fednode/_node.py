@@ -5,27 +5,66 @@ from __future__ import annotations
 import collections
 import functools
 import math
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import attrs
 import structlog
 import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from . import _wire as wire
 from ._auth import AuthManager
-from ._config import NodeConfig, PeerConfig, ServerConfig
+from ._config import NodeConfig, PeerConfig, ServerConfig, load_config
 from ._edge import MCPEdge
-from ._errors import PeerConnectError, PeerUnavailableError, UnknownPeerError
+from ._errors import ConfigError, PeerConnectError, PeerUnavailableError, UnknownPeerError
 from ._federation import Federation
 from ._forwarder import FederationForwarder
 from ._link import CLOSE_NORMAL, Handlers, InlineHandler, NotificationHandler, RequestContext, RequestHandler
 from ._listener import Listener
+from ._metrics import CONTENT_TYPE, NodeMetrics
+from ._status import node_status
 from ._supervisor import PeerStatus, PeerSupervisor
 from ._version import __version__
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
+
+# Sections a reload cannot change on a running node (they take effect at the next start).
+_RESTART_ONLY = ("control", "data", "tls", "heartbeat", "backoff", "link", "shutdown_grace")
+
+
+@attrs.frozen
+class ReloadResult:
+    """What a configuration reload did (see :meth:`Node.reload`).
+
+    Attributes:
+        ok: False when the new configuration was refused (nothing was changed).
+        error: why it was refused.
+        summary: one line saying what changed.
+        at: trio clock time of the reload.
+        peers_added, peers_removed, peers_changed, servers_added, servers_removed, servers_changed:
+            the ids concerned (changed ones were re-registered or restarted).
+        auth_changed: the ``[auth]`` keys or rules changed (used for new links from now on).
+        restart_needed: changed sections that only take effect when the node is restarted.
+    """
+
+    ok: bool
+    at: float
+    error: str | None = None
+    summary: str = ""
+    peers_added: tuple[str, ...] = ()
+    peers_removed: tuple[str, ...] = ()
+    peers_changed: tuple[str, ...] = ()
+    servers_added: tuple[str, ...] = ()
+    servers_removed: tuple[str, ...] = ()
+    servers_changed: tuple[str, ...] = ()
+    auth_changed: bool = False
+    restart_needed: tuple[str, ...] = ()
 
 
 class Node:
@@ -57,10 +96,17 @@ class Node:
         self._changed = trio.Event()
         self.register_handler("echo", _echo, inline=True)
         self.register_handler("node/info", self._node_info, inline=True)
+        self.metrics = NodeMetrics(self)
+        self.handlers.on_rtt = self.metrics.observe_rtt
+        self.reload_count = 0
+        self.last_reload: ReloadResult | None = None
+        self._reload_lock = trio.Lock()
         self.federation = Federation(self)
         forwarder = FederationForwarder(self.federation)
         self.edge = MCPEdge(forwarder, name=f"fednode {config.id}", version=__version__,
                             logger=self.log, client_tokens=[t.reveal().decode() for t in config.clients.tokens])
+        self.edge.routes += [Route("/status", self._status_endpoint, methods=["GET"]),
+                             Route("/metrics", self._metrics_endpoint, methods=["GET"])]
         forwarder.edge = self.edge
         self.federation.on_catalog_change(self._catalog_changed)
         self.data_port: int | None = None
@@ -339,8 +385,102 @@ class Node:
         self._changed = trio.Event()
 
     def count_refused(self, reason: str) -> None:
-        """Count one refused authentication by reason (shown by status and metrics later)."""
+        """Count one refused authentication by reason (shown by the metrics)."""
         self.refused[reason] += 1
+
+    # -- status, metrics, reload ------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The status document served at ``{data}/status`` (see the README)."""
+        return node_status(self)
+
+    def in_flight(self) -> int:
+        """Forwarded MCP requests being executed or passed on by this node right now."""
+        passing = sum(s.link.passing_on for s in self._supervisors.values() if s.link is not None)
+        return self.federation.in_flight + passing
+
+    async def _status_endpoint(self, request: Request) -> Response:
+        return JSONResponse(self.status())
+
+    async def _metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def reload(self, source: NodeConfig | str | os.PathLike[str]) -> ReloadResult:
+        """Apply a new configuration (or re-read a file) without a restart.
+
+        Peers and servers added, removed or changed (compared with the configuration in use) are
+        registered, removed or re-registered / restarted one at a time; unchanged ones keep their
+        links and processes. ``[auth]``, ``[mcp]`` and ``[clients]`` apply at once (to new links,
+        requests and clients). The other sections take effect at the next start and are listed in
+        ``restart_needed``. A configuration that does not load, or names another node id, is
+        refused and the running one stays. The outcome is logged and shown by status and metrics.
+        """
+        async with self._reload_lock:
+            if isinstance(source, NodeConfig):
+                new: NodeConfig | None = source
+                error = None
+            else:
+                try:
+                    new, error = load_config(source), None
+                except ConfigError as exc:
+                    new, error = None, str(exc)
+            if new is not None and new.id != self.id:
+                error = f"the new configuration is for node {new.id!r}, not {self.id!r} (node ids never change)"
+            if new is None or error is not None:
+                result = ReloadResult(ok=False, at=trio.current_time(), error=error,
+                                      summary="refused; the running configuration stays")
+                self.log.error("node.reload_refused", error=error)
+            else:
+                result = await self._apply(new)
+                self.log.info("node.reloaded", summary=result.summary)
+            self.reload_count += 1
+            self.last_reload = result
+            self.metrics.reloads.labels("ok" if result.ok else "refused").inc()
+            return result
+
+    async def _apply(self, new: NodeConfig) -> ReloadResult:
+        old = self.config
+        restart_needed = tuple(name for name in _RESTART_ONLY if getattr(old, name) != getattr(new, name))
+        self.config = attrs.evolve(new, **{name: getattr(old, name) for name in _RESTART_ONLY})
+        before = self.auth.fingerprint()
+        self.auth.update(new.auth)
+        auth_changed = self.auth.fingerprint() != before
+        self.edge.set_client_tokens([t.reveal().decode() for t in new.clients.tokens])
+
+        old_peers, new_peers = {p.id: p for p in old.peers}, {p.id: p for p in new.peers}
+        peers_removed = sorted(old_peers.keys() - new_peers.keys())
+        peers_changed = sorted(i for i in old_peers.keys() & new_peers.keys() if old_peers[i] != new_peers[i])
+        peers_added = sorted(new_peers.keys() - old_peers.keys())
+        for peer_id in peers_removed:
+            if self.has_peer(peer_id):
+                await self.remove_peer(peer_id)
+        for peer_id in [*peers_changed, *peers_added]:
+            await self.register_peer(new_peers[peer_id], wait=False)
+
+        old_servers, new_servers = {s.id: s for s in old.servers}, {s.id: s for s in new.servers}
+        servers_removed = sorted(old_servers.keys() - new_servers.keys())
+        servers_changed = sorted(i for i in old_servers.keys() & new_servers.keys()
+                                 if old_servers[i] != new_servers[i])
+        servers_added = sorted(new_servers.keys() - old_servers.keys())
+        for server_id in servers_removed:
+            if server_id in self._servers:
+                await self.remove_server(server_id)
+        for server_id in [*servers_changed, *servers_added]:
+            await self.add_server(new_servers[server_id], wait=False)
+
+        parts = [f"{what} {sign}{','.join(ids)}" for what, sign, ids in (
+            ("peers", "+", peers_added), ("peers", "-", peers_removed), ("peers", "~", peers_changed),
+            ("servers", "+", servers_added), ("servers", "-", servers_removed), ("servers", "~", servers_changed))
+            if ids]
+        if auth_changed:
+            parts.append("auth changed")
+        if restart_needed:
+            parts.append(f"restart needed for: {', '.join(restart_needed)}")
+        return ReloadResult(
+            ok=True, at=trio.current_time(), summary="; ".join(parts) or "no changes",
+            peers_added=tuple(peers_added), peers_removed=tuple(peers_removed), peers_changed=tuple(peers_changed),
+            servers_added=tuple(servers_added), servers_removed=tuple(servers_removed),
+            servers_changed=tuple(servers_changed), auth_changed=auth_changed, restart_needed=restart_needed)
 
     @property
     def data_url(self) -> str:
