@@ -196,36 +196,54 @@ class TestReload:
         path = tmp_path / "node-s.toml"
         base = ('[node]\nid = "node-s"\ncontrol = "ws://127.0.0.1:0"\ndata = "http://127.0.0.1:0"\n'
                 'shutdown_grace = "2s"\n[auth]\nsecret = "${TEST_SECRET}"\n')
-        path.write_text(base)
+
+        def server(server_id: str, prefix: str) -> str:
+            return (f'[[servers]]\nid = "{server_id}"\nprefix = "{prefix}"\ncommand = {json.dumps(sys.executable)}\n'
+                    f'args = [{json.dumps(FIXTURE)}]\n')
+
+        path.write_text(base + server("one", "one") + server("two", "two"))
         events: list[dict[str, Any]] = []
         process = await trio.lowlevel.open_process(
             [FEDNODE, "run", "--config", str(path)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL, env={"TEST_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
         try:
-            with trio.fail_after(40):
-                async with trio.open_nursery() as nursery:
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery, fednode.open_node(node_config("node-t")) as t:
+                    await t.register_peer(fednode.PeerConfig(id="node-s"), wait=False)
                     assert process.stderr is not None
                     nursery.start_soon(read_events, process.stderr, events)
                     while not any(e["event"] == "edge.listening" for e in events):
                         await trio.sleep(0.02)
                     url = next(str(e["url"]) for e in events if e["event"] == "edge.listening")
                     status_url = url.removesuffix("/mcp") + "/status"
-                    path.write_text(base + f'[[servers]]\nid = "fx"\ncommand = {json.dumps(sys.executable)}\n'
-                                           f'args = [{json.dumps(FIXTURE)}]\n')
-                    process.send_signal(signal.SIGHUP)
                     async with httpx2.AsyncClient(timeout=5) as http:
-                        while True:
-                            status = (await http.get(status_url)).json()
-                            if status["servers"] and status["servers"][0]["state"] == "up":
-                                break
+                        async def status() -> dict[str, Any]:
+                            return (await http.get(status_url)).json()  # type: ignore[no-any-return]
+
+                        while [s["state"] for s in (await status())["servers"]] != ["up", "up"]:
                             await trio.sleep(0.1)
-                        assert status["node"]["reload"]["last"]["summary"] == "servers +fx"
+                        two_pid = next(e["pid"] for e in events if e["event"] == "upstream.up" and e["server"] == "two")
+                        path.write_text(base + f'[[peers]]\nid = "node-t"\ncontrol = "{t.control_url}"\n'
+                                        + server("two", "deux"))
+                        process.send_signal(signal.SIGHUP)
+                        await t.wait_connected("node-s", timeout=20)
+                        await t.federation.wait_for("deux__add", timeout=20)
+                        current = await status()
+                        summary = current["node"]["reload"]["last"]["summary"]
+                        assert summary == "peers +node-t; servers -one; servers ~two"
+                        assert [(p["id"], p["state"]) for p in current["peers"]] == [("node-t", "up")]
+                        assert [s["id"] for s in current["servers"]] == ["two"]
+                        assert "one__add" not in t.federation.entries["tools"]
+                        new_pid = [e["pid"] for e in events if e["event"] == "upstream.up" and e["server"] == "two"][-1]
+                        assert new_pid != two_pid  # the changed server was restarted
+
                         path.write_text("this is not toml")
                         process.send_signal(signal.SIGHUP)
-                        while (await http.get(status_url)).json()["node"]["reload"]["count"] < 2:
+                        while (await status())["node"]["reload"]["count"] < 2:
                             await trio.sleep(0.1)
-                        status = (await http.get(status_url)).json()
-                    assert status["node"]["reload"]["last"]["ok"] is False and status["servers"][0]["id"] == "fx"
+                        current = await status()
+                    assert current["node"]["reload"]["last"]["ok"] is False
+                    assert [s["id"] for s in current["servers"]] == ["two"] and t.connected_peers() == ["node-s"]
                     assert any(e["event"] == "node.reloaded" for e in events)
                     assert any(e["event"] == "node.reload_refused" and e["level"] == "error" for e in events)
                     process.send_signal(signal.SIGTERM)
