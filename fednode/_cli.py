@@ -11,21 +11,13 @@ from collections.abc import Awaitable, Callable
 import click
 import trio
 
-from ._config import NodeConfig, describe, load_config
-from ._errors import ConfigError
+from ._commands import load_config_or_exit as _load_or_exit
+from ._commands import register
+from ._config import NodeConfig, describe
 from ._logging import LEVELS, configure_logging
 from ._node import Node, open_node
 from ._version import __version__
 
-EXIT_CONFIG = 2
-
-
-def _load_or_exit(path: str) -> NodeConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_CONFIG)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -131,3 +123,6 @@ def check_config(config_path: str) -> None:
     config = _load_or_exit(config_path)
     click.echo(describe(config))
     click.echo("configuration OK")
+
+
+register(main)
