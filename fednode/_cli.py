@@ -19,7 +19,6 @@ from ._node import Node, open_node
 from ._version import __version__
 
 
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fednode")
 def main() -> None:
