@@ -37,7 +37,9 @@ from ._errors import RequestTimeoutError as RequestTimeoutError
 from ._errors import UnknownPeerError as UnknownPeerError
 from ._link import Direction as Direction
 from ._link import RequestContext as RequestContext
+from ._link import Transit as Transit
 from ._node import Node as Node
+from ._node import ReloadResult as ReloadResult
 from ._node import open_node as open_node
 from ._node import serve as serve
 from ._supervisor import PeerState as PeerState

@@ -219,13 +219,14 @@ class BareClient:
 class NodeClient:
     """The fednode contender: ``node-a`` requests ``echo`` from ``node-b`` over their link."""
 
-    def __init__(self, node: fednode.Node, peer_id: str) -> None:
+    def __init__(self, node: fednode.Node, peer_id: str, method: str = "echo") -> None:
         self.node = node
         self.peer_id = peer_id
+        self.method = method
 
     async def round_trip(self, i: int) -> None:
         params = {"seq": i}
-        reply = await self.node.request(self.peer_id, "echo", params, timeout=10)
+        reply = await self.node.request(self.peer_id, self.method, params, timeout=10)
         if reply != params:
             raise RuntimeError(f"fednode echo mismatch: sent {params!r}, got {reply!r}")
 
@@ -270,6 +271,74 @@ async def bench_round_trips(args: argparse.Namespace) -> tuple[Stats, Stats]:
         await ws.aclose()
         nursery.cancel_scope.cancel()
     return bare, node
+
+
+# -- one relay hop ----------------------------------------------------------------------------------
+
+
+def bare_relay_handler(target_port: int) -> Callable[[WebSocketRequest], Awaitable[None]]:
+    """A bare trio-websocket relay: each client connection gets its own connection to the target
+    and one task per direction copying messages across (what a relay on this stack looks like)."""
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        async with trio.open_nursery() as nursery:
+            upstream = await connect_websocket(nursery, HOST, target_port, "/", use_ssl=False)
+
+            async def pump(source: WebSocketConnection, sink: WebSocketConnection) -> None:
+                try:
+                    while True:
+                        await sink.send_message(await source.get_message())
+                except ConnectionClosed:
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(pump, ws, upstream)
+            nursery.start_soon(pump, upstream, ws)
+    return handler
+
+
+async def bench_relay_hop(args: argparse.Namespace) -> tuple[Stats, Stats, Stats, Stats]:
+    """Sequential round trips direct and through one relay hop, bare and fednode, alternating.
+
+    fednode: node-a asks node-b. Direct: node-b's built-in ``echo``. Through one hop: node-b's link
+    reader passes ``relay/echo`` on to node-c (the same :class:`fednode.Transit` mechanism that
+    carries ``fed/forward`` through a transit node), whose ``echo`` answers.
+    """
+    bare_direct, bare_hop, node_direct, node_hop = Stats(), Stats(), Stats(), Stats()
+    configs = {i: node_config(f"node-{i}", interval=5.0, timeout=15.0, inflight=args.inflight) for i in "abc"}
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        server = await nursery.start(serve_websocket, bare_echo_handler, HOST, 0, None)
+        relay = await nursery.start(serve_websocket, bare_relay_handler(server.port), HOST, 0, None)
+        direct_ws = await connect_websocket(nursery, HOST, server.port, "/", use_ssl=False)
+        hop_ws = await connect_websocket(nursery, HOST, relay.port, "/", use_ssl=False)
+
+        nodes = {i: await stack.enter_async_context(fednode.open_node(config)) for i, config in configs.items()}
+        a, b, c = nodes["a"], nodes["b"], nodes["c"]
+        for left, right in ((a, b), (b, c)):
+            await right.register_peer(fednode.PeerConfig(id=left.id), wait=False)
+            await left.register_peer(fednode.PeerConfig(id=right.id, control=right.control_url))
+            await left.wait_connected(right.id, timeout=10)
+        c.register_handler("relay/echo", lambda params, context: params, inline=True)
+
+        def to_c(params: object, context: fednode.RequestContext, inbound: object) -> fednode.Transit:
+            supervisor = b.supervisor(c.id)
+            assert supervisor is not None and supervisor.link is not None
+            return fednode.Transit(onward=supervisor.link, params=params, timeout=10,
+                                   error=lambda why: (-32000, why))
+
+        b.handlers.transit["relay/echo"] = to_c
+
+        contenders = [(BareClient(direct_ws), bare_direct), (BareClient(hop_ws), bare_hop),
+                      (NodeClient(a, b.id), node_direct), (NodeClient(a, b.id, "relay/echo"), node_hop)]
+        for client, _ in contenders:
+            await run_sequential(client.round_trip, args.warmup, 0, [])
+        for r, per_round in enumerate(split(args.messages, ROUNDS)):
+            ordered = contenders if r % 2 == 0 else contenders[::-1]
+            for client, stats in ordered:
+                await run_sequential(client.round_trip, per_round, r * per_round, stats.sequential_ns)
+        await direct_ws.aclose()
+        await hop_ws.aclose()
+        nursery.cancel_scope.cancel()
+    return bare_direct, bare_hop, node_direct, node_hop
 
 
 # -- memory measurement -------------------------------------------------------------------------
@@ -390,8 +459,8 @@ def kib(n: float) -> str:
     return f"{n / 1024:,.1f}"
 
 
-def report(args: argparse.Namespace, bare: Stats, node: Stats, bare_mem: MemoryDelta, nodes_mem: MemoryDelta,
-           node_mem: MemoryDelta, seconds: float) -> None:
+def report(args: argparse.Namespace, bare: Stats, node: Stats, hop: tuple[Stats, Stats, Stats, Stats],
+           bare_mem: MemoryDelta, nodes_mem: MemoryDelta, node_mem: MemoryDelta, seconds: float) -> None:
     L = args.links
     w = 34
     print()
@@ -411,6 +480,19 @@ def report(args: argparse.Namespace, bare: Stats, node: Stats, bare_mem: MemoryD
         fmt = "{:>20,.0f}{:>12,.0f}" if "msg/s" in label else "{:>20,.1f}{:>12,.1f}"
         tail = f"{n / b:>13.2f}x" if ratio else "   (queueing; not compared)"
         print(f"  {label:{w}}" + fmt.format(b, n) + tail)
+
+    bare_direct, bare_hop, node_direct, node_hop = hop
+    print()
+    print(f"One relay hop: {args.messages} sequential round trips per path in {ROUNDS} alternating rounds")
+    print(f"  {'':{w}}{'bare trio-websocket':>20}{'fednode':>12}{'fednode/bare':>14}")
+    for label, fraction in (("direct p50 (us)", 0.5), ("through one hop p50 (us)", 0.5)):
+        b, n = (bare_direct, node_direct) if label.startswith("direct") else (bare_hop, node_hop)
+        ratio = n.seq(fraction) / b.seq(fraction)
+        print(f"  {label:{w}}{b.seq(fraction):>20,.1f}{n.seq(fraction):>12,.1f}{ratio:>13.2f}x")
+    bare_added = bare_hop.seq(0.5) - bare_direct.seq(0.5)
+    node_added = node_hop.seq(0.5) - node_direct.seq(0.5)
+    print(f"  {'added by the hop, p50 (us)':{w}}{bare_added:>20,.1f}{node_added:>12,.1f}"
+          f"{node_added / bare_added if bare_added > 0 else math.nan:>13.2f}x")
 
     print()
     print(f"Memory per idle link: {L} links, both ends in this process (tracemalloc; "
@@ -440,6 +522,9 @@ def report(args: argparse.Namespace, bare: Stats, node: Stats, bare_mem: MemoryD
     print(f"  [{'PASS' if mem_ok else 'FAIL'}] idle link < {LINK_TARGET_KIB:g} KiB per end: "
           f"{per_end:.1f} KiB (bare trio-websocket: {b_link / 2 / 1024:.1f} KiB)")
     print(f"  (info) pipelined throughput fednode/bare: {node.throughput() / bare.throughput():.2f}x")
+    print(f"  (info) one relay hop adds {node_added:.1f} us p50 through a fednode transit node, "
+          f"{bare_added:.1f} us through a bare trio-websocket relay ({node_added / bare_added:.2f}x)"
+          if bare_added > 0 else "  (info) relay hop: bare figure not positive; rerun")
     print(f"total {seconds:.1f}s")
 
 
@@ -457,6 +542,11 @@ async def main(args: argparse.Namespace) -> None:
     bare, node = await bench_round_trips(args)
     print(f"{time.perf_counter() - phase:.1f}s", flush=True)
 
+    print("measuring one relay hop ...", end=" ", flush=True)
+    phase = time.perf_counter()
+    hop = await bench_relay_hop(args)
+    print(f"{time.perf_counter() - phase:.1f}s", flush=True)
+
     print(f"measuring memory of {args.links} idle links ...", end=" ", flush=True)
     phase = time.perf_counter()
     tracemalloc.start(1)
@@ -466,7 +556,7 @@ async def main(args: argparse.Namespace) -> None:
         tracemalloc.stop()
     print(f"{time.perf_counter() - phase:.1f}s", flush=True)
 
-    report(args, bare, node, bare_mem, nodes_mem, node_mem, time.perf_counter() - started)
+    report(args, bare, node, hop, bare_mem, nodes_mem, node_mem, time.perf_counter() - started)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
