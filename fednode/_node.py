@@ -283,6 +283,8 @@ class Node:
         """
         upstream, scope, finished = self._servers.pop(server_id)
         scope.cancel()
+        self.federation.sessions.close_server(server_id)
+        self.federation.parking.close_server(server_id)
         with trio.CancelScope(shield=True):
             await finished.wait()
         if self.federation.upstreams.get(server_id) is upstream:

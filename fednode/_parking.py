@@ -6,6 +6,12 @@ owning node parks the upstream call: it keeps running in the node's nursery, the
 goes back as ``input_required`` with a sealed, expiring ``requestState`` naming the parked call, and
 the retry's ``inputResponses`` answer the waiting question. Tokens are HMAC-sealed with a key that
 never leaves the node, so a client can neither forge nor reuse another's.
+
+A legacy server's question does not say which call it belongs to (on stdio nothing does), so a
+call whose client could answer one (it declared elicitation, sampling or roots) runs on a
+connection of its own: up to :data:`MAX_SOLO` extra connections per server, opened on demand, reused
+and closed after :data:`SOLO_IDLE` seconds unused. Beyond that, calls share the server's connection,
+where a question can be matched only while its call is the one in flight.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import secrets
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 from mcp.shared.exceptions import MCPError
 
@@ -32,6 +39,8 @@ TOKEN_PREFIX = "fednode1."
 QUESTION_KEY = "fednode-question"
 CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 MAX_PARKED = 256
+MAX_SOLO = 8  # connections of their own per server, for calls whose client can be asked questions
+SOLO_IDLE = 300.0  # seconds an unused one stays open
 
 
 def token_origin(token: object) -> str | None:
@@ -68,6 +77,16 @@ class _Parked:
             return await receive.receive()
 
 
+@attrs.define(eq=False)
+class _Solo:
+    """An extra connection to a server, used by one call at a time."""
+
+    upstream: UpstreamServer
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    busy: bool = True
+    last_used: float = 0.0
+
+
 class Parking:
     """Parked upstream calls of one node."""
 
@@ -75,6 +94,62 @@ class Parking:
         self.node = node
         self._key = secrets.token_bytes(32)
         self._parked: dict[str, _Parked] = {}
+        self._solos: dict[str, list[_Solo]] = {}
+
+    def solo_connections(self, server: str) -> list[UpstreamServer]:
+        """The extra connections open to ``server`` for calls that may be asked questions."""
+        return [solo.upstream for solo in self._solos.get(server, [])]
+
+    def close_server(self, server: str) -> None:
+        """Close every extra connection to ``server`` (it was removed)."""
+        for solo in self._solos.pop(server, []):
+            solo.scope.cancel()
+
+    async def _checkout(self, server: str, shared: UpstreamServer, timeout: float) -> _Solo | None:
+        """A connection to ``server`` for this call alone (None: none free; use the shared one)."""
+        from ._upstream import UP, UpstreamServer
+
+        solos = self._solos.setdefault(server, [])
+        for solo in solos:
+            if not solo.busy and solo.upstream.state == UP:
+                solo.busy = True
+                return solo
+        if shared.in_process or len(solos) >= MAX_SOLO:
+            return None
+        solo = _Solo(UpstreamServer(shared.config, backoff=self.node.config.backoff, logger=self.node.log,
+                                    on_catalog=lambda _catalog: None))
+        solos.append(solo)
+        await self.node.nursery.start(self._run_solo, server, solo)
+        try:
+            await solo.upstream.wait_ready(timeout)
+        except trio.TooSlowError:
+            solo.scope.cancel()
+            return None
+        return solo
+
+    def _checkin(self, solo: _Solo) -> None:
+        solo.busy = False
+        solo.last_used = trio.current_time()
+
+    async def _run_solo(self, server: str, solo: _Solo, *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with solo.scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(solo.upstream.run)
+                    task_status.started()
+                    solo.last_used = trio.current_time()
+                    while True:  # close the connection once no call has used it for a while
+                        await trio.sleep_until(solo.last_used + SOLO_IDLE)
+                        if not solo.busy and trio.current_time() >= solo.last_used + SOLO_IDLE:
+                            break
+                        if solo.busy:  # a long call: look again one idle period from now
+                            solo.last_used = trio.current_time()
+                    nursery.cancel_scope.cancel()
+        finally:
+            solos = self._solos.get(server)
+            if solos is not None and solo in solos:
+                solos.remove(solo)
 
     def _seal(self, server: str, park_id: str, expires: float) -> str:
         body = base64.urlsafe_b64encode(json.dumps(
@@ -116,14 +191,18 @@ class Parking:
         declared = meta.get(CLIENT_CAPABILITIES_KEY) if isinstance(meta, dict) else None
         parked = _Parked(uuid.uuid4().hex, trio.current_time() + timeout,
                          declared if isinstance(declared, dict) else {})
+        solo = None
+        if any(capability in parked.declared for capability in _CAPABILITY.values()):
+            solo = await self._checkout(server, upstream, timeout)
         self._parked[parked.id] = parked
         upstream_params = {k: v for k, v in params.items() if k not in ("requestState", "inputResponses")}
-        await self.node.nursery.start(self._run, parked, upstream, method, upstream_params, progress)
+        await self.node.nursery.start(self._run, parked, solo.upstream if solo else upstream, method,
+                                      upstream_params, progress, solo)
         return await self._next(server, parked)
 
     async def _run(self, parked: _Parked, upstream: UpstreamServer, method: str, params: dict[str, Any],
-                   progress: ProgressFn | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                   ) -> None:
+                   progress: ProgressFn | None, solo: _Solo | None = None, *,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
             with parked.scope:
@@ -136,6 +215,8 @@ class Parking:
                 await parked.outcomes_send.send(outcome)
         finally:
             self._parked.pop(parked.id, None)
+            if solo is not None:
+                self._checkin(solo)
 
     async def _next(self, server: str, parked: _Parked) -> dict[str, Any]:
         from ._federation import DEADLINE_EXCEEDED, ForwardError

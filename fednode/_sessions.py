@@ -140,6 +140,11 @@ class Sessions:
             if self._held.get(key) is held:
                 del self._held[key]
 
+    def close_server(self, server_id: str) -> None:
+        """Close every session connection to ``server_id`` (it was removed)."""
+        for key in [key for key in self._held if key[0] == server_id]:
+            self._close(key, "server removed")
+
     def _close(self, key: tuple[str, str], why: str) -> None:
         held = self._held.pop(key, None)
         if held is not None:

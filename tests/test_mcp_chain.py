@@ -431,3 +431,54 @@ class TestParkedCalls:
                 with trio.fail_after(5):
                     while c.federation.parking._parked:
                         await trio.sleep(0.02)
+
+    async def test_concurrent_questions_each_reach_their_own_client(self) -> None:
+        import mcp_types
+
+        both_asked = trio.Event()
+        asked: list[str] = []
+
+        def answering(answer: str) -> Any:
+            async def on_elicit(context: Any, params: Any) -> Any:
+                asked.append(params.message)
+                if len(asked) == 2:
+                    both_asked.set()
+                await both_asked.wait()  # neither answers before both calls wait for input at once
+                return mcp_types.ElicitResult(action="accept", content={"answer": answer})
+            return on_elicit
+
+        with trio.fail_after(60):
+            async with chain(c=[fixture_server("old", "--legacy-only")]) as nodes:
+                a, c = nodes["node-a"], nodes["node-c"]
+                await until_listed(a, "old__ask")
+                results: dict[str, str] = {}
+                async with Client(a.mcp_url, mode="2026-07-28", cache=None, elicitation_callback=answering("one")) \
+                        as one, Client(a.mcp_url, mode="2026-07-28", cache=None,
+                                       elicitation_callback=answering("two")) as two:
+                    async def call(name: str, client: Client) -> None:
+                        result = await client.call_tool("old__ask", {"question": f"for {name}?"})
+                        results[name] = result.content[0].text  # type: ignore[union-attr]
+
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(call, "one", one)
+                        nursery.start_soon(call, "two", two)
+                assert sorted(asked) == ["for one?", "for two?"]
+                assert results == {"one": 'accept: {"answer": "one"}', "two": 'accept: {"answer": "two"}'}
+                # each call had a connection of its own; they stay for reuse, and go with the server
+                solos = c.federation.parking.solo_connections("old")
+                pids = [solo.pid for solo in solos]
+                assert len(solos) == 2 and all(pids)
+                await c.remove_server("old")
+                assert c.federation.parking.solo_connections("old") == []
+                with trio.fail_after(10):
+                    while any(_alive(pid) for pid in pids if pid is not None):
+                        await trio.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:  # a zombie is as good as gone
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
