@@ -175,6 +175,17 @@ class TestReload:
                 assert status["node"]["reload"]["last"]["ok"] is True
                 assert sample(await metrics(a), "fednode_reloads_total", outcome="ok") == 1
 
+                # a peer removed from the file is disconnected; the same file again changes nothing
+                raw["peers"] = [peer for peer in raw["peers"] if peer["id"] != "node-b"]
+                result = await a.reload(fednode.NodeConfig.from_mapping(raw))
+                assert result.peers_removed == ("node-b",) and result.summary == "peers -node-b"
+                assert not a.has_peer("node-b") and a.connected_peers() == ["node-c"]
+                with trio.fail_after(10):
+                    while b.connected_peers() != ["node-c"]:
+                        await trio.sleep(0.05)
+                again = await a.reload(fednode.NodeConfig.from_mapping(raw))
+                assert again.ok and again.summary == "no changes" and a.connected_peers() == ["node-c"]
+
     async def test_invalid_reload_leaves_the_node_as_it_was(self, tmp_path: Path) -> None:
         async with mesh("node-a", "node-b") as nodes:
             a = nodes["node-a"]
