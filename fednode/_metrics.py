@@ -49,6 +49,7 @@ class NodeMetrics:
         self.reloads = Counter("fednode_reloads", "Configuration reloads, by outcome (ok or refused).",
                                ["outcome"], registry=self.registry)
         self.registry.register(_StateCollector(node))
+        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
     def observe_rtt(self, peer_id: str, rtt: float) -> None:
         """Record one heartbeat round trip."""
@@ -56,9 +57,12 @@ class NodeMetrics:
 
     def observe_forward(self, source: str, method: str, outcome: str, seconds: float) -> None:
         """Record one forwarded request (``source`` is ``client`` or ``peer``)."""
-        label = method if method in METHODS else "other"
-        self.forwarded.labels(source, label, outcome).inc()
-        self.latency.labels(source, label).observe(seconds)
+        key = (source, method if method in METHODS else "other", outcome)
+        children = self._children.get(key)
+        if children is None:  # labels() costs a lock and validation: once per label set, not per request
+            children = self._children[key] = (self.forwarded.labels(*key), self.latency.labels(*key[:2]))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
