@@ -727,9 +727,9 @@ class Federation:
 
         Returns None for this node's own servers (served by :meth:`_on_forward` in a task).
         """
+        if isinstance(params, dict) and params.get("origin") == self.node.id:
+            return None  # checked once, by _on_forward
         origin, server, _method, _params, timeout, trace = self._check_forward(params, context.peer_id)
-        if origin == self.node.id:
-            return None
         via = self._next_hop(origin, server)
         supervisor = self.node.supervisor(via) if via is not None else None
         onward = supervisor.link if supervisor is not None else None
