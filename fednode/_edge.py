@@ -175,8 +175,10 @@ class EdgeCall:
             Streamable HTTP session id (or a key minted per stdio connection) for legacy clients;
             None for the stateless 2026-07-28 era.
         request_id: the client's JSON-RPC request id.
-        client_info: the client's ``Implementation`` as a wire dict, when it identified itself.
-        client_capabilities: the capabilities the client declared, as a wire dict, when known.
+        client_info: a legacy client's ``Implementation`` (from ``initialize``) as a wire dict;
+            None for 2026-07-28 requests, which carry it in ``meta``.
+        client_capabilities: the capabilities a legacy client declared, as a wire dict; None for
+            2026-07-28 requests (see ``meta``).
     """
 
     def __init__(self, *, method: str, protocol_version: str, meta: Mapping[str, Any] | None = None,
@@ -214,8 +216,11 @@ class EdgeCall:
     @classmethod
     def _build(cls, ctx: ServerRequestContext[Any, Any], session_key: str | None) -> EdgeCall:
         raw_meta = (ctx.params or {}).get("_meta")
-        client_params = ctx.session.client_params
-        capabilities = ctx.session.client_capabilities
+        # Only a legacy client's initialize-time identity is needed (a 2026-07-28 request carries
+        # its own in _meta): dumping the models costs every modern request for nothing.
+        legacy = ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
+        client_params = ctx.session.client_params if legacy else None
+        capabilities = ctx.session.client_capabilities if legacy else None
         return cls(
             method=ctx.method,
             protocol_version=ctx.protocol_version,
