@@ -22,7 +22,7 @@ from . import _wire as wire
 from ._auth import AuthManager
 from ._config import NodeConfig, PeerConfig, ServerConfig, load_config
 from ._edge import MCPEdge
-from ._errors import ConfigError, PeerConnectError, PeerUnavailableError, UnknownPeerError
+from ._errors import ConfigError, FednodeError, PeerConnectError, PeerUnavailableError, UnknownPeerError
 from ._federation import Federation
 from ._forwarder import FederationForwarder
 from ._link import CLOSE_NORMAL, Handlers, InlineHandler, NotificationHandler, RequestContext, RequestHandler
@@ -433,8 +433,13 @@ class Node:
                                       summary="refused; the running configuration stays")
                 self.log.error("node.reload_refused", error=error)
             else:
-                result = await self._apply(new)
-                self.log.info("node.reloaded", summary=result.summary)
+                try:
+                    result = await self._apply(new)
+                    self.log.info("node.reloaded", summary=result.summary)
+                except (FednodeError, ValueError) as exc:  # e.g. the node began to shut down meanwhile
+                    result = ReloadResult(ok=False, at=trio.current_time(), error=f"reload stopped part-way: {exc}",
+                                          summary="failed part-way; see the error")
+                    self.log.error("node.reload_failed", error=str(exc))
             self.reload_count += 1
             self.last_reload = result
             self.metrics.reloads.labels("ok" if result.ok else "refused").inc()
