@@ -479,8 +479,8 @@ class Node:
             ("peers", "+", peers_added), ("peers", "-", peers_removed), ("peers", "~", peers_changed),
             ("servers", "+", servers_added), ("servers", "-", servers_removed), ("servers", "~", servers_changed))
             if ids]
-        if auth_changed:
-            parts.append("auth changed")
+        parts += [f"{name} changed" for name, changed in (
+            ("auth", auth_changed), ("mcp", old.mcp != new.mcp), ("clients", old.clients != new.clients)) if changed]
         if restart_needed:
             parts.append(f"restart needed for: {', '.join(restart_needed)}")
         return ReloadResult(

@@ -203,6 +203,19 @@ class TestReload:
             assert status["node"]["reload"]["count"] == 2 and status["node"]["reload"]["last"]["ok"] is False
             assert sample(await metrics(a), "fednode_reloads_total", outcome="refused") == 2
 
+    async def test_reload_applies_client_tokens_at_once(self) -> None:
+        raw = raw_config("node-a")
+        async with fednode.open_node(fednode.NodeConfig.from_mapping(raw)) as a:
+            assert (await get(a, "/status")).status_code == 200
+            raw["clients"] = {"tokens": ["client-token-0002"]}
+            result = await a.reload(fednode.NodeConfig.from_mapping(raw))
+            assert result.ok and result.summary == "clients changed" and not result.restart_needed
+            assert (await get(a, "/status")).status_code == 401
+            assert (await get(a, "/status", token="client-token-0002")).status_code == 200
+            raw["clients"] = {}
+            await a.reload(fednode.NodeConfig.from_mapping(raw))
+            assert (await get(a, "/status")).status_code == 200
+
     async def test_sighup_reloads_fednode_run(self, tmp_path: Path) -> None:
         path = tmp_path / "node-s.toml"
         base = ('[node]\nid = "node-s"\ncontrol = "ws://127.0.0.1:0"\ndata = "http://127.0.0.1:0"\n'
