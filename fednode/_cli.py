@@ -56,8 +56,8 @@ def _run_node(config_path: str, log_format: str, log_level: str,
 
 
 async def _until_signal(config: NodeConfig, body: Callable[[Node], Awaitable[None]] | None,
-                        config_path: str | None = None) -> None:
-    hangup = (signal.SIGHUP,) if config_path is not None and hasattr(signal, "SIGHUP") else ()
+                        config_path: str) -> None:
+    hangup = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
     # Reload requests: a bounded queue, so a burst of SIGHUPs becomes at most one more reload.
     reload_send, reload_recv = trio.open_memory_channel[None](1)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, *hangup) as signals:
@@ -80,7 +80,6 @@ async def _until_signal(config: NodeConfig, body: Callable[[Node], Awaitable[Non
                         os._exit(128 + signum)
 
             async def reloader(node: Node) -> None:
-                assert config_path is not None
                 async for _ in reload_recv:
                     await node.reload(config_path)
 

@@ -454,21 +454,16 @@ class Node:
         auth_changed = self.auth.fingerprint() != before
         self.edge.set_client_tokens([t.reveal().decode() for t in new.clients.tokens])
 
-        old_peers, new_peers = {p.id: p for p in old.peers}, {p.id: p for p in new.peers}
-        peers_removed = sorted(old_peers.keys() - new_peers.keys())
-        peers_changed = sorted(i for i in old_peers.keys() & new_peers.keys() if old_peers[i] != new_peers[i])
-        peers_added = sorted(new_peers.keys() - old_peers.keys())
+        new_peers = {peer.id: peer for peer in new.peers}
+        peers_added, peers_removed, peers_changed = _differences(old.peers, new.peers)
         for peer_id in peers_removed:
             if self.has_peer(peer_id):
                 await self.remove_peer(peer_id)
         for peer_id in [*peers_changed, *peers_added]:
             await self.register_peer(new_peers[peer_id], wait=False)
 
-        old_servers, new_servers = {s.id: s for s in old.servers}, {s.id: s for s in new.servers}
-        servers_removed = sorted(old_servers.keys() - new_servers.keys())
-        servers_changed = sorted(i for i in old_servers.keys() & new_servers.keys()
-                                 if old_servers[i] != new_servers[i])
-        servers_added = sorted(new_servers.keys() - old_servers.keys())
+        new_servers = {server.id: server for server in new.servers}
+        servers_added, servers_removed, servers_changed = _differences(old.servers, new.servers)
         for server_id in servers_removed:
             if server_id in self._servers:
                 await self.remove_server(server_id)
@@ -536,6 +531,14 @@ class Node:
                             closers.start_soon(supervisor.stop_link, CLOSE_NORMAL, "node shutting down")
                 self._nursery.cancel_scope.cancel()
                 self.log.info("node.stopped", seconds=round(trio.current_time() - started, 3))
+
+
+def _differences(old: tuple[PeerConfig, ...] | tuple[ServerConfig, ...],
+                 new: tuple[PeerConfig, ...] | tuple[ServerConfig, ...]) -> tuple[list[str], list[str], list[str]]:
+    """Ids (sorted) of the entries added, removed and changed from ``old`` to ``new``."""
+    before, after = {entry.id: entry for entry in old}, {entry.id: entry for entry in new}
+    return (sorted(after.keys() - before.keys()), sorted(before.keys() - after.keys()),
+            sorted(i for i in before.keys() & after.keys() if before[i] != after[i]))
 
 
 def _with_port(url: str, port: int | None, *, keep_path: bool = True) -> str:

@@ -133,18 +133,16 @@ class Parking:
 
     async def _run_solo(self, server: str, solo: _Solo, *,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from ._sessions import until_idle
+
         try:
             with solo.scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(solo.upstream.run)
                     task_status.started()
                     solo.last_used = trio.current_time()
-                    while True:  # close the connection once no call has used it for a while
-                        await trio.sleep_until(solo.last_used + SOLO_IDLE)
-                        if not solo.busy and trio.current_time() >= solo.last_used + SOLO_IDLE:
-                            break
-                        if solo.busy:  # a long call: look again one idle period from now
-                            solo.last_used = trio.current_time()
+                    # close the connection once no call has used it for a while
+                    await until_idle(SOLO_IDLE, lambda: solo.last_used, lambda: solo.busy)
                     nursery.cancel_scope.cancel()
         finally:
             solos = self._solos.get(server)

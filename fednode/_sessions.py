@@ -53,6 +53,20 @@ class _Held:
     level: str | None = None
 
 
+async def until_idle(idle: float, last_used: Callable[[], float], busy: Callable[[], bool] = lambda: False) -> None:
+    """Return once ``idle`` seconds have passed since ``last_used()`` while not ``busy()``."""
+    wake = last_used() + idle
+    while True:
+        await trio.sleep_until(wake)
+        now = trio.current_time()
+        if busy():
+            wake = now + idle  # in use (a long call): look again one idle period from now
+        elif now >= last_used() + idle:
+            return
+        else:
+            wake = last_used() + idle
+
+
 class Sessions:
     """Session connections at owning nodes and the return paths of their traffic (one per node)."""
 
@@ -129,11 +143,9 @@ class Sessions:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(held.upstream.run)
                     task_status.started()
-                    while True:  # close the connection once the session has not used it for a while
-                        await trio.sleep_until(held.last_used + SESSION_IDLE)
-                        if trio.current_time() >= held.last_used + SESSION_IDLE:
-                            self.log.info("session.idle", server=key[0], session=key[1])
-                            break
+                    # close the connection once the session has not used it for a while
+                    await until_idle(SESSION_IDLE, lambda: held.last_used)
+                    self.log.info("session.idle", server=key[0], session=key[1])
                     nursery.cancel_scope.cancel()
         finally:
             held.finished.set()
