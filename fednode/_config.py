@@ -29,6 +29,7 @@ NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MIN_HS512_SECRET_BYTES = 64
 #: Longest link-token lifetime; peers refuse tokens that live longer.
 MAX_TOKEN_TTL = 3600.0
+MAX_REQUEST_TIMEOUT = 86400.0  # longest deadline of a forwarded request: a day
 ALGORITHMS = ("HS512", "EdDSA")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -636,6 +637,8 @@ class _Builder:
         if prefix is not None and prefix and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", prefix):
             self.problem(f"{path}.prefix", f"{prefix!r} must be 1-64 characters of A-Z a-z 0-9 _ - . (or \"\")")
         timeout = self.duration(raw, "timeout", path, 0.0) if "timeout" in raw else None
+        if timeout is not None and timeout > MAX_REQUEST_TIMEOUT:
+            self.problem(f"{path}.timeout", f"must be at most {MAX_REQUEST_TIMEOUT:g}s (a day)")
         if command is not None and ("headers" in raw):
             self.problem(f"{path}.headers", "headers are only used with url")
         if url is not None and any(k in raw for k in ("args", "env", "cwd")):
@@ -647,8 +650,10 @@ class _Builder:
 
     def mcp(self, raw: dict[str, Any]) -> MCPConfig:
         self.unknown_keys(raw, {"request_timeout", "transit"}, "mcp")
-        return MCPConfig(request_timeout=self.duration(raw, "request_timeout", "mcp", 60.0),
-                         transit=self.boolean(raw, "transit", "mcp", True))
+        request_timeout = self.duration(raw, "request_timeout", "mcp", 60.0)
+        if request_timeout > MAX_REQUEST_TIMEOUT:
+            self.problem("mcp.request_timeout", f"must be at most {MAX_REQUEST_TIMEOUT:g}s (a day)")
+        return MCPConfig(request_timeout=request_timeout, transit=self.boolean(raw, "transit", "mcp", True))
 
     def clients(self, raw: dict[str, Any]) -> ClientsConfig:
         self.unknown_keys(raw, {"tokens"}, "clients")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from ._config import MAX_REQUEST_TIMEOUT
 from ._errors import (
     FednodeError,
     LinkClosedError,
@@ -90,15 +91,20 @@ class Route:
     digest: str
     catalog: Mapping[str, tuple[dict[str, Any], ...]] = attrs.field(eq=False, repr=False)
     extensions: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+    #: the owning node's deadline for this server's requests (``[[servers]] timeout``), if it set one
+    timeout: float | None = attrs.field(default=None, eq=False)
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.origin, self.server)
 
     def to_wire(self, path: tuple[str, ...]) -> dict[str, Any]:
-        return {"origin": self.origin, "server": self.server, "prefix": self.prefix, "path": list(path),
+        wire: dict[str, Any] = {"origin": self.origin, "server": self.server, "prefix": self.prefix, "path": list(path),
                 "digest": self.digest, "catalog": {k: list(v) for k, v in self.catalog.items()},
                 "extensions": dict(self.extensions)}
+        if self.timeout is not None:
+            wire["timeout"] = self.timeout
+        return wire
 
 
 @attrs.frozen
@@ -114,9 +120,11 @@ class Entry:
 
 
 def catalog_digest(catalog: Mapping[str, Any]) -> str:
-    """A content hash of a catalog (and its server's extensions), so unchanged ones are never re-sent."""
-    text = json.dumps({k: catalog.get(k, ()) for k in (*KINDS, "extensions")}, sort_keys=True,
-                      separators=(",", ":"), default=str)
+    """A content hash of a catalog (and its server's extensions and timeout), so unchanged ones are never re-sent."""
+    hashed = {k: catalog.get(k, ()) for k in (*KINDS, "extensions")}
+    if catalog.get("timeout") is not None:
+        hashed["timeout"] = catalog["timeout"]
+    text = json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -139,8 +147,12 @@ def _route_from_wire(item: object) -> Route:
     extensions = item.get("extensions", {})
     if not isinstance(extensions, dict):
         raise ValueError("extensions must be an object")
+    timeout = item.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                or not 0 < timeout <= MAX_REQUEST_TIMEOUT):
+        raise ValueError(f"timeout must be a number of seconds in (0, {MAX_REQUEST_TIMEOUT:g}]")
     return Route(origin=origin, server=server, prefix=prefix, path=tuple(path), digest=digest, catalog=kinds,
-                 extensions=extensions)
+                 extensions=extensions, timeout=None if timeout is None else float(timeout))
 
 
 def _item_name(kind: str, definition: Mapping[str, Any]) -> str | None:
@@ -265,9 +277,13 @@ class Federation:
             capabilities = info.get("capabilities")
             found = capabilities.get("extensions") if isinstance(capabilities, dict) else None
             extensions: dict[str, Any] = found if isinstance(found, dict) else {}
+            timeout = upstream.config.timeout if upstream is not None else None
+            if timeout is not None:
+                timeout = min(timeout, MAX_REQUEST_TIMEOUT)
             routes[(self.node.id, server_id)] = Route(
                 origin=self.node.id, server=server_id, prefix=prefix, path=(self.node.id,),
-                digest=catalog_digest({**kinds, "extensions": extensions}), catalog=kinds, extensions=extensions)
+                digest=catalog_digest({**kinds, "extensions": extensions, "timeout": timeout}), catalog=kinds,
+                extensions=extensions, timeout=timeout)
         return routes
 
     def _rtt(self, peer_id: str) -> float:
@@ -403,17 +419,23 @@ class Federation:
     async def _advertise(self, peer_id: str) -> None:
         desired = self.desired_for(peer_id)
         previous = self.advertised.get(peer_id)
+        wire = {key: route.to_wire(path) for key, (route, path) in desired.items()
+                if previous is None or previous.get(key) != (path, route.digest)}
+        sizes = {key: len(json.dumps(item, separators=(",", ":"), ensure_ascii=False, default=str))
+                 for key, item in wire.items()}
+        budget = self._frame_budget()
+        for key in [key for key, size in sizes.items() if size > budget]:
+            # It cannot be sent: the peer must not keep routing to what it had before (withdrawn
+            # below), and it is not recorded as sent, so it goes out once it fits again.
+            self.log.error("routes.too_large", peer=peer_id, server=key[1], origin=key[0], size=sizes[key],
+                           limit=budget, hint="raise [link] max_message_size on every node")
+            del desired[key], wire[key], sizes[key]
         snapshot = {key: (path, route.digest) for key, (route, path) in desired.items()}
         full = previous is None
-        if previous is None:
-            routes = [r.to_wire(p) for r, p in desired.values()]
-            withdrawn: list[list[str]] = []
-        else:
-            routes = [r.to_wire(p) for key, (r, p) in desired.items() if previous.get(key) != snapshot[key]]
-            withdrawn = [list(key) for key in previous if key not in desired]
-            if not routes and not withdrawn:
-                return
-        frames = self._frames(full, routes, withdrawn)
+        withdrawn = [] if previous is None else [list(key) for key in previous if key not in desired]
+        if not full and not wire and not withdrawn:
+            return
+        frames = self._frames(full, [(wire[key], sizes[key]) for key in wire], withdrawn, budget)
         try:
             for frame in frames:
                 await self.node.notify(peer_id, ROUTES_METHOD, frame)
@@ -423,18 +445,18 @@ class Federation:
             return
         self.advertised[peer_id] = snapshot
 
-    def _frames(self, full: bool, routes: list[dict[str, Any]], withdrawn: list[list[str]]) -> list[dict[str, Any]]:
-        """Pack an advertisement into frames that fit the link's maximum message size."""
-        budget = int(self.node.config.link.max_message_size * 0.9) - 1024
+    def _frame_budget(self) -> int:
+        """The largest route (as JSON) that fits in one advertisement frame."""
+        return int(self.node.config.link.max_message_size * 0.9) - 1024
+
+    @staticmethod
+    def _frames(full: bool, routes: list[tuple[dict[str, Any], int]], withdrawn: list[list[str]],
+                budget: int) -> list[dict[str, Any]]:
+        """Pack an advertisement (routes with their JSON sizes) into frames of at most ``budget``."""
         frames: list[dict[str, Any]] = []
         current: list[dict[str, Any]] = []
         size = 0
-        for route in routes:
-            length = len(json.dumps(route, separators=(",", ":"), ensure_ascii=False, default=str))
-            if length > budget:
-                self.log.error("routes.too_large", server=route["server"], origin=route["origin"], size=length,
-                               limit=budget, hint="raise [link] max_message_size on every node")
-                continue
+        for route, length in routes:
             if current and size + length > budget:
                 frames.append({"full": full, "set": current, "withdraw": [], "more": True})
                 current, size = [], 0
@@ -546,7 +568,13 @@ class Federation:
             parked_at = token_origin(params.get("requestState"))
             if parked_at in origins:
                 origins = (parked_at,)  # a retry answering a parked call goes where the call waits
-        deadline = trio.current_time() + (timeout or self.node.config.mcp.request_timeout)
+        if timeout is None:
+            # The owning node's [[servers]] timeout when it set one (it knows its slow servers),
+            # else this node's [mcp] request_timeout.
+            best = self._best.get((origins[0], server)) if origins else None
+            route_timeout = best[0].timeout if best is not None else None
+            timeout = route_timeout or self.node.config.mcp.request_timeout
+        deadline = trio.current_time() + timeout
         last: ForwardError | None = None
         for origin in origins:
             if session is not None:
@@ -673,8 +701,8 @@ class Federation:
                 try:
                     own = await self.sessions.upstream_for(server, session, trace, timeout)
                 except trio.TooSlowError:
-                    raise ForwardError(SERVER_UNAVAILABLE, f"Server {server!r} did not open a session in time") \
-                        from None
+                    raise ForwardError(DEADLINE_EXCEEDED,
+                                       f"Deadline exceeded while server {server!r} opened a session") from None
                 if own is not None:
                     upstream = own
                     await self.sessions.apply_level(server, session, upstream)
@@ -689,6 +717,8 @@ class Federation:
             raise ForwardError(exc.code, exc.message, exc.data) from None
         except ServerUnavailableError as exc:
             raise ForwardError(SERVER_UNAVAILABLE, f"Server {server!r} is down: {exc}") from None
+        except ForwardError:  # already carries the code the client should see (parked calls)
+            raise
         except FednodeError as exc:  # the upstream's own timeout, and the like
             code = DEADLINE_EXCEEDED if "timeout" in type(exc).__name__.lower() else SERVER_UNAVAILABLE
             raise ForwardError(code, f"Server {server!r}: {exc}") from None
@@ -719,7 +749,10 @@ class Federation:
         session = params.get("session")
         if session is not None and not (isinstance(session, dict) and isinstance(session.get("id"), str)):
             raise ForwardError(-32602, "malformed session in fed/forward")
-        timeout = min(float(timeout), self.node.config.mcp.request_timeout * 10)
+        # A peer may not hold a request here for longer than this node would allow itself.
+        best = self._best.get((origin, server))
+        limit = max(self.node.config.mcp.request_timeout * 10, (best[0].timeout or 0.0) if best else 0.0)
+        timeout = min(float(timeout), limit)
         return origin, server, method, upstream_params, timeout, trace
 
     def _transit(self, params: Any, context: RequestContext, inbound: Link) -> Transit | None:

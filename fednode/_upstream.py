@@ -25,6 +25,7 @@ the group is swept (SIGTERM, a grace period, SIGKILL) after the transport has cl
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import shutil
@@ -106,6 +107,19 @@ _STDERR_FLUSH = 0.5
 # Bounds on what a misbehaving server can make us do or log.
 _MAX_PAGES = 1000
 _STDERR_LINE_LIMIT = 4000
+# Unreadable messages from a server are logged at most this often (with a count of the rest).
+_BAD_MESSAGE_LOG_INTERVAL = 1.0
+
+
+class _ParseFailureFilter(logging.Filter):
+    """Drops the SDK stdio reader's own report of an unparsable line (a traceback, and no server id):
+    fednode logs each such line itself, tagged with the server and rate-limited."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Failed to parse JSONRPC message from server"
+
+
+logging.getLogger("mcp.client.stdio").addFilter(_ParseFailureFilter())
 
 # ``$$`` is the shell's pid; ``exec`` keeps it, so it is the server's pid (and process group id).
 _PID_MARKER = "fednode-upstream-pid="
@@ -338,6 +352,8 @@ class UpstreamServer:
         self.era: str | None = None
         self.server_info: dict[str, Any] | None = None
         self.restarts = 0
+        self._bad_messages = 0  # unreadable messages not yet logged
+        self._bad_logged_at = -math.inf
         self.last_error: str | None = None
         self.catalog = ServerCatalog()
         self.pid: int | None = None
@@ -558,12 +574,14 @@ class UpstreamServer:
                             await self._pid_seen.wait()
                     conn = _Connection(http=self.config.url is not None)
                     ended = "the server process exited" if self.config.command is not None else "the connection closed"
-                    watched = _WatchedReadStream(read, functools.partial(self._lose, conn, ended))
+                    watched = _WatchedReadStream(read, functools.partial(self._lose, conn, ended), self._bad_message)
                     conn.dispatcher = JSONRPCDispatcher(watched, write)
                     try:
                         async with trio.open_nursery() as nursery:
                             conn.scope = nursery.cancel_scope
                             await nursery.start(self._drive, conn)
+                            if self.pid is not None:
+                                nursery.start_soon(self._watch_exit, conn, self.pid)
                             await self._handshake(conn)
                             if conn.modern:
                                 await self._start_listen(conn, nursery)
@@ -595,6 +613,35 @@ class UpstreamServer:
             self._conn = None
             self.last_error = conn.end_reason  # refined by run() once the transport has closed
             self._set_state(BACKOFF)
+
+    def _bad_message(self, exc: Exception) -> None:
+        """Log a message the server sent that could not be read (it is dropped); at most one line a second."""
+        self._bad_messages += 1
+        now = trio.current_time()
+        if now - self._bad_logged_at >= _BAD_MESSAGE_LOG_INTERVAL:
+            self._bad_logged_at = now
+            self.log.warning("upstream.bad_message", error=str(exc).splitlines()[0][:300] if str(exc) else repr(exc),
+                             dropped=self._bad_messages)
+            self._bad_messages = 0
+
+    async def _watch_exit(self, conn: _Connection, pid: int) -> None:
+        """End the connection when the server process exits, even while something else holds its stdout.
+
+        A descendant that inherited the server's stdout keeps the pipe open after the server is
+        gone, so the end of stdout alone would leave a dead server looking up until a call fails.
+        Waits on a pidfd (Linux): it becomes readable when the process exits, without reaping it.
+        """
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            return  # no pidfd here: the end of stdout remains the sign
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        finally:
+            os.close(fd)
+        self._lose(conn, "the server process exited")
+        assert conn.scope is not None
+        conn.scope.cancel()
 
     async def _drive(self, conn: _Connection, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the dispatcher's receive loop; the connection ends when it does."""
@@ -631,7 +678,8 @@ class UpstreamServer:
         command, args = self.config.command, list(self.config.args)
         if os.name != "posix":  # no shim, no pipe reader: stderr is shared with ours (never our stdout)
             self._stderr_done.set()
-            params = StdioServerParameters(command=command, args=args, env=extra_env or None, cwd=self.config.cwd)
+            params = StdioServerParameters(command=command, args=args, env=extra_env or None, cwd=self.config.cwd,
+                                           encoding_error_handler="replace")
             return stdio_client(params, errlog=sys.stderr), None
         read_fd, write_fd = os.pipe()
         aux.start_soon(self._read_stderr, trio.lowlevel.FdStream(read_fd))
@@ -639,8 +687,10 @@ class UpstreamServer:
         stack.callback(errlog.close)  # in case the transport is never entered
         # Registered before the transport is entered, so it runs after the transport has closed.
         stack.push_async_callback(self._sweep_process_group)
+        # "replace": a line that is not UTF-8 becomes one unparsable message, logged; with the SDK's
+        # default ("strict") the reader would stop for good while the server looked up.
         params = StdioServerParameters(command="/bin/sh", args=["-c", _PID_SHIM, command, *args],
-                                       env=extra_env or None, cwd=self.config.cwd)
+                                       env=extra_env or None, cwd=self.config.cwd, encoding_error_handler="replace")
         return stdio_client(params, errlog=errlog), errlog
 
     async def _read_stderr(self, stream: trio.lowlevel.FdStream) -> None:
@@ -942,9 +992,10 @@ class _WatchedReadStream:
     while the dispatcher is torn down) means the connection is over.
     """
 
-    def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
+    def __init__(self, inner: Any, on_end: Callable[[], None], on_bad: Callable[[Exception], None]) -> None:
         self._inner = inner
         self._on_end = on_end
+        self._on_bad = on_bad
 
     @property
     def last_context(self) -> Any:
@@ -957,6 +1008,8 @@ class _WatchedReadStream:
         except BaseException:
             self._on_end()
             raise
+        if isinstance(item, Exception):
+            self._on_bad(item)
         return item
 
     async def aclose(self) -> None:

@@ -189,11 +189,16 @@ class TestLargeCatalogs:
                         {"name": f"t{j}", "description": big, "inputSchema": {"type": "object"}}
                         for j in range(150))))
                 await eventually(lambda: len(names(a)) == 8 * 150, timeout=20)
-                # A server whose catalog alone exceeds a frame is refused with a clear log line, not a crash.
+                # A server whose catalog grows past a frame is withdrawn (with a clear log line), not left
+                # stale at the peer, and comes back once it fits again.
+                b.federation.set_local_catalog("huge", tools("small"))
+                await eventually(lambda: "huge__small" in names(a))
                 b.federation.set_local_catalog("huge", Catalog(tools=tuple(
                     {"name": f"t{j}", "description": big * 2} for j in range(400))))
-                await trio.sleep(0.5)
+                await eventually(lambda: not any(n.startswith("huge__") for n in names(a)))
                 assert len(names(a)) == 8 * 150 and a.connected_peers() == ["node-b"]
+                b.federation.set_local_catalog("huge", tools("again"))
+                await eventually(lambda: "huge__again" in names(a))
 
 
 class TestEnforcement:

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from mcp import Client
@@ -33,10 +34,12 @@ def notes_server() -> fednode.ServerConfig:
 
 
 @asynccontextmanager
-async def chain(backoff: dict[str, Any] | None = None, jitter: Any = None,
+async def chain(backoff: dict[str, Any] | None = None, jitter: Any = None, mcp: dict[str, Any] | None = None,
                 **servers: list[fednode.ServerConfig]) -> AsyncIterator[dict[str, fednode.Node]]:
     """Nodes node-a - node-b - node-c; ``servers["b"]`` are attached at node-b, and so on."""
     sections = {"backoff": backoff} if backoff else {}
+    if mcp:
+        sections["mcp"] = mcp
     async with AsyncExitStack() as stack:
         nodes = {i: await stack.enter_async_context(fednode.open_node(node_config(f"node-{i}", **sections),
                                                                       jitter=jitter)) for i in "abc"}
@@ -171,6 +174,33 @@ class TestProgressAndCancellation:
                     while not marker.exists():
                         await trio.sleep(0.05)
                 assert marker.read_text() == "cancelled"
+
+
+class TestDeadlines:
+    """The owning node's per-server timeout decides; a deadline is reported as one, in either era."""
+
+    async def test_server_timeout_longer_than_the_callers_default(self) -> None:
+        slow = attrs.evolve(fixture_server(), timeout=20.0)
+        with trio.fail_after(60):
+            async with chain(mcp={"request_timeout": "0.5s"}, c=[slow]) as nodes:
+                a = nodes["node-a"]
+                await until_listed(a, "fx__slow")
+                assert a.federation.best_routes()[("node-c", "fx")][0].timeout == 20.0
+                async with Client(a.mcp_url, mode="2026-07-28", cache=None) as client:
+                    result = await client.call_tool("fx__slow", {"seconds": 1.5})
+                assert not result.is_error
+
+    @pytest.mark.parametrize("mode", ["2026-07-28", "legacy"])
+    async def test_deadline_at_a_legacy_server_is_a_deadline(self, mode: str) -> None:
+        hasty = attrs.evolve(fixture_server("old", "--legacy-only"), timeout=0.5)
+        with trio.fail_after(60):
+            async with chain(c=[hasty]) as nodes:
+                a = nodes["node-a"]
+                await until_listed(a, "old__slow")
+                async with Client(a.mcp_url, mode=mode, cache=None) as client:
+                    with pytest.raises(MCPError) as info:
+                        await client.call_tool("old__slow", {"seconds": 10})
+                assert info.value.error.code == -32052, info.value.error
 
 
 class TestFaults:

@@ -401,6 +401,31 @@ class TestProcess:
                     await trio.sleep(0.02)
             assert any(e["event"] == "upstream.sweep" for e in logs)
 
+    async def test_exit_is_noticed_while_a_descendant_holds_stdout(self) -> None:
+        """A server that exits while its child keeps the stdout pipe open is restarted, no call needed."""
+        with trio.fail_after(30), structlog.testing.capture_logs() as logs:
+            async with running(stdio_config("--leak-stdout", "--exit-after", "1")) as (server, _):
+                lines = [e["line"] for e in logs if e["event"] == "upstream.stderr"]
+                grandchild = int(next(line for line in lines if line.startswith("grandchild ")).split()[1])
+                first = server.pid
+                while server.restarts == 0:
+                    await trio.sleep(0.05)
+                assert server.last_error == "the server process exited"
+                assert first is not None and is_gone(first)
+                with trio.fail_after(5):
+                    while not is_gone(grandchild):  # swept with the first instance's process group
+                        await trio.sleep(0.02)
+
+    async def test_stdout_noise_is_skipped(self) -> None:
+        """A line that is not UTF-8 (or not JSON) on stdout is dropped; the server stays usable."""
+        with trio.fail_after(20), structlog.testing.capture_logs() as logs:
+            async with running(stdio_config("--noise")) as (server, _):
+                result = await server.call("tools/call", tool_call("add", a=2, b=3))
+                assert result["structuredContent"] == {"result": 5} and server.restarts == 0
+        # Logged once (rate-limited), naming the server.
+        bad = [e for e in logs if e["event"] == "upstream.bad_message"]
+        assert len(bad) == 1 and bad[0]["server"] == "fx" and bad[0]["dropped"] == 1
+
     async def test_stderr_goes_to_the_log(self, capfd: pytest.CaptureFixture[str]) -> None:
         with trio.fail_after(20), structlog.testing.capture_logs() as logs:
             async with running(stdio_config("--name", "chatty", server_id="chatty")):

@@ -3,7 +3,8 @@
 Run it as a subprocess::
 
     python tests/mcp_fixtures/test_server.py [--name NAME] [--legacy-only] [--many N] [--page-size N]
-                                             [--stubborn] [--spawn-child] [--http PORT]
+                                             [--stubborn] [--spawn-child] [--leak-stdout]
+                                             [--exit-after SECONDS] [--noise] [--http PORT]
 
 It speaks both protocol eras (the SDK picks the era from the client's first request) over stdio, or
 Streamable HTTP on 127.0.0.1 with ``--http`` (it then prints ``url <URL>`` on stdout once listening).
@@ -28,6 +29,10 @@ Options that make it misbehave on purpose:
 - ``--stubborn``: ignore SIGTERM and keep running after stdin closes (only SIGKILL ends it).
 - ``--spawn-child``: start a ``sleep`` grandchild in the server's process group and report its pid
   on stderr as ``grandchild <pid>``; it outlives the server unless the client cleans up the group.
+- ``--leak-stdout``: like ``--spawn-child``, but the grandchild inherits the server's stdout, so
+  the pipe stays open after the server exits.
+- ``--exit-after SECONDS``: exit abruptly that long after starting.
+- ``--noise``: before serving, write a line that is not UTF-8 and a line that is not JSON on stdout.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +273,9 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=4)
     parser.add_argument("--stubborn", action="store_true")
     parser.add_argument("--spawn-child", action="store_true")
+    parser.add_argument("--leak-stdout", action="store_true")
+    parser.add_argument("--exit-after", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--noise", action="store_true")
     parser.add_argument("--http", type=int, default=None, metavar="PORT")
     args = parser.parse_args()
 
@@ -277,6 +286,14 @@ def main() -> None:
         child = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
         print(f"grandchild {child.pid}", file=sys.stderr, flush=True)
+    if args.leak_stdout:
+        child = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        print(f"grandchild {child.pid}", file=sys.stderr, flush=True)
+    if args.exit_after is not None:
+        threading.Timer(args.exit_after, os._exit, (3,)).start()
+    if args.noise:
+        sys.stdout.buffer.write(b"\xff\xfe not utf-8 \xc3\x28\n this is not JSON\n")
+        sys.stdout.buffer.flush()
     fixture = Fixture(args.name, args.many, args.page_size)
     if args.http is not None:
         trio.run(serve_http, fixture, args.http)
