@@ -29,6 +29,7 @@ import trio
 from mcp.shared.exceptions import MCPError
 
 from ._errors import FednodeError
+from ._upstream import QUESTION_CAPABILITY
 
 if TYPE_CHECKING:
     from ._federation import ProgressFn
@@ -55,7 +56,6 @@ def token_origin(token: object) -> str | None:
     return origin if isinstance(origin, str) else None
 
 
-_CAPABILITY = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}
 
 
 class _Parked:
@@ -68,8 +68,8 @@ class _Parked:
         self.scope = trio.CancelScope(deadline=deadline)
 
     async def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        if _CAPABILITY.get(method) not in self.declared:
-            raise MCPError(-32601, f"the client did not declare the {_CAPABILITY.get(method)} capability")
+        if QUESTION_CAPABILITY.get(method) not in self.declared:
+            raise MCPError(-32601, f"the client did not declare the {QUESTION_CAPABILITY.get(method)} capability")
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
         self.answer = send
         await self.outcomes_send.send(("question", {"method": method, "params": params}))
@@ -190,7 +190,7 @@ class Parking:
         parked = _Parked(uuid.uuid4().hex, trio.current_time() + timeout,
                          declared if isinstance(declared, dict) else {})
         solo = None
-        if any(capability in parked.declared for capability in _CAPABILITY.values()):
+        if any(capability in parked.declared for capability in QUESTION_CAPABILITY.values()):
             solo = await self._checkout(server, upstream, timeout)
         self._parked[parked.id] = parked
         upstream_params = {k: v for k, v in params.items() if k not in ("requestState", "inputResponses")}

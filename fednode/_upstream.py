@@ -63,6 +63,7 @@ from mcp_types import (
     CLIENT_CAPABILITIES_META_KEY,
     CLIENT_INFO_META_KEY,
     CONNECTION_CLOSED,
+    INTERNAL_ERROR,
     LOG_LEVEL_META_KEY,
     METHOD_NOT_FOUND,
     PROTOCOL_VERSION_META_KEY,
@@ -105,6 +106,7 @@ _GROUP_GRACE = 2.0
 # Time for the last stderr lines to be read once the process is gone.
 _STDERR_FLUSH = 0.5
 # Bounds on what a misbehaving server can make us do or log.
+_REFRESH_GAP = 1.0  # seconds between the starts of two catalog re-reads, at least
 _MAX_PAGES = 1000
 _STDERR_LINE_LIMIT = 4000
 # Unreadable messages from a server are logged at most this often (with a count of the rest).
@@ -287,7 +289,11 @@ class _Connection:
 #: Server notifications a session connection hands to its client session.
 SESSION_NOTIFICATIONS = frozenset({"notifications/message", "notifications/resources/updated"})
 #: Server-to-client requests a session connection relays to its client session.
-SESSION_REQUESTS = frozenset({"elicitation/create", "sampling/createMessage", "roots/list"})
+#: The requests a server may send its client, and the client capability each needs.
+QUESTION_CAPABILITY = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}
+SESSION_REQUESTS = frozenset(QUESTION_CAPABILITY)
+#: Questions a session connection's server may have waiting for the client at once.
+MAX_SESSION_QUESTIONS = 16
 
 
 @attrs.define
@@ -353,6 +359,7 @@ class UpstreamServer:
         self.server_info: dict[str, Any] | None = None
         self.restarts = 0
         self._bad_messages = 0  # unreadable messages not yet logged
+        self._questions = 0  # questions to a session's client waiting for an answer
         self._bad_logged_at = -math.inf
         self.last_error: str | None = None
         self.catalog = ServerCatalog()
@@ -881,13 +888,22 @@ class UpstreamServer:
             self.log.error("upstream.on_catalog_failed", error=repr(exc)[:300])
 
     async def _refresh_loop(self, conn: _Connection) -> None:
-        """Re-read the lists the server says have changed."""
+        """Re-read the lists the server says have changed.
+
+        The first change is read at once; a server announcing changes faster than that waits: the
+        next read starts no sooner than ``_REFRESH_GAP`` (or four times the last read's duration)
+        after the last one began, so a storm of ``list_changed`` costs a bounded share of the CPU.
+        """
+        last_start, last_took = -math.inf, 0.0
         while True:
             await conn.changed.wait()
+            await trio.sleep_until(last_start + max(_REFRESH_GAP, 4 * last_took))
             conn.changed = trio.Event()
             kinds, conn.dirty = conn.dirty, set()
             self.log.info("upstream.list_changed", lists=sorted(kinds))
+            last_start = trio.current_time()
             await self._read_lists(conn, kinds)
+            last_took = trio.current_time() - last_start
 
     async def _start_listen(self, conn: _Connection, nursery: trio.Nursery) -> None:
         """Modern servers announce list changes only on a ``subscriptions/listen`` stream: open one."""
@@ -965,8 +981,19 @@ class UpstreamServer:
         if method == "ping":
             return {}
         if self.session is not None and method in SESSION_REQUESTS:
-            # The server asks the session's client (elicitation, sampling, roots): relay and wait.
-            return await self.session.ask(method, dict(params or {}))
+            # The server asks the session's client (elicitation, sampling, roots): relay and wait,
+            # if the client said it can answer, and a bounded number at a time.
+            capability = QUESTION_CAPABILITY[method]
+            if capability not in self.session.capabilities:
+                raise MCPError(METHOD_NOT_FOUND, f"the client did not declare the {capability} capability")
+            if self._questions >= MAX_SESSION_QUESTIONS:
+                raise MCPError(INTERNAL_ERROR, f"too many questions waiting for the client (at most "
+                                               f"{MAX_SESSION_QUESTIONS})")
+            self._questions += 1
+            try:
+                return await self.session.ask(method, dict(params or {}))
+            finally:
+                self._questions -= 1
         if method in SESSION_REQUESTS and len(self._in_flight) == 1:
             ask = next(iter(self._in_flight.values()))
             if ask is not None:

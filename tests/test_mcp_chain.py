@@ -400,6 +400,20 @@ class TestAskingTheClient:
                 assert asked == ["elicit: Who are you?", "sample"]
 
 
+    async def test_undeclared_question_is_refused_at_the_server(self) -> None:
+        """A legacy client that declared no elicitation is never asked: the server hears "not declared"."""
+        with trio.fail_after(60):
+            async with chain(c=[fixture_server()]) as nodes:
+                a = nodes["node-a"]
+                await until_listed(a, "fx__ask")
+                async with Client(a.mcp_url, mode="legacy", cache=None) as client:
+                    try:
+                        outcome = str(await client.call_tool("fx__ask", {"question": "Who?"}))
+                    except MCPError as exc:
+                        outcome = str(exc)
+                assert "did not declare the elicitation capability" in outcome, outcome
+
+
 class TestLegacySessions:
     """A legacy client session has its own log level and log messages at a server two hops away."""
 

@@ -437,3 +437,32 @@ class TestProcess:
         assert not any("fednode-upstream-pid" in e["line"] for e in stderr_events)
         captured = capfd.readouterr()
         assert "fixture chatty starting" not in captured.out + captured.err
+
+
+class TestCatalogStorms:
+    """A server announcing list changes without pause costs bounded work (in-process server, MockClock)."""
+
+    async def test_list_changed_storm_is_coalesced(self, autojump_clock: trio.testing.MockClock) -> None:
+        sys.path.insert(0, str(Path(FIXTURE).parent))
+        try:
+            from test_server import Fixture
+        finally:
+            sys.path.remove(str(Path(FIXTURE).parent))
+        fixture = Fixture("storm", 0, 100)
+        catalogs = Catalogs()
+        reads: list[float] = []
+        server = UpstreamServer(ServerConfig(id="storm"), backoff=FAST_BACKOFF, server=fixture.server,
+                                on_catalog=lambda c: (reads.append(trio.current_time()), catalogs(c)))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            await server.wait_ready(15)
+            reads.clear()
+            started = trio.current_time()
+            for _ in range(20):  # 20 announcements within 0.2 s
+                await server.call("tools/call", tool_call("grow"))
+                await trio.sleep(0.01)
+            await catalogs.wait_for(lambda c: "grown_20" in names(c.tools))
+            # The first change is read at once; the other 19 together, one gap (1 s) later.
+            assert len(reads) == 2
+            assert reads[0] - started < 0.05 and reads[1] - reads[0] >= 1.0
+            nursery.cancel_scope.cancel()
