@@ -16,14 +16,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import itertools
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import mcp_types
 import trio
+from pydantic import BaseModel, ValidationError
 
 from ._config import MAX_REQUEST_TIMEOUT
 from ._errors import (
@@ -63,6 +66,11 @@ FORWARDING_LOOP = -32053
 
 MAX_PATH = 32  # longer advertised paths are refused: a sane federation is far smaller
 MAX_ROUTES_PER_PEER = 1024  # routes (attached servers) accepted from one peer
+# What one peer's routes may add up to: catalog items (tools, prompts, resources, templates) and
+# their size as JSON. Routes beyond either are refused (logged), so no peer can make this node hold,
+# or rebuild its catalog from, more than this.
+MAX_ITEMS_PER_PEER = 20_000
+MAX_CATALOG_BYTES_PER_PEER = 32 * 1024 * 1024
 MAX_TASKS = 10_000  # tasks remembered for routing tasks/*; the oldest are forgotten first
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
@@ -93,6 +101,12 @@ class Route:
     extensions: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     #: the owning node's deadline for this server's requests (``[[servers]] timeout``), if it set one
     timeout: float | None = attrs.field(default=None, eq=False)
+    #: the size of the catalog as JSON (bytes; counted for routes learned from peers)
+    size: int = attrs.field(default=0, eq=False)
+
+    @property
+    def items(self) -> int:
+        return sum(len(v) for v in self.catalog.values())
 
     @property
     def key(self) -> tuple[str, str]:
@@ -155,6 +169,34 @@ def _route_from_wire(item: object) -> Route:
                  extensions=extensions, timeout=None if timeout is None else float(timeout))
 
 
+_MODELS: dict[str, type[BaseModel]] = {"tools": mcp_types.Tool, "prompts": mcp_types.Prompt,
+                                        "resources": mcp_types.Resource,
+                                        "resourceTemplates": mcp_types.ResourceTemplate}
+
+
+def valid_items(kind: str, items: Iterable[Any]) -> tuple[tuple[dict[str, Any], ...], list[str]]:
+    """The definitions of ``kind`` a client can accept (checked against the SDK's models, kept as
+    they are), and why each of the others is not.
+
+    One malformed definition would otherwise make clients' whole ``*/list`` fail.
+    """
+    model = _MODELS[kind]
+    kept: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for item in items:
+        try:
+            model.model_validate(item, by_name=False)
+        except ValidationError as exc:
+            name = item.get("name") or item.get("uri") or item.get("uriTemplate") if isinstance(item, dict) else None
+            errors = exc.errors()
+            where = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
+            message = errors[0]["msg"] if errors else "invalid"
+            problems.append(f"{kind} {str(name)[:80]!r}: {where or 'item'}: {message}"[:300])
+            continue
+        kept.append(item)
+    return tuple(kept), problems
+
+
 def _item_name(kind: str, definition: Mapping[str, Any]) -> str | None:
     key = "uri" if kind == "resources" else "uriTemplate" if kind == "resourceTemplates" else "name"
     value = definition.get(key)
@@ -176,6 +218,13 @@ class Federation:
         self.log = node.log
         self.upstreams: dict[str, UpstreamServer] = {}
         self.local_catalogs: dict[str, ServerCatalog] = {}
+        self._local_kinds: dict[str, dict[str, tuple[dict[str, Any], ...]]] = {}  # validated, by kind
+        # server id -> when its exposed names were first claimed (an ever-increasing number): older
+        # claims keep their names when another server claims the same ones
+        self._claimed: dict[str, int] = {}
+        self._claims = itertools.count()
+        # peers an advertisement is being sent to -> whether another is due when it is done
+        self._advertising: dict[str, bool] = {}
         self.learned: dict[str, dict[tuple[str, str], Route]] = {}
         self.advertised: dict[str, dict[tuple[str, str], tuple[tuple[str, ...], str]] | None] = {}
         self._staging: dict[str, dict[tuple[str, str], Route]] = {}
@@ -212,11 +261,24 @@ class Federation:
         self._listeners.append(listener)
 
     def set_local_catalog(self, server_id: str, catalog: ServerCatalog | None) -> None:
-        """Record (or with None, forget) the catalog of a server attached to this node."""
+        """Record (or with None, forget) the catalog of a server attached to this node.
+
+        Definitions a client could not accept are left out (and logged).
+        """
         if catalog is None:
             self.local_catalogs.pop(server_id, None)
+            self._local_kinds.pop(server_id, None)
         else:
             self.local_catalogs[server_id] = catalog
+            kinds: dict[str, tuple[dict[str, Any], ...]] = {}
+            problems: list[str] = []
+            for kind, field in _CATALOG_FIELDS.items():
+                kinds[kind], found = valid_items(kind, getattr(catalog, field))
+                problems += found
+            if problems:
+                self.log.warning("catalog.invalid_items", server=server_id, dropped=len(problems),
+                                 problems=problems[:5])
+            self._local_kinds[server_id] = kinds
         self._changed()
 
     def link_up(self, peer_id: str) -> None:
@@ -250,29 +312,54 @@ class Federation:
         table = staging if staging is not None else dict(self.learned.get(peer_id, {}))
         for key in withdrawn:
             table.pop(key, None)
+        items = sum(r.items for r in table.values())
+        size = sum(r.size for r in table.values())
         for route in routes:
+            old = table.pop(route.key, None)
+            if old is not None:
+                items, size = items - old.items, size - old.size
             if self.node.id in route.path or route.path[-1] != peer_id or not peer.imports(route.server):
-                table.pop(route.key, None)  # a loop, a forged path or not imported: never used
-                continue
-            if route.key not in table and len(table) >= MAX_ROUTES_PER_PEER:
-                # A peer cannot make this node hold unbounded state, whatever it advertises.
-                self.log.warning("routes.limit", peer=peer_id, limit=MAX_ROUTES_PER_PEER, dropped=list(route.key))
+                continue  # a loop, a forged path or not imported: never used
+            route = self._checked(peer_id, route)
+            # A peer cannot make this node hold unbounded state, whatever it advertises.
+            why = None
+            if len(table) >= MAX_ROUTES_PER_PEER:
+                why = f"more than {MAX_ROUTES_PER_PEER} routes"
+            elif items + route.items > MAX_ITEMS_PER_PEER:
+                why = f"more than {MAX_ITEMS_PER_PEER} catalog items"
+            elif size + route.size > MAX_CATALOG_BYTES_PER_PEER:
+                why = f"more than {MAX_CATALOG_BYTES_PER_PEER // (1024 * 1024)} MiB of catalogs"
+            if why is not None:
+                self.log.warning("routes.limit", peer=peer_id, limit=why, dropped=list(route.key))
                 continue
             table[route.key] = route
+            items, size = items + route.items, size + route.size
         if staging is not None and params.get("more"):
             return
         self._staging.pop(peer_id, None)
         self.learned[peer_id] = table
         self._changed()
 
+    def _checked(self, peer_id: str, route: Route) -> Route:
+        """``route`` with only the definitions a client can accept (the others logged), and its size."""
+        kinds: dict[str, tuple[dict[str, Any], ...]] = {}
+        problems: list[str] = []
+        for kind in KINDS:
+            kinds[kind], found = valid_items(kind, route.catalog.get(kind, ()))
+            problems += found
+        if problems:
+            self.log.warning("routes.invalid_items", peer=peer_id, origin=route.origin, server=route.server,
+                             dropped=len(problems), problems=problems[:5])
+        size = len(json.dumps(kinds, separators=(",", ":"), ensure_ascii=False, default=str))
+        return attrs.evolve(route, catalog=kinds, size=size)
+
     # -- routing state ----------------------------------------------------------------------
 
     def _local_routes(self) -> dict[tuple[str, str], Route]:
         routes = {}
-        for server_id, catalog in self.local_catalogs.items():
+        for server_id, kinds in self._local_kinds.items():
             upstream = self.upstreams.get(server_id)
             prefix = upstream.config.exposed_prefix if upstream is not None else server_id
-            kinds = {kind: tuple(getattr(catalog, field)) for kind, field in _CATALOG_FIELDS.items()}
             info = (upstream.server_info if upstream is not None else None) or {}
             capabilities = info.get("capabilities")
             found = capabilities.get("extensions") if isinstance(capabilities, dict) else None
@@ -344,7 +431,15 @@ class Federation:
             by_server.setdefault(route.server, []).append((route, via))
         entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         conflicts: list[str] = []
-        for server_id in sorted(by_server):
+        # Who keeps a contested name: a server attached here, then the one that claimed it first
+        # (names already given stay put), then the server id. A peer cannot take over a name.
+        for server_id in sorted(by_server.keys() - self._claimed.keys()):
+            self._claimed[server_id] = next(self._claims)
+        for server_id in self._claimed.keys() - by_server.keys():
+            del self._claimed[server_id]
+        order = sorted(by_server, key=lambda sid: (all(via is not None for _, via in by_server[sid]),
+                                                   self._claimed[sid], sid))
+        for server_id in order:
             # Nearest first: fewest hops, then the lowest RTT of the first hop (local is 0), then a stable order.
             replicas = sorted(by_server[server_id], key=lambda rv: (
                 len(rv[0].path), 0.0 if rv[1] is None else self._rtt(rv[1]), rv[0].origin))
@@ -365,6 +460,10 @@ class Federation:
                                              f"{other.server!r} serves it")
                             continue
                         renamed = f"{nearest.origin}__{exposed}"
+                        if renamed in entries[kind]:
+                            conflicts.append(f"{kind} {exposed!r}: servers {other.server!r} and {server_id!r}; "
+                                             f"{renamed!r} is taken too, so the second is not exposed")
+                            continue
                         conflicts.append(f"{kind} {exposed!r}: servers {other.server!r} and {server_id!r}; "
                                          f"the second is exposed as {renamed!r}")
                         exposed = renamed
@@ -407,14 +506,32 @@ class Federation:
         return path if len(path) <= MAX_PATH else None
 
     async def advertiser(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send each connected peer what changed, whenever something changed. Runs until cancelled."""
+        """Send each connected peer what changed, whenever something changed. Runs until cancelled.
+
+        Each peer is sent to by a task of its own, so a slow peer delays only its own updates; a
+        change while one is being sent means one more round for that peer when it is done.
+        """
         task_status.started()
-        while True:
-            await self._dirty.wait()
-            self._dirty = trio.Event()
-            async with trio.open_nursery() as senders:
+        async with trio.open_nursery() as senders:
+            while True:
+                await self._dirty.wait()
+                self._dirty = trio.Event()
                 for peer_id in self.node.connected_peers():
-                    senders.start_soon(self._advertise, peer_id)
+                    if peer_id in self._advertising:
+                        self._advertising[peer_id] = True
+                    else:
+                        self._advertising[peer_id] = False
+                        senders.start_soon(self._advertise_to, peer_id)
+
+    async def _advertise_to(self, peer_id: str) -> None:
+        try:
+            while True:
+                await self._advertise(peer_id)
+                if not self._advertising.get(peer_id):
+                    return
+                self._advertising[peer_id] = False
+        finally:
+            del self._advertising[peer_id]
 
     async def _advertise(self, peer_id: str) -> None:
         desired = self.desired_for(peer_id)

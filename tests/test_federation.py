@@ -53,6 +53,12 @@ async def eventually(check: Any, timeout: float = 5.0) -> None:
             await trio.sleep(0.01)
 
 
+def _context(peer_id: str) -> Any:
+    from fednode._link import RequestContext
+
+    return RequestContext(peer_id=peer_id, method="fed/routes", timeout=None)
+
+
 def names(node: fednode.Node, kind: str = "tools") -> set[str]:
     return set(node.federation.entries[kind])
 
@@ -167,13 +173,60 @@ class TestNames:
                 assert a.federation.entries["tools"]["time__now"].origins == ("node-b", "node-c")
                 # Two different servers whose prefixes make the same exposed name: both stay reachable.
                 b.federation.set_local_catalog("aa", tools("bb__cc"))   # exposed "aa__bb__cc"
+                await eventually(lambda: "aa__bb__cc" in names(a))
                 c.federation.set_local_catalog("aa__bb", tools("cc"))   # exposed "aa__bb__cc" too
                 await eventually(lambda: len([n for n in names(a) if n.endswith("aa__bb__cc")]) == 2)
                 tools_at_a = a.federation.entries["tools"]
-                assert tools_at_a["aa__bb__cc"].server == "aa"  # sorted by server id: "aa" keeps the name
+                assert tools_at_a["aa__bb__cc"].server == "aa"  # "aa" claimed the name first: it keeps it
                 assert tools_at_a["node-c__aa__bb__cc"].server == "aa__bb"  # the other gets its node id
                 assert tools_at_a["node-c__aa__bb__cc"].definition["name"] == "node-c__aa__bb__cc"
                 assert any("aa__bb__cc" in conflict for conflict in a.federation.conflicts)
+
+
+    async def test_a_peer_cannot_take_over_names(self) -> None:
+        """Names given stay with their servers: a local server's always, then the first claimant's."""
+
+        def forged(server: str, prefix: str, tool: str) -> dict[str, Any]:
+            # What a peer that chose its server id and prefix to collide would advertise.
+            return {"origin": "node-b", "server": server, "prefix": prefix, "path": ["node-b"], "digest": server,
+                    "catalog": {"tools": [{"name": tool, "inputSchema": {"type": "object"}}]}}
+
+        with trio.fail_after(20):
+            async with topology([("node-a", "node-b")]) as nodes:
+                a, b = nodes["node-a"], nodes["node-b"]
+                b.federation.set_local_catalog("zz", tools("now"))
+                await eventually(lambda: "zz__now" in names(a))
+                # A server id that sorts first, with a prefix that collides: renamed, whoever it is.
+                a.federation._on_routes({"set": [forged("aa", "zz", "now")]}, _context("node-b"))
+                tools_at_a = a.federation.entries["tools"]
+                assert tools_at_a["zz__now"].server == "zz" and tools_at_a["node-b__zz__now"].server == "aa"
+                # A server attached here keeps its names even against an earlier claim from a peer.
+                a.federation._on_routes({"set": [forged("ab", "loc", "x")]}, _context("node-b"))
+                assert a.federation.entries["tools"]["loc__x"].server == "ab"
+                a.federation.set_local_catalog("loc", tools("x"))
+                tools_at_a = a.federation.entries["tools"]
+                assert tools_at_a["loc__x"].server == "loc" and tools_at_a["node-b__loc__x"].server == "ab"
+                assert any("'loc__x'" in conflict for conflict in a.federation.conflicts)
+
+    async def test_definitions_a_client_cannot_accept_are_dropped(self) -> None:
+        with trio.fail_after(20):
+            async with topology([("node-a", "node-b")]) as nodes:
+                a, b = nodes["node-a"], nodes["node-b"]
+                bad = Catalog(tools=({"name": "good", "inputSchema": {"type": "object"}}, {"name": "no_schema"},
+                                     {"name": 5, "inputSchema": {}}),
+                              prompts=({"name": "p", "arguments": "not a list"},),
+                              resources=({"uri": "test://r", "name": "r"}, {"name": "no uri"}))
+                b.federation.set_local_catalog("s", bad)
+                await eventually(lambda: "s__good" in names(a))
+                for node in (a, b):
+                    assert names(node) == {"s__good"} and names(node, "prompts") == set()
+                    assert names(node, "resources") == {"test://r"}
+                # The same from a peer that does not check what it sends: checked on arrival.
+                forged = {"origin": "node-b", "server": "t", "prefix": "t", "path": ["node-b"], "digest": "x",
+                          "catalog": {"tools": [{"name": "fine", "inputSchema": {"type": "object"}},
+                                                {"name": "broken"}]}}
+                a.federation._on_routes({"set": [forged]}, _context("node-b"))
+                assert "t__fine" in names(a) and "t__broken" not in names(a)
 
 
 class TestLargeCatalogs:
@@ -201,6 +254,28 @@ class TestLargeCatalogs:
                 await eventually(lambda: "huge__again" in names(a))
 
 
+class TestSlowPeers:
+    """A peer that takes its advertisements slowly (or never) holds up only its own updates."""
+
+    async def test_a_stuck_peer_delays_only_itself(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        with trio.fail_after(20):
+            async with topology([("node-a", "node-b"), ("node-a", "node-c")]) as nodes:
+                a, b = nodes["node-a"], nodes["node-b"]
+                a.federation.set_local_catalog("s0", tools("t"))
+                await eventually(lambda: "s0__t" in names(b) and "s0__t" in names(nodes["node-c"]))
+                notify = a.notify
+
+                async def stuck_to_c(peer_id: str, method: str, params: Any) -> None:
+                    if peer_id == "node-c":
+                        await trio.sleep_forever()
+                    await notify(peer_id, method, params)
+
+                monkeypatch.setattr(a, "notify", stuck_to_c)
+                for i in range(1, 4):
+                    a.federation.set_local_catalog(f"s{i}", tools("t"))
+                    await eventually(lambda: f"s{i}__t" in names(b))  # noqa: B023 - awaited at once
+
+
 class TestEnforcement:
     """A peer cannot reach a server that policy keeps from it, even by asking for it directly."""
 
@@ -221,6 +296,23 @@ class TestEnforcement:
 
 class TestLimits:
     """A peer advertising without bound cannot make a node hold unbounded state."""
+
+    async def test_catalog_items_and_bytes_per_peer_are_capped(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from fednode import _federation
+
+        monkeypatch.setattr(_federation, "MAX_ITEMS_PER_PEER", 10)
+        monkeypatch.setattr(_federation, "MAX_CATALOG_BYTES_PER_PEER", 2000)
+        with trio.fail_after(20):
+            async with topology([("node-a", "node-b")]) as nodes:
+                a, b = nodes["node-a"], nodes["node-b"]
+                for i in range(4):  # 4 x 3 items: the fourth server would make 12 > 10
+                    b.federation.set_local_catalog(f"s{i}", tools("t1", "t2", "t3"))
+                await eventually(lambda: len(a.federation.learned.get("node-b", {})) == 3)
+                b.federation.set_local_catalog("big", Catalog(tools=(
+                    {"name": "t", "description": "x" * 3000, "inputSchema": {"type": "object"}},)))
+                b.federation.set_local_catalog("s3", None)
+                await eventually(lambda: "s3__t1" not in names(a))
+                assert set(a.federation.learned["node-b"]) == {("node-b", f"s{i}") for i in range(3)}
 
     async def test_routes_per_peer_are_capped(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from fednode import _federation
