@@ -80,8 +80,9 @@ PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 MODERN_ERA = "2026-07-28"
 MISSING_CAPABILITY = -32021
 # error code -> the outcome label of forwarded-request metrics (any other code: "error")
+OVERLOADED = -32004  # as a link refusing requests beyond max_inflight
 _OUTCOMES = {UNKNOWN_NAME: "unknown", NODE_UNREACHABLE: "unreachable", SERVER_UNAVAILABLE: "unavailable",
-             DEADLINE_EXCEEDED: "deadline", FORWARDING_LOOP: "loop"}
+             DEADLINE_EXCEEDED: "deadline", FORWARDING_LOOP: "loop", OVERLOADED: "busy"}
 
 
 class ForwardError(RequestError):
@@ -225,6 +226,7 @@ class Federation:
         self._claims = itertools.count()
         # peers an advertisement is being sent to -> whether another is due when it is done
         self._advertising: dict[str, bool] = {}
+        self._outbound: dict[tuple[str, str], int] = {}  # (origin, server) -> requests sent from here, in flight
         self.learned: dict[str, dict[tuple[str, str], Route]] = {}
         self.advertised: dict[str, dict[tuple[str, str], tuple[tuple[str, ...], str]] | None] = {}
         self._staging: dict[str, dict[tuple[str, str], Route]] = {}
@@ -736,6 +738,24 @@ class Federation:
         via = self._next_hop(origin, server)
         if via is None:
             raise _NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable"))
+        # One server's calls may hold at most half of a link's in-flight requests, so a server that
+        # hangs (and a client that keeps calling it) cannot make the others on that node unreachable.
+        key = (origin, server)
+        share = max(1, self.node.config.link.max_inflight // 2)
+        if self._outbound.get(key, 0) >= share:
+            raise _NotDelivered(ForwardError(OVERLOADED, f"Too many requests in flight to server {server!r} on "
+                                                         f"{origin!r} (at most {share}); retry later"))
+        self._outbound[key] = self._outbound.get(key, 0) + 1
+        try:
+            return await self._forward(via, origin, server, method, params, remaining, trace, progress, session)
+        finally:
+            self._outbound[key] -= 1
+            if not self._outbound[key]:
+                del self._outbound[key]
+
+    async def _forward(self, via: str, origin: str, server: str, method: str, params: dict[str, Any],
+                       remaining: float, trace: tuple[str, ...], progress: ProgressFn | None,
+                       session: dict[str, Any] | None) -> dict[str, Any]:
         forward: dict[str, Any] = {"origin": origin, "server": server, "method": method, "params": params,
                                    "timeout": remaining, "trace": [*trace, self.node.id]}
         if session is not None:

@@ -35,11 +35,10 @@ def notes_server() -> fednode.ServerConfig:
 
 @asynccontextmanager
 async def chain(backoff: dict[str, Any] | None = None, jitter: Any = None, mcp: dict[str, Any] | None = None,
+                link: dict[str, Any] | None = None,
                 **servers: list[fednode.ServerConfig]) -> AsyncIterator[dict[str, fednode.Node]]:
     """Nodes node-a - node-b - node-c; ``servers["b"]`` are attached at node-b, and so on."""
-    sections = {"backoff": backoff} if backoff else {}
-    if mcp:
-        sections["mcp"] = mcp
+    sections = {key: value for key, value in (("backoff", backoff), ("mcp", mcp), ("link", link)) if value}
     async with AsyncExitStack() as stack:
         nodes = {i: await stack.enter_async_context(fednode.open_node(node_config(f"node-{i}", **sections),
                                                                       jitter=jitter)) for i in "abc"}
@@ -205,6 +204,26 @@ class TestDeadlines:
 
 class TestFaults:
     """Servers and nodes that die are noticed fast, reported clearly, and come back."""
+
+    async def test_a_hanging_server_leaves_room_for_the_others(self) -> None:
+        """One server's calls hold at most half a link's in-flight requests (max_inflight 4 -> 2)."""
+        with trio.fail_after(60):
+            async with chain(link={"max_inflight": 4}, b=[fixture_server("slow"), fixture_server("fast")]) as nodes:
+                a = nodes["node-a"]
+                await until_listed(a, "slow__slow", "fast__add")
+                hanging = {"name": "slow__slow", "arguments": {"seconds": 30}}
+                async with trio.open_nursery() as nursery:
+                    for _ in range(2):
+                        nursery.start_soon(a.federation.execute, "tools/call", hanging)
+                    while a.federation.in_flight < 2:
+                        await trio.sleep(0.01)
+                    with pytest.raises(fednode.RequestError) as info:
+                        await a.federation.execute("tools/call", hanging)
+                    assert info.value.code == -32004 and "'slow'" in str(info.value)
+                    result = await a.federation.execute("tools/call", {"name": "fast__add",
+                                                                       "arguments": {"a": 1, "b": 2}})
+                    assert result["structuredContent"] == {"result": 3}
+                    nursery.cancel_scope.cancel()
 
     async def test_killed_server_fails_fast_and_restarts(self) -> None:
         # A fixed 1 s restart delay (no jitter), so the server is surely down when the call arrives.
