@@ -105,6 +105,8 @@ _RELISTEN_DELAY = 1.0
 _GROUP_GRACE = 2.0
 # Time for the last stderr lines to be read once the process is gone.
 _STDERR_FLUSH = 0.5
+# What the SDK's HTTP client answers a request with when the HTTP exchange itself failed.
+_HTTP_STAND_INS = ("Server returned an error response", "Session terminated", "Not Found")
 # Bounds on what a misbehaving server can make us do or log.
 _REFRESH_GAP = 1.0  # seconds between the starts of two catalog re-reads, at least
 _MAX_PAGES = 1000
@@ -551,12 +553,23 @@ class UpstreamServer:
                 except Exception as exc:  # the caller's callback must not fail the request
                     self.log.error("upstream.progress_callback_failed", error=repr(exc)[:300])
 
+    async def _http_response(self, response: httpx2.Response) -> None:
+        """Log an HTTP server's error statuses: the SDK turns them into bare JSON-RPC errors."""
+        if response.status_code >= 400:
+            self.log.warning("upstream.http_status", status=response.status_code, method=response.request.method,
+                             content_type=response.headers.get("content-type", "")[:100])
+
     def _translate(self, conn: _Connection, exc: MCPError) -> FednodeError:
         # The dispatcher fails pending requests with exactly this error when the connection closes
         # (by then the read stream has marked the connection lost; the message is a second check).
         closed = exc.message == "Connection closed" and exc.data is None
         if exc.code == CONNECTION_CLOSED and (conn.is_lost() or closed):
             return ServerUnavailableError(self.config.id, "the connection was lost during the request")
+        if conn.http and exc.data is None and (exc.message in _HTTP_STAND_INS
+                                               or exc.message.startswith("Unexpected content type:")):
+            # Not the server's own error but the SDK's word for an HTTP failure: say whose.
+            return UpstreamError(exc.code, f"Server {self.config.id!r} (HTTP): {exc.message}; the node's log "
+                                 f"has the HTTP status", None, server_id=self.config.id)
         return UpstreamError(exc.code, exc.message, exc.data, server_id=self.config.id)
 
     # -- one connection -------------------------------------------------------------------------
@@ -672,7 +685,8 @@ class UpstreamServer:
             self._stderr_done.set()
             # No read timeout: every forwarded request has its own deadline, listen streams are
             # quiet for as long as nothing changes, and one failed read ends the whole transport.
-            client = httpx2.AsyncClient(headers=dict(self.config.headers), timeout=httpx2.Timeout(30.0, read=None))
+            client = httpx2.AsyncClient(headers=dict(self.config.headers), timeout=httpx2.Timeout(30.0, read=None),
+                                        event_hooks={"response": [self._http_response]})
             await stack.enter_async_context(client)
             return streamable_http_client(self.config.url, http_client=client), None
 

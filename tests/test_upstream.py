@@ -313,6 +313,14 @@ class TestForwarding:
 
                     await server.call("tools/call", tool_call("progress", steps=3), on_progress=on_progress)
                     assert seen == [1.0, 2.0, 3.0]
+                    # HTTP failures are not the server's JSON-RPC errors: the message says whose they are.
+                    with structlog.testing.capture_logs() as logs:
+                        for tool, code in (("http_500", -32603), ("http_html", -32600)):
+                            with pytest.raises(UpstreamError) as info:
+                                await server.call("tools/call", tool_call(tool))
+                            assert info.value.code == code and info.value.message.startswith("Server 'web' (HTTP): ")
+                    assert {"event": "upstream.http_status", "status": 500, "method": "POST", "server": "web",
+                            "content_type": "text/plain", "log_level": "warning"} in logs
                     await server.call("tools/call", tool_call("grow"))
                     await catalogs.wait_for(lambda c: "grown_1" in names(c.tools))
                     marker = tmp_path / "slow"

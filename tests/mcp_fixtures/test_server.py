@@ -7,7 +7,8 @@ Run it as a subprocess::
                                              [--exit-after SECONDS] [--noise] [--http PORT]
 
 It speaks both protocol eras (the SDK picks the era from the client's first request) over stdio, or
-Streamable HTTP on 127.0.0.1 with ``--http`` (it then prints ``url <URL>`` on stdout once listening).
+Streamable HTTP on 127.0.0.1 with ``--http`` (it then prints ``url <URL>`` on stdout once listening;
+there, calls of the tools ``http_500`` and ``http_html`` get an HTTP 500 and an HTML page).
 
 The lowlevel ``Server`` is used instead of ``MCPServer`` because ``MCPServer`` never paginates its
 lists and fixes the handshake-era ``listChanged`` capabilities to false; this fixture paginates every
@@ -251,6 +252,35 @@ async def serve_stdio(fixture: Fixture, legacy_only: bool, stubborn: bool) -> No
         await trio.sleep_forever()  # stdin is closed; only SIGKILL ends us now
 
 
+def _http_faults(app: Any) -> Any:
+    """Answer a call of tool ``http_500`` with HTTP 500, and of ``http_html`` with an HTML page
+    (what a broken server or a proxy in front of it does); everything else reaches ``app``."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        body, more, messages = b"", True, []
+        while more:
+            message = await receive()
+            messages.append(message)
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        fault = next((f for f in ("http_500", "http_html") if f'"name":"{f}"' in body.decode(errors="replace")), None)
+        if fault is not None:
+            status, kind = (500, b"text/plain") if fault == "http_500" else (200, b"text/html")
+            await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", kind)]})
+            await send({"type": "http.response.body", "body": b"<html>nope</html>"})
+            return
+
+        async def replay() -> Any:
+            return messages.pop(0) if messages else await receive()
+
+        await app(scope, replay, send)
+
+    return wrapped
+
+
 async def serve_http(fixture: Fixture, port: int) -> None:
     from hypercorn.config import Config
     from hypercorn.trio import serve
@@ -259,7 +289,7 @@ async def serve_http(fixture: Fixture, port: int) -> None:
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
     config.errorlog = None
-    app = fixture.server.streamable_http_app(json_response=False)
+    app = _http_faults(fixture.server.streamable_http_app(json_response=False))
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(serve, app, config)
         print(f"url {binds[0]}/mcp", flush=True)
