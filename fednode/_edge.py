@@ -626,22 +626,28 @@ def _dump(model: BaseModel) -> dict[str, Any]:
 
 
 class BoundedEventStore(EventStore):
-    """SSE events kept for resumption: the newest ``limit`` of them, all streams together.
+    """SSE events kept for resumption: the newest ``limit`` of them, all streams together, and no more
+    than ``max_bytes`` of them (as JSON), so a few huge messages cannot pile up in memory.
 
     Event ids carry a random part, so a client cannot replay another client's stream by guessing.
     """
 
-    def __init__(self, limit: int = 4096) -> None:
-        self._events: collections.OrderedDict[str, tuple[str, Any]] = collections.OrderedDict()
+    def __init__(self, limit: int = 4096, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self._events: collections.OrderedDict[str, tuple[str, Any, int]] = collections.OrderedDict()
         self._limit = limit
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._counter = 0
 
     async def store_event(self, stream_id: str, message: Any) -> str:
         self._counter += 1
         event_id = f"{self._counter}-{secrets.token_hex(8)}"
-        self._events[event_id] = (stream_id, message)
-        while len(self._events) > self._limit:
-            self._events.popitem(last=False)
+        size = len(message.model_dump_json(by_alias=True, exclude_none=True)) if message is not None else 0
+        self._events[event_id] = (stream_id, message, size)
+        self._bytes += size
+        while len(self._events) > self._limit or (self._bytes > self._max_bytes and len(self._events) > 1):
+            _, (_, _, dropped) = self._events.popitem(last=False)
+            self._bytes -= dropped
         return event_id
 
     async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> str | None:
@@ -650,7 +656,7 @@ class BoundedEventStore(EventStore):
             return None
         stream_id = known[0]
         after = False
-        for event_id, (stream, message) in list(self._events.items()):
+        for event_id, (stream, message, _size) in list(self._events.items()):
             if after and stream == stream_id and message is not None:
                 await send_callback(EventMessage(message, event_id))
             after = after or event_id == last_event_id

@@ -50,7 +50,7 @@ def token_origin(token: object) -> str | None:
         return None
     try:
         body = json.loads(base64.urlsafe_b64decode(token[len(TOKEN_PREFIX):].split(".", 1)[0] + "=="))
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting: RecursionError
         return None
     origin = body.get("origin") if isinstance(body, dict) else None
     return origin if isinstance(origin, str) else None

@@ -105,8 +105,15 @@ class Sessions:
             await held.upstream.wait_ready(timeout)
             return held.upstream
         if len(self._held) >= MAX_SESSION_UPSTREAMS:
-            oldest = min(self._held, key=lambda k: self._held[k].last_used)
-            self._close(oldest, "pool full")
+            # Make room by closing the least recently used connection that is idle: never one with
+            # a call in flight or still opening (that would fail another client's call).
+            idle = [k for k, h in self._held.items() if not h.upstream.busy and k not in self._opening]
+            if not idle:
+                from ._federation import OVERLOADED, ForwardError
+
+                raise ForwardError(OVERLOADED, f"All {MAX_SESSION_UPSTREAMS} session connections of this node are "
+                                               f"busy; retry later")
+            self._close(min(idle, key=lambda k: self._held[k].last_used), "pool full")
         capabilities = session.get("capabilities")
         client_info = session.get("clientInfo")
         hooks = SessionHooks(capabilities=capabilities if isinstance(capabilities, dict) else {},

@@ -109,6 +109,7 @@ _STDERR_FLUSH = 0.5
 _HTTP_STAND_INS = ("Server returned an error response", "Session terminated", "Not Found")
 # Bounds on what a misbehaving server can make us do or log.
 _REFRESH_GAP = 1.0  # seconds between the starts of two catalog re-reads, at least
+_PROGRESS_QUEUE = 64  # progress notifications waiting for a slow caller, per request; newer ones are dropped
 _MAX_PAGES = 1000
 _STDERR_LINE_LIMIT = 4000
 # Unreadable messages from a server are logged at most this often (with a count of the rest).
@@ -384,6 +385,11 @@ class UpstreamServer:
         """Whether the server is an SDK object running in this process."""
         return self._in_process is not None
 
+    @property
+    def busy(self) -> bool:
+        """Whether requests are in flight to the server."""
+        return bool(self._in_flight)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Supervise the server until cancelled: connect, serve, and restart after backoff when it ends.
 
@@ -523,8 +529,9 @@ class UpstreamServer:
                                   opts: CallOptions, on_progress: ProgressCallback) -> dict[str, Any]:
         # Progress is queued in receive order by the notification intercept and delivered by one
         # task, so every notification that preceded the response is delivered before we return
-        # (the dispatcher's own on_progress runs each in a spawned task, which may run late).
-        send, receive = trio.open_memory_channel[tuple[float, float | None, str | None]](math.inf)
+        # (the dispatcher's own on_progress runs each in a spawned task, which may run late). While
+        # _PROGRESS_QUEUE of them wait for a slow caller, newer ones are dropped: memory stays bounded.
+        send, receive = trio.open_memory_channel[tuple[float, float | None, str | None]](_PROGRESS_QUEUE)
         conn.progress[request_id] = send
         result: dict[str, Any] = {}
         error: MCPError | None = None
@@ -967,7 +974,8 @@ class UpstreamServer:
                 return False
             total = params.get("total")
             message = params.get("message")
-            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            # A caller that cannot keep up loses progress (the newest), never its result.
+            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 channel.send_nowait((float(progress), float(total) if isinstance(total, int | float) else None,
                                      message if isinstance(message, str) else None))
             return True

@@ -531,3 +531,40 @@ async def test_edge_call_standalone() -> None:
     await call.report_progress(0.5)
     assert call.era == "modern" and reports == [(0.5, None, None)]
     assert "modern" in repr(call)
+
+
+def test_tampered_request_state_names_no_node() -> None:
+    """Routing reads a requestState's node unverified: anything malformed just routes nowhere special."""
+    import base64
+
+    from fednode._parking import TOKEN_PREFIX, token_origin
+
+    def state(body: bytes) -> str:
+        return TOKEN_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=") + ".mac"
+
+    assert token_origin(state(b'{"origin": "node-b"}')) == "node-b"
+    for body in (b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe", b'{"origin": 5}', b"not json", b"[]"):
+        assert token_origin(state(body)) is None
+    assert token_origin(TOKEN_PREFIX + "%%%") is None and token_origin(None) is None
+
+
+async def test_event_store_is_bounded_by_count_and_size() -> None:
+    import mcp_types
+
+    from fednode._edge import BoundedEventStore
+
+    def note(text: str) -> mcp_types.JSONRPCNotification:
+        return mcp_types.JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"data": text})
+
+    store = BoundedEventStore(limit=10, max_bytes=10_000)
+    ids = [await store.store_event("s1", note("x")) for _ in range(15)]
+    assert len(store._events) == 10 and ids[0] not in store._events  # the oldest go first
+    big = [await store.store_event("s2", note("y" * 3000)) for _ in range(5)]
+    assert store._bytes <= 10_000 and big[-1] in store._events and big[0] not in store._events
+    replayed: list[str] = []
+
+    async def collect(event: Any) -> None:
+        replayed.append(event.event_id)
+
+    assert await store.replay_events_after(big[-3], collect) == "s2"
+    assert replayed == big[-2:]

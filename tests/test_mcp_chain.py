@@ -436,6 +436,35 @@ class TestAskingTheClient:
 class TestLegacySessions:
     """A legacy client session has its own log level and log messages at a server two hops away."""
 
+    async def test_a_full_pool_never_closes_a_busy_connection(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from fednode import _sessions
+
+        monkeypatch.setattr(_sessions, "MAX_SESSION_UPSTREAMS", 1)
+        with trio.fail_after(60):
+            async with chain(b=[fixture_server()]) as nodes:
+                a = nodes["node-a"]
+                await until_listed(a, "fx__slow")
+                async with Client(a.mcp_url, mode="legacy", cache=None) as first, \
+                        Client(a.mcp_url, mode="legacy", cache=None) as second:
+                    done: list[bool] = []
+
+                    async def long_call() -> None:
+                        result = await first.call_tool("fx__slow", {"seconds": 2})
+                        done.append(not result.is_error)
+
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(long_call)
+                        held = nodes["node-b"].federation.sessions._held
+                        while not any(h.upstream.busy for h in held.values()):  # the call is in flight there
+                            await trio.sleep(0.02)
+                        with pytest.raises(MCPError) as info:
+                            await second.call_tool("fx__add", {"a": 1, "b": 2})
+                        assert info.value.error.code == -32004 and "busy" in info.value.error.message
+                    assert done == [True]  # not cut off to make room
+                    # Once the first connection is idle, it makes room for the second session.
+                    result = await second.call_tool("fx__add", {"a": 1, "b": 2})
+                    assert not result.is_error
+
     @pytest.mark.filterwarnings("ignore:The logging capability is deprecated")  # deprecated in 2026-07-28 only
     async def test_logs_reach_only_their_session(self) -> None:
         conformance = str(Path(__file__).parent / "mcp_fixtures" / "conformance_server.py")

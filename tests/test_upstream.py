@@ -447,16 +447,44 @@ class TestProcess:
         assert "fixture chatty starting" not in captured.out + captured.err
 
 
-class TestCatalogStorms:
-    """A server announcing list changes without pause costs bounded work (in-process server, MockClock)."""
+def in_process_fixture(name: str) -> Any:
+    """The fixture's server state, to attach in process (so MockClock governs both sides)."""
+    sys.path.insert(0, str(Path(FIXTURE).parent))
+    try:
+        from test_server import Fixture
+    finally:
+        sys.path.remove(str(Path(FIXTURE).parent))
+    return Fixture(name, 0, 100)
+
+
+class TestFloods:
+    """A server flooding its caller costs bounded work and memory (in-process server, MockClock)."""
+
+    async def test_progress_for_a_slow_caller_is_bounded(self, autojump_clock: trio.testing.MockClock) -> None:
+        from fednode._upstream import _PROGRESS_QUEUE
+
+        fixture = in_process_fixture("chatty")
+        seen: list[float] = []
+
+        async def slow_reader(progress: float, total: float | None, message: str | None) -> None:
+            seen.append(progress)
+            if len(seen) == 1:
+                await trio.sleep(60)  # meanwhile the server sends all its 500 steps
+
+        server = UpstreamServer(ServerConfig(id="chatty"), backoff=FAST_BACKOFF, server=fixture.server,
+                                on_catalog=lambda c: None)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            await server.wait_ready(15)
+            result = await server.call("tools/call", tool_call("progress", steps=500), on_progress=slow_reader,
+                                       timeout=120)
+            assert result["content"][0]["text"] == "500 steps"
+            # The first, then what waited while it was being delivered; the rest were dropped.
+            assert len(seen) == 1 + _PROGRESS_QUEUE and seen == sorted(seen)
+            nursery.cancel_scope.cancel()
 
     async def test_list_changed_storm_is_coalesced(self, autojump_clock: trio.testing.MockClock) -> None:
-        sys.path.insert(0, str(Path(FIXTURE).parent))
-        try:
-            from test_server import Fixture
-        finally:
-            sys.path.remove(str(Path(FIXTURE).parent))
-        fixture = Fixture("storm", 0, 100)
+        fixture = in_process_fixture("storm")
         catalogs = Catalogs()
         reads: list[float] = []
         server = UpstreamServer(ServerConfig(id="storm"), backoff=FAST_BACKOFF, server=fixture.server,
