@@ -54,7 +54,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import FednodeError
 
@@ -680,7 +680,23 @@ class _BearerAuth:
                                          headers={"WWW-Authenticate": 'Bearer realm="fednode"'})
             await response(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_last_shielded(message: Message) -> None:
+            # Sending the end of a response makes hypercorn finish the exchange inside this call:
+            # close the connection (Connection: close) or arm its keep-alive timer. It also wakes the
+            # app's wait for http.disconnect, and the SDK then cancels its handler, this call
+            # included: hypercorn's close was cut off, and the connection stayed open until the
+            # client left. Shielded, the exchange always finishes.
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                with trio.CancelScope(shield=True):
+                    await send(message)
+            else:
+                await send(message)
+
+        await self.app(scope, receive, send_last_shielded)
 
     def _authorized(self, scope: Scope) -> bool:
         headers = cast(Iterable[tuple[bytes, bytes]], scope["headers"])

@@ -568,3 +568,33 @@ async def test_event_store_is_bounded_by_count_and_size() -> None:
 
     assert await store.replay_events_after(big[-3], collect) == "s2"
     assert replayed == big[-2:]
+
+
+@pytest.mark.parametrize("mode", ["legacy", MODERN])
+async def test_connection_ends_after_a_complete_response(mode: str) -> None:
+    """The node closes a `Connection: close` exchange, and arms keep-alive otherwise, in both eras."""
+    forwarder = FakeForwarder()
+    with trio.fail_after(15):
+        async with running_edge(forwarder) as (_, url):
+            host, port = url.removeprefix("http://").split("/")[0].split(":")
+            if mode == MODERN:
+                meta = {"io.modelcontextprotocol/protocolVersion": MODERN,
+                        "io.modelcontextprotocol/clientCapabilities": {}}
+                body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}})
+                extra = f"MCP-Protocol-Version: {MODERN}\r\nMcp-Method: tools/list\r\n"
+            else:
+                body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "1"}}})
+                extra = ""
+            request = (f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                       f"Accept: application/json, text/event-stream\r\n{extra}Connection: close\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(request)
+                received = b""
+                with trio.fail_after(5):  # without the fix: open until the client leaves
+                    while chunk := await stream.receive_some(65536):
+                        received += chunk
+            assert received.startswith(b"HTTP/1.1 200") and b'"id":1' in received
