@@ -10,7 +10,7 @@ first) naming itself and the protocol version. The whole exchange runs under one
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -29,6 +29,7 @@ from ._auth import FORBIDDEN_REASONS, AuthReason
 from ._config import PeerConfig
 from ._errors import AuthError, FednodeError, ProtocolError
 from ._link import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR
+from ._logging import ThrottledLog
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -176,8 +177,14 @@ def describe_rejection(exc: ConnectionRejected) -> str:
     return f"refused by peer: HTTP {exc.status_code} {body}".rstrip()
 
 
-async def accept(node: Node, request: WebSocketRequest, remote: str) -> tuple[WebSocketConnection, str] | None:
+async def accept(node: Node, request: WebSocketRequest, remote: str, *, log: ThrottledLog,
+                 on_authenticated: Callable[[], None] | None = None) -> tuple[WebSocketConnection, str] | None:
     """Authenticate an inbound request; on success accept it and exchange hellos.
+
+    Args:
+        log: where refusals are logged (limited: strangers can cause them at will; every refusal is
+            still counted by ``node.count_refused``).
+        on_authenticated: called once the token has been verified, before the hellos.
 
     Returns:
         ``(ws, peer_id)``, or None when the request was refused (already answered and logged).
@@ -193,7 +200,7 @@ async def accept(node: Node, request: WebSocketRequest, remote: str) -> tuple[We
         claims = node.auth.verify_token(bearer_token(request.headers))
     except AuthError as exc:
         node.count_refused(exc.reason)
-        node.log.warning("auth.refused", reason=exc.reason, detail=exc.detail, remote=remote)
+        log.warning("auth.refused", key=exc.reason, reason=exc.reason, detail=exc.detail, remote=remote)
         status = 403 if exc.reason in {r.value for r in FORBIDDEN_REASONS} else 401
         await request.reject(status, extra_headers=[(b"content-type", b"text/plain")],
                              body=exc.reason.encode())
@@ -202,12 +209,14 @@ async def accept(node: Node, request: WebSocketRequest, remote: str) -> tuple[We
     if not node.has_peer(peer_id):  # removed between verification and now
         await request.reject(403, body=AuthReason.UNKNOWN_ISSUER.value.encode())
         return None
+    if on_authenticated is not None:
+        on_authenticated()
     reply = node.auth.create_token(peer_id)
     ws = await request.accept(extra_headers=[(TOKEN_HEADER, reply.encode())])
     try:
         check_hello(await ws.get_message(), peer_id)
     except ProtocolError as exc:
-        node.log.warning("handshake.bad_hello", peer=peer_id, remote=remote, error=str(exc))
+        log.warning("handshake.bad_hello", key=peer_id, peer=peer_id, remote=remote, error=str(exc))
         await close_quietly(ws, CLOSE_PROTOCOL_ERROR, "bad hello")
         return None
     await ws.send_message(wire.encode(wire.Hello(node=node.id, software=SOFTWARE)))
