@@ -23,11 +23,14 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False))
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    # JSON lines carry a traceback as text (the console renderer formats exceptions itself).
+    exceptions: list[structlog.typing.Processor] = [structlog.processors.format_exc_info] if fmt == "json" else []
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             timestamper,
+            *exceptions,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
@@ -40,10 +43,32 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
                     structlog.processors.format_exc_info, renderer],
         foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, timestamper],
     ))
+    handler.addFilter(_ClientGoneFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     # Other libraries' chatter stays out unless it is a warning or worse (or fednode runs at debug).
     root.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+class _ClientGoneFilter(logging.Filter):
+    """A client that hung up in the middle of its request is not the node's error: hypercorn and the
+    SDK report each one as an error with a traceback, so a burst of them floods the log. They become
+    debug records (shown only at ``--log-level debug``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not _only_client_disconnects(exc):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def _only_client_disconnects(exc: BaseException) -> bool:
+    from starlette.requests import ClientDisconnect
+
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_client_disconnects(inner) for inner in exc.exceptions)
+    return isinstance(exc, ClientDisconnect)
 
 
 class ThrottledLog:
