@@ -4,7 +4,11 @@ A :class:`Link` wraps a trio-websocket connection whose handshake, authenticatio
 already succeeded. :meth:`Link.run` drives it until it ends and reports why. The reader never stops
 draining frames (trio-websocket answers WebSocket pings, and we answer heartbeat pings, only while
 messages are read), so a busy application never makes a live link look dead: every request is
-handled in its own task, bounded by ``max_inflight``.
+handled in its own task, bounded by ``max_inflight`` until its answer has been sent.
+
+The converse holds too: a peer that stops reading cannot hold the link up. Only a pong answering a
+ping we sent and have not seen answered counts (ping seqs are random, so they cannot be guessed),
+and a frame we write that the peer does not take within the stall limit closes the link.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import enum
 import heapq
 import math
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,12 +47,25 @@ CLOSE_POLICY = 1008
 CLOSE_DUPLICATE = 4001
 CLOSE_HEARTBEAT = 4002
 
-# Frames the reader must not wait to send go through the link's send queue: control frames
-# (pongs, cancels, protocol-error replies), which are dropped while more than _CONTROL_QUEUE frames
-# wait (safe for each of them: the next ping gets its pong; a dropped cancel only means the peer
-# finishes work nobody waits for), and relayed requests and answers (see Transit), which are never
-# dropped: their number is bounded by the links' max_inflight.
+# One frame is written at a time. A frame that finds the link busy goes through the link's send
+# queue, written in order by the sender task, so that nobody but the writer ever waits on the socket:
+# * control frames (pongs, cancels, protocol-error replies), dropped while more than _CONTROL_QUEUE
+#   control and relayed frames wait (safe for each of them: the next ping gets its pong; a dropped
+#   cancel only means the peer finishes work nobody waits for);
+# * relayed requests and answers (see Transit), never dropped: their number is bounded by the
+#   links' max_inflight;
+# * everything else (requests, answers, notifications): a task waits for each (see _Outgoing).
 _CONTROL_QUEUE = 64
+
+
+def stall_limit(config: NodeConfig) -> float:
+    """How long a frame may take to be written before the peer counts as no longer reading.
+
+    Half the heartbeat slack (``timeout - interval``): a reader held up writing to a stalled peer
+    (an inline answer, a request passed on) still answers its own peer's pings in time.
+    """
+    heartbeat = config.heartbeat
+    return max((heartbeat.timeout - heartbeat.interval) / 2, 0.1)
 
 
 class Direction(enum.StrEnum):
@@ -130,6 +148,25 @@ class _Pending:
     timed_out: bool = False
 
 
+@attrs.define(eq=False)
+class _Outgoing:
+    """A frame left to the sender task because the link was busy, which a task waits for.
+
+    ``written`` (for :meth:`Link.send`) is set once the frame is written or never will be (then
+    ``error`` says why); a request waits for its answer instead. A frame abandoned while still
+    queued (its request timed out, its sender was cancelled) is not written at all.
+    """
+
+    text: str
+    written: trio.Event | None = None
+    error: LinkClosedError | None = None
+    started: bool = False
+    abandoned: bool = False
+
+
+_QueueItem = tuple[wire.Message, Transit | None] | _Outgoing
+
+
 class Link:
     """A live, authenticated link to one peer.
 
@@ -172,12 +209,21 @@ class Link:
         self._next_id = 1
         self._protocol_errors = 0
         self._last_words: wire.Message | None = None
-        self._ping_seq = 0
-        self._ping_sent_at = 0.0
+        self._pings: dict[int, float] = {}  # pings not answered yet: seq -> time sent, oldest first
+        self._pings_kept = math.ceil(config.heartbeat.timeout / config.heartbeat.interval) + 1
+        self._stray_pongs = 0
         self._last_pong = self.started_at
+        self._writing = False  # a frame is being written
+        self._writing_since = self.started_at  # when that write began
+        self._writer: _Pending | None = None  # the request writing its own frame, if any
+        self._stall_limit = stall_limit(config)
         # Unbounded as a channel; bounded by what is put in (see _CONTROL_QUEUE).
-        self._queue_send, self._queue_recv = trio.open_memory_channel[tuple[wire.Message, Transit | None]](math.inf)
-        self._queued = 0
+        self._queue_send, self._queue_recv = trio.open_memory_channel[_QueueItem](math.inf)
+        self._queued = 0  # frames handed to the sender task and not written yet
+        self._backlog = 0  # of which control and relayed frames (for _CONTROL_QUEUE)
+        self._write_done = trio.lowlevel.ParkingLot()  # where the sender waits for a direct write to end
+        self._sender_waits = False
+        self._clock = trio.lowlevel.current_clock()  # cheaper than trio.current_time() once per frame
         self.log = (logger or log).bind(peer=peer_id, direction=direction.value)
         self._on_end = on_end
 
@@ -263,34 +309,84 @@ class Link:
         for transit in list(self._transits_in.values()):  # from this peer: nobody waits any more
             transit.onward._send_control(wire.Cancel(id=transit.onward_id))
             _finish_transit(transit)
+        self._fail_queued()
         if self._scope is not None:
             self._scope.cancel()
 
     # -- sending ----------------------------------------------------------------------------
 
     async def send(self, message: wire.Message) -> None:
-        """Send one frame.
+        """Send one frame, after the frames already waiting to be sent.
 
         Raises:
             MessageTooLargeError: the encoded frame exceeds ``max_message_size`` (the link stays up).
-            LinkClosedError: the link is closed or closing.
+            LinkClosedError: the link is closed or closing, or closes before the frame is sent; this
+                includes a peer that does not take our frames for the stall limit (see :meth:`_write`).
+
+        Cancellation:
+            A frame still waiting for its turn is not sent.
         """
+        text = self._encode(message)
+        if not (self._writing or self._queued):
+            await self._write(text)
+            return
+        written = trio.Event()
+        outgoing = _Outgoing(text, written=written)
+        self._hand_over(outgoing)
+        try:
+            await written.wait()
+        finally:
+            outgoing.abandoned = True  # no effect once the sender has started it
+        if outgoing.error is not None:
+            raise outgoing.error
+
+    def _encode(self, message: wire.Message) -> str:
         text = wire.encode(message)
         if len(text) > self.config.link.max_message_size:
             raise MessageTooLargeError(
                 f"{message.TYPE} frame of {len(text)} characters exceeds max_message_size "
                 f"{self.config.link.max_message_size}")
+        return text
+
+    async def _write(self, text: str, request: _Pending | None = None) -> None:
+        """Write one frame now: the caller has made sure that nobody else is writing.
+
+        No cancel scope is entered (this is the path every frame takes); the bound is kept by tasks
+        that exist anyway. The watchdog closes the link when the frame has not been taken for the
+        stall limit: the peer has stopped reading, and closing the stream frees the writer. When a
+        ``request`` writes its own frame and is still at it at its deadline, the deadline keeper
+        closes the link: only that frees the caller, and the frame may be half-written.
+
+        Raises:
+            LinkClosedError: the link is closed, or closed before the frame was written.
+        """
         if self.end_reason is not None:
             raise LinkClosedError(self.peer_id, f"link to {self.peer_id!r} is closed ({self.end_reason})")
+        self._writing = True
+        self._writer = request
+        self._writing_since = self._clock.current_time()
         try:
             await self.ws.send_message(text)
         except ConnectionClosed as exc:
             self._end(_describe_close(exc))
             raise LinkClosedError(self.peer_id, f"link to {self.peer_id!r} closed ({self.end_reason})") from None
+        finally:
+            self._writing = False
+            self._writer = None
+            if self._sender_waits:
+                self._sender_waits = False
+                self._write_done.unpark()
+
+    def _hand_over(self, outgoing: _Outgoing) -> None:
+        """Queue a frame for the sender task (the link is busy)."""
+        if self.end_reason is not None:
+            raise LinkClosedError(self.peer_id, f"link to {self.peer_id!r} is closed ({self.end_reason})")
+        self._queued += 1
+        self._queue_send.send_nowait(outgoing)  # unbounded channel: never blocks
 
     def _send_control(self, message: wire.Message) -> None:
         """Queue a frame that may be lost (dropped while the queue is long)."""
-        if self._queued < _CONTROL_QUEUE:
+        if self._backlog < _CONTROL_QUEUE:
             self._enqueue(message, None)
 
     def forward_notification(self, method: str, params: Any) -> None:
@@ -300,54 +396,103 @@ class Link:
     def _enqueue(self, message: wire.Message, transit: Transit | None) -> None:
         if self.end_reason is None:
             self._queued += 1
+            self._backlog += 1
             self._queue_send.send_nowait((message, transit))  # unbounded channel: never blocks
 
     async def _sender(self) -> None:
-        async for message, transit in self._queue_recv:
-            self._queued -= 1
-            if not await self._send_frame(message, transit):
+        """Write the queued frames in order, until the link ends (``_end`` fails those left)."""
+        queue = self._queue_recv
+        async for item in queue:
+            while True:  # drain without a checkpoint per frame: writing is checkpoint enough
+                try:
+                    if self._writing:  # a frame written directly, before this one was queued
+                        self._sender_waits = True
+                        await self._write_done.park()
+                    if isinstance(item, _Outgoing):
+                        if not item.abandoned and not await self._send_outgoing(item):
+                            return
+                    else:
+                        self._backlog -= 1
+                        if not await self._send_frame(*item):
+                            return
+                except BaseException:  # cancelled (the link is ending) while waiting or writing
+                    if isinstance(item, _Outgoing) and item.written is not None and not item.written.is_set():
+                        item.error = LinkClosedError(self.peer_id, f"link to {self.peer_id!r} is closing")
+                        item.written.set()
+                    raise
+                finally:
+                    self._queued -= 1
+                try:
+                    item = queue.receive_nowait()
+                except trio.WouldBlock:
+                    break
+
+    async def _send_outgoing(self, outgoing: _Outgoing) -> bool:
+        outgoing.started = True
+        try:
+            await self._write(outgoing.text)
+        except LinkClosedError as exc:
+            outgoing.error = exc
+        if outgoing.written is not None:
+            outgoing.written.set()
+        return outgoing.error is None
+
+    def _fail_queued(self) -> None:
+        """Tell whoever waits for a frame still queued that it will not be sent (the link ended)."""
+        text = f"link to {self.peer_id!r} closed ({self.end_reason})"
+        while True:
+            try:
+                item = self._queue_recv.receive_nowait()
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
                 return
+            self._queued -= 1
+            if not isinstance(item, _Outgoing):
+                self._backlog -= 1
+            elif item.written is not None:
+                item.error = LinkClosedError(self.peer_id, text)
+                item.written.set()
 
     async def _send_frame(self, message: wire.Message, transit: Transit | None) -> bool:
-        """Send a queued or passed-on frame, handling its failure; False once the link is closed."""
+        """Write a queued or passed-on frame now, handling its failure; False once the link is closed."""
         try:
-            await self.send(message)
+            try:
+                await self._write(self._encode(message))
+            except ProtocolError as exc:  # too large (or not JSON)
+                if transit is not None:  # a request passed on: the asker gets the error
+                    _fail_transit(transit, f"too large: {exc}")
+                elif type(message) is wire.Response:  # an answer passed back: say why it is missing
+                    error = wire.Error(id=message.id, code=wire.INTERNAL_ERROR, message=str(exc))
+                    await self._write(self._encode(error))
         except LinkClosedError:
             return False  # whatever was passed on to this peer has been failed by _end
-        except ProtocolError as exc:  # too large (or not JSON)
-            if transit is not None:  # a request passed on: the asker gets the error
-                _fail_transit(transit, f"too large: {exc}")
-            elif type(message) is wire.Response:  # an answer passed back: say why it is missing
-                await self._send_quietly(wire.Error(id=message.id, code=wire.INTERNAL_ERROR, message=str(exc)))
         return True
 
     async def _pass(self, message: wire.Message, transit: Transit | None) -> None:
-        """Send a frame passed on by another link's reader: at once when nothing waits in the queue.
+        """Send a frame passed on by another link's reader: at once when the link is idle, else queued.
 
         A reader must never be held up for long by another link, or its own peer would miss our
-        pongs: a send that cannot finish within half the heartbeat slack means this peer has stopped
-        reading, and the link is closed (the frame may be half-sent, so the stream is unusable).
+        pongs: the watchdog closes this link when the frame is not taken within the stall limit
+        (half the heartbeat slack), which means this peer has stopped reading.
         """
-        if self._queued or self.end_reason is not None:
+        if self._writing or self._queued or self.end_reason is not None:
             self._enqueue(message, transit)
             return
-        heartbeat = self.config.heartbeat
-        with trio.move_on_after(max((heartbeat.timeout - heartbeat.interval) / 2, 0.1)) as scope:
-            await self._send_frame(message, transit)
-        if scope.cancelled_caught:
-            self.stop(CLOSE_HEARTBEAT, "peer stopped reading", timeout=0,
-                      why="peer stopped reading: a frame could not be sent")
+        await self._send_frame(message, transit)
 
     async def request(self, method: str, params: Any = None, *, timeout: float) -> Any:
         """Send a request and wait for its answer.
 
         The deadline is kept by the link's deadline task rather than a cancel scope per request
-        (a scope costs more than the rest of a round trip's bookkeeping). It is exact while the
-        request waits for its answer; a send held up because the peer stopped reading altogether
-        ends at the latest when the heartbeat timeout closes the link.
+        (a scope costs more than the rest of a round trip's bookkeeping). It is exact, and covers
+        sending the request too. On a busy link the request is queued and the caller waits for
+        the answer meanwhile; if the deadline comes first, the request is dropped unsent. On an
+        idle link the caller writes the frame itself; if the peer has not taken it by the
+        deadline, the link is closed: only that frees the caller, and a half-written frame would
+        leave the link unusable anyway.
 
         Raises:
-            RequestTimeoutError: no answer within ``timeout`` (a cancel frame is sent).
+            RequestTimeoutError: no answer within ``timeout`` (a cancel frame is sent if the
+                request went out).
             LinkClosedError: the link ended first (raised at once when it does).
             RemoteError: the peer answered with an error.
             MessageTooLargeError: the request is too large to send.
@@ -359,25 +504,38 @@ class Link:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         request_id = self._next_id
         self._next_id += 1
+        text = self._encode(wire.Request(id=request_id, method=method, params=params, timeout=timeout))
         deadline = trio.current_time() + timeout
         pending = _Pending()
         self._pending[request_id] = pending
         heapq.heappush(self._deadlines, (deadline, request_id))
         if deadline < self._sweep_at:
             self._sweep_wake.set()
-        sent = False
+        queued: _Outgoing | None = None
+        written = False
         try:
-            await self.send(wire.Request(id=request_id, method=method, params=params, timeout=timeout))
-            sent = True
+            if self._writing or self._queued:  # busy: the sender task writes it in turn
+                queued = _Outgoing(text)
+                self._hand_over(queued)
+            else:
+                await self._write(text, pending)
+                written = True
             await pending.done.wait()
+        except LinkClosedError:
+            if not pending.timed_out:
+                raise
+            # else our frame was stuck at the deadline, and the keeper closed the link to free us
         except BaseException:
-            if sent and not pending.done.is_set():
+            if not pending.done.is_set() and (written or (queued is not None and queued.started)):
                 self._send_control(wire.Cancel(id=request_id))
             raise
         finally:
             del self._pending[request_id]
+            if queued is not None:
+                queued.abandoned = True  # not sent at all if still queued
         if pending.timed_out:
-            self._send_control(wire.Cancel(id=request_id))
+            if written or (queued is not None and queued.started):
+                self._send_control(wire.Cancel(id=request_id))
             raise RequestTimeoutError(
                 self.peer_id, f"request {method!r} to {self.peer_id!r} got no answer within {timeout:g}s")
         if pending.error is not None:
@@ -397,6 +555,10 @@ class Link:
                         break
                     pending.timed_out = True
                     pending.done.set()
+                    if self._writer is pending:
+                        # Only closing the stream frees the sender, and the frame may be half-written.
+                        self.stop(CLOSE_HEARTBEAT, "peer stopped reading", timeout=0,
+                                  why="peer stopped reading: a request could not be sent within its timeout")
                 elif (transit := self._transits_out.get(request_id)) is not None:
                     if deadline > now:
                         break
@@ -529,10 +691,13 @@ class Link:
             case wire.Ping(seq=seq):
                 self._send_control(wire.Pong(seq=seq))
             case wire.Pong(seq=seq):
-                now = trio.current_time()
-                self._last_pong = now
-                if seq == self._ping_seq:
-                    self.rtt = now - self._ping_sent_at
+                sent_at = self._pings.pop(seq, None)
+                if sent_at is None:
+                    self._stray_pong(seq)
+                else:
+                    now = trio.current_time()
+                    self._last_pong = now
+                    self.rtt = now - sent_at
                     if self.handlers.on_rtt is not None:
                         self.handlers.on_rtt(self.peer_id, self.rtt)
             case wire.Request():
@@ -571,6 +736,8 @@ class Link:
         handlers.start_soon(self._serve_request, request, scope)
 
     async def _serve_request(self, request: wire.Request, scope: trio.CancelScope) -> None:
+        # The request keeps its max_inflight slot until its answer is sent (or dropped with the link),
+        # so a peer that stops reading cannot make us hold more than max_inflight requests and answers.
         reply: wire.Message | None = None
         try:
             with scope:
@@ -584,11 +751,11 @@ class Link:
                         reply = wire.Response(id=request.id, result=await handler(request.params, context))
                     except Exception as exc:
                         reply = self._error_reply(request, exc)
+            # else cancelled by the caller or past its deadline: nobody waits for an answer
+            if reply is not None:
+                await self._reply(request.id, reply)
         finally:
             del self._serving[request.id]
-        if reply is None:
-            return  # cancelled by the caller or past its deadline: nobody waits for an answer
-        await self._reply(request.id, reply)
 
     async def _reply(self, request_id: int, reply: wire.Message) -> None:
         try:
@@ -636,24 +803,59 @@ class Link:
     # -- heartbeat --------------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        """Send a ping every ``interval``, starting at once (so RTT is known early)."""
+        """Send a ping every ``interval``, starting at once (so RTT is known early).
+
+        Seqs are random, so only a peer that read the ping can answer it. The pings of the last
+        ``timeout`` (and one more) are remembered: a pong for an older one could not keep the
+        link up anyway.
+        """
+        pings = self._pings
         while True:
-            self._ping_seq += 1
-            self._ping_sent_at = trio.current_time()
-            self._send_control(wire.Ping(seq=self._ping_seq))
+            seq = secrets.randbits(53)
+            while seq in pings:
+                seq = secrets.randbits(53)
+            if len(pings) >= self._pings_kept:
+                del pings[next(iter(pings))]
+            pings[seq] = trio.current_time()
+            self._send_control(wire.Ping(seq=seq))
             await trio.sleep(self.config.heartbeat.interval)
 
+    def _stray_pong(self, seq: int) -> None:
+        """A pong answering no ping we sent (or one already answered): it does not count.
+
+        Not a protocol error, which would let the rate of such pongs decide when the link ends;
+        a peer sending only these ends at the heartbeat timeout, which says how many it sent.
+        """
+        self._stray_pongs += 1
+        if self._stray_pongs == 1:
+            self.log.warning("link.stray_pong", seq=seq)
+
     async def _watchdog(self) -> None:
-        """End the link when no pong arrived for ``timeout``."""
+        """End the link when no pong arrived for ``timeout``, or a frame has been stuck being
+        written for the stall limit (the peer stopped reading)."""
         timeout = self.config.heartbeat.timeout
+        stall = self._stall_limit
         while True:
+            now = trio.current_time()
             deadline = self._last_pong + timeout
-            if trio.current_time() >= deadline:
+            if now >= deadline:
+                stray = f" ({self._stray_pongs} pongs answered no ping of ours)" if self._stray_pongs else ""
                 # The peer is gone or wedged: don't wait on a close handshake it won't answer.
                 self.stop(CLOSE_HEARTBEAT, "heartbeat timeout", timeout=0,
-                          why=f"heartbeat timeout: no pong for {timeout:g}s")
+                          why=f"heartbeat timeout: no pong for {timeout:g}s{stray}")
                 return
-            await trio.sleep_until(deadline)
+            if self._writing:
+                stuck_at = self._writing_since + stall
+                if now >= stuck_at:
+                    self.stop(CLOSE_HEARTBEAT, "peer stopped reading", timeout=0,
+                              why=f"peer stopped reading: a frame could not be sent for {stall:g}s")
+                    return
+                wake = min(deadline, stuck_at)
+            else:
+                # No wake-up per frame: a write starting before the next look is still caught
+                # exactly at its limit, since it can't have started before now.
+                wake = min(deadline, now + stall)
+            await trio.sleep_until(wake)
 
 
 def _finish_transit(transit: Transit) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -10,17 +11,19 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import fednode
 from fednode import _wire as wire
-from fednode._link import CLOSE_POLICY, Direction, Handlers, Link, Transit
+from fednode._link import CLOSE_POLICY, Direction, Handlers, Link, Transit, stall_limit
 
 from conftest import node_config
 from helpers import next_frame as next_answered_frame
 from memws import ws_pair
 
 INTERVAL, TIMEOUT = 5.0, 15.0
+STALL = (TIMEOUT - INTERVAL) / 2  # how long a frame may take to be written
 
 
 def make_link(ws: WebSocketConnection, local: str, remote: str, handlers: Handlers | None = None,
@@ -44,6 +47,33 @@ async def linked_pair(a_handlers: Handlers | None = None,
         nursery.start_soon(b.run)
         yield a, b
         nursery.cancel_scope.cancel()
+
+
+def stop_taking_frames(ws: WebSocketConnection) -> None:
+    """From now on the peer takes none of the frames written to ``ws``: it stopped reading and the
+    socket buffers are full. As with a real socket, a write stuck this way fails once the stream is closed."""
+    stream: Any = ws._stream
+    closed = trio.Event()
+    aclose = stream.aclose
+
+    async def stuck(data: Any) -> None:
+        await closed.wait()
+        raise trio.ClosedResourceError
+
+    async def close() -> None:
+        closed.set()
+        await aclose()
+
+    stream.send_all = stuck
+    stream.aclose = close
+
+
+async def send_stray_pongs(ws: WebSocketConnection) -> None:
+    """What the hostile peer did: a pong every second, answering nothing (until the link is closed)."""
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await ws.send_message(wire.encode(wire.Pong(seq=1)))
+            await trio.sleep(1)
 
 
 async def next_frame(ws: WebSocketConnection, skip: tuple[type, ...] = (wire.Ping, wire.Pong)) -> wire.Message:
@@ -92,6 +122,41 @@ class TestHeartbeat:
             assert reason.startswith("heartbeat timeout")
             # Pings go out at t=0, 5, ..., 40; the last pong is at t=40, so the link ends at 40 + 15.
             assert trio.current_time() - start == pytest.approx(40 + TIMEOUT)
+            nursery.cancel_scope.cancel()
+
+    @pytest.mark.parametrize("pongs", ["wrong seq", "replayed seq", "unsolicited"])
+    async def test_pongs_answering_no_ping_do_not_count(
+            self, autojump_clock: trio.testing.MockClock, pongs: str) -> None:
+        """A peer cannot keep a link up with pongs that don't answer a ping it read."""
+        async with trio.open_nursery() as nursery:
+            ws_a, raw = await ws_pair(nursery)
+            a = make_link(ws_a, "node-a", "node-b")
+
+            async def peer() -> None:
+                answered: int | None = None
+                with contextlib.suppress(ConnectionClosed):
+                    while True:
+                        message = wire.decode(await raw.get_message())
+                        if not isinstance(message, wire.Ping):
+                            continue
+                        if pongs == "wrong seq":
+                            await raw.send_message(wire.encode(wire.Pong(seq=message.seq ^ 1)))
+                        elif pongs == "replayed seq":  # the first ping is answered, then its pong replayed
+                            answered = message.seq if answered is None else answered
+                            await raw.send_message(wire.encode(wire.Pong(seq=answered)))
+
+            nursery.start_soon(peer)
+            if pongs == "unsolicited":
+                nursery.start_soon(send_stray_pongs, raw)
+            start = trio.current_time()
+            reason = None
+            with trio.move_on_after(10 * TIMEOUT):
+                reason = await a.run()
+            assert reason is not None and reason.startswith(f"heartbeat timeout: no pong for {TIMEOUT:g}s (")
+            assert "pongs answered no ping of ours" in reason
+            # the last pong that counted was at t=0 (the first one, if replayed) or never
+            assert trio.current_time() - start == pytest.approx(TIMEOUT)
+            assert (a.rtt is not None) == (pongs == "replayed seq")
             nursery.cancel_scope.cancel()
 
     async def test_busy_application_is_not_mistaken_for_dead(self, autojump_clock: trio.testing.MockClock) -> None:
@@ -151,6 +216,111 @@ class TestRequests:
                 with pytest.raises(fednode.LinkClosedError, match="closed before the answer"):
                     await a.request("never", timeout=1000)
                 assert trio.current_time() - start == pytest.approx(7)
+
+    @pytest.mark.parametrize("stuck", ["request", "frame before it", "request, long timeout"])
+    async def test_timeout_covers_sending_to_a_peer_that_stopped_reading(
+            self, autojump_clock: trio.testing.MockClock, stuck: str) -> None:
+        """A request fails at its deadline even when its frame can't be sent; the link is closed when a
+        frame is stuck being written for the stall limit, or at a request's deadline if that comes first."""
+        timeout = 50 if stuck == "request, long timeout" else 2
+        async with trio.open_nursery() as nursery:
+            ws_a, raw = await ws_pair(nursery)
+            a = make_link(ws_a, "node-a", "node-b")
+            nursery.start_soon(a.run)
+            nursery.start_soon(send_stray_pongs, raw)
+            await trio.sleep(1)  # the first ping has been sent; the next is due at t=5
+            stop_taking_frames(ws_a)
+            start = trio.current_time()
+            if stuck == "frame before it":
+                async def notify() -> None:
+                    with pytest.raises(fednode.LinkClosedError, match="stopped reading"):
+                        await a.notify("note", "first in line")
+
+                nursery.start_soon(notify)
+                await trio.testing.wait_all_tasks_blocked()  # the notification is stuck being written
+            stalled = f"peer stopped reading: a frame could not be sent for {STALL:g}s"
+            with trio.fail_after(10 * TIMEOUT):
+                if stuck == "request, long timeout":  # the stall limit comes first
+                    with pytest.raises(fednode.LinkClosedError, match="stopped reading"):
+                        await a.request("echo", timeout=timeout)
+                    assert trio.current_time() - start == pytest.approx(STALL)
+                    assert a.end_reason == stalled
+                elif stuck == "request":
+                    with pytest.raises(fednode.RequestTimeoutError, match=f"within {timeout}s"):
+                        await a.request("echo", timeout=timeout)
+                    assert trio.current_time() - start == pytest.approx(timeout)
+                    # its frame may be half-written: the link can't be used any more
+                    assert a.end_reason == "peer stopped reading: a request could not be sent within its timeout"
+                else:
+                    with pytest.raises(fednode.RequestTimeoutError, match=f"within {timeout}s"):
+                        await a.request("echo", timeout=timeout)
+                    assert trio.current_time() - start == pytest.approx(timeout)
+                    assert a.is_up  # the request was dropped unsent; the frame ahead of it has until STALL
+                    await a.ended.wait()
+                    assert trio.current_time() - start == pytest.approx(STALL)
+                    assert a.end_reason == stalled
+            nursery.cancel_scope.cancel()
+
+    async def test_frames_sent_at_once_all_arrive_in_order(self, autojump_clock: trio.testing.MockClock) -> None:
+        """While one frame is being written the others queue, and go out in the order they were sent."""
+        handlers = Handlers()
+        notes: list[int] = []
+
+        async def echo(params: Any, context: fednode.RequestContext) -> Any:
+            return params
+
+        handlers.requests["echo"] = echo
+        handlers.inline_notifications["note"] = lambda params, context: notes.append(params)
+        async with linked_pair(b_handlers=handlers) as (a, _b):
+            answers: dict[int, Any] = {}
+
+            async def ask(n: int) -> None:
+                answers[n] = await a.request("echo", n, timeout=5)
+
+            async def tell() -> None:
+                for n in range(50):
+                    await a.notify("note", n)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tell)
+                for n in range(50):
+                    nursery.start_soon(ask, n)
+            await wait_until(lambda: len(notes) == 50)
+            assert answers == {n: n for n in range(50)} and notes == list(range(50))
+
+    async def test_link_cancelled_from_outside_fails_frames_waiting_to_be_sent(
+            self, autojump_clock: trio.testing.MockClock) -> None:
+        """Whoever waits for a frame to be sent hears that it won't be when the link is cancelled."""
+        async with trio.open_nursery() as nursery:
+            ws_a, _raw = await ws_pair(nursery)
+            a = make_link(ws_a, "node-a", "node-b")
+            run_scope = trio.CancelScope()
+
+            async def run() -> None:
+                with run_scope:
+                    await a.run()
+
+            nursery.start_soon(run)
+            await trio.sleep(1)
+            stop_taking_frames(ws_a)
+            outcomes: dict[int, float] = {}
+
+            async def note(n: int) -> None:
+                with pytest.raises(fednode.LinkClosedError):
+                    await a.notify("note", n)
+                outcomes[n] = trio.current_time() - start
+
+            start = trio.current_time()
+            nursery.start_soon(note, 1)  # stuck being written
+            await trio.testing.wait_all_tasks_blocked()
+            for n in (2, 3):  # waiting for their turn
+                nursery.start_soon(note, n)
+                await trio.testing.wait_all_tasks_blocked()
+            run_scope.cancel()  # as when the peer is removed: no stall, no heartbeat timeout
+            await wait_until(lambda: len(outcomes) == 3)
+            # the queued ones at once; the one being written once the close frame gives up (shutdown_grace)
+            assert outcomes == {2: 0, 3: 0, 1: pytest.approx(a.config.shutdown_grace)}
+            nursery.cancel_scope.cancel()
 
     async def test_errors_are_reported(self, autojump_clock: trio.testing.MockClock) -> None:
         handlers = Handlers()
@@ -224,6 +394,37 @@ class TestLimits:
             assert started == [0, 1]
             replies = {await next_answered_frame(raw), await next_answered_frame(raw)}
             assert replies == {wire.Response(id=0, result=0), wire.Response(id=1, result=1)}
+            nursery.cancel_scope.cancel()
+
+    async def test_peer_that_stops_reading_cannot_pile_up_requests(
+            self, autojump_clock: trio.testing.MockClock) -> None:
+        """A request keeps its slot until its answer is sent, and a peer that takes none of our
+        frames is disconnected after the stall limit, however it keeps the heartbeat going."""
+        async with trio.open_nursery() as nursery:
+            ws_a, raw = await ws_pair(nursery)
+            handlers = Handlers()
+            served: list[int] = []
+
+            async def echo(params: Any, context: fednode.RequestContext) -> Any:
+                served.append(params["n"])
+                return params
+
+            handlers.requests["echo"] = echo
+            a = make_link(ws_a, "node-a", "node-b", handlers, max_inflight=4)
+            assert stall_limit(a.config) == STALL
+            stop_taking_frames(ws_a)
+            nursery.start_soon(a.run)
+            nursery.start_soon(send_stray_pongs, raw)
+            start = trio.current_time()
+            for n in range(20):
+                request = wire.Request(id=n, method="echo", params={"n": n, "pad": "x" * 1000})
+                await raw.send_message(wire.encode(request))
+            with trio.fail_after(10 * TIMEOUT):
+                await a.ended.wait()
+            # four answers stuck in the socket held their slots: the other requests were refused
+            assert served == [0, 1, 2, 3]
+            assert trio.current_time() - start == pytest.approx(STALL)
+            assert a.end_reason == f"peer stopped reading: a frame could not be sent for {STALL:g}s"
             nursery.cancel_scope.cancel()
 
 
@@ -425,20 +626,17 @@ class TestTransit:
             self, autojump_clock: trio.testing.MockClock) -> None:
         events: list[str] = []
         async with relay_chain(self.c_handlers(events)) as (a, b1, b2, _c):
-            stream: Any = b2.ws._stream
-
-            async def stalled(data: bytes) -> None:
-                await trio.sleep_forever()
-
-            stream.send_all = stalled  # node-c's side stops reading: b2's sends never finish
+            stop_taking_frames(b2.ws)  # node-c's side stops reading: b2's sends never finish
             start = trio.current_time()
             with pytest.raises(fednode.RemoteError) as info:
                 await a.request("relay", {"op": "echo", "t": 50}, timeout=100)
             # dropped after half the heartbeat slack, well before a's own heartbeat would give up on b
-            assert trio.current_time() - start == pytest.approx((TIMEOUT - INTERVAL) / 2)
+            assert trio.current_time() - start == pytest.approx(STALL)
             assert info.value.code == -32050 and "stopped reading" in info.value.remote_message
             assert not b2.is_up and b1.is_up and a.is_up
             assert events == []
+            # b1's reader, which was passing the request on, is free again
+            assert await a.request("relay", "local", timeout=5) == "served at b"
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
