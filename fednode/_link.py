@@ -36,6 +36,7 @@ from ._errors import (
     RequestError,
     RequestTimeoutError,
 )
+from ._logging import ThrottledLog
 
 log = structlog.get_logger("fednode")
 
@@ -225,6 +226,7 @@ class Link:
         self._sender_waits = False
         self._clock = trio.lowlevel.current_clock()  # cheaper than trio.current_time() once per frame
         self.log = (logger or log).bind(peer=peer_id, direction=direction.value)
+        self._throttled = ThrottledLog(self.log)  # for lines the peer can cause at will
         self._on_end = on_end
 
     def __repr__(self) -> str:
@@ -705,7 +707,7 @@ class Link:
             case wire.Notification():
                 self._start_notification(message, handlers)
             case wire.Error(id=None, code=code, message=text):
-                self.log.warning("link.peer_reported_error", code=code, error=text[:300])
+                self._throttled.warning("link.peer_reported_error", code=code, error=text[:300])
             case wire.Error(id=int(request_id), code=code, message=text, data=data):
                 pending = self._pending.get(request_id)
                 if pending is not None:
@@ -785,7 +787,7 @@ class Link:
             self.log.debug("link.unknown_notification", method=notification.method[:100])
             return
         if len(self._serving) + len(self._transits_in) + self._notifying >= self.config.link.max_inflight:
-            self.log.warning("link.notification_dropped", method=notification.method[:100], reason="busy")
+            self._throttled.warning("link.notification_dropped", method=notification.method[:100], reason="busy")
             return
         self._notifying += 1
         handlers.start_soon(self._serve_notification, handler, notification)

@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection
@@ -450,6 +451,23 @@ class TestProtocolErrors:
             assert info.value.reason is not None and info.value.reason.code == CLOSE_POLICY
             await a.ended.wait()
             assert a.end_reason == "closed locally: too many protocol errors"
+
+    async def test_errors_the_peer_reports_are_logged_within_limits(
+            self, autojump_clock: trio.testing.MockClock) -> None:
+        with structlog.testing.capture_logs() as logs:
+            async with trio.open_nursery() as nursery:
+                ws_a, raw = await ws_pair(nursery)
+                a = make_link(ws_a, "node-a", "node-b")
+                nursery.start_soon(a.run)
+                for _ in range(200):  # all at once: valid frames, so the link stays up
+                    await raw.send_message(json.dumps({"type": "error", "id": None, "code": -1, "message": "x"}))
+                await trio.sleep(1.5)
+                await raw.send_message(json.dumps({"type": "error", "id": None, "code": -1, "message": "y"}))
+                await trio.sleep(0.1)
+                assert a.end_reason is None
+                nursery.cancel_scope.cancel()
+        reported = [e for e in logs if e["event"] == "link.peer_reported_error"]
+        assert len(reported) == 11 and reported[-1]["suppressed"] == 190  # a burst of 10, then one a second
 
     async def test_binary_and_hello_frames_are_protocol_errors(self, autojump_clock: trio.testing.MockClock) -> None:
         async with trio.open_nursery() as nursery:
