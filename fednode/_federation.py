@@ -40,6 +40,7 @@ from ._errors import (
     UnknownPeerError,
 )
 from ._link import Link, RequestContext, Transit
+from ._logging import ThrottledLog
 from ._parking import token_origin
 
 if TYPE_CHECKING:
@@ -217,6 +218,8 @@ class Federation:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.log = node.log
+        # for lines a peer can cause at will (what it advertises), and repeated ones
+        self._throttled = ThrottledLog(self.log)
         self.upstreams: dict[str, UpstreamServer] = {}
         self.local_catalogs: dict[str, ServerCatalog] = {}
         self._local_kinds: dict[str, dict[str, tuple[dict[str, Any], ...]]] = {}  # validated, by kind
@@ -304,7 +307,7 @@ class Federation:
             routes = [_route_from_wire(item) for item in params.get("set", [])]
             withdrawn = [tuple(k) for k in params.get("withdraw", []) if isinstance(k, list) and len(k) == 2]
         except (ValueError, TypeError) as exc:
-            self.log.warning("routes.malformed", peer=peer_id, error=str(exc))
+            self._throttled.warning("routes.malformed", key=peer_id, peer=peer_id, error=str(exc))
             return
         # A full advertisement may span several frames ("more": true on all but the last); it is
         # staged and swapped in whole, so clients never see a half-received catalog.
@@ -332,7 +335,7 @@ class Federation:
             elif size + route.size > MAX_CATALOG_BYTES_PER_PEER:
                 why = f"more than {MAX_CATALOG_BYTES_PER_PEER // (1024 * 1024)} MiB of catalogs"
             if why is not None:
-                self.log.warning("routes.limit", peer=peer_id, limit=why, dropped=list(route.key))
+                self._throttled.warning("routes.limit", key=peer_id, peer=peer_id, limit=why, dropped=list(route.key))
                 continue
             table[route.key] = route
             items, size = items + route.items, size + route.size
@@ -350,8 +353,8 @@ class Federation:
             kinds[kind], found = valid_items(kind, route.catalog.get(kind, ()))
             problems += found
         if problems:
-            self.log.warning("routes.invalid_items", peer=peer_id, origin=route.origin, server=route.server,
-                             dropped=len(problems), problems=problems[:5])
+            self._throttled.warning("routes.invalid_items", key=peer_id, peer=peer_id, origin=route.origin,
+                                    server=route.server, dropped=len(problems), problems=problems[:5])
         size = len(json.dumps(kinds, separators=(",", ":"), ensure_ascii=False, default=str))
         return attrs.evolve(route, catalog=kinds, size=size)
 
@@ -546,8 +549,8 @@ class Federation:
         for key in [key for key, size in sizes.items() if size > budget]:
             # It cannot be sent: the peer must not keep routing to what it had before (withdrawn
             # below), and it is not recorded as sent, so it goes out once it fits again.
-            self.log.error("routes.too_large", peer=peer_id, server=key[1], origin=key[0], size=sizes[key],
-                           limit=budget, hint="raise [link] max_message_size on every node")
+            self._throttled.error("routes.too_large", key=key[1], peer=peer_id, server=key[1], origin=key[0],
+                                  size=sizes[key], limit=budget, hint="raise [link] max_message_size on every node")
             del desired[key], wire[key], sizes[key]
         snapshot = {key: (path, route.digest) for key, (route, path) in desired.items()}
         full = previous is None

@@ -223,7 +223,8 @@ class Parking:
             kind, value = await parked.outcomes.receive()
         if scope.cancelled_caught:
             parked.scope.cancel()
-            raise ForwardError(DEADLINE_EXCEEDED, "deadline exceeded while the server worked or waited for input")
+            raise ForwardError(DEADLINE_EXCEEDED, f"Server {server!r}: deadline exceeded while the server worked or "
+                                                  f"waited for input")
         if kind == "result":
             return value  # type: ignore[no-any-return]
         if kind == "error":

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 import pytest
+import structlog
 import trio
 
 import fednode
@@ -326,3 +327,12 @@ class TestLimits:
                 await eventually(lambda: len(a.federation.learned.get("node-b", {})) == 5)
                 await trio.sleep(0.2)
                 assert len(a.federation.learned["node-b"]) == 5 and len(names(a)) == 5
+                # A peer advertising far more is refused, and cannot make the log say so without bound.
+                flood = [{"origin": "node-b", "server": f"x{i}", "prefix": "x", "path": ["node-b"], "digest": "d",
+                          "catalog": {"tools": [{"name": "t"}]}} for i in range(500)]  # invalid as well
+                with structlog.testing.capture_logs() as logs:
+                    a.federation._on_routes({"set": flood}, _context("node-b"))
+                for event in ("routes.limit", "routes.invalid_items"):
+                    # at most the burst (some may have gone on the earlier adverts); then one a second
+                    assert 1 <= len([e for e in logs if e["event"] == event]) <= 10
+                assert len(a.federation.learned["node-b"]) == 5
