@@ -76,6 +76,7 @@ from ._backoff import Backoff
 from ._config import BackoffConfig
 from ._config import ServerConfig as ServerConfig  # re-exported: the configuration this driver takes
 from ._errors import FednodeError
+from ._logging import ThrottledLog
 from ._version import __version__
 
 log = structlog.get_logger("fednode")
@@ -112,8 +113,6 @@ _REFRESH_GAP = 1.0  # seconds between the starts of two catalog re-reads, at lea
 _PROGRESS_QUEUE = 64  # progress notifications waiting for a slow caller, per request; newer ones are dropped
 _MAX_PAGES = 1000
 _STDERR_LINE_LIMIT = 4000
-# Unreadable messages from a server are logged at most this often (with a count of the rest).
-_BAD_MESSAGE_LOG_INTERVAL = 1.0
 
 
 class _ParseFailureFilter(logging.Filter):
@@ -361,13 +360,12 @@ class UpstreamServer:
         self.era: str | None = None
         self.server_info: dict[str, Any] | None = None
         self.restarts = 0
-        self._bad_messages = 0  # unreadable messages not yet logged
         self._questions = 0  # questions to a session's client waiting for an answer
-        self._bad_logged_at = -math.inf
         self.last_error: str | None = None
         self.catalog = ServerCatalog()
         self.pid: int | None = None
         self.log = (logger or log).bind(server=config.id)
+        self._throttled = ThrottledLog(self.log)  # for lines the server can cause at will
         self._backoff_config = backoff
         self._backoff = Backoff(backoff, jitter) if jitter else Backoff(backoff)
         self._on_catalog = on_catalog
@@ -642,14 +640,9 @@ class UpstreamServer:
             self._set_state(BACKOFF)
 
     def _bad_message(self, exc: Exception) -> None:
-        """Log a message the server sent that could not be read (it is dropped); at most one line a second."""
-        self._bad_messages += 1
-        now = trio.current_time()
-        if now - self._bad_logged_at >= _BAD_MESSAGE_LOG_INTERVAL:
-            self._bad_logged_at = now
-            self.log.warning("upstream.bad_message", error=str(exc).splitlines()[0][:300] if str(exc) else repr(exc),
-                             dropped=self._bad_messages)
-            self._bad_messages = 0
+        """Log a message the server sent that could not be read (it is dropped), within limits."""
+        self._throttled.warning("upstream.bad_message",
+                                error=str(exc).splitlines()[0][:300] if str(exc) else repr(exc))
 
     async def _watch_exit(self, conn: _Connection, pid: int) -> None:
         """End the connection when the server process exits, even while something else holds its stdout.
