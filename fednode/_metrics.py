@@ -8,7 +8,7 @@ catalog sizes, server restarts) are read from the node at scrape time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -78,54 +78,40 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         node = self.node
-        info = GaugeMetricFamily("fednode_info", "This node's id and software version.", labels=["node", "version"])
-        info.add_metric([node.id, __version__], 1)
-        yield info
-        uptime = GaugeMetricFamily("fednode_uptime_seconds", "Seconds since the node started.")
-        uptime.add_metric([], trio.current_time() - node.started_at)
-        yield uptime
+        yield _family(GaugeMetricFamily, "fednode_info", "This node's id and software version.",
+                      ["node", "version"], [((node.id, __version__), 1)])
+        yield _family(GaugeMetricFamily, "fednode_uptime_seconds", "Seconds since the node started.",
+                      [], [((), trio.current_time() - node.started_at)])
 
         peers = node.peer_states()
-        by_state = GaugeMetricFamily("fednode_peers", "Registered peers by state.", labels=["state"])
-        for state in PeerState:
-            by_state.add_metric([state.value], sum(1 for p in peers.values() if p.state is state))
-        yield by_state
-        reconnects = CounterMetricFamily("fednode_link_reconnects", "Links to a peer established after the first.",
-                                         labels=["peer"])
-        for peer_id, status in peers.items():
-            reconnects.add_metric([peer_id], status.reconnects)
-        yield reconnects
-        refused = CounterMetricFamily("fednode_auth_refused", "Refused peer authentications, by reason.",
-                                      labels=["reason"])
-        for reason, count in sorted(node.refused.items()):
-            refused.add_metric([reason], count)
-        yield refused
+        yield _family(GaugeMetricFamily, "fednode_peers", "Registered peers by state.", ["state"],
+                      [((state.value,), sum(1 for p in peers.values() if p.state is state)) for state in PeerState])
+        yield _family(CounterMetricFamily, "fednode_link_reconnects", "Links to a peer established after the first.",
+                      ["peer"], [((peer_id,), status.reconnects) for peer_id, status in peers.items()])
+        yield _family(CounterMetricFamily, "fednode_auth_refused", "Refused peer authentications, by reason.",
+                      ["reason"], [((reason,), count) for reason, count in sorted(node.refused.items())])
 
-        in_flight = GaugeMetricFamily("fednode_requests_in_flight",
-                                      "Forwarded MCP requests being handled or passed on by this node.")
-        in_flight.add_metric([], node.in_flight())
-        yield in_flight
-        catalog = GaugeMetricFamily("fednode_catalog_items", "Items in the federated catalog, by kind.",
-                                    labels=["kind"])
-        for kind, entries in node.federation.entries.items():
-            catalog.add_metric([kind], len(entries))
-        yield catalog
-        routes = GaugeMetricFamily("fednode_routes", "Attached servers reachable from here, by owning node.",
-                                   labels=["origin"])
-        for origin, count in sorted(node.federation.routes_by_origin().items()):
-            routes.add_metric([origin], count)
-        yield routes
-        conflicts = GaugeMetricFamily("fednode_catalog_conflicts", "Exposed names claimed by more than one server.")
-        conflicts.add_metric([], len(node.federation.conflicts))
-        yield conflicts
+        federation = node.federation
+        yield _family(GaugeMetricFamily, "fednode_requests_in_flight",
+                      "Forwarded MCP requests being handled or passed on by this node.", [], [((), node.in_flight())])
+        yield _family(GaugeMetricFamily, "fednode_catalog_items", "Items in the federated catalog, by kind.",
+                      ["kind"], [((kind,), len(entries)) for kind, entries in federation.entries.items()])
+        yield _family(GaugeMetricFamily, "fednode_routes", "Attached servers reachable from here, by owning node.",
+                      ["origin"], [((origin,), n) for origin, n in sorted(federation.routes_by_origin().items())])
+        yield _family(GaugeMetricFamily, "fednode_catalog_conflicts", "Exposed names claimed by more than one server.",
+                      [], [((), len(federation.conflicts))])
 
         servers = node.servers()
-        server_states = GaugeMetricFamily("fednode_servers", "Attached MCP servers by state.", labels=["state"])
-        for server_state in UPSTREAM_STATES:
-            server_states.add_metric([server_state], sum(1 for s in servers.values() if s.state == server_state))
-        yield server_states
-        restarts = CounterMetricFamily("fednode_server_restarts", "Restarts of attached MCP servers.",
-                                       labels=["server"])
-        for server_id, upstream in servers.items():
-            restarts.add_metric([server_id], upstream.restarts)
-        yield restarts
+        yield _family(GaugeMetricFamily, "fednode_servers", "Attached MCP servers by state.", ["state"],
+                      [((state,), sum(1 for s in servers.values() if s.state == state)) for state in UPSTREAM_STATES])
+        yield _family(CounterMetricFamily, "fednode_server_restarts", "Restarts of attached MCP servers.",
+                      ["server"], [((server_id,), upstream.restarts) for server_id, upstream in servers.items()])
+
+
+def _family(kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, documentation: str,
+            labels: list[str], samples: Iterable[tuple[tuple[str, ...], float]]) -> Metric:
+    """A metric family of ``kind`` with one sample per ``(label values, value)``."""
+    family = kind(name, documentation, labels=labels)
+    for values, value in samples:
+        family.add_metric(list(values), value)
+    return family
