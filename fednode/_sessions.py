@@ -25,6 +25,7 @@ from mcp.shared.exceptions import MCPError
 
 from ._errors import FednodeError, RemoteError
 from ._link import RequestContext
+from ._logging import ThrottledLog
 
 if TYPE_CHECKING:
     from ._federation import Federation
@@ -74,6 +75,7 @@ class Sessions:
         self.federation = federation
         self.node = federation.node
         self.log = federation.log
+        self._throttled = ThrottledLog(self.log)
         self.deliver: Deliver | None = None
         self.ask_local: Ask | None = None
         self._held: dict[tuple[str, str], _Held] = {}
@@ -135,13 +137,30 @@ class Sessions:
         return upstream
 
     async def apply_level(self, server_id: str, session: dict[str, Any], upstream: UpstreamServer) -> None:
-        """Bring the session connection's log level to the client's (``logging/setLevel``), if it changed."""
+        """Bring the session connection's log level to the client's (``logging/setLevel``), if it changed.
+
+        The node accepts ``logging/setLevel`` for the whole federation, so the level reaches servers
+        that have no logging: those are left alone (the spec lets a client send it only to a server
+        declaring the ``logging`` capability), and a server that refuses it anyway is logged, not
+        passed on. Either way the client's request that brought the level here goes ahead: it did
+        not ask for the level (clients such as the MCP Inspector set one right after ``initialize``).
+        """
+        from ._upstream import UpstreamError
+
         level = session.get("logLevel")
         held = self._held.get((server_id, str(session.get("id"))))
         if held is None or not isinstance(level, str) or held.level == level:
             return
-        await upstream.call("logging/setLevel", {"level": level})
-        held.level = level
+        held.level = level  # once per change, whatever the server makes of it
+        capabilities = (upstream.server_info or {}).get("capabilities")
+        if not isinstance(capabilities, dict) or capabilities.get("logging") is None:
+            return
+        try:
+            await upstream.call("logging/setLevel", {"level": level})
+        except UpstreamError as exc:
+            # A client can change its level at will: limited, like other lines outsiders can cause.
+            self._throttled.warning("session.level_refused", key=server_id, server=server_id, level=level,
+                                    code=exc.code, error=exc.message[:200])
 
     async def _run(self, key: tuple[str, str], held: _Held, *,
                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

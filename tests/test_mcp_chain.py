@@ -466,6 +466,37 @@ class TestLegacySessions:
                     assert not result.is_error
 
     @pytest.mark.filterwarnings("ignore:The logging capability is deprecated")  # deprecated in 2026-07-28 only
+    async def test_a_log_level_does_not_break_calls_to_a_server_without_logging(self) -> None:
+        """What the MCP Inspector does at legacy: setLevel first, then a call to a server without logging."""
+        with trio.fail_after(60):
+            async with chain(b=[notes_server()]) as nodes:
+                a = nodes["node-a"]
+                await until_listed(a, "notes__word_count")
+                async with Client(a.mcp_url, mode="legacy", cache=None) as client:
+                    await client.set_logging_level("debug")  # the node has logging: it accepts
+                    result = await client.call_tool("notes__word_count", {"text": "three little words"})
+                    assert not result.is_error
+                    assert result.content[0].text == "3"  # type: ignore[union-attr]
+                    await client.set_logging_level("error")  # a change is no more trouble than the first
+                    result = await client.call_tool("notes__word_count", {"text": "two words"})
+                    assert result.content[0].text == "2"  # type: ignore[union-attr]
+
+    @pytest.mark.filterwarnings("ignore:The logging capability is deprecated")  # deprecated in 2026-07-28 only
+    async def test_a_server_refusing_the_log_level_still_serves_the_call(self) -> None:
+        with trio.fail_after(60):
+            async with chain(b=[fixture_server("fx", "--refuse-log-level")]) as nodes:
+                a, b = nodes["node-a"], nodes["node-b"]
+                await until_listed(a, "fx__add")
+                async with Client(a.mcp_url, mode="legacy", cache=None) as client:
+                    await client.set_logging_level("debug")
+                    result = await client.call_tool("fx__add", {"a": 2, "b": 40})
+                    assert not result.is_error and result.structured_content == {"result": 42}
+                    # It was asked (it declares logging) and refused: the held level says it was tried.
+                    (held,) = b.federation.sessions._held.values()
+                    assert "logging" in (held.upstream.server_info or {})["capabilities"]
+                    assert held.level == "debug"
+
+    @pytest.mark.filterwarnings("ignore:The logging capability is deprecated")  # deprecated in 2026-07-28 only
     async def test_logs_reach_only_their_session(self) -> None:
         conformance = str(Path(__file__).parent / "mcp_fixtures" / "conformance_server.py")
         with trio.fail_after(60):

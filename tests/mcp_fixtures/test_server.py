@@ -4,7 +4,8 @@ Run it as a subprocess::
 
     python tests/mcp_fixtures/test_server.py [--name NAME] [--legacy-only] [--many N] [--page-size N]
                                              [--stubborn] [--spawn-child] [--leak-stdout]
-                                             [--exit-after SECONDS] [--noise] [--http PORT]
+                                             [--exit-after SECONDS] [--noise] [--refuse-log-level]
+                                             [--http PORT]
 
 It speaks both protocol eras (the SDK picks the era from the client's first request) over stdio, or
 Streamable HTTP on 127.0.0.1 with ``--http`` (it then prints ``url <URL>`` on stdout once listening;
@@ -34,6 +35,8 @@ Options that make it misbehave on purpose:
   the pipe stays open after the server exits.
 - ``--exit-after SECONDS``: exit abruptly that long after starting.
 - ``--noise``: before serving, write a line that is not UTF-8 and a line that is not JSON on stdout.
+- ``--refuse-log-level``: declare the ``logging`` capability, yet answer every ``logging/setLevel``
+  with -32602.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def _text(text: str) -> list[types.ContentBlock]:
 class Fixture:
     """The server's state: the tool list grows at run time."""
 
-    def __init__(self, name: str, many: int, page_size: int) -> None:
+    def __init__(self, name: str, many: int, page_size: int, refuse_log_level: bool = False) -> None:
         self.page_size = page_size
         self.bus = InMemorySubscriptionBus()
         self.tools: list[types.Tool] = [
@@ -109,6 +112,11 @@ class Fixture:
             on_read_resource=self.read_resource,
             on_subscriptions_listen=ListenHandler(self.bus),
         )
+        if refuse_log_level:  # registering the method makes the SDK declare the logging capability
+            self.server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self.refuse_level)
+
+    async def refuse_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
+        raise MCPError(types.INVALID_PARAMS, f"this server keeps its own log level, not {params.level!r}")
 
     def page(self, items: list[Any], params: types.PaginatedRequestParams | None) -> tuple[list[Any], str | None]:
         cursor = params.cursor if params is not None else None
@@ -306,6 +314,7 @@ def main() -> None:
     parser.add_argument("--leak-stdout", action="store_true")
     parser.add_argument("--exit-after", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--noise", action="store_true")
+    parser.add_argument("--refuse-log-level", action="store_true")
     parser.add_argument("--http", type=int, default=None, metavar="PORT")
     args = parser.parse_args()
 
@@ -324,7 +333,7 @@ def main() -> None:
     if args.noise:
         sys.stdout.buffer.write(b"\xff\xfe not utf-8 \xc3\x28\n this is not JSON\n")
         sys.stdout.buffer.flush()
-    fixture = Fixture(args.name, args.many, args.page_size)
+    fixture = Fixture(args.name, args.many, args.page_size, args.refuse_log_level)
     if args.http is not None:
         trio.run(serve_http, fixture, args.http)
     else:
