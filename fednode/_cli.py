@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 import click
 import trio
 
+from ._commands import config_file_options, config_path_from, register
 from ._commands import load_config_or_exit as _load_or_exit
-from ._commands import register
 from ._config import NodeConfig, describe
 from ._logging import LEVELS, configure_logging
 from ._node import Node, open_node
@@ -26,18 +26,18 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
-              help="The node's configuration file (.toml or .json).")
+@config_file_options
 @click.option("--log-format", type=click.Choice(["json", "console"]), default="json", show_default=True,
               help="JSON lines or human-readable lines, on stderr.")
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
-def run(config_path: str, log_format: str, log_level: str) -> None:
+def run(config_path: str | None, config_file: str | None, log_format: str, log_level: str) -> None:
     """Run a node until SIGINT or SIGTERM (a second signal exits at once); SIGHUP reloads FILE.
 
-    Exits 0 after a clean shutdown, 2 for a bad configuration (nothing is started), 1 when the
-    node cannot start (e.g. its control address is in use).
+    FILE is the configuration (or --config FILE, or $FEDNODE_CONFIG). Exits 0 after a clean
+    shutdown, 2 for a bad configuration (nothing is started), 1 when the node cannot start
+    (e.g. its control address is in use).
     """
-    _run_node(config_path, log_format, log_level, None)
+    _run_node(config_path_from(config_path, config_file), log_format, log_level, None)
 
 
 def _run_node(config_path: str, log_format: str, log_level: str,
@@ -97,17 +97,17 @@ async def _until_signal(config: NodeConfig, body: Callable[[Node], Awaitable[Non
 
 
 @main.command("mcp")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
-              help="The node's configuration file (.toml or .json).")
+@config_file_options
 @click.option("--log-format", type=click.Choice(["json", "console"]), default="json", show_default=True)
 @click.option("--log-level", type=click.Choice(LEVELS), default="warning", show_default=True)
-def mcp(config_path: str, log_format: str, log_level: str) -> None:
+def mcp(config_path: str | None, config_file: str | None, log_format: str, log_level: str) -> None:
     """Run the node in-process and serve one MCP client on stdin/stdout (for desktop MCP hosts).
 
-    The node also peers and serves HTTP as with `fednode run`. Logs go to stderr only. Ends when
-    the client closes stdin (or on SIGINT/SIGTERM).
+    FILE is the configuration (or --config FILE, or $FEDNODE_CONFIG: launchers such as the MCP
+    Inspector keep --config for themselves). The node also peers and serves HTTP as with
+    `fednode run`. Logs go to stderr only. Ends when the client closes stdin (or on SIGINT/SIGTERM).
     """
-    _run_node(config_path, log_format, log_level, _serve_stdio)
+    _run_node(config_path_from(config_path, config_file), log_format, log_level, _serve_stdio)
 
 
 async def _serve_stdio(node: Node) -> None:
@@ -115,10 +115,13 @@ async def _serve_stdio(node: Node) -> None:
 
 
 @main.command("check-config")
-@click.argument("config_path", metavar="FILE", type=click.Path(dir_okay=False))
-def check_config(config_path: str) -> None:
-    """Validate a configuration file and print a summary of the node and its peers (exit 2 if invalid)."""
-    config = _load_or_exit(config_path)
+@config_file_options
+def check_config(config_path: str | None, config_file: str | None) -> None:
+    """Validate a configuration file and print a summary of the node and its peers (exit 2 if invalid).
+
+    FILE is the configuration (or --config FILE, or $FEDNODE_CONFIG).
+    """
+    config = _load_or_exit(config_path_from(config_path, config_file))
     click.echo(describe(config))
     click.echo("configuration OK")
 

@@ -54,6 +54,50 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     sys.exit(code)
 
 
+#: The environment variable naming the configuration file when the command line does not.
+CONFIG_ENV = "FEDNODE_CONFIG"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_file_options(function: F) -> F:
+    """Add ``--config FILE`` and an optional positional ``FILE`` (``run``, ``mcp``, ``check-config``).
+
+    Both, because launchers such as the MCP Inspector claim ``--config`` for themselves. The
+    command resolves them with :func:`config_path_from`.
+    """
+    function = click.argument("config_file", metavar="[FILE]", required=False,
+                              type=click.Path(dir_okay=False))(function)
+    return click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
+                        help=f"The node's configuration file (.toml or .json); or give it as FILE, "
+                             f"or in the environment as {CONFIG_ENV}.")(function)
+
+
+def config_path_from(option: str | None, positional: str | None,
+                     environ: Mapping[str, str] | None = None) -> str:
+    """The configuration file to use: ``--config``, else the positional FILE, else ``$FEDNODE_CONFIG``.
+
+    The environment is a default that the command line overrides; ``--config`` and FILE are both
+    explicit, so naming two different files is an error rather than a guess.
+
+    Raises:
+        click.UsageError: no file named anywhere, or ``--config`` and FILE name different files.
+    """
+    if option is not None and positional is not None and not _same_path(option, positional):
+        raise click.UsageError(f"--config {option} and FILE {positional} name different files; give one of them")
+    path = option or positional or (os.environ if environ is None else environ).get(CONFIG_ENV) or None
+    if path is None:
+        raise click.UsageError(f"no configuration file: give FILE or --config FILE, or set {CONFIG_ENV}")
+    return path
+
+
+def _same_path(first: str, second: str) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one does not exist (yet): compare the names; loading reports what is missing
+        return Path(first).resolve() == Path(second).resolve()
+
+
 def load_config_or_exit(path: str) -> NodeConfig:
     """Load a configuration file, or print every problem in it and exit 2 (all commands taking --config)."""
     try:

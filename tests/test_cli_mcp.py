@@ -18,8 +18,10 @@ FEDNODE = str(Path(sys.executable).parent / "fednode")
 FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")
 
 
-@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
-async def test_stdio_client_reaches_a_server_on_a_peer(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "given"), [("legacy", "option"), ("2026-07-28", "option"),
+                                             ("legacy", "positional"), ("2026-07-28", "environment")])
+async def test_stdio_client_reaches_a_server_on_a_peer(tmp_path: Path, mode: str, given: str) -> None:
+    """A host launches `fednode mcp` with the configuration as --config, as FILE, or in FEDNODE_CONFIG."""
     with trio.fail_after(60):
         async with fednode.open_node(node_config("node-b", peers=[{"id": "node-s"}])) as b:
             await b.add_server(fednode.ServerConfig(id="fx", command=sys.executable, args=(FIXTURE,)), timeout=20)
@@ -28,8 +30,10 @@ async def test_stdio_client_reaches_a_server_on_a_peer(tmp_path: Path, mode: str
                 '[node]\nid = "node-s"\ncontrol = "ws://127.0.0.1:0"\ndata = "http://127.0.0.1:0"\n'
                 f'[auth]\nsecret = "{SECRET}"\n'
                 f'[[peers]]\nid = "node-b"\ncontrol = "{b.control_url}"\n')
-            params = StdioServerParameters(command=FEDNODE, args=["mcp", "--config", str(config)],
-                                           env={"PATH": "/usr/bin:/bin"})
+            args = {"option": ["mcp", "--config", str(config)], "positional": ["mcp", str(config)],
+                    "environment": ["mcp"]}[given]
+            env = {"PATH": "/usr/bin:/bin", **({"FEDNODE_CONFIG": str(config)} if given == "environment" else {})}
+            params = StdioServerParameters(command=FEDNODE, args=args, env=env)
             async with Client(params, mode=mode, cache=None) as client:
                 with trio.fail_after(20):
                     while "fx__add" not in {t.name for t in (await client.list_tools()).tools}:
