@@ -556,3 +556,18 @@ class TestFloods:
             assert len(reads) == 2
             assert reads[0] - started < 0.05 and reads[1] - reads[0] >= 1.0
             nursery.cancel_scope.cancel()
+
+
+class TestInProcessPing:
+    async def test_in_process_server_stays_up(self, autojump_clock: trio.testing.MockClock) -> None:
+        """A server run in this process (on the node's own loop) is not pinged down by short ping settings."""
+        fixture = in_process_fixture("embedded")
+        server = UpstreamServer(ServerConfig(id="embedded", ping_interval=0.5, ping_timeout=0.1), backoff=FAST_BACKOFF,
+                                server=fixture.server, on_catalog=lambda c: None)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            await server.wait_ready(15)
+            await trio.sleep(100)
+            assert server.state == "up" and server.restarts == 0
+            assert (await server.call("tools/call", tool_call("add", a=1, b=2)))["structuredContent"] == {"result": 3}
+            nursery.cancel_scope.cancel()
