@@ -88,7 +88,8 @@ class WithdrawnNames:
         self._wall_clock = wall_clock
         # (kind, name) -> entry, oldest first
         self._names: collections.OrderedDict[tuple[str, str], Withdrawn] = collections.OrderedDict()
-        self._templates = 0
+        # the templates among them (URI template -> entry, oldest first), matched against URIs
+        self._templates: dict[str, Withdrawn] = {}
 
     def __len__(self) -> int:
         return len(self._names)
@@ -102,22 +103,21 @@ class WithdrawnNames:
 
             pattern = _template_regex(name)
         self.forget(kind, name)
-        self._names[(kind, name)] = Withdrawn(kind=kind, name=name, server=server, nodes=nodes, local=local, at=now,
-                                              wall=self._wall_clock(), pattern=pattern)
+        entry = Withdrawn(kind=kind, name=name, server=server, nodes=nodes, local=local, at=now,
+                          wall=self._wall_clock(), pattern=pattern)
+        self._names[(kind, name)] = entry
         if pattern is not None:
-            self._templates += 1
+            self._templates[name] = entry
         self._expire(now)
         while len(self._names) > self.limit:
             self._drop_oldest()
-        if self._templates > MAX_WITHDRAWN_TEMPLATES:
-            oldest = next(key for key in self._names if key[0] == "resourceTemplates")
-            self.forget(*oldest)
+        while len(self._templates) > MAX_WITHDRAWN_TEMPLATES:
+            self.forget("resourceTemplates", next(iter(self._templates)))
 
     def forget(self, kind: str, name: str) -> None:
         """The name is back in the catalog (or must not be remembered): drop it."""
-        entry = self._names.pop((kind, name), None)
-        if entry is not None and entry.pattern is not None:
-            self._templates -= 1
+        if self._names.pop((kind, name), None) is not None and kind == "resourceTemplates":
+            del self._templates[name]
 
     def get(self, kind: str, name: str) -> Withdrawn | None:
         """The remembered withdrawal of ``name`` of ``kind``, if it is recent enough."""
@@ -127,15 +127,15 @@ class WithdrawnNames:
     def for_uri(self, uri: str) -> Withdrawn | None:
         """A withdrawn resource with this URI, or else a withdrawn template it matches (newest first)."""
         found = self.get("resources", uri)
-        if found is not None or not self._templates:
+        if found is not None:
             return found
-        for key in reversed(self._names):
-            entry = self._names[key]
+        for entry in reversed(self._templates.values()):
             if entry.pattern is not None and entry.pattern.match(uri):
                 return entry
         return None
 
     def now(self) -> float:
+        """The current time on this memory's clock."""
         return self._clock()
 
     def _expire(self, now: float) -> None:
@@ -146,6 +146,6 @@ class WithdrawnNames:
             self._drop_oldest()
 
     def _drop_oldest(self) -> None:
-        _key, entry = self._names.popitem(last=False)
-        if entry.pattern is not None:
-            self._templates -= 1
+        (kind, name), _entry = self._names.popitem(last=False)
+        if kind == "resourceTemplates":
+            del self._templates[name]

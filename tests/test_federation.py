@@ -421,7 +421,8 @@ class TestWithdrawnNames:
 class TestWithdrawnMemory:
     """The memory of withdrawn names is bounded by age and by count."""
 
-    def test_expires_and_is_bounded(self) -> None:
+    def test_expires_and_is_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from fednode import _withdrawn
         from fednode._withdrawn import WithdrawnNames
 
         now = [100.0]
@@ -441,6 +442,12 @@ class TestWithdrawnMemory:
         assert found is not None and found.kind == "resourceTemplates"
         memory.forget("resourceTemplates", "x://{id}")
         assert memory.for_uri("x://42") is None
+        # templates (each one a pattern tried per lookup) are capped on their own
+        monkeypatch.setattr(_withdrawn, "MAX_WITHDRAWN_TEMPLATES", 2)
+        for prefix in "pqr":
+            memory.remember("resourceTemplates", f"{prefix}://{{id}}", "s", ("n",), local=False)
+        assert memory.for_uri("p://1") is None and memory.for_uri("r://1") is not None
+        assert memory.get("resourceTemplates", "p://{id}") is None
 
 
 class TestConflictLog:
