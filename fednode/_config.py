@@ -151,6 +151,8 @@ class ServerConfig:
         id: unique on this node, ``[a-z0-9][a-z0-9_-]{0,31}``; the same id on several nodes = replicas.
         prefix: exposed-name prefix for tools and prompts (``{prefix}__{name}``); None = the id, "" = none.
         timeout: deadline of requests forwarded to this server (None = the node's ``[mcp] request_timeout``).
+        ping_interval: seconds between liveness pings while the server is up (0 = never ping).
+        ping_timeout: a ping unanswered this long marks the server down: routes withdrawn, restarted.
     """
 
     id: str
@@ -162,6 +164,8 @@ class ServerConfig:
     headers: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
     prefix: str | None = None
     timeout: float | None = None
+    ping_interval: float = 30.0
+    ping_timeout: float = 10.0
 
     @property
     def exposed_prefix(self) -> str:
@@ -617,7 +621,8 @@ class _Builder:
         return tuple(result)
 
     def server(self, raw: dict[str, Any], path: str) -> ServerConfig | None:
-        self.unknown_keys(raw, {"id", "command", "args", "env", "cwd", "url", "headers", "prefix", "timeout"}, path)
+        self.unknown_keys(raw, {"id", "command", "args", "env", "cwd", "url", "headers", "prefix", "timeout",
+                                "ping_interval", "ping_timeout"}, path)
         before = len(self.problems)
         server_id = self.string(raw, "id", path, required=True)
         if server_id is not None and not SERVER_ID_RE.match(server_id):
@@ -639,6 +644,11 @@ class _Builder:
         timeout = self.duration(raw, "timeout", path, 0.0) if "timeout" in raw else None
         if timeout is not None and timeout > MAX_REQUEST_TIMEOUT:
             self.problem(f"{path}.timeout", f"must be at most {MAX_REQUEST_TIMEOUT:g}s (a day)")
+        ping_interval = self.duration(raw, "ping_interval", path, 30.0, positive=False)
+        ping_timeout = self.duration(raw, "ping_timeout", path, 10.0)
+        for key, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout)):
+            if value > MAX_REQUEST_TIMEOUT:
+                self.problem(f"{path}.{key}", f"must be at most {MAX_REQUEST_TIMEOUT:g}s (a day)")
         if command is not None and ("headers" in raw):
             self.problem(f"{path}.headers", "headers are only used with url")
         if url is not None and any(k in raw for k in ("args", "env", "cwd")):
@@ -646,7 +656,8 @@ class _Builder:
         if len(self.problems) > before or server_id is None:
             return None
         return ServerConfig(id=server_id, command=command, args=args, env=env, cwd=str(cwd) if cwd else None,
-                            url=url, headers=headers, prefix=prefix, timeout=timeout)
+                            url=url, headers=headers, prefix=prefix, timeout=timeout, ping_interval=ping_interval,
+                            ping_timeout=ping_timeout)
 
     def mcp(self, raw: dict[str, Any]) -> MCPConfig:
         self.unknown_keys(raw, {"request_timeout", "transit"}, "mcp")

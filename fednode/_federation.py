@@ -42,6 +42,7 @@ from ._errors import (
 from ._link import Link, RequestContext, Transit
 from ._logging import ThrottledLog
 from ._parking import token_origin
+from ._withdrawn import WithdrawnNames
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -239,6 +240,11 @@ class Federation:
         self._tasks: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self.conflicts: list[str] = []
+        # names that left the catalog because every route to their server went: answered with the
+        # unreachable error for a while instead of "unknown" (see _withdrawn)
+        self.withdrawn = WithdrawnNames()
+        # (server keeping the names, other server) -> the contested names last logged (catalog.conflict)
+        self._conflict_sets: dict[tuple[str, str], tuple[str, ...]] = {}
         self.in_flight = 0  # client and peer requests being executed here (passed-on ones: see Link)
         self._templates: list[tuple[re.Pattern[str], Entry]] = []
         self._dirty = trio.Event()
@@ -401,6 +407,7 @@ class Federation:
     def _changed(self) -> None:
         before = {kind: dict(entries) for kind, entries in self.entries.items()}
         self._rebuild_entries()
+        self._note_withdrawn(before)
         changed = {kind for kind in KINDS if before[kind].keys() != self.entries[kind].keys() or any(
             before[kind][name].definition != entry.definition or before[kind][name].origins != entry.origins
             for name, entry in self.entries[kind].items() if name in before[kind])}
@@ -417,6 +424,36 @@ class Federation:
             self._catalog_event.set()
             self._catalog_event = trio.Event()
         self._dirty.set()
+
+    def _note_withdrawn(self, before: Mapping[str, Mapping[str, Entry]]) -> None:
+        """Remember the names that left the catalog with their server's last route; forget those back.
+
+        A name that left while its server is still routed was removed by the server itself: it is
+        unknown now, and not remembered.
+        """
+        routed = {server for _origin, server in self._best}
+        for kind in KINDS:
+            now = self.entries[kind]
+            for name in now.keys() - before[kind].keys():
+                self.withdrawn.forget(kind, name)
+            for name in before[kind].keys() - now.keys():
+                entry = before[kind][name]
+                if entry.server in routed:
+                    continue
+                local = self.node.id in entry.origins
+                if local and entry.server not in self.upstreams:
+                    continue  # removed from this node on purpose, not down
+                self.withdrawn.remember(kind, name, entry.server, entry.origins, local=local)
+
+    def _withdrawn_error(self, kind: str, name: object) -> ForwardError | None:
+        """The unreachable error for a name withdrawn recently (None: not one of those)."""
+        if not isinstance(name, str):
+            return None
+        found = self.withdrawn.for_uri(name) if kind == "resources" else self.withdrawn.get(kind, name)
+        if found is None:
+            return None
+        message, data = found.describe(self.withdrawn.now())
+        return ForwardError(SERVER_UNAVAILABLE if found.local else NODE_UNREACHABLE, message, data)
 
     async def wait_for(self, *names: str, kind: str = "tools", timeout: float = 10.0) -> None:
         """Wait until every exposed name is in this node's catalog of ``kind``.
@@ -436,6 +473,7 @@ class Federation:
             by_server.setdefault(route.server, []).append((route, via))
         entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         conflicts: list[str] = []
+        contested: dict[tuple[str, str], list[str]] = {}  # (keeps the names, the other) -> contested names
         # Who keeps a contested name: a server attached here, then the one that claimed it first
         # (names already given stay put), then the server id. A peer cannot take over a name.
         for server_id in sorted(by_server.keys() - self._claimed.keys()):
@@ -460,6 +498,7 @@ class Federation:
                         exposed = f"{nearest.prefix}__{name}"
                     if exposed in entries[kind]:
                         other = entries[kind][exposed]
+                        contested.setdefault((other.server, server_id), []).append(exposed)
                         if kind in ("resources", "resourceTemplates"):
                             conflicts.append(f"{kind} {exposed!r}: servers {other.server!r} and {server_id!r}; "
                                              f"{other.server!r} serves it")
@@ -477,13 +516,25 @@ class Federation:
                         shown["name"] = exposed
                     entries[kind][exposed] = Entry(kind=kind, exposed=exposed, name=name, server=server_id,
                                                    definition=shown, origins=origins)
-        if conflicts != self.conflicts:
-            for conflict in conflicts:
-                if conflict not in self.conflicts:
-                    self.log.warning("catalog.conflict", conflict=conflict)
+        self._log_conflicts(contested, conflicts)
         self.conflicts = conflicts
         self.entries = entries
         self._templates = [(_template_regex(name), entry) for name, entry in entries["resourceTemplates"].items()]
+
+    def _log_conflicts(self, contested: Mapping[tuple[str, str], list[str]], conflicts: list[str]) -> None:
+        """One warning per pair of servers claiming the same names, when that set of names is new or changed.
+
+        A catalog update that leaves a pair's contested names as they were logs nothing, so a start-up
+        with many overlapping names (or every later update) does not flood the log.
+        """
+        sets = {pair: tuple(sorted(set(names))) for pair, names in contested.items()}
+        for (keeper, other), names in sorted(sets.items()):
+            if self._conflict_sets.get((keeper, other)) == names:
+                continue
+            example = next((c for c in conflicts if f"servers {keeper!r} and {other!r}" in c), "")
+            self.log.warning("catalog.conflict", servers=[keeper, other], kept_by=keeper, count=len(names),
+                             names=list(names[:20]), example=example)
+        self._conflict_sets = sets
 
     # -- advertising ------------------------------------------------------------------------
 
@@ -602,7 +653,9 @@ class Federation:
         """Find the entry a client request is about; returns it and the params to send upstream.
 
         Raises:
-            ForwardError: unknown name or URI (-32602).
+            ForwardError: unknown name or URI (-32602); a name withdrawn recently with its server's
+                last route: -32050 (owning node unreachable) or -32051 (server attached here down),
+                naming the server, its node and since when.
         """
         upstream_params = dict(params)
         if method in ("tools/call", "prompts/get"):
@@ -610,7 +663,7 @@ class Federation:
             name = params.get("name")
             entry = self.entries[kind].get(name) if isinstance(name, str) else None
             if entry is None:
-                raise ForwardError(UNKNOWN_NAME, f"Unknown {kind[:-1]}: {name}")
+                raise self._withdrawn_error(kind, name) or ForwardError(UNKNOWN_NAME, f"Unknown {kind[:-1]}: {name}")
             upstream_params["name"] = entry.name
             return entry, upstream_params
         if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
@@ -619,7 +672,8 @@ class Federation:
                 entry = self.entries["resources"].get(uri) or self._template_for(uri)
                 if entry is not None:
                     return entry, upstream_params
-            raise ForwardError(UNKNOWN_NAME, f"Unknown resource: {uri}", {"uri": uri})
+            raise self._withdrawn_error("resources", uri) or ForwardError(UNKNOWN_NAME, f"Unknown resource: {uri}",
+                                                                          {"uri": uri})
         if method == "completion/complete":
             ref = params.get("ref")
             if isinstance(ref, dict) and ref.get("type") == "ref/prompt":
@@ -627,11 +681,16 @@ class Federation:
                 if entry is not None:
                     upstream_params["ref"] = {**ref, "name": entry.name}
                     return entry, upstream_params
+                if (error := self._withdrawn_error("prompts", ref.get("name"))) is not None:
+                    raise error
             if isinstance(ref, dict) and ref.get("type") == "ref/resource":
                 uri = ref.get("uri", "")
                 entry = self.entries["resourceTemplates"].get(uri) or self.entries["resources"].get(uri)
                 if entry is not None:
                     return entry, upstream_params
+                error = self._withdrawn_error("resourceTemplates", uri) or self._withdrawn_error("resources", uri)
+                if error is not None:
+                    raise error
             raise ForwardError(UNKNOWN_NAME, f"Unknown completion reference: {json.dumps(ref)[:200]}")
         raise ForwardError(-32601, f"Method not forwarded: {method}")
 

@@ -337,12 +337,14 @@ class UpstreamServer:
         restarts: how many times the server was started again after a failure or exit.
         last_error: why the last connection ended or failed, if it did.
         catalog: the server's tools, prompts, resources and resource templates as last read (kept
-            while the server is down; check :attr:`state`).
+            while the server is down, except after it stopped answering pings: then emptied, and
+            ``on_catalog(None)`` withdraws it; check :attr:`state`).
         pid: the process id of a stdio server while it runs.
     """
 
-    def __init__(self, config: ServerConfig, *, backoff: BackoffConfig, on_catalog: Callable[[ServerCatalog], None],
-                 logger: Any = None, jitter: Callable[[float], float] | None = None, server: Any = None,
+    def __init__(self, config: ServerConfig, *, backoff: BackoffConfig,
+                 on_catalog: Callable[[ServerCatalog | None], None], logger: Any = None,
+                 jitter: Callable[[float], float] | None = None, server: Any = None,
                  session: SessionHooks | None = None) -> None:
         if server is None and (config.command is None) == (config.url is None):
             raise ValueError(f"server {config.id!r}: give exactly one of command and url")
@@ -561,8 +563,13 @@ class UpstreamServer:
     async def _http_response(self, response: httpx2.Response) -> None:
         """Log an HTTP server's error statuses: the SDK turns them into bare JSON-RPC errors."""
         if response.status_code >= 400:
-            self.log.warning("upstream.http_status", status=response.status_code, method=response.request.method,
-                             content_type=response.headers.get("content-type", "")[:100])
+            fields = {"status": response.status_code, "method": response.request.method,
+                      "content_type": response.headers.get("content-type", "")[:100]}
+            if response.status_code < 500 and response.request.headers.get(MCP_METHOD_HEADER) == "server/discover":
+                # The era probe: a legacy server refusing server/discover (400, 404, 405) is expected.
+                self.log.debug("upstream.http_status", probe=True, **fields)
+            else:
+                self.log.warning("upstream.http_status", **fields)
 
     def _translate(self, conn: _Connection, exc: MCPError) -> FednodeError:
         # The dispatcher fails pending requests with exactly this error when the connection closes
@@ -618,6 +625,8 @@ class UpstreamServer:
                                           prompts=len(self.catalog.prompts), resources=len(self.catalog.resources),
                                           resource_templates=len(self.catalog.resource_templates))
                             nursery.start_soon(self._refresh_loop, conn)
+                            if self.config.ping_interval > 0 and self._in_process is None:
+                                nursery.start_soon(self._ping_loop, conn)
                     finally:
                         self._lose(conn, "connection closed")
                 return conn.end_reason or "connection closed"
@@ -626,6 +635,50 @@ class UpstreamServer:
                 with trio.move_on_after(_STDERR_FLUSH, shield=True):
                     await self._stderr_done.wait()
                 aux.cancel_scope.cancel()
+
+    async def _ping_loop(self, conn: _Connection) -> None:
+        """Ping the server every ``ping_interval``; one that does not answer within ``ping_timeout`` is down.
+
+        A server can stay alive yet stop reading its input (stuck in a blocking call, a deadlock):
+        without this it would look up for ever while every call waited out its deadline. Any answer,
+        an error included, shows it is reading. When one does not come, the connection is marked
+        lost at once (calls in flight fail with "server down"), the server's catalog is withdrawn,
+        and the connection torn down (the process terminated), so :meth:`run` restarts it with backoff.
+
+        An in-process server is not pinged: it runs on the node's own event loop.
+        """
+        interval, limit = self.config.ping_interval, self.config.ping_timeout
+        while True:
+            await trio.sleep(interval)
+            with trio.move_on_after(limit):
+                try:
+                    await self._ping(conn)
+                except MCPError as exc:
+                    if exc.code == CONNECTION_CLOSED and conn.is_lost():
+                        return
+                    self.log.debug("upstream.ping_error", code=exc.code, error=exc.message[:200])
+                continue
+            if conn.is_lost():
+                return
+            reason = f"no answer to a ping within {limit:g}s"
+            self.log.warning("upstream.unresponsive", timeout=limit, pid=self.pid)
+            self._lose(conn, reason)
+            self.catalog = ServerCatalog()
+            self._publish(None)
+            assert conn.scope is not None
+            conn.scope.cancel()
+            return
+
+    async def _ping(self, conn: _Connection) -> None:
+        """One liveness request: ``ping`` (legacy), or ``server/discover`` (the 2026-07-28 era defines no ping)."""
+        opts: CallOptions = {"request_id": conn.next_id("ping-"), "cancel_on_abandon": False}
+        if conn.modern:
+            method, params = "server/discover", {"_meta": conn.own_meta()}
+        else:
+            method, params = "ping", {}
+        if conn.http:
+            opts["headers"] = conn.headers_for(method, params)
+        await conn.dispatcher.send_raw_request(method, params, opts)
 
     def _lose(self, conn: _Connection, reason: str) -> None:
         """Mark a connection gone, at once, so calls fail fast while the transport winds down.
@@ -896,8 +949,12 @@ class UpstreamServer:
         if conn.http and conn.modern and "tools" in updates:
             conn.header_maps = _header_maps(self.catalog.tools)
         self.log.debug("upstream.catalog", lists=sorted(updates), tools=len(self.catalog.tools))
+        self._publish(self.catalog)
+
+    def _publish(self, catalog: ServerCatalog | None) -> None:
+        """Hand the catalog (None: withdrawn, the server stopped answering) to the owner."""
         try:
-            self._on_catalog(self.catalog)
+            self._on_catalog(catalog)
         except Exception as exc:  # a bug in the callback must not take the server down
             self.log.error("upstream.on_catalog_failed", error=repr(exc)[:300])
 

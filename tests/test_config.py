@@ -696,3 +696,23 @@ class TestHS512SecretLength:
             fednode.load_config(write_config(tmp_path, raw), environ={})
         hint = str(caught.value).split("make one with: ", 1)[1]
         assert "secrets.token_urlsafe(64)" in hint
+
+
+class TestServerPing:
+    """``[[servers]] ping_interval`` / ``ping_timeout``: defaults, 0 = never ping, bad values reported."""
+
+    def test_defaults_values_and_problems(self) -> None:
+        raw = base_raw()
+        raw["servers"] = [{"id": "a", "command": "python"},
+                          {"id": "b", "command": "python", "ping_interval": "0s", "ping_timeout": "500ms"}]
+        a, b = fednode.NodeConfig.from_mapping(raw).servers
+        assert (a.ping_interval, a.ping_timeout) == (30.0, 10.0)
+        assert (b.ping_interval, b.ping_timeout) == (0.0, 0.5)
+        raw["servers"] = [{"id": "c", "command": "python", "ping_interval": "soon", "ping_timeout": "0s"},
+                          {"id": "d", "command": "python", "ping_interval": "25h"}]
+        with pytest.raises(fednode.ConfigError) as caught:
+            fednode.NodeConfig.from_mapping(raw)
+        problems = dict(caught.value.problems)
+        assert "bad duration 'soon'" in problems["servers[0].ping_interval"]
+        assert problems["servers[0].ping_timeout"] == "must be greater than 0"
+        assert problems["servers[1].ping_interval"] == "must be at most 86400s (a day)"

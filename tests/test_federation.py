@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import attrs
@@ -336,3 +337,136 @@ class TestLimits:
                     # at most the burst (some may have gone on the earlier adverts); then one a second
                     assert 1 <= len([e for e in logs if e["event"] == event]) <= 10
                 assert len(a.federation.learned["node-b"]) == 5
+
+
+def full_catalog(*tool_names: str) -> Catalog:
+    """Tools, a prompt, a resource and a resource template."""
+    return attrs.evolve(tools(*tool_names), prompts=({"name": "greet"},),
+                        resources=({"uri": "kv://static", "name": "static"},),
+                        resource_templates=({"uriTemplate": "kv://items/{id}", "name": "item"},))
+
+
+async def forward_error(node: fednode.Node, method: str, params: dict[str, Any]) -> Any:
+    from fednode._federation import ForwardError
+
+    with pytest.raises(ForwardError) as info:
+        await node.federation.execute(method, params, timeout=5)
+    return info.value
+
+
+class TestWithdrawnNames:
+    """A name that left with its server's last route answers "unreachable", naming server, node and since
+    when; a name never seen stays "unknown"."""
+
+    async def test_owning_node_stopped(self) -> None:
+        with trio.fail_after(30):
+            async with fednode.open_node(node_config("node-a")) as a:
+                async with fednode.open_node(node_config("node-b")) as b:
+                    await b.register_peer(fednode.PeerConfig(id="node-a"), wait=False)
+                    await a.register_peer(fednode.PeerConfig(id="node-b", control=b.control_url))
+                    b.federation.set_local_catalog("kv", full_catalog("get", "put"))
+                    await eventually(lambda: names(a) == {"kv__get", "kv__put"})
+                # node-b has stopped: its routes are gone at node-a
+                await eventually(lambda: not names(a))
+                for method, params in (("tools/call", {"name": "kv__get"}), ("prompts/get", {"name": "kv__greet"}),
+                                       ("resources/read", {"uri": "kv://static"}),
+                                       ("resources/read", {"uri": "kv://items/7"}),
+                                       ("completion/complete", {"ref": {"type": "ref/prompt", "name": "kv__greet"}}),
+                                       ("completion/complete", {"ref": {"type": "ref/resource",
+                                                                        "uri": "kv://items/{id}"}})):
+                    error = await forward_error(a, method, params)
+                    assert error.code == -32050, (method, params)
+                    assert "'kv'" in str(error) and "'node-b'" in str(error) and "since" in str(error)
+                    assert error.data["server"] == "kv" and error.data["node"] == "node-b"
+                    assert error.data["since"].endswith("Z") and error.data["withdrawnSecondsAgo"] >= 0
+                # a name that was never there is still unknown
+                assert (await forward_error(a, "tools/call", {"name": "kv__gte"})).code == -32602
+                assert (await forward_error(a, "resources/read", {"uri": "kv://other"})).code == -32602
+
+    async def test_back_in_the_catalog_or_removed_by_its_server(self) -> None:
+        with trio.fail_after(20):
+            async with topology([("node-a", "node-b")]) as nodes:
+                a, b = nodes["node-a"], nodes["node-b"]
+                b.federation.set_local_catalog("kv", tools("get", "put"))
+                await eventually(lambda: names(a) == {"kv__get", "kv__put"})
+                # the server itself dropped a tool: that tool is unknown now, not unreachable
+                b.federation.set_local_catalog("kv", tools("get"))
+                await eventually(lambda: names(a) == {"kv__get"})
+                assert (await forward_error(a, "tools/call", {"name": "kv__put"})).code == -32602
+                b.federation.set_local_catalog("kv", None)
+                await eventually(lambda: not names(a))
+                assert (await forward_error(a, "tools/call", {"name": "kv__get"})).code == -32050
+                assert len(a.federation.withdrawn) == 1
+                b.federation.set_local_catalog("kv", tools("get"))
+                await eventually(lambda: names(a) == {"kv__get"})
+                assert len(a.federation.withdrawn) == 0  # back: forgotten
+
+    async def test_local_server_down_is_32051_and_removed_is_unknown(self) -> None:
+        with trio.fail_after(20):
+            async with fednode.open_node(node_config("node-a")) as a:
+                # attached here (a stand-in for its driver), and then it stopped answering its pings
+                a.federation.upstreams["kv"] = SimpleNamespace(  # type: ignore[assignment]
+                    config=fednode.ServerConfig(id="kv", command="kv"), server_info=None)
+                a.federation.set_local_catalog("kv", tools("get"))
+                a.federation.set_local_catalog("kv", None)
+                error = await forward_error(a, "tools/call", {"name": "kv__get"})
+                assert error.code == -32051 and "'kv'" in str(error) and "'node-a'" in str(error)
+                assert error.data["node"] == "node-a"
+                # a server detached on purpose is not "down": its names are simply unknown
+                a.federation.set_local_catalog("gone", tools("x"))
+                a.federation.set_local_catalog("gone", None)
+                assert (await forward_error(a, "tools/call", {"name": "gone__x"})).code == -32602
+
+
+class TestWithdrawnMemory:
+    """The memory of withdrawn names is bounded by age and by count."""
+
+    def test_expires_and_is_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from fednode import _withdrawn
+        from fednode._withdrawn import WithdrawnNames
+
+        now = [100.0]
+        memory = WithdrawnNames(ttl=600.0, limit=3, clock=lambda: now[0], wall_clock=lambda: 0.0)
+        memory.remember("tools", "a", "s", ("n",), local=False)
+        now[0] += 599.0
+        assert memory.get("tools", "a") is not None
+        message, data = memory.get("tools", "a").describe(now[0])  # type: ignore[union-attr]
+        assert "599s ago" in message and data["since"] == "1970-01-01T00:00:00Z"
+        now[0] += 1.0
+        assert memory.get("tools", "a") is None and len(memory) == 0  # ten minutes later: forgotten
+        for name in "bcde":
+            memory.remember("tools", name, "s", ("n",), local=False)
+        assert len(memory) == 3 and memory.get("tools", "b") is None  # the oldest went first
+        memory.remember("resourceTemplates", "x://{id}", "s", ("n",), local=False)
+        found = memory.for_uri("x://42")
+        assert found is not None and found.kind == "resourceTemplates"
+        memory.forget("resourceTemplates", "x://{id}")
+        assert memory.for_uri("x://42") is None
+        # templates (each one a pattern tried per lookup) are capped on their own
+        monkeypatch.setattr(_withdrawn, "MAX_WITHDRAWN_TEMPLATES", 2)
+        for prefix in "pqr":
+            memory.remember("resourceTemplates", f"{prefix}://{{id}}", "s", ("n",), local=False)
+        assert memory.for_uri("p://1") is None and memory.for_uri("r://1") is not None
+        assert memory.get("resourceTemplates", "p://{id}") is None
+
+
+class TestConflictLog:
+    """Name conflicts are logged as one summary per pair of servers, once while the set is unchanged."""
+
+    async def test_one_line_per_conflict_set(self) -> None:
+        with trio.fail_after(20):
+            async with fednode.open_node(node_config("node-a")) as a:
+                with structlog.testing.capture_logs() as logs:
+                    a.federation.set_local_catalog("aa", tools(*(f"bb__t{i}" for i in range(9))))
+                    a.federation.set_local_catalog("aa__bb", tools(*(f"t{i}" for i in range(9))))
+                    a.federation.set_local_catalog("other", tools("x"))  # an unrelated update
+                    a.federation.set_local_catalog("aa__bb", tools(*(f"t{i}" for i in range(9))))
+                conflicts = [e for e in logs if e["event"] == "catalog.conflict"]
+                assert len(a.federation.conflicts) == 9
+                assert len(conflicts) == 1 and conflicts[0]["log_level"] == "warning"
+                assert conflicts[0]["servers"] == ["aa", "aa__bb"] and conflicts[0]["count"] == 9
+                assert conflicts[0]["names"] == sorted(f"aa__bb__t{i}" for i in range(9))
+                with structlog.testing.capture_logs() as logs:
+                    a.federation.set_local_catalog("aa__bb", tools(*(f"t{i}" for i in range(10))))  # no clash
+                    a.federation.set_local_catalog("aa", tools(*(f"bb__t{i}" for i in range(10))))  # t9 clashes now
+                assert [e["count"] for e in logs if e["event"] == "catalog.conflict"] == [10]

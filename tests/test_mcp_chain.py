@@ -120,7 +120,11 @@ class TestThroughTheChain:
                             await trio.sleep(0.02)
                     with pytest.raises(MCPError) as info:
                         await client.call_tool("fx__add", {"a": 1, "b": 2})
-                    assert info.value.error.code == -32602  # withdrawn: no longer a known tool
+                    # withdrawn a moment ago, not a typo: the owning node and server are named
+                    error = info.value.error
+                    assert error.code == -32050 and "'fx'" in error.message and "'node-c'" in error.message
+                    assert isinstance(error.data, dict) and error.data["server"] == "fx"
+                    assert error.data["node"] == "node-c" and "since" in error.data
 
 
 class TestServersAtRuntime:

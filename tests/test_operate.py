@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx2
+import pytest
 import trio
 from mcp import Client
 from prometheus_client.parser import text_string_to_metric_families
@@ -284,3 +286,36 @@ def _raw_server(config: fednode.ServerConfig) -> dict[str, Any]:
     if config.prefix is not None:
         raw["prefix"] = config.prefix
     return raw
+
+
+class TestUnresponsiveServer:
+    async def test_a_server_that_stops_answering_is_down_everywhere(self) -> None:
+        """Alive but no longer reading: marked down in /status and metrics, its names withdrawn, and a
+        call of one answered with the error naming the server and its node (here a long backoff keeps
+        it down while that is checked)."""
+        from fednode._federation import ForwardError
+
+        slow_restart = {"initial": "60s", "max": "60s", "reset_after": "1s"}
+        server = attrs.evolve(fixture_server("fx", "--freezable"), ping_interval=0.2, ping_timeout=3.0)
+        with trio.fail_after(60):
+            async with (fednode.open_node(node_config("node-a")) as a,
+                        fednode.open_node(node_config("node-b", backoff=slow_restart), jitter=lambda cap: cap) as b):
+                await b.register_peer(fednode.PeerConfig(id="node-a"), wait=False)
+                await a.register_peer(fednode.PeerConfig(id="node-b", control=b.control_url))
+                await b.add_server(server, timeout=20)
+                await a.federation.wait_for("fx__freeze", "fx__add")
+                with pytest.raises(ForwardError) as info:
+                    await a.federation.execute("tools/call", {"name": "fx__freeze", "arguments": {}}, timeout=50)
+                assert info.value.code == -32051  # the call in flight failed as soon as the ping went unanswered
+                [status] = (await get(b, "/status")).json()["servers"]
+                assert status["state"] == "backoff" and "ping" in status["last_error"] and status["tools"] == 0
+                assert sample(await metrics(b), "fednode_servers", state="backoff") == 1
+                assert sample(await metrics(b), "fednode_servers", state="up") == 0
+                with trio.fail_after(10):
+                    while "fx__add" in a.federation.entries["tools"]:
+                        await trio.sleep(0.02)
+                for node, code in ((a, -32050), (b, -32051)):
+                    with pytest.raises(ForwardError) as info:
+                        await node.federation.execute("tools/call", {"name": "fx__add", "arguments": {}}, timeout=5)
+                    assert info.value.code == code and "'fx'" in str(info.value) and "'node-b'" in str(info.value)
+                    assert isinstance(info.value.data, dict) and info.value.data["node"] == "node-b"

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import structlog
 import trio
@@ -339,6 +340,34 @@ class TestForwarding:
                 await process.wait()
 
 
+    async def test_legacy_http_server_era_probe_is_not_a_warning(self) -> None:
+        """A pre-2026 HTTP server refuses the era probe with HTTP 400: expected, so a debug line; the
+        server is used in the legacy era (its pings are MCP ``ping`` requests)."""
+        with trio.fail_after(30):
+            process = await trio.lowlevel.open_process([sys.executable, FIXTURE, "--http", "0", "--legacy-only"],
+                                                       stdout=subprocess.PIPE)
+            try:
+                assert process.stdout is not None
+                line = b""
+                while not line.endswith(b"\n"):
+                    chunk = await process.stdout.receive_some(1024)
+                    assert chunk, "the HTTP fixture exited"
+                    line += chunk
+                url = line.decode().split()[1]
+                config = ServerConfig(id="old", url=url, ping_interval=0.05, ping_timeout=10.0)
+                with structlog.testing.capture_logs() as logs:
+                    async with running(config) as (server, _catalogs):
+                        assert server.era != MODERN_ERA and names(server.catalog.tools) == FIXTURE_TOOLS
+                        assert (await server.call("tools/call", tool_call("add", a=1, b=2)))["structuredContent"] \
+                            == {"result": 3}
+                statuses = [e for e in logs if e["event"] == "upstream.http_status"]
+                assert statuses and all(e["status"] == 400 and e["log_level"] == "debug" and e["probe"]
+                                        for e in statuses)
+            finally:
+                process.kill()
+                await process.wait()
+
+
 class TestProcess:
     """Restart after a crash, termination on removal, stderr to the log."""
 
@@ -376,6 +405,31 @@ class TestProcess:
                 assert (await server.call("tools/call", tool_call("add", a=1, b=2)))["structuredContent"] == {
                     "result": 3}
                 assert_gone(old_pid)
+
+    @ERAS
+    async def test_a_server_that_stops_reading_is_restarted(self, legacy: bool) -> None:
+        """Alive but silent (stdin no longer read): the unanswered ping marks it down at once, the call in
+        flight fails, the catalog is withdrawn, and it is restarted with backoff."""
+        config = attrs.evolve(stdio_config("--freezable", legacy=legacy), ping_interval=0.3, ping_timeout=3.0)
+        with trio.fail_after(60):
+            async with running(config) as (server, catalogs):
+                old_pid, before = server.pid, server.restarts
+                assert old_pid is not None
+                started = trio.current_time()
+                with structlog.testing.capture_logs() as logs, pytest.raises(ServerUnavailableError):
+                    # Without pings this call would wait out its whole deadline.
+                    await server.call("tools/call", tool_call("freeze"), timeout=50)
+                assert trio.current_time() - started < 40
+                assert server.state != "up" and server.catalog == ServerCatalog()
+                assert None in catalogs.seen  # withdrawn from the federation
+                assert any(e["event"] == "upstream.unresponsive" and e["log_level"] == "warning" for e in logs)
+                while server.restarts == before or server.state != "up":
+                    await server._state_changed.wait()
+                assert server.pid not in (None, old_pid) and "ping" in (server.last_error or "")
+                assert names(catalogs.seen[-1].tools) == [*FIXTURE_TOOLS, "freeze"]
+                assert (await server.call("tools/call", tool_call("add", a=1, b=2)))["structuredContent"] == {
+                    "result": 3}
+                assert_gone(old_pid)  # the frozen process was terminated, not left behind
 
     async def test_cancelling_run_terminates_the_process(self) -> None:
         with trio.fail_after(20):
@@ -501,4 +555,19 @@ class TestFloods:
             # The first change is read at once; the other 19 together, one gap (1 s) later.
             assert len(reads) == 2
             assert reads[0] - started < 0.05 and reads[1] - reads[0] >= 1.0
+            nursery.cancel_scope.cancel()
+
+
+class TestInProcessPing:
+    async def test_in_process_server_stays_up(self, autojump_clock: trio.testing.MockClock) -> None:
+        """A server run in this process (on the node's own loop) is not pinged down by short ping settings."""
+        fixture = in_process_fixture("embedded")
+        server = UpstreamServer(ServerConfig(id="embedded", ping_interval=0.5, ping_timeout=0.1), backoff=FAST_BACKOFF,
+                                server=fixture.server, on_catalog=lambda c: None)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            await server.wait_ready(15)
+            await trio.sleep(100)
+            assert server.state == "up" and server.restarts == 0
+            assert (await server.call("tools/call", tool_call("add", a=1, b=2)))["structuredContent"] == {"result": 3}
             nursery.cancel_scope.cancel()

@@ -5,7 +5,7 @@ Run it as a subprocess::
     python tests/mcp_fixtures/test_server.py [--name NAME] [--legacy-only] [--many N] [--page-size N]
                                              [--stubborn] [--spawn-child] [--leak-stdout]
                                              [--exit-after SECONDS] [--noise] [--refuse-log-level]
-                                             [--http PORT]
+                                             [--http PORT] [--freezable]
 
 It speaks both protocol eras (the SDK picks the era from the client's first request) over stdio, or
 Streamable HTTP on 127.0.0.1 with ``--http`` (it then prints ``url <URL>`` on stdout once listening;
@@ -37,6 +37,11 @@ Options that make it misbehave on purpose:
 - ``--noise``: before serving, write a line that is not UTF-8 and a line that is not JSON on stdout.
 - ``--refuse-log-level``: declare the ``logging`` capability, yet answer every ``logging/setLevel``
   with -32602.
+- ``--freezable``: add a tool ``freeze()`` that blocks the whole process (alive, but it reads and
+  answers nothing more, pings included) until it is killed.
+
+``--legacy-only`` with ``--http`` answers requests of the 2026-07-28 era with HTTP 400, as a server
+from before that era does.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +86,8 @@ def _text(text: str) -> list[types.ContentBlock]:
 class Fixture:
     """The server's state: the tool list grows at run time."""
 
-    def __init__(self, name: str, many: int, page_size: int, refuse_log_level: bool = False) -> None:
+    def __init__(self, name: str, many: int, page_size: int, refuse_log_level: bool = False,
+                 freezable: bool = False) -> None:
         self.page_size = page_size
         self.bus = InMemorySubscriptionBus()
         self.tools: list[types.Tool] = [
@@ -98,6 +105,8 @@ class Fixture:
                   {"question": {"type": "string"}}, ["question"]),
         ]
         self.tools += [_tool(f"extra_{i}", f"Extra tool {i}.", {}) for i in range(many)]
+        if freezable:
+            self.tools.append(_tool("freeze", "Block the whole process: it stops reading and answering.", {}))
         self.grown = 0
         self.server: Server[Any] = Server(
             name,
@@ -167,6 +176,10 @@ class Fixture:
                 else:
                     await ctx.session.send_tool_list_changed()
                 return types.CallToolResult(content=_text(name))
+            case "freeze" if any(tool.name == "freeze" for tool in self.tools):
+                # Synchronous on purpose: the event loop stops, so stdin is no longer read.
+                time.sleep(3600)  # noqa: ASYNC251
+                return types.CallToolResult(content=_text("thawed"))
             case "pid":
                 return types.CallToolResult(content=_text(str(os.getpid())))
             case "meta":
@@ -289,7 +302,26 @@ def _http_faults(app: Any) -> Any:
     return wrapped
 
 
-async def serve_http(fixture: Fixture, port: int) -> None:
+def _legacy_http(app: Any) -> Any:
+    """Refuse requests of the 2026-07-28 era with HTTP 400, as a Streamable HTTP server from before
+    that era does (an unsupported ``MCP-Protocol-Version``); everything else reaches ``app``."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        headers = dict(scope.get("headers") or ()) if scope["type"] == "http" else {}
+        version = headers.get(b"mcp-protocol-version", b"").decode(errors="replace")
+        if scope["type"] == "http" and version in MODERN_PROTOCOL_VERSIONS:
+            body = json.dumps({"jsonrpc": "2.0", "id": "server-error", "error": {
+                "code": types.INVALID_REQUEST, "message": f"Bad Request: Unsupported protocol version: {version}"}})
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body.encode()})
+            return
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+async def serve_http(fixture: Fixture, port: int, legacy_only: bool = False) -> None:
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
@@ -298,6 +330,8 @@ async def serve_http(fixture: Fixture, port: int) -> None:
     config.accesslog = None
     config.errorlog = None
     app = _http_faults(fixture.server.streamable_http_app(json_response=False))
+    if legacy_only:
+        app = _legacy_http(app)
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(serve, app, config)
         print(f"url {binds[0]}/mcp", flush=True)
@@ -316,6 +350,7 @@ def main() -> None:
     parser.add_argument("--noise", action="store_true")
     parser.add_argument("--refuse-log-level", action="store_true")
     parser.add_argument("--http", type=int, default=None, metavar="PORT")
+    parser.add_argument("--freezable", action="store_true")
     args = parser.parse_args()
 
     print(f"fixture {args.name} starting", file=sys.stderr, flush=True)
@@ -333,9 +368,9 @@ def main() -> None:
     if args.noise:
         sys.stdout.buffer.write(b"\xff\xfe not utf-8 \xc3\x28\n this is not JSON\n")
         sys.stdout.buffer.flush()
-    fixture = Fixture(args.name, args.many, args.page_size, args.refuse_log_level)
+    fixture = Fixture(args.name, args.many, args.page_size, args.refuse_log_level, args.freezable)
     if args.http is not None:
-        trio.run(serve_http, fixture, args.http)
+        trio.run(serve_http, fixture, args.http, args.legacy_only)
     else:
         trio.run(serve_stdio, fixture, args.legacy_only, args.stubborn)
 
