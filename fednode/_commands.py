@@ -19,7 +19,7 @@ import shlex
 import sys
 import traceback
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -30,6 +30,7 @@ import trio
 from ._auth import AuthManager
 from ._config import NodeConfig, load_config
 from ._errors import ConfigError, FednodeError
+from ._errors import leaves as _leaves
 
 if TYPE_CHECKING:
     import httpx2
@@ -292,15 +293,6 @@ class _Observed:
             self.status = response.status_code
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    """The non-group exceptions inside ``exc`` (Trio and anyio wrap errors in nested groups)."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
 def _explain(exc: BaseException, target: Target, status: int | None, what: str) -> str:
     """One line saying why talking to the node failed, from the leaf exceptions and the HTTP status seen."""
     import httpx2
@@ -328,9 +320,11 @@ def _explain(exc: BaseException, target: Target, status: int | None, what: str) 
         error = by_kind[MCPError]
         assert isinstance(error, MCPError)
         return f"{what} failed: {error.message} (error {error.code})"
-    leaf = leaves[0] if leaves else exc
-    detail = str(leaf).strip().splitlines()
-    return f"{what} failed: {type(leaf).__name__}" + (f": {detail[0]}" if detail else "")
+    shown = []  # every distinct cause, in order: a group of several says what each one was
+    for leaf in leaves or [exc]:
+        detail = str(leaf).strip().splitlines()
+        shown.append(type(leaf).__name__ + (f": {detail[0]}" if detail else ""))
+    return f"{what} failed: " + "; ".join(dict.fromkeys(shown))
 
 
 def _run_client(target: Target, timeout: float, debug: bool, what: str,
