@@ -209,8 +209,7 @@ class PeerSupervisor:
             if self.link is link:
                 self.link = None
                 self._link_gone.set()
-            if uptime >= self.node.config.backoff.reset_after:
-                self.backoff.reset()
+            self.backoff.link_ended(uptime)
             self.log.info("link.down", direction=direction.value, reason=link.end_reason or reason,
                           uptime=round(uptime, 3))
             self.node.notify_change()

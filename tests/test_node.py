@@ -386,3 +386,26 @@ class TestStartErrors:
                 async with fednode.open_node(node_config("node-a")):
                     await trio.sleep_forever()
             assert scope.cancelled_caught
+
+
+class TestPeerRestart:
+    """A peer that restarts is redialed quickly, whatever its backoff had reached before the link came up."""
+
+    async def test_restarted_peer_is_found_again_at_once(self) -> None:
+        backoff = {"initial": "0.2s", "max": "60s", "reset_after": "10s"}
+        with trio.fail_after(60):
+            async with fednode.open_node(node_config("node-a", backoff=backoff), jitter=lambda cap: cap) as a:
+                async with fednode.open_node(node_config("node-b", peers=[{"id": "node-a"}])) as b:
+                    await a.register_peer(peer(b))
+                    supervisor = a.supervisor("node-b")
+                    assert supervisor is not None
+                    # As after a long outage before this link came up: the next delay would be the 60 s max.
+                    supervisor.backoff.attempt = 20
+                    control = b.control_url
+                while a.connected_peers():  # node-b has stopped, with a close frame node-a has seen
+                    await trio.sleep(0.01)
+                restarted = node_config("node-b", peers=[{"id": "node-a"}], node={"control": control})
+                async with fednode.open_node(restarted):
+                    with trio.fail_after(20):  # the first redial comes 0.2 s after the link went down
+                        await a.wait_connected("node-b", timeout=20)
+                assert a.peer_states()["node-b"].reconnects == 1
