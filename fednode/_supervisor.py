@@ -147,7 +147,7 @@ class PeerSupervisor:
                     await self._take(ws, Direction.OUTBOUND)
                 connection_tasks.cancel_scope.cancel()
         except* ConnectionRejected as group:
-            error = describe_rejection(group.exceptions[0])  # type: ignore[arg-type]
+            error = describe_rejection(group.exceptions[0], self.node, self.peer)  # type: ignore[arg-type]
         except* Exception as group:  # a bug or an unforeseen library error must not kill the node
             self.log.error("peer.unexpected_error", error=repr(group.exceptions[0])[:300])
             error = f"unexpected error: {type(group.exceptions[0]).__name__}"
