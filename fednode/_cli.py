@@ -53,7 +53,9 @@ def _run_node(config_path: str, log_format: str, log_level: str, debug: bool,
     config = _load_or_exit(config_path)
     try:
         trio.run(_until_signal, config, body, config_path)
-    except BaseException as exc:  # SystemExit never comes from inside: a second signal uses os._exit
+    except SystemExit:
+        raise
+    except BaseException as exc:  # whatever it is, the user gets its causes, not an exception group
         _exit_for(exc, config.id, debug)
 
 

@@ -357,6 +357,10 @@ def _run_client(target: Target, timeout: float, debug: bool, what: str,
         if debug:
             traceback.print_exception(exc)
         fail(explain(exc) or _explain(exc, target, observed.status, what))
+    except BaseExceptionGroup as group:  # Ctrl-C that reached a task inside a task group
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+        fail("interrupted", EXIT_INTERRUPTED)
 
 
 # -- tools --------------------------------------------------------------------------------------

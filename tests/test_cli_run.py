@@ -177,3 +177,15 @@ class TestFailureLines:
         group = ExceptionGroup("outer", [RuntimeError("first"), ExceptionGroup("inner", [ValueError("second")])])
         assert _commands._explain(group, target, None, "tools/list") == \
             "tools/list failed: RuntimeError: first; ValueError: second"
+
+    def test_client_commands_take_an_interrupt_out_of_its_group(self, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+        def interrupted(*args: object) -> None:
+            raise BaseExceptionGroup("task group", [KeyboardInterrupt()])
+
+        monkeypatch.setattr(_commands.trio, "run", interrupted)
+        target = _commands.Target(base="http://127.0.0.1:7101")
+        with pytest.raises(SystemExit) as exited:
+            _commands._run_client(target, 1.0, False, "tools/list", _commands._list_tools)
+        assert exited.value.code == 130
+        assert capsys.readouterr().err == "fednode: interrupted\n"
