@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import fednode
-from fednode import AuthError, AuthManager, AuthReason, Secret
+from fednode import AuthError, AuthManager, AuthReason, Secret, _supervisor
 from fednode import _wire as wire
 from fednode._auth import MAX_TOKEN_LENGTH, ReplayCache
 from fednode._commands import format_status
@@ -793,6 +793,18 @@ class TestMutualAuthentication:
             assert text.startswith(f"peer 'node-b' does not know this node's public key (kid {kid})")
         if reason in (AuthReason.EXPIRED, AuthReason.ISSUED_IN_FUTURE):
             assert "clocks differ" in text
+
+    async def test_a_refusal_nested_in_groups_is_still_put_in_words(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        async def dial(node: fednode.Node, target: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
+            refusal = trio_websocket.ConnectionRejected(401, (), b"unknown_kid")
+            raise ExceptionGroup("reader", [ExceptionGroup("inner", [refusal])])
+
+        monkeypatch.setattr(_supervisor, "dial", dial)
+        with trio.fail_after(10):
+            async with fednode.open_node(node_config("node-a")) as a:
+                with pytest.raises(fednode.PeerConnectError, match="does not know this node's key"):
+                    await a.register_peer(fednode.PeerConfig(id="node-b", control="ws://127.0.0.1:9"),
+                                          keep_retrying=False)
 
     def test_a_refusal_body_fednode_does_not_send_is_shown_shortened(self) -> None:
         node = SimpleNamespace(id="node-a", auth=manager("node-a", ["node-b"]))
