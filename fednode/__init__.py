@@ -23,6 +23,7 @@ from ._config import ServerConfig as ServerConfig
 from ._config import TLSConfig as TLSConfig
 from ._config import load_config as load_config
 from ._errors import AuthError as AuthError
+from ._errors import BindError as BindError
 from ._errors import ConfigError as ConfigError
 from ._errors import FednodeError as FednodeError
 from ._errors import LinkClosedError as LinkClosedError

@@ -155,6 +155,16 @@ class AuthManager:
         return jwt.encode(claims, self.config.private_key, algorithm="EdDSA",
                           headers={"kid": self._signing_kid})
 
+    def signing_kid(self, audience: str) -> str | None:
+        """The kid of the key this node signs its tokens to ``audience`` with (it names the key, revealing
+        nothing of it), or None when there is no such key."""
+        if self.config.algorithm != "HS512":
+            return self._signing_kid
+        try:
+            return self._secrets_for(audience)[0].kid
+        except AuthError:
+            return None
+
     def _secrets_for(self, peer_id: str) -> tuple[Secret, ...]:
         peer = self.peers.get(peer_id)
         secrets = (peer.secrets if peer is not None and peer.secrets else ()) or self.config.secrets

@@ -25,6 +25,8 @@ class Backoff:
         self.config = config
         self._jitter = jitter
         self.attempt = 0
+        #: Links in a row that ended before ``reset_after``.
+        self.short_links = 0
 
     def cap(self) -> float:
         """The upper bound of the next delay."""
@@ -39,5 +41,21 @@ class Backoff:
         return delay
 
     def reset(self) -> None:
-        """Start again from ``initial`` (after a link stayed up for ``reset_after``)."""
+        """Start again from ``initial``."""
         self.attempt = 0
+        self.short_links = 0
+
+    def link_ended(self, uptime: float) -> None:
+        """Set the counter after a link that was up (authenticated) for ``uptime`` seconds has ended.
+
+        A link that stayed up ``reset_after`` starts the sequence over. A shorter one still proves
+        the peer reachable and willing, so the dials that failed before it no longer count: the next
+        delay is at most ``initial`` once more (a restarted peer is found again at the first dial
+        after it is back). But links that keep ending early are counted: each one in a row doubles
+        the delay before the next dial, so a peer that accepts and drops is not hammered.
+        """
+        if uptime >= self.config.reset_after:
+            self.short_links = 0
+        else:
+            self.short_links += 1
+        self.attempt = max(0, self.short_links - 1)

@@ -19,7 +19,7 @@ import shlex
 import sys
 import traceback
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -30,6 +30,7 @@ import trio
 from ._auth import AuthManager
 from ._config import NodeConfig, load_config
 from ._errors import ConfigError, FednodeError
+from ._errors import leaves as _leaves
 
 if TYPE_CHECKING:
     import httpx2
@@ -118,7 +119,7 @@ def _quiet_logging(debug: bool) -> None:
         root.addHandler(logging.NullHandler())
 
 
-def _debug_option(function: Callable[..., Any]) -> Callable[..., Any]:
+def debug_option(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--debug", is_flag=True, help="On failure, also print the traceback.")(function)
 
 
@@ -220,7 +221,7 @@ def _keygen_eddsa(private_path: Path, public_path: Path) -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="This node's configuration file (.toml or .json).")
 @click.option("--peer", "peer_id", required=True, help="The peer the token is for (its audience).")
-@_debug_option
+@debug_option
 def token(config_path: str, peer_id: str, debug: bool) -> None:
     """Print a link token from this node to a configured peer, alone on stdout.
 
@@ -318,7 +319,7 @@ def _target_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT,
                      show_default=True, help="Seconds allowed for connecting and getting the answer."),
         click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON instead of a table."),
-        _debug_option,
+        debug_option,
     ]
     for option in reversed(options):
         function = option(function)
@@ -334,15 +335,6 @@ class _Observed:
     async def on_response(self, response: httpx2.Response) -> None:
         if response.status_code >= 400 and self.status is None:
             self.status = response.status_code
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    """The non-group exceptions inside ``exc`` (Trio and anyio wrap errors in nested groups)."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
 
 
 def _explain(exc: BaseException, target: Target, status: int | None, what: str) -> str:
@@ -372,9 +364,11 @@ def _explain(exc: BaseException, target: Target, status: int | None, what: str) 
         error = by_kind[MCPError]
         assert isinstance(error, MCPError)
         return f"{what} failed: {error.message} (error {error.code})"
-    leaf = leaves[0] if leaves else exc
-    detail = str(leaf).strip().splitlines()
-    return f"{what} failed: {type(leaf).__name__}" + (f": {detail[0]}" if detail else "")
+    shown = []  # every distinct cause, in order: a group of several says what each one was
+    for leaf in leaves or [exc]:
+        detail = str(leaf).strip().splitlines()
+        shown.append(type(leaf).__name__ + (f": {detail[0]}" if detail else ""))
+    return f"{what} failed: " + "; ".join(dict.fromkeys(shown))
 
 
 def _run_client(target: Target, timeout: float, debug: bool, what: str,
@@ -407,6 +401,10 @@ def _run_client(target: Target, timeout: float, debug: bool, what: str,
         if debug:
             traceback.print_exception(exc)
         fail(explain(exc) or _explain(exc, target, observed.status, what))
+    except BaseExceptionGroup as group:  # Ctrl-C that reached a task inside a task group
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+        fail("interrupted", EXIT_INTERRUPTED)
 
 
 # -- tools --------------------------------------------------------------------------------------

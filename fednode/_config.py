@@ -211,7 +211,9 @@ class HeartbeatConfig:
 class BackoffConfig:
     """Reconnect backoff (``[backoff]``): full jitter, doubling from ``initial`` up to ``max``.
 
-    The attempt counter resets only once a link has stayed up for ``reset_after``.
+    The attempt counter starts over after a link (or an attached server) stayed up for ``reset_after``.
+    A peer link that ended sooner sets it to the number of such links in a row, less one (see
+    :meth:`fednode.Backoff.link_ended`): the first redial is quick, a peer that keeps dropping waits longer.
     """
 
     initial: float = 0.5

@@ -56,7 +56,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._errors import FednodeError
+from ._errors import FednodeError, sole_leaf
 
 __all__ = ["FORWARDED_METHODS", "KINDS", "PAGE_SIZE", "EdgeCall", "EdgeError", "Forwarder", "MCPEdge",
            "ProgressReporter"]
@@ -608,17 +608,8 @@ def _as_mcp_error(exc: EdgeError | MCPError) -> MCPError:
 
 def _sole_error(group: BaseExceptionGroup[Any]) -> EdgeError | MCPError | None:
     """The one EdgeError/MCPError a (nested) exception group consists of, else None."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    if len(leaves) == 1 and isinstance(leaves[0], EdgeError | MCPError):
-        return leaves[0]
-    return None
+    leaf = sole_leaf(group)
+    return leaf if isinstance(leaf, EdgeError | MCPError) else None
 
 
 def _dump(model: BaseModel) -> dict[str, Any]:

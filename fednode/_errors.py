@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import errno as _errno
+from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 
 class FednodeError(Exception):
@@ -30,6 +32,37 @@ class ConfigError(FednodeError):
         lines = [f"invalid configuration: {self.source}: {len(self.problems)} problems"]
         lines += [f"  - {path or '<top>'}: {message}" for path, message in self.problems]
         return "\n".join(lines)
+
+
+class BindError(FednodeError):
+    """The node cannot listen on its control or data address (in use, not an address of this host, ...).
+
+    Raised by :func:`fednode.open_node` (and :func:`fednode.serve`) before the node starts.
+
+    Attributes:
+        role: ``"control"`` or ``"data"``: which of the node's addresses.
+        url: that address, as configured.
+        errno: the operating system's error number, when there is one (``errno.EADDRINUSE``...).
+        reason: the operating system's words for it.
+    """
+
+    def __init__(self, role: str, url: str, cause: OSError) -> None:
+        self.role = role
+        self.url = url
+        self.errno: int | None = cause.errno
+        self.reason = cause.strerror or str(cause) or type(cause).__name__
+        super().__init__(self._render())
+
+    @property
+    def in_use(self) -> bool:
+        """Whether another socket holds the address."""
+        return self.errno == _errno.EADDRINUSE
+
+    def _render(self) -> str:
+        number = f" (errno {self.errno})" if self.errno is not None else ""
+        if self.in_use:
+            return f"{self.role} address {self.url} is in use{number}"
+        return f"cannot listen on {self.role} address {self.url}: {self.reason}{number}"
 
 
 class AuthError(FednodeError):
@@ -121,3 +154,35 @@ class RequestError(FednodeError):
         self.code = code
         self.data = data
         super().__init__(message)
+
+
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside ``exc`` that are not groups (``exc`` itself when it is not a group).
+
+    Trio and anyio wrap errors in (nested) exception groups; this is what actually went wrong.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaves(inner)
+    else:
+        yield exc
+
+
+def sole_leaf(exc: BaseException) -> BaseException | None:
+    """The one exception inside ``exc`` (see :func:`leaves`), or None when it holds several."""
+    found = list(leaves(exc))
+    return found[0] if len(found) == 1 else None
+
+
+def reraise(exc: BaseException) -> NoReturn:
+    """Raise ``exc`` again from an ``except`` block without chaining it to what that block handled.
+
+    Used to take an exception back out of the group a nursery wrapped it in: the caller then sees
+    the exception as it was raised, with its own ``__context__``, not the group as its context.
+    """
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context

@@ -171,10 +171,52 @@ async def dial(node: Node, peer: PeerConfig, nursery: trio.Nursery) -> WebSocket
         raise HandshakeFailed(f"cannot connect to {peer.control}: {exc}") from None
 
 
-def describe_rejection(exc: ConnectionRejected) -> str:
-    """One line for a refused upgrade: the status and the reason the peer gave."""
-    body = (exc.body or b"").decode("utf-8", "replace")[:100]
-    return f"refused by peer: HTTP {exc.status_code} {body}".rstrip()
+def describe_rejection(exc: ConnectionRejected, node: Node, peer: PeerConfig) -> str:
+    """One line for a refused upgrade: what the refusal means in words, then the status and reason sent.
+
+    The body is the peer's text, so only a reason fednode sends is interpreted; anything else is shown
+    as it came, shortened, printable characters only. Never contains a token or secret (a kid names a
+    key without revealing it).
+    """
+    body = "".join(c for c in (exc.body or b"")[:200].decode("utf-8", "replace") if c.isprintable()).strip()
+    sent = f"HTTP {exc.status_code}" + (f" {body[:100]}" if body else "")
+    meaning = _refusal_meaning(exc.status_code, body, node, peer)
+    return f"{meaning} (refused with {sent})" if meaning else f"refused by peer: {sent}"
+
+
+def _refusal_meaning(status: int, body: str, node: Node, peer: PeerConfig) -> str | None:
+    """Why ``peer`` refused this node's dial, for an operator; None for a reason fednode does not send."""
+    who = f"peer {peer.id!r}"
+    kid = node.auth.signing_kid(peer.id) or "none"
+    eddsa = node.auth.config.algorithm == "EdDSA"
+    if status == 404:
+        return f"{peer.control} is not a fednode control endpoint (check the control URL of {who}, path included)"
+    if status == 503:
+        return f"{who} is shutting down"
+    try:
+        reason = AuthReason(body)
+    except ValueError:
+        return None
+    clocks = "the two hosts' clocks differ by more than [auth] leeway (check their time synchronisation)"
+    meanings = {
+        AuthReason.UNKNOWN_KID: (
+            f"{who} does not know this node's public key (kid {kid}): give it this node's public key"
+            f" (in its [[peers]] entry for {node.id!r})" if eddsa else
+            f"{who} does not know this node's key (kid {kid}): the shared secret differs"),
+        AuthReason.BAD_SIGNATURE: (
+            f"{who} could not verify this node's signature (kid {kid}): it holds another key under that kid"),
+        AuthReason.WRONG_ALGORITHM: (
+            f"{who} does not accept {node.auth.config.algorithm} tokens: set the same [auth] algorithm on both"),
+        AuthReason.EXPIRED: f"{who} found this node's token expired: {clocks}",
+        AuthReason.ISSUED_IN_FUTURE: f"{who} found this node's token issued in the future: {clocks}",
+        AuthReason.TOO_LONG_LIVED: (
+            f"{who} found this node's token too long-lived: {clocks}, or [auth] token_ttl is too long"),
+        AuthReason.WRONG_AUDIENCE: (
+            f"the node at {peer.control} is not {peer.id!r} (check the control URL of {who})"),
+        AuthReason.UNKNOWN_ISSUER: f"{who} does not have this node ({node.id!r}) among its [[peers]]",
+        AuthReason.REPLAY: f"{who} had seen this node's token before (a replay)",
+    }
+    return meanings.get(reason, f"{who} could not accept this node's token ({reason.value})")
 
 
 async def accept(node: Node, request: WebSocketRequest, remote: str, *, log: ThrottledLog,

@@ -6,7 +6,7 @@ import collections
 import functools
 import math
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,7 +22,16 @@ from . import _wire as wire
 from ._auth import AuthManager
 from ._config import NodeConfig, PeerConfig, ServerConfig, load_config
 from ._edge import MCPEdge
-from ._errors import ConfigError, FednodeError, PeerConnectError, PeerUnavailableError, UnknownPeerError
+from ._errors import (
+    BindError,
+    ConfigError,
+    FednodeError,
+    PeerConnectError,
+    PeerUnavailableError,
+    UnknownPeerError,
+    reraise,
+    sole_leaf,
+)
 from ._federation import Federation
 from ._forwarder import FederationForwarder
 from ._link import CLOSE_NORMAL, Handlers, InlineHandler, NotificationHandler, RequestContext, RequestHandler
@@ -506,17 +515,33 @@ class Node:
         # supervisor (and its key) in place, not be refused as an unknown issuer.
         for peer in self.config.peers:
             await self.register_peer(peer, wait=False)
-        await self._nursery.start(self._listener.serve)
+        await self._start_server("control", self.config.control, self._listener.serve)
         parts = urlsplit(self.config.data)
         port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
         tls = self.config.tls if parts.scheme == "https" else None
-        self.data_port = await self._nursery.start(functools.partial(
+        self.data_port = await self._start_server("data", self.config.data, functools.partial(
             self.edge.serve_http, parts.hostname or "127.0.0.1", port,
             certfile=str(tls.cert) if tls and tls.cert else None, keyfile=str(tls.key) if tls and tls.key else None))
         self.log.info("node.started", control=self.control_url, peers=len(self.config.peers),
                       version=__version__)
         for server in self.config.servers:
             await self.add_server(server, wait=False)
+
+    async def _start_server(self, role: str, url: str, server: Callable[..., Awaitable[None]]) -> int:
+        """Start a listening task in the node's nursery; return the port it bound.
+
+        Raises:
+            BindError: it could not listen on ``url`` (hypercorn reports that from inside nested
+                nurseries; the operating system's error is the one cause).
+        """
+        try:
+            port: int = await self._nursery.start(server)
+        except BaseException as exc:
+            cause = sole_leaf(exc)
+            if isinstance(cause, OSError):
+                raise BindError(role, url, cause) from cause
+            raise
+        return port
 
     async def _shutdown(self) -> None:
         """Close every link gracefully (bounded by ``shutdown_grace``), then cancel all node tasks."""
@@ -568,18 +593,28 @@ async def open_node(config: NodeConfig, *, jitter: Callable[[float], float] | No
         config: the node's configuration (see :func:`fednode.load_config`).
         jitter: backoff jitter function, for tests; default full jitter.
 
+    Exceptions raised in the block, or while starting, reach the caller as they were raised: not
+    wrapped in an exception group (the nursery that holds the node's tasks is an implementation detail).
+
     Raises:
-        OSError: the control address cannot be bound.
+        BindError: the control or data address cannot be listened on (e.g. it is in use).
     """
-    async with trio.open_nursery() as outer:
-        # The node's tasks live in a shielded scope so that cancelling the caller does not tear
-        # the links down mid-frame: the finally below closes them properly, then cancels them.
-        node: Node = await outer.start(_run_node_tasks, config, jitter)
-        try:
-            await node._start()
-            yield node
-        finally:
-            await node._shutdown()
+    try:
+        async with trio.open_nursery() as outer:
+            # The node's tasks live in a shielded scope so that cancelling the caller does not tear
+            # the links down mid-frame: the finally below closes them properly, then cancels them.
+            node: Node = await outer.start(_run_node_tasks, config, jitter)
+            try:
+                await node._start()
+                yield node
+            finally:
+                await node._shutdown()
+    except BaseExceptionGroup as group:
+        # The only other task in this nursery ends without error once _shutdown cancels it, so the
+        # group normally holds one exception: the block's or the start's. Several stay a group.
+        if len(group.exceptions) == 1:
+            reraise(group.exceptions[0])
+        raise
 
 
 async def _run_node_tasks(config: NodeConfig, jitter: Callable[[float], float] | None, *,

@@ -18,7 +18,7 @@ from trio_websocket import ConnectionRejected, WebSocketConnection
 
 from ._backoff import Backoff
 from ._config import PeerConfig
-from ._errors import PeerConnectError
+from ._errors import PeerConnectError, leaves
 from ._handshake import HandshakeFailed, close_quietly, describe_rejection, dial
 from ._link import CLOSE_DUPLICATE, CLOSE_GOING_AWAY, Direction, Link
 
@@ -147,10 +147,13 @@ class PeerSupervisor:
                     await self._take(ws, Direction.OUTBOUND)
                 connection_tasks.cancel_scope.cancel()
         except* ConnectionRejected as group:
-            error = describe_rejection(group.exceptions[0])  # type: ignore[arg-type]
+            rejection = next(leaves(group))  # the groups may be nested: the refusal itself is a leaf
+            assert isinstance(rejection, ConnectionRejected)
+            error = describe_rejection(rejection, self.node, self.peer)
         except* Exception as group:  # a bug or an unforeseen library error must not kill the node
-            self.log.error("peer.unexpected_error", error=repr(group.exceptions[0])[:300])
-            error = f"unexpected error: {type(group.exceptions[0]).__name__}"
+            cause = next(leaves(group))
+            self.log.error("peer.unexpected_error", error=repr(cause)[:300])
+            error = f"unexpected error: {type(cause).__name__}"
         return error
 
     # -- inbound ----------------------------------------------------------------------------
@@ -209,8 +212,7 @@ class PeerSupervisor:
             if self.link is link:
                 self.link = None
                 self._link_gone.set()
-            if uptime >= self.node.config.backoff.reset_after:
-                self.backoff.reset()
+            self.backoff.link_ended(uptime)
             self.log.info("link.down", direction=direction.value, reason=link.end_reason or reason,
                           uptime=round(uptime, 3))
             self.node.notify_change()

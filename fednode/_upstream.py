@@ -75,7 +75,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 from ._backoff import Backoff
 from ._config import BackoffConfig
 from ._config import ServerConfig as ServerConfig  # re-exported: the configuration this driver takes
-from ._errors import FednodeError
+from ._errors import FednodeError, leaves, sole_leaf
 from ._logging import ThrottledLog
 from ._version import __version__
 
@@ -490,9 +490,8 @@ class UpstreamServer:
         except BaseExceptionGroup as group:
             # An MCPError that crossed a task group under trio arrives wrapped: unwrap it.
             matched, _ = group.split(MCPError)
-            if matched is not None and len(_leaves(matched)) == 1:
-                leaf = _leaves(matched)[0]
-                assert isinstance(leaf, MCPError)
+            leaf = sole_leaf(matched) if matched is not None else None
+            if isinstance(leaf, MCPError):
                 raise self._translate(conn, leaf) from None
             raise
         finally:
@@ -1197,15 +1196,9 @@ def _header_maps(tools: tuple[dict[str, Any], ...]) -> dict[str, dict[tuple[str,
     return maps
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def _describe(exc: BaseException) -> str:
     """A short human-readable reason for ``last_error`` (groups are unwrapped to their first leaf)."""
-    leaf = _leaves(exc)[0]
+    leaf = next(leaves(exc))
     if isinstance(leaf, _SessionFailed):
         text = str(leaf)
     elif isinstance(leaf, MCPError):

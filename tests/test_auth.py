@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import attrs
@@ -22,10 +23,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import fednode
-from fednode import AuthError, AuthManager, AuthReason, Secret
+from fednode import AuthError, AuthManager, AuthReason, Secret, _supervisor
 from fednode import _wire as wire
 from fednode._auth import MAX_TOKEN_LENGTH, ReplayCache
+from fednode._commands import format_status
 from fednode._config import public_key_kid
+from fednode._handshake import describe_rejection
 
 from conftest import SECRET, node_config, peer, raw_config
 
@@ -732,8 +735,12 @@ class TestMutualAuthentication:
                 assert a.connected_peers() == [] and c.connected_peers() == []
 
     @pytest.mark.parametrize(("listener_secret", "target_id", "expected"), [
-        (OTHER, "node-c", "HTTP 401 unknown_kid"),  # node-c holds another secret for node-a
-        (SECRET, "node-b", "HTTP 403 wrong_audience"),  # node-a dials node-c believing it is node-b
+        # node-c holds another secret for node-a
+        (OTHER, "node-c", f"peer 'node-c' does not know this node's key (kid {KID}): the shared secret differs"
+                          " (refused with HTTP 401 unknown_kid)"),
+        # node-a dials node-c believing it is node-b
+        (SECRET, "node-b", "the node at {url} is not 'node-b' (check the control URL of peer 'node-b')"
+                           " (refused with HTTP 403 wrong_audience)"),
     ], ids=["wrong-secret", "wrong-node"])
     async def test_dialer_reports_the_status_and_reason(self, capture: list[dict[str, Any]], listener_secret: str,
                                                         target_id: str, expected: str) -> None:
@@ -746,7 +753,69 @@ class TestMutualAuthentication:
                     await a.register_peer(target, keep_retrying=False)
                 assert c.refused  # the listener did refuse the dial
         assert events(capture, "peer.unexpected_error") == []
-        assert f"refused by peer: {expected}" in str(caught.value)
+        assert str(caught.value).endswith(": " + expected.format(url=c.control_url))
+
+    async def test_a_wrong_secret_is_named_in_words_everywhere(self, capture: list[dict[str, Any]]) -> None:
+        """Two nodes with different secrets: the dialer's error, last_error, log and status all say what is wrong."""
+        with trio.fail_after(20):
+            async with fednode.open_node(node_config("node-b", peers=[{"id": "node-a"}],
+                                                     auth={"secret": OTHER})) as b, \
+                    fednode.open_node(node_config("node-a")) as a:
+                minted = record_tokens(a)
+                with pytest.raises(fednode.PeerConnectError) as caught:
+                    await a.register_peer(peer(b))  # keeps retrying
+                status = format_status(a.status())
+                last_error = a.peer_states()["node-b"].last_error
+        words = (f"peer 'node-b' does not know this node's key (kid {KID}): the shared secret differs"
+                 " (refused with HTTP 401 unknown_kid)")
+        assert str(caught.value) == f"cannot connect to peer 'node-b' at {b.control_url}: {words}"
+        assert last_error == words
+        assert words in status  # what `fednode status` prints for node-a
+        assert words in [e["error"] for e in events(capture, "peer.connect_failed")]
+        for text in (str(caught.value), status, json.dumps(a.status())):
+            assert SECRET not in text and OTHER not in text
+            assert not any(token in text for token in minted)
+        assert_not_logged(capture, SECRET, OTHER, *minted)
+
+    @pytest.mark.parametrize("reason", list(AuthReason))
+    def test_every_refusal_reason_is_put_in_words(self, reason: AuthReason, keys: dict[str, KeyPair]) -> None:
+        for node in (SimpleNamespace(id="node-a", auth=manager("node-a", ["node-b"])),
+                     SimpleNamespace(id="node-a", auth=ed_manager("node-a", keys["node-a"], {}))):
+            target = fednode.PeerConfig(id="node-b", control="ws://127.0.0.1:7002")
+            text = describe_rejection(trio_websocket.ConnectionRejected(401, (), reason.value.encode()),
+                                      node, target)  # type: ignore[arg-type]
+            assert text.endswith(f" (refused with HTTP 401 {reason.value})")
+            assert not text.startswith("refused by peer")
+            assert "'node-b'" in text or "ws://127.0.0.1:7002" in text
+        kid = node.auth.signing_kid("node-b")
+        assert kid == keys["node-a"].kid
+        if reason is AuthReason.UNKNOWN_KID:
+            assert text.startswith(f"peer 'node-b' does not know this node's public key (kid {kid})")
+        if reason in (AuthReason.EXPIRED, AuthReason.ISSUED_IN_FUTURE):
+            assert "clocks differ" in text
+
+    async def test_a_refusal_nested_in_groups_is_still_put_in_words(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        async def dial(node: fednode.Node, target: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
+            refusal = trio_websocket.ConnectionRejected(401, (), b"unknown_kid")
+            raise ExceptionGroup("reader", [ExceptionGroup("inner", [refusal])])
+
+        monkeypatch.setattr(_supervisor, "dial", dial)
+        with trio.fail_after(10):
+            async with fednode.open_node(node_config("node-a")) as a:
+                with pytest.raises(fednode.PeerConnectError, match="does not know this node's key"):
+                    await a.register_peer(fednode.PeerConfig(id="node-b", control="ws://127.0.0.1:9"),
+                                          keep_retrying=False)
+
+    def test_a_refusal_body_fednode_does_not_send_is_shown_shortened(self) -> None:
+        node = SimpleNamespace(id="node-a", auth=manager("node-a", ["node-b"]))
+        target = fednode.PeerConfig(id="node-b", control="ws://127.0.0.1:7002")
+        hostile = trio_websocket.ConnectionRejected(401, (), b"\x1b[31mnot\nmine\x00" * 100)
+        text = describe_rejection(hostile, node, target)  # type: ignore[arg-type]
+        assert text.startswith("refused by peer: HTTP 401 [31mnotmine[31mnotmine")
+        assert len(text) <= len("refused by peer: HTTP 401 ") + 100 and text.isprintable()
+        assert describe_rejection(trio_websocket.ConnectionRejected(503, (), b"node is shutting down"),
+                                  node, target) == (  # type: ignore[arg-type]
+            "peer 'node-b' is shutting down (refused with HTTP 503 node is shutting down)")
 
     async def test_eddsa_nodes_link_up(self, keys: dict[str, KeyPair]) -> None:
         config_a = fednode.NodeConfig.from_mapping(

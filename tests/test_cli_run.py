@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import structlog
 import trio
 
 import fednode
+from fednode import _cli, _commands
 
 from conftest import SECRET, node_config
 from helpers import BlackholeProxy
@@ -90,17 +92,34 @@ async def test_run_links_and_exits_zero_on_signal(tmp_path: Path, signum: int) -
     assert SECRET not in json.dumps(events)
 
 
-async def test_run_refuses_to_start_when_the_port_is_taken(tmp_path: Path) -> None:
-    with trio.fail_after(30):
+@pytest.mark.parametrize("role", ["control", "data"])
+async def test_run_names_the_address_in_use(tmp_path: Path, role: str) -> None:
+    """A port held by another socket: exit 1 with one line naming which address, and no exception group."""
+    with trio.fail_after(60):
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
+        busy = {"control": f"ws://127.0.0.1:{port}", "data": f"http://127.0.0.1:{port}"}
+        free = {"control": "ws://127.0.0.1:0", "data": "http://127.0.0.1:0"}
+        addresses = {**free, role: busy[role]}
         path = tmp_path / "busy.toml"
-        path.write_text(f'[node]\nid = "node-s"\ncontrol = "ws://127.0.0.1:{port}"\n[auth]\nsecret = "{SECRET}"\n')
-        result = await trio.run_process([FEDNODE, "run", "--config", str(path)], capture_stdout=True,
-                                        capture_stderr=True, check=False)
-        await listeners[0].aclose()
+        path.write_text(f'[node]\nid = "node-s"\ncontrol = "{addresses["control"]}"\ndata = "{addresses["data"]}"\n'
+                        f'[auth]\nsecret = "{SECRET}"\n')
+        try:
+            result = await trio.run_process([FEDNODE, "run", "--config", str(path)], capture_stdout=True,
+                                            capture_stderr=True, check=False)
+            debug = await trio.run_process([FEDNODE, "run", "--debug", "--config", str(path)], capture_stdout=True,
+                                           capture_stderr=True, check=False)
+        finally:
+            await listeners[0].aclose()
     assert result.returncode == 1
-    assert f"cannot start node 'node-s' on ws://127.0.0.1:{port}" in result.stderr.decode()
+    last = result.stderr.decode().strip().splitlines()[-1]
+    in_use = f"{role} address {busy[role]} is in use (errno {errno.EADDRINUSE})"
+    assert last == f"fednode: cannot start node 'node-s': {in_use}"
+    assert "Traceback" not in result.stderr.decode() and "nursery" not in result.stderr.decode()
+    # --debug adds the traceback, and still ends with the same line.
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr.decode() and "BindError" in debug.stderr.decode()
+    assert debug.stderr.decode().strip().splitlines()[-1] == last
 
 
 async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
@@ -121,3 +140,52 @@ async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
                 assert trio.current_time() - start < 1.0  # well inside the 3 s grace period
                 assert status == 128 + signal.SIGINT
     assert not any(e["event"] == "node.stopped" for e in events)
+
+
+class TestFailureLines:
+    """Whatever a node fails with reaches the user as one line per cause, never as an exception group."""
+
+    def test_every_cause_of_a_group_gets_its_own_line(self, capsys: pytest.CaptureFixture[str]) -> None:
+        in_use = fednode.BindError("control", "ws://127.0.0.1:7001", OSError(errno.EADDRINUSE, "Address in use"))
+        group = ExceptionGroup("outer", [in_use, ExceptionGroup("inner", [RuntimeError("boom")])])
+        with pytest.raises(SystemExit) as exited:
+            _cli._exit_for(group, "node-s", debug=False)
+        assert exited.value.code == 1
+        assert capsys.readouterr().err.splitlines() == [
+            "fednode: cannot start node 'node-s': control address ws://127.0.0.1:7001 is in use"
+            f" (errno {errno.EADDRINUSE})",
+            "fednode: node 'node-s' failed: RuntimeError: boom (--debug shows the traceback)"]
+
+    def test_debug_prints_the_traceback_first(self, capsys: pytest.CaptureFixture[str]) -> None:
+        try:
+            raise ExceptionGroup("outer", [ValueError("bad")])
+        except ExceptionGroup as group:
+            with pytest.raises(SystemExit):
+                _cli._exit_for(group, "node-s", debug=True)
+        err = capsys.readouterr().err
+        assert "Traceback" in err and "ValueError: bad" in err
+        assert err.splitlines()[-1] == "fednode: node 'node-s' failed: ValueError: bad"
+
+    def test_an_interrupt_exits_130(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit) as exited:
+            _cli._exit_for(BaseExceptionGroup("outer", [KeyboardInterrupt()]), "node-s", debug=False)
+        assert exited.value.code == 130
+        assert capsys.readouterr().err == "fednode: interrupted\n"
+
+    def test_client_commands_name_each_cause(self) -> None:
+        target = _commands.Target(base="http://127.0.0.1:7101")
+        group = ExceptionGroup("outer", [RuntimeError("first"), ExceptionGroup("inner", [ValueError("second")])])
+        assert _commands._explain(group, target, None, "tools/list") == \
+            "tools/list failed: RuntimeError: first; ValueError: second"
+
+    def test_client_commands_take_an_interrupt_out_of_its_group(self, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+        def interrupted(*args: object) -> None:
+            raise BaseExceptionGroup("task group", [KeyboardInterrupt()])
+
+        monkeypatch.setattr(_commands.trio, "run", interrupted)
+        target = _commands.Target(base="http://127.0.0.1:7101")
+        with pytest.raises(SystemExit) as exited:
+            _commands._run_client(target, 1.0, False, "tools/list", _commands._list_tools)
+        assert exited.value.code == 130
+        assert capsys.readouterr().err == "fednode: interrupted\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from typing import Any
 
@@ -339,3 +340,72 @@ class TestStartup:
                         await a.wait_connected("node-b")
                 assert [e for e in logs if e["event"] == "auth.refused"] == []
                 assert b.refused == {}
+
+
+class TestStartErrors:
+    """What open_node raises reaches the caller as it was raised, never as a group of one."""
+
+    @pytest.mark.parametrize("role", ["control", "data"])
+    async def test_address_in_use_is_a_bind_error_naming_it(self, role: str) -> None:
+        with trio.fail_after(30):
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            port = listeners[0].socket.getsockname()[1]
+            url = f"ws://127.0.0.1:{port}" if role == "control" else f"http://127.0.0.1:{port}"
+            try:
+                with pytest.raises(fednode.BindError) as caught:
+                    async with fednode.open_node(node_config("node-a", node={role: url})):
+                        pytest.fail("the node started on an address in use")
+            finally:
+                await listeners[0].aclose()
+        error = caught.value
+        assert (error.role, error.url, error.errno, error.in_use) == (role, url, errno.EADDRINUSE, True)
+        assert str(error) == f"{role} address {url} is in use (errno {errno.EADDRINUSE})"
+        assert isinstance(error.__cause__, OSError)
+
+    async def test_serve_raises_the_bind_error_from_start(self) -> None:
+        with trio.fail_after(30):
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+            try:
+                async with trio.open_nursery() as nursery:
+                    with pytest.raises(fednode.BindError, match=r"data address .* is in use"):
+                        await nursery.start(fednode.serve, node_config("node-a", node={"data": url}))
+            finally:
+                await listeners[0].aclose()
+
+    async def test_an_error_in_the_block_is_not_wrapped(self) -> None:
+        with trio.fail_after(30), pytest.raises(KeyError) as caught:
+            async with fednode.open_node(node_config("node-a")):
+                raise KeyError("mine")
+        assert caught.value.args == ("mine",)
+        assert caught.value.__context__ is None  # not chained to the group it was taken out of
+
+    async def test_cancellation_still_ends_the_block(self) -> None:
+        with trio.fail_after(30):
+            with trio.move_on_after(0.2) as scope:
+                async with fednode.open_node(node_config("node-a")):
+                    await trio.sleep_forever()
+            assert scope.cancelled_caught
+
+
+class TestPeerRestart:
+    """A peer that restarts is redialed quickly, whatever its backoff had reached before the link came up."""
+
+    async def test_restarted_peer_is_found_again_at_once(self) -> None:
+        backoff = {"initial": "0.2s", "max": "60s", "reset_after": "10s"}
+        with trio.fail_after(60):
+            async with fednode.open_node(node_config("node-a", backoff=backoff), jitter=lambda cap: cap) as a:
+                async with fednode.open_node(node_config("node-b", peers=[{"id": "node-a"}])) as b:
+                    await a.register_peer(peer(b))
+                    supervisor = a.supervisor("node-b")
+                    assert supervisor is not None
+                    # As after a long outage before this link came up: the next delay would be the 60 s max.
+                    supervisor.backoff.attempt = 20
+                    control = b.control_url
+                while a.connected_peers():  # node-b has stopped, with a close frame node-a has seen
+                    await trio.sleep(0.01)
+                restarted = node_config("node-b", peers=[{"id": "node-a"}], node={"control": control})
+                async with fednode.open_node(restarted):
+                    with trio.fail_after(20):  # the first redial comes 0.2 s after the link went down
+                        await a.wait_connected("node-b", timeout=20)
+                assert a.peer_states()["node-b"].reconnects == 1
