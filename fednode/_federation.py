@@ -42,7 +42,7 @@ from ._errors import (
 from ._link import Link, RequestContext, Transit
 from ._logging import ThrottledLog
 from ._parking import token_origin
-from ._withdrawn import WithdrawnNames
+from ._withdrawn import WithdrawnNames, template_regex
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -204,13 +204,6 @@ def _item_name(kind: str, definition: Mapping[str, Any]) -> str | None:
     key = "uri" if kind == "resources" else "uriTemplate" if kind == "resourceTemplates" else "name"
     value = definition.get(key)
     return value if isinstance(value, str) else None
-
-
-def _template_regex(template: str) -> re.Pattern[str]:
-    """A regex for an RFC 6570 level-1 URI template (``{var}`` matches one path segment or more)."""
-    parts = re.split(r"(\{[^}]*\})", template)
-    pattern = "".join("[^?#]+?" if part.startswith("{") else re.escape(part) for part in parts)
-    return re.compile(f"^{pattern}$")
 
 
 class Federation:
@@ -519,7 +512,7 @@ class Federation:
         self._log_conflicts(contested, conflicts)
         self.conflicts = conflicts
         self.entries = entries
-        self._templates = [(_template_regex(name), entry) for name, entry in entries["resourceTemplates"].items()]
+        self._templates = [(template_regex(name), entry) for name, entry in entries["resourceTemplates"].items()]
 
     def _log_conflicts(self, contested: Mapping[tuple[str, str], list[str]], conflicts: list[str]) -> None:
         """One warning per pair of servers claiming the same names, when that set of names is new or changed.

@@ -29,6 +29,13 @@ MAX_WITHDRAWN_TEMPLATES = 256
 _SINGULAR = {"tools": "tool", "prompts": "prompt", "resources": "resource", "resourceTemplates": "resource template"}
 
 
+def template_regex(template: str) -> re.Pattern[str]:
+    """A regex for an RFC 6570 level-1 URI template (``{var}`` matches one path segment or more)."""
+    parts = re.split(r"(\{[^}]*\})", template)
+    pattern = "".join("[^?#]+?" if part.startswith("{") else re.escape(part) for part in parts)
+    return re.compile(f"^{pattern}$")
+
+
 @attrs.frozen
 class Withdrawn:
     """One remembered name: what it was, whose, and when it left the catalog.
@@ -99,9 +106,7 @@ class WithdrawnNames:
         now = self._clock()
         pattern = None
         if kind == "resourceTemplates":
-            from ._federation import _template_regex
-
-            pattern = _template_regex(name)
+            pattern = template_regex(name)
         self.forget(kind, name)
         entry = Withdrawn(kind=kind, name=name, server=server, nodes=nodes, local=local, at=now,
                           wall=self._wall_clock(), pattern=pattern)
