@@ -219,6 +219,10 @@ class Node:
             await supervisor.finished.wait()
         self.log.info("peer.removed", peer=peer_id, reason=reason)
 
+    def peer_ids(self) -> list[str]:
+        """Ids of the registered peers, sorted."""
+        return sorted(self._supervisors)
+
     def connected_peers(self) -> list[str]:
         """Ids of the peers with a live link, sorted."""
         return sorted(pid for pid, s in self._supervisors.items() if s.link is not None and s.link.is_up)
@@ -258,7 +262,7 @@ class Node:
         if config.id in self._servers:
             await self.remove_server(config.id)
         upstream = UpstreamServer(config, backoff=self.config.backoff, logger=self.log, server=server,
-                                  jitter=self._jitter,
+                                  jitter=self._jitter, on_state=self.federation.state_changed,
                                   on_catalog=functools.partial(self.federation.set_local_catalog, config.id))
         scope, finished = trio.CancelScope(), trio.Event()
         self._servers[config.id] = (upstream, scope, finished)

@@ -264,7 +264,7 @@ class _Connection:
         """The envelope of fednode's own requests in the modern era."""
         assert self.era is not None
         return {PROTOCOL_VERSION_META_KEY: self.era, CLIENT_INFO_META_KEY: dict(CLIENT_INFO),
-                CLIENT_CAPABILITIES_META_KEY: {}}
+                CLIENT_CAPABILITIES_META_KEY: own_capabilities()}
 
     def headers_for(self, method: str, params: Mapping[str, Any]) -> dict[str, str]:
         """The per-request HTTP headers a Streamable HTTP server checks (ignored by stdio)."""
@@ -315,6 +315,17 @@ class SessionHooks:
     ask: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
+def own_capabilities() -> dict[str, Any]:
+    """The client capabilities fednode's own requests declare (legacy ``initialize`` of a shared
+    connection, 2026-07-28 lists): every one whose requests it can relay to a client.
+
+    A server may list some tools only to clients that declare a capability (a tool that needs the
+    client's roots, say); the catalog holds everything it offers, and each call carries its own
+    client's capabilities, so the server accepts or refuses it as it would for that client.
+    """
+    return {capability: {} for capability in sorted(set(QUESTION_CAPABILITY.values()))}
+
+
 class UpstreamServer:
     """Keeps one MCP server connected and forwards requests to it.
 
@@ -343,7 +354,7 @@ class UpstreamServer:
 
     def __init__(self, config: ServerConfig, *, backoff: BackoffConfig, on_catalog: Callable[[ServerCatalog], None],
                  logger: Any = None, jitter: Callable[[float], float] | None = None, server: Any = None,
-                 session: SessionHooks | None = None) -> None:
+                 session: SessionHooks | None = None, on_state: Callable[[], None] | None = None) -> None:
         if server is None and (config.command is None) == (config.url is None):
             raise ValueError(f"server {config.id!r}: give exactly one of command and url")
         if server is not None and (config.command is not None or config.url is not None):
@@ -369,6 +380,7 @@ class UpstreamServer:
         self._backoff_config = backoff
         self._backoff = Backoff(backoff, jitter) if jitter else Backoff(backoff)
         self._on_catalog = on_catalog
+        self._on_state = on_state  # called after every change of state
         self._conn: _Connection | None = None
         self._state_changed = trio.Event()
         self._running = False
@@ -821,9 +833,10 @@ class UpstreamServer:
 
     async def _initialize(self, conn: _Connection) -> None:
         # Without a session (shared by stateless 2026-07-28 clients) fednode can still relay a
-        # legacy server's questions to the one call in flight (see _parking): say so.
+        # legacy server's questions to the one call in flight (see _parking): say so. It also
+        # makes the server list what it offers only to clients with these capabilities.
         capabilities = (dict(self.session.capabilities) if self.session is not None
-                        else {"elicitation": {}, "sampling": {}})
+                        else own_capabilities())
         client_info = dict(self.session.client_info or CLIENT_INFO) if self.session is not None else dict(CLIENT_INFO)
         params = {"protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": capabilities, "clientInfo": client_info}
         opts: CallOptions = {"request_id": conn.next_id(), "cancel_on_abandon": False, "timeout": self.timeout}
@@ -1022,6 +1035,8 @@ class UpstreamServer:
         self.state = state
         self._state_changed.set()
         self._state_changed = trio.Event()
+        if self._on_state is not None:
+            self._on_state()
 
 
 # -- helpers ---------------------------------------------------------------------------------------
