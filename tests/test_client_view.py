@@ -82,6 +82,7 @@ class TestFirstListHold:
         """node-a dials node-b, which is not there yet: a list asked meanwhile is answered once node-b
         has linked and sent its catalog, and holds node-b's tools."""
         listed: list[set[str]] = []
+        called: list[Any] = []
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 proxy = BlackholeProxy(target_port=0)  # refuses until it is given node-b's port
@@ -90,21 +91,28 @@ class TestFirstListHold:
                                      mcp={"first_list_wait": "50s"})
                 async with fednode.open_node(config) as a, Client(a.mcp_url, mode=mode, cache=None) as client:
                     assert not a.federation.settled()
-                    done = trio.Event()
+                    listed_done, called_done = trio.Event(), trio.Event()
 
                     async def list_tools() -> None:
                         listed.append({tool.name for tool in (await client.list_tools()).tools})
-                        done.set()
+                        listed_done.set()
+
+                    async def call_tool() -> None:  # a call naming what is on its way waits too
+                        called.append(await client.call_tool("fx__add", {"a": 1, "b": 2}))
+                        called_done.set()
 
                     nursery.start_soon(list_tools)
+                    nursery.start_soon(call_tool)
                     while proxy.connections < 1:  # node-a has tried (and failed) to reach node-b
                         await trio.sleep(0.01)
                     async with fednode.open_node(node_config("node-b", peers=[{"id": "node-a"}])) as b:
                         await b.add_server(fixture_server("fx"), timeout=30)
                         proxy.target_port = int(b.control_url.rsplit(":", 1)[1])
-                        await done.wait()
+                        await listed_done.wait()
+                        await called_done.wait()
                 nursery.cancel_scope.cancel()  # the proxy
         assert len(listed) == 1 and "fx__add" in listed[0], listed
+        assert len(called) == 1 and not called[0].is_error and called[0].structured_content == {"result": 3}
 
 
 @asynccontextmanager
