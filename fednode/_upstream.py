@@ -289,7 +289,8 @@ class _Connection:
 
 
 #: Server notifications a session connection hands to its client session.
-SESSION_NOTIFICATIONS = frozenset({"notifications/message", "notifications/resources/updated"})
+SESSION_NOTIFICATIONS = frozenset({"notifications/message", "notifications/resources/updated",
+                                   "notifications/tasks/status"})
 #: Server-to-client requests a session connection relays to its client session.
 #: The requests a server may send its client, and the client capability each needs.
 QUESTION_CAPABILITY = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}

@@ -14,7 +14,9 @@ import pytest
 import trio
 import trio.testing
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 
 import fednode
 from fednode import _supervisor
@@ -186,3 +188,41 @@ class TestSameResourceUri:
                     conflicts = node.status()["routes"]["conflicts"]
                     assert f"resources 'test://static': servers {local!r} and {other!r}; {local!r} serves it" \
                         in conflicts
+
+
+class TestTaskStatusNotifications:
+    """A server's ``notifications/tasks/status`` reaches the legacy client session it is meant for,
+    two hops back along the path (the SDK's own client drops this method, so the client is raw)."""
+
+    async def test_a_legacy_session_gets_them(self) -> None:
+        notes: list[tuple[str, dict[str, Any]]] = []
+        arrived = trio.Event()
+
+        async def on_notify(dctx: Any, method: str, params: Any) -> None:
+            notes.append((method, dict(params or {})))
+            if method == "notifications/tasks/status":
+                arrived.set()
+
+        async def on_request(dctx: Any, method: str, params: Any) -> dict[str, Any]:
+            raise MCPError(-32601, f"Method not found: {method}")
+
+        version = {"headers": {"MCP-Protocol-Version": "2025-11-25"}}
+        with trio.fail_after(60):
+            async with two_nodes(b_servers=[fixture_server("fx")]) as (a, _b):
+                await a.federation.wait_for("fx__task_status", timeout=30)
+                async with streamable_http_client(a.mcp_url) as (read, write), trio.open_nursery() as nursery:
+                    dispatcher = JSONRPCDispatcher(read, write)
+                    await nursery.start(dispatcher.run, on_request, on_notify, lambda *_: False)
+                    await dispatcher.send_raw_request("initialize", {
+                        "protocolVersion": "2025-11-25", "capabilities": {},
+                        "clientInfo": {"name": "raw", "version": "0"}}, {"request_id": 1})
+                    await dispatcher.notify("notifications/initialized", None, version)  # type: ignore[arg-type]
+                    call = {"name": "fx__task_status", "arguments": {}}
+                    result = await dispatcher.send_raw_request("tools/call", call,
+                                                               {"request_id": 2, **version})  # type: ignore[typeddict-item]
+                    assert result["content"][0]["text"] == "sent"
+                    await arrived.wait()
+                    nursery.cancel_scope.cancel()
+        statuses = [params for method, params in notes if method == "notifications/tasks/status"]
+        assert statuses == [{"taskId": "fixture-task-1", "status": "working", "createdAt": "2026-01-01T00:00:00Z",
+                             "lastUpdatedAt": "2026-01-01T00:00:00Z"}]

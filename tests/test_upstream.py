@@ -35,7 +35,8 @@ FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")
 FAST_BACKOFF = BackoffConfig(initial=0.05, max=0.5, multiplier=2.0, reset_after=10.0)
 ERAS = pytest.mark.parametrize("legacy", [False, True], ids=["modern", "legacy"])
 # roots_only: the node declares roots (and sampling, elicitation), so it sees what such clients see.
-FIXTURE_TOOLS = ["roots_only", "add", "echo", "fail", "slow", "progress", "grow", "pid", "meta", "ask"]
+FIXTURE_TOOLS = ["roots_only", "add", "echo", "fail", "slow", "progress", "grow", "pid", "meta", "ask",
+                 "task_status"]
 
 
 def fixture_args(*extra: str, legacy: bool = False) -> tuple[str, ...]:

@@ -17,7 +17,8 @@ list (``--page-size``, default 4) so that a client's cursor handling is always e
 Tools: ``add(a, b)`` (text and structured output), ``echo(text)``, ``fail()`` (an ``isError``
 result), ``slow(seconds, marker?)`` (sleeps; writes ``cancelled`` or ``completed`` to ``marker``),
 ``progress(steps)`` (one progress notification per step), ``grow()`` (registers a new tool at run
-time and announces it with ``tools/list_changed``), ``pid()``, ``meta()`` (the request's ``_meta``
+time and announces it with ``tools/list_changed``), ``pid()``, ``task_status()`` (sends a
+``notifications/tasks/status`` on the request's stream), ``meta()`` (the request's ``_meta``
 keys), ``roots_only()`` (listed first, and callable, only for a client that declared ``roots``);
 ``--many N`` adds ``extra_0`` .. ``extra_<N-1>``. Prompt ``greet(name)``; resource ``test://static``;
 template ``test://items/{id}``.
@@ -109,6 +110,7 @@ class Fixture:
             _tool("meta", "The _meta keys of this request, and its progress token.", {}),
             _tool("ask", "Ask the client a question (elicitation, as a legacy server does).",
                   {"question": {"type": "string"}}, ["question"]),
+            _tool("task_status", "Send a task status notification on this request's stream.", {}),
         ]
         self.tools += [_tool(f"extra_{i}", f"Extra tool {i}.", {}) for i in range(many)]
         self.grown = 0
@@ -177,6 +179,13 @@ class Fixture:
                 return types.CallToolResult(content=_text(name))
             case "pid":
                 return types.CallToolResult(content=_text(str(os.getpid())))
+            case "task_status":
+                stamp = "2026-01-01T00:00:00Z"
+                await ctx.session.send_notification(types.TaskStatusNotification(
+                    params=types.TaskStatusNotificationParams(task_id="fixture-task-1", status="working",
+                                                              created_at=stamp, last_updated_at=stamp, ttl=None)),
+                    related_request_id=ctx.request_id)
+                return types.CallToolResult(content=_text("sent"))
             case "roots_only" if _declares_roots(ctx):
                 return types.CallToolResult(content=_text("roots declared"))
             case "meta":
