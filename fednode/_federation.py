@@ -304,13 +304,14 @@ class Federation:
     def settled(self) -> bool:
         """Whether everything expected at start-up has shown up in the catalog.
 
-        That is: every configured server is attached and has finished its first start attempt (up,
-        or failed), and every peer this node dials (or that is linked now) is linked and has sent
-        its first full advertisement. Peers that only dial in are not waited for: they may never come.
+        That is: the node has attached its configured servers and each attached server has finished
+        its first start attempt (up, or failed), and every peer this node dials (or that is linked
+        now) is linked and has sent its first full advertisement. Peers that only dial in are not
+        waited for: they may never come.
         """
         from ._upstream import STARTING
 
-        if any(server.id not in self.upstreams for server in self.node.config.servers):
+        if not self.node.started:
             return False
         if any(u.state == STARTING and u.restarts == 0 for u in self.upstreams.values()):
             return False

@@ -93,6 +93,8 @@ class Node:
         self._registry_lock = trio.Lock()
         self._listener = Listener(self)
         self._closing = False
+        #: whether start-up is done: the configured peers and servers are registered
+        self.started = False
         self._changed = trio.Event()
         self.register_handler("echo", _echo, inline=True)
         self.register_handler("node/info", self._node_info, inline=True)
@@ -521,6 +523,8 @@ class Node:
                       version=__version__)
         for server in self.config.servers:
             await self.add_server(server, wait=False)
+        self.started = True
+        self.federation.state_changed()
 
     async def _shutdown(self) -> None:
         """Close every link gracefully (bounded by ``shutdown_grace``), then cancel all node tasks."""

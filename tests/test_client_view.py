@@ -22,7 +22,7 @@ import fednode
 from fednode import _supervisor
 from fednode._handshake import HandshakeFailed
 
-from conftest import node_config
+from conftest import node_config, raw_config
 from helpers import BlackholeProxy
 
 FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")
@@ -78,6 +78,17 @@ class TestFirstListHold:
             await node.federation.wait_settled()
             assert trio.current_time() - node.started_at < 1.0
             assert node.servers()["gone"].state == "backoff"
+
+    @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+    async def test_first_list_waits_for_configured_servers(self, mode: str) -> None:
+        """A list asked the moment the node is up holds the tools of the servers it starts itself."""
+        raw = raw_config("node-a", mcp={"first_list_wait": "50s"})
+        raw["servers"] = [{"id": "fx", "command": sys.executable, "args": [FIXTURE]}]
+        with trio.fail_after(60):
+            async with fednode.open_node(fednode.NodeConfig.from_mapping(raw)) as a, \
+                    Client(a.mcp_url, mode=mode, cache=None) as client:
+                assert "fx__add" in {tool.name for tool in (await client.list_tools()).tools}
+                assert a.servers()["fx"].restarts == 0
 
     @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
     async def test_first_list_waits_for_a_peer_that_links_late(self, mode: str) -> None:
