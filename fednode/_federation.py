@@ -309,19 +309,23 @@ class Federation:
         now) is linked and has sent its first full advertisement. Peers that only dial in are not
         waited for: they may never come.
         """
+        return not self._unsettled()
+
+    def _unsettled(self) -> list[str]:
+        """What :meth:`settled` is still waiting for (empty: nothing)."""
         from ._upstream import STARTING
 
         if not self.node.started:
-            return False
-        if any(u.state == STARTING and u.restarts == 0 for u in self.upstreams.values()):
-            return False
+            return ["node start-up"]
+        waiting = [f"server {server_id}" for server_id, u in sorted(self.upstreams.items())
+                   if u.state == STARTING and u.restarts == 0]
         connected = set(self.node.connected_peers())
         for peer_id in self.node.peer_ids():
             peer = self.node.peer_config(peer_id)
             expected = peer_id in connected or (peer is not None and peer.control is not None)
             if expected and (peer_id not in connected or peer_id not in self.learned):
-                return False
-        return True
+                waiting.append(f"peer {peer_id}")
+        return waiting
 
     async def wait_settled(self) -> None:
         """Return once the federation has settled (:meth:`settled`), or ``[mcp] first_list_wait``
@@ -332,9 +336,12 @@ class Federation:
         """
         if self._settled:
             return
-        with trio.move_on_at(self.node.started_at + self.node.config.mcp.first_list_wait):
+        with trio.move_on_at(self.node.started_at + self.node.config.mcp.first_list_wait) as bound:
             while not self.settled():
                 await self._settle_changed.wait()
+        if not self._settled and bound.cancelled_caught:
+            self.log.warning("catalog.not_settled", waited=self.node.config.mcp.first_list_wait,
+                             missing=self._unsettled()[:10])
         self._settled = True
 
     def link_down(self, peer_id: str) -> None:

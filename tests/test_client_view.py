@@ -11,6 +11,7 @@ from typing import Any
 
 import mcp_types
 import pytest
+import structlog
 import trio
 import trio.testing
 from mcp import Client
@@ -53,9 +54,13 @@ class TestFirstListHold:
         config = node_config("node-a", peers=[{"id": "node-b", "control": "ws://127.0.0.1:9"}], mcp=mcp)
         async with fednode.open_node(config) as node:
             assert not node.federation.settled()
-            await node.federation.wait_settled()
+            with structlog.testing.capture_logs() as logs:
+                await node.federation.wait_settled()
             assert trio.current_time() - node.started_at == bound
             assert len(attempts) > 1  # it kept trying meanwhile
+            # The operator learns what never showed up.
+            assert [(e["event"], e["missing"]) for e in logs if e["event"] == "catalog.not_settled"] == \
+                [("catalog.not_settled", ["peer node-b"])]
             await node.federation.wait_settled()  # once over, never again
             assert trio.current_time() - node.started_at == bound
 
