@@ -30,6 +30,7 @@ MIN_HS512_SECRET_BYTES = 64
 #: Longest link-token lifetime; peers refuse tokens that live longer.
 MAX_TOKEN_TTL = 3600.0
 MAX_REQUEST_TIMEOUT = 86400.0  # longest deadline of a forwarded request: a day
+MAX_FIRST_LIST_WAIT = 300.0  # longest a client's first list may be held at start-up
 ALGORITHMS = ("HS512", "EdDSA")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -179,6 +180,9 @@ class MCPConfig:
 
     request_timeout: float = 60.0
     transit: bool = True
+    #: how long after start-up a client's list may be held until the federation has settled
+    #: (0: never held)
+    first_list_wait: float = 10.0
 
 
 @attrs.frozen
@@ -662,11 +666,16 @@ class _Builder:
                             ping_timeout=ping_timeout)
 
     def mcp(self, raw: dict[str, Any]) -> MCPConfig:
-        self.unknown_keys(raw, {"request_timeout", "transit"}, "mcp")
+        self.unknown_keys(raw, {"request_timeout", "transit", "first_list_wait"}, "mcp")
         request_timeout = self.duration(raw, "request_timeout", "mcp", 60.0)
         if request_timeout > MAX_REQUEST_TIMEOUT:
             self.problem("mcp.request_timeout", f"must be at most {MAX_REQUEST_TIMEOUT:g}s (a day)")
-        return MCPConfig(request_timeout=request_timeout, transit=self.boolean(raw, "transit", "mcp", True))
+        first_list_wait = self.duration(raw, "first_list_wait", "mcp", 10.0, positive=False)
+        if first_list_wait < 0 or first_list_wait > MAX_FIRST_LIST_WAIT:
+            self.problem("mcp.first_list_wait", f"must be between 0s and {MAX_FIRST_LIST_WAIT:g}s")
+            first_list_wait = 10.0
+        return MCPConfig(request_timeout=request_timeout, transit=self.boolean(raw, "transit", "mcp", True),
+                         first_list_wait=first_list_wait)
 
     def clients(self, raw: dict[str, Any]) -> ClientsConfig:
         self.unknown_keys(raw, {"tokens"}, "clients")

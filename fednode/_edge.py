@@ -126,6 +126,9 @@ class Forwarder(Protocol):
         """
         ...
 
+    # Optional: ``async wait_settled() -> None``, awaited before every list is answered (holds the
+    # lists clients send right after start-up until the catalog has filled in; bounded).
+
     async def forward(self, method: str, params: dict[str, Any], call: EdgeCall) -> dict[str, Any]:
         """Execute ``tools/call``, ``prompts/get``, ``resources/read`` or ``completion/complete``
         somewhere in the federation and return the raw result dict.
@@ -435,6 +438,11 @@ class MCPEdge:
 
     async def _serve(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         if ctx.method in _LIST_METHODS:
+            # Right after start-up the catalog may still be filling in (peers linking, servers
+            # starting): a client must not take an empty or partial list for the federation's.
+            settled = getattr(self.forwarder, "wait_settled", None)
+            if settled is not None:
+                await settled()
             result = self._list(ctx)
         else:
             result = await self._forward(ctx)

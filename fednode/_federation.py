@@ -242,6 +242,10 @@ class Federation:
         self._templates: list[tuple[re.Pattern[str], Entry]] = []
         self._dirty = trio.Event()
         self._catalog_event = trio.Event()
+        # Start-up: set once the federation has settled (or the bound passed); until then clients'
+        # lists are held (wait_settled). Pulsed by everything that can settle it.
+        self._settled = False
+        self._settle_changed = trio.Event()
         self._listeners: list[Callable[[set[str]], None]] = []
         node.register_notification_handler(ROUTES_METHOD, self._on_routes, inline=True)
         node.register_handler(FORWARD_METHOD, self._on_forward)
@@ -289,6 +293,55 @@ class Federation:
         """A link to ``peer_id`` came up: send it everything (a full advertisement)."""
         self.advertised[peer_id] = None
         self._dirty.set()
+        self.state_changed()
+
+    def state_changed(self) -> None:
+        """Something that decides whether the federation has settled changed (see :meth:`wait_settled`)."""
+        self._settle_changed.set()
+        self._settle_changed = trio.Event()
+
+    def settled(self) -> bool:
+        """Whether everything expected at start-up has shown up in the catalog.
+
+        That is: the node has attached its configured servers and each attached server has finished
+        its first start attempt (up, or failed), and every peer this node dials (or that is linked
+        now) is linked and has sent its first full advertisement. Peers that only dial in are not
+        waited for: they may never come.
+        """
+        return not self._unsettled()
+
+    def _unsettled(self) -> list[str]:
+        """What :meth:`settled` is still waiting for (empty: nothing)."""
+        from ._upstream import STARTING
+
+        if not self.node.started:
+            return ["node start-up"]
+        waiting = [f"server {server_id}" for server_id, u in sorted(self.upstreams.items())
+                   if u.state == STARTING and u.restarts == 0]
+        connected = set(self.node.connected_peers())
+        for peer_id in self.node.peer_ids():
+            peer = self.node.peer_config(peer_id)
+            expected = peer_id in connected or (peer is not None and peer.control is not None)
+            if expected and (peer_id not in connected or peer_id not in self.learned):
+                waiting.append(f"peer {peer_id}")
+        return waiting
+
+    async def wait_settled(self) -> None:
+        """Return once the federation has settled (:meth:`settled`), or ``[mcp] first_list_wait``
+        after the node started, whichever comes first; at once ever after.
+
+        Clients' lists wait for this, so one asking right after start-up never gets an empty or
+        partial catalog (peers still linking, servers still starting) for the federation's.
+        """
+        if self._settled:
+            return
+        with trio.move_on_at(self.node.started_at + self.node.config.mcp.first_list_wait) as bound:
+            while not self.settled():
+                await self._settle_changed.wait()
+        if not self._settled and bound.cancelled_caught:
+            self.log.warning("catalog.not_settled", waited=self.node.config.mcp.first_list_wait,
+                             missing=self._unsettled()[:10])
+        self._settled = True
 
     def link_down(self, peer_id: str) -> None:
         """The link to ``peer_id`` is gone: drop every route learned over it, now."""
@@ -417,6 +470,7 @@ class Federation:
             self._catalog_event.set()
             self._catalog_event = trio.Event()
         self._dirty.set()
+        self.state_changed()
 
     def _note_withdrawn(self, before: Mapping[str, Mapping[str, Entry]]) -> None:
         """Remember the names that left the catalog with their server's last route; forget those back.
@@ -737,7 +791,14 @@ class Federation:
         if method in TASK_METHODS:
             server, origins, upstream_params = self._resolve_task(params)
         else:
-            entry, upstream_params = self.resolve(method, params)
+            try:
+                entry, upstream_params = self.resolve(method, params)
+            except ForwardError as exc:
+                if exc.code != UNKNOWN_NAME or self._settled:
+                    raise
+                # Right after start-up the name may be on its way (as for lists): wait, once.
+                await self.wait_settled()
+                entry, upstream_params = self.resolve(method, params)
             server, origins = entry.server, entry.origins
             parked_at = token_origin(params.get("requestState"))
             if parked_at in origins:

@@ -61,6 +61,9 @@ class FederationForwarder:
     def list_items(self, kind: str) -> list[dict[str, Any]]:
         return self.federation.list_items(kind)
 
+    async def wait_settled(self) -> None:
+        await self.federation.wait_settled()
+
     def tool_input_schema(self, name: str) -> Any:
         return self.federation.tool_input_schema(name)
 

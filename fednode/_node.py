@@ -102,6 +102,8 @@ class Node:
         self._registry_lock = trio.Lock()
         self._listener = Listener(self)
         self._closing = False
+        #: whether start-up is done: the configured peers and servers are registered
+        self.started = False
         self._changed = trio.Event()
         self.register_handler("echo", _echo, inline=True)
         self.register_handler("node/info", self._node_info, inline=True)
@@ -228,6 +230,10 @@ class Node:
             await supervisor.finished.wait()
         self.log.info("peer.removed", peer=peer_id, reason=reason)
 
+    def peer_ids(self) -> list[str]:
+        """Ids of the registered peers, sorted."""
+        return sorted(self._supervisors)
+
     def connected_peers(self) -> list[str]:
         """Ids of the peers with a live link, sorted."""
         return sorted(pid for pid, s in self._supervisors.items() if s.link is not None and s.link.is_up)
@@ -267,7 +273,7 @@ class Node:
         if config.id in self._servers:
             await self.remove_server(config.id)
         upstream = UpstreamServer(config, backoff=self.config.backoff, logger=self.log, server=server,
-                                  jitter=self._jitter,
+                                  jitter=self._jitter, on_state=self.federation.state_changed,
                                   on_catalog=functools.partial(self.federation.set_local_catalog, config.id))
         scope, finished = trio.CancelScope(), trio.Event()
         self._servers[config.id] = (upstream, scope, finished)
@@ -526,6 +532,8 @@ class Node:
                       version=__version__)
         for server in self.config.servers:
             await self.add_server(server, wait=False)
+        self.started = True
+        self.federation.state_changed()
 
     async def _start_server(self, role: str, url: str, server: Callable[..., Awaitable[None]]) -> int:
         """Start a listening task in the node's nursery; return the port it bound.

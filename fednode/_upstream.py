@@ -264,7 +264,7 @@ class _Connection:
         """The envelope of fednode's own requests in the modern era."""
         assert self.era is not None
         return {PROTOCOL_VERSION_META_KEY: self.era, CLIENT_INFO_META_KEY: dict(CLIENT_INFO),
-                CLIENT_CAPABILITIES_META_KEY: {}}
+                CLIENT_CAPABILITIES_META_KEY: own_capabilities()}
 
     def headers_for(self, method: str, params: Mapping[str, Any]) -> dict[str, str]:
         """The per-request HTTP headers a Streamable HTTP server checks (ignored by stdio)."""
@@ -289,7 +289,8 @@ class _Connection:
 
 
 #: Server notifications a session connection hands to its client session.
-SESSION_NOTIFICATIONS = frozenset({"notifications/message", "notifications/resources/updated"})
+SESSION_NOTIFICATIONS = frozenset({"notifications/message", "notifications/resources/updated",
+                                   "notifications/tasks/status"})
 #: Server-to-client requests a session connection relays to its client session.
 #: The requests a server may send its client, and the client capability each needs.
 QUESTION_CAPABILITY = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}
@@ -313,6 +314,17 @@ class SessionHooks:
     client_info: Mapping[str, Any] | None
     notify: Callable[[str, dict[str, Any]], None]
     ask: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def own_capabilities() -> dict[str, Any]:
+    """The client capabilities fednode's own requests declare (legacy ``initialize`` of a shared
+    connection, 2026-07-28 lists): every one whose requests it can relay to a client.
+
+    A server may list some tools only to clients that declare a capability (a tool that needs the
+    client's roots, say); the catalog holds everything it offers, and each call carries its own
+    client's capabilities, so the server accepts or refuses it as it would for that client.
+    """
+    return {capability: {} for capability in sorted(set(QUESTION_CAPABILITY.values()))}
 
 
 class UpstreamServer:
@@ -345,7 +357,7 @@ class UpstreamServer:
     def __init__(self, config: ServerConfig, *, backoff: BackoffConfig,
                  on_catalog: Callable[[ServerCatalog | None], None], logger: Any = None,
                  jitter: Callable[[float], float] | None = None, server: Any = None,
-                 session: SessionHooks | None = None) -> None:
+                 session: SessionHooks | None = None, on_state: Callable[[], None] | None = None) -> None:
         if server is None and (config.command is None) == (config.url is None):
             raise ValueError(f"server {config.id!r}: give exactly one of command and url")
         if server is not None and (config.command is not None or config.url is not None):
@@ -371,6 +383,7 @@ class UpstreamServer:
         self._backoff_config = backoff
         self._backoff = Backoff(backoff, jitter) if jitter else Backoff(backoff)
         self._on_catalog = on_catalog
+        self._on_state = on_state  # called after every change of state
         self._conn: _Connection | None = None
         self._state_changed = trio.Event()
         self._running = False
@@ -873,9 +886,10 @@ class UpstreamServer:
 
     async def _initialize(self, conn: _Connection) -> None:
         # Without a session (shared by stateless 2026-07-28 clients) fednode can still relay a
-        # legacy server's questions to the one call in flight (see _parking): say so.
+        # legacy server's questions to the one call in flight (see _parking): say so. It also
+        # makes the server list what it offers only to clients with these capabilities.
         capabilities = (dict(self.session.capabilities) if self.session is not None
-                        else {"elicitation": {}, "sampling": {}})
+                        else own_capabilities())
         client_info = dict(self.session.client_info or CLIENT_INFO) if self.session is not None else dict(CLIENT_INFO)
         params = {"protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": capabilities, "clientInfo": client_info}
         opts: CallOptions = {"request_id": conn.next_id(), "cancel_on_abandon": False, "timeout": self.timeout}
@@ -1078,6 +1092,8 @@ class UpstreamServer:
         self.state = state
         self._state_changed.set()
         self._state_changed = trio.Event()
+        if self._on_state is not None:
+            self._on_state()
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -41,3 +41,21 @@ async def test_stdio_client_reaches_a_server_on_a_peer(tmp_path: Path, mode: str
                 result = await client.call_tool("fx__add", {"a": 20, "b": 22})
                 assert not result.is_error
                 assert result.structured_content is not None and 42 in result.structured_content.values()
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_first_list_right_after_start_up_is_complete(tmp_path: Path, mode: str) -> None:
+    """The client's very first tools/list, sent as soon as `fednode mcp` answers, already holds the
+    peer's tools: it waits until the peer has linked and sent its catalog (no retry loop here)."""
+    with trio.fail_after(60):
+        async with fednode.open_node(node_config("node-b", peers=[{"id": "node-s"}])) as b:
+            await b.add_server(fednode.ServerConfig(id="fx", command=sys.executable, args=(FIXTURE,)), timeout=20)
+            config = tmp_path / "node-s.toml"
+            config.write_text(
+                '[node]\nid = "node-s"\ncontrol = "ws://127.0.0.1:0"\ndata = "http://127.0.0.1:0"\n'
+                f'[auth]\nsecret = "{SECRET}"\n[mcp]\nfirst_list_wait = "50s"\n'
+                f'[[peers]]\nid = "node-b"\ncontrol = "{b.control_url}"\n')
+            params = StdioServerParameters(command=FEDNODE, args=["mcp", "--config", str(config)],
+                                           env={"PATH": "/usr/bin:/bin"})
+            async with Client(params, mode=mode, cache=None) as client:
+                assert "fx__add" in {t.name for t in (await client.list_tools()).tools}

@@ -22,8 +22,9 @@ from conftest import SECRET, mesh, node_config
 
 CLIENT_TOKEN = "client-token-for-cli-tests-0123"
 #: The fixture's tools as the node exposes them (prefix "fx").
+# fx__roots_only: the node declares roots when it reads the fixture's lists, so it is listed too.
 FX_TOOLS = {"fx__add", "fx__echo", "fx__fail", "fx__slow", "fx__progress", "fx__grow", "fx__pid", "fx__meta",
-            "fx__ask"}
+            "fx__ask", "fx__task_status", "fx__roots_only"}
 
 
 async def fednode_cli(*args: str, env: dict[str, str] | None = None,

@@ -324,6 +324,8 @@ BAD_CASES = [
                  id="public-key-file-not-pem"),
     pytest.param(Bad("peers[0].public_key", "EdDSA needs this peer's public key", _peer_without_public_key, cli=False),
                  id="eddsa-peer-without-public-key"),
+    pytest.param(Bad("mcp.first_list_wait", "must be between 0s and 300s", _set("mcp", first_list_wait="1h"),
+                     cli=False), id="first-list-wait-too-long"),
     # the file itself
     pytest.param(Bad("", "invalid TOML", text="[node\nid = 'node-a'\n", run=True), id="invalid-toml"),
     pytest.param(Bad("", "invalid JSON at line 1 column", text='{"node": {"id": "node-a",}}', suffix=".json"),

@@ -50,6 +50,8 @@ PROXY_LIMITS: dict[str, str] = {
         "a different hop; the result arrives on the original POST stream and the suite reports INFO"),
 }
 
+_LIMITED_SCENARIOS = frozenset(key.partition(":")[0] for key in PROXY_LIMITS)
+
 # Scenarios fednode does not pass yet: features not built, not proxy limits. Each must still fail
 # (the test says so when one starts passing, so this list only ever shrinks). See README.
 KNOWN_GAPS: dict[str, dict[str, str]] = {"2025-11-25": {}, "2026-07-28": {}}
@@ -87,6 +89,27 @@ def counts(folder: Path) -> str:
         for check in json.loads(checks_file.read_text()):
             tally[check.get("status", "?")] = tally.get(check.get("status", "?"), 0) + 1
     return ", ".join(f"{n} {status}" for status, n in sorted(tally.items(), key=lambda item: _SEVERITY.get(item[0], 9)))
+
+
+def checks_made(folder: Path) -> dict[str, int]:
+    """scenario -> how many checks it made (every check, repeats included, whatever its status)."""
+    made: dict[str, int] = {}
+    for checks_file in folder.glob("*/checks.json"):
+        match = _SCENARIO_DIR.match(checks_file.parent.name)
+        assert match, f"unexpected results folder {checks_file.parent.name}"
+        made[match["scenario"]] = made.get(match["scenario"], 0) + len(json.loads(checks_file.read_text()))
+    return made
+
+
+def table_cell(folder: Path) -> str:
+    """A run as the README's conformance table gives it, e.g. ``84 pass, 0 fail (+ 8 INFO)``."""
+    tally: dict[str, int] = {}
+    for checks_file in folder.glob("*/checks.json"):
+        for check in json.loads(checks_file.read_text()):
+            tally[check.get("status", "?")] = tally.get(check.get("status", "?"), 0) + 1
+    cell = f"{tally.pop('SUCCESS', 0)} pass, {tally.pop('FAILURE', 0)} fail"
+    rest = ", ".join(f"{n} {status}" for status, n in sorted(tally.items(), key=lambda i: _SEVERITY.get(i[0], 9)))
+    return f"{cell} (+ {rest})" if rest else cell
 
 
 def limited(scenario: str, check_id: str) -> bool:
@@ -147,6 +170,8 @@ async def test_through_the_federation(direct: dict[str, Any], tmp_path: Path) ->
     lines = []
     regressions = []
     now_passing = []
+    fewer = []
+    rows = []
     for rev in REQUIREMENTS:
         before = direct["results"][rev]
         after = load_results(tmp_path / f"requirements-{rev}")
@@ -154,6 +179,15 @@ async def test_through_the_federation(direct: dict[str, Any], tmp_path: Path) ->
         assert after, f"{rev}: the run through fednode produced no results\n{output[-3000:]}"
         lines.append(f"{rev}: direct {counts(direct['output'] / f'requirements-{rev}')}; "
                      f"through fednode {counts(tmp_path / f'requirements-{rev}')}")
+        rows.append(f"| {rev} | {table_cell(direct['output'] / f'requirements-{rev}')} | "
+                    f"{table_cell(tmp_path / f'requirements-{rev}')} |")
+        # A scenario that stops early (or never runs) through the chain makes fewer checks, even
+        # when none of the missing ones would have passed.
+        made_via = checks_made(tmp_path / f"requirements-{rev}")
+        # (PROXY_LIMITS scenarios excepted: their limited checks may report differently.)
+        fewer += [f"{rev} {scenario}: {n} check(s) directly, {made_via.get(scenario, 0)} through the chain"
+                  for scenario, n in checks_made(direct["output"] / f"requirements-{rev}").items()
+                  if made_via.get(scenario, 0) < n and scenario not in _LIMITED_SCENARIOS]
         for scenario, checks in before.items():
             via = after.get(scenario, {})
             lost = [check_id for check_id, check in checks.items()
@@ -176,10 +210,14 @@ async def test_through_the_federation(direct: dict[str, Any], tmp_path: Path) ->
                 details.append(f"not reached (the scenario stopped early): {', '.join(missing)}")
             regressions.append(f"{rev} {scenario} ({len(lost)} check(s)):\n      " + "\n      ".join(details))
     print("\n".join(lines))
+    assert not fewer, "scenario(s) make fewer checks through the federation than directly:\n  " + "\n  ".join(fewer)
     assert not now_passing, f"known gaps that now pass (remove them from KNOWN_GAPS): {now_passing}"
     assert not regressions, (
         f"{len(regressions)} scenario(s) pass directly but not through the federation:\n  "
         + "\n  ".join(regressions) + "\n\n" + "\n".join(lines))
+    readme = (ROOT / "README.md").read_text()
+    untrue = [row for row in rows if row not in readme]
+    assert not untrue, "the README's conformance table should have these rows:\n" + "\n".join(untrue)
 
 
 def test_proxy_limits_are_real(direct: dict[str, Any]) -> None:

@@ -35,7 +35,9 @@ from fednode._upstream import (
 FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")
 FAST_BACKOFF = BackoffConfig(initial=0.05, max=0.5, multiplier=2.0, reset_after=10.0)
 ERAS = pytest.mark.parametrize("legacy", [False, True], ids=["modern", "legacy"])
-FIXTURE_TOOLS = ["add", "echo", "fail", "slow", "progress", "grow", "pid", "meta", "ask"]
+# roots_only: the node declares roots (and sampling, elicitation), so it sees what such clients see.
+FIXTURE_TOOLS = ["roots_only", "add", "echo", "fail", "slow", "progress", "grow", "pid", "meta", "ask",
+                 "task_status"]
 
 
 def fixture_args(*extra: str, legacy: bool = False) -> tuple[str, ...]:
@@ -134,7 +136,7 @@ class TestHandshake:
                 assert [r["uri"] for r in catalog.resources] == ["test://static"]
                 assert [t["uriTemplate"] for t in catalog.resource_templates] == ["test://items/{id}"]
                 # Raw definitions, exactly as sent (camelCase keys, the output schema included).
-                add = catalog.tools[0]
+                add = catalog.tools[1]
                 assert add["inputSchema"]["required"] == ["a", "b"] and "outputSchema" in add
                 assert catalogs.seen == [catalog]
                 assert server.pid is not None and server.restarts == 0 and server.last_error is None

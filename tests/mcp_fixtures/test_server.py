@@ -18,9 +18,11 @@ list (``--page-size``, default 4) so that a client's cursor handling is always e
 Tools: ``add(a, b)`` (text and structured output), ``echo(text)``, ``fail()`` (an ``isError``
 result), ``slow(seconds, marker?)`` (sleeps; writes ``cancelled`` or ``completed`` to ``marker``),
 ``progress(steps)`` (one progress notification per step), ``grow()`` (registers a new tool at run
-time and announces it with ``tools/list_changed``), ``pid()``, ``meta()`` (the request's ``_meta``
-keys); ``--many N`` adds ``extra_0`` ..
-``extra_<N-1>``. Prompt ``greet(name)``; resource ``test://static``; template ``test://items/{id}``.
+time and announces it with ``tools/list_changed``), ``pid()``, ``task_status()`` (sends a
+``notifications/tasks/status`` on the request's stream), ``meta()`` (the request's ``_meta``
+keys), ``roots_only()`` (listed first, and callable, only for a client that declared ``roots``);
+``--many N`` adds ``extra_0`` .. ``extra_<N-1>``. Prompt ``greet(name)``; resource ``test://static``;
+template ``test://items/{id}``.
 
 Options that make it misbehave on purpose:
 
@@ -83,11 +85,26 @@ def _text(text: str) -> list[types.ContentBlock]:
     return [types.TextContent(type="text", text=text)]
 
 
+#: Listed (and callable) only for clients that declare the ``roots`` capability, as some servers do.
+ROOTS_TOOL = _tool("roots_only", "Listed only to clients that declare roots.", {})
+
+
+def _declares_roots(ctx: Ctx) -> bool:
+    """Whether the client of this request declared ``roots`` (per request at 2026-07-28, else at initialize)."""
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        meta = (ctx.params or {}).get("_meta") or {}
+        declared = meta.get("io.modelcontextprotocol/clientCapabilities")
+        return isinstance(declared, dict) and declared.get("roots") is not None
+    declared_caps = ctx.session.client_capabilities
+    return declared_caps is not None and declared_caps.roots is not None
+
+
 class Fixture:
     """The server's state: the tool list grows at run time."""
 
     def __init__(self, name: str, many: int, page_size: int, refuse_log_level: bool = False,
                  freezable: bool = False) -> None:
+        self.name = name
         self.page_size = page_size
         self.bus = InMemorySubscriptionBus()
         self.tools: list[types.Tool] = [
@@ -103,6 +120,7 @@ class Fixture:
             _tool("meta", "The _meta keys of this request, and its progress token.", {}),
             _tool("ask", "Ask the client a question (elicitation, as a legacy server does).",
                   {"question": {"type": "string"}}, ["question"]),
+            _tool("task_status", "Send a task status notification on this request's stream.", {}),
         ]
         self.tools += [_tool(f"extra_{i}", f"Extra tool {i}.", {}) for i in range(many)]
         if freezable:
@@ -137,7 +155,7 @@ class Fixture:
         return items[start:end], (str(end) if end < len(items) else None)
 
     async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        tools, cursor = self.page(self.tools, params)
+        tools, cursor = self.page(([ROOTS_TOOL] if _declares_roots(ctx) else []) + self.tools, params)
         return types.ListToolsResult(tools=tools, next_cursor=cursor)
 
     async def call_tool(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
@@ -182,6 +200,15 @@ class Fixture:
                 return types.CallToolResult(content=_text("thawed"))
             case "pid":
                 return types.CallToolResult(content=_text(str(os.getpid())))
+            case "task_status":
+                stamp = "2026-01-01T00:00:00Z"
+                await ctx.session.send_notification(types.TaskStatusNotification(
+                    params=types.TaskStatusNotificationParams(task_id="fixture-task-1", status="working",
+                                                              created_at=stamp, last_updated_at=stamp, ttl=None)),
+                    related_request_id=ctx.request_id)
+                return types.CallToolResult(content=_text("sent"))
+            case "roots_only" if _declares_roots(ctx):
+                return types.CallToolResult(content=_text("roots declared"))
             case "meta":
                 meta = (ctx.params or {}).get("_meta") or {}
                 return types.CallToolResult(content=_text(", ".join(sorted(meta))), structured_content={
@@ -237,8 +264,9 @@ class Fixture:
         else:
             # An application-defined code: a client must get it back unchanged.
             raise MCPError(404, f"Unknown resource: {uri}", data={"uri": uri})
-        return types.ReadResourceResult(contents=[types.TextResourceContents(uri=uri, text=text,
-                                                                               mime_type="text/plain")])
+        # _meta names this server: which of two servers with the same URI answered.
+        return types.ReadResourceResult(contents=[types.TextResourceContents(
+            uri=uri, text=text, mime_type="text/plain", _meta={"fixture/name": self.name})])
 
     def init_options(self) -> Any:
         return self.server.create_initialization_options(
