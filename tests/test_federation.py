@@ -406,7 +406,7 @@ class TestWithdrawnNames:
             async with fednode.open_node(node_config("node-a")) as a:
                 # attached here (a stand-in for its driver), and then it stopped answering its pings
                 a.federation.upstreams["kv"] = SimpleNamespace(  # type: ignore[assignment]
-                    config=fednode.ServerConfig(id="kv", command="kv"), server_info=None)
+                    config=fednode.ServerConfig(id="kv", command="kv"), server_info=None, state="backoff", restarts=1)
                 a.federation.set_local_catalog("kv", tools("get"))
                 a.federation.set_local_catalog("kv", None)
                 error = await forward_error(a, "tools/call", {"name": "kv__get"})
