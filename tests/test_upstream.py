@@ -138,6 +138,20 @@ class TestHandshake:
                 assert catalogs.seen == [catalog]
                 assert server.pid is not None and server.restarts == 0 and server.last_error is None
 
+    @ERAS
+    async def test_slow_start_is_not_bound_by_the_request_timeout(self, legacy: bool) -> None:
+        """The handshake and each first list page take 0.5 s, five times the server's 0.1 s timeout:
+        the server still comes up at the first attempt, and that timeout then bounds forwarded calls."""
+        config = stdio_config("--slow-start", "0.5", legacy=legacy, timeout=0.1)
+        with trio.fail_after(90):
+            async with running(config) as (server, _):
+                assert server.era == ("2025-11-25" if legacy else MODERN_ERA)
+                assert names(server.catalog.tools) == FIXTURE_TOOLS and server.catalog.prompts
+                assert server.restarts == 0 and server.last_error is None
+                with pytest.raises(UpstreamTimeoutError) as info:
+                    await server.call("tools/call", tool_call("slow", seconds=30))
+                assert info.value.timeout == 0.1
+
     async def test_unavailable_until_up(self) -> None:
         with trio.fail_after(20):
             async with running(stdio_config(), ready=False) as (server, _):

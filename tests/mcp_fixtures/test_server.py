@@ -5,6 +5,7 @@ Run it as a subprocess::
     python tests/mcp_fixtures/test_server.py [--name NAME] [--legacy-only] [--many N] [--page-size N]
                                              [--stubborn] [--spawn-child] [--leak-stdout]
                                              [--exit-after SECONDS] [--noise] [--http PORT]
+                                             [--slow-start SECONDS]
 
 It speaks both protocol eras (the SDK picks the era from the client's first request) over stdio, or
 Streamable HTTP on 127.0.0.1 with ``--http`` (it then prints ``url <URL>`` on stdout once listening;
@@ -34,6 +35,8 @@ Options that make it misbehave on purpose:
   the pipe stays open after the server exits.
 - ``--exit-after SECONDS``: exit abruptly that long after starting.
 - ``--noise``: before serving, write a line that is not UTF-8 and a line that is not JSON on stdout.
+- ``--slow-start SECONDS``: answer ``server/discover``, ``initialize`` and the first page of each
+  list only that long after receiving them (a server starting up on a busy machine); stdio only.
 """
 
 from __future__ import annotations
@@ -224,12 +227,21 @@ class Fixture:
             NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True))
 
 
-async def _refuse_discover(source: Any, sink: Any, write: Any) -> None:
-    """Relay client messages to the server, answering ``server/discover`` with -32601 ourselves."""
+#: The requests that ``--slow-start`` holds back: the handshake and the first page of each list.
+_START_UP = frozenset({"server/discover", "initialize", "tools/list", "prompts/list", "resources/list",
+                       "resources/templates/list"})
+
+
+async def _front(source: Any, sink: Any, write: Any, legacy_only: bool, slow_start: float) -> None:
+    """Relay client messages to the server, in order. ``legacy_only``: answer ``server/discover``
+    with -32601 ourselves. ``slow_start``: hold start-up requests back that many seconds first."""
     async with sink:
         async for item in source:
             message = item.message if isinstance(item, SessionMessage) else None
-            if isinstance(message, types.JSONRPCRequest) and message.method == "server/discover":
+            if (slow_start and isinstance(message, types.JSONRPCRequest) and message.method in _START_UP
+                    and not (message.params or {}).get("cursor")):
+                await anyio.sleep(slow_start)
+            if legacy_only and isinstance(message, types.JSONRPCRequest) and message.method == "server/discover":
                 error = types.ErrorData(code=types.METHOD_NOT_FOUND, message="Method not found")
                 try:
                     await write.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error)))
@@ -239,12 +251,12 @@ async def _refuse_discover(source: Any, sink: Any, write: Any) -> None:
             await sink.send(item)
 
 
-async def serve_stdio(fixture: Fixture, legacy_only: bool, stubborn: bool) -> None:
+async def serve_stdio(fixture: Fixture, legacy_only: bool, stubborn: bool, slow_start: float) -> None:
     async with stdio_server() as (read, write):
-        if legacy_only:
+        if legacy_only or slow_start:
             sink, relayed = anyio.create_memory_object_stream[Any](0)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_refuse_discover, read, sink, write)
+                tg.start_soon(_front, read, sink, write, legacy_only, slow_start)
                 await fixture.server.run(relayed, write, fixture.init_options())
         else:
             await fixture.server.run(read, write, fixture.init_options())
@@ -307,6 +319,7 @@ def main() -> None:
     parser.add_argument("--exit-after", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--noise", action="store_true")
     parser.add_argument("--http", type=int, default=None, metavar="PORT")
+    parser.add_argument("--slow-start", type=float, default=0.0, metavar="SECONDS")
     args = parser.parse_args()
 
     print(f"fixture {args.name} starting", file=sys.stderr, flush=True)
@@ -328,7 +341,7 @@ def main() -> None:
     if args.http is not None:
         trio.run(serve_http, fixture, args.http)
     else:
-        trio.run(serve_stdio, fixture, args.legacy_only, args.stubborn)
+        trio.run(serve_stdio, fixture, args.legacy_only, args.stubborn, args.slow_start)
 
 
 if __name__ == "__main__":
