@@ -16,7 +16,8 @@ lists and fixes the handshake-era ``listChanged`` capabilities to false; this fi
 list (``--page-size``, default 4) so that a client's cursor handling is always exercised.
 
 Tools: ``add(a, b)`` (text and structured output), ``echo(text)``, ``fail()`` (an ``isError``
-result), ``slow(seconds, marker?)`` (sleeps; writes ``cancelled`` or ``completed`` to ``marker``),
+result), ``slow(seconds, marker?, release?)`` (sleeps; writes ``started`` to ``<marker>.started``
+at once, then ``cancelled`` or ``completed`` to ``marker``; ends early once the file ``release`` exists),
 ``progress(steps)`` (one progress notification per step), ``grow()`` (registers a new tool at run
 time and announces it with ``tools/list_changed``), ``pid()``, ``meta()`` (the request's ``_meta``
 keys); ``--many N`` adds ``extra_0`` ..
@@ -88,8 +89,9 @@ class Fixture:
                   output={"type": "object", "properties": {"result": {"type": "number"}}, "required": ["result"]}),
             _tool("echo", "Echo the text back.", {"text": {"type": "string"}}, ["text"]),
             _tool("fail", "Always fails (an isError result).", {}),
-            _tool("slow", "Sleep; writes 'cancelled' or 'completed' to marker.",
-                  {"seconds": {"type": "number"}, "marker": {"type": "string"}}, ["seconds"]),
+            _tool("slow", "Sleep; writes 'cancelled' or 'completed' to marker; ends early once release exists.",
+                  {"seconds": {"type": "number"}, "marker": {"type": "string"}, "release": {"type": "string"}},
+                  ["seconds"]),
             _tool("progress", "Report progress once per step.", {"steps": {"type": "integer"}}, ["steps"]),
             _tool("grow", "Register a new tool and announce it.", {}),
             _tool("pid", "This server's process id.", {}),
@@ -146,7 +148,7 @@ class Fixture:
             case "fail":
                 return types.CallToolResult(content=_text("it failed"), is_error=True)
             case "slow":
-                return await self.slow(float(args["seconds"]), args.get("marker"))
+                return await self.slow(float(args["seconds"]), args.get("marker"), args.get("release"))
             case "progress":
                 steps = int(args["steps"])
                 for step in range(1, steps + 1):
@@ -173,9 +175,14 @@ class Fixture:
                 return types.CallToolResult(content=_text(name))
         raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}", data={"tool": params.name})
 
-    async def slow(self, seconds: float, marker: str | None) -> types.CallToolResult:
+    async def slow(self, seconds: float, marker: str | None, release: str | None) -> types.CallToolResult:
+        if marker:
+            # A positive signal for tests: the call has reached the server (and may now be cancelled).
+            Path(f"{marker}.started").write_text("started")  # noqa: ASYNC240 - a tiny local file
         try:
-            await anyio.sleep(seconds)
+            with anyio.move_on_after(seconds):
+                while not (release and Path(release).exists()):  # noqa: ASYNC240 - a tiny local file
+                    await anyio.sleep(0.02)
         except anyio.get_cancelled_exc_class():
             if marker:
                 # Synchronous on purpose: any await here would be cancelled at once.
