@@ -90,10 +90,16 @@ CLIENT_INFO: dict[str, Any] = {"name": "fednode", "version": __version__}
 #: The deadline of forwarded requests when neither the call nor the server's configuration gives one.
 DEFAULT_TIMEOUT = 60.0
 
+#: The least deadline of each of fednode's own requests to a server (``initialize`` and the catalog
+#: reads), whatever the server's ``timeout``: that setting bounds the requests forwarded to it, and a
+#: server that starts slowly (a busy machine, a cold cache) must not be taken for a broken one.
+STARTUP_TIMEOUT = 60.0
+
 #: The state names of :attr:`UpstreamServer.state`.
 STARTING, UP, BACKOFF, STOPPED = "starting", "up", "backoff", "stopped"
 
 # The SDK's own probe bound: a legacy server that ignores unknown requests costs this much once.
+# Not the server's ``timeout``, which bounds forwarded requests, not the start-up.
 _DISCOVER_TIMEOUT = 10.0
 # How long to wait for the shim's pid line before going on without a pid.
 _PID_WAIT = 5.0
@@ -338,6 +344,8 @@ class UpstreamServer:
         config: the server's configuration (``fednode.ServerConfig``, from ``[[servers]]``).
         timeout: the default deadline of requests: ``config.timeout``, or :data:`DEFAULT_TIMEOUT`
             when that is ``None``.
+        own_timeout: the deadline of fednode's own requests (the handshake, catalog reads):
+            ``timeout``, but at least :data:`STARTUP_TIMEOUT`.
         state: ``"starting"`` (spawning or connecting, handshake, first catalog read), ``"up"``,
             ``"backoff"`` (the connection ended; waiting before the next attempt) or ``"stopped"``
             (:meth:`run` is not running).
@@ -370,6 +378,7 @@ class UpstreamServer:
         self._in_process = server
         self._in_flight: dict[Any, Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]] | None] = {}
         self.timeout = config.timeout if config.timeout is not None else DEFAULT_TIMEOUT
+        self.own_timeout = max(self.timeout, STARTUP_TIMEOUT)
         self.state = STOPPED
         self.era: str | None = None
         self.server_info: dict[str, Any] | None = None
@@ -868,7 +877,7 @@ class UpstreamServer:
                 CLIENT_CAPABILITIES_META_KEY: {}}
         # The spec forbids cancelling the negotiation requests.
         opts: CallOptions = {"request_id": conn.next_id(), "cancel_on_abandon": False,
-                             "timeout": min(self.timeout, _DISCOVER_TIMEOUT),
+                             "timeout": _DISCOVER_TIMEOUT,
                              "headers": {MCP_PROTOCOL_VERSION_HEADER: MODERN_ERA, MCP_METHOD_HEADER: "server/discover"}}
         return await conn.dispatcher.send_raw_request("server/discover", {"_meta": meta}, opts)
 
@@ -892,7 +901,7 @@ class UpstreamServer:
                         else own_capabilities())
         client_info = dict(self.session.client_info or CLIENT_INFO) if self.session is not None else dict(CLIENT_INFO)
         params = {"protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": capabilities, "clientInfo": client_info}
-        opts: CallOptions = {"request_id": conn.next_id(), "cancel_on_abandon": False, "timeout": self.timeout}
+        opts: CallOptions = {"request_id": conn.next_id(), "cancel_on_abandon": False, "timeout": self.own_timeout}
         result = await conn.dispatcher.send_raw_request("initialize", params, opts)
         version = result.get("protocolVersion")
         if not isinstance(version, str) or version not in HANDSHAKE_PROTOCOL_VERSIONS:
@@ -911,7 +920,7 @@ class UpstreamServer:
         """One of fednode's own requests (lists, listen): envelope, headers and deadline added."""
         if conn.modern:
             params = {**params, "_meta": conn.own_meta()}
-        opts: CallOptions = {"request_id": conn.next_id(), "timeout": self.timeout}
+        opts: CallOptions = {"request_id": conn.next_id(), "timeout": self.own_timeout}
         if conn.http:
             opts["headers"] = conn.headers_for(method, params)
         return await conn.dispatcher.send_raw_request(method, params, opts)

@@ -16,14 +16,19 @@ SECRET = "test-secret-" + "0123456789abcdef" * 5
 
 
 def raw_config(node_id: str, peers: list[dict[str, Any]] | None = None, **sections: dict[str, Any]) -> dict[str, Any]:
-    """A raw configuration mapping for a node on 127.0.0.1 port 0 with fast, test-friendly timings."""
+    """A raw configuration mapping for a node on 127.0.0.1 port 0 with test-friendly timings.
+
+    Reconnection is fast; the deadlines that decide a link is dead (heartbeat, handshake) are long,
+    so a busy machine, whose event loops may stall for seconds, never drops a link by accident.
+    Tests of those deadlines set short ones of their own (and most run under MockClock).
+    """
     raw: dict[str, Any] = {
         "node": {"id": node_id, "control": "ws://127.0.0.1:0", "data": "http://127.0.0.1:0",
                  "shutdown_grace": "2s"},
         "auth": {"secret": SECRET},
-        "heartbeat": {"interval": "0.2s", "timeout": "1s"},
+        "heartbeat": {"interval": "0.5s", "timeout": "30s"},
         "backoff": {"initial": "0.05s", "max": "0.5s", "reset_after": "1s"},
-        "link": {"handshake_timeout": "2s"},
+        "link": {"handshake_timeout": "20s"},
         "peers": copy.deepcopy(peers or []),
     }
     for name, values in sections.items():
@@ -61,7 +66,7 @@ async def mesh(*ids: str, **sections: dict[str, Any]) -> AsyncIterator[dict[str,
                 # Exactly one side dials so the links come up deterministically.
                 await node.register_peer(peer(other, dial=node_id < other_id), wait=False)
         for node in nodes.values():
-            await node.wait_connected(timeout=10)
+            await node.wait_connected(timeout=60)
         yield nodes
 
 

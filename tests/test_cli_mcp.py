@@ -22,9 +22,9 @@ FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")
                                              ("legacy", "positional"), ("2026-07-28", "environment")])
 async def test_stdio_client_reaches_a_server_on_a_peer(tmp_path: Path, mode: str, given: str) -> None:
     """A host launches `fednode mcp` with the configuration as --config, as FILE, or in FEDNODE_CONFIG."""
-    with trio.fail_after(60):
+    with trio.fail_after(120):
         async with fednode.open_node(node_config("node-b", peers=[{"id": "node-s"}])) as b:
-            await b.add_server(fednode.ServerConfig(id="fx", command=sys.executable, args=(FIXTURE,)), timeout=20)
+            await b.add_server(fednode.ServerConfig(id="fx", command=sys.executable, args=(FIXTURE,)), timeout=60)
             config = tmp_path / "node-s.toml"
             config.write_text(
                 '[node]\nid = "node-s"\ncontrol = "ws://127.0.0.1:0"\ndata = "http://127.0.0.1:0"\n'
@@ -35,7 +35,7 @@ async def test_stdio_client_reaches_a_server_on_a_peer(tmp_path: Path, mode: str
             env = {"PATH": "/usr/bin:/bin", **({"FEDNODE_CONFIG": str(config)} if given == "environment" else {})}
             params = StdioServerParameters(command=FEDNODE, args=args, env=env)
             async with Client(params, mode=mode, cache=None) as client:
-                with trio.fail_after(20):
+                with trio.fail_after(45):
                     while "fx__add" not in {t.name for t in (await client.list_tools()).tools}:
                         await trio.sleep(0.1)
                 result = await client.call_tool("fx__add", {"a": 20, "b": 22})

@@ -28,8 +28,10 @@ FX_TOOLS = {"fx__add", "fx__echo", "fx__fail", "fx__slow", "fx__progress", "fx__
 
 
 async def fednode_cli(*args: str, env: dict[str, str] | None = None,
-                      timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
-    """Run the ``fednode`` console command; nothing inherited from the test's environment but PATH."""
+                      timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    """Run the ``fednode`` console command; nothing inherited from the test's environment but PATH.
+
+    ``timeout`` is a safety net: several interpreters starting at once on a busy machine are slow."""
     with trio.fail_after(timeout):
         return await trio.run_process([FEDNODE, *args], capture_stdout=True, capture_stderr=True, check=False,
                                       stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", **(env or {})})
@@ -69,8 +71,8 @@ def mode(path: Path) -> int:
 async def node_with_fixture(client_tokens: Sequence[str] = ()) -> AsyncIterator[fednode.Node]:
     """One node on 127.0.0.1 with the fixture MCP server attached, its tools listed."""
     async with fednode.open_node(node_config("node-a", clients={"tokens": list(client_tokens)})) as node:
-        await node.add_server(fixture_server(), timeout=20)
-        await node.federation.wait_for("fx__add", timeout=10)
+        await node.add_server(fixture_server(), timeout=60)
+        await node.federation.wait_for("fx__add", timeout=30)
         yield node
 
 
@@ -156,7 +158,7 @@ class TestToolsAndCall:
     """tools lists and call calls through a node; bad input of any kind ends with one clear line."""
 
     async def test_tools_table_json_and_config(self, tmp_path: Path) -> None:
-        with trio.fail_after(60):
+        with trio.fail_after(180):
             async with node_with_fixture() as node:
                 config_file = tmp_path / "client.toml"
                 config_file.write_text(f'[node]\nid = "node-a"\ndata = "{node.data_url}"\n'
@@ -176,7 +178,7 @@ class TestToolsAndCall:
         assert out(via_config) == out(table)
 
     async def test_call_results_and_argument_parsing(self) -> None:
-        with trio.fail_after(60):
+        with trio.fail_after(180):
             async with node_with_fixture() as node:
                 url = node.data_url
                 added, echoed, flag, verbatim, merged = await fednode_many(
@@ -216,7 +218,7 @@ class TestToolsAndCall:
         assert err_line(no_target) == err_line(two_targets) == "fednode: give exactly one of --url URL or --config FILE"
 
     async def test_unknown_tool_and_tool_error(self) -> None:
-        with trio.fail_after(60):
+        with trio.fail_after(180):
             async with node_with_fixture() as node:
                 unknown, failed, failed_json = await fednode_many(
                     ("call", "fx__nope", "--url", node.data_url),
@@ -245,7 +247,7 @@ class TestToolsAndCall:
         assert stderr.splitlines()[-1].startswith(f"fednode: cannot reach {url}")
 
     async def test_client_token_required_and_checked(self, tmp_path: Path) -> None:
-        with trio.fail_after(60):
+        with trio.fail_after(180):
             async with node_with_fixture([CLIENT_TOKEN]) as node:
                 config_file = tmp_path / "node-a.toml"
                 config_file.write_text(f'[node]\nid = "node-a"\ndata = "{node.data_url}"\n[auth]\nsecret = "{SECRET}"\n'
@@ -308,10 +310,10 @@ class TestStatus:
         assert "peers: 0" in text and "servers: 0" in text and "in flight: 0" in text
 
     async def test_status_of_a_node_with_a_peer_and_a_server(self) -> None:
-        with trio.fail_after(60):
+        with trio.fail_after(180):
             async with mesh("node-a", "node-b") as nodes:
                 a = nodes["node-a"]
-                await a.add_server(fixture_server(), timeout=20)
+                await a.add_server(fixture_server(), timeout=60)
                 table, as_json = await fednode_many(("status", "--url", a.data_url),
                                                     ("status", "--url", a.mcp_url, "--json"))
         assert table.returncode == as_json.returncode == 0, (table.stderr, as_json.stderr)

@@ -28,7 +28,7 @@ from fednode._config import describe, parse_duration
 from conftest import SECRET, raw_config
 
 FEDNODE = str(Path(sys.executable).parent / "fednode")
-TIMEOUT = 30
+TIMEOUT = 120  # a safety net for CLI subprocesses; several start at once on a busy machine
 EXIT_CONFIG = 2
 
 #: A valid (>= 64 bytes) secret that is easy to spot if it ever leaks.
@@ -436,7 +436,8 @@ def full_raw() -> dict[str, Any]:
         {"id": "node-b", "control": "ws://127.0.0.1:9001"},
         {"id": "node-c"},
         {"id": "node-d", "control": "wss://peer.example:8443", "secret": PEER_SECRET},
-    ], auth={"secret": SENTINEL_SECRET}, backoff={"multiplier": 1.5}, link={"max_inflight": 7})
+    ], auth={"secret": SENTINEL_SECRET}, backoff={"multiplier": 1.5}, heartbeat={"interval": "0.2s", "timeout": "1s"},
+        link={"max_inflight": 7, "handshake_timeout": "2s"})
 
 
 class TestValidConfiguration:

@@ -141,7 +141,7 @@ def without_server_info(meta: dict[str, Any] | None) -> dict[str, Any]:
 @pytest.mark.parametrize("mode", MODES)
 async def test_lists_and_capabilities(mode: str) -> None:
     forwarder = FakeForwarder()
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder) as (_, url), client(url, mode) as c:
             assert c.protocol_version == (MODERN if mode != "legacy" else "2025-11-25")
             caps = c.server_capabilities
@@ -164,7 +164,7 @@ async def test_lists_and_capabilities(mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 async def test_tools_list_pagination(mode: str) -> None:
     forwarder = FakeForwarder(extra_tools=246)  # 250 tools: pages of 100, 100, 50
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder) as (_, url), client(url, mode) as c:
             names: list[str] = []
             pages = 0
@@ -190,7 +190,7 @@ async def test_raw_modern_results_pass_through_exactly() -> None:
     meta = {"io.modelcontextprotocol/protocolVersion": MODERN,
             "io.modelcontextprotocol/clientCapabilities": {}}
     headers = {"MCP-Protocol-Version": MODERN, "Accept": "application/json, text/event-stream"}
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder) as (_, url), httpx2.AsyncClient() as http:
             async def post(method: str, params: dict[str, Any], name: str | None = None) -> dict[str, Any]:
                 extra = {"Mcp-Method": method} | ({"Mcp-Name": name} if name else {})
@@ -222,7 +222,7 @@ async def test_raw_modern_results_pass_through_exactly() -> None:
 @pytest.mark.parametrize("mode", MODES)
 async def test_call_tool_returns_the_raw_result(mode: str) -> None:
     forwarder = FakeForwarder()
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder) as (_, url), client(url, mode) as c:
             result = dump(await c.call_tool("echo", {"text": "hi"}))
             assert result["content"] == ECHO_RESULT["content"]
@@ -244,7 +244,7 @@ async def test_call_tool_returns_the_raw_result(mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 async def test_errors_keep_their_code(mode: str) -> None:
     forwarder = FakeForwarder()
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder) as (_, url), client(url, mode) as c:
             with pytest.raises(MCPError) as info:
                 await c.call_tool("nope", {})
@@ -262,7 +262,7 @@ async def test_errors_keep_their_code(mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 async def test_prompts_resources_completion(mode: str) -> None:
     forwarder = FakeForwarder()
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder) as (_, url), client(url, mode) as c:
             prompt = dump(await c.get_prompt("greet", {"who": "world"}))
             assert prompt["messages"] == PROMPT_RESULT["messages"]
@@ -284,7 +284,7 @@ async def test_progress_reaches_the_client(mode: str) -> None:
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append((progress, total, message))
 
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder) as (_, url), client(url, mode) as c:
             result = await c.call_tool("progress", {}, progress_callback=on_progress)
             assert dump(result)["content"] == [{"type": "text", "text": "done"}]
@@ -298,9 +298,9 @@ async def test_progress_reaches_the_client(mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 async def test_client_cancel_cancels_forward(mode: str) -> None:
     forwarder = FakeForwarder()
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder) as (_, url), client(url, mode) as c:
-            with trio.move_on_after(5) as scope:
+            with trio.move_on_after(30) as scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(c.call_tool, "slow", {})
                     await forwarder.slow_started.wait()
@@ -314,11 +314,17 @@ async def test_client_cancel_cancels_forward(mode: str) -> None:
 @pytest.mark.parametrize("mode", ["legacy", MODERN])
 async def test_client_timeout_cancels_forward(mode: str) -> None:
     forwarder = FakeForwarder()
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder) as (_, url), client(url, mode) as c:
-            with pytest.raises(MCPError) as info:
-                await c.call_tool("slow", {}, read_timeout_seconds=0.3)
-            assert info.value.code == mcp_types.REQUEST_TIMEOUT
+            # The client's timeout must expire while the call is being forwarded: on a busy
+            # machine it may not even have started within 0.3 s, so then try a longer one.
+            for limit in (0.3, 2.0, 8.0):
+                forwarder.slow_started, forwarder.slow_cancelled = trio.Event(), trio.Event()
+                with pytest.raises(MCPError) as info:
+                    await c.call_tool("slow", {}, read_timeout_seconds=limit)
+                assert info.value.code == mcp_types.REQUEST_TIMEOUT
+                if forwarder.slow_started.is_set():
+                    break
             await forwarder.slow_cancelled.wait()
 
 
@@ -337,7 +343,7 @@ async def test_list_changed_reaches_legacy_client() -> None:
             if method == "notifications/tools/list_changed":
                 arrived.set()
 
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder) as (edge, url), client(url, "legacy", message_handler=on_message):
             while len(edge.legacy_sessions) != 1:  # notifications/initialized is processed asynchronously
                 await trio.sleep(0.01)
@@ -358,7 +364,7 @@ async def test_list_changed_reaches_legacy_client() -> None:
 
 async def test_list_changed_reaches_modern_listener() -> None:
     forwarder = FakeForwarder()
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder) as (edge, url), client(url, MODERN) as c, \
                 c.listen(tools_list_changed=True) as subscription:
             await edge.notify_list_changed(["prompts", "tools"])  # prompts: not subscribed, not delivered
@@ -372,7 +378,7 @@ async def test_list_changed_reaches_modern_listener() -> None:
 
 async def test_healthz_and_client_tokens() -> None:
     forwarder = FakeForwarder()
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder, client_tokens=["token-one", "token-two"]) as (_, url):
             base = url.removesuffix("/mcp")
             async with httpx2.AsyncClient() as http:
@@ -397,7 +403,7 @@ async def test_foreign_host_and_origin_rejected() -> None:
                   "params": {"protocolVersion": "2025-11-25", "capabilities": {},
                              "clientInfo": {"name": "raw", "version": "0"}}}
     accept = {"Accept": "application/json, text/event-stream"}
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder) as (_, url), httpx2.AsyncClient() as http:
             response = await http.post(url, json=initialize, headers=accept | {"Host": "evil.example:80"})
             assert response.status_code == 421
@@ -412,7 +418,7 @@ async def test_foreign_host_and_origin_rejected() -> None:
 
 async def test_serve_http_stops_promptly_when_cancelled() -> None:
     edge = MCPEdge(FakeForwarder(), name="edge-test", version="9.9.9")
-    with trio.fail_after(5):
+    with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(edge.serve_http, "127.0.0.1", 0)
             assert port > 0
@@ -458,7 +464,7 @@ async def test_stdio(mode: str) -> None:
             done.set()
 
     try:
-        with trio.fail_after(15):
+        with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run_server)
                 transport = stdio_server(anyio.wrap_file(files["client_in_r"]), anyio.wrap_file(files["client_out_w"]))
@@ -574,7 +580,7 @@ async def test_event_store_is_bounded_by_count_and_size() -> None:
 async def test_connection_ends_after_a_complete_response(mode: str) -> None:
     """The node closes a `Connection: close` exchange, and arms keep-alive otherwise, in both eras."""
     forwarder = FakeForwarder()
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with running_edge(forwarder) as (_, url):
             host, port = url.removeprefix("http://").split("/")[0].split(":")
             if mode == MODERN:
@@ -594,7 +600,7 @@ async def test_connection_ends_after_a_complete_response(mode: str) -> None:
             async with stream:
                 await stream.send_all(request)
                 received = b""
-                with trio.fail_after(5):  # without the fix: open until the client leaves
+                with trio.fail_after(30):  # without the fix: open until the client leaves
                     while chunk := await stream.receive_some(65536):
                         received += chunk
             assert received.startswith(b"HTTP/1.1 200") and b'"id":1' in received

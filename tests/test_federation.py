@@ -49,7 +49,8 @@ async def topology(edges: Iterable[tuple[str, str]], policies: dict[tuple[str, s
         yield nodes
 
 
-async def eventually(check: Any, timeout: float = 5.0) -> None:
+async def eventually(check: Any, timeout: float = 30.0) -> None:
+    """Wait until ``check()`` holds; ``timeout`` is only a safety net (a busy machine is slow)."""
     with trio.fail_after(timeout):
         while not check():
             await trio.sleep(0.01)
@@ -69,7 +70,7 @@ class TestPropagation:
     """A server attached anywhere shows up everywhere, with a loop-free path, and leaves when it goes."""
 
     async def test_chain(self) -> None:
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with topology([("node-a", "node-b"), ("node-b", "node-c")]) as nodes:
                 a, c = nodes["node-a"], nodes["node-c"]
                 c.federation.set_local_catalog("time", tools("now", "zone"))
@@ -87,13 +88,14 @@ class TestPropagation:
                 await eventually(lambda: names(a) == set() and names(nodes["node-b"]) == set())
 
     async def test_link_loss_withdraws_at_once_and_heals(self) -> None:
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with topology([("node-a", "node-b"), ("node-b", "node-c")]) as nodes:
                 a, b, c = nodes["node-a"], nodes["node-b"], nodes["node-c"]
                 c.federation.set_local_catalog("time", tools("now"))
                 await eventually(lambda: names(a) == {"time__now"})
                 await b.remove_peer("node-c")
-                await eventually(lambda: names(a) == set(), timeout=2)
+                # At once: well within the 30 s heartbeat timeout, the other way a loss is noticed.
+                await eventually(lambda: names(a) == set(), timeout=15)
                 await c.remove_peer("node-b")
                 await c.register_peer(fednode.PeerConfig(id="node-b"), wait=False)
                 await b.register_peer(fednode.PeerConfig(id="node-c", control=c.control_url))
@@ -101,7 +103,7 @@ class TestPropagation:
 
     async def test_ring_of_four_is_loop_free(self) -> None:
         ring = [("node-a", "node-b"), ("node-b", "node-c"), ("node-c", "node-d"), ("node-a", "node-d")]
-        with trio.fail_after(30):
+        with trio.fail_after(60):
             async with topology(ring) as nodes:
                 for node_id, node in nodes.items():
                     node.federation.set_local_catalog(f"s-{node_id[-1]}", tools("t"))
@@ -122,7 +124,7 @@ class TestPropagation:
     async def test_full_mesh_of_five_prefers_direct_routes(self) -> None:
         ids = [f"node-{i}" for i in "abcde"]
         edges = [(x, y) for i, x in enumerate(ids) for y in ids[i + 1:]]
-        with trio.fail_after(30):
+        with trio.fail_after(60):
             async with topology(edges) as nodes:
                 for node_id, node in nodes.items():
                     node.federation.set_local_catalog(f"s-{node_id[-1]}", tools("t"))
@@ -138,7 +140,7 @@ class TestPolicy:
 
     async def test_export_and_import(self) -> None:
         policies = {("node-b", "node-a"): {"export": ["public"]}, ("node-b", "node-c"): {"import_": ["time"]}}
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with topology([("node-a", "node-b"), ("node-b", "node-c")], policies) as nodes:
                 a, b, c = nodes["node-a"], nodes["node-b"], nodes["node-c"]
                 b.federation.set_local_catalog("public", tools("p"))
@@ -147,25 +149,29 @@ class TestPolicy:
                 c.federation.set_local_catalog("secret", tools("s"))
                 await eventually(lambda: names(b) == {"public__p", "private__q", "time__now"})
                 await eventually(lambda: names(c) == {"public__p", "private__q", "time__now", "secret__s"})
-                await trio.sleep(0.3)
-                assert names(a) == {"public__p"}  # b exports only "public" to a (not even c's "time")
+                # A change b then makes to "public" reaches a after anything b would have leaked.
+                b.federation.set_local_catalog("public", tools("p", "marker"))
+                await eventually(lambda: "public__marker" in names(a))
+                assert names(a) == {"public__p", "public__marker"}  # only "public" (not even c's "time")
 
     async def test_no_transit(self) -> None:
         policies = {("node-b", "node-a"): {"transit": False}}
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with topology([("node-a", "node-b"), ("node-b", "node-c")], policies) as nodes:
                 nodes["node-b"].federation.set_local_catalog("own", tools("o"))
                 nodes["node-c"].federation.set_local_catalog("far", tools("f"))
                 await eventually(lambda: names(nodes["node-b"]) == {"own__o", "far__f"})
-                await trio.sleep(0.3)
-                assert names(nodes["node-a"]) == {"own__o"}
+                # A change b then makes to its own server reaches a after anything b would have leaked.
+                nodes["node-b"].federation.set_local_catalog("own", tools("o", "marker"))
+                await eventually(lambda: "own__marker" in names(nodes["node-a"]))
+                assert names(nodes["node-a"]) == {"own__o", "own__marker"}
 
 
 class TestNames:
     """Replicas merge into one entry; different servers claiming one name both stay reachable."""
 
     async def test_replicas_and_conflicts(self) -> None:
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with topology([("node-a", "node-b"), ("node-b", "node-c")]) as nodes:
                 a, b, c = nodes["node-a"], nodes["node-b"], nodes["node-c"]
                 b.federation.set_local_catalog("time", tools("now"))
@@ -193,7 +199,7 @@ class TestNames:
             return {"origin": "node-b", "server": server, "prefix": prefix, "path": ["node-b"], "digest": server,
                     "catalog": {"tools": [{"name": tool, "inputSchema": {"type": "object"}}]}}
 
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with topology([("node-a", "node-b")]) as nodes:
                 a, b = nodes["node-a"], nodes["node-b"]
                 b.federation.set_local_catalog("zz", tools("now"))
@@ -211,7 +217,7 @@ class TestNames:
                 assert any("'loc__x'" in conflict for conflict in a.federation.conflicts)
 
     async def test_definitions_a_client_cannot_accept_are_dropped(self) -> None:
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with topology([("node-a", "node-b")]) as nodes:
                 a, b = nodes["node-a"], nodes["node-b"]
                 bad = Catalog(tools=({"name": "good", "inputSchema": {"type": "object"}}, {"name": "no_schema"},
@@ -235,7 +241,7 @@ class TestLargeCatalogs:
     """Catalogs larger than one frame travel in several frames and are swapped in whole."""
 
     async def test_big_catalog_crosses_in_several_frames(self) -> None:
-        with trio.fail_after(30):
+        with trio.fail_after(60):
             async with topology([("node-a", "node-b")]) as nodes:
                 a, b = nodes["node-a"], nodes["node-b"]
                 big = "x" * 2000
@@ -243,7 +249,7 @@ class TestLargeCatalogs:
                     b.federation.set_local_catalog(f"s{i}", Catalog(tools=tuple(
                         {"name": f"t{j}", "description": big, "inputSchema": {"type": "object"}}
                         for j in range(150))))
-                await eventually(lambda: len(names(a)) == 8 * 150, timeout=20)
+                await eventually(lambda: len(names(a)) == 8 * 150)
                 # A server whose catalog grows past a frame is withdrawn (with a clear log line), not left
                 # stale at the peer, and comes back once it fits again.
                 b.federation.set_local_catalog("huge", tools("small"))
@@ -260,7 +266,7 @@ class TestSlowPeers:
     """A peer that takes its advertisements slowly (or never) holds up only its own updates."""
 
     async def test_a_stuck_peer_delays_only_itself(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with topology([("node-a", "node-b"), ("node-a", "node-c")]) as nodes:
                 a, b = nodes["node-a"], nodes["node-b"]
                 a.federation.set_local_catalog("s0", tools("t"))
@@ -283,7 +289,7 @@ class TestEnforcement:
 
     async def test_forward_to_unexported_server_is_refused(self) -> None:
         policies = {("node-b", "node-a"): {"export": ["public"]}}
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with topology([("node-a", "node-b")], policies) as nodes:
                 a, b = nodes["node-a"], nodes["node-b"]
                 b.federation.set_local_catalog("public", tools("p"))
@@ -292,7 +298,7 @@ class TestEnforcement:
                 forged = {"origin": "node-b", "server": "private", "method": "tools/call",
                           "params": {"name": "q", "arguments": {}}, "timeout": 5, "trace": ["node-a"]}
                 with pytest.raises(fednode.RemoteError) as info:
-                    await a.request("node-b", "fed/forward", forged, timeout=5)
+                    await a.request("node-b", "fed/forward", forged, timeout=30)
                 assert info.value.code == -32602 and "not offered" in info.value.remote_message
 
 
@@ -304,7 +310,7 @@ class TestLimits:
 
         monkeypatch.setattr(_federation, "MAX_ITEMS_PER_PEER", 10)
         monkeypatch.setattr(_federation, "MAX_CATALOG_BYTES_PER_PEER", 2000)
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with topology([("node-a", "node-b")]) as nodes:
                 a, b = nodes["node-a"], nodes["node-b"]
                 for i in range(4):  # 4 x 3 items: the fourth server would make 12 > 10
@@ -320,14 +326,17 @@ class TestLimits:
         from fednode import _federation
 
         monkeypatch.setattr(_federation, "MAX_ROUTES_PER_PEER", 5)
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             async with topology([("node-a", "node-b")]) as nodes:
                 a, b = nodes["node-a"], nodes["node-b"]
                 for i in range(8):
                     b.federation.set_local_catalog(f"s{i}", tools("t"))
                 await eventually(lambda: len(a.federation.learned.get("node-b", {})) == 5)
-                await trio.sleep(0.2)
-                assert len(a.federation.learned["node-b"]) == 5 and len(names(a)) == 5
+                # A change to an accepted server reaches a after the routes b advertised before it.
+                _, kept = sorted(a.federation.learned["node-b"])[0]
+                b.federation.set_local_catalog(kept, tools("t", "marker"))
+                await eventually(lambda: f"{kept}__marker" in names(a))
+                assert len(a.federation.learned["node-b"]) == 5 and len(names(a)) == 6
                 # A peer advertising far more is refused, and cannot make the log say so without bound.
                 flood = [{"origin": "node-b", "server": f"x{i}", "prefix": "x", "path": ["node-b"], "digest": "d",
                           "catalog": {"tools": [{"name": "t"}]}} for i in range(500)]  # invalid as well

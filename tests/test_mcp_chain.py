@@ -47,12 +47,20 @@ async def chain(backoff: dict[str, Any] | None = None, jitter: Any = None, mcp: 
             await nodes[left].register_peer(fednode.PeerConfig(id=f"node-{right}", control=nodes[right].control_url))
         for where, configs in servers.items():
             for config in configs:
-                await nodes[where].add_server(config, timeout=20)
+                await nodes[where].add_server(config, timeout=60)
         yield {f"node-{i}": node for i, node in nodes.items()}
 
 
-async def until_listed(node: fednode.Node, *names: str, timeout: float = 10) -> None:
+async def until_listed(node: fednode.Node, *names: str, timeout: float = 30) -> None:
     await node.federation.wait_for(*names, timeout=timeout)
+
+
+async def until_started(marker: Path) -> None:
+    """Wait until the fixture's ``slow`` tool has started (the call reached the server)."""
+    started = trio.Path(f"{marker}.started")
+    with trio.fail_after(30):
+        while not await started.exists():
+            await trio.sleep(0.02)
 
 
 def dump(model: Any) -> dict[str, Any]:
@@ -115,7 +123,7 @@ class TestThroughTheChain:
                     assert info.value.error.code == -32602 and "nope__nothing" in info.value.error.message
                     # The owning node becomes unreachable: a clear error, at once.
                     await nodes["node-b"].remove_peer("node-c")
-                    with trio.fail_after(5):
+                    with trio.fail_after(15):  # well below the 30 s heartbeat timeout
                         while "fx__add" in a.federation.entries["tools"]:
                             await trio.sleep(0.02)
                     with pytest.raises(MCPError) as info:
@@ -134,10 +142,10 @@ class TestServersAtRuntime:
         with trio.fail_after(60):
             async with chain() as nodes:
                 a, c = nodes["node-a"], nodes["node-c"]
-                await c.add_server(fixture_server("late"), timeout=20)
+                await c.add_server(fixture_server("late"), timeout=60)
                 await until_listed(a, "late__add")
                 await c.remove_server("late")
-                with trio.fail_after(5):
+                with trio.fail_after(30):
                     while "late__add" in a.federation.entries["tools"]:
                         await trio.sleep(0.02)
 
@@ -170,10 +178,18 @@ class TestProgressAndCancellation:
                 async with Client(a.mcp_url, mode="legacy", cache=None) as client:
                     # The session's own connection to the server opens on first use (a process start).
                     await client.call_tool("fx__add", {"a": 1, "b": 1})
-                    with pytest.raises(MCPError):
-                        await client.call_tool("fx__slow", {"seconds": 30, "marker": str(marker)},
-                                               read_timeout_seconds=0.5)
-                with trio.fail_after(10):
+                    # The client gives up once the call is running at the server (a fixed timeout
+                    # could expire before the call got there on a busy machine).
+                    with trio.CancelScope() as scope:
+                        async with trio.open_nursery() as nursery:
+                            async def give_up_once_started() -> None:
+                                await until_started(marker)
+                                scope.cancel()
+
+                            nursery.start_soon(give_up_once_started)
+                            await client.call_tool("fx__slow", {"seconds": 30, "marker": str(marker)})
+                    assert scope.cancelled_caught
+                with trio.fail_after(30):
                     while not marker.exists():
                         await trio.sleep(0.05)
                 assert marker.read_text() == "cancelled"
@@ -230,9 +246,10 @@ class TestFaults:
                     nursery.cancel_scope.cancel()
 
     async def test_killed_server_fails_fast_and_restarts(self) -> None:
-        # A fixed 1 s restart delay (no jitter), so the server is surely down when the call arrives.
-        with trio.fail_after(60):
-            async with chain(c=[fixture_server()], backoff={"initial": "1s", "max": "1s"},
+        # A fixed 10 s restart delay (no jitter), so the server is surely down when the call arrives,
+        # even on a busy machine.
+        with trio.fail_after(90):
+            async with chain(c=[fixture_server()], backoff={"initial": "10s", "max": "10s"},
                              jitter=lambda cap: cap) as nodes:
                 a, c = nodes["node-a"], nodes["node-c"]
                 await until_listed(a, "fx__add")
@@ -242,37 +259,38 @@ class TestFaults:
                 # 2026-07-28 clients share the server's main connection (legacy sessions get their own).
                 async with Client(a.mcp_url, mode="2026-07-28", cache=None) as client:
                     os.kill(pid, signal.SIGKILL)
-                    with trio.fail_after(5):
+                    with trio.fail_after(30):
                         while upstream.state == "up":
                             await trio.sleep(0.01)
                     start = trio.current_time()
                     with pytest.raises(MCPError) as info:
                         await client.call_tool("fx__add", {"a": 1, "b": 1})
                     assert info.value.error.code == -32051 and "down" in info.value.error.message
-                    assert trio.current_time() - start < 1
+                    assert trio.current_time() - start < 10  # not held until the restart
                     # The server restarts after the backoff and works again.
-                    with trio.fail_after(20):
+                    with trio.fail_after(60):
                         while upstream.state != "up" or upstream.pid == pid:
                             await trio.sleep(0.05)
                     result = await client.call_tool("fx__add", {"a": 1, "b": 1})
                     assert not result.is_error and upstream.restarts == 1
 
     async def test_node_death_withdraws_its_tools_within_the_heartbeat_timeout(self) -> None:
-        with trio.fail_after(60):
+        heartbeat = {"interval": "0.5s", "timeout": "5s"}
+        with trio.fail_after(90):
             async with AsyncExitStack() as stack:
-                a = await stack.enter_async_context(fednode.open_node(node_config("node-a")))
-                b = await stack.enter_async_context(fednode.open_node(node_config("node-b")))
+                a = await stack.enter_async_context(fednode.open_node(node_config("node-a", heartbeat=heartbeat)))
+                b = await stack.enter_async_context(fednode.open_node(node_config("node-b", heartbeat=heartbeat)))
                 c_scope = trio.CancelScope()
                 c_ready: list[fednode.Node] = []
                 gone = trio.Event()
 
                 async def run_c() -> None:
                     with c_scope:
-                        async with fednode.open_node(node_config("node-c")) as c:
+                        async with fednode.open_node(node_config("node-c", heartbeat=heartbeat)) as c:
                             c_ready.append(c)
                             await c.register_peer(fednode.PeerConfig(id="node-b"), wait=False)
                             await b.register_peer(fednode.PeerConfig(id="node-c", control=c.control_url))
-                            await c.add_server(fixture_server(), timeout=20)
+                            await c.add_server(fixture_server(), timeout=60)
                             await trio.sleep_forever()
                     gone.set()
 
@@ -280,7 +298,7 @@ class TestFaults:
                 await a.register_peer(fednode.PeerConfig(id="node-b", control=b.control_url))
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(run_c)
-                    await until_listed(a, "fx__add", timeout=30)
+                    await until_listed(a, "fx__add", timeout=60)
                     # A silent death: node-c's links stop answering (its heartbeat tasks are frozen by
                     # cancelling it without a close, from node-b's point of view the link just dies).
                     supervisor = b.supervisor("node-c")
@@ -292,15 +310,15 @@ class TestFaults:
                             await trio.sleep(0.01)
                     assert trio.current_time() - start < a.config.heartbeat.timeout + 1
                     # ... and the tools return with the node.
-                    await until_listed(a, "fx__add", timeout=20)
+                    await until_listed(a, "fx__add", timeout=60)
                     c_scope.cancel()
 
     async def test_replica_failover(self) -> None:
         with trio.fail_after(60):
             async with chain(b=[fixture_server()], c=[fixture_server()]) as nodes:
                 a, b = nodes["node-a"], nodes["node-b"]
-                await a.federation.wait_for("fx__add")
-                with trio.fail_after(10):
+                await a.federation.wait_for("fx__add", timeout=30)
+                with trio.fail_after(30):
                     while a.federation.entries["tools"]["fx__add"].origins != ("node-b", "node-c"):
                         await trio.sleep(0.02)
                 async with Client(a.mcp_url, mode="legacy", cache=None) as client:
@@ -312,21 +330,25 @@ class TestFaults:
                     assert a.federation.entries["tools"]["fx__add"].origins == ("node-c",)
 
     async def test_in_flight_request_fails_at_once_when_its_route_dies(self, tmp_path: Path) -> None:
-        with trio.fail_after(60):
+        marker = tmp_path / "slow"
+        with trio.fail_after(90):
             async with chain(c=[fixture_server()]) as nodes:
                 a, b = nodes["node-a"], nodes["node-b"]
                 await until_listed(a, "fx__slow")
                 async with Client(a.mcp_url, mode="legacy", cache=None) as client:
-                    async def cut_soon() -> None:
-                        await trio.sleep(0.5)
+                    cut: list[float] = []
+
+                    async def cut_once_started() -> None:
+                        await until_started(marker)
+                        cut.append(trio.current_time())
                         await b.remove_peer("node-a")
 
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(cut_soon)
-                        start = trio.current_time()
+                        nursery.start_soon(cut_once_started)
                         with pytest.raises(MCPError) as info:
-                            await client.call_tool("fx__slow", {"seconds": 30})
-                        assert trio.current_time() - start < 3  # not the 30 s of the tool, nor the deadline
+                            await client.call_tool("fx__slow", {"seconds": 60, "marker": str(marker)})
+                        # not the 60 s of the tool, nor the 60 s deadline, nor the 30 s heartbeat timeout
+                        assert trio.current_time() - cut[0] < 20
                     assert info.value.error.code == -32050
 
 
@@ -382,7 +404,7 @@ class TestEmbedding:
         with trio.fail_after(60):
             async with chain() as nodes:
                 a, c = nodes["node-a"], nodes["node-c"]
-                await c.add_server(fednode.ServerConfig(id="emb"), server=app, timeout=20)
+                await c.add_server(fednode.ServerConfig(id="emb"), server=app, timeout=60)
                 assert c.servers()["emb"].pid is None
                 await until_listed(a, "emb__shout")
                 async with Client(a.mcp_url, mode="legacy", cache=None) as client:
@@ -440,7 +462,8 @@ class TestAskingTheClient:
 class TestLegacySessions:
     """A legacy client session has its own log level and log messages at a server two hops away."""
 
-    async def test_a_full_pool_never_closes_a_busy_connection(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def test_a_full_pool_never_closes_a_busy_connection(self, monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
         from fednode import _sessions
 
         monkeypatch.setattr(_sessions, "MAX_SESSION_UPSTREAMS", 1)
@@ -451,19 +474,21 @@ class TestLegacySessions:
                 async with Client(a.mcp_url, mode="legacy", cache=None) as first, \
                         Client(a.mcp_url, mode="legacy", cache=None) as second:
                     done: list[bool] = []
+                    marker, release = tmp_path / "slow", tmp_path / "release"
 
                     async def long_call() -> None:
-                        result = await first.call_tool("fx__slow", {"seconds": 2})
+                        # Runs until released, so it is surely in flight while the second session asks.
+                        result = await first.call_tool("fx__slow", {"seconds": 60, "marker": str(marker),
+                                                                    "release": str(release)})
                         done.append(not result.is_error)
 
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(long_call)
-                        held = nodes["node-b"].federation.sessions._held
-                        while not any(h.upstream.busy for h in held.values()):  # the call is in flight there
-                            await trio.sleep(0.02)
+                        await until_started(marker)  # the call is in flight there
                         with pytest.raises(MCPError) as info:
                             await second.call_tool("fx__add", {"a": 1, "b": 2})
                         assert info.value.error.code == -32004 and "busy" in info.value.error.message
+                        release.write_text("go")
                     assert done == [True]  # not cut off to make room
                     # Once the first connection is idle, it makes room for the second session.
                     result = await second.call_tool("fx__add", {"a": 1, "b": 2})
@@ -525,7 +550,7 @@ class TestLegacySessions:
                     await two.call_tool("conf__test_simple_text", {})
                     assert second == []
                     assert len(c.federation.sessions._held) == 2  # one connection per client session
-                with trio.fail_after(10):  # and they close with the client sessions
+                with trio.fail_after(30):  # and they close with the client sessions
                     while c.federation.sessions._held:
                         await trio.sleep(0.05)
 
@@ -555,7 +580,7 @@ class TestParkedCalls:
                     with pytest.raises(MCPError, match="did not declare the elicitation capability"):
                         await mute.call_tool("old__ask", {"question": "Anyone?"})
                 assert asked == ["The answer?"]
-                with trio.fail_after(5):
+                with trio.fail_after(30):
                     while c.federation.parking._parked:
                         await trio.sleep(0.02)
 
@@ -597,7 +622,7 @@ class TestParkedCalls:
                 assert len(solos) == 2 and all(pids)
                 await c.remove_server("old")
                 assert c.federation.parking.solo_connections("old") == []
-                with trio.fail_after(10):
+                with trio.fail_after(30):
                     while any(_alive(pid) for pid in pids if pid is not None):
                         await trio.sleep(0.05)
 

@@ -46,7 +46,7 @@ class TestTLS:
         cert, key = self_signed(tmp_path, "node-b")
         b_config = node_config("node-b", peers=[{"id": "node-a"}],
                                node={"control": "wss://127.0.0.1:0"}, tls={"cert": str(cert), "key": str(key)})
-        with trio.fail_after(15):
+        with trio.fail_after(60):
             async with fednode.open_node(b_config) as b:
                 assert b.control_url.startswith("wss://127.0.0.1:")
                 async with fednode.open_node(node_config("node-a", tls={"ca": str(cert)})) as a:
@@ -58,7 +58,7 @@ class TestTLS:
         other, _ = self_signed(tmp_path, "other")
         b_config = node_config("node-b", peers=[{"id": "node-a"}],
                                node={"control": "wss://127.0.0.1:0"}, tls={"cert": str(cert), "key": str(key)})
-        with trio.fail_after(15):
+        with trio.fail_after(60):
             async with fednode.open_node(b_config) as b, \
                     fednode.open_node(node_config("node-a", tls={"ca": str(other)})) as a:
                 with pytest.raises(fednode.PeerConnectError, match="CERTIFICATE_VERIFY_FAILED"):
@@ -71,7 +71,7 @@ class TestTLS:
 
         cert, key = self_signed(tmp_path, "node-a")
         config = node_config("node-a", node={"data": "https://127.0.0.1:0"}, tls={"cert": str(cert), "key": str(key)})
-        with trio.fail_after(15):
+        with trio.fail_after(60):
             async with fednode.open_node(config) as a:
                 assert a.data_url.startswith("https://127.0.0.1:")
                 async with httpx2.AsyncClient(verify=ssl.create_default_context(cafile=str(cert))) as http:

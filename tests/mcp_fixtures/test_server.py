@@ -6,6 +6,7 @@ Run it as a subprocess::
                                              [--stubborn] [--spawn-child] [--leak-stdout]
                                              [--exit-after SECONDS] [--noise] [--refuse-log-level]
                                              [--http PORT] [--freezable]
+                                             [--slow-start SECONDS]
 
 It speaks both protocol eras (the SDK picks the era from the client's first request) over stdio, or
 Streamable HTTP on 127.0.0.1 with ``--http`` (it then prints ``url <URL>`` on stdout once listening;
@@ -16,7 +17,8 @@ lists and fixes the handshake-era ``listChanged`` capabilities to false; this fi
 list (``--page-size``, default 4) so that a client's cursor handling is always exercised.
 
 Tools: ``add(a, b)`` (text and structured output), ``echo(text)``, ``fail()`` (an ``isError``
-result), ``slow(seconds, marker?)`` (sleeps; writes ``cancelled`` or ``completed`` to ``marker``),
+result), ``slow(seconds, marker?, release?)`` (sleeps; writes ``started`` to ``<marker>.started``
+at once, then ``cancelled`` or ``completed`` to ``marker``; ends early once the file ``release`` exists),
 ``progress(steps)`` (one progress notification per step), ``grow()`` (registers a new tool at run
 time and announces it with ``tools/list_changed``), ``pid()``, ``task_status()`` (sends a
 ``notifications/tasks/status`` on the request's stream), ``meta()`` (the request's ``_meta``
@@ -44,6 +46,8 @@ Options that make it misbehave on purpose:
 
 ``--legacy-only`` with ``--http`` answers requests of the 2026-07-28 era with HTTP 400, as a server
 from before that era does.
+- ``--slow-start SECONDS``: answer ``server/discover``, ``initialize`` and the first page of each
+  list only that long after receiving them (a server starting up on a busy machine); stdio only.
 """
 
 from __future__ import annotations
@@ -112,8 +116,9 @@ class Fixture:
                   output={"type": "object", "properties": {"result": {"type": "number"}}, "required": ["result"]}),
             _tool("echo", "Echo the text back.", {"text": {"type": "string"}}, ["text"]),
             _tool("fail", "Always fails (an isError result).", {}),
-            _tool("slow", "Sleep; writes 'cancelled' or 'completed' to marker.",
-                  {"seconds": {"type": "number"}, "marker": {"type": "string"}}, ["seconds"]),
+            _tool("slow", "Sleep; writes 'cancelled' or 'completed' to marker; ends early once release exists.",
+                  {"seconds": {"type": "number"}, "marker": {"type": "string"}, "release": {"type": "string"}},
+                  ["seconds"]),
             _tool("progress", "Report progress once per step.", {"steps": {"type": "integer"}}, ["steps"]),
             _tool("grow", "Register a new tool and announce it.", {}),
             _tool("pid", "This server's process id.", {}),
@@ -178,7 +183,7 @@ class Fixture:
             case "fail":
                 return types.CallToolResult(content=_text("it failed"), is_error=True)
             case "slow":
-                return await self.slow(float(args["seconds"]), args.get("marker"))
+                return await self.slow(float(args["seconds"]), args.get("marker"), args.get("release"))
             case "progress":
                 steps = int(args["steps"])
                 for step in range(1, steps + 1):
@@ -218,9 +223,14 @@ class Fixture:
                 return types.CallToolResult(content=_text(name))
         raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}", data={"tool": params.name})
 
-    async def slow(self, seconds: float, marker: str | None) -> types.CallToolResult:
+    async def slow(self, seconds: float, marker: str | None, release: str | None) -> types.CallToolResult:
+        if marker:
+            # A positive signal for tests: the call has reached the server (and may now be cancelled).
+            Path(f"{marker}.started").write_text("started")  # noqa: ASYNC240 - a tiny local file
         try:
-            await anyio.sleep(seconds)
+            with anyio.move_on_after(seconds):
+                while not (release and Path(release).exists()):  # noqa: ASYNC240 - a tiny local file
+                    await anyio.sleep(0.02)
         except anyio.get_cancelled_exc_class():
             if marker:
                 # Synchronous on purpose: any await here would be cancelled at once.
@@ -273,12 +283,21 @@ class Fixture:
             NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True))
 
 
-async def _refuse_discover(source: Any, sink: Any, write: Any) -> None:
-    """Relay client messages to the server, answering ``server/discover`` with -32601 ourselves."""
+#: The requests that ``--slow-start`` holds back: the handshake and the first page of each list.
+_START_UP = frozenset({"server/discover", "initialize", "tools/list", "prompts/list", "resources/list",
+                       "resources/templates/list"})
+
+
+async def _front(source: Any, sink: Any, write: Any, legacy_only: bool, slow_start: float) -> None:
+    """Relay client messages to the server, in order. ``legacy_only``: answer ``server/discover``
+    with -32601 ourselves. ``slow_start``: hold start-up requests back that many seconds first."""
     async with sink:
         async for item in source:
             message = item.message if isinstance(item, SessionMessage) else None
-            if isinstance(message, types.JSONRPCRequest) and message.method == "server/discover":
+            if (slow_start and isinstance(message, types.JSONRPCRequest) and message.method in _START_UP
+                    and not (message.params or {}).get("cursor")):
+                await anyio.sleep(slow_start)
+            if legacy_only and isinstance(message, types.JSONRPCRequest) and message.method == "server/discover":
                 error = types.ErrorData(code=types.METHOD_NOT_FOUND, message="Method not found")
                 try:
                     await write.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error)))
@@ -288,12 +307,12 @@ async def _refuse_discover(source: Any, sink: Any, write: Any) -> None:
             await sink.send(item)
 
 
-async def serve_stdio(fixture: Fixture, legacy_only: bool, stubborn: bool) -> None:
+async def serve_stdio(fixture: Fixture, legacy_only: bool, stubborn: bool, slow_start: float) -> None:
     async with stdio_server() as (read, write):
-        if legacy_only:
+        if legacy_only or slow_start:
             sink, relayed = anyio.create_memory_object_stream[Any](0)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_refuse_discover, read, sink, write)
+                tg.start_soon(_front, read, sink, write, legacy_only, slow_start)
                 await fixture.server.run(relayed, write, fixture.init_options())
         else:
             await fixture.server.run(read, write, fixture.init_options())
@@ -379,6 +398,7 @@ def main() -> None:
     parser.add_argument("--refuse-log-level", action="store_true")
     parser.add_argument("--http", type=int, default=None, metavar="PORT")
     parser.add_argument("--freezable", action="store_true")
+    parser.add_argument("--slow-start", type=float, default=0.0, metavar="SECONDS")
     args = parser.parse_args()
 
     print(f"fixture {args.name} starting", file=sys.stderr, flush=True)
@@ -400,7 +420,7 @@ def main() -> None:
     if args.http is not None:
         trio.run(serve_http, fixture, args.http, args.legacy_only)
     else:
-        trio.run(serve_stdio, fixture, args.legacy_only, args.stubborn)
+        trio.run(serve_stdio, fixture, args.legacy_only, args.stubborn, args.slow_start)
 
 
 if __name__ == "__main__":
