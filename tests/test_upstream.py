@@ -81,6 +81,26 @@ async def running(config: ServerConfig, *, ready: bool = True) -> AsyncIterator[
         nursery.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def http_fixture(*extra: str) -> AsyncIterator[tuple[trio.Process, str]]:
+    """The fixture serving Streamable HTTP on 127.0.0.1 (any free port): its process and URL; killed on exit."""
+    process = await trio.lowlevel.open_process([sys.executable, FIXTURE, "--http", "0", *extra],
+                                               stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = await process.stdout.receive_some(1024)
+            assert chunk, "the HTTP fixture exited"
+            line += chunk
+        url = line.decode().split()[1]
+        assert url.startswith("http://127.0.0.1:")
+        yield process, url
+    finally:
+        process.kill()
+        await process.wait()
+
+
 def names(definitions: tuple[dict[str, Any], ...]) -> list[str]:
     return [d["name"] for d in definitions]
 
@@ -340,69 +360,46 @@ class TestForwarding:
     async def test_streamable_http_server(self, tmp_path: Path) -> None:
         """The same over Streamable HTTP (127.0.0.1): era, catalog, calls, progress, list changes, loss."""
         with trio.fail_after(90):
-            process = await trio.lowlevel.open_process([sys.executable, FIXTURE, "--http", "0"],
-                                                       stdout=subprocess.PIPE)
-            try:
-                assert process.stdout is not None
-                line = b""
-                while not line.endswith(b"\n"):
-                    chunk = await process.stdout.receive_some(1024)
-                    assert chunk, "the HTTP fixture exited"
-                    line += chunk
-                url = line.decode().split()[1]
-                assert url.startswith("http://127.0.0.1:")
-                async with running(ServerConfig(id="web", url=url)) as (server, catalogs):
-                    assert server.era == MODERN_ERA and server.pid is None
-                    assert names(server.catalog.tools) == FIXTURE_TOOLS
-                    add = await server.call("tools/call", tool_call("add", a=1, b=2))
-                    assert add["structuredContent"] == {"result": 3}
-                    seen: list[float] = []
+            async with http_fixture() as (process, url), \
+                    running(ServerConfig(id="web", url=url)) as (server, catalogs):
+                assert server.era == MODERN_ERA and server.pid is None
+                assert names(server.catalog.tools) == FIXTURE_TOOLS
+                add = await server.call("tools/call", tool_call("add", a=1, b=2))
+                assert add["structuredContent"] == {"result": 3}
+                seen: list[float] = []
 
-                    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-                        seen.append(progress)
+                async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                    seen.append(progress)
 
-                    await server.call("tools/call", tool_call("progress", steps=3), on_progress=on_progress)
-                    assert seen == [1.0, 2.0, 3.0]
-                    # HTTP failures are not the server's JSON-RPC errors: the message says whose they are.
-                    with structlog.testing.capture_logs() as logs:
-                        for tool, code in (("http_500", -32603), ("http_html", -32600)):
-                            with pytest.raises(UpstreamError) as info:
-                                await server.call("tools/call", tool_call(tool))
-                            assert info.value.code == code and info.value.message.startswith("Server 'web' (HTTP): ")
-                    assert {"event": "upstream.http_status", "status": 500, "method": "POST", "server": "web",
-                            "content_type": "text/plain", "log_level": "warning"} in logs
-                    await server.call("tools/call", tool_call("grow"))
-                    await catalogs.wait_for(lambda c: "grown_1" in names(c.tools))
-                    marker = tmp_path / "slow"
-                    await cancel_once_started(
-                        server.call("tools/call", tool_call("slow", seconds=30, marker=str(marker))), marker)
-                    assert await wait_file(marker) == "cancelled"
-                    process.kill()
-                    await process.wait()
-                    with pytest.raises(ServerUnavailableError):
-                        await server.call("tools/call", tool_call("add", a=1, b=2))
-                    while server.state == "up":
-                        await trio.sleep(0.02)
-                    assert server.last_error
-            finally:
+                await server.call("tools/call", tool_call("progress", steps=3), on_progress=on_progress)
+                assert seen == [1.0, 2.0, 3.0]
+                # HTTP failures are not the server's JSON-RPC errors: the message says whose they are.
+                with structlog.testing.capture_logs() as logs:
+                    for tool, code in (("http_500", -32603), ("http_html", -32600)):
+                        with pytest.raises(UpstreamError) as info:
+                            await server.call("tools/call", tool_call(tool))
+                        assert info.value.code == code and info.value.message.startswith("Server 'web' (HTTP): ")
+                assert {"event": "upstream.http_status", "status": 500, "method": "POST", "server": "web",
+                        "content_type": "text/plain", "log_level": "warning"} in logs
+                await server.call("tools/call", tool_call("grow"))
+                await catalogs.wait_for(lambda c: "grown_1" in names(c.tools))
+                marker = tmp_path / "slow"
+                await cancel_once_started(
+                    server.call("tools/call", tool_call("slow", seconds=30, marker=str(marker))), marker)
+                assert await wait_file(marker) == "cancelled"
                 process.kill()
                 await process.wait()
-
+                with pytest.raises(ServerUnavailableError):
+                    await server.call("tools/call", tool_call("add", a=1, b=2))
+                while server.state == "up":
+                    await trio.sleep(0.02)
+                assert server.last_error
 
     async def test_legacy_http_server_era_probe_is_not_a_warning(self) -> None:
         """A pre-2026 HTTP server refuses the era probe with HTTP 400: expected, so a debug line; the
         server is used in the legacy era (its pings are MCP ``ping`` requests)."""
-        with trio.fail_after(30):
-            process = await trio.lowlevel.open_process([sys.executable, FIXTURE, "--http", "0", "--legacy-only"],
-                                                       stdout=subprocess.PIPE)
-            try:
-                assert process.stdout is not None
-                line = b""
-                while not line.endswith(b"\n"):
-                    chunk = await process.stdout.receive_some(1024)
-                    assert chunk, "the HTTP fixture exited"
-                    line += chunk
-                url = line.decode().split()[1]
+        with trio.fail_after(90):
+            async with http_fixture("--legacy-only") as (_process, url):
                 config = ServerConfig(id="old", url=url, ping_interval=0.05, ping_timeout=10.0)
                 with structlog.testing.capture_logs() as logs:
                     async with running(config) as (server, _catalogs):
@@ -412,9 +409,6 @@ class TestForwarding:
                 statuses = [e for e in logs if e["event"] == "upstream.http_status"]
                 assert statuses and all(e["status"] == 400 and e["log_level"] == "debug" and e["probe"]
                                         for e in statuses)
-            finally:
-                process.kill()
-                await process.wait()
 
 
 class TestProcess:
