@@ -17,7 +17,6 @@ import contextlib
 import enum
 import heapq
 import math
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +35,8 @@ from ._errors import (
     RequestError,
     RequestTimeoutError,
 )
+from ._heartbeat import BitSource, Heartbeat
+from ._heartbeat import stall_limit as _stall_limit
 from ._logging import ThrottledLog
 
 log = structlog.get_logger("fednode")
@@ -60,13 +61,9 @@ _CONTROL_QUEUE = 64
 
 
 def stall_limit(config: NodeConfig) -> float:
-    """How long a frame may take to be written before the peer counts as no longer reading.
-
-    Half the heartbeat slack (``timeout - interval``): a reader held up writing to a stalled peer
-    (an inline answer, a request passed on) still answers its own peer's pings in time.
-    """
-    heartbeat = config.heartbeat
-    return max((heartbeat.timeout - heartbeat.interval) / 2, 0.1)
+    """How long a frame may take to be written before the peer counts as no longer reading
+    (see :func:`fednode._heartbeat.stall_limit`)."""
+    return _stall_limit(config.heartbeat.interval, config.heartbeat.timeout)
 
 
 class Direction(enum.StrEnum):
@@ -178,11 +175,12 @@ class Link:
         direction: who dialed.
         config: this node's configuration (heartbeat, limits, shutdown grace).
         handlers: the method table requests and notifications are dispatched to.
+        rng: where heartbeat ping seqs come from (default: the operating system's randomness).
     """
 
     def __init__(self, ws: WebSocketConnection, *, local_id: str, peer_id: str, direction: Direction,
                  config: NodeConfig, handlers: Handlers, logger: Any = None,
-                 on_end: Callable[[Link], None] | None = None) -> None:
+                 on_end: Callable[[Link], None] | None = None, rng: BitSource | None = None) -> None:
         self.ws = ws
         self.local_id = local_id
         self.peer_id = peer_id
@@ -190,8 +188,9 @@ class Link:
         self.dialer = local_id if direction is Direction.OUTBOUND else peer_id
         self.config = config
         self.handlers = handlers
-        self.rtt: float | None = None
         self.started_at = trio.current_time()
+        self.heartbeat = Heartbeat(interval=config.heartbeat.interval, timeout=config.heartbeat.timeout,
+                                   start=self.started_at, rng=rng)
         self.last_seen = self.started_at
         self.ended = trio.Event()
         self.end_reason: str | None = None
@@ -210,14 +209,9 @@ class Link:
         self._next_id = 1
         self._protocol_errors = 0
         self._last_words: wire.Message | None = None
-        self._pings: dict[int, float] = {}  # pings not answered yet: seq -> time sent, oldest first
-        self._pings_kept = math.ceil(config.heartbeat.timeout / config.heartbeat.interval) + 1
-        self._stray_pongs = 0
-        self._last_pong = self.started_at
         self._writing = False  # a frame is being written
         self._writing_since = self.started_at  # when that write began
         self._writer: _Pending | None = None  # the request writing its own frame, if any
-        self._stall_limit = stall_limit(config)
         # Unbounded as a channel; bounded by what is put in (see _CONTROL_QUEUE).
         self._queue_send, self._queue_recv = trio.open_memory_channel[_QueueItem](math.inf)
         self._queued = 0  # frames handed to the sender task and not written yet
@@ -232,6 +226,11 @@ class Link:
     def __repr__(self) -> str:
         state = "ended" if self.ended.is_set() else "up"
         return f"<Link {self.local_id}->{self.peer_id} {self.direction.value} {state}>"
+
+    @property
+    def rtt(self) -> float | None:
+        """The last heartbeat round trip measured, in seconds (None before the first)."""
+        return self.heartbeat.rtt
 
     @property
     def passing_on(self) -> int:
@@ -258,7 +257,6 @@ class Link:
                 nursery.start_soon(self._reader)
                 nursery.start_soon(self._sender)
                 nursery.start_soon(self._heartbeat)
-                nursery.start_soon(self._watchdog)
                 nursery.start_soon(self._deadline_keeper)
         finally:
             self._end(self.end_reason or f"closed locally: {self._close_text}")
@@ -693,15 +691,12 @@ class Link:
             case wire.Ping(seq=seq):
                 self._send_control(wire.Pong(seq=seq))
             case wire.Pong(seq=seq):
-                sent_at = self._pings.pop(seq, None)
-                if sent_at is None:
-                    self._stray_pong(seq)
-                else:
-                    now = trio.current_time()
-                    self._last_pong = now
-                    self.rtt = now - sent_at
-                    if self.handlers.on_rtt is not None:
-                        self.handlers.on_rtt(self.peer_id, self.rtt)
+                rtt = self.heartbeat.pong(seq, trio.current_time())
+                if rtt is None:  # answers no ping of ours: counted (see Heartbeat.pong), logged once
+                    if self.heartbeat.stray_pongs == 1:
+                        self.log.warning("link.stray_pong", seq=seq)
+                elif self.handlers.on_rtt is not None:
+                    self.handlers.on_rtt(self.peer_id, rtt)
             case wire.Request():
                 self._start_request(message, handlers)
             case wire.Notification():
@@ -805,46 +800,19 @@ class Link:
     # -- heartbeat --------------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        """Send a ping every ``interval``, starting at once (so RTT is known early).
-
-        Seqs are random, so only a peer that read the ping can answer it. The pings of the last
-        ``timeout`` (and one more) are remembered: a pong for an older one could not keep the
-        link up anyway.
-        """
-        pings = self._pings
-        while True:
-            seq = secrets.randbits(53)
-            while seq in pings:
-                seq = secrets.randbits(53)
-            if len(pings) >= self._pings_kept:
-                del pings[next(iter(pings))]
-            pings[seq] = trio.current_time()
-            self._send_control(wire.Ping(seq=seq))
-            await trio.sleep(self.config.heartbeat.interval)
-
-    def _stray_pong(self, seq: int) -> None:
-        """A pong answering no ping we sent (or one already answered): it does not count.
-
-        Not a protocol error, which would let the rate of such pongs decide when the link ends;
-        a peer sending only these ends at the heartbeat timeout, which says how many it sent.
-        """
-        self._stray_pongs += 1
-        if self._stray_pongs == 1:
-            self.log.warning("link.stray_pong", seq=seq)
-
-    async def _watchdog(self) -> None:
-        """End the link when no pong arrived for ``timeout``, or a frame has been stuck being
-        written for the stall limit (the peer stopped reading)."""
-        timeout = self.config.heartbeat.timeout
-        stall = self._stall_limit
+        """Drive :attr:`heartbeat`: send its pings (the first at once, so RTT is known early), and
+        end the link when it is dead, or when a frame has been stuck being written for the stall
+        limit (the peer stopped reading). One task, asleep until the next thing due."""
+        heartbeat = self.heartbeat
+        stall = heartbeat.stall_limit
         while True:
             now = trio.current_time()
-            deadline = self._last_pong + timeout
-            if now >= deadline:
-                stray = f" ({self._stray_pongs} pongs answered no ping of ours)" if self._stray_pongs else ""
+            if heartbeat.is_dead(now):
+                strays = heartbeat.stray_pongs
+                stray = f" ({strays} pongs answered no ping of ours)" if strays else ""
                 # The peer is gone or wedged: don't wait on a close handshake it won't answer.
                 self.stop(CLOSE_HEARTBEAT, "heartbeat timeout", timeout=0,
-                          why=f"heartbeat timeout: no pong for {timeout:g}s{stray}")
+                          why=f"heartbeat timeout: no pong for {heartbeat.timeout:g}s{stray}")
                 return
             if self._writing:
                 stuck_at = self._writing_since + stall
@@ -852,12 +820,13 @@ class Link:
                     self.stop(CLOSE_HEARTBEAT, "peer stopped reading", timeout=0,
                               why=f"peer stopped reading: a frame could not be sent for {stall:g}s")
                     return
-                wake = min(deadline, stuck_at)
             else:
                 # No wake-up per frame: a write starting before the next look is still caught
                 # exactly at its limit, since it can't have started before now.
-                wake = min(deadline, now + stall)
-            await trio.sleep_until(wake)
+                stuck_at = now + stall
+            if heartbeat.next_ping_due(now):
+                self._send_control(wire.Ping(seq=heartbeat.ping(now)))
+            await trio.sleep_until(min(heartbeat.next_event_at(), stuck_at))
 
 
 def _finish_transit(transit: Transit) -> bool:
