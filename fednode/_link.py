@@ -29,7 +29,6 @@ from . import _wire as wire
 from ._config import NodeConfig
 from ._errors import (
     LinkClosedError,
-    MessageTooLargeError,
     ProtocolError,
     RemoteError,
     RequestError,
@@ -38,6 +37,7 @@ from ._errors import (
 from ._heartbeat import BitSource, Heartbeat
 from ._heartbeat import stall_limit as _stall_limit
 from ._logging import ThrottledLog
+from ._sender import FrameSender, Outgoing, describe_close
 
 log = structlog.get_logger("fednode")
 
@@ -48,17 +48,6 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008
 CLOSE_DUPLICATE = 4001
 CLOSE_HEARTBEAT = 4002
-
-# One frame is written at a time. A frame that finds the link busy goes through the link's send
-# queue, written in order by the sender task, so that nobody but the writer ever waits on the socket:
-# * control frames (pongs, cancels, protocol-error replies), dropped while more than _CONTROL_QUEUE
-#   control and relayed frames wait (safe for each of them: the next ping gets its pong; a dropped
-#   cancel only means the peer finishes work nobody waits for);
-# * relayed requests and answers (see Transit), never dropped: their number is bounded by the
-#   links' max_inflight;
-# * everything else (requests, answers, notifications): a task waits for each (see _Outgoing).
-_CONTROL_QUEUE = 64
-
 
 def stall_limit(config: NodeConfig) -> float:
     """How long a frame may take to be written before the peer counts as no longer reading
@@ -146,25 +135,6 @@ class _Pending:
     timed_out: bool = False
 
 
-@attrs.define(eq=False)
-class _Outgoing:
-    """A frame left to the sender task because the link was busy, which a task waits for.
-
-    ``written`` (for :meth:`Link.send`) is set once the frame is written or never will be (then
-    ``error`` says why); a request waits for its answer instead. A frame abandoned while still
-    queued (its request timed out, its sender was cancelled) is not written at all.
-    """
-
-    text: str
-    written: trio.Event | None = None
-    error: LinkClosedError | None = None
-    started: bool = False
-    abandoned: bool = False
-
-
-_QueueItem = tuple[wire.Message, Transit | None] | _Outgoing
-
-
 class Link:
     """A live, authenticated link to one peer.
 
@@ -209,16 +179,8 @@ class Link:
         self._next_id = 1
         self._protocol_errors = 0
         self._last_words: wire.Message | None = None
-        self._writing = False  # a frame is being written
-        self._writing_since = self.started_at  # when that write began
-        self._writer: _Pending | None = None  # the request writing its own frame, if any
-        # Unbounded as a channel; bounded by what is put in (see _CONTROL_QUEUE).
-        self._queue_send, self._queue_recv = trio.open_memory_channel[_QueueItem](math.inf)
-        self._queued = 0  # frames handed to the sender task and not written yet
-        self._backlog = 0  # of which control and relayed frames (for _CONTROL_QUEUE)
-        self._write_done = trio.lowlevel.ParkingLot()  # where the sender waits for a direct write to end
-        self._sender_waits = False
-        self._clock = trio.lowlevel.current_clock()  # cheaper than trio.current_time() once per frame
+        self._out = FrameSender[Transit](ws, peer_id=peer_id, max_message_size=config.link.max_message_size,
+                                         on_lost=self._end, on_too_large=_too_large)
         self.log = (logger or log).bind(peer=peer_id, direction=direction.value)
         self._throttled = ThrottledLog(self.log)  # for lines the peer can cause at will
         self._on_end = on_end
@@ -255,7 +217,7 @@ class Link:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 nursery.start_soon(self._reader)
-                nursery.start_soon(self._sender)
+                nursery.start_soon(self._out.run)
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._deadline_keeper)
         finally:
@@ -296,7 +258,7 @@ class Link:
     def _end(self, reason: str) -> None:
         """Mark the link as ended: fail every waiting request at once and stop the tasks."""
         if self.end_reason is None:
-            self.end_reason = reason
+            self.end_reason = self._out.closed = reason
             if self._on_end is not None:
                 self._on_end(self)
         error_text = f"link to {self.peer_id!r} closed before the answer arrived ({self.end_reason})"
@@ -307,9 +269,9 @@ class Link:
         for transit in list(self._transits_out.values()):  # passed on to this peer: answer the asker
             _fail_transit(transit, f"lost: {self.end_reason}")
         for transit in list(self._transits_in.values()):  # from this peer: nobody waits any more
-            transit.onward._send_control(wire.Cancel(id=transit.onward_id))
+            transit.onward._out.send_control(wire.Cancel(id=transit.onward_id))
             _finish_transit(transit)
-        self._fail_queued()
+        self._out.close(self.end_reason)
         if self._scope is not None:
             self._scope.cancel()
 
@@ -321,163 +283,16 @@ class Link:
         Raises:
             MessageTooLargeError: the encoded frame exceeds ``max_message_size`` (the link stays up).
             LinkClosedError: the link is closed or closing, or closes before the frame is sent; this
-                includes a peer that does not take our frames for the stall limit (see :meth:`_write`).
+                includes a peer that does not take our frames for the stall limit.
 
         Cancellation:
             A frame still waiting for its turn is not sent.
         """
-        text = self._encode(message)
-        if not (self._writing or self._queued):
-            await self._write(text)
-            return
-        written = trio.Event()
-        outgoing = _Outgoing(text, written=written)
-        self._hand_over(outgoing)
-        try:
-            await written.wait()
-        finally:
-            outgoing.abandoned = True  # no effect once the sender has started it
-        if outgoing.error is not None:
-            raise outgoing.error
-
-    def _encode(self, message: wire.Message) -> str:
-        text = wire.encode(message)
-        if len(text) > self.config.link.max_message_size:
-            raise MessageTooLargeError(
-                f"{message.TYPE} frame of {len(text)} characters exceeds max_message_size "
-                f"{self.config.link.max_message_size}")
-        return text
-
-    async def _write(self, text: str, request: _Pending | None = None) -> None:
-        """Write one frame now: the caller has made sure that nobody else is writing.
-
-        No cancel scope is entered (this is the path every frame takes); the bound is kept by tasks
-        that exist anyway. The watchdog closes the link when the frame has not been taken for the
-        stall limit: the peer has stopped reading, and closing the stream frees the writer. When a
-        ``request`` writes its own frame and is still at it at its deadline, the deadline keeper
-        closes the link: only that frees the caller, and the frame may be half-written.
-
-        Raises:
-            LinkClosedError: the link is closed, or closed before the frame was written.
-        """
-        if self.end_reason is not None:
-            raise LinkClosedError(self.peer_id, f"link to {self.peer_id!r} is closed ({self.end_reason})")
-        self._writing = True
-        self._writer = request
-        self._writing_since = self._clock.current_time()
-        try:
-            await self.ws.send_message(text)
-        except ConnectionClosed as exc:
-            self._end(_describe_close(exc))
-            raise LinkClosedError(self.peer_id, f"link to {self.peer_id!r} closed ({self.end_reason})") from None
-        finally:
-            self._writing = False
-            self._writer = None
-            if self._sender_waits:
-                self._sender_waits = False
-                self._write_done.unpark()
-
-    def _hand_over(self, outgoing: _Outgoing) -> None:
-        """Queue a frame for the sender task (the link is busy)."""
-        if self.end_reason is not None:
-            raise LinkClosedError(self.peer_id, f"link to {self.peer_id!r} is closed ({self.end_reason})")
-        self._queued += 1
-        self._queue_send.send_nowait(outgoing)  # unbounded channel: never blocks
-
-    def _send_control(self, message: wire.Message) -> None:
-        """Queue a frame that may be lost (dropped while the queue is long)."""
-        if self._backlog < _CONTROL_QUEUE:
-            self._enqueue(message, None)
+        await self._out.send(message)
 
     def forward_notification(self, method: str, params: Any) -> None:
         """Queue a notification for this peer without waiting (dropped while the queue is long)."""
-        self._send_control(wire.Notification(method=method, params=params))
-
-    def _enqueue(self, message: wire.Message, transit: Transit | None) -> None:
-        if self.end_reason is None:
-            self._queued += 1
-            self._backlog += 1
-            self._queue_send.send_nowait((message, transit))  # unbounded channel: never blocks
-
-    async def _sender(self) -> None:
-        """Write the queued frames in order, until the link ends (``_end`` fails those left)."""
-        queue = self._queue_recv
-        async for item in queue:
-            while True:  # drain without a checkpoint per frame: writing is checkpoint enough
-                try:
-                    if self._writing:  # a frame written directly, before this one was queued
-                        self._sender_waits = True
-                        await self._write_done.park()
-                    if isinstance(item, _Outgoing):
-                        if not item.abandoned and not await self._send_outgoing(item):
-                            return
-                    else:
-                        self._backlog -= 1
-                        if not await self._send_frame(*item):
-                            return
-                except BaseException:  # cancelled (the link is ending) while waiting or writing
-                    if isinstance(item, _Outgoing) and item.written is not None and not item.written.is_set():
-                        item.error = LinkClosedError(self.peer_id, f"link to {self.peer_id!r} is closing")
-                        item.written.set()
-                    raise
-                finally:
-                    self._queued -= 1
-                try:
-                    item = queue.receive_nowait()
-                except trio.WouldBlock:
-                    break
-
-    async def _send_outgoing(self, outgoing: _Outgoing) -> bool:
-        outgoing.started = True
-        try:
-            await self._write(outgoing.text)
-        except LinkClosedError as exc:
-            outgoing.error = exc
-        if outgoing.written is not None:
-            outgoing.written.set()
-        return outgoing.error is None
-
-    def _fail_queued(self) -> None:
-        """Tell whoever waits for a frame still queued that it will not be sent (the link ended)."""
-        text = f"link to {self.peer_id!r} closed ({self.end_reason})"
-        while True:
-            try:
-                item = self._queue_recv.receive_nowait()
-            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
-                return
-            self._queued -= 1
-            if not isinstance(item, _Outgoing):
-                self._backlog -= 1
-            elif item.written is not None:
-                item.error = LinkClosedError(self.peer_id, text)
-                item.written.set()
-
-    async def _send_frame(self, message: wire.Message, transit: Transit | None) -> bool:
-        """Write a queued or passed-on frame now, handling its failure; False once the link is closed."""
-        try:
-            try:
-                await self._write(self._encode(message))
-            except ProtocolError as exc:  # too large (or not JSON)
-                if transit is not None:  # a request passed on: the asker gets the error
-                    _fail_transit(transit, f"too large: {exc}")
-                elif type(message) is wire.Response:  # an answer passed back: say why it is missing
-                    error = wire.Error(id=message.id, code=wire.INTERNAL_ERROR, message=str(exc))
-                    await self._write(self._encode(error))
-        except LinkClosedError:
-            return False  # whatever was passed on to this peer has been failed by _end
-        return True
-
-    async def _pass(self, message: wire.Message, transit: Transit | None) -> None:
-        """Send a frame passed on by another link's reader: at once when the link is idle, else queued.
-
-        A reader must never be held up for long by another link, or its own peer would miss our
-        pongs: the watchdog closes this link when the frame is not taken within the stall limit
-        (half the heartbeat slack), which means this peer has stopped reading.
-        """
-        if self._writing or self._queued or self.end_reason is not None:
-            self._enqueue(message, transit)
-            return
-        await self._send_frame(message, transit)
+        self._out.send_control(wire.Notification(method=method, params=params))
 
     async def request(self, method: str, params: Any = None, *, timeout: float) -> Any:
         """Send a request and wait for its answer.
@@ -504,21 +319,21 @@ class Link:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         request_id = self._next_id
         self._next_id += 1
-        text = self._encode(wire.Request(id=request_id, method=method, params=params, timeout=timeout))
+        text = self._out.encode(wire.Request(id=request_id, method=method, params=params, timeout=timeout))
         deadline = trio.current_time() + timeout
         pending = _Pending()
         self._pending[request_id] = pending
         heapq.heappush(self._deadlines, (deadline, request_id))
         if deadline < self._sweep_at:
             self._sweep_wake.set()
-        queued: _Outgoing | None = None
+        queued: Outgoing | None = None
         written = False
         try:
-            if self._writing or self._queued:  # busy: the sender task writes it in turn
-                queued = _Outgoing(text)
-                self._hand_over(queued)
+            if self._out.writing or self._out.queued:  # busy: the sender task writes it in turn
+                queued = Outgoing(text)
+                self._out.hand_over(queued)
             else:
-                await self._write(text, pending)
+                await self._out.write(text, pending)
                 written = True
             await pending.done.wait()
         except LinkClosedError:
@@ -527,7 +342,7 @@ class Link:
             # else our frame was stuck at the deadline, and the keeper closed the link to free us
         except BaseException:
             if not pending.done.is_set() and (written or (queued is not None and queued.started)):
-                self._send_control(wire.Cancel(id=request_id))
+                self._out.send_control(wire.Cancel(id=request_id))
             raise
         finally:
             del self._pending[request_id]
@@ -535,7 +350,7 @@ class Link:
                 queued.abandoned = True  # not sent at all if still queued
         if pending.timed_out:
             if written or (queued is not None and queued.started):
-                self._send_control(wire.Cancel(id=request_id))
+                self._out.send_control(wire.Cancel(id=request_id))
             raise RequestTimeoutError(
                 self.peer_id, f"request {method!r} to {self.peer_id!r} got no answer within {timeout:g}s")
         if pending.error is not None:
@@ -555,14 +370,14 @@ class Link:
                         break
                     pending.timed_out = True
                     pending.done.set()
-                    if self._writer is pending:
+                    if self._out.writer is pending:
                         # Only closing the stream frees the sender, and the frame may be half-written.
                         self.stop(CLOSE_HEARTBEAT, "peer stopped reading", timeout=0,
                                   why="peer stopped reading: a request could not be sent within its timeout")
                 elif (transit := self._transits_out.get(request_id)) is not None:
                     if deadline > now:
                         break
-                    self._send_control(wire.Cancel(id=request_id))
+                    self._out.send_control(wire.Cancel(id=request_id))
                     _fail_transit(transit, "timeout")
                 heapq.heappop(heap)
             # Answered requests leave their entries behind; compact once they dominate the heap.
@@ -587,7 +402,7 @@ class Link:
                 try:
                     frame = await self.ws.get_message()
                 except ConnectionClosed as exc:
-                    self._end(_describe_close(exc))
+                    self._end(describe_close(exc))
                     return
                 self.last_seen = trio.current_time()
                 try:
@@ -644,7 +459,7 @@ class Link:
         heapq.heappush(onward._deadlines, (deadline, onward_id))
         if deadline < onward._sweep_at:
             onward._sweep_wake.set()
-        await onward._pass(wire.Request(id=onward_id, method=request.method, params=transit.params,
+        await onward._out.relay(wire.Request(id=onward_id, method=request.method, params=transit.params,
                                         timeout=transit.timeout), transit)
 
     def _admit(self, request: wire.Request) -> bool:
@@ -653,7 +468,7 @@ class Link:
             self._protocol_error(ProtocolError(f"request id {request.id} is already in flight"), None)
             return False
         if len(self._serving) + len(self._transits_in) + self._notifying >= self.config.link.max_inflight:
-            self._send_control(wire.Error(id=request.id, code=wire.OVERLOADED,
+            self._out.send_control(wire.Error(id=request.id, code=wire.OVERLOADED,
                                           message=f"node {self.local_id!r} is busy; retry later"))
             return False
         return True
@@ -675,7 +490,7 @@ class Link:
             self._last_words = reply  # sent just before the close frame, so the peer learns why
             self.stop(CLOSE_POLICY, "too many protocol errors")
         else:
-            self._send_control(reply)
+            self._out.send_control(reply)
 
     async def _dispatch(self, message: wire.Message, handlers: trio.Nursery) -> None:
         match message:
@@ -687,9 +502,9 @@ class Link:
                         pending.done.set()
                 elif (transit := self._transits_out.get(request_id)) is not None and _finish_transit(transit):
                     assert transit.inbound is not None
-                    await transit.inbound._pass(wire.Response(id=transit.inbound_id, result=result), None)
+                    await transit.inbound._out.relay(wire.Response(id=transit.inbound_id, result=result), None)
             case wire.Ping(seq=seq):
-                self._send_control(wire.Pong(seq=seq))
+                self._out.send_control(wire.Pong(seq=seq))
             case wire.Pong(seq=seq):
                 rtt = self.heartbeat.pong(seq, trio.current_time())
                 if rtt is None:  # answers no ping of ours: counted (see Heartbeat.pong), logged once
@@ -711,14 +526,14 @@ class Link:
                         pending.done.set()
                 elif (transit := self._transits_out.get(request_id)) is not None and _finish_transit(transit):
                     assert transit.inbound is not None
-                    await transit.inbound._pass(
+                    await transit.inbound._out.relay(
                         wire.Error(id=transit.inbound_id, code=code, message=text, data=data), None)
             case wire.Cancel(id=request_id):
                 scope = self._serving.get(request_id)
                 if scope is not None:
                     scope.cancel()
                 elif (transit := self._transits_in.get(request_id)) is not None:
-                    transit.onward._send_control(wire.Cancel(id=transit.onward_id))
+                    transit.onward._out.send_control(wire.Cancel(id=transit.onward_id))
                     _finish_transit(transit)
             case wire.Hello():
                 self._protocol_error(ProtocolError("hello after the link is established"), None)
@@ -803,7 +618,7 @@ class Link:
         """Drive :attr:`heartbeat`: send its pings (the first at once, so RTT is known early), and
         end the link when it is dead, or when a frame has been stuck being written for the stall
         limit (the peer stopped reading). One task, asleep until the next thing due."""
-        heartbeat = self.heartbeat
+        heartbeat, out = self.heartbeat, self._out
         stall = heartbeat.stall_limit
         while True:
             now = trio.current_time()
@@ -814,8 +629,8 @@ class Link:
                 self.stop(CLOSE_HEARTBEAT, "heartbeat timeout", timeout=0,
                           why=f"heartbeat timeout: no pong for {heartbeat.timeout:g}s{stray}")
                 return
-            if self._writing:
-                stuck_at = self._writing_since + stall
+            if out.writing:
+                stuck_at = out.writing_since + stall
                 if now >= stuck_at:
                     self.stop(CLOSE_HEARTBEAT, "peer stopped reading", timeout=0,
                               why=f"peer stopped reading: a frame could not be sent for {stall:g}s")
@@ -825,7 +640,7 @@ class Link:
                 # exactly at its limit, since it can't have started before now.
                 stuck_at = now + stall
             if heartbeat.next_ping_due(now):
-                self._send_control(wire.Ping(seq=heartbeat.ping(now)))
+                self._out.send_control(wire.Ping(seq=heartbeat.ping(now)))
             await trio.sleep_until(min(heartbeat.next_event_at(), stuck_at))
 
 
@@ -840,19 +655,14 @@ def _finish_transit(transit: Transit) -> bool:
     return True
 
 
+def _too_large(transit: Transit, exc: ProtocolError) -> None:
+    """A request passed on could not be sent onward (too large, or not JSON): the asker gets the error."""
+    _fail_transit(transit, f"too large: {exc}")
+
+
 def _fail_transit(transit: Transit, why: str) -> None:
     """End a passed-on request here, answering the asker with the error for ``why`` (queued)."""
     if _finish_transit(transit):
         assert transit.inbound is not None
         code, text = transit.error(why)
-        transit.inbound._enqueue(wire.Error(id=transit.inbound_id, code=code, message=text), None)
-
-
-def _describe_close(exc: ConnectionClosed) -> str:
-    reason = exc.reason
-    if reason is None:
-        return "connection closed"
-    if reason.code == 1006:
-        return "connection lost (1006)"
-    text = f": {reason.reason}" if reason.reason else ""
-    return f"connection closed ({reason.code}{text})"
+        transit.inbound._out.enqueue(wire.Error(id=transit.inbound_id, code=code, message=text), None)
