@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import heapq
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,6 +36,7 @@ from ._errors import (
 from ._heartbeat import BitSource, Heartbeat
 from ._heartbeat import stall_limit as _stall_limit
 from ._logging import ThrottledLog
+from ._requests import Pending, RequestTable
 from ._sender import FrameSender, Outgoing, describe_close
 
 log = structlog.get_logger("fednode")
@@ -127,14 +127,6 @@ class Handlers:
     inline_notifications: dict[str, Callable[[Any, RequestContext], None]] = attrs.field(factory=dict)
 
 
-@attrs.define
-class _Pending:
-    done: trio.Event = attrs.field(factory=trio.Event)
-    result: Any = None
-    error: BaseException | None = None
-    timed_out: bool = False
-
-
 class Link:
     """A live, authenticated link to one peer.
 
@@ -168,15 +160,12 @@ class Link:
         self._close_text = "closing"
         self._close_timeout = config.shutdown_grace
         self._scope: trio.CancelScope | None = None
-        self._pending: dict[int, _Pending] = {}
-        self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, request id)
-        self._sweep_at = math.inf
-        self._sweep_wake = trio.Event()
+        self._requests = RequestTable[Transit]()
+        self._pending = self._requests.pending  # our requests waiting for answers, by id
         self._serving: dict[int, trio.CancelScope] = {}
         self._transits_in: dict[int, Transit] = {}  # requests from this peer passed on, by its ids
-        self._transits_out: dict[int, Transit] = {}  # requests passed on to this peer, by our ids
+        self._transits_out = self._requests.passed  # requests passed on to this peer, by our ids
         self._notifying = 0
-        self._next_id = 1
         self._protocol_errors = 0
         self._last_words: wire.Message | None = None
         self._out = FrameSender[Transit](ws, peer_id=peer_id, max_message_size=config.link.max_message_size,
@@ -317,15 +306,9 @@ class Link:
         """
         if not math.isfinite(timeout) or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        request_id = self._next_id
-        self._next_id += 1
+        request_id = self._requests.new_id()
         text = self._out.encode(wire.Request(id=request_id, method=method, params=params, timeout=timeout))
-        deadline = trio.current_time() + timeout
-        pending = _Pending()
-        self._pending[request_id] = pending
-        heapq.heappush(self._deadlines, (deadline, request_id))
-        if deadline < self._sweep_at:
-            self._sweep_wake.set()
+        pending = self._requests.add(request_id, trio.current_time() + timeout)
         queued: Outgoing | None = None
         written = False
         try:
@@ -359,36 +342,20 @@ class Link:
 
     async def _deadline_keeper(self) -> None:
         """Fail requests whose deadline has passed; sleeps until the earliest live deadline."""
-        heap = self._deadlines
+        table = self._requests
         while True:
-            now = trio.current_time()
-            while heap:
-                deadline, request_id = heap[0]
-                pending = self._pending.get(request_id)
-                if pending is not None and not pending.done.is_set():
-                    if deadline > now:
-                        break
-                    pending.timed_out = True
-                    pending.done.set()
-                    if self._out.writer is pending:
+            for request in table.expired(trio.current_time()):
+                if isinstance(request, Pending):
+                    request.timed_out = True
+                    request.done.set()
+                    if self._out.writer is request:
                         # Only closing the stream frees the sender, and the frame may be half-written.
                         self.stop(CLOSE_HEARTBEAT, "peer stopped reading", timeout=0,
                                   why="peer stopped reading: a request could not be sent within its timeout")
-                elif (transit := self._transits_out.get(request_id)) is not None:
-                    if deadline > now:
-                        break
-                    self._out.send_control(wire.Cancel(id=request_id))
-                    _fail_transit(transit, "timeout")
-                heapq.heappop(heap)
-            # Answered requests leave their entries behind; compact once they dominate the heap.
-            live = len(self._pending) + len(self._transits_out)
-            if len(heap) > 1024 and len(heap) > 4 * live:
-                heap[:] = [entry for entry in heap if entry[1] in self._pending or entry[1] in self._transits_out]
-                heapq.heapify(heap)
-            self._sweep_at = heap[0][0] if heap else math.inf
-            self._sweep_wake = trio.Event()
-            with trio.move_on_at(self._sweep_at):
-                await self._sweep_wake.wait()
+                else:
+                    self._out.send_control(wire.Cancel(id=request.onward_id))
+                    _fail_transit(request, "timeout")
+            await table.wait()
 
     async def notify(self, method: str, params: Any = None) -> None:
         """Send a notification (no answer)."""
@@ -451,14 +418,8 @@ class Link:
                 transit.done()
             await self._reply(request.id, wire.Error(id=request.id, code=code, message=text))
             return
-        transit.onward_id = onward_id = onward._next_id
-        onward._next_id += 1
+        transit.onward_id = onward_id = onward._requests.add_passed(transit, trio.current_time() + transit.timeout)
         self._transits_in[request.id] = transit
-        onward._transits_out[onward_id] = transit
-        deadline = trio.current_time() + transit.timeout
-        heapq.heappush(onward._deadlines, (deadline, onward_id))
-        if deadline < onward._sweep_at:
-            onward._sweep_wake.set()
         await onward._out.relay(wire.Request(id=onward_id, method=request.method, params=transit.params,
                                         timeout=transit.timeout), transit)
 
