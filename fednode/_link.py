@@ -1,4 +1,4 @@
-"""One authenticated peer link: reader, heartbeat, request/response correlation, handler dispatch.
+"""One authenticated peer link: its tasks, and the reader that dispatches what the peer sends.
 
 A :class:`Link` wraps a trio-websocket connection whose handshake, authentication and hello have
 already succeeded. :meth:`Link.run` drives it until it ends and reports why. The reader never stops
@@ -9,6 +9,14 @@ handled in its own task, bounded by ``max_inflight`` until its answer has been s
 The converse holds too: a peer that stops reading cannot hold the link up. Only a pong answering a
 ping we sent and have not seen answered counts (ping seqs are random, so they cannot be guessed),
 and a frame we write that the peer does not take within the stall limit closes the link.
+
+A link runs four tasks (see :meth:`Link.run`): the reader, the sender, the heartbeat and the
+deadline keeper. Their state lives in parts of their own, each given what it needs when built:
+:class:`~fednode._heartbeat.Heartbeat` (pings due, pongs matched, dead-at; no I/O),
+:class:`~fednode._sender.FrameSender` (one frame written at a time, the send queue),
+:class:`~fednode._requests.RequestTable` (requests sent and not answered, with their deadlines) and
+:class:`~fednode._serving.Serving` (the peer's requests and notifications being served). What
+stays here ties them together, and passes requests from one link to another (:class:`Transit`).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -26,18 +34,18 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from . import _wire as wire
 from ._config import NodeConfig
-from ._errors import (
-    LinkClosedError,
-    ProtocolError,
-    RemoteError,
-    RequestError,
-    RequestTimeoutError,
-)
+from ._errors import LinkClosedError, ProtocolError, RemoteError, RequestTimeoutError
 from ._heartbeat import BitSource, Heartbeat
 from ._heartbeat import stall_limit as _stall_limit
 from ._logging import ThrottledLog
 from ._requests import Pending, RequestTable
 from ._sender import FrameSender, Outgoing, describe_close
+from ._serving import InlineHandler as InlineHandler
+from ._serving import InlineNotificationHandler as InlineNotificationHandler
+from ._serving import NotificationHandler as NotificationHandler
+from ._serving import RequestContext as RequestContext
+from ._serving import RequestHandler as RequestHandler
+from ._serving import Serving
 
 log = structlog.get_logger("fednode")
 
@@ -48,6 +56,7 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008
 CLOSE_DUPLICATE = 4001
 CLOSE_HEARTBEAT = 4002
+
 
 def stall_limit(config: NodeConfig) -> float:
     """How long a frame may take to be written before the peer counts as no longer reading
@@ -60,20 +69,6 @@ class Direction(enum.StrEnum):
 
     OUTBOUND = "outbound"
     INBOUND = "inbound"
-
-
-@attrs.frozen
-class RequestContext:
-    """What a request handler knows about the request it serves."""
-
-    peer_id: str
-    method: str
-    timeout: float | None
-
-
-RequestHandler = Callable[[Any, RequestContext], Awaitable[Any]]
-InlineHandler = Callable[[Any, RequestContext], Any]
-NotificationHandler = Callable[[Any, RequestContext], Awaitable[None]]
 
 
 @attrs.define(eq=False)
@@ -124,7 +119,7 @@ class Handlers:
     #: called with (peer id, seconds) for each heartbeat round trip measured
     on_rtt: Callable[[str, float], None] | None = None
     notifications: dict[str, NotificationHandler] = attrs.field(factory=dict)
-    inline_notifications: dict[str, Callable[[Any, RequestContext], None]] = attrs.field(factory=dict)
+    inline_notifications: dict[str, InlineNotificationHandler] = attrs.field(factory=dict)
 
 
 class Link:
@@ -162,16 +157,19 @@ class Link:
         self._scope: trio.CancelScope | None = None
         self._requests = RequestTable[Transit]()
         self._pending = self._requests.pending  # our requests waiting for answers, by id
-        self._serving: dict[int, trio.CancelScope] = {}
         self._transits_in: dict[int, Transit] = {}  # requests from this peer passed on, by its ids
         self._transits_out = self._requests.passed  # requests passed on to this peer, by our ids
-        self._notifying = 0
         self._protocol_errors = 0
         self._last_words: wire.Message | None = None
         self._out = FrameSender[Transit](ws, peer_id=peer_id, max_message_size=config.link.max_message_size,
                                          on_lost=self._end, on_too_large=_too_large)
         self.log = (logger or log).bind(peer=peer_id, direction=direction.value)
         self._throttled = ThrottledLog(self.log)  # for lines the peer can cause at will
+        self._inbound = Serving(peer_id=peer_id, local_id=local_id, handlers=handlers,
+                                max_inflight=config.link.max_inflight, passing_on=self._transits_in,
+                                send=self._out.send, send_control=self._out.send_control,
+                                on_duplicate=self._protocol_error, log=self.log, throttled=self._throttled)
+        self._serving = self._inbound.scopes  # the peer's requests being served here, by its ids
         self._on_end = on_end
 
     def __repr__(self) -> str:
@@ -379,7 +377,7 @@ class Link:
                     continue
                 if type(message) is wire.Request:
                     if message.method in self.handlers.inline:
-                        await self._serve_inline(message)
+                        await self._inbound.serve_inline(message)
                         continue
                     transit = self.handlers.transit.get(message.method)
                     if transit is not None:
@@ -387,28 +385,19 @@ class Link:
                         continue
                 await self._dispatch(message, handlers)
 
-    async def _serve_inline(self, request: wire.Request) -> None:
-        handler = self.handlers.inline[request.method]
-        context = RequestContext(peer_id=self.peer_id, method=request.method, timeout=request.timeout)
-        reply: wire.Message
-        try:
-            reply = wire.Response(id=request.id, result=handler(request.params, context))
-        except Exception as exc:
-            reply = self._error_reply(request, exc)
-        await self._reply(request.id, reply)
-
     async def _pass_on(self, request: wire.Request, handler: TransitHandler, handlers: trio.Nursery) -> None:
         """Send a request on to the link its transit handler names (or serve it here, if it names none)."""
-        if not self._admit(request):
+        inbound = self._inbound
+        if not inbound.admit(request):
             return
         context = RequestContext(peer_id=self.peer_id, method=request.method, timeout=request.timeout)
         try:
             transit = handler(request.params, context, self)
         except Exception as exc:
-            await self._reply(request.id, self._error_reply(request, exc))
+            await inbound.reply(request.id, inbound.error_reply(request, exc))
             return
         if transit is None:
-            self._start_request(request, handlers, admitted=True)
+            inbound.start_request(request, handlers, admitted=True)
             return
         onward = transit.onward
         transit.inbound, transit.inbound_id = self, request.id
@@ -416,33 +405,14 @@ class Link:
             code, text = transit.error(f"lost: {onward.end_reason}")
             if transit.done is not None:
                 transit.done()
-            await self._reply(request.id, wire.Error(id=request.id, code=code, message=text))
+            await inbound.reply(request.id, wire.Error(id=request.id, code=code, message=text))
             return
         transit.onward_id = onward_id = onward._requests.add_passed(transit, trio.current_time() + transit.timeout)
         self._transits_in[request.id] = transit
         await onward._out.relay(wire.Request(id=onward_id, method=request.method, params=transit.params,
-                                        timeout=transit.timeout), transit)
+                                             timeout=transit.timeout), transit)
 
-    def _admit(self, request: wire.Request) -> bool:
-        """Whether a request may be served (else it was refused: duplicate id, or too busy)."""
-        if request.id in self._serving or request.id in self._transits_in:
-            self._protocol_error(ProtocolError(f"request id {request.id} is already in flight"), None)
-            return False
-        if len(self._serving) + len(self._transits_in) + self._notifying >= self.config.link.max_inflight:
-            self._out.send_control(wire.Error(id=request.id, code=wire.OVERLOADED,
-                                          message=f"node {self.local_id!r} is busy; retry later"))
-            return False
-        return True
-
-    def _error_reply(self, request: wire.Request, exc: Exception) -> wire.Error:
-        """The answer to a request whose handler raised: its RequestError, or a generic internal error."""
-        if isinstance(exc, RequestError):
-            return wire.Error(id=request.id, code=exc.code, message=str(exc), data=exc.data)
-        self.log.error("link.handler_failed", method=request.method[:100], error=f"{type(exc).__name__}: {exc}"[:300])
-        return wire.Error(id=request.id, code=wire.INTERNAL_ERROR,
-                          message=f"internal error while handling {request.method[:100]!r}")
-
-    def _protocol_error(self, exc: ProtocolError, request_id: int | None) -> None:
+    def _protocol_error(self, exc: ProtocolError, request_id: int | None = None) -> None:
         self._protocol_errors += 1
         limit = self.config.link.max_protocol_errors
         self.log.warning("link.protocol_error", error=str(exc), count=self._protocol_errors, limit=limit)
@@ -474,9 +444,9 @@ class Link:
                 elif self.handlers.on_rtt is not None:
                     self.handlers.on_rtt(self.peer_id, rtt)
             case wire.Request():
-                self._start_request(message, handlers)
+                self._inbound.start_request(message, handlers)
             case wire.Notification():
-                self._start_notification(message, handlers)
+                self._inbound.start_notification(message, handlers)
             case wire.Error(id=None, code=code, message=text):
                 self._throttled.warning("link.peer_reported_error", code=code, error=text[:300])
             case wire.Error(id=int(request_id), code=code, message=text, data=data):
@@ -490,88 +460,11 @@ class Link:
                     await transit.inbound._out.relay(
                         wire.Error(id=transit.inbound_id, code=code, message=text, data=data), None)
             case wire.Cancel(id=request_id):
-                scope = self._serving.get(request_id)
-                if scope is not None:
-                    scope.cancel()
-                elif (transit := self._transits_in.get(request_id)) is not None:
+                if not self._inbound.cancel(request_id) and (transit := self._transits_in.get(request_id)) is not None:
                     transit.onward._out.send_control(wire.Cancel(id=transit.onward_id))
                     _finish_transit(transit)
             case wire.Hello():
                 self._protocol_error(ProtocolError("hello after the link is established"), None)
-
-    def _start_request(self, request: wire.Request, handlers: trio.Nursery, *, admitted: bool = False) -> None:
-        if not admitted and not self._admit(request):
-            return
-        scope = trio.CancelScope()
-        if request.timeout is not None and math.isfinite(request.timeout) and request.timeout > 0:
-            scope.relative_deadline = request.timeout
-        self._serving[request.id] = scope
-        handlers.start_soon(self._serve_request, request, scope)
-
-    async def _serve_request(self, request: wire.Request, scope: trio.CancelScope) -> None:
-        # The request keeps its max_inflight slot until its answer is sent (or dropped with the link),
-        # so a peer that stops reading cannot make us hold more than max_inflight requests and answers.
-        reply: wire.Message | None = None
-        try:
-            with scope:
-                handler = self.handlers.requests.get(request.method)
-                if handler is None:
-                    reply = wire.Error(id=request.id, code=wire.METHOD_NOT_FOUND,
-                                       message=f"unknown method {request.method[:100]!r}")
-                else:
-                    context = RequestContext(peer_id=self.peer_id, method=request.method, timeout=request.timeout)
-                    try:
-                        reply = wire.Response(id=request.id, result=await handler(request.params, context))
-                    except Exception as exc:
-                        reply = self._error_reply(request, exc)
-            # else cancelled by the caller or past its deadline: nobody waits for an answer
-            if reply is not None:
-                await self._reply(request.id, reply)
-        finally:
-            del self._serving[request.id]
-
-    async def _reply(self, request_id: int, reply: wire.Message) -> None:
-        try:
-            await self.send(reply)
-        except ProtocolError as exc:  # too large, or the handler returned something that is not JSON
-            await self._send_quietly(wire.Error(id=request_id, code=wire.INTERNAL_ERROR, message=str(exc)))
-        except LinkClosedError:
-            pass
-
-    async def _send_quietly(self, message: wire.Message) -> None:
-        with contextlib.suppress(LinkClosedError, ProtocolError):
-            await self.send(message)
-
-    def _start_notification(self, notification: wire.Notification, handlers: trio.Nursery) -> None:
-        inline = self.handlers.inline_notifications.get(notification.method)
-        if inline is not None:
-            # Run in the reader, so notifications of this method are handled in the order they were sent.
-            try:
-                inline(notification.params, RequestContext(peer_id=self.peer_id, method=notification.method,
-                                                           timeout=None))
-            except Exception as exc:
-                self.log.error("link.handler_failed", method=notification.method[:100],
-                               error=f"{type(exc).__name__}: {exc}"[:300])
-            return
-        handler = self.handlers.notifications.get(notification.method)
-        if handler is None:
-            self.log.debug("link.unknown_notification", method=notification.method[:100])
-            return
-        if len(self._serving) + len(self._transits_in) + self._notifying >= self.config.link.max_inflight:
-            self._throttled.warning("link.notification_dropped", method=notification.method[:100], reason="busy")
-            return
-        self._notifying += 1
-        handlers.start_soon(self._serve_notification, handler, notification)
-
-    async def _serve_notification(self, handler: NotificationHandler, notification: wire.Notification) -> None:
-        context = RequestContext(peer_id=self.peer_id, method=notification.method, timeout=None)
-        try:
-            await handler(notification.params, context)
-        except Exception as exc:
-            self.log.error("link.handler_failed", method=notification.method[:100],
-                           error=f"{type(exc).__name__}: {exc}"[:300])
-        finally:
-            self._notifying -= 1
 
     # -- heartbeat --------------------------------------------------------------------------
 
