@@ -92,7 +92,7 @@ class FrameSender(Generic[Tag]):
         return LinkClosedError(self.peer_id, f"link to {self.peer_id!r} {state} ({self.closed})")
 
     async def send(self, message: wire.Message) -> None:
-        """Send one frame, after the frames already waiting to be sent (see :meth:`fednode.Link.send`)."""
+        """Send one frame, after the frames already waiting to be sent (see :meth:`fednode._link.Link.send`)."""
         text = self.encode(message)
         if not (self.writing or self.queued):
             await self.write(text)
