@@ -1,4 +1,4 @@
-"""The heartbeat state machine on its own: no sockets, no sleeps, times passed in exactly."""
+"""The heartbeat state machine on its own (no sockets, no sleeps, times passed in exactly), and driven by a link."""
 
 from __future__ import annotations
 
@@ -6,10 +6,17 @@ import random
 from collections.abc import Iterator
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fednode import _wire as wire
 from fednode._heartbeat import SEQ_BITS, Heartbeat, stall_limit
+from fednode._link import Direction, Handlers, Link
+
+from conftest import node_config
+from memws import ws_pair
 
 INTERVAL, TIMEOUT = 5.0, 15.0
 
@@ -183,3 +190,26 @@ def test_only_pongs_answering_outstanding_pings_extend_liveness(
         assert not hb.is_dead(alive_from + timeout - min(timeout / 2, 0.001))
         assert hb.is_dead(alive_from + timeout)
         assert hb.is_dead(now) == (now >= alive_from + timeout)
+
+
+async def test_link_sends_the_pings_its_heartbeat_hands_out(autojump_clock: trio.testing.MockClock) -> None:
+    """The link drives the machine: the seqs it is handed go out at 0, 5, 10, ... and their pongs count."""
+    async with trio.open_nursery() as nursery:
+        ws_a, raw = await ws_pair(nursery)
+        config = node_config("node-a", heartbeat={"interval": f"{INTERVAL}s", "timeout": f"{TIMEOUT}s"})
+        a = Link(ws_a, local_id="node-a", peer_id="node-b", direction=Direction.OUTBOUND, config=config,
+                 handlers=Handlers(), rng=Scripted(101, 102, 103, 104))
+        nursery.start_soon(a.run)
+        start = trio.current_time()
+        seen: list[tuple[int, float]] = []
+        for _ in range(4):
+            message = wire.decode(await raw.get_message())
+            assert isinstance(message, wire.Ping)
+            seen.append((message.seq, trio.current_time() - start))
+            await trio.sleep(0.5)
+            await raw.send_message(wire.encode(wire.Pong(seq=message.seq)))
+        assert seen == [(101, 0.0), (102, 5.0), (103, 10.0), (104, 15.0)]
+        await trio.sleep(0.1)
+        assert a.is_up and a.rtt == pytest.approx(0.5)
+        assert a.heartbeat.dead_at == pytest.approx(start + 15.5 + TIMEOUT)
+        nursery.cancel_scope.cancel()
