@@ -19,6 +19,10 @@ from typing import Protocol
 #: Bits of a ping seq: random, and exact as a JSON number in any peer's language.
 SEQ_BITS = 53
 
+# One for all links: each Random instance carries a Mersenne Twister state (~2.5 KiB) that the
+# operating system's generator never uses.
+_OS_RANDOM = secrets.SystemRandom()
+
 
 class BitSource(Protocol):
     """Where ping seqs come from (``random.Random``, ``secrets.SystemRandom``, or a test's own)."""
@@ -59,7 +63,7 @@ class Heartbeat:
         self.rtt: float | None = None
         #: pongs that answered no ping of ours
         self.stray_pongs = 0
-        self._rng: BitSource = rng if rng is not None else secrets.SystemRandom()
+        self._rng: BitSource = rng if rng is not None else _OS_RANDOM
         # The pings of the last ``timeout`` (and one more), oldest first: a pong for an older one
         # could not keep the link up anyway, and the table stays bounded whatever the peer does.
         self._pings: dict[int, float] = {}  # seq -> time sent
