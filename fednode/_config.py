@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,19 +24,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ._config_load import (
-    AtLeast,
-    Command,
     Duration,
     FilePath,
     Invalid,
     Loader,
-    MinLength,
-    OneOf,
-    Pattern,
     StringTable,
-    Url,
+    at_least,
+    min_length,
+    one_of,
+    pattern,
     shown_url,
     unknown_keys,
+    url_of,
     url_problem,
 )
 from ._config_load import Secret as Secret
@@ -52,15 +52,15 @@ MAX_FIRST_LIST_WAIT = 300.0  # longest a client's first list may be held at star
 ALGORITHMS = ("HS512", "EdDSA")
 
 # What the file may give, as field types (see fednode._config_load for the rules).
-NodeId = Annotated[str, Pattern(NODE_ID_RE, "must match [a-z0-9][a-z0-9-]{0,62}")]
-WsUrl = Annotated[str, Url(("ws", "wss"))]
-HttpUrl = Annotated[str, Url(("http", "https"))]
+NodeId = Annotated[str, pattern(NODE_ID_RE, "must match [a-z0-9][a-z0-9-]{0,62}")]
+WsUrl = Annotated[str, url_of(("ws", "wss"))]
+HttpUrl = Annotated[str, url_of(("http", "https"))]
 Seconds = Annotated[float, Duration()]
 UpToADay = Annotated[float, Duration(at_most=MAX_REQUEST_TIMEOUT)]
-HS512Secret = Annotated[Secret, MinLength(
+HS512Secret = Annotated[Secret, min_length(
     MIN_HS512_SECRET_BYTES, "HS512 secret is {length} bytes; at least {minimum} are required (make one with: "
     "python3 -c 'import secrets; print(secrets.token_urlsafe(64))')")]
-ClientToken = Annotated[Secret, MinLength(16, "client token is {length} characters; use at least {minimum}",
+ClientToken = Annotated[Secret, min_length(16, "client token is {length} characters; use at least {minimum}",
                                           characters=True)]
 ReadableFile = Annotated[Path, FilePath(readable=True)]
 
@@ -126,14 +126,14 @@ class ServerConfig:
         ping_timeout: a ping unanswered this long marks the server down: routes withdrawn, restarted.
     """
 
-    id: Annotated[str, Pattern(SERVER_ID_RE, "must match [a-z0-9][a-z0-9_-]{0,31}")]
-    command: Annotated[str, Command()] | None = None
+    id: Annotated[str, pattern(SERVER_ID_RE, "must match [a-z0-9][a-z0-9_-]{0,31}")]
+    command: str | None = None
     args: tuple[str, ...] = ()
     env: Annotated[tuple[tuple[str, str], ...], StringTable()] = attrs.field(default=(), repr=False)
     cwd: Annotated[str, FilePath()] | None = None
     url: HttpUrl | None = None
     headers: Annotated[tuple[tuple[str, str], ...], StringTable()] = attrs.field(default=(), repr=False)
-    prefix: Annotated[str, Pattern(re.compile(r"^(?:[A-Za-z0-9_.-]{1,64})?$"),
+    prefix: Annotated[str, pattern(re.compile(r"^(?:[A-Za-z0-9_.-]{1,64})?$"),
                                    "must be 1-64 characters of A-Z a-z 0-9 _ - . (or \"\")")] | None = None
     timeout: UpToADay | None = None
     ping_interval: Annotated[float, Duration(positive=False, at_most=MAX_REQUEST_TIMEOUT)] = 30.0
@@ -194,7 +194,7 @@ class BackoffConfig:
 
     initial: Seconds = 0.5
     max: Seconds = 30.0
-    multiplier: Annotated[float, AtLeast(1.0)] = 2.0
+    multiplier: Annotated[float, at_least(1.0)] = 2.0
     reset_after: Seconds = 10.0
 
 
@@ -203,9 +203,9 @@ class LinkConfig:
     """Per-link limits (``[link]``)."""
 
     handshake_timeout: Seconds = 5.0
-    max_message_size: Annotated[int, AtLeast(1024)] = 1024 * 1024
-    max_protocol_errors: Annotated[int, AtLeast(1)] = 10
-    max_inflight: Annotated[int, AtLeast(1)] = 128
+    max_message_size: Annotated[int, at_least(1024)] = 1024 * 1024
+    max_protocol_errors: Annotated[int, at_least(1)] = 10
+    max_inflight: Annotated[int, at_least(1)] = 128
 
 
 @attrs.frozen
@@ -294,8 +294,8 @@ class _NodeSection:
     """``[node]``: its values are the top-level fields of :class:`NodeConfig`."""
 
     id: NodeId
-    control: Annotated[str, Url(("ws", "wss"), own=True)] = "ws://127.0.0.1:0"
-    data: Annotated[str, Url(("http", "https"), own=True)] = "http://127.0.0.1:0"
+    control: Annotated[str, url_of(("ws", "wss"), own=True)] = "ws://127.0.0.1:0"
+    data: Annotated[str, url_of(("http", "https"), own=True)] = "http://127.0.0.1:0"
     shutdown_grace: Seconds = 5.0
 
 
@@ -303,8 +303,8 @@ class _NodeSection:
 class _AuthSection:
     """``[auth]`` as written: one ``secret`` or a list of ``secrets``, the private key as a file."""
 
-    type: Annotated[str, OneOf(("jwt",), "unsupported auth type {value!r}; only \"jwt\" is supported")] = "jwt"
-    algorithm: Annotated[str, OneOf(ALGORITHMS, "unsupported algorithm {value!r}; use HS512 or EdDSA")] = "HS512"
+    type: Annotated[str, one_of(("jwt",), "unsupported auth type {value!r}; only \"jwt\" is supported")] = "jwt"
+    algorithm: Annotated[str, one_of(ALGORITHMS, "unsupported algorithm {value!r}; use HS512 or EdDSA")] = "HS512"
     secret: HS512Secret | None = None
     secrets: tuple[HS512Secret, ...] | None = None
     private_key: Annotated[Path, FilePath()] | None = None
@@ -362,7 +362,7 @@ def _build(load: Loader, raw: Mapping[str, Any], source: str) -> NodeConfig:
             or tls is None or mcp is None or clients is None):
         raise ConfigError(source, load.problems or [("node", "incomplete configuration")])
     return NodeConfig(id=node.id, control=node.control, data=node.data, shutdown_grace=node.shutdown_grace,
-                      auth=auth[0], heartbeat=heartbeat, backoff=backoff, link=link, tls=tls, peers=peers,
+                      auth=auth, heartbeat=heartbeat, backoff=backoff, link=link, tls=tls, peers=peers,
                       servers=servers, mcp=mcp, clients=clients, source=source)
 
 
@@ -375,8 +375,8 @@ def _secrets(load: Loader, entry: _AuthSection | _PeerEntry, path: str) -> tuple
     return (entry.secret,) if entry.secret is not None else entry.secrets or ()
 
 
-def _auth(load: Loader, section: _AuthSection | None) -> tuple[AuthConfig, bool] | None:
-    """``[auth]`` as an AuthConfig (the private key read), and whether a shared secret was given."""
+def _auth(load: Loader, section: _AuthSection | None) -> AuthConfig | None:
+    """``[auth]`` as an AuthConfig, with the private key read from its file."""
     if section is None:
         return None
     before = len(load.problems)
@@ -393,9 +393,8 @@ def _auth(load: Loader, section: _AuthSection | None) -> tuple[AuthConfig, bool]
         load.problem("auth.private_key", "private_key is only used with algorithm = \"EdDSA\"")
     if len(load.problems) > before:
         return None
-    config = AuthConfig(algorithm=section.algorithm, secrets=secrets, private_key=private_key,
-                        token_ttl=section.token_ttl, leeway=section.leeway)
-    return config, section.secret is not None or section.secrets is not None
+    return AuthConfig(algorithm=section.algorithm, secrets=secrets, private_key=private_key,
+                      token_ttl=section.token_ttl, leeway=section.leeway)
 
 
 def _private_key(load: Loader, file: Path) -> Ed25519PrivateKey | None:
@@ -413,7 +412,7 @@ def _private_key(load: Loader, file: Path) -> Ed25519PrivateKey | None:
 
 
 def _peers(load: Loader, raw: Mapping[str, Any], node_id: str | None,
-           auth: tuple[AuthConfig, bool] | None) -> tuple[PeerConfig, ...]:
+           auth: AuthConfig | None) -> tuple[PeerConfig, ...]:
     """``[[peers]]``: each checked against ``[auth]``, none with this node's id, no id twice."""
     result: list[PeerConfig] = []
     seen: dict[str, int] = {}
@@ -422,11 +421,11 @@ def _peers(load: Loader, raw: Mapping[str, Any], node_id: str | None,
         before = len(load.problems)
         secrets = _secrets(load, entry, path)
         keys = (entry.public_key,) if entry.public_key is not None else entry.public_keys or ()
-        if auth is not None and auth[0].algorithm == "HS512":
+        if auth is not None and auth.algorithm == "HS512":
             for key in ("public_key", "public_keys"):
                 if getattr(entry, key) is not None:
                     load.problem(f"{path}.{key}", "public keys are only used with algorithm = \"EdDSA\"")
-            if not (secrets or auth[1] or entry.secret or entry.secrets is not None):
+            if not (secrets or auth.secrets) and len(load.problems) == before:
                 load.problem(path, "no HS512 secret for this peer: set [auth] secret or this peer's secret")
         elif auth is not None:
             for key in ("secret", "secrets"):
@@ -462,7 +461,9 @@ def _servers(load: Loader, raw: Mapping[str, Any]) -> tuple[ServerConfig, ...]:
             load.problem(f"{path}.id", f"duplicate server id {server.id!r} (also servers[{seen[server.id]}])")
         if len(load.problems) == before:
             seen[server.id] = index
-            result.append(server)
+            # The interpreter fednode runs under, which has the SDK and the shipped examples.
+            python = server.command in ("python", "python3")
+            result.append(attrs.evolve(server, command=sys.executable) if python else server)
     return tuple(result)
 
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
 import attrs
 import cattrs
+from cattrs.cols import homogenous_tuple_structure_factory
 from cattrs.errors import (
-    AttributeValidationNote,
     ClassValidationError,
     ForbiddenExtraKeysError,
     IterableValidationError,
@@ -137,13 +137,59 @@ def _kind(value: object) -> str:
 
 
 class Rule:
-    """A constraint carried in an ``Annotated`` field type; checked after the base type is structured."""
+    """A constraint carried in an ``Annotated`` field type, applied when that field is structured."""
 
     def structure(self, value: object, base: Any, loader: Loader) -> Any:
-        return self.check(loader.converter.structure(value, base), loader)
+        """Structure ``value`` as ``base``, then check it (rules that parse the raw value override this)."""
+        return self.check(loader.converter.structure(value, base))
 
-    def check(self, value: Any, loader: Loader) -> Any:
+    def check(self, value: Any) -> Any:
         return value
+
+
+@attrs.frozen
+class Check(Rule):
+    """The structured value must pass ``problem``, which says what is wrong with it (None: nothing)."""
+
+    problem: Callable[[Any], str | None]
+
+    def check(self, value: Any) -> Any:
+        problem = self.problem(value)
+        if problem:
+            raise Invalid(problem)
+        return value
+
+
+def pattern(regex: re.Pattern[str], rule: str) -> Check:
+    """A string matching ``regex``; the message is the value's repr followed by ``rule``."""
+    return Check(lambda value: None if regex.match(value) else f"{value!r} {rule}")
+
+
+def one_of(choices: tuple[str, ...], message: str) -> Check:
+    """One of a few strings; ``message`` is formatted with the ``value``."""
+    return Check(lambda value: None if value in choices else message.format(value=value))
+
+
+def url_of(schemes: tuple[str, ...], *, own: bool = False) -> Check:
+    """A URL of one of ``schemes``; port 0 only for this node's ``own`` addresses."""
+    return Check(lambda value: url_problem(value, schemes, allow_port_zero=own))
+
+
+def at_least(minimum: float) -> Check:
+    """A number no smaller than ``minimum`` (and finite)."""
+    def problem(value: float) -> str | None:
+        if isinstance(value, float) and not (math.isfinite(value) and value >= minimum):
+            return f"must be a finite number >= {minimum:g}"
+        return f"must be >= {minimum:g}, got {value}" if value < minimum else None
+    return Check(problem)
+
+
+def min_length(minimum: int, message: str, *, characters: bool = False) -> Check:
+    """A secret of at least ``minimum`` bytes (or characters); ``message`` gets the length, never the value."""
+    def problem(secret: Secret) -> str | None:
+        length = len(secret.reveal().decode()) if characters else len(secret)
+        return message.format(length=length, minimum=minimum) if length < minimum else None
+    return Check(problem)
 
 
 @attrs.frozen
@@ -155,10 +201,8 @@ class Duration(Rule):
     too_long: str = "must be at most {limit:g}s (a day)"
 
     def structure(self, value: object, base: Any, loader: Loader) -> float:
-        if isinstance(value, str):
-            value = loader.expand(value)
         try:
-            seconds = parse_duration(value)
+            seconds = parse_duration(loader.expand(value) if isinstance(value, str) else value)
         except ValueError as exc:
             raise Invalid(str(exc)) from None
         if self.positive and seconds <= 0:
@@ -169,77 +213,8 @@ class Duration(Rule):
 
 
 @attrs.frozen
-class AtLeast(Rule):
-    """A number no smaller than ``minimum`` (and finite)."""
-
-    minimum: float
-
-    def check(self, value: Any, loader: Loader) -> Any:
-        if isinstance(value, float) and not (math.isfinite(value) and value >= self.minimum):
-            raise Invalid(f"must be a finite number >= {self.minimum:g}")
-        if value < self.minimum:
-            raise Invalid(f"must be >= {self.minimum:g}, got {value}")
-        return value
-
-
-@attrs.frozen
-class Pattern(Rule):
-    """A string matching ``regex``; the message is the value's repr followed by ``rule``."""
-
-    regex: re.Pattern[str]
-    rule: str
-
-    def check(self, value: Any, loader: Loader) -> Any:
-        if not self.regex.match(value):
-            raise Invalid(f"{value!r} {self.rule}")
-        return value
-
-
-@attrs.frozen
-class OneOf(Rule):
-    """One of a few strings; ``message`` is formatted with the ``value``."""
-
-    choices: tuple[str, ...]
-    message: str
-
-    def check(self, value: Any, loader: Loader) -> Any:
-        if value not in self.choices:
-            raise Invalid(self.message.format(value=value))
-        return value
-
-
-@attrs.frozen
-class Url(Rule):
-    """A URL of one of ``schemes``; port 0 only for this node's ``own`` addresses."""
-
-    schemes: tuple[str, ...]
-    own: bool = False
-
-    def check(self, value: Any, loader: Loader) -> Any:
-        problem = url_problem(value, self.schemes, allow_port_zero=self.own)
-        if problem:
-            raise Invalid(problem)
-        return value
-
-
-@attrs.frozen
-class MinLength(Rule):
-    """A secret of at least ``minimum`` bytes (or characters); the message never shows the value."""
-
-    minimum: int
-    message: str
-    characters: bool = False
-
-    def check(self, value: Any, loader: Loader) -> Any:
-        length = len(value.reveal().decode()) if self.characters else len(value)
-        if length < self.minimum:
-            raise Invalid(self.message.format(length=length, minimum=self.minimum))
-        return value
-
-
-@attrs.frozen
 class FilePath(Rule):
-    """A path, relative to the configuration file's folder, given as a string (``readable``: read it now)."""
+    """A path relative to the configuration file's folder (``readable``: the file must be readable now)."""
 
     readable: bool = False
 
@@ -251,31 +226,13 @@ class FilePath(Rule):
 
 
 @attrs.frozen
-class Command(Rule):
-    """A stdio server's command: ``python``/``python3`` is the interpreter fednode runs under."""
-
-    def check(self, value: Any, loader: Loader) -> Any:
-        # That interpreter has the SDK and the shipped examples.
-        return sys.executable if value in ("python", "python3") else value
-
-
-@attrs.frozen
 class StringTable(Rule):
     """A table of strings (``env``, ``headers``), kept as ordered pairs."""
 
     def structure(self, value: object, base: Any, loader: Loader) -> tuple[tuple[str, str], ...]:
         if not isinstance(value, dict):
             raise Invalid(f"expected a table of strings, got {_kind(value)}")
-        pairs, errors = [], []
-        for name, item in value.items():
-            try:
-                pairs.append((str(name), loader.converter.structure(item, str)))
-            except Invalid as exc:
-                exc.add_note(AttributeValidationNote(f"in table @ key {name}", str(name), str))
-                errors.append(exc)
-        if errors:
-            raise ClassValidationError("While structuring a table of strings", errors, dict)
-        return tuple(pairs)
+        return tuple(loader.converter.structure(value, dict[str, str]).items())
 
 
 # -- the converter ------------------------------------------------------------------------------
@@ -301,7 +258,7 @@ def _raw_keys(cl: type) -> list[str]:
     return [field.metadata.get("key", field.name) for field in attrs.fields(cl)]
 
 
-def unknown_keys(keys: Iterator[str] | Sequence[str], allowed: Sequence[str], path: str) -> list[tuple[str, str]]:
+def unknown_keys(keys: Iterable[str], allowed: Iterable[str], path: str) -> list[tuple[str, str]]:
     """One problem per key not in ``allowed``, naming what is."""
     hint = f" (allowed: {', '.join(sorted(allowed))})"
     return [(f"{path}.{key}" if path else str(key), f"unknown key{hint}") for key in keys if key not in allowed]
@@ -315,8 +272,10 @@ def problems_of(exc: BaseException, path: str) -> list[tuple[str, str]]:
         keys = dict(zip(_fields(exc.cl), _raw_keys(exc.cl), strict=True)) if attrs.has(exc.cl) else {}
         problems = []
         for sub, note in with_notes:
-            if isinstance(note, IterableValidationNote):
+            if isinstance(note, IterableValidationNote) and isinstance(note.index, int):
                 problems += problems_of(sub, f"{path}[{note.index}]")
+            elif isinstance(note, IterableValidationNote):  # a table's key
+                problems += problems_of(sub, f"{path}.{note.index}")
             else:
                 key = keys.get(note.name, note.name)
                 problems += problems_of(sub, f"{path}.{key}" if path else key)
@@ -354,7 +313,7 @@ def _strict_float(value: object, _: type) -> float:
 
 
 class Loader:
-    """One load of a configuration: a cattrs converter bound to an environment and a folder, and its problems.
+    """One load of a configuration: the environment and folder it is read in, and the problems found.
 
     Args:
         environ: where ``${VAR}`` is looked up.
@@ -365,17 +324,7 @@ class Loader:
         self.environ = environ
         self.base_dir = base_dir
         self.problems: list[tuple[str, str]] = []
-        converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
-        converter.register_structure_hook(str, lambda value, _: self.expand(value))
-        converter.register_structure_hook(bool, _strict_bool)
-        converter.register_structure_hook(int, _strict_int)
-        converter.register_structure_hook(float, _strict_float)
-        converter.register_structure_hook(Secret, lambda value, _: Secret(self.expand(value)))
-        converter.register_structure_hook(Ed25519PublicKey, self._public_key)
-        converter.register_structure_hook_func(_is_list_tuple, self._tuple)
-        converter.register_structure_hook_func(lambda t: bool(_rules(t)), self._annotated)
-        converter.register_structure_hook_factory(attrs.has, self._table_hook)
-        self.converter = converter
+        self.converter = _converter
 
     def problem(self, path: str, message: str) -> None:
         """Record a problem found outside cattrs (a check across fields)."""
@@ -383,11 +332,14 @@ class Loader:
 
     def structure(self, value: object, cl: type[T], path: str) -> T | None:
         """Structure ``value`` as ``cl``; on failure record every problem under ``path`` and return None."""
+        token = _current.set(self)
         try:
             return self.converter.structure(value, cl)
         except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
             self.problems += problems_of(exc, path)
             return None
+        finally:
+            _current.reset(token)
 
     def items(self, raw: Mapping[str, Any], key: str, cl: type[T]) -> Iterator[tuple[int, Any, T]]:
         """Structure each table of the array ``[[key]]``, yielding ``(index, raw table, value)`` for good ones."""
@@ -399,8 +351,6 @@ class Loader:
             value = self.structure(table, cl, f"{key}[{index}]")
             if value is not None:
                 yield index, table, value
-
-    # -- hooks ----------------------------------------------------------------------------------
 
     def expand(self, value: object) -> str:
         """A string with ``${VAR}`` replaced from the environment and ``$$`` by ``$``."""
@@ -434,51 +384,68 @@ class Loader:
         except OSError as exc:
             raise Invalid(f"cannot read {str(file)!r}: {exc.strerror or exc}") from None
 
-    def _public_key(self, value: object, _: type) -> Ed25519PublicKey:
-        if not isinstance(value, str):
-            raise Invalid(f"expected a PEM string or a file path, got {_kind(value)}")
-        text = self.expand(value)
-        pem = text.encode() if "-----BEGIN" in text else self.read(self.path(text))
-        try:
-            key = serialization.load_pem_public_key(pem)
-        except (ValueError, TypeError) as exc:
-            raise Invalid(f"not a PEM public key: {exc}") from None
-        if not isinstance(key, Ed25519PublicKey):
-            raise Invalid("not an Ed25519 public key")
-        return key
 
-    def _tuple(self, value: object, annotation: Any) -> tuple[Any, ...]:
-        # cattrs' own tuple hook would iterate a string or a table; the file must give an array.
+# The converter is built once (cattrs generates each class's code on first use); the hooks that
+# need the environment or the folder find the load in progress here.
+_current: ContextVar[Loader] = ContextVar("fednode_config_loader")
+
+
+def _public_key(value: object, _: type) -> Ed25519PublicKey:
+    if not isinstance(value, str):
+        raise Invalid(f"expected a PEM string or a file path, got {_kind(value)}")
+    loader = _current.get()
+    text = loader.expand(value)
+    pem = text.encode() if "-----BEGIN" in text else loader.read(loader.path(text))
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
+        raise Invalid(f"not a PEM public key: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise Invalid("not an Ed25519 public key")
+    return key
+
+
+def _tuple_hook(annotation: Any) -> Any:
+    structure_items = homogenous_tuple_structure_factory(annotation, _converter)
+
+    def structure_list(value: object, _: type) -> tuple[Any, ...]:
+        # cattrs alone would take a string or a table for a sequence; the file must give an array.
         if not isinstance(value, list):
             raise Invalid(f"expected a list of strings, got {_kind(value)}")
-        item_type = get_args(annotation)[0]
-        result, errors = [], []
-        for index, item in enumerate(value):
-            try:
-                result.append(self.converter.structure(item, item_type))
-            except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
-                exc.add_note(IterableValidationNote(f"Structuring {annotation} @ index {index}", index, item_type))
-                errors.append(exc)
-        if errors:
-            raise IterableValidationError(f"While structuring {annotation}", errors, annotation)
-        return tuple(result)
+        return tuple(structure_items(value, annotation))
 
-    def _annotated(self, value: object, annotation: Any) -> Any:
-        base = get_args(annotation)[0]
-        [first, *rest] = _rules(annotation)
-        result = first.structure(value, base, self)
-        for rule in rest:
-            result = rule.check(result, self)
-        return result
+    return structure_list
 
-    def _table_hook(self, cl: Any) -> Any:
-        renames: dict[str, Any] = {field.name: override(rename=field.metadata["key"])
-                                   for field in attrs.fields(cl) if "key" in field.metadata}
-        structure_fields = make_dict_structure_fn(cl, self.converter, **renames)
 
-        def structure_table(value: object, _: type) -> Any:
-            if not isinstance(value, dict):
-                raise Invalid(f"expected a table, got {_kind(value)}")
-            return structure_fields(value, cl)
+def _annotated(value: object, annotation: Any) -> Any:
+    base = get_args(annotation)[0]
+    [first, *rest] = _rules(annotation)
+    result = first.structure(value, base, _current.get())
+    for rule in rest:
+        result = rule.check(result)
+    return result
 
-        return structure_table
+
+def _table_hook(cl: Any) -> Any:
+    renames: dict[str, Any] = {field.name: override(rename=field.metadata["key"])
+                               for field in attrs.fields(cl) if "key" in field.metadata}
+    structure_fields = make_dict_structure_fn(cl, _converter, **renames)
+
+    def structure_table(value: object, _: type) -> Any:
+        if not isinstance(value, dict):
+            raise Invalid(f"expected a table, got {_kind(value)}")
+        return structure_fields(value, cl)
+
+    return structure_table
+
+
+_converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
+_converter.register_structure_hook(str, lambda value, _: _current.get().expand(value))
+_converter.register_structure_hook(bool, _strict_bool)
+_converter.register_structure_hook(int, _strict_int)
+_converter.register_structure_hook(float, _strict_float)
+_converter.register_structure_hook(Secret, lambda value, _: Secret(_current.get().expand(value)))
+_converter.register_structure_hook(Ed25519PublicKey, _public_key)
+_converter.register_structure_hook_factory(_is_list_tuple, _tuple_hook)
+_converter.register_structure_hook_func(lambda annotation: bool(_rules(annotation)), _annotated)
+_converter.register_structure_hook_factory(attrs.has, _table_hook)
