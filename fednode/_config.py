@@ -335,7 +335,8 @@ def _build(load: Loader, raw: Mapping[str, Any], source: str) -> NodeConfig:
     """Structure every section of ``raw``, then check across fields; raise with every problem found."""
     load.problems += unknown_keys(list(raw), _SECTIONS, "")
     node = load.structure(raw.get("node", {}), _NodeSection, "node")
-    auth = _auth(load, load.structure(raw.get("auth", {}), _AuthSection, "auth"))
+    auth_section = load.structure(raw.get("auth", {}), _AuthSection, "auth")
+    auth = _auth(load, auth_section)
     heartbeat = load.structure(raw.get("heartbeat", {}), HeartbeatConfig, "heartbeat")
     if heartbeat is not None and heartbeat.timeout <= heartbeat.interval:
         load.problem("heartbeat.timeout", f"must be longer than heartbeat.interval ({heartbeat.interval:g}s)")
@@ -354,7 +355,7 @@ def _build(load: Loader, raw: Mapping[str, Any], source: str) -> NodeConfig:
     # A peer with this node's id is reported even when another [node] key has a problem.
     node_table = raw.get("node")
     node_id = node.id if node else node_table.get("id") if isinstance(node_table, dict) else None
-    peers = _peers(load, raw, node_id, auth)
+    peers = _peers(load, raw, node_id, auth_section)
     servers = _servers(load, raw)
     mcp = load.structure(raw.get("mcp", {}), MCPConfig, "mcp")
     clients = load.structure(raw.get("clients", {}), ClientsConfig, "clients")
@@ -412,7 +413,7 @@ def _private_key(load: Loader, file: Path) -> Ed25519PrivateKey | None:
 
 
 def _peers(load: Loader, raw: Mapping[str, Any], node_id: str | None,
-           auth: AuthConfig | None) -> tuple[PeerConfig, ...]:
+           auth: _AuthSection | None) -> tuple[PeerConfig, ...]:
     """``[[peers]]``: each checked against ``[auth]``, none with this node's id, no id twice."""
     result: list[PeerConfig] = []
     seen: dict[str, int] = {}
@@ -425,7 +426,7 @@ def _peers(load: Loader, raw: Mapping[str, Any], node_id: str | None,
             for key in ("public_key", "public_keys"):
                 if getattr(entry, key) is not None:
                     load.problem(f"{path}.{key}", "public keys are only used with algorithm = \"EdDSA\"")
-            if not (secrets or auth.secrets) and len(load.problems) == before:
+            if not (secrets or entry.secrets is not None or auth.secret is not None or auth.secrets is not None):
                 load.problem(path, "no HS512 secret for this peer: set [auth] secret or this peer's secret")
         elif auth is not None:
             for key in ("secret", "secrets"):
