@@ -418,6 +418,19 @@ class TestBadConfiguration:
         assert {line[4:].split(": ", 1)[0] for line in items} == expected
         assert SHORT_SECRET not in result.stderr
 
+    def test_key_paths_follow_the_file(self, tmp_path: Path) -> None:
+        raw = base_raw()
+        raw["peers"][0].update({"import": "clock", "export": ["clock", 7], "colour": "blue"})
+        raw["servers"] = [{"id": "clock", "command": "python", "env": {"TZ": 1}}]
+        with pytest.raises(fednode.ConfigError) as caught:
+            fednode.load_config(write_config(tmp_path, raw, ".json"), environ={})
+        problems = dict(caught.value.problems)
+        assert problems.keys() == {"peers[0].import", "peers[0].export[1]", "peers[0].colour", "servers[0].env.TZ"}
+        assert problems["peers[0].import"] == "expected a list of strings, got str"
+        assert problems["peers[0].export[1]"] == "expected a string, got int"
+        assert problems["peers[0].colour"].startswith("unknown key (allowed: control, export, id, import, ")
+        assert problems["servers[0].env.TZ"] == "expected a string, got int"
+
     def test_library_error_carries_source_and_problems(self, tmp_path: Path) -> None:
         raw = base_raw()
         raw["backoff"] = {"initial": "5s", "max": "1s"}
