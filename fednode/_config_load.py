@@ -1,12 +1,12 @@
 """Structuring raw configuration values with cattrs, and reporting its errors as key paths.
 
 The attrs classes of :mod:`fednode._config` say in their annotations what each value must be
-(``Annotated[float, Duration()]``, ``Annotated[str, Url(("ws", "wss"), own=False)]``...). A
-:class:`Loader` builds a cattrs converter whose hooks read those rules, with ``detailed_validation``
-so that every failing value is kept, and turns cattrs' exception groups into ``(key_path, message)``
-problems: ``peers[1].control``, ``node.colour``. Strings expand ``${VAR}`` from the given environment
-(``$$`` is a literal ``$``); relative paths are resolved against the configuration file's folder.
-Nothing here touches the network; files are read only where a value names one (keys, TLS material).
+(``Annotated[float, Duration()]``, ``Annotated[str, url_of(("ws", "wss"))]``...). One cattrs converter,
+with ``detailed_validation`` so that every failing value is kept and ``forbid_extra_keys`` so that
+unknown keys are reported, applies those rules; :func:`problems_of` turns its exception groups into
+``(key_path, message)`` problems: ``peers[1].control``, ``node.colour``. A :class:`Loader` is one load:
+strings expand ``${VAR}`` from its environment (``$$`` is a literal ``$``), relative paths are resolved
+against its folder. Nothing here touches the network; files are read only where a value names one.
 """
 
 from __future__ import annotations
