@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fednode
@@ -418,6 +418,19 @@ class TestBadConfiguration:
         assert {line[4:].split(": ", 1)[0] for line in items} == expected
         assert SHORT_SECRET not in result.stderr
 
+    def test_key_paths_follow_the_file(self, tmp_path: Path) -> None:
+        raw = base_raw()
+        raw["peers"][0].update({"import": "clock", "export": ["clock", 7], "colour": "blue"})
+        raw["servers"] = [{"id": "clock", "command": "python", "env": {"TZ": 1}}]
+        with pytest.raises(fednode.ConfigError) as caught:
+            fednode.load_config(write_config(tmp_path, raw, ".json"), environ={})
+        problems = dict(caught.value.problems)
+        assert problems.keys() == {"peers[0].import", "peers[0].export[1]", "peers[0].colour", "servers[0].env.TZ"}
+        assert problems["peers[0].import"] == "expected a list of strings, got str"
+        assert problems["peers[0].export[1]"] == "expected a string, got int"
+        assert problems["peers[0].colour"].startswith("unknown key (allowed: control, export, id, import, ")
+        assert problems["servers[0].env.TZ"] == "expected a string, got int"
+
     def test_library_error_carries_source_and_problems(self, tmp_path: Path) -> None:
         raw = base_raw()
         raw["backoff"] = {"initial": "5s", "max": "1s"}
@@ -719,3 +732,44 @@ class TestServerPing:
         assert "bad duration 'soon'" in problems["servers[0].ping_interval"]
         assert problems["servers[0].ping_timeout"] == "must be greater than 0"
         assert problems["servers[1].ping_interval"] == "must be at most 86400s (a day)"
+
+
+# -- arbitrary input ----------------------------------------------------------------------------
+
+_KEYS = ["node", "auth", "heartbeat", "backoff", "link", "tls", "peers", "servers", "mcp", "clients", "id",
+         "control", "data", "shutdown_grace", "type", "algorithm", "secret", "secrets", "private_key", "token_ttl",
+         "leeway", "interval", "timeout", "initial", "max", "multiplier", "reset_after", "handshake_timeout",
+         "max_message_size", "max_protocol_errors", "max_inflight", "cert", "key", "ca", "public_key",
+         "public_keys", "export", "import", "transit", "command", "args", "env", "cwd", "url", "headers", "prefix",
+         "ping_interval", "ping_timeout", "request_timeout", "first_list_wait", "tokens"]
+_STRINGS = ["", "node-a", "node-b", "5s", "0s", "500ms", "2h", "-1s", "HS512", "EdDSA", "jwt", "python",
+            "ws://127.0.0.1:9001", "wss://127.0.0.1:0", "http://127.0.0.1:0", "https://h:1", "ws://a:b@h:1",
+            "${X}", "${UNSET}", "$$", "-----BEGIN PUBLIC KEY-----", SECRET, SHORT_SECRET, "x" * 64]
+# No "/": a random absolute path must not name a real file (reading /dev/zero would never end).
+_scalars = (st.sampled_from(_STRINGS) | st.text(alphabet=st.characters(blacklist_characters="/"), max_size=12)
+            | st.booleans() | st.integers() | st.floats() | st.none() | st.just(10**400))
+_keys = st.sampled_from(_KEYS) | st.text(max_size=8)
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=5),
+                       max_leaves=30)
+# Mostly the right shape (tables of tables, arrays of tables), with arbitrary values inside.
+_configs = st.dictionaries(st.sampled_from(_KEYS[:10]) | _keys, st.dictionaries(_keys, _values, max_size=6) | st.lists(
+    st.dictionaries(_keys, _values, max_size=6), max_size=3) | _values, max_size=8)
+_configs = _configs | _configs.map(lambda changes: {**base_raw(), **changes})  # often valid but for the changes
+
+
+class TestArbitraryInput:
+    """Whatever a file holds, loading either succeeds or raises ConfigError with problems; nothing else escapes."""
+
+    @settings(deadline=None, max_examples=200)  # no deadline: a busy machine may stall any single example
+    @given(_configs)
+    @example({"node": {"id": "node-a"}, "peers": [{"id": "node-b", "control": "ws://h:1", "import": "x"}]})
+    @example({"node": {"id": "node-a"}, "servers": [{"id": "s", "env": {"A": 1}}], "tls": {"cert": "."}})
+    def test_only_config_errors(self, raw: dict[str, Any]) -> None:
+        try:
+            config = fednode.NodeConfig.from_mapping(raw, environ={"X": "1"},
+                                                     base_dir=Path("/nonexistent-fednode-test-dir"))
+        except fednode.ConfigError as exc:
+            assert exc.problems
+            assert all(isinstance(key, str) and isinstance(message, str) and message for key, message in exc.problems)
+        else:
+            assert isinstance(config, fednode.NodeConfig)
