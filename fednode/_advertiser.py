@@ -10,7 +10,7 @@ import trio
 
 from ._errors import FednodeError
 from ._logging import ThrottledLog
-from ._routing import Key, PeerPolicy, RoutingTable
+from ._routing import Key, Path, PeerPolicy, Route, RoutingTable
 
 ROUTES_METHOD = "fed/routes"
 
@@ -76,7 +76,7 @@ class Advertiser:
         finally:
             del self._advertising[peer_id]
 
-    def offers(self, peer_id: str) -> dict[Key, Any]:
+    def offers(self, peer_id: str) -> dict[Key, tuple[Route, Path]]:
         """What ``peer_id`` is offered now (see :meth:`fednode._routing.RoutingTable.offers`)."""
         policy = self._policy_for(peer_id)
         if policy is None:

@@ -288,10 +288,6 @@ class Forwarding:
             raise ForwardError(-32603, f"Malformed result from {origin!r}")
         return result
 
-    def next_hop(self, origin: str, server: str) -> str | None:
-        """The peer a request for ``server`` on ``origin`` goes to next (None: no route)."""
-        return self._next_hop(origin, server)
-
     def _next_hop(self, origin: str, server: str) -> str | None:
         # The table as of the last routing change: recomputing per request would cost O(routes).
         return self._table.next_hop((origin, server))
