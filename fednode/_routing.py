@@ -215,14 +215,14 @@ class Advertisement:
     def from_wire(cls, params: Mapping[str, Any]) -> Advertisement:
         """Parse a frame.
 
+        Keys to withdraw that are not ``[origin, server]`` pairs are skipped.
+
         Raises:
-            ValueError: a malformed route or list (the whole frame is refused).
+            ValueError, TypeError: a malformed route, or lists that are not (the whole frame is refused).
         """
-        routes, withdrawn = params.get("set", []), params.get("withdraw", [])
-        if not isinstance(routes, list) or not isinstance(withdrawn, list):
-            raise ValueError("set and withdraw must be lists")
-        return cls(routes=tuple(route_from_wire(item) for item in routes),
-                   withdrawn=tuple((k[0], k[1]) for k in withdrawn if isinstance(k, list) and len(k) == 2),
+        return cls(routes=tuple(route_from_wire(item) for item in params.get("set", [])),
+                   withdrawn=tuple((k[0], k[1]) for k in params.get("withdraw", [])
+                                   if isinstance(k, list) and len(k) == 2),
                    full=bool(params.get("full")), more=bool(params.get("more")))
 
 

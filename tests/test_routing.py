@@ -120,8 +120,10 @@ class TestAccepting:
         with pytest.raises(ValueError, match="path must start at its origin"):
             Advertisement.from_wire({"set": [{"origin": "b", "server": "s", "prefix": "", "path": ["c"],
                                               "digest": "d", "catalog": {}}]})
-        with pytest.raises(ValueError, match="must be lists"):
+        with pytest.raises(ValueError, match="route must be an object"):
             Advertisement.from_wire({"set": {"not": "a list"}})
+        with pytest.raises(TypeError):
+            Advertisement.from_wire({"withdraw": 5})
         parsed = Advertisement.from_wire({"full": True, "withdraw": [["b", "s"], ["bad"]]})
         assert parsed.full and not parsed.more and parsed.withdrawn == (("b", "s"),)
 
@@ -251,14 +253,21 @@ class Mesh:
     def neighbours(self, node: str) -> list[str]:
         return sorted(peer for edge in self.edges if node in edge for peer in edge - {node})
 
-    def converge(self) -> int:
-        """Exchange until quiet; returns the rounds it took (bounded)."""
+    def converge(self, rng: random.Random | None = None) -> int:
+        """Exchange until quiet, nodes and their peers taken in sorted order (or as ``rng`` shuffles them);
+        returns the rounds it took (bounded)."""
         for node, table in self.tables.items():
             table.update(self.local[node], {})
         for rounds in range(1, 50):
             quiet = True
-            for node, table in sorted(self.tables.items()):
-                for peer in self.neighbours(node):
+            order = sorted(self.tables.items())
+            if rng is not None:
+                rng.shuffle(order)
+            for node, table in order:
+                peers = self.neighbours(node)
+                if rng is not None:
+                    rng.shuffle(peers)
+                for peer in peers:
                     delta = table.delta(peer, table.offers(peer, self.policy(node, peer)))
                     if delta.empty:
                         continue
@@ -432,3 +441,34 @@ def test_export_and_import_policy_hold(world: dict[str, Any]) -> None:
             assert policy.exports(route.server)
             if table.best[key][1] is not None:  # learned from another peer: only with transit on both counts
                 assert policy.transit and world["node_transit"] and path[-2] != ME
+
+
+@st.composite
+def topologies(draw: Any) -> list[tuple[str, str]]:
+    """A connected graph of 2 to 6 nodes: a random spanning tree plus random extra links."""
+    nodes = [f"node-{c}" for c in "abcdef"[:draw(st.integers(2, 6))]]
+    edges = {(nodes[draw(st.integers(0, i - 1))], nodes[i]) for i in range(1, len(nodes))}
+    pairs = [(a, b) for i, a in enumerate(nodes) for b in nodes[i + 1:]]
+    edges |= set(draw(st.lists(st.sampled_from(pairs), max_size=6)))
+    return sorted(edges)
+
+
+@settings(max_examples=60, deadline=None)
+@given(topologies(), st.integers(0, 2**16))
+def test_a_mesh_converges_to_shortest_loop_free_paths_in_any_order(edges: list[tuple[str, str]], seed: int) -> None:
+    nodes = sorted({n for edge in edges for n in edge})
+    servers = {n: ("s",) for n in nodes}
+    ordered = Mesh(edges, servers)
+    ordered.converge()
+    shuffled = Mesh(edges, servers)
+    shuffled.converge(random.Random(seed))
+    for node in nodes:
+        assert ordered.best(node) == shuffled.best(node)
+        # Every server is reached along a shortest path (breadth-first distance), never through itself.
+        distance, frontier = {node: 0}, [node]
+        for hops in range(1, len(nodes)):
+            frontier = sorted({p for n in frontier for p in ordered.neighbours(n) if p not in distance})
+            distance.update(dict.fromkeys(frontier, hops))
+        assert set(ordered.best(node)) == {(n, "s") for n in nodes}
+        for (origin, _server), path in ordered.best(node).items():
+            assert len(path) - (origin == node) == distance[origin] and node not in path[1:]
