@@ -515,7 +515,7 @@ class Node:
         await self.edge.serve_stdio()
 
     async def _start(self) -> None:
-        await self._nursery.start(self.federation.advertiser)
+        await self._nursery.start(self.federation.advertiser.run)
         await self._nursery.start(self.federation.sessions.relay)
         # Peers first: a configured peer dialing in the moment the listener opens must find its
         # supervisor (and its key) in place, not be refused as an unknown issuer.

@@ -1,0 +1,474 @@
+"""The routing table and the catalog without sockets: policy, limits, loops, best routes, deltas, names.
+
+Plain synchronous tests of :class:`fednode._routing.RoutingTable` (and :class:`fednode._catalog.Catalog`),
+and hypothesis properties over random advertisements: no route through this node is ever accepted or
+offered, a link going down removes everything learned over it, the best routes do not depend on the
+order advertisements arrive in, and export/import policy holds for whatever is offered or learned.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fednode._advertiser import pack_frames
+from fednode._catalog import Catalog
+from fednode._routing import Advertisement, Limits, Policy, Route, RoutingTable, catalog_digest
+from fednode._withdrawn import WithdrawnNames
+
+ME = "node-a"
+OPEN = Policy()
+
+
+def route(origin: str, server: str, *via: str, tools: tuple[str, ...] = ("t",), prefix: str | None = None,
+          description: str = "") -> Route:
+    """A route for ``server`` on ``origin`` as it arrives over ``via`` (the path after the origin)."""
+    catalog = {"tools": tuple({"name": t, "description": description, "inputSchema": {"type": "object"}}
+                              for t in tools)}
+    return Route(origin=origin, server=server, prefix=server if prefix is None else prefix, path=(origin, *via),
+                 digest=catalog_digest(catalog), catalog=catalog)
+
+
+def local(server: str, tools: tuple[str, ...] = ("t",)) -> dict[tuple[str, str], Route]:
+    return {(ME, server): route(ME, server, tools=tools)}
+
+
+def advert(*routes: Route, withdrawn: tuple[tuple[str, str], ...] = (), full: bool = False,
+           more: bool = False) -> Advertisement:
+    return Advertisement(routes=routes, withdrawn=withdrawn, full=full, more=more)
+
+
+def learned(table: RoutingTable, peer: str) -> set[tuple[str, str]]:
+    return set(table.learned.get(peer, {}))
+
+
+class TestAccepting:
+    def test_a_route_through_this_node_is_never_accepted(self) -> None:
+        table = RoutingTable(ME)
+        received = table.receive("node-b", OPEN, advert(route("node-c", "s", ME, "node-b"), route("node-b", "t")))
+        assert received.applied and learned(table, "node-b") == {("node-b", "t")}
+        table.receive("node-b", OPEN, advert(route(ME, "mine", "node-b")))  # our own server, looped back
+        assert learned(table, "node-b") == {("node-b", "t")}
+
+    def test_a_forged_path_is_never_accepted(self) -> None:
+        """A route must have come from the peer that sent it: its path ends there."""
+        table = RoutingTable(ME)
+        table.receive("node-b", OPEN, advert(route("node-c", "s"), route("node-c", "u", "node-x")))
+        assert learned(table, "node-b") == set()
+
+    def test_import_policy(self) -> None:
+        table = RoutingTable(ME)
+        table.receive("node-b", Policy(import_=frozenset({"time"})),
+                      advert(route("node-b", "time"), route("node-b", "secret")))
+        assert learned(table, "node-b") == {("node-b", "time")}
+
+    def test_definitions_a_client_cannot_accept_are_dropped_and_reported(self) -> None:
+        bad = Route(origin="node-b", server="s", prefix="s", path=("node-b",), digest="d",
+                    catalog={"tools": ({"name": "fine", "inputSchema": {"type": "object"}}, {"name": "broken"})})
+        table = RoutingTable(ME)
+        received = table.receive("node-b", OPEN, advert(bad))
+        kept = table.learned["node-b"][("node-b", "s")]
+        assert [t["name"] for t in kept.catalog["tools"]] == ["fine"] and kept.size > 0
+        assert len(received.invalid) == 1 and "broken" in received.invalid[0][1][0]
+
+    def test_routes_per_peer_are_capped(self) -> None:
+        table = RoutingTable(ME, Limits(routes=5))
+        received = table.receive("node-b", OPEN, advert(*(route("node-b", f"s{i}") for i in range(8))))
+        assert learned(table, "node-b") == {("node-b", f"s{i}") for i in range(5)}
+        assert [key for key, _why in received.refused] == [("node-b", f"s{i}") for i in range(5, 8)]
+        assert received.refused[0][1] == "more than 5 routes"
+        # An update to an accepted route is not a new one: it is taken at the cap.
+        table.receive("node-b", OPEN, advert(route("node-b", "s0", tools=("t", "marker"))))
+        assert len(table.learned["node-b"][("node-b", "s0")].catalog["tools"]) == 2
+        assert len(table.learned["node-b"]) == 5
+
+    def test_catalog_items_and_bytes_per_peer_are_capped(self) -> None:
+        table = RoutingTable(ME, Limits(items=10, bytes=2000))
+        table.receive("node-b", OPEN, advert(*(route("node-b", f"s{i}", tools=("t1", "t2", "t3")) for i in range(4))))
+        assert learned(table, "node-b") == {("node-b", f"s{i}") for i in range(3)}  # 12 items > 10
+        received = table.receive("node-b", OPEN, advert(route("node-b", "big", description="x" * 3000),
+                                                        withdrawn=(("node-b", "s2"),)))
+        assert learned(table, "node-b") == {("node-b", "s0"), ("node-b", "s1")}
+        assert [key for key, _why in received.refused] == [("node-b", "big")] and "MiB" in received.refused[0][1]
+        # Withdrawing frees room for another.
+        table.receive("node-b", OPEN, advert(route("node-b", "s9", tools=("t1", "t2", "t3"))))
+        assert ("node-b", "s9") in learned(table, "node-b")
+
+    def test_a_full_advertisement_is_swapped_in_with_its_last_frame(self) -> None:
+        table = RoutingTable(ME)
+        table.receive("node-b", OPEN, advert(route("node-b", "old")))
+        first = table.receive("node-b", OPEN, advert(route("node-b", "s1"), full=True, more=True))
+        assert not first.applied and learned(table, "node-b") == {("node-b", "old")}
+        last = table.receive("node-b", OPEN, advert(route("node-b", "s2")))
+        assert last.applied and learned(table, "node-b") == {("node-b", "s1"), ("node-b", "s2")}
+
+    def test_a_link_going_down_drops_everything_learned_over_it(self) -> None:
+        table = RoutingTable(ME)
+        table.receive("node-b", OPEN, advert(route("node-b", "s"), route("node-c", "s", "node-b")))
+        table.receive("node-c", OPEN, advert(route("node-c", "s")))
+        table.update({}, {})
+        assert table.link_down("node-b") and "node-b" not in table.learned
+        assert set(table.update({}, {})) == {("node-c", "s")}
+        assert not table.link_down("node-b")  # nothing left to drop
+
+    def test_malformed_frames_are_refused_whole(self) -> None:
+        with pytest.raises(ValueError, match="path must start at its origin"):
+            Advertisement.from_wire({"set": [{"origin": "b", "server": "s", "prefix": "", "path": ["c"],
+                                              "digest": "d", "catalog": {}}]})
+        with pytest.raises(ValueError, match="route must be an object"):
+            Advertisement.from_wire({"set": {"not": "a list"}})
+        with pytest.raises(TypeError):
+            Advertisement.from_wire({"withdraw": 5})
+        parsed = Advertisement.from_wire({"full": True, "withdraw": [["b", "s"], ["bad"]]})
+        assert parsed.full and not parsed.more and parsed.withdrawn == (("b", "s"),)
+
+
+class TestBestRoutes:
+    def test_fewest_hops_then_lowest_rtt_then_peer_id(self) -> None:
+        table = RoutingTable(ME)
+        table.receive("node-b", OPEN, advert(route("node-x", "s", "node-y", "node-b")))
+        table.receive("node-c", OPEN, advert(route("node-x", "s", "node-c")))
+        table.receive("node-d", OPEN, advert(route("node-x", "s", "node-d")))
+        assert table.update({}, {"node-c": 0.5, "node-d": 0.1})[("node-x", "s")][1] == "node-d"
+        assert table.update({}, {"node-c": 0.1})[("node-x", "s")][1] == "node-c"  # unknown RTT: last
+        assert table.update({}, {})[("node-x", "s")][1] == "node-c"  # a tie: the peer id
+        assert table.next_hop(("node-x", "s")) == "node-c"
+        table.link_down("node-c")
+        table.link_down("node-d")
+        assert table.update({}, {})[("node-x", "s")][1] == "node-b"  # the longer path, once it is the only one
+
+    def test_a_server_attached_here_is_always_local(self) -> None:
+        table = RoutingTable(ME)
+        best = table.update(local("s"), {})
+        assert best[(ME, "s")][1] is None and table.next_hop((ME, "s")) is None
+
+
+class TestOffering:
+    def test_export_policy(self) -> None:
+        table = RoutingTable(ME)
+        table.update({**local("public"), **local("private")}, {})
+        offers = table.offers("node-b", Policy(export=frozenset({"public"})))
+        assert set(offers) == {(ME, "public")} and offers[(ME, "public")][1] == (ME,)
+
+    def test_transit_per_peer_and_per_node(self) -> None:
+        table = RoutingTable(ME)
+        table.receive("node-c", OPEN, advert(route("node-c", "far")))
+        table.update(local("own"), {})
+        assert set(table.offers("node-b", OPEN)) == {(ME, "own"), ("node-c", "far")}
+        assert table.offers("node-b", OPEN)[("node-c", "far")][1] == ("node-c", ME)
+        assert set(table.offers("node-b", Policy(transit=False))) == {(ME, "own")}
+        assert set(table.offers("node-b", OPEN, node_transit=False)) == {(ME, "own")}
+
+    def test_a_route_is_never_offered_back_along_its_path(self) -> None:
+        table = RoutingTable(ME)
+        table.receive("node-b", OPEN, advert(route("node-c", "s", "node-b")))
+        table.update({}, {})
+        assert table.offers("node-b", OPEN) == {} and table.offers("node-c", OPEN) == {}
+        assert set(table.offers("node-d", OPEN)) == {("node-c", "s")}
+
+    def test_deltas_full_then_changes_then_withdrawals(self) -> None:
+        table = RoutingTable(ME)
+        table.update({**local("s1"), **local("s2")}, {})
+        table.link_up("node-b")
+        first = table.delta("node-b", table.offers("node-b", OPEN))
+        assert first.full and set(first.routes) == {(ME, "s1"), (ME, "s2")} and not first.withdrawn
+        table.sent("node-b", first)
+        assert table.delta("node-b", table.offers("node-b", OPEN)).empty
+        table.update({**local("s1", tools=("t", "u")), **local("s3")}, {})
+        change = table.delta("node-b", table.offers("node-b", OPEN))
+        assert not change.full and set(change.routes) == {(ME, "s1"), (ME, "s3")}
+        assert change.withdrawn == ((ME, "s2"),)
+        table.not_sent("node-b")  # failed: owed a full advertisement again
+        assert table.delta("node-b", table.offers("node-b", OPEN)).full
+
+    def test_frames_stay_within_the_budget(self) -> None:
+        routes = [({"n": i}, 400) for i in range(5)]
+        frames = pack_frames(True, routes, [["b", "s"]], 1000)
+        assert [len(f["set"]) for f in frames] == [2, 2, 1]
+        assert [f["more"] for f in frames] == [True, True, False]
+        assert [f["withdraw"] for f in frames] == [[], [], [["b", "s"]]]
+        assert all(f["full"] for f in frames)
+
+
+class TestNames:
+    """Who keeps a contested name: a server attached here, then the first claimant; never a peer by choice."""
+
+    def test_a_peer_cannot_take_over_names(self) -> None:
+        table = RoutingTable(ME)
+        catalog = Catalog(ME, structlog.get_logger())
+
+        def rebuild(local_routes: dict[tuple[str, str], Route], attached: tuple[str, ...] = ()) -> None:
+            catalog.rebuild(table.update(local_routes, {}), {}, attached)
+
+        table.receive("node-b", OPEN, advert(route("node-b", "zz", tools=("now",))))
+        rebuild({})
+        # A server id that sorts first, with a prefix that collides: renamed, whoever it is.
+        table.receive("node-b", OPEN, advert(route("node-b", "aa", prefix="zz", tools=("now",))))
+        rebuild({})
+        tools = catalog.entries["tools"]
+        assert tools["zz__now"].server == "zz" and tools["node-b__zz__now"].server == "aa"
+        assert tools["node-b__zz__now"].definition["name"] == "node-b__zz__now"
+        # A server attached here keeps its names even against an earlier claim from a peer.
+        table.receive("node-b", OPEN, advert(route("node-b", "ab", prefix="loc", tools=("x",))))
+        rebuild({})
+        assert catalog.entries["tools"]["loc__x"].server == "ab"
+        rebuild(local("loc", tools=("x",)), ("loc",))
+        tools = catalog.entries["tools"]
+        assert tools["loc__x"].server == "loc" and tools["node-b__loc__x"].server == "ab"
+        assert any("'loc__x'" in conflict for conflict in catalog.conflicts)
+
+    def test_replicas_merge_nearest_first(self) -> None:
+        table = RoutingTable(ME)
+        catalog = Catalog(ME, structlog.get_logger(), WithdrawnNames(clock=lambda: 100.0))
+        table.receive("node-b", OPEN, advert(route("node-b", "time"), route("node-c", "time", "node-b")))
+        changed = catalog.rebuild(table.update({}, {}), {}, ())
+        assert changed == {"tools"} and catalog.entries["tools"]["time__t"].origins == ("node-b", "node-c")
+        # The last route to a server going: its names are remembered as withdrawn, not just unknown.
+        table.link_down("node-b")
+        catalog.rebuild(table.update({}, {}), {}, ())
+        assert catalog.entries["tools"] == {} and len(catalog.withdrawn) == 1
+
+
+class Mesh:
+    """Routing tables of several nodes exchanging deltas directly, in memory, until nothing changes."""
+
+    def __init__(self, edges: list[tuple[str, str]], servers: dict[str, tuple[str, ...]],
+                 policies: dict[tuple[str, str], Policy] | None = None) -> None:
+        self.edges = {frozenset(edge) for edge in edges}
+        self.policies = policies or {}
+        self.tables = {node: RoutingTable(node) for edge in edges for node in edge}
+        self.local = {node: {(node, s): route(node, s) for s in servers.get(node, ())} for node in self.tables}
+        for a, b in edges:
+            self.tables[a].link_up(b)
+            self.tables[b].link_up(a)
+
+    def policy(self, node: str, peer: str) -> Policy:
+        return self.policies.get((node, peer), OPEN)
+
+    def neighbours(self, node: str) -> list[str]:
+        return sorted(peer for edge in self.edges if node in edge for peer in edge - {node})
+
+    def converge(self, rng: random.Random | None = None) -> int:
+        """Exchange until quiet, nodes and their peers taken in sorted order (or as ``rng`` shuffles them);
+        returns the rounds it took (bounded)."""
+        for node, table in self.tables.items():
+            table.update(self.local[node], {})
+        for rounds in range(1, 50):
+            quiet = True
+            order = sorted(self.tables.items())
+            if rng is not None:
+                rng.shuffle(order)
+            for node, table in order:
+                peers = self.neighbours(node)
+                if rng is not None:
+                    rng.shuffle(peers)
+                for peer in peers:
+                    delta = table.delta(peer, table.offers(peer, self.policy(node, peer)))
+                    if delta.empty:
+                        continue
+                    quiet = False
+                    wire = {"full": delta.full, "set": [r.to_wire(path) for r, path in delta.routes.values()],
+                            "withdraw": [list(key) for key in delta.withdrawn]}
+                    table.sent(peer, delta)
+                    received = self.tables[peer].receive(node, self.policy(peer, node), Advertisement.from_wire(wire))
+                    if received.applied:
+                        self.tables[peer].update(self.local[peer], {})
+            if quiet:
+                return rounds
+        raise AssertionError("no convergence in 50 rounds")
+
+    def cut(self, a: str, b: str) -> None:
+        self.edges.discard(frozenset((a, b)))
+        self.tables[a].link_down(b)
+        self.tables[b].link_down(a)
+
+    def best(self, node: str) -> dict[tuple[str, str], tuple[str, ...]]:
+        return {key: r.path for key, (r, _via) in self.tables[node].best.items()}
+
+
+class TestMeshWithoutSockets:
+    """Whole topologies converge, loop-free, on tables alone (the mesh tests' routing logic)."""
+
+    def test_ring_of_four_is_loop_free_and_heals(self) -> None:
+        ring = ["node-a", "node-b", "node-c", "node-d"]
+        mesh = Mesh([(ring[i], ring[(i + 1) % 4]) for i in range(4)], {n: (f"s-{n[-1]}",) for n in ring})
+        mesh.converge()
+        for node in ring:
+            paths = mesh.best(node)
+            assert len(paths) == 4 and all(len(set(p)) == len(p) and node not in p[1:] for p in paths.values())
+        assert len(mesh.best("node-a")[("node-c", "s-c")]) == 2  # two hops either way round
+        mesh.cut("node-a", "node-b")
+        mesh.converge()
+        assert mesh.best("node-a")[("node-b", "s-b")] == ("node-b", "node-c", "node-d")
+        mesh.cut("node-c", "node-d")
+        mesh.converge()  # a-d and b-c are split: each side loses the other's servers
+        assert set(mesh.best("node-a")) == {("node-a", "s-a"), ("node-d", "s-d")}
+        assert set(mesh.best("node-c")) == {("node-b", "s-b"), ("node-c", "s-c")}
+
+    def test_full_mesh_of_five_prefers_direct_routes(self) -> None:
+        nodes = [f"node-{c}" for c in "abcde"]
+        mesh = Mesh([(a, b) for i, a in enumerate(nodes) for b in nodes[i + 1:]], {n: ("s",) for n in nodes})
+        mesh.converge()
+        for node in nodes:
+            assert all(len(p) == 1 for p in mesh.best(node).values()) and len(mesh.best(node)) == 5
+
+    def test_export_import_and_transit_along_a_chain(self) -> None:
+        chain = [("node-a", "node-b"), ("node-b", "node-c")]
+        servers = {"node-b": ("public", "private"), "node-c": ("time", "secret")}
+        mesh = Mesh(chain, servers, {("node-b", "node-a"): Policy(export=frozenset({"public"})),
+                                     ("node-b", "node-c"): Policy(import_=frozenset({"time"}))})
+        mesh.converge()
+        assert set(mesh.best("node-a")) == {("node-b", "public")}
+        assert set(mesh.best("node-b")) == {("node-b", "public"), ("node-b", "private"), ("node-c", "time")}
+        mesh = Mesh(chain, servers, {("node-b", "node-a"): Policy(transit=False)})
+        mesh.converge()
+        assert set(mesh.best("node-a")) == {("node-b", "public"), ("node-b", "private")}
+
+
+# -- properties -----------------------------------------------------------------------------------
+
+PEERS = ("node-b", "node-c", "node-d")
+NODES = (ME, *PEERS, "node-x", "node-y")
+SERVERS = ("s1", "s2", "s3")
+
+policies = st.builds(Policy, export=st.none() | st.frozensets(st.sampled_from(SERVERS)),
+                     import_=st.none() | st.frozensets(st.sampled_from(SERVERS)), transit=st.booleans())
+
+
+@st.composite
+def routes_from(draw: Any, peer: str) -> Route:
+    """A route as ``peer`` might advertise it: any origin, any path ending at ``peer`` (loops included)."""
+    origin = draw(st.sampled_from(NODES))
+    middle = draw(st.lists(st.sampled_from(NODES), max_size=3))
+    path = (origin,) if origin == peer and not middle else (origin, *middle, peer)
+    tools = tuple(draw(st.lists(st.sampled_from(("t", "u", "v")), max_size=2, unique=True)))
+    return route(origin, draw(st.sampled_from(SERVERS)), *path[1:], tools=tools)
+
+
+@st.composite
+def frames_from(draw: Any, peer: str) -> list[Advertisement]:
+    """What ``peer`` sends over one link: a full advertisement, then deltas."""
+    frames = [advert(*draw(st.lists(routes_from(peer), max_size=4)), full=True)]
+    for _ in range(draw(st.integers(0, 3))):
+        withdrawn = draw(st.lists(st.tuples(st.sampled_from(NODES), st.sampled_from(SERVERS)), max_size=2))
+        frames.append(advert(*draw(st.lists(routes_from(peer), max_size=3)), withdrawn=tuple(withdrawn)))
+    return frames
+
+
+@st.composite
+def worlds(draw: Any) -> dict[str, Any]:
+    peers = draw(st.lists(st.sampled_from(PEERS), min_size=1, unique=True))
+    return {
+        "frames": {peer: draw(frames_from(peer)) for peer in peers},
+        "policies": {peer: draw(policies) for peer in PEERS},
+        "rtts": {peer: draw(st.sampled_from((0.01, 0.1, 1.0))) for peer in PEERS if draw(st.booleans())},
+        "local": {(ME, s): route(ME, s) for s in draw(st.frozensets(st.sampled_from(SERVERS)))},
+        "node_transit": draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+def converge(world: dict[str, Any], order: list[str]) -> RoutingTable:
+    """Feed each peer's frames in its own order, the peers interleaved as ``order`` says."""
+    table = RoutingTable(ME, Limits(routes=4, items=6))
+    queues = {peer: list(frames) for peer, frames in world["frames"].items()}
+    for peer in order:
+        table.receive(peer, world["policies"][peer], queues[peer].pop(0))
+    table.update(world["local"], world["rtts"])
+    return table
+
+
+def interleaving(world: dict[str, Any], rng: random.Random) -> list[str]:
+    order = [peer for peer, frames in world["frames"].items() for _ in frames]
+    rng.shuffle(order)
+    return order
+
+
+def summary(table: RoutingTable) -> dict[tuple[str, str], tuple[tuple[str, ...], str | None, str]]:
+    return {key: (route.path, via, route.digest) for key, (route, via) in table.best.items()}
+
+
+@settings(max_examples=100, deadline=None)
+@given(worlds())
+def test_no_route_through_this_node_is_accepted_or_offered(world: dict[str, Any]) -> None:
+    table = converge(world, interleaving(world, random.Random(world["seed"])))
+    for routes in table.learned.values():
+        assert all(ME not in r.path for r in routes.values())
+    for key, (route, via) in table.best.items():
+        assert (ME in route.path) == (via is None) == (key[0] == ME)
+    for peer in PEERS:
+        for _route, path in table.offers(peer, world["policies"][peer], node_transit=world["node_transit"]).values():
+            assert path[-1] == ME and path.count(ME) == 1 and peer not in path
+
+
+@settings(max_examples=100, deadline=None)
+@given(worlds(), st.data())
+def test_a_link_going_down_removes_everything_learned_over_it(world: dict[str, Any], data: Any) -> None:
+    table = converge(world, interleaving(world, random.Random(world["seed"])))
+    gone = data.draw(st.sampled_from(sorted(world["frames"])))
+    table.link_down(gone)
+    best = table.update(world["local"], world["rtts"])
+    assert gone not in table.learned and all(via != gone for _route, via in best.values())
+    # What is left is what the other peers alone would have given.
+    others = {peer: frames for peer, frames in world["frames"].items() if peer != gone}
+    alone = converge({**world, "frames": others}, [p for p, frames in others.items() for _ in frames])
+    assert summary(table) == summary(alone)
+
+
+@settings(max_examples=100, deadline=None)
+@given(worlds())
+def test_best_routes_do_not_depend_on_the_order_advertisements_arrive_in(world: dict[str, Any]) -> None:
+    rng = random.Random(world["seed"])
+    first = summary(converge(world, interleaving(world, rng)))
+    for _ in range(3):
+        assert summary(converge(world, interleaving(world, rng))) == first
+
+
+@settings(max_examples=100, deadline=None)
+@given(worlds())
+def test_export_and_import_policy_hold(world: dict[str, Any]) -> None:
+    table = converge(world, interleaving(world, random.Random(world["seed"])))
+    for peer, routes in table.learned.items():
+        assert all(world["policies"][peer].imports(r.server) for r in routes.values())
+    for peer in PEERS:
+        policy = world["policies"][peer]
+        for key, (route, path) in table.offers(peer, policy, node_transit=world["node_transit"]).items():
+            assert policy.exports(route.server)
+            if table.best[key][1] is not None:  # learned from another peer: only with transit on both counts
+                assert policy.transit and world["node_transit"] and path[-2] != ME
+
+
+@st.composite
+def topologies(draw: Any) -> list[tuple[str, str]]:
+    """A connected graph of 2 to 6 nodes: a random spanning tree plus random extra links."""
+    nodes = [f"node-{c}" for c in "abcdef"[:draw(st.integers(2, 6))]]
+    edges = {(nodes[draw(st.integers(0, i - 1))], nodes[i]) for i in range(1, len(nodes))}
+    pairs = [(a, b) for i, a in enumerate(nodes) for b in nodes[i + 1:]]
+    edges |= set(draw(st.lists(st.sampled_from(pairs), max_size=6)))
+    return sorted(edges)
+
+
+@settings(max_examples=60, deadline=None)
+@given(topologies(), st.integers(0, 2**16))
+def test_a_mesh_converges_to_shortest_loop_free_paths_in_any_order(edges: list[tuple[str, str]], seed: int) -> None:
+    nodes = sorted({n for edge in edges for n in edge})
+    servers = {n: ("s",) for n in nodes}
+    ordered = Mesh(edges, servers)
+    ordered.converge()
+    shuffled = Mesh(edges, servers)
+    shuffled.converge(random.Random(seed))
+    for node in nodes:
+        assert ordered.best(node) == shuffled.best(node)
+        # Every server is reached along a shortest path (breadth-first distance), never through itself.
+        distance, frontier = {node: 0}, [node]
+        for hops in range(1, len(nodes)):
+            frontier = sorted({p for n in frontier for p in ordered.neighbours(n) if p not in distance})
+            distance.update(dict.fromkeys(frontier, hops))
+        assert set(ordered.best(node)) == {(n, "s") for n in nodes}
+        for (origin, _server), path in ordered.best(node).items():
+            assert len(path) - (origin == node) == distance[origin] and node not in path[1:]
