@@ -61,10 +61,8 @@ class Forwarder(Protocol):
         ...
 
 
-
 ProgressReporter = Callable[[float, "float | None", "str | None"], Awaitable[None]]
 """``async (progress, total, message)``: what :meth:`EdgeCall.report_progress` delegates to."""
-
 
 
 class EdgeCall:
@@ -176,7 +174,6 @@ class EdgeCall:
     def __repr__(self) -> str:
         return (f"EdgeCall(method={self.method!r}, era={self.era!r}, protocol_version={self.protocol_version!r}, "
                 f"session_key={self.session_key!r}, request_id={self.request_id!r})")
-
 
 
 def _dump(model: BaseModel) -> dict[str, Any]:

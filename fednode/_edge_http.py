@@ -84,11 +84,9 @@ class BoundedEventStore(EventStore):
         return stream_id
 
 
-
 async def healthz(request: Request) -> Response:
     """``GET /healthz``: the node is up (needs no client token)."""
     return PlainTextResponse("ok")
-
 
 
 class BearerAuth:
