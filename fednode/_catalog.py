@@ -18,19 +18,9 @@ from typing import Any
 
 import attrs
 
-from ._errors import RequestError
+from ._errors import METHOD_NOT_FOUND, NODE_UNREACHABLE, SERVER_UNAVAILABLE, UNKNOWN_NAME, ForwardError
 from ._routing import KINDS, Key, Route
 from ._withdrawn import WithdrawnNames, template_regex
-
-# JSON-RPC error codes fednode gives MCP clients (the server-error range); an attached server's own
-# errors pass through with their own codes.
-UNKNOWN_NAME = -32602
-NODE_UNREACHABLE = -32050
-SERVER_UNAVAILABLE = -32051
-
-
-class ForwardError(RequestError):
-    """A request could not be executed where it had to go (travels back to the caller unchanged)."""
 
 
 @attrs.frozen
@@ -240,7 +230,7 @@ class Catalog:
                 if error is not None:
                     raise error
             raise ForwardError(UNKNOWN_NAME, f"Unknown completion reference: {json.dumps(ref)[:200]}")
-        raise ForwardError(-32601, f"Method not forwarded: {method}")
+        raise ForwardError(METHOD_NOT_FOUND, f"Method not forwarded: {method}")
 
     def _template_for(self, uri: str) -> Entry | None:
         for pattern, entry in self._templates:

@@ -2,7 +2,8 @@
 
 They act on files or on a running node from outside (as an MCP client of its ``{data}/mcp``, or over
 plain HTTP for ``{data}/status``); none of them starts a node. :func:`register` adds them to the
-``fednode`` click group.
+``fednode`` click group. How answers are shown to people (tables, tool results) is in
+:mod:`fednode._formatting`.
 
 Every failure a user can cause (bad input, an unreachable node, a refused token, an unknown tool)
 ends with one line on stderr, ``fednode: <what went wrong>``, and a non-zero exit: 2 for a usage
@@ -29,8 +30,9 @@ import trio
 
 from ._auth import AuthManager
 from ._config import NodeConfig, load_config
-from ._errors import ConfigError, FednodeError
+from ._errors import UNKNOWN_NAME, ConfigError, FednodeError, StatusError
 from ._errors import leaves as _leaves
+from ._formatting import format_result, format_status, format_tools
 
 if TYPE_CHECKING:
     import httpx2
@@ -43,8 +45,6 @@ EXIT_INTERRUPTED = 130
 DEFAULT_TIMEOUT = 30.0
 #: Pages of tools/list read at most; a node that keeps returning cursors is broken, not big.
 MAX_PAGES = 1000
-#: Width of the description column of ``fednode tools``.
-DESCRIPTION_WIDTH = 72
 
 T = TypeVar("T")
 
@@ -427,33 +427,6 @@ async def _list_tools(client: Client) -> list[dict[str, Any]]:
     raise RuntimeError(f"tools/list still returned a cursor after {MAX_PAGES} pages")
 
 
-def _first_line(text: str | None, width: int) -> str:
-    lines = (text or "").strip().splitlines()
-    line = lines[0].strip() if lines else ""
-    if len(line) > width or len(lines) > 1:
-        line = line[: width - 3].rstrip() + "..."
-    return line
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    """Left-aligned columns separated by two spaces; ``None`` shows as ``-``; no trailing blanks.
-
-    A value spanning several lines (an error message, say) is folded onto one.
-    """
-    cells = [[str(h) for h in headers]] + [["-" if v is None else " ".join(str(v).split()) for v in row]
-                                           for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
-
-
-def format_tools(tools: Sequence[Mapping[str, Any]]) -> str:
-    """The ``fednode tools`` table: name and the first line of the description."""
-    if not tools:
-        return "no tools"
-    rows = [(tool.get("name", "?"), _first_line(tool.get("description"), DESCRIPTION_WIDTH)) for tool in tools]
-    return "\n".join(format_table(("NAME", "DESCRIPTION"), rows))
-
-
 @click.command("tools")
 @_target_options
 def tools(url: str | None, config_path: str | None, token: str | None, timeout: float, as_json: bool,
@@ -501,32 +474,6 @@ def parse_arguments(json_args: str | None, args: Sequence[str]) -> dict[str, Any
     return arguments
 
 
-def _summarise_block(block: Mapping[str, Any]) -> str:
-    kind = block.get("type")
-    if kind == "text":
-        return str(block.get("text", ""))
-    if kind in ("image", "audio"):
-        decoded = len(str(block.get("data", ""))) * 3 // 4  # base64
-        return f"[{kind}: {block.get('mimeType', 'unknown type')}, about {decoded} bytes]"
-    if kind == "resource_link":
-        name = f" ({block['name']})" if block.get("name") else ""
-        return f"[resource link: {block.get('uri', '?')}{name}]"
-    if kind == "resource":
-        resource = block.get("resource") or {}
-        mime = f", {resource['mimeType']}" if resource.get("mimeType") else ""
-        length = f", {len(resource['text'])} characters" if "text" in resource else ""
-        return f"[embedded resource: {resource.get('uri', '?')}{mime}{length}]"
-    return f"[{kind} content]"
-
-
-def format_result(result: Mapping[str, Any]) -> str:
-    """A tool result for people: text as text, other content summarised, structured content as JSON."""
-    parts = [_summarise_block(block) for block in result.get("content") or []]
-    if result.get("structuredContent") is not None:
-        parts.append(json.dumps(result["structuredContent"], indent=2))
-    return "\n".join(parts)
-
-
 @click.command("call")
 @click.argument("tool")
 @click.option("--arg", "args", multiple=True, metavar="KEY=VALUE",
@@ -549,7 +496,7 @@ def call(tool: str, args: tuple[str, ...], json_args: str | None, url: str | Non
         from mcp.shared.exceptions import MCPError
 
         for leaf in _leaves(exc):
-            if isinstance(leaf, MCPError) and leaf.code == -32602 and "unknown tool" in leaf.message.lower():
+            if isinstance(leaf, MCPError) and leaf.code == UNKNOWN_NAME and "unknown tool" in leaf.message.lower():
                 return f"unknown tool {tool!r} at {target.base} (list them with: fednode tools)"
         return None
 
@@ -567,95 +514,21 @@ def call(tool: str, args: tuple[str, ...], json_args: str | None, url: str | Non
 # -- status -------------------------------------------------------------------------------------
 
 
-def _seconds(value: object) -> str:
-    if not isinstance(value, int | float):
-        return "-"
-    seconds = float(value)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
-
-
-def _ago(value: object) -> str:
-    return "-" if not isinstance(value, int | float) else f"{_seconds(value)} ago"
-
-
-def _rtt(value: object) -> str:
-    return "-" if not isinstance(value, int | float) else f"{float(value):.2f} ms"
-
-
-def format_status(status: Mapping[str, Any]) -> str:
-    """The ``fednode status`` report: node header, peers, servers, routes, conflicts, in-flight requests."""
-    node = status.get("node") or {}
-    reload = node.get("reload") or {}
-    last = reload.get("last")
-    reload_text = f"reloads {reload.get('count', 0)}"
-    if isinstance(last, Mapping):
-        outcome = "ok" if last.get("ok") else f"failed: {last.get('error') or 'unknown error'}"
-        summary = f", {last['summary']}" if last.get("summary") else ""
-        reload_text += f" (last {_ago(last.get('ago_s'))}: {outcome}{summary})"
-    lines = [f"node {node.get('id', '?')}  version {node.get('version', '?')}  up {_seconds(node.get('uptime_s'))}"
-             f"  {reload_text}",
-             f"control {node.get('control') or '-'}  data {node.get('data') or '-'}", ""]
-
-    peers = status.get("peers") or []
-    lines.append(f"peers: {len(peers)}")
-    if peers:
-        rows: list[tuple[object, ...]] = [
-            (p.get("id"), p.get("state"), p.get("direction"), _rtt(p.get("rtt_ms")), _ago(p.get("last_seen_s")),
-             p.get("reconnects", 0), p.get("control"), p.get("last_error")) for p in peers]
-        lines += ["  " + line for line in format_table(
-            ("ID", "STATE", "DIRECTION", "RTT", "LAST SEEN", "RECONNECTS", "CONTROL", "LAST ERROR"), rows)]
-    lines.append("")
-
-    servers = status.get("servers") or []
-    lines.append(f"servers: {len(servers)}")
-    if servers:
-        rows = [(s.get("id"), s.get("state"), s.get("era"), s.get("restarts", 0), s.get("tools", 0),
-                 s.get("prompts", 0), s.get("resources", 0), s.get("resource_templates", 0), s.get("last_error"))
-                for s in servers]
-        lines += ["  " + line for line in format_table(
-            ("ID", "STATE", "ERA", "RESTARTS", "TOOLS", "PROMPTS", "RESOURCES", "TEMPLATES", "LAST ERROR"), rows)]
-    lines.append("")
-
-    routes = status.get("routes") or {}
-    by_origin = routes.get("by_origin") or {}
-    lines.append(f"routes: {routes.get('total', 0)}")
-    if by_origin:
-        lines += ["  " + line for line in format_table(("ORIGIN", "ROUTES"), sorted(by_origin.items()))]
-    conflicts = routes.get("conflicts") or []
-    lines.append(f"conflicts: {len(conflicts)}")
-    lines += [f"  - {conflict}" for conflict in conflicts]
-    lines.append(f"in flight: {status.get('in_flight', 0)}")
-    return "\n".join(lines)
-
-
 def _fetch_status(target: Target, timeout: float) -> Any:
     import httpx2
 
     with httpx2.Client(headers=target.headers(), timeout=httpx2.Timeout(timeout), verify=target.verify) as http:
         response = http.get(target.status_url)
     if response.status_code == 401:
-        raise _StatusError(_explain(RuntimeError("unauthorized"), target, 401, "status"))
+        raise StatusError(_explain(RuntimeError("unauthorized"), target, 401, "status"))
     if response.status_code == 404:
-        raise _StatusError(f"{target.base} has no /status endpoint (is it a fednode node, and recent enough?)")
+        raise StatusError(f"{target.base} has no /status endpoint (is it a fednode node, and recent enough?)")
     if response.status_code != 200:
-        raise _StatusError(f"{target.status_url} answered HTTP {response.status_code}")
+        raise StatusError(f"{target.status_url} answered HTTP {response.status_code}")
     try:
         return response.json()
     except ValueError:
-        raise _StatusError(f"{target.status_url} did not answer JSON") from None
-
-
-class _StatusError(Exception):
-    """A status request failed in a way already worded for the user."""
+        raise StatusError(f"{target.status_url} did not answer JSON") from None
 
 
 @click.command("status")
@@ -671,10 +544,10 @@ def status(url: str | None, config_path: str | None, token: str | None, timeout:
         answer = _fetch_status(target, timeout)
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
-    except (_StatusError, httpx2.HTTPError, OSError) as exc:
+    except (StatusError, httpx2.HTTPError, OSError) as exc:
         if debug:
             traceback.print_exception(exc)
-        fail(str(exc) if isinstance(exc, _StatusError) else _explain(exc, target, None, "status"))
+        fail(str(exc) if isinstance(exc, StatusError) else _explain(exc, target, None, "status"))
     if as_json:
         click.echo(json.dumps(answer, indent=2))
     elif isinstance(answer, dict):

@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ._config_load import (
     Duration,
     FilePath,
-    Invalid,
     Loader,
     StringTable,
     at_least,
@@ -40,7 +39,7 @@ from ._config_load import (
 )
 from ._config_load import Secret as Secret
 from ._config_load import parse_duration as parse_duration
-from ._errors import ConfigError
+from ._errors import ConfigError, InvalidValue
 
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SERVER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -401,7 +400,7 @@ def _auth(load: Loader, section: _AuthSection | None) -> AuthConfig | None:
 def _private_key(load: Loader, file: Path) -> Ed25519PrivateKey | None:
     try:
         loaded = serialization.load_pem_private_key(load.read(file), password=None)
-    except Invalid as exc:
+    except InvalidValue as exc:
         load.problem("auth.private_key", str(exc))
     except (ValueError, TypeError) as exc:
         load.problem("auth.private_key", f"not an unencrypted PEM private key: {exc}")

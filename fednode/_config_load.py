@@ -33,6 +33,8 @@ from cattrs.gen import make_dict_structure_fn, override
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ._errors import InvalidValue
+
 T = TypeVar("T")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -121,14 +123,6 @@ def url_problem(value: object, schemes: tuple[str, ...], *, allow_port_zero: boo
     return None
 
 
-class Invalid(ValueError):
-    """One or more problems with a single value (its key path is added by the caller)."""
-
-    def __init__(self, *messages: str) -> None:
-        super().__init__("; ".join(messages))
-        self.messages = messages
-
-
 def _kind(value: object) -> str:
     return type(value).__name__
 
@@ -156,7 +150,7 @@ class Check(Rule):
     def check(self, value: Any) -> Any:
         problem = self.problem(value)
         if problem:
-            raise Invalid(problem)
+            raise InvalidValue(problem)
         return value
 
 
@@ -204,11 +198,11 @@ class Duration(Rule):
         try:
             seconds = parse_duration(loader.expand(value) if isinstance(value, str) else value)
         except ValueError as exc:
-            raise Invalid(str(exc)) from None
+            raise InvalidValue(str(exc)) from None
         if self.positive and seconds <= 0:
-            raise Invalid("must be greater than 0")
+            raise InvalidValue("must be greater than 0")
         if self.at_most is not None and seconds > self.at_most:
-            raise Invalid(self.too_long.format(limit=self.at_most, value=seconds))
+            raise InvalidValue(self.too_long.format(limit=self.at_most, value=seconds))
         return seconds
 
 
@@ -231,7 +225,7 @@ class StringTable(Rule):
 
     def structure(self, value: object, base: Any, loader: Loader) -> tuple[tuple[str, str], ...]:
         if not isinstance(value, dict):
-            raise Invalid(f"expected a table of strings, got {_kind(value)}")
+            raise InvalidValue(f"expected a table of strings, got {_kind(value)}")
         return tuple(loader.converter.structure(value, dict[str, str]).items())
 
 
@@ -284,7 +278,7 @@ def problems_of(exc: BaseException, path: str) -> list[tuple[str, str]]:
         return problems
     if isinstance(exc, ForbiddenExtraKeysError):
         return unknown_keys(sorted(exc.extra_fields), _raw_keys(exc.cl), path)
-    if isinstance(exc, Invalid):
+    if isinstance(exc, InvalidValue):
         return [(path, message) for message in exc.messages]
     if isinstance(exc, KeyError):
         return [(path, "required key is missing")]
@@ -293,19 +287,19 @@ def problems_of(exc: BaseException, path: str) -> list[tuple[str, str]]:
 
 def _strict_bool(value: object, _: type) -> bool:
     if not isinstance(value, bool):
-        raise Invalid(f"expected true or false, got {_kind(value)}")
+        raise InvalidValue(f"expected true or false, got {_kind(value)}")
     return value
 
 
 def _strict_int(value: object, _: type) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise Invalid(f"expected an integer, got {_kind(value)}")
+        raise InvalidValue(f"expected an integer, got {_kind(value)}")
     return value
 
 
 def _strict_float(value: object, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise Invalid(f"expected a number, got {_kind(value)}")
+        raise InvalidValue(f"expected a number, got {_kind(value)}")
     try:
         return float(value)
     except OverflowError:
@@ -355,7 +349,7 @@ class Loader:
     def expand(self, value: object) -> str:
         """A string with ``${VAR}`` replaced from the environment and ``$$`` by ``$``."""
         if not isinstance(value, str):
-            raise Invalid(f"expected a string, got {_kind(value)}")
+            raise InvalidValue(f"expected a string, got {_kind(value)}")
         missing: list[str] = []
 
         def substitute(match: re.Match[str]) -> str:
@@ -369,7 +363,7 @@ class Loader:
 
         result = _ENV_RE.sub(substitute, value)
         if missing:
-            raise Invalid(*(f"environment variable {name} is not set" for name in missing))
+            raise InvalidValue(*(f"environment variable {name} is not set" for name in missing))
         return result
 
     def path(self, value: str) -> Path:
@@ -382,7 +376,7 @@ class Loader:
         try:
             return file.read_bytes()
         except OSError as exc:
-            raise Invalid(f"cannot read {str(file)!r}: {exc.strerror or exc}") from None
+            raise InvalidValue(f"cannot read {str(file)!r}: {exc.strerror or exc}") from None
 
 
 # The converter is built once (cattrs generates each class's code on first use); the hooks that
@@ -392,16 +386,16 @@ _current: ContextVar[Loader] = ContextVar("fednode_config_loader")
 
 def _public_key(value: object, _: type) -> Ed25519PublicKey:
     if not isinstance(value, str):
-        raise Invalid(f"expected a PEM string or a file path, got {_kind(value)}")
+        raise InvalidValue(f"expected a PEM string or a file path, got {_kind(value)}")
     loader = _current.get()
     text = loader.expand(value)
     pem = text.encode() if "-----BEGIN" in text else loader.read(loader.path(text))
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as exc:
-        raise Invalid(f"not a PEM public key: {exc}") from None
+        raise InvalidValue(f"not a PEM public key: {exc}") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise Invalid("not an Ed25519 public key")
+        raise InvalidValue("not an Ed25519 public key")
     return key
 
 
@@ -411,7 +405,7 @@ def _tuple_hook(annotation: Any) -> Any:
     def structure_list(value: object, _: type) -> tuple[Any, ...]:
         # cattrs alone would take a string or a table for a sequence; the file must give an array.
         if not isinstance(value, list):
-            raise Invalid(f"expected a list of strings, got {_kind(value)}")
+            raise InvalidValue(f"expected a list of strings, got {_kind(value)}")
         return tuple(structure_items(value, annotation))
 
     return structure_list
@@ -433,7 +427,7 @@ def _table_hook(cl: Any) -> Any:
 
     def structure_table(value: object, _: type) -> Any:
         if not isinstance(value, dict):
-            raise Invalid(f"expected a table, got {_kind(value)}")
+            raise InvalidValue(f"expected a table, got {_kind(value)}")
         return structure_fields(value, cl)
 
     return structure_table

@@ -1,35 +1,26 @@
 """The MCP client-facing edge of a node: serves MCP clients of both protocol eras.
 
 List methods are answered from the node's federated catalog; ``tools/call``, ``prompts/get``,
-``resources/read`` and ``completion/complete`` are handed to a :class:`Forwarder`. Everything
+``resources/read`` and ``completion/complete`` are handed to a :class:`~fednode._edge_call.Forwarder`
+(with an :class:`~fednode._edge_call.EdgeCall` for each request). Everything
 else (``initialize``, ``server/discover``, ``ping``, ``subscriptions/listen``, the HTTP session
 machinery, Host/Origin checks) is left to the official MCP SDK's lowlevel ``Server``.
 
 The forwarded and listed methods are answered from a ``Server.middleware`` that returns the
 result dict without calling the rest of the chain: that skips the SDK's result sieve
 (``extra="ignore"`` would drop fields the node must pass through unchanged), so the edge owns
-the envelope of those results itself (see :func:`_shape_result`).
+the envelope of those results itself (see :mod:`fednode._edge_results`). The HTTP transport's own
+parts (hypercorn, client tokens, the SSE event store) are in :mod:`fednode._edge_http`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import collections
 import contextlib
-import hmac
-import logging
-import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from functools import cache, partial
-from types import UnionType
-from typing import Any, Literal, Protocol, cast, get_args
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import anyio
-import attrs
-import hypercorn.config
-import hypercorn.trio
 import mcp_types
 import structlog
 import trio
@@ -38,7 +29,6 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
-from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
     ListenHandler,
@@ -49,30 +39,22 @@ from mcp.server.subscriptions import (
 )
 from mcp.shared.exceptions import MCPError
 from mcp_types import methods as mcp_methods
-from mcp_types.version import KNOWN_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
-from ._errors import FednodeError, sole_leaf
+from ._edge_call import FORWARDED_METHODS, EdgeCall, Forwarder
+from ._edge_http import BearerAuth, BoundedEventStore, healthz, serve_asgi
+from ._edge_results import decode_cursor, encode_cursor, shape_result
+from ._errors import HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND, EdgeError, sole_leaf
 
-__all__ = ["FORWARDED_METHODS", "KINDS", "PAGE_SIZE", "EdgeCall", "EdgeError", "Forwarder", "MCPEdge",
-           "ProgressReporter"]
+__all__ = ["PAGE_SIZE", "MCPEdge"]
 
 #: Items per page of a list result.
 PAGE_SIZE = 100
 
-#: The catalog kinds, as passed to :meth:`Forwarder.list_items` and :meth:`MCPEdge.notify_list_changed`.
-KINDS = ("tools", "prompts", "resources", "resourceTemplates")
-
-#: Methods handed to :meth:`Forwarder.forward`.
-FORWARDED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "completion/complete",
-                               "tasks/get", "tasks/update", "tasks/cancel",
-                               "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
 _TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
-HEADER_MISMATCH = -32020
 
 # list method -> catalog kind (which is also the result key holding the page).
 _LIST_METHODS: dict[str, str] = {
@@ -108,169 +90,6 @@ _PARAMS_TYPES: dict[str, type[BaseModel]] = {
 
 _SESSION_KEY_STATE = "fednode.edge.session_key"
 _NOTIFY_TIMEOUT = 5.0
-
-
-class Forwarder(Protocol):
-    """What the edge needs from the node: the federated catalog and a way to execute requests."""
-
-    def list_items(self, kind: str) -> list[dict[str, Any]]:
-        """The federated definitions of ``kind`` (one of :data:`KINDS`), already renamed to their
-        exposed names, as raw dicts returned to clients unchanged."""
-        ...
-
-    def tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
-        """The input schema of the exposed tool ``name``, or None when unknown.
-
-        Synchronous and called for every 2026-07-28 ``tools/call`` (the SDK validates
-        ``Mcp-Param-*`` headers with it), so it should be a cache lookup.
-        """
-        ...
-
-    # Optional: ``async wait_settled() -> None``, awaited before every list is answered (holds the
-    # lists clients send right after start-up until the catalog has filled in; bounded).
-
-    async def forward(self, method: str, params: dict[str, Any], call: EdgeCall) -> dict[str, Any]:
-        """Execute ``tools/call``, ``prompts/get``, ``resources/read`` or ``completion/complete``
-        somewhere in the federation and return the raw result dict.
-
-        ``params`` are the client's raw params, ``_meta`` included. Raise :class:`EdgeError` to
-        answer with a JSON-RPC error (e.g. unknown tool -32602, unreachable -32001); an upstream
-        server's own error should be raised as an EdgeError with its code unchanged.
-        """
-        ...
-
-
-@attrs.frozen
-class EdgeError(FednodeError):
-    """A JSON-RPC error to give the MCP client, raised by :meth:`Forwarder.forward`.
-
-    Attributes:
-        code: the JSON-RPC error code.
-        message: the error message.
-        data: optional JSON-serialisable detail.
-    """
-
-    code: int
-    message: str
-    data: Any = None
-
-    def __str__(self) -> str:
-        return f"{self.message} (code {self.code})"
-
-
-ProgressReporter = Callable[[float, "float | None", "str | None"], Awaitable[None]]
-"""``async (progress, total, message)``: what :meth:`EdgeCall.report_progress` delegates to."""
-
-
-class EdgeCall:
-    """Per-request context handed to :meth:`Forwarder.forward`.
-
-    The edge builds one per forwarded request; tests and other callers of a forwarder may build
-    their own from the keyword arguments.
-
-    Attributes:
-        method: the MCP method being forwarded.
-        protocol_version: the client's protocol version.
-        era: ``"modern"`` for 2026-07-28 and later (stateless, per-request envelope), else
-            ``"legacy"`` (initialize handshake).
-        meta: the request's raw ``_meta`` (empty when absent).
-        session_key: identifies the client's session, for per-session upstream state: the
-            Streamable HTTP session id (or a key minted per stdio connection) for legacy clients;
-            None for the stateless 2026-07-28 era.
-        request_id: the client's JSON-RPC request id.
-        client_info: a legacy client's ``Implementation`` (from ``initialize``) as a wire dict;
-            None for 2026-07-28 requests, which carry it in ``meta``.
-        client_capabilities: the capabilities a legacy client declared, as a wire dict; None for
-            2026-07-28 requests (see ``meta``).
-    """
-
-    def __init__(self, *, method: str, protocol_version: str, meta: Mapping[str, Any] | None = None,
-                 session_key: str | None = None, request_id: str | int | None = None,
-                 client_info: dict[str, Any] | None = None, client_capabilities: dict[str, Any] | None = None,
-                 progress: ProgressReporter | None = None,
-                 ask: Callable[[str, Mapping[str, Any] | None], Awaitable[dict[str, Any]]] | None = None) -> None:
-        self.method = method
-        self.protocol_version = protocol_version
-        self.era: Literal["legacy", "modern"] = "modern" if protocol_version in MODERN_PROTOCOL_VERSIONS \
-            else "legacy"
-        self.meta: dict[str, Any] = dict(meta or {})
-        self.session_key = session_key
-        self.request_id = request_id
-        self.client_info = client_info
-        self.client_capabilities = client_capabilities
-        self._progress = progress
-        self._ask = ask
-        self._notify: Callable[[str, Mapping[str, Any] | None], Awaitable[None]] | None = None
-
-    @classmethod
-    def _from_context(cls, ctx: ServerRequestContext[Any, Any], session_key: str | None) -> EdgeCall:
-        call = cls._build(ctx, session_key)
-        outbound = getattr(ctx.session, "_request_outbound", None)
-        if outbound is not None:
-            call._notify = partial(outbound.notify, opts=None)
-        return call
-
-    async def notify(self, method: str, params: Mapping[str, Any] | None) -> None:
-        """Send a notification on this request's stream (best effort)."""
-        if self._notify is not None:
-            with contextlib.suppress(Exception):
-                await self._notify(method, params)
-
-    @classmethod
-    def _build(cls, ctx: ServerRequestContext[Any, Any], session_key: str | None) -> EdgeCall:
-        raw_meta = (ctx.params or {}).get("_meta")
-        # Only a legacy client's initialize-time identity is needed (a 2026-07-28 request carries
-        # its own in _meta): dumping the models costs every modern request for nothing.
-        legacy = ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
-        client_params = ctx.session.client_params if legacy else None
-        capabilities = ctx.session.client_capabilities if legacy else None
-        return cls(
-            method=ctx.method,
-            protocol_version=ctx.protocol_version,
-            meta=raw_meta if isinstance(raw_meta, Mapping) else None,
-            session_key=session_key,
-            request_id=ctx.request_id,
-            client_info=_dump(client_params.client_info) if client_params is not None else None,
-            client_capabilities=_dump(capabilities) if capabilities is not None else None,
-            # The SDK sends it against the caller's progress token, on this request's stream.
-            progress=ctx.session.report_progress,
-            # Server-to-client requests ride this request's own stream (legacy eras only). The
-            # request-scoped channel is private in SDK 2.3; it is the one send_request() uses
-            # with a related_request_id, minus the typed validation a raw forwarder must skip.
-            ask=getattr(ctx.session, "_request_outbound", None) and partial(
-                ctx.session._request_outbound.send_raw_request, opts=None),
-        )
-
-    @property
-    def can_ask(self) -> bool:
-        """Whether requests can be sent to this client on this request's stream (legacy eras)."""
-        return self._ask is not None and self.era == "legacy"
-
-    async def ask(self, method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Send a request (``elicitation/create``, ``sampling/createMessage``, ``roots/list``) to the client.
-
-        Raises:
-            EdgeError: the client cannot be asked (modern era, or no back channel).
-            MCPError: the client answered with an error.
-        """
-        if not self.can_ask or self._ask is None:
-            raise EdgeError(-32603, f"cannot send {method} to this client")
-        return await self._ask(method, params)
-
-    async def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
-        """Send ``notifications/progress`` for this request to its client.
-
-        A no-op when the client sent no progress token. Best effort: a client that has gone
-        away is not an error (the request is being cancelled anyway).
-        """
-        if self._progress is None:
-            return
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            await self._progress(progress, total, message)
-
-    def __repr__(self) -> str:
-        return (f"EdgeCall(method={self.method!r}, era={self.era!r}, protocol_version={self.protocol_version!r}, "
-                f"session_key={self.session_key!r}, request_id={self.request_id!r})")
 
 
 class _EdgeServer(Server[Any]):
@@ -346,12 +165,12 @@ class MCPEdge:
         app = self.server.streamable_http_app(
             streamable_http_path=path,
             host=host,
-            custom_starlette_routes=[Route("/healthz", _healthz, methods=["GET"]), *self.routes],
+            custom_starlette_routes=[Route("/healthz", healthz, methods=["GET"]), *self.routes],
             # Resumable SSE (priming events, Last-Event-ID) and a retry hint, as the spec asks.
             event_store=BoundedEventStore(),
             retry_interval=1000,
         )
-        return _BearerAuth(app, self._tokens)
+        return BearerAuth(app, self._tokens)
 
     async def serve_http(self, host: str, port: int, *, path: str = "/mcp", certfile: str | None = None,
                          keyfile: str | None = None,
@@ -361,18 +180,8 @@ class MCPEdge:
         ``task_status.started(port)`` reports the bound port once listening (useful with port 0).
         Cancelling the task stops the server at once, open streams included.
         """
-        config = hypercorn.config.Config()
-        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        if certfile is not None:
-            config.certfile, config.keyfile = certfile, keyfile
-        config.accesslog = None
-        config.errorlog = logging.getLogger("fednode.edge.http")
-        app = self.asgi_app(host=host, path=path)
-        async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(partial(hypercorn.trio.serve, cast(Any, app), config))
-            bound = int(binds[0].rsplit(":", 1)[1])
-            self.log.info("edge.listening", url=f"{binds[0]}{path}")
-            task_status.started(bound)
+        await serve_asgi(self.asgi_app(host=host, path=path), host, port, path=path, certfile=certfile,
+                         keyfile=keyfile, log=self.log, task_status=task_status)
 
     async def serve_stdio(self, stdin: anyio.AsyncFile[str] | None = None,
                           stdout: anyio.AsyncFile[str] | None = None) -> None:
@@ -446,7 +255,7 @@ class MCPEdge:
             result = self._list(ctx)
         else:
             result = await self._forward(ctx)
-        return _shape_result(self.server, ctx.method, ctx.protocol_version, result)
+        return shape_result(self.server, ctx.method, ctx.protocol_version, result)
 
     def _check_request(self, ctx: ServerRequestContext[Any, Any]) -> None:
         # What the SDK does before its handlers, which the short-circuit skips: request-surface
@@ -457,23 +266,23 @@ class MCPEdge:
         except KeyError:
             # Extension methods (tasks/*) are not in the core tables; their server validates them.
             if ctx.method not in _TASK_METHODS:
-                raise MCPError(mcp_types.METHOD_NOT_FOUND, "Method not found", ctx.method) from None
+                raise MCPError(METHOD_NOT_FOUND, "Method not found", ctx.method) from None
         connection = _connection(ctx)
         if connection is not None and not connection.initialize_accepted:
-            raise MCPError(mcp_types.INVALID_PARAMS, "Invalid request parameters", "")
+            raise MCPError(INVALID_PARAMS, "Invalid request parameters", "")
 
     def _list(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         kind = _LIST_METHODS[ctx.method]
         cursor = (ctx.params or {}).get("cursor")
-        offset = _decode_cursor(kind, cursor) if cursor is not None else 0
+        offset = decode_cursor(kind, cursor) if cursor is not None else 0
         try:
             items = self.forwarder.list_items(kind)
         except Exception as exc:
             self.log.exception("edge.list_failed", kind=kind)
-            raise MCPError(mcp_types.INTERNAL_ERROR, "Internal error", None) from exc
+            raise MCPError(INTERNAL_ERROR, "Internal error", None) from exc
         result: dict[str, Any] = {kind: items[offset:offset + PAGE_SIZE]}
         if offset + PAGE_SIZE < len(items):
-            result["nextCursor"] = _encode_cursor(kind, offset + PAGE_SIZE)
+            result["nextCursor"] = encode_cursor(kind, offset + PAGE_SIZE)
         return result
 
     async def _forward(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
@@ -499,10 +308,10 @@ class MCPEdge:
             raise _as_mcp_error(sole) from group
         except Exception as exc:
             self.log.exception("edge.forward_failed", method=ctx.method)
-            raise MCPError(mcp_types.INTERNAL_ERROR, "Internal error", None) from exc
+            raise MCPError(INTERNAL_ERROR, "Internal error", None) from exc
         if not isinstance(result, dict):
             self.log.error("edge.forward_bad_result", method=ctx.method, type=type(result).__name__)
-            raise MCPError(mcp_types.INTERNAL_ERROR, "Internal error", None)
+            raise MCPError(INTERNAL_ERROR, "Internal error", None)
         return result
 
     def _session_key(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
@@ -541,73 +350,6 @@ def _connection(ctx: ServerRequestContext[Any, Any]) -> Connection | None:
     return connection if isinstance(connection, Connection) else None
 
 
-def _shape_result(server: Server[Any], method: str, version: str, result: dict[str, Any]) -> dict[str, Any]:
-    """Give a raw result the envelope its client's era requires, touching nothing else.
-
-    2026-07-28: ``resultType`` (required; ``"complete"`` unless given), ``ttlMs``/``cacheScope``
-    on cacheable results (required; 0 / private unless given), and the SDK's ``serverInfo``
-    ``_meta`` stamp when the result carries none. Legacy: keys that only a later revision
-    defines for the method (``resultType``, ``ttlMs``, ...) are dropped, as the SDK's own
-    client does; an ``input_required`` result cannot be delivered at all.
-    """
-    shaped = dict(result)
-    if version in MODERN_PROTOCOL_VERSIONS:
-        input_required = mcp_methods.is_input_required(shaped)
-        shaped.setdefault("resultType", "complete")
-        if method in mcp_methods.CACHEABLE_METHODS and not input_required:
-            shaped.setdefault("ttlMs", 0)
-            shaped.setdefault("cacheScope", "private")
-        meta = shaped.get("_meta")
-        if meta is None:
-            shaped["_meta"] = {mcp_types.SERVER_INFO_META_KEY: server.server_info_stamp}
-        elif isinstance(meta, dict) and meta.get(mcp_types.SERVER_INFO_META_KEY) is None:
-            shaped["_meta"] = {**meta, mcp_types.SERVER_INFO_META_KEY: server.server_info_stamp}
-        return shaped
-    if mcp_methods.is_input_required(shaped):
-        raise MCPError(mcp_types.INTERNAL_ERROR,
-                       f"{method} needs input from the client, which a {version} client cannot be asked for", None)
-    for key in _later_revision_fields(method, version) & shaped.keys():
-        del shaped[key]
-    return shaped
-
-
-@cache
-def _later_revision_fields(method: str, version: str) -> frozenset[str]:
-    # Result keys that a revision after `version` defines for `method` and `version` does not.
-    current = mcp_methods.SERVER_RESULTS.get((method, version))
-    if current is None or version not in KNOWN_PROTOCOL_VERSIONS:
-        return frozenset()
-    later: set[str] = set()
-    for revision in KNOWN_PROTOCOL_VERSIONS[KNOWN_PROTOCOL_VERSIONS.index(version) + 1:]:
-        row = mcp_methods.SERVER_RESULTS.get((method, revision))
-        if row is not None:
-            later |= _wire_fields(row)
-    return frozenset(later - _wire_fields(current))
-
-
-def _wire_fields(target: type[BaseModel] | UnionType) -> set[str]:
-    members: tuple[Any, ...] = get_args(target) if isinstance(target, UnionType) else (target,)
-    return {field.alias or name
-            for model in members if isinstance(model, type) and issubclass(model, BaseModel)
-            for name, field in model.model_fields.items()}
-
-
-def _encode_cursor(kind: str, offset: int) -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{offset}".encode()).decode("ascii")
-
-
-def _decode_cursor(kind: str, cursor: object) -> int:
-    """The offset a cursor from :func:`_encode_cursor` stands for; -32602 for anything else."""
-    if isinstance(cursor, str):
-        try:
-            cursor_kind, _, offset = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii").partition(":")
-            if cursor_kind == kind and offset.isdigit():
-                return int(offset)
-        except (ValueError, binascii.Error):
-            pass
-    raise MCPError(mcp_types.INVALID_PARAMS, "Invalid cursor", None)
-
-
 def _as_mcp_error(exc: EdgeError | MCPError) -> MCPError:
     if isinstance(exc, MCPError):
         return exc
@@ -618,99 +360,3 @@ def _sole_error(group: BaseExceptionGroup[Any]) -> EdgeError | MCPError | None:
     """The one EdgeError/MCPError a (nested) exception group consists of, else None."""
     leaf = sole_leaf(group)
     return leaf if isinstance(leaf, EdgeError | MCPError) else None
-
-
-def _dump(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(by_alias=True, mode="json", exclude_none=True)
-
-
-class BoundedEventStore(EventStore):
-    """SSE events kept for resumption: the newest ``limit`` of them, all streams together, and no more
-    than ``max_bytes`` of them (as JSON), so a few huge messages cannot pile up in memory.
-
-    Event ids carry a random part, so a client cannot replay another client's stream by guessing.
-    """
-
-    def __init__(self, limit: int = 4096, max_bytes: int = 16 * 1024 * 1024) -> None:
-        self._events: collections.OrderedDict[str, tuple[str, Any, int]] = collections.OrderedDict()
-        self._limit = limit
-        self._max_bytes = max_bytes
-        self._bytes = 0
-        self._counter = 0
-
-    async def store_event(self, stream_id: str, message: Any) -> str:
-        self._counter += 1
-        event_id = f"{self._counter}-{secrets.token_hex(8)}"
-        size = len(message.model_dump_json(by_alias=True, exclude_none=True)) if message is not None else 0
-        self._events[event_id] = (stream_id, message, size)
-        self._bytes += size
-        while len(self._events) > self._limit or (self._bytes > self._max_bytes and len(self._events) > 1):
-            _, (_, _, dropped) = self._events.popitem(last=False)
-            self._bytes -= dropped
-        return event_id
-
-    async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> str | None:
-        known = self._events.get(last_event_id)
-        if known is None:
-            return None
-        stream_id = known[0]
-        after = False
-        for event_id, (stream, message, _size) in list(self._events.items()):
-            if after and stream == stream_id and message is not None:
-                await send_callback(EventMessage(message, event_id))
-            after = after or event_id == last_event_id
-        return stream_id
-
-
-async def _healthz(request: Request) -> Response:
-    return PlainTextResponse("ok")
-
-
-class _BearerAuth:
-    """ASGI middleware: while ``tokens`` is non-empty, every HTTP request except ``/healthz`` needs one of them."""
-
-    def __init__(self, app: ASGIApp, tokens: list[bytes]) -> None:
-        self.app = app
-        self.tokens = tokens
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.tokens and scope["type"] == "http" and scope["path"] != "/healthz" and not self._authorized(scope):
-            response = PlainTextResponse("Unauthorized", status_code=401,
-                                         headers={"WWW-Authenticate": 'Bearer realm="fednode"'})
-            await response(scope, receive, send)
-            return
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_last_shielded(message: Message) -> None:
-            # Sending the end of a response makes hypercorn finish the exchange inside this call:
-            # close the connection (Connection: close) or arm its keep-alive timer. It also wakes the
-            # app's wait for http.disconnect, and the SDK then cancels its handler, this call
-            # included: hypercorn's close was cut off, and the connection stayed open until the
-            # client left. Shielded, the exchange always finishes.
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                with trio.CancelScope(shield=True):
-                    await send(message)
-            else:
-                await send(message)
-
-        await self.app(scope, receive, send_last_shielded)
-
-    def _authorized(self, scope: Scope) -> bool:
-        headers = cast(Iterable[tuple[bytes, bytes]], scope["headers"])
-        value = next((v for k, v in headers if k == b"authorization"), None)
-        if value is None:
-            return False
-        scheme, _, presented = value.partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
-        presented = presented.strip()
-        # Compare against every token without stopping early: timing then says nothing about
-        # which token (or how much of one) matched.
-        matched = False
-        for token in self.tokens:
-            matched |= hmac.compare_digest(presented, token)
-        return matched
-
-

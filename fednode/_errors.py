@@ -1,10 +1,58 @@
-"""fednode's exception hierarchy: one root, flat and meaningful leaves."""
+"""Every exception fednode defines and every error code it puts on a wire, in one place.
+
+The codes come first: JSON-RPC's own, then fednode's in the server-error range (-32099..-32000). Peer
+``error`` frames and MCP clients see the same numbers, so a failure keeps its code across hops. An
+attached server's own errors pass through with the server's codes, which are not listed here.
+
+Then the exceptions: one root (:class:`FednodeError`) with flat, meaningful leaves; the exceptions a
+module uses only to signal something to itself are at the end. Each boundary maps what it caught to
+these (a link to the :class:`PeerError` family, forwarding to :class:`ForwardError`, the client edge
+to :class:`EdgeError`), never letting a library's exception escape in their place.
+"""
 
 from __future__ import annotations
 
 import errno as _errno
 from collections.abc import Iterator, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
+
+import attrs
+
+# -- JSON-RPC 2.0 -------------------------------------------------------------------------------
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+# -- MCP (the codes the SDK and the spec give these meanings) -----------------------------------
+
+#: The SDK's code for a connection that closed under a request.
+CONNECTION_CLOSED = -32000
+#: A 2026-07-28 request's ``Mcp-Name`` header does not match its params.
+HEADER_MISMATCH = -32020
+#: The request needs a client capability (or extension) the client did not declare.
+MISSING_CAPABILITY = -32021
+#: The server speaks none of the protocol versions offered; ``data.supported`` lists its own.
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+
+# -- fednode ------------------------------------------------------------------------------------
+
+#: A node refused a request beyond its limits (a link's max_inflight, session connections, parked
+#: requests); retrying later may succeed.
+OVERLOADED = -32004
+#: No tool, prompt, resource, task... of that name: the code an MCP server gives an unknown name,
+#: so a client cannot tell a federated catalog from a single server's.
+UNKNOWN_NAME = INVALID_PARAMS
+#: The node owning the server cannot be reached.
+NODE_UNREACHABLE = -32050
+#: The server is attached to the node that answers, and is down.
+SERVER_UNAVAILABLE = -32051
+#: The request's deadline passed on the way or while the server worked.
+DEADLINE_EXCEEDED = -32052
+#: The request came back to a node it had already passed through.
+FORWARDING_LOOP = -32053
 
 
 class FednodeError(Exception):
@@ -86,7 +134,7 @@ class ProtocolError(FednodeError):
         code: the JSON-RPC style error code sent back to the peer.
     """
 
-    def __init__(self, message: str, code: int = -32600) -> None:
+    def __init__(self, message: str, code: int = INVALID_REQUEST) -> None:
         self.code = code
         super().__init__(message)
 
@@ -154,6 +202,116 @@ class RequestError(FednodeError):
         self.code = code
         self.data = data
         super().__init__(message)
+
+
+class ForwardError(RequestError):
+    """A request could not be executed where it had to go (travels back to the caller unchanged)."""
+
+
+class HandshakeFailed(FednodeError):
+    """The link handshake failed; ``str()`` says why in one line."""
+
+
+class UpstreamError(FednodeError):
+    """The server answered a request with a JSON-RPC error; pass it on unchanged.
+
+    Attributes:
+        code: the error code the server sent.
+        message: the error message the server sent.
+        data: the error data the server sent (``None`` if none).
+        server_id: the server that answered.
+    """
+
+    def __init__(self, code: int, message: str, data: Any = None, *, server_id: str | None = None) -> None:
+        self.code = code
+        self.message = message
+        self.data = data
+        self.server_id = server_id
+        where = f"server {server_id!r}" if server_id else "server"
+        super().__init__(f"{where} answered with error {code}: {message}")
+
+
+class ServerUnavailableError(FednodeError):
+    """The server is not connected right now (starting, restarting, removed), or was lost mid-request.
+
+    Attributes:
+        server_id: the server concerned.
+    """
+
+    def __init__(self, server_id: str, detail: str = "not connected") -> None:
+        self.server_id = server_id
+        super().__init__(f"server {server_id!r} is unavailable: {detail}")
+
+
+class UpstreamTimeoutError(FednodeError):
+    """The server did not answer before the request's deadline (the request was cancelled there).
+
+    Attributes:
+        server_id: the server concerned.
+        method: the request's method.
+        timeout: the deadline that passed, in seconds.
+    """
+
+    def __init__(self, server_id: str, method: str, timeout: float) -> None:
+        self.server_id = server_id
+        self.method = method
+        self.timeout = timeout
+        super().__init__(f"server {server_id!r} did not answer {method} within {timeout:g}s")
+
+
+@attrs.frozen
+class EdgeError(FednodeError):
+    """A JSON-RPC error to give the MCP client, raised by a forwarder behind the client edge.
+
+    Attributes:
+        code: the JSON-RPC error code.
+        message: the error message.
+        data: optional JSON-serialisable detail.
+    """
+
+    code: int
+    message: str
+    data: Any = None
+
+    def __str__(self) -> str:
+        return f"{self.message} (code {self.code})"
+
+
+# -- signals a module raises and catches itself -------------------------------------------------
+
+
+class InvalidValue(ValueError):
+    """One or more problems with a single configuration value (its key path is added by the caller).
+
+    A ``ValueError``, so that cattrs collects it with the others of the same file.
+    """
+
+    def __init__(self, *messages: str) -> None:
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+class SessionFailed(Exception):
+    """A connection to an attached server could not be set up (a readable reason for ``last_error``)."""
+
+
+class BadResult(Exception):
+    """A result of one of the node's own requests to a server does not have the shape the spec gives it."""
+
+
+class NotDelivered(Exception):
+    """A forwarded request never left this node (no route, no live link): safe to try another replica."""
+
+    def __init__(self, error: ForwardError) -> None:
+        self.error = error
+        super().__init__(str(error))
+
+
+class StatusError(Exception):
+    """``fednode status`` failed in a way already worded for the user."""
+
+
+# -- exception groups ---------------------------------------------------------------------------
 
 
 def leaves(exc: BaseException) -> Iterator[BaseException]:

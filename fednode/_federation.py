@@ -24,17 +24,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._advertiser import ROUTES_METHOD, Advertiser
-from ._catalog import NODE_UNREACHABLE, SERVER_UNAVAILABLE, UNKNOWN_NAME, Catalog, Entry, ForwardError
+from ._catalog import Catalog, Entry
 from ._config import MAX_REQUEST_TIMEOUT
 from ._forwarding import (
     CLIENT_CAPABILITIES_KEY,
-    DEADLINE_EXCEEDED,
     FORWARD_METHOD,
-    FORWARDING_LOOP,
     MAX_TASKS,
-    MISSING_CAPABILITY,
     MODERN_ERA,
-    OVERLOADED,
     PROGRESS_METHOD,
     PROTOCOL_VERSION_KEY,
     TASK_METHODS,
@@ -66,11 +62,11 @@ if TYPE_CHECKING:
     from ._upstream import ServerCatalog, UpstreamServer
 
 __all__ = [
-    "CLIENT_CAPABILITIES_KEY", "DEADLINE_EXCEEDED", "FORWARDING_LOOP", "FORWARD_METHOD", "KINDS",
+    "CLIENT_CAPABILITIES_KEY", "FORWARD_METHOD", "KINDS",
     "MAX_CATALOG_BYTES_PER_PEER", "MAX_ITEMS_PER_PEER", "MAX_PATH", "MAX_ROUTES_PER_PEER", "MAX_TASKS",
-    "MISSING_CAPABILITY", "MODERN_ERA", "NODE_UNREACHABLE", "OVERLOADED", "PROGRESS_METHOD", "PROTOCOL_VERSION_KEY",
-    "ROUTES_METHOD", "SERVER_UNAVAILABLE", "TASKS_EXTENSION", "TASK_METHODS", "UNKNOWN_NAME", "Entry", "Federation",
-    "ForwardError", "ProgressFn", "Route", "catalog_digest", "valid_items",
+    "MODERN_ERA", "PROGRESS_METHOD", "PROTOCOL_VERSION_KEY",
+    "ROUTES_METHOD", "TASKS_EXTENSION", "TASK_METHODS", "Entry", "Federation",
+    "ProgressFn", "Route", "catalog_digest", "valid_items",
 ]
 
 _CATALOG_FIELDS = {"tools": "tools", "prompts": "prompts", "resources": "resources",

@@ -12,9 +12,9 @@ from typing import Any
 import trio
 from mcp.shared.exceptions import MCPError
 
-from ._edge import EdgeCall, EdgeError
-from ._errors import RequestError
-from ._federation import CLIENT_CAPABILITIES_KEY, DEADLINE_EXCEEDED, Federation
+from ._edge_call import EdgeCall
+from ._errors import DEADLINE_EXCEEDED, INTERNAL_ERROR, EdgeError, RequestError
+from ._federation import CLIENT_CAPABILITIES_KEY, Federation
 
 #: Rounds of input_required answered for one request before giving up.
 MAX_INPUT_ROUNDS = 16
@@ -54,7 +54,7 @@ class FederationForwarder:
     async def _ask(self, session_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         calls = self._calls.get(session_id)
         if not calls or not calls[-1].can_ask:
-            raise MCPError(-32603, f"no request of the client's in flight to ask {method} on")
+            raise MCPError(INTERNAL_ERROR, f"no request of the client's in flight to ask {method} on")
         with trio.fail_after(self.federation.node.config.mcp.request_timeout):
             return await calls[-1].ask(method, params)
 
@@ -116,7 +116,7 @@ class FederationForwarder:
                     answers = {}
                     for key, request in requests.items():
                         if not isinstance(request, dict) or not isinstance(request.get("method"), str):
-                            raise EdgeError(-32603, "malformed input request from the server")
+                            raise EdgeError(INTERNAL_ERROR, "malformed input request from the server")
                         # The client gets as long to answer as any forwarded request gets.
                         with trio.fail_after(self.federation.node.config.mcp.request_timeout):
                             answers[key] = await call.ask(request["method"], request.get("params"))
@@ -127,7 +127,7 @@ class FederationForwarder:
                 if isinstance(result.get("requestState"), str):
                     retry["requestState"] = result["requestState"]
                 result = await self.federation.execute(method, retry, progress=progress, session=session)
-            raise EdgeError(-32603, f"the server asked for input more than {MAX_INPUT_ROUNDS} times")
+            raise EdgeError(INTERNAL_ERROR, f"the server asked for input more than {MAX_INPUT_ROUNDS} times")
         except RequestError as exc:
             raise EdgeError(exc.code, str(exc), exc.data) from None
         except MCPError as exc:  # the client refused an input request

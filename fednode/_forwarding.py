@@ -16,16 +16,29 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._catalog import NODE_UNREACHABLE, SERVER_UNAVAILABLE, UNKNOWN_NAME, Catalog, ForwardError
+from ._catalog import Catalog
 from ._errors import (
+    DEADLINE_EXCEEDED,
+    FORWARDING_LOOP,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    MISSING_CAPABILITY,
+    NODE_UNREACHABLE,
+    OVERLOADED,
+    SERVER_UNAVAILABLE,
+    UNKNOWN_NAME,
     FednodeError,
+    ForwardError,
     LinkClosedError,
+    NotDelivered,
     PeerError,
     PeerUnavailableError,
     RemoteError,
     RequestError,
     RequestTimeoutError,
+    ServerUnavailableError,
     UnknownPeerError,
+    UpstreamError,
 )
 from ._link import Link, RequestContext, Transit
 from ._parking import token_origin
@@ -42,8 +55,6 @@ _PROGRESS_BUFFER = 64  # progress notifications queued per request before newer 
 
 ProgressFn = Callable[[float, "float | None", "str | None"], Awaitable[None]]
 
-DEADLINE_EXCEEDED = -32052
-FORWARDING_LOOP = -32053
 MAX_TASKS = 10_000  # tasks remembered for routing tasks/*; the oldest are forgotten first
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
@@ -51,9 +62,7 @@ TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
 CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 MODERN_ERA = "2026-07-28"
-MISSING_CAPABILITY = -32021
 # error code -> the outcome label of forwarded-request metrics (any other code: "error")
-OVERLOADED = -32004  # as a link refusing requests beyond max_inflight
 _OUTCOMES = {UNKNOWN_NAME: "unknown", NODE_UNREACHABLE: "unreachable", SERVER_UNAVAILABLE: "unavailable",
              DEADLINE_EXCEEDED: "deadline", FORWARDING_LOOP: "loop", OVERLOADED: "busy"}
 
@@ -176,7 +185,7 @@ class Forwarding:
                 self.session_used.setdefault(session["id"], set()).add((origin, server))
             try:
                 result = await self._send(origin, server, method, upstream_params, deadline, (), progress, session)
-            except _NotDelivered as exc:
+            except NotDelivered as exc:
                 last = exc.error  # fail over to the next replica: this one never saw the request
                 continue
             task_id = result.get("taskId")
@@ -213,13 +222,13 @@ class Forwarding:
             return await self._call_local(server, method, params, remaining, progress, session, trace)
         via = self._next_hop(origin, server)
         if via is None:
-            raise _NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable"))
+            raise NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable"))
         # One server's calls may hold at most half of a link's in-flight requests, so a server that
         # hangs (and a client that keeps calling it) cannot make the others on that node unreachable.
         key = (origin, server)
         share = max(1, self._max_inflight // 2)
         if self._outbound.get(key, 0) >= share:
-            raise _NotDelivered(ForwardError(OVERLOADED, f"Too many requests in flight to server {server!r} on "
+            raise NotDelivered(ForwardError(OVERLOADED, f"Too many requests in flight to server {server!r} on "
                                                          f"{origin!r} (at most {share}); retry later"))
         self._outbound[key] = self._outbound.get(key, 0) + 1
         try:
@@ -274,7 +283,7 @@ class Forwarding:
         try:
             result = await self._peer_request(via, FORWARD_METHOD, forward, timeout=remaining)
         except (PeerUnavailableError, UnknownPeerError) as exc:
-            raise _NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} is unreachable: {exc}")) from None
+            raise NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} is unreachable: {exc}")) from None
         except LinkClosedError as exc:
             raise ForwardError(NODE_UNREACHABLE, f"Link to {via!r} lost while forwarding to {origin!r}: {exc}") \
                 from None
@@ -285,7 +294,7 @@ class Forwarding:
         except PeerError as exc:
             raise ForwardError(NODE_UNREACHABLE, str(exc)) from None
         if not isinstance(result, dict):
-            raise ForwardError(-32603, f"Malformed result from {origin!r}")
+            raise ForwardError(INTERNAL_ERROR, f"Malformed result from {origin!r}")
         return result
 
     def _next_hop(self, origin: str, server: str) -> str | None:
@@ -295,7 +304,6 @@ class Forwarding:
     async def _call_local(self, server: str, method: str, params: dict[str, Any], timeout: float,
                           progress: ProgressFn | None, session: dict[str, Any] | None = None,
                           trace: tuple[str, ...] = ()) -> dict[str, Any]:
-        from ._upstream import ServerUnavailableError, UpstreamError
 
         upstream = self._upstreams.get(server)
         if upstream is None:
@@ -340,13 +348,13 @@ class Forwarding:
             ForwardError: malformed (-32602), a forwarding loop, or a server not offered to the peer.
         """
         if not isinstance(params, dict):
-            raise ForwardError(-32602, "fed/forward params must be an object")
+            raise ForwardError(INVALID_PARAMS, "fed/forward params must be an object")
         origin, server, method = params.get("origin"), params.get("server"), params.get("method")
         upstream_params, timeout, trace = params.get("params"), params.get("timeout"), params.get("trace", [])
         if not (isinstance(origin, str) and isinstance(server, str) and isinstance(method, str)
                 and isinstance(upstream_params, dict) and isinstance(timeout, int | float) and timeout > 0
                 and isinstance(trace, list) and len(trace) <= MAX_PATH):
-            raise ForwardError(-32602, "malformed fed/forward request")
+            raise ForwardError(INVALID_PARAMS, "malformed fed/forward request")
         if self.node_id in trace:
             raise ForwardError(FORWARDING_LOOP, f"Forwarding loop through {self.node_id!r}")
         # Policy is enforced here, not only by what is advertised: a peer may only reach what this
@@ -356,7 +364,7 @@ class Forwarding:
             raise ForwardError(UNKNOWN_NAME, f"Server {server!r} on {origin!r} is not offered to {peer_id!r}")
         session = params.get("session")
         if session is not None and not (isinstance(session, dict) and isinstance(session.get("id"), str)):
-            raise ForwardError(-32602, "malformed session in fed/forward")
+            raise ForwardError(INVALID_PARAMS, "malformed session in fed/forward")
         # A peer may not hold a request here for longer than this node would allow itself.
         best = self._table.best.get((origin, server))
         limit = max(self._request_timeout() * 10, (best[0].timeout or 0.0) if best else 0.0)
@@ -390,7 +398,7 @@ class Forwarding:
                 return DEADLINE_EXCEEDED, f"Deadline exceeded waiting for {server!r} on {origin!r}"
             if why.startswith("lost: "):
                 return NODE_UNREACHABLE, f"Link to {via!r} lost while forwarding to {origin!r}: {why[6:]}"
-            return -32603, f"Cannot forward to {origin!r}: {why}"
+            return INTERNAL_ERROR, f"Cannot forward to {origin!r}: {why}"
 
         return Transit(onward=onward, params={**params, "timeout": timeout, "trace": [*trace, self.node_id]},
                        timeout=timeout, error=error, done=done)
@@ -413,7 +421,7 @@ class Forwarding:
         try:
             return await self._send(origin, server, method, upstream_params, deadline, tuple(trace), progress,
                                     params.get("session"))
-        except _NotDelivered as exc:
+        except NotDelivered as exc:
             raise exc.error from None
 
 
@@ -423,11 +431,3 @@ async def _relay_progress(receive: trio.MemoryReceiveChannel[tuple[float, float 
         async for value, total, message in receive:
             with contextlib.suppress(Exception):  # the caller's progress sink failing must not fail the call
                 await progress(value, total, message)
-
-
-class _NotDelivered(Exception):
-    """The request never left this node (no route, no live link): safe to try another replica."""
-
-    def __init__(self, error: ForwardError) -> None:
-        self.error = error
-        super().__init__(str(error))

@@ -27,7 +27,7 @@ from trio_websocket import (
 from . import _wire as wire
 from ._auth import FORBIDDEN_REASONS, AuthReason
 from ._config import PeerConfig
-from ._errors import AuthError, FednodeError, ProtocolError
+from ._errors import AuthError, HandshakeFailed, ProtocolError
 from ._link import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR
 from ._logging import ThrottledLog
 
@@ -36,10 +36,6 @@ if TYPE_CHECKING:
 
 TOKEN_HEADER = b"x-fednode-token"
 SOFTWARE = "fednode"
-
-
-class HandshakeFailed(FednodeError):
-    """The link handshake failed; ``str()`` says why in one line."""
 
 
 def header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[bytes]:

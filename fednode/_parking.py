@@ -28,7 +28,7 @@ import attrs
 import trio
 from mcp.shared.exceptions import MCPError
 
-from ._errors import FednodeError
+from ._errors import DEADLINE_EXCEEDED, INVALID_PARAMS, METHOD_NOT_FOUND, OVERLOADED, FednodeError, ForwardError
 from ._upstream import QUESTION_CAPABILITY
 
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ class _Parked:
 
     async def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if QUESTION_CAPABILITY.get(method) not in self.declared:
-            raise MCPError(-32601, f"the client did not declare the {QUESTION_CAPABILITY.get(method)} capability")
+            raise MCPError(METHOD_NOT_FOUND,
+                           f"the client did not declare the {QUESTION_CAPABILITY.get(method)} capability")
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
         self.answer = send
         await self.outcomes_send.send(("question", {"method": method, "params": params}))
@@ -156,35 +157,31 @@ class Parking:
         return f"{TOKEN_PREFIX}{body}.{mac}"
 
     def _open(self, token: str, server: str) -> _Parked:
-        from ._federation import ForwardError
-
         body, _, mac = token[len(TOKEN_PREFIX):].partition(".")
         good = hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(mac, good):
-            raise ForwardError(-32602, "invalid requestState")
+            raise ForwardError(INVALID_PARAMS, "invalid requestState")
         fields = json.loads(base64.urlsafe_b64decode(body + "=="))
         parked = self._parked.get(fields.get("id"))
         if parked is None or fields.get("server") != server or trio.current_time() > fields.get("exp", 0):
-            raise ForwardError(-32602, "requestState has expired or is unknown")
+            raise ForwardError(INVALID_PARAMS, "requestState has expired or is unknown")
         return parked
 
     async def call(self, server: str, upstream: UpstreamServer, method: str, params: dict[str, Any],
                    timeout: float, progress: ProgressFn | None) -> dict[str, Any]:
         """Run (or continue) a call whose server may ask questions; returns a result or input_required."""
-        from ._federation import ForwardError
-
         state = params.get("requestState")
         if isinstance(state, str) and state.startswith(TOKEN_PREFIX):
             parked = self._open(state, server)
             responses = params.get("inputResponses")
             answer = responses.get(QUESTION_KEY) if isinstance(responses, dict) else None
             if not isinstance(answer, dict) or parked.answer is None:
-                raise ForwardError(-32602, f"inputResponses must answer {QUESTION_KEY!r}")
+                raise ForwardError(INVALID_PARAMS, f"inputResponses must answer {QUESTION_KEY!r}")
             sender, parked.answer = parked.answer, None
             sender.send_nowait(answer)
             return await self._next(server, parked)
         if len(self._parked) >= MAX_PARKED:
-            raise ForwardError(-32004, "too many requests waiting for input on this node; retry later")
+            raise ForwardError(OVERLOADED, "too many requests waiting for input on this node; retry later")
         meta = params.get("_meta")
         declared = meta.get(CLIENT_CAPABILITIES_KEY) if isinstance(meta, dict) else None
         parked = _Parked(uuid.uuid4().hex, trio.current_time() + timeout,
@@ -217,8 +214,6 @@ class Parking:
                 self._checkin(solo)
 
     async def _next(self, server: str, parked: _Parked) -> dict[str, Any]:
-        from ._federation import DEADLINE_EXCEEDED, ForwardError
-
         with trio.move_on_at(parked.deadline) as scope:
             kind, value = await parked.outcomes.receive()
         if scope.cancelled_caught:

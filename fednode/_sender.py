@@ -27,7 +27,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from . import _wire as wire
-from ._errors import LinkClosedError, MessageTooLargeError, ProtocolError
+from ._errors import INTERNAL_ERROR, LinkClosedError, MessageTooLargeError, ProtocolError
 
 #: Control and relayed frames that may wait in the queue before control frames are dropped.
 CONTROL_QUEUE = 64
@@ -227,7 +227,7 @@ class FrameSender(Generic[Tag]):
                 if tag is not None:  # a request passed on: the asker gets the error
                     self._on_too_large(tag, exc)
                 elif type(message) is wire.Response:  # an answer passed back: say why it is missing
-                    error = wire.Error(id=message.id, code=wire.INTERNAL_ERROR, message=str(exc))
+                    error = wire.Error(id=message.id, code=INTERNAL_ERROR, message=str(exc))
                     await self.write(self.encode(error))
         except LinkClosedError:
             return False  # whatever was passed on to this peer has been failed as the link ended

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from . import _wire as wire
-from ._errors import LinkClosedError, ProtocolError, RequestError
+from ._errors import INTERNAL_ERROR, METHOD_NOT_FOUND, OVERLOADED, LinkClosedError, ProtocolError, RequestError
 from ._logging import ThrottledLog
 
 
@@ -91,7 +91,7 @@ class Serving:
             self._on_duplicate(ProtocolError(f"request id {request.id} is already in flight"))
             return False
         if self._busy():
-            self._send_control(wire.Error(id=request.id, code=wire.OVERLOADED,
+            self._send_control(wire.Error(id=request.id, code=OVERLOADED,
                                           message=f"node {self.local_id!r} is busy; retry later"))
             return False
         return True
@@ -109,7 +109,7 @@ class Serving:
         if isinstance(exc, RequestError):
             return wire.Error(id=request.id, code=exc.code, message=str(exc), data=exc.data)
         self.log.error("link.handler_failed", method=request.method[:100], error=f"{type(exc).__name__}: {exc}"[:300])
-        return wire.Error(id=request.id, code=wire.INTERNAL_ERROR,
+        return wire.Error(id=request.id, code=INTERNAL_ERROR,
                           message=f"internal error while handling {request.method[:100]!r}")
 
     async def serve_inline(self, request: wire.Request) -> None:
@@ -141,7 +141,7 @@ class Serving:
             with scope:
                 handler = self.handlers.requests.get(request.method)
                 if handler is None:
-                    reply = wire.Error(id=request.id, code=wire.METHOD_NOT_FOUND,
+                    reply = wire.Error(id=request.id, code=METHOD_NOT_FOUND,
                                        message=f"unknown method {request.method[:100]!r}")
                 else:
                     context = RequestContext(peer_id=self.peer_id, method=request.method, timeout=request.timeout)
@@ -161,7 +161,7 @@ class Serving:
             await self._send(reply)
         except ProtocolError as exc:  # too large, or the handler returned something that is not JSON
             with contextlib.suppress(LinkClosedError, ProtocolError):
-                await self._send(wire.Error(id=request_id, code=wire.INTERNAL_ERROR, message=str(exc)))
+                await self._send(wire.Error(id=request_id, code=INTERNAL_ERROR, message=str(exc)))
         except LinkClosedError:
             pass
 

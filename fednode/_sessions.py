@@ -23,7 +23,7 @@ import attrs
 import trio
 from mcp.shared.exceptions import MCPError
 
-from ._errors import FednodeError, RemoteError
+from ._errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, FednodeError, ForwardError, RemoteError, UpstreamError
 from ._link import RequestContext
 from ._logging import ThrottledLog
 
@@ -111,8 +111,6 @@ class Sessions:
             # a call in flight or still opening (that would fail another client's call).
             idle = [k for k, h in self._held.items() if not h.upstream.busy and k not in self._opening]
             if not idle:
-                from ._federation import OVERLOADED, ForwardError
-
                 raise ForwardError(OVERLOADED, f"All {MAX_SESSION_UPSTREAMS} session connections of this node are "
                                                f"busy; retry later")
             self._close(min(idle, key=lambda k: self._held[k].last_used), "pool full")
@@ -145,8 +143,6 @@ class Sessions:
         passed on. Either way the client's request that brought the level here goes ahead: it did
         not ask for the level (clients such as the MCP Inspector set one right after ``initialize``).
         """
-        from ._upstream import UpstreamError
-
         level = session.get("logLevel")
         held = self._held.get((server_id, str(session.get("id"))))
         if held is None or not isinstance(level, str) or held.level == level:
@@ -233,7 +229,7 @@ class Sessions:
         path = request["path"]
         if not path:
             if self.ask_local is None or not request["session"].startswith(f"{self.node.id}/"):
-                raise MCPError(-32603, "no client session to ask")
+                raise MCPError(INTERNAL_ERROR, "no client session to ask")
             return await self.ask_local(request["session"], request["method"], request["params"])
         try:
             result = await self.node.request(path[-1], SESSION_REQUEST, {**request, "path": path[:-1]},
@@ -241,18 +237,16 @@ class Sessions:
         except RemoteError as exc:
             raise MCPError(exc.code, exc.remote_message, exc.data) from None
         except FednodeError as exc:
-            raise MCPError(-32603, f"the client could not be reached: {exc}") from None
+            raise MCPError(INTERNAL_ERROR, f"the client could not be reached: {exc}") from None
         if not isinstance(result, dict):
-            raise MCPError(-32603, "malformed answer from the client")
+            raise MCPError(INTERNAL_ERROR, "malformed answer from the client")
         return result
 
     async def _on_request(self, params: Any, context: RequestContext) -> Any:
-        from ._federation import ForwardError
-
         if not (isinstance(params, dict) and isinstance(params.get("session"), str)
                 and isinstance(params.get("path"), list) and isinstance(params.get("method"), str)
                 and isinstance(params.get("params"), dict)):
-            raise ForwardError(-32602, "malformed fed/session_request")
+            raise ForwardError(INVALID_PARAMS, "malformed fed/session_request")
         try:
             return await self._route_request(params)
         except MCPError as exc:

@@ -18,8 +18,8 @@ from trio_websocket import ConnectionRejected, WebSocketConnection
 
 from ._backoff import Backoff
 from ._config import PeerConfig
-from ._errors import PeerConnectError, leaves
-from ._handshake import HandshakeFailed, close_quietly, describe_rejection, dial
+from ._errors import HandshakeFailed, PeerConnectError, leaves
+from ._handshake import close_quietly, describe_rejection, dial
 from ._link import CLOSE_DUPLICATE, CLOSE_GOING_AWAY, Direction, Link
 
 if TYPE_CHECKING:

@@ -62,20 +62,29 @@ from mcp.shared.transport_context import TransportContext
 from mcp_types import (
     CLIENT_CAPABILITIES_META_KEY,
     CLIENT_INFO_META_KEY,
-    CONNECTION_CLOSED,
-    INTERNAL_ERROR,
     LOG_LEVEL_META_KEY,
-    METHOD_NOT_FOUND,
     PROTOCOL_VERSION_META_KEY,
     SERVER_INFO_META_KEY,
-    UNSUPPORTED_PROTOCOL_VERSION,
 )
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 
 from ._backoff import Backoff
 from ._config import BackoffConfig
 from ._config import ServerConfig as ServerConfig  # re-exported: the configuration this driver takes
-from ._errors import FednodeError, leaves, sole_leaf
+from ._errors import (
+    CONNECTION_CLOSED,
+    INTERNAL_ERROR,
+    METHOD_NOT_FOUND,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    FednodeError,
+    ServerUnavailableError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    leaves,
+    sole_leaf,
+)
+from ._errors import BadResult as _BadResult
+from ._errors import SessionFailed as _SessionFailed
 from ._logging import ThrottledLog
 from ._version import __version__
 
@@ -168,61 +177,6 @@ class ServerCatalog:
     prompts: tuple[dict[str, Any], ...] = ()
     resources: tuple[dict[str, Any], ...] = ()
     resource_templates: tuple[dict[str, Any], ...] = ()
-
-
-class UpstreamError(FednodeError):
-    """The server answered a request with a JSON-RPC error; pass it on unchanged.
-
-    Attributes:
-        code: the error code the server sent.
-        message: the error message the server sent.
-        data: the error data the server sent (``None`` if none).
-        server_id: the server that answered.
-    """
-
-    def __init__(self, code: int, message: str, data: Any = None, *, server_id: str | None = None) -> None:
-        self.code = code
-        self.message = message
-        self.data = data
-        self.server_id = server_id
-        where = f"server {server_id!r}" if server_id else "server"
-        super().__init__(f"{where} answered with error {code}: {message}")
-
-
-class ServerUnavailableError(FednodeError):
-    """The server is not connected right now (starting, restarting, removed), or was lost mid-request.
-
-    Attributes:
-        server_id: the server concerned.
-    """
-
-    def __init__(self, server_id: str, detail: str = "not connected") -> None:
-        self.server_id = server_id
-        super().__init__(f"server {server_id!r} is unavailable: {detail}")
-
-
-class UpstreamTimeoutError(FednodeError):
-    """The server did not answer before the request's deadline (the request was cancelled there).
-
-    Attributes:
-        server_id: the server concerned.
-        method: the request's method.
-        timeout: the deadline that passed, in seconds.
-    """
-
-    def __init__(self, server_id: str, method: str, timeout: float) -> None:
-        self.server_id = server_id
-        self.method = method
-        self.timeout = timeout
-        super().__init__(f"server {server_id!r} did not answer {method} within {timeout:g}s")
-
-
-class _SessionFailed(Exception):
-    """A connection could not be set up (a readable reason for ``last_error``)."""
-
-
-class _BadResult(Exception):
-    """A result of one of our own requests does not have the shape the spec gives it."""
 
 
 # -- one connection -----------------------------------------------------------------------------

@@ -14,17 +14,9 @@ from typing import Any, ClassVar, TypeAlias, TypeGuard
 import attrs
 import cattrs
 
-from ._errors import ProtocolError
+from ._errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, ProtocolError
 
 PROTOCOL_VERSION = 1
-
-# JSON-RPC style error codes used in ``error`` frames.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-OVERLOADED = -32004
 
 _MAX_ID = 2**53  # ids must survive a round trip through any JSON implementation
 
@@ -236,7 +228,7 @@ def structure(body: dict[str, Any], cls: type[Message]) -> Message:
     try:
         return converter.structure(body, cls)
     except Exception as exc:  # cattrs raises groups and assorted errors: all mean "malformed"
-        raise ProtocolError(f"malformed {cls.TYPE} frame: {_describe(exc)}", INVALID_REQUEST) from None
+        raise ProtocolError(f"malformed {cls.TYPE} frame: {_structure_problem(exc)}", INVALID_REQUEST) from None
 
 
 def request_id_of(frame: str | bytes) -> int | None:
@@ -254,12 +246,12 @@ def request_id_of(frame: str | bytes) -> int | None:
     return None
 
 
-def _describe(exc: BaseException) -> str:
+def _structure_problem(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         notes = []
         for sub in exc.exceptions:
             where = "; ".join(str(n) for n in getattr(sub, "__notes__", []))
-            notes.append(f"{_describe(sub)}" + (f" ({where})" if where else ""))
+            notes.append(f"{_structure_problem(sub)}" + (f" ({where})" if where else ""))
         return "; ".join(notes)[:300]
     if isinstance(exc, KeyError):
         return f"missing field {exc.args[0]!r}" if exc.args else "missing field"

@@ -26,8 +26,8 @@ import fednode
 from fednode import AuthError, AuthManager, AuthReason, Secret, _supervisor
 from fednode import _wire as wire
 from fednode._auth import MAX_TOKEN_LENGTH, ReplayCache
-from fednode._commands import format_status
 from fednode._config import public_key_kid
+from fednode._formatting import format_status
 from fednode._handshake import describe_rejection
 
 from conftest import SECRET, node_config, peer, raw_config

@@ -12,7 +12,7 @@ import fednode
 from fednode import _supervisor
 from fednode._backoff import Backoff
 from fednode._config import BackoffConfig
-from fednode._handshake import HandshakeFailed
+from fednode._errors import HandshakeFailed
 from fednode._link import Direction, Handlers, Link
 
 from conftest import node_config

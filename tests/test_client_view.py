@@ -21,7 +21,7 @@ from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 
 import fednode
 from fednode import _supervisor
-from fednode._handshake import HandshakeFailed
+from fednode._errors import HandshakeFailed
 
 from conftest import node_config, raw_config
 from helpers import BlackholeProxy

@@ -21,7 +21,11 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ToolsListChanged
 
-from fednode._edge import PAGE_SIZE, EdgeCall, EdgeError, MCPEdge, _decode_cursor, _encode_cursor, _shape_result
+from fednode._edge import PAGE_SIZE, MCPEdge
+from fednode._edge_call import EdgeCall
+from fednode._edge_http import BoundedEventStore
+from fednode._edge_results import decode_cursor, encode_cursor, shape_result
+from fednode._errors import EdgeError
 
 MODES = ["auto", "legacy", "2026-07-28"]
 MODERN = "2026-07-28"
@@ -497,29 +501,29 @@ async def test_stdio(mode: str) -> None:
 
 def test_cursor_is_opaque_but_checked() -> None:
 
-    assert _decode_cursor("tools", _encode_cursor("tools", 200)) == 200
-    for bad in ("", "!!", _encode_cursor("prompts", 100), json.dumps({"offset": 1}), 5):
+    assert decode_cursor("tools", encode_cursor("tools", 200)) == 200
+    for bad in ("", "!!", encode_cursor("prompts", 100), json.dumps({"offset": 1}), 5):
         with pytest.raises(MCPError) as info:
-            _decode_cursor("tools", bad)
+            decode_cursor("tools", bad)
         assert info.value.code == -32602
 
 
 def test_results_are_shaped_for_the_client_era() -> None:
     server = MCPEdge(FakeForwarder(), name="edge-test", version="9.9.9").server
     modern_result = {"content": [], "resultType": "complete", "ttlMs": 5, "x-keep": 1}
-    legacy = _shape_result(server, "tools/call", "2025-11-25", modern_result)
+    legacy = shape_result(server, "tools/call", "2025-11-25", modern_result)
     assert legacy == {"content": [], "ttlMs": 5, "x-keep": 1}  # tools/call has no ttlMs in any revision
-    read = _shape_result(server, "resources/read", "2025-06-18",
+    read = shape_result(server, "resources/read", "2025-06-18",
                          {"contents": [], "resultType": "complete", "ttlMs": 5, "cacheScope": "public"})
     assert read == {"contents": []}
     with pytest.raises(MCPError) as info:
-        _shape_result(server, "tools/call", "2025-11-25", {"resultType": "input_required", "inputRequests": {}})
+        shape_result(server, "tools/call", "2025-11-25", {"resultType": "input_required", "inputRequests": {}})
     assert info.value.code == -32603
     pending = {"resultType": "input_required", "inputRequests": {}, "requestState": "s"}
-    shaped = _shape_result(server, "resources/read", MODERN, pending)
+    shaped = shape_result(server, "resources/read", MODERN, pending)
     assert "ttlMs" not in shaped and shaped["requestState"] == "s"
     upstream_stamp = {SERVER_INFO: {"name": "upstream", "version": "1"}}
-    kept = _shape_result(server, "resources/read", MODERN,
+    kept = shape_result(server, "resources/read", MODERN,
                          {"contents": [], "ttlMs": 60000, "cacheScope": "public", "_meta": upstream_stamp})
     assert (kept["ttlMs"], kept["cacheScope"], kept["_meta"]) == (60000, "public", upstream_stamp)
 
@@ -557,7 +561,6 @@ def test_tampered_request_state_names_no_node() -> None:
 async def test_event_store_is_bounded_by_count_and_size() -> None:
     import mcp_types
 
-    from fednode._edge import BoundedEventStore
 
     def note(text: str) -> mcp_types.JSONRPCNotification:
         return mcp_types.JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"data": text})

@@ -356,7 +356,7 @@ def full_catalog(*tool_names: str) -> Catalog:
 
 
 async def forward_error(node: fednode.Node, method: str, params: dict[str, Any]) -> Any:
-    from fednode._federation import ForwardError
+    from fednode._errors import ForwardError
 
     with pytest.raises(ForwardError) as info:
         await node.federation.execute(method, params, timeout=5)

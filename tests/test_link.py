@@ -16,6 +16,7 @@ import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import fednode
+from fednode import _errors as errors
 from fednode import _wire as wire
 from fednode._link import CLOSE_POLICY, Direction, Handlers, Link, Transit, stall_limit
 
@@ -339,10 +340,10 @@ class TestRequests:
             assert (info.value.code, info.value.remote_message, info.value.data) == (-32050, "nope", {"why": "testing"})
             with pytest.raises(fednode.RemoteError) as info:
                 await a.request("crash", timeout=5)
-            assert info.value.code == wire.INTERNAL_ERROR and "secret internals" not in str(info.value)
+            assert info.value.code == errors.INTERNAL_ERROR and "secret internals" not in str(info.value)
             with pytest.raises(fednode.RemoteError) as info:
                 await a.request("no/such", timeout=5)
-            assert info.value.code == wire.METHOD_NOT_FOUND
+            assert info.value.code == errors.METHOD_NOT_FOUND
 
     async def test_too_large_request_fails_locally_and_link_stays(
             self, autojump_clock: trio.testing.MockClock) -> None:
@@ -391,7 +392,7 @@ class TestLimits:
             for i in range(3):
                 await raw.send_message(wire.encode(wire.Request(id=i, method="slow", params=i)))
             reply = await next_answered_frame(raw)
-            assert reply == wire.Error(id=2, code=wire.OVERLOADED, message="node 'node-a' is busy; retry later")
+            assert reply == wire.Error(id=2, code=errors.OVERLOADED, message="node 'node-a' is busy; retry later")
             assert started == [0, 1]
             replies = {await next_answered_frame(raw), await next_answered_frame(raw)}
             assert replies == {wire.Response(id=0, result=0), wire.Response(id=1, result=1)}
@@ -444,7 +445,7 @@ class TestProtocolErrors:
                 assert isinstance(reply, wire.Error) and reply.id is None
             await raw.send_message(bad[2])
             reply = await next_frame(raw)
-            assert isinstance(reply, wire.Error) and reply.id == 7 and reply.code == wire.INVALID_REQUEST
+            assert isinstance(reply, wire.Error) and reply.id == 7 and reply.code == errors.INVALID_REQUEST
             with pytest.raises(ConnectionClosed) as info:
                 while True:
                     await raw.get_message()

@@ -303,7 +303,7 @@ class TestUnresponsiveServer:
         """Alive but no longer reading: marked down in /status and metrics, its names withdrawn, and a
         call of one answered with the error naming the server and its node (here a long backoff keeps
         it down while that is checked)."""
-        from fednode._federation import ForwardError
+        from fednode._errors import ForwardError
 
         slow_restart = {"initial": "60s", "max": "60s", "reset_after": "1s"}
         server = attrs.evolve(fixture_server("fx", "--freezable"), ping_interval=0.2, ping_timeout=3.0)

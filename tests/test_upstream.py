@@ -23,14 +23,8 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from fednode._config import BackoffConfig, ServerConfig
-from fednode._upstream import (
-    MODERN_ERA,
-    ServerCatalog,
-    ServerUnavailableError,
-    UpstreamError,
-    UpstreamServer,
-    UpstreamTimeoutError,
-)
+from fednode._errors import ServerUnavailableError, UpstreamError, UpstreamTimeoutError
+from fednode._upstream import MODERN_ERA, ServerCatalog, UpstreamServer
 
 FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")
 FAST_BACKOFF = BackoffConfig(initial=0.05, max=0.5, multiplier=2.0, reset_after=10.0)
