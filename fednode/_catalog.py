@@ -27,6 +27,7 @@ from ._withdrawn import WithdrawnNames, template_regex
 UNKNOWN_NAME = -32602
 NODE_UNREACHABLE = -32050
 SERVER_UNAVAILABLE = -32051
+DEADLINE_EXCEEDED = -32052
 
 
 class ForwardError(RequestError):

@@ -12,11 +12,11 @@ import collections
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from ._catalog import NODE_UNREACHABLE, SERVER_UNAVAILABLE, UNKNOWN_NAME, Catalog, ForwardError
+from ._catalog import DEADLINE_EXCEEDED, NODE_UNREACHABLE, SERVER_UNAVAILABLE, UNKNOWN_NAME, Catalog, ForwardError
 from ._errors import (
     FednodeError,
     LinkClosedError,
@@ -28,13 +28,10 @@ from ._errors import (
     UnknownPeerError,
 )
 from ._link import Link, RequestContext, Transit
-from ._parking import token_origin
+from ._parking import Parking, token_origin
 from ._routing import MAX_PATH, Key, Path, RoutingTable
-
-if TYPE_CHECKING:
-    from ._parking import Parking
-    from ._sessions import Sessions
-    from ._upstream import UpstreamServer
+from ._sessions import Sessions
+from ._upstream import ServerUnavailableError, UpstreamError, UpstreamServer
 
 FORWARD_METHOD = "fed/forward"
 PROGRESS_METHOD = "fed/progress"
@@ -42,7 +39,6 @@ _PROGRESS_BUFFER = 64  # progress notifications queued per request before newer 
 
 ProgressFn = Callable[[float, "float | None", "str | None"], Awaitable[None]]
 
-DEADLINE_EXCEEDED = -32052
 FORWARDING_LOOP = -32053
 MAX_TASKS = 10_000  # tasks remembered for routing tasks/*; the oldest are forgotten first
 
@@ -295,8 +291,6 @@ class Forwarding:
     async def _call_local(self, server: str, method: str, params: dict[str, Any], timeout: float,
                           progress: ProgressFn | None, session: dict[str, Any] | None = None,
                           trace: tuple[str, ...] = ()) -> dict[str, Any]:
-        from ._upstream import ServerUnavailableError, UpstreamError
-
         upstream = self._upstreams.get(server)
         if upstream is None:
             raise ForwardError(SERVER_UNAVAILABLE, f"Server {server!r} is not attached to node {self.node_id!r}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 import trio
@@ -125,7 +125,8 @@ class UpstreamServer:
         self.restarts = 0
         self._questions = 0  # questions to a session's client waiting for an answer
         self.last_error: str | None = None
-        self.log = (logger or log).bind(server=config.id)
+        self._logger = logger or log
+        self.log = self._logger.bind(server=config.id)
         self._throttled = ThrottledLog(self.log)  # for lines the server can cause at will
         self._backoff_config = backoff
         self._backoff = Backoff(backoff, jitter) if jitter else Backoff(backoff)
@@ -135,6 +136,7 @@ class UpstreamServer:
         self._conn: Connection | None = None
         self._state_changed = trio.Event()
         self._running = False
+        self._extras: trio.Nursery | None = None  # the tasks that end with run(): see start_extra
         self._up_since: float | None = None
 
     # -- public API ---------------------------------------------------------------------------
@@ -163,43 +165,77 @@ class UpstreamServer:
         """Supervise the server until cancelled: connect, serve, and restart after backoff when it ends.
 
         Reports started at once; use :meth:`wait_ready` to wait for the server itself.
+
+        Cancellation: cancelling this task is removing the server. The main connection, and every
+        task started with :meth:`start_extra` (the connections of client sessions and of single
+        calls), run under this task's own nursery and end with it: nothing else needs closing.
         """
         if self._running:
             raise RuntimeError(f"server {self.config.id!r} is already running")
         self._running = True
         self._set_state(STARTING)
-        task_status.started()
         try:
-            while True:
-                try:
-                    reason = await self._session()
-                except Exception as exc:  # any failure of one attempt only costs a restart
-                    reason = describe(exc)
-                except BaseExceptionGroup as group:
-                    # Stopped while the connection was failing: the failure no longer matters, and
-                    # must not reach the caller's nursery along with the cancellation.
-                    cancelled, failures = group.split(trio.Cancelled)
-                    if cancelled is None:
-                        raise
-                    if failures is not None:
-                        self.log.debug("upstream.failed_while_stopping", error=describe(failures))
-                    raise cancelled from None
-                uptime = trio.current_time() - self._up_since if self._up_since is not None else 0.0
-                self._up_since = None
-                self.last_error = reason
-                self._set_state(BACKOFF)
-                if uptime >= self._backoff_config.reset_after:
-                    self._backoff.reset()
-                delay = self._backoff.next_delay()
-                self.log.warning("upstream.down", reason=reason, uptime=round(uptime, 3))
-                self.log.info("upstream.backoff", delay=round(delay, 3), attempt=self._backoff.attempt)
-                await trio.sleep(delay)
-                self.restarts += 1
-                self._set_state(STARTING)
+            async with trio.open_nursery() as extras:
+                self._extras = extras
+                task_status.started()
+                await self._supervise()
         finally:
+            self._extras = None
             self._conn = None
             self._running = False
             self._set_state(STOPPED)
+
+    def extra_connection(self, *, session: SessionHooks | None = None) -> UpstreamServer:
+        """Another connection to this server: same configuration, backoff and logger; its catalog goes nowhere.
+
+        For one client session (``session``: legacy era, that client's capabilities and hooks) or
+        for calls whose server may ask questions. Run it with :meth:`start_extra`, so that it ends
+        when this server is removed.
+        """
+        return UpstreamServer(self.config, backoff=self._backoff_config, logger=self._logger,
+                              server=self._in_process, on_catalog=lambda _catalog: None, session=session)
+
+    async def start_extra(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> Any:
+        """Start a task under this server's own scope, as ``nursery.start`` does; return what it reported.
+
+        The task (typically one running an :meth:`extra_connection`) is cancelled when :meth:`run`
+        is, that is when the server is removed or the node stops.
+
+        Raises:
+            ServerUnavailableError: :meth:`run` is not running (the server was removed).
+        """
+        if self._extras is None:
+            raise ServerUnavailableError(self.config.id, f"it is {self.state}")
+        return await self._extras.start(async_fn, *args)
+
+    async def _supervise(self) -> NoReturn:
+        """Connect, serve, and restart after backoff, for ever (until cancelled)."""
+        while True:
+            try:
+                reason = await self._session()
+            except Exception as exc:  # any failure of one attempt only costs a restart
+                reason = describe(exc)
+            except BaseExceptionGroup as group:
+                # Stopped while the connection was failing: the failure no longer matters, and
+                # must not reach the caller's nursery along with the cancellation.
+                cancelled, failures = group.split(trio.Cancelled)
+                if cancelled is None:
+                    raise
+                if failures is not None:
+                    self.log.debug("upstream.failed_while_stopping", error=describe(failures))
+                raise cancelled from None
+            uptime = trio.current_time() - self._up_since if self._up_since is not None else 0.0
+            self._up_since = None
+            self.last_error = reason
+            self._set_state(BACKOFF)
+            if uptime >= self._backoff_config.reset_after:
+                self._backoff.reset()
+            delay = self._backoff.next_delay()
+            self.log.warning("upstream.down", reason=reason, uptime=round(uptime, 3))
+            self.log.info("upstream.backoff", delay=round(delay, 3), attempt=self._backoff.attempt)
+            await trio.sleep(delay)
+            self.restarts += 1
+            self._set_state(STARTING)
 
     async def wait_ready(self, timeout: float) -> None:
         """Wait until the server is up (connected, handshake done, catalog read).
