@@ -27,7 +27,7 @@ from mcp.shared.dispatcher import CallOptions, DispatchContext
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.shared.transport_context import TransportContext
-from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, METHOD_NOT_FOUND
+from mcp_types import INTERNAL_ERROR, METHOD_NOT_FOUND
 
 from ._backoff import Backoff
 from ._config import BackoffConfig
@@ -43,7 +43,7 @@ from ._upstream_conn import PROGRESS_QUEUE as _PROGRESS_QUEUE  # noqa: F401 - th
 from ._upstream_conn import QUESTION_CAPABILITY as QUESTION_CAPABILITY
 from ._upstream_conn import SESSION_NOTIFICATIONS as SESSION_NOTIFICATIONS
 from ._upstream_conn import SESSION_REQUESTS as SESSION_REQUESTS
-from ._upstream_conn import Connection, WatchedReadStream, forward_params, ping, send_with_progress, translate
+from ._upstream_conn import Connection, WatchedReadStream, forward_params, ping_loop, send_with_progress, translate
 from ._upstream_conn import ProgressCallback as ProgressCallback
 from ._upstream_conn import SessionHooks as SessionHooks
 from ._upstream_conn import own_capabilities as own_capabilities
@@ -351,7 +351,8 @@ class UpstreamServer:
                                           resource_templates=len(self.catalog.resource_templates))
                             nursery.start_soon(self._reader.refresh_loop, conn)
                             if self.config.ping_interval > 0 and self._in_process is None:
-                                nursery.start_soon(self._ping_loop, conn)
+                                nursery.start_soon(ping_loop, conn, self.config.ping_interval,
+                                                   self.config.ping_timeout, self._unresponsive, self.log)
                     finally:
                         self._lose(conn, "connection closed")
                 return conn.end_reason or "connection closed"
@@ -360,36 +361,14 @@ class UpstreamServer:
                 await self._process.flush_stderr()
                 aux.cancel_scope.cancel()
 
-    async def _ping_loop(self, conn: Connection) -> None:
-        """Ping the server every ``ping_interval``; one that does not answer within ``ping_timeout`` is down.
-
-        A server can stay alive yet stop reading its input (stuck in a blocking call, a deadlock):
-        without this it would look up for ever while every call waited out its deadline. Any answer,
-        an error included, shows it is reading. When one does not come, the connection is marked
-        lost at once (calls in flight fail with "server down"), the server's catalog is withdrawn,
-        and the connection torn down (the process terminated), so :meth:`run` restarts it with backoff.
-
-        An in-process server is not pinged: it runs on the node's own event loop.
-        """
-        interval, limit = self.config.ping_interval, self.config.ping_timeout
-        while True:
-            await trio.sleep(interval)
-            with trio.move_on_after(limit):
-                try:
-                    await ping(conn)
-                except MCPError as exc:
-                    if exc.code == CONNECTION_CLOSED and conn.is_lost():
-                        return
-                    self.log.debug("upstream.ping_error", code=exc.code, error=exc.message[:200])
-                continue
-            if conn.is_lost():
-                return
-            reason = f"no answer to a ping within {limit:g}s"
-            self.log.warning("upstream.unresponsive", timeout=limit, pid=self.pid)
-            self._lose(conn, reason)
-            self._reader.withdraw()
-            self._end(conn, reason)
-            return
+    def _unresponsive(self, conn: Connection, limit: float) -> None:
+        """A ping went unanswered: the server is down (calls fail at once), its catalog withdrawn, its
+        connection torn down (the process terminated), so :meth:`run` restarts it with backoff."""
+        reason = f"no answer to a ping within {limit:g}s"
+        self.log.warning("upstream.unresponsive", timeout=limit, pid=self.pid)
+        self._lose(conn, reason)
+        self._reader.withdraw()
+        self._end(conn, reason)
 
     def _lose(self, conn: Connection, reason: str) -> None:
         """Mark a connection gone, at once, so calls fail fast while the transport winds down.

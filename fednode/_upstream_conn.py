@@ -256,6 +256,31 @@ async def ping(conn: Connection) -> None:
     await conn.dispatcher.send_raw_request(method, params, opts)
 
 
+async def ping_loop(conn: Connection, interval: float, limit: float,
+                    on_unresponsive: Callable[[Connection, float], None], log: Any) -> None:
+    """Ping the server every ``interval``; one that does not answer within ``limit`` is down.
+
+    A server can stay alive yet stop reading its input (stuck in a blocking call, a deadlock):
+    without this it would look up for ever while every call waited out its deadline. Any answer,
+    an error included, shows it is reading. When one does not come, ``on_unresponsive(conn, limit)``
+    is called once and the loop ends; it ends too when the connection is lost.
+    An in-process server is not pinged: it runs on the node's own event loop.
+    """
+    while True:
+        await trio.sleep(interval)
+        with trio.move_on_after(limit):
+            try:
+                await ping(conn)
+            except MCPError as exc:
+                if exc.code == CONNECTION_CLOSED and conn.is_lost():
+                    return
+                log.debug("upstream.ping_error", code=exc.code, error=exc.message[:200])
+            continue
+        if not conn.is_lost():
+            on_unresponsive(conn, limit)
+        return
+
+
 def translate(server_id: str, conn: Connection, exc: MCPError) -> FednodeError:
     """The fednode error for an error the dispatcher raised for a forwarded request."""
     # The dispatcher fails pending requests with exactly this error when the connection closes
