@@ -40,6 +40,7 @@ from ._forwarding import (
 )
 from ._link import Link, RequestContext
 from ._logging import ThrottledLog
+from ._parking import Parking
 from ._routing import (
     KINDS,
     MAX_CATALOG_BYTES_PER_PEER,
@@ -55,11 +56,12 @@ from ._routing import (
     catalog_digest,
     valid_items,
 )
+from ._sessions import SESSION_END, SESSION_EVENT, SESSION_REQUEST, Sessions
+from ._upstream import STARTING, ServerCatalog, UpstreamServer
 from ._withdrawn import WithdrawnNames
 
 if TYPE_CHECKING:
     from ._node import Node
-    from ._upstream import ServerCatalog, UpstreamServer
 
 __all__ = [
     "CLIENT_CAPABILITIES_KEY", "FORWARD_METHOD", "KINDS",
@@ -100,11 +102,13 @@ class Federation:
         self._settled = False
         self._settle_changed = trio.Event()
         self._listeners: list[Callable[[set[str]], None]] = []
-        from ._parking import Parking
-        from ._sessions import Sessions
-
-        self.sessions = Sessions(self)
-        self.parking = Parking(node)
+        self.sessions = Sessions(node.id, self.upstreams, request=node.request, notify=node.notify,
+                                 next_hop=self.next_hop, request_timeout=lambda: node.config.mcp.request_timeout,
+                                 log=self.log)
+        node.register_notification_handler(SESSION_EVENT, self.sessions.on_event, inline=True)
+        node.register_handler(SESSION_REQUEST, self.sessions.on_request)
+        node.register_notification_handler(SESSION_END, self.sessions.on_end, inline=True)
+        self.parking = Parking(node.id)
         self.forwarding = Forwarding(
             node.id, self.table, self.catalog, self.upstreams, self.sessions, self.parking,
             request=node.request, notify=node.notify, link_to=self._link_to, offered_path=self._offered_path,
@@ -203,8 +207,6 @@ class Federation:
 
     def _unsettled(self) -> list[str]:
         """What :meth:`settled` is still waiting for (empty: nothing)."""
-        from ._upstream import STARTING
-
         if not self.node.started:
             return ["node start-up"]
         waiting = [f"server {server_id}" for server_id, u in sorted(self.upstreams.items())

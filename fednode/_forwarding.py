@@ -12,7 +12,7 @@ import collections
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -41,13 +41,10 @@ from ._errors import (
     UpstreamError,
 )
 from ._link import Link, RequestContext, Transit
-from ._parking import token_origin
+from ._parking import Parking, token_origin
 from ._routing import MAX_PATH, Key, Path, RoutingTable
-
-if TYPE_CHECKING:
-    from ._parking import Parking
-    from ._sessions import Sessions
-    from ._upstream import UpstreamServer
+from ._sessions import Sessions
+from ._upstream import UpstreamServer
 
 FORWARD_METHOD = "fed/forward"
 PROGRESS_METHOD = "fed/progress"
@@ -304,7 +301,6 @@ class Forwarding:
     async def _call_local(self, server: str, method: str, params: dict[str, Any], timeout: float,
                           progress: ProgressFn | None, session: dict[str, Any] | None = None,
                           trace: tuple[str, ...] = ()) -> dict[str, Any]:
-
         upstream = self._upstreams.get(server)
         if upstream is None:
             raise ForwardError(SERVER_UNAVAILABLE, f"Server {server!r} is not attached to node {self.node_id!r}")

@@ -39,6 +39,7 @@ from ._listener import Listener
 from ._metrics import CONTENT_TYPE, NodeMetrics
 from ._status import node_status
 from ._supervisor import PeerStatus, PeerSupervisor
+from ._upstream import UpstreamServer
 from ._version import __version__
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
@@ -98,7 +99,7 @@ class Node:
         self._nursery = nursery
         self._jitter = jitter
         self._supervisors: dict[str, PeerSupervisor] = {}
-        self._servers: dict[str, tuple[Any, trio.CancelScope, trio.Event]] = {}
+        self._servers: dict[str, tuple[UpstreamServer, trio.CancelScope, trio.Event]] = {}
         self._registry_lock = trio.Lock()
         self._listener = Listener(self)
         self._closing = False
@@ -268,8 +269,6 @@ class Node:
             trio.TooSlowError: ``wait`` was set and the server was not up within ``timeout``
                 (its supervisor keeps trying).
         """
-        from ._upstream import UpstreamServer
-
         if config.id in self._servers:
             await self.remove_server(config.id)
         upstream = UpstreamServer(config, backoff=self.config.backoff, logger=self.log, server=server,
@@ -282,7 +281,7 @@ class Node:
         if wait:
             await upstream.wait_ready(timeout)
 
-    async def _run_server(self, upstream: Any, scope: trio.CancelScope, finished: trio.Event, *,
+    async def _run_server(self, upstream: UpstreamServer, scope: trio.CancelScope, finished: trio.Event, *,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             with scope:
@@ -297,9 +296,7 @@ class Node:
             KeyError: no server with that id is attached.
         """
         upstream, scope, finished = self._servers.pop(server_id)
-        scope.cancel()
-        self.federation.sessions.close_server(server_id)
-        self.federation.parking.close_server(server_id)
+        scope.cancel()  # ends the server's connections of client sessions and parked calls too
         with trio.CancelScope(shield=True):
             await finished.wait()
         if self.federation.upstreams.get(server_id) is upstream:
@@ -307,7 +304,7 @@ class Node:
         self.federation.set_local_catalog(server_id, None)
         self.log.info("server.removed", server=server_id)
 
-    def servers(self) -> dict[str, Any]:
+    def servers(self) -> dict[str, UpstreamServer]:
         """The attached MCP servers by id (their supervisors: state, era, restarts, last error, catalog)."""
         return {server_id: entry[0] for server_id, entry in sorted(self._servers.items())}
 

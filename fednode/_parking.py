@@ -2,7 +2,8 @@
 
 A legacy server asks its client for input with a request in the middle of a call; a 2026-07-28
 client can only be asked with an ``input_required`` result and answers by retrying the call. So the
-owning node parks the upstream call: it keeps running in the node's nursery, the server's question
+owning node parks the upstream call: it keeps running under the server's own scope (so removing the
+server ends it; see ``UpstreamServer.start_extra``), the server's question
 goes back as ``input_required`` with a sealed, expiring ``requestState`` naming the parked call, and
 the retry's ``inputResponses`` answer the waiting question. Tokens are HMAC-sealed with a key that
 never leaves the node, so a client can neither forge nor reuse another's.
@@ -22,19 +23,23 @@ import hmac
 import json
 import secrets
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
 from mcp.shared.exceptions import MCPError
 
-from ._errors import DEADLINE_EXCEEDED, INVALID_PARAMS, METHOD_NOT_FOUND, OVERLOADED, FednodeError, ForwardError
-from ._upstream import QUESTION_CAPABILITY
-
-if TYPE_CHECKING:
-    from ._federation import ProgressFn
-    from ._node import Node
-    from ._upstream import UpstreamServer
+from ._errors import (
+    DEADLINE_EXCEEDED,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    OVERLOADED,
+    FednodeError,
+    ForwardError,
+    ServerUnavailableError,
+)
+from ._sessions import until_idle
+from ._upstream import QUESTION_CAPABILITY, UP, ProgressCallback, UpstreamServer
 
 TOKEN_PREFIX = "fednode1."
 QUESTION_KEY = "fednode-question"
@@ -89,10 +94,17 @@ class _Solo:
 
 
 class Parking:
-    """Parked upstream calls of one node."""
+    """Parked upstream calls of one node.
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    Args:
+        node_id: this node's id, sealed into each request state (peers route retries by it).
+
+    A parked call and the extra connection it may run on are tasks of the server they call
+    (``UpstreamServer.start_extra``): removing the server ends them, and nothing here needs closing.
+    """
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
         self._key = secrets.token_bytes(32)
         self._parked: dict[str, _Parked] = {}
         self._solos: dict[str, list[_Solo]] = {}
@@ -101,15 +113,8 @@ class Parking:
         """The extra connections open to ``server`` for calls that may be asked questions."""
         return [solo.upstream for solo in self._solos.get(server, [])]
 
-    def close_server(self, server: str) -> None:
-        """Close every extra connection to ``server`` (it was removed)."""
-        for solo in self._solos.pop(server, []):
-            solo.scope.cancel()
-
     async def _checkout(self, server: str, shared: UpstreamServer, timeout: float) -> _Solo | None:
         """A connection to ``server`` for this call alone (None: none free; use the shared one)."""
-        from ._upstream import UP, UpstreamServer
-
         solos = self._solos.setdefault(server, [])
         for solo in solos:
             if not solo.busy and solo.upstream.state == UP:
@@ -117,10 +122,13 @@ class Parking:
                 return solo
         if shared.in_process or len(solos) >= MAX_SOLO:
             return None
-        solo = _Solo(UpstreamServer(shared.config, backoff=self.node.config.backoff, logger=self.node.log,
-                                    on_catalog=lambda _catalog: None))
+        solo = _Solo(shared.extra_connection())
         solos.append(solo)
-        await self.node.nursery.start(self._run_solo, server, solo)
+        try:
+            await shared.start_extra(self._run_solo, server, solo)
+        except ServerUnavailableError:  # the server is being removed
+            solos.remove(solo)
+            raise
         try:
             await solo.upstream.wait_ready(timeout)
         except trio.TooSlowError:
@@ -134,8 +142,6 @@ class Parking:
 
     async def _run_solo(self, server: str, solo: _Solo, *,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from ._sessions import until_idle
-
         try:
             with solo.scope:
                 async with trio.open_nursery() as nursery:
@@ -152,7 +158,7 @@ class Parking:
 
     def _seal(self, server: str, park_id: str, expires: float) -> str:
         body = base64.urlsafe_b64encode(json.dumps(
-            {"origin": self.node.id, "server": server, "id": park_id, "exp": expires}).encode()).decode().rstrip("=")
+            {"origin": self.node_id, "server": server, "id": park_id, "exp": expires}).encode()).decode().rstrip("=")
         mac = hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
         return f"{TOKEN_PREFIX}{body}.{mac}"
 
@@ -168,8 +174,11 @@ class Parking:
         return parked
 
     async def call(self, server: str, upstream: UpstreamServer, method: str, params: dict[str, Any],
-                   timeout: float, progress: ProgressFn | None) -> dict[str, Any]:
-        """Run (or continue) a call whose server may ask questions; returns a result or input_required."""
+                   timeout: float, progress: ProgressCallback | None) -> dict[str, Any]:
+        """Run (or continue) a call whose server may ask questions; returns a result or input_required.
+
+        ``upstream`` is the server's own driver: the call runs under its scope.
+        """
         state = params.get("requestState")
         if isinstance(state, str) and state.startswith(TOKEN_PREFIX):
             parked = self._open(state, server)
@@ -191,23 +200,30 @@ class Parking:
             solo = await self._checkout(server, upstream, timeout)
         self._parked[parked.id] = parked
         upstream_params = {k: v for k, v in params.items() if k not in ("requestState", "inputResponses")}
-        await self.node.nursery.start(self._run, parked, solo.upstream if solo else upstream, method,
-                                      upstream_params, progress, solo)
+        try:
+            await upstream.start_extra(self._run, parked, solo.upstream if solo else upstream, method,
+                                       upstream_params, progress, solo)
+        except ServerUnavailableError:  # the server is being removed
+            del self._parked[parked.id]
+            if solo is not None:
+                self._checkin(solo)
+            raise
         return await self._next(server, parked)
 
     async def _run(self, parked: _Parked, upstream: UpstreamServer, method: str, params: dict[str, Any],
-                   progress: ProgressFn | None, solo: _Solo | None = None, *,
+                   progress: ProgressCallback | None, solo: _Solo | None = None, *,
                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
-            with parked.scope:
-                try:
-                    result = await upstream.call(method, params, timeout=parked.deadline - trio.current_time(),
-                                                 on_progress=progress, on_question=parked.ask)
-                    outcome: tuple[str, Any] = ("result", result)
-                except FednodeError as exc:
-                    outcome = ("error", exc)
-                await parked.outcomes_send.send(outcome)
+            async with parked.outcomes_send:  # closed however this ends: see _next
+                with parked.scope:
+                    try:
+                        result = await upstream.call(method, params, timeout=parked.deadline - trio.current_time(),
+                                                     on_progress=progress, on_question=parked.ask)
+                        outcome: tuple[str, Any] = ("result", result)
+                    except FednodeError as exc:
+                        outcome = ("error", exc)
+                    await parked.outcomes_send.send(outcome)
         finally:
             self._parked.pop(parked.id, None)
             if solo is not None:
@@ -215,7 +231,11 @@ class Parking:
 
     async def _next(self, server: str, parked: _Parked) -> dict[str, Any]:
         with trio.move_on_at(parked.deadline) as scope:
-            kind, value = await parked.outcomes.receive()
+            try:
+                kind, value = await parked.outcomes.receive()
+            except trio.EndOfChannel:
+                # The call ended without an outcome: it was cancelled with its server.
+                raise ServerUnavailableError(server, "it was removed during the call") from None
         if scope.cancelled_caught:
             parked.scope.cancel()
             raise ForwardError(DEADLINE_EXCEEDED, f"Server {server!r}: deadline exceeded while the server worked or "

@@ -8,28 +8,35 @@ session's last request came by. Whatever the server sends on that connection bel
 session and travels back along the path: notifications as ``fed/session_event`` (in order, through
 one bounded relay queue per node), server-to-client requests as ``fed/session_request`` (answered
 by the client on its request stream). Connections close when the client session ends
-(``fed/session_end``), after ``SESSION_IDLE`` seconds unused, or when the pool is full (least
-recently used first).
+(``fed/session_end``), after ``SESSION_IDLE`` seconds unused, when the pool is full (least
+recently used first), or with their server: each runs under its server's own scope
+(``UpstreamServer.start_extra``), so removing the server ends it and nothing here needs closing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import attrs
 import trio
 from mcp.shared.exceptions import MCPError
 
-from ._errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, FednodeError, ForwardError, RemoteError, UpstreamError
+from ._errors import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    OVERLOADED,
+    FednodeError,
+    ForwardError,
+    RemoteError,
+    ServerUnavailableError,
+    UpstreamError,
+)
 from ._link import RequestContext
 from ._logging import ThrottledLog
-
-if TYPE_CHECKING:
-    from ._federation import Federation
-    from ._upstream import UpstreamServer
+from ._upstream import SessionHooks, UpstreamServer
 
 SESSION_EVENT = "fed/session_event"
 SESSION_REQUEST = "fed/session_request"
@@ -42,6 +49,10 @@ _RELAY_BUFFER = 256
 Deliver = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 #: Asks a local client session: ``ask(session_id, method, params) -> result``.
 Ask = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+#: Sends a request to a peer: ``request(peer, method, params, timeout=...) -> result``.
+Request = Callable[..., Awaitable[Any]]
+#: Sends a notification to a peer: ``notify(peer, method, params)``.
+Notify = Callable[[str, str, Any], Awaitable[None]]
 
 
 @attrs.define
@@ -69,30 +80,48 @@ async def until_idle(idle: float, last_used: Callable[[], float], busy: Callable
 
 
 class Sessions:
-    """Session connections at owning nodes and the return paths of their traffic (one per node)."""
+    """Session connections at owning nodes and the return paths of their traffic (one per node).
 
-    def __init__(self, federation: Federation) -> None:
-        self.federation = federation
-        self.node = federation.node
-        self.log = federation.log
+    Args:
+        node_id: this node's id (client session ids start with it).
+        upstreams: the servers attached here, by id (read at each use).
+        request: sends a request to a peer (``fed/session_request`` on the way back).
+        notify: sends a notification to a peer (session events and ends).
+        next_hop: the peer towards the node owning a server: ``next_hop(origin, server)``.
+        request_timeout: the deadline of a client's answer relayed from a peer, read at each use.
+        log: the node's logger.
+
+    The owner routes ``fed/session_event``, ``fed/session_request`` and ``fed/session_end`` to
+    :meth:`on_event`, :meth:`on_request` and :meth:`on_end`, and runs :meth:`relay`.
+    """
+
+    def __init__(self, node_id: str, upstreams: Mapping[str, UpstreamServer], *, request: Request, notify: Notify,
+                 next_hop: Callable[[str, str], str | None], request_timeout: Callable[[], float], log: Any) -> None:
+        self.node_id = node_id
+        self._upstreams = upstreams
+        self._request = request
+        self._notify = notify
+        self._next_hop = next_hop
+        self._request_timeout = request_timeout
+        self.log = log
         self._throttled = ThrottledLog(self.log)
         self.deliver: Deliver | None = None
         self.ask_local: Ask | None = None
         self._held: dict[tuple[str, str], _Held] = {}
         self._opening: dict[tuple[str, str], trio.Event] = {}
-        self._relay_send, self._relay_recv = trio.open_memory_channel[tuple[str, dict[str, Any]]](_RELAY_BUFFER)
-        self.node.register_notification_handler(SESSION_EVENT, self._on_event, inline=True)
-        self.node.register_handler(SESSION_REQUEST, self._on_request)
-        self.node.register_notification_handler(SESSION_END, self._on_end, inline=True)
+        # (next hop or "" for a local client, method, message): events and session ends, in order
+        self._relay_send, self._relay_recv = trio.open_memory_channel[tuple[str, str, dict[str, Any]]](_RELAY_BUFFER)
 
     # -- at the owning node ---------------------------------------------------------------------
 
     async def upstream_for(self, server_id: str, session: dict[str, Any], trace: tuple[str, ...],
                            timeout: float) -> UpstreamServer | None:
-        """The session's own connection to ``server_id`` (opened on first use), or None to use the shared one."""
-        from ._upstream import SessionHooks, UpstreamServer
+        """The session's own connection to ``server_id`` (opened on first use), or None to use the shared one.
 
-        shared = self.federation.upstreams.get(server_id)
+        Raises:
+            ServerUnavailableError: the server is being removed.
+        """
+        shared = self._upstreams.get(server_id)
         session_id = session.get("id")
         if shared is None or shared.in_process or not isinstance(session_id, str):
             return None
@@ -119,14 +148,17 @@ class Sessions:
         hooks = SessionHooks(capabilities=capabilities if isinstance(capabilities, dict) else {},
                              client_info=client_info if isinstance(client_info, dict) else None,
                              notify=functools.partial(self._emit, key), ask=functools.partial(self._ask, key))
-        upstream = UpstreamServer(shared.config, backoff=self.node.config.backoff, logger=self.log,
-                                  on_catalog=lambda _catalog: None, session=hooks)
+        upstream = shared.extra_connection(session=hooks)
         held = _Held(upstream=upstream, scope=trio.CancelScope(), finished=trio.Event(), path=trace,
                      last_used=trio.current_time())
         self._held[key] = held
         self._opening[key] = opened = trio.Event()
         try:
-            await self.node.nursery.start(self._run, key, held)
+            try:
+                await shared.start_extra(self._run, key, held)
+            except ServerUnavailableError:
+                del self._held[key]
+                raise
             await upstream.wait_ready(timeout)
         finally:
             del self._opening[key]
@@ -174,11 +206,6 @@ class Sessions:
             if self._held.get(key) is held:
                 del self._held[key]
 
-    def close_server(self, server_id: str) -> None:
-        """Close every session connection to ``server_id`` (it was removed)."""
-        for key in [key for key in self._held if key[0] == server_id]:
-            self._close(key, "server removed")
-
     def _close(self, key: tuple[str, str], why: str) -> None:
         held = self._held.pop(key, None)
         if held is not None:
@@ -202,38 +229,42 @@ class Sessions:
         hop = path[-1] if path else None
         outgoing = {**event, "path": path[:-1]}
         try:
-            self._relay_send.send_nowait((hop or "", outgoing))
+            self._relay_send.send_nowait((hop or "", SESSION_EVENT, outgoing))
         except trio.WouldBlock:
             self.log.warning("session.event_dropped", session=event["session"], method=event["method"])
 
     async def relay(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send session events on, one at a time and in order (local ones to the client). Runs until cancelled."""
+        """Send session events and ends on, one at a time and in order (local events to the client).
+
+        Runs until cancelled.
+        """
         task_status.started()
-        async for hop, event in self._relay_recv:
+        async for hop, method, message in self._relay_recv:
             with contextlib.suppress(FednodeError):
                 if hop:
-                    await self.node.notify(hop, SESSION_EVENT, event)
+                    await self._notify(hop, method, message)
                 elif self.deliver is not None:
-                    await self.deliver(event["session"], event["method"], event["params"])
+                    await self.deliver(message["session"], message["method"], message["params"])
 
-    def _on_event(self, params: Any, context: RequestContext) -> None:
+    def on_event(self, params: Any, context: RequestContext) -> None:
+        """``fed/session_event`` from a peer: pass it on towards its client."""
         if not (isinstance(params, dict) and isinstance(params.get("session"), str)
                 and isinstance(params.get("path"), list) and isinstance(params.get("method"), str)
                 and isinstance(params.get("params"), dict)):
             return
-        if not params["path"] and not params["session"].startswith(f"{self.node.id}/"):
+        if not params["path"] and not params["session"].startswith(f"{self.node_id}/"):
             return  # not ours: a peer cannot make this node talk to another node's clients
         self._route_event(params)
 
     async def _route_request(self, request: dict[str, Any]) -> dict[str, Any]:
         path = request["path"]
         if not path:
-            if self.ask_local is None or not request["session"].startswith(f"{self.node.id}/"):
+            if self.ask_local is None or not request["session"].startswith(f"{self.node_id}/"):
                 raise MCPError(INTERNAL_ERROR, "no client session to ask")
             return await self.ask_local(request["session"], request["method"], request["params"])
         try:
-            result = await self.node.request(path[-1], SESSION_REQUEST, {**request, "path": path[:-1]},
-                                             timeout=self.node.config.mcp.request_timeout)
+            result = await self._request(path[-1], SESSION_REQUEST, {**request, "path": path[:-1]},
+                                         timeout=self._request_timeout())
         except RemoteError as exc:
             raise MCPError(exc.code, exc.remote_message, exc.data) from None
         except FednodeError as exc:
@@ -242,7 +273,8 @@ class Sessions:
             raise MCPError(INTERNAL_ERROR, "malformed answer from the client")
         return result
 
-    async def _on_request(self, params: Any, context: RequestContext) -> Any:
+    async def on_request(self, params: Any, context: RequestContext) -> Any:
+        """``fed/session_request`` from a peer: ask the client it is for (here, or one hop nearer)."""
         if not (isinstance(params, dict) and isinstance(params.get("session"), str)
                 and isinstance(params.get("path"), list) and isinstance(params.get("method"), str)
                 and isinstance(params.get("params"), dict)):
@@ -261,18 +293,20 @@ class Sessions:
 
     def _route_end(self, message: dict[str, Any]) -> None:
         origin, server = message["origin"], message["server"]
-        if origin == self.node.id:
+        if origin == self.node_id:
             self._close((server, message["session"]), "client session ended")
             return
-        hop = self.federation.next_hop(origin, server)
+        hop = self._next_hop(origin, server)
         if hop is not None:
-            self.node.nursery.start_soon(self._notify_quietly, hop, message)
+            # Sent by the relay task, after the session's events (a full queue drops it: the
+            # connection then closes when idle).
+            try:
+                self._relay_send.send_nowait((hop, SESSION_END, message))
+            except trio.WouldBlock:
+                self.log.warning("session.end_dropped", session=message["session"], server=server)
 
-    async def _notify_quietly(self, hop: str, message: dict[str, Any]) -> None:
-        with contextlib.suppress(FednodeError):
-            await self.node.notify(hop, SESSION_END, message)
-
-    def _on_end(self, params: Any, context: RequestContext) -> None:
+    def on_end(self, params: Any, context: RequestContext) -> None:
+        """``fed/session_end`` from a peer: close the session's connection here, or pass it on."""
         # Harmless whoever sends it: it only closes a connection that reopens on the session's next use.
         if isinstance(params, dict) and all(isinstance(params.get(k), str) for k in ("session", "origin", "server")):
             self._route_end(params)

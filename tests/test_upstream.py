@@ -608,3 +608,73 @@ class TestInProcessPing:
             assert server.state == "up" and server.restarts == 0
             assert (await server.call("tools/call", tool_call("add", a=1, b=2)))["structuredContent"] == {"result": 3}
             nursery.cancel_scope.cancel()
+
+
+class TestServerScope:
+    """A server's extra connections and parked calls run under its own scope and end when it is removed."""
+
+    async def test_removing_the_server_ends_its_extra_connections(self, autojump_clock: trio.testing.MockClock) -> None:
+        fixture = in_process_fixture("scoped")
+        server = UpstreamServer(ServerConfig(id="scoped"), backoff=FAST_BACKOFF, server=fixture.server,
+                                on_catalog=lambda c: None)
+        extra = server.extra_connection()
+        ended = trio.Event()
+
+        async def run_extra(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await extra.run(task_status=task_status)
+            finally:
+                ended.set()
+
+        removal = trio.CancelScope()
+
+        async def run_server(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with removal:
+                await server.run(task_status=task_status)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_server)
+            await server.start_extra(run_extra)
+            await extra.wait_ready(15)
+            assert (await extra.call("tools/call", tool_call("add", a=1, b=2)))["structuredContent"] == {"result": 3}
+            removal.cancel()  # the only thing removing the server does
+            with trio.fail_after(15):
+                await ended.wait()
+        assert extra.state == "stopped" and server.state == "stopped"
+        with pytest.raises(ServerUnavailableError, match="it is stopped"):
+            await server.start_extra(run_extra)
+
+    async def test_a_parked_call_fails_at_once_when_its_server_is_removed(
+            self, autojump_clock: trio.testing.MockClock) -> None:
+        from fednode._parking import Parking
+
+        fixture = in_process_fixture("parked")
+        server = UpstreamServer(ServerConfig(id="parked"), backoff=FAST_BACKOFF, server=fixture.server,
+                                on_catalog=lambda c: None)
+        parking = Parking("node-a")
+        removal = trio.CancelScope()
+        failed: list[tuple[float, BaseException]] = []
+
+        async def park() -> None:
+            try:
+                await parking.call("parked", server, "tools/call", tool_call("slow", seconds=1000), 3000, None)
+            except ServerUnavailableError as exc:
+                failed.append((trio.current_time(), exc))
+
+        async def run_server(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with removal:
+                await server.run(task_status=task_status)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_server)
+            await server.wait_ready(15)
+            nursery.start_soon(park)
+            with trio.fail_after(15):
+                while not server.busy:  # the call has reached the server
+                    await trio.sleep(0.01)
+            removed_at = trio.current_time()
+            removal.cancel()
+        # Not left waiting for its deadline (3000 s) or the server's answer (1000 s).
+        ((when, error),) = failed
+        assert when == removed_at and "removed during the call" in str(error)
+        assert not parking._parked
