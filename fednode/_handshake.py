@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import attrs
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -25,17 +25,34 @@ from trio_websocket import (
 )
 
 from . import _wire as wire
-from ._auth import FORBIDDEN_REASONS, AuthReason
-from ._config import PeerConfig
+from ._auth import FORBIDDEN_REASONS, AuthManager, AuthReason
+from ._config import LinkConfig, PeerConfig, TLSConfig
 from ._errors import AuthError, HandshakeFailed, ProtocolError
 from ._link import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR
 from ._logging import ThrottledLog
-
-if TYPE_CHECKING:
-    from ._node import Node
+from ._peering import PeerDirectory
 
 TOKEN_HEADER = b"x-fednode-token"
 SOFTWARE = "fednode"
+
+
+@attrs.frozen
+class Handshake:
+    """What both sides of the handshake need, given once by the node and shared by every link.
+
+    Attributes:
+        local_id: this node's id (named in the hello it sends).
+        auth: mints this node's tokens and verifies the peers' (updated in place by a reload).
+        limits: the ``[link]`` section (``handshake_timeout``, ``max_message_size``).
+        tls: the ``[tls]`` section (``ca`` is trusted when dialing wss:// peers).
+        count_refused: counts one refused authentication by its reason (shown by the metrics).
+    """
+
+    local_id: str
+    auth: AuthManager
+    limits: LinkConfig
+    tls: TLSConfig
+    count_refused: Callable[[str], None]
 
 
 def header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
@@ -79,9 +96,9 @@ def check_hello(frame: str | bytes, expected_node: str) -> wire.Hello:
     return message
 
 
-def client_ssl_context(node: Node) -> ssl.SSLContext:
+def client_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     """The TLS context used to dial wss:// peers (trusting ``[tls] ca`` when set)."""
-    ca = node.config.tls.ca
+    ca = tls.ca
     return ssl.create_default_context(cafile=str(ca) if ca else None)
 
 
@@ -93,7 +110,7 @@ async def _close_on_exit(stream: trio.abc.Stream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-async def _open_stream(node: Node, url: str) -> tuple[trio.abc.Stream, str, str]:
+async def _open_stream(tls: TLSConfig, url: str) -> tuple[trio.abc.Stream, str, str]:
     """TCP connect (and TLS handshake for wss://) to ``url``; returns (stream, host header, path)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -103,7 +120,7 @@ async def _open_stream(node: Node, url: str) -> tuple[trio.abc.Stream, str, str]
     if secure:
         # The TLS handshake runs here, not lazily inside trio-websocket, so that a certificate
         # problem fails the dial at once with its real reason instead of at the deadline.
-        ssl_stream = trio.SSLStream(stream, client_ssl_context(node), server_hostname=host, https_compatible=True)
+        ssl_stream = trio.SSLStream(stream, client_ssl_context(tls), server_hostname=host, https_compatible=True)
         try:
             await ssl_stream.do_handshake()
         except BaseException:
@@ -116,7 +133,7 @@ async def _open_stream(node: Node, url: str) -> tuple[trio.abc.Stream, str, str]
     return stream, host_header, parts.path or "/"
 
 
-async def dial(node: Node, peer: PeerConfig, nursery: trio.Nursery) -> WebSocketConnection:
+async def dial(handshake: Handshake, peer: PeerConfig, nursery: trio.Nursery) -> WebSocketConnection:
     """Connect to ``peer``, authenticate both ways and exchange hellos.
 
     The WebSocket's background tasks run in ``nursery``; cancel it to drop the connection. A refusal
@@ -126,27 +143,27 @@ async def dial(node: Node, peer: PeerConfig, nursery: trio.Nursery) -> WebSocket
         HandshakeFailed: with a one-line reason (unreachable, TLS, timed out, bad token, bad hello...).
     """
     assert peer.control is not None
-    timeout = node.config.link.handshake_timeout
-    token = node.auth.create_token(peer.id)
+    timeout = handshake.limits.handshake_timeout
+    token = handshake.auth.create_token(peer.id)
     try:
         with trio.fail_after(timeout):
-            stream, host_header, path = await _open_stream(node, peer.control)
+            stream, host_header, path = await _open_stream(handshake.tls, peer.control)
             nursery.start_soon(_close_on_exit, stream)
             ws = await wrap_client_stream(
                 nursery, stream, host_header, path,  # type: ignore[arg-type]
                 extra_headers=[(b"authorization", b"Bearer " + token.encode())],
-                max_message_size=node.config.link.max_message_size,
+                max_message_size=handshake.limits.max_message_size,
             )
             replies = header(ws.handshake_headers, TOKEN_HEADER)
             try:
-                node.auth.verify_token(replies[0].decode("ascii") if len(replies) == 1 else None,
+                handshake.auth.verify_token(replies[0].decode("ascii") if len(replies) == 1 else None,
                                        expected_issuer=peer.id)
             except (AuthError, UnicodeDecodeError) as exc:
                 reason = exc.reason if isinstance(exc, AuthError) else AuthReason.GARBAGE.value
-                node.count_refused(reason)
+                handshake.count_refused(reason)
                 await close_quietly(ws, CLOSE_POLICY, "authentication failed")
                 raise HandshakeFailed(f"peer's proof of identity refused: {exc}") from None
-            await ws.send_message(wire.encode(wire.Hello(node=node.id, software=SOFTWARE)))
+            await ws.send_message(wire.encode(wire.Hello(node=handshake.local_id, software=SOFTWARE)))
             try:
                 check_hello(await ws.get_message(), peer.id)
             except ProtocolError as exc:
@@ -167,7 +184,7 @@ async def dial(node: Node, peer: PeerConfig, nursery: trio.Nursery) -> WebSocket
         raise HandshakeFailed(f"cannot connect to {peer.control}: {exc}") from None
 
 
-def describe_rejection(exc: ConnectionRejected, node: Node, peer: PeerConfig) -> str:
+def describe_rejection(exc: ConnectionRejected, auth: AuthManager, peer: PeerConfig) -> str:
     """One line for a refused upgrade: what the refusal means in words, then the status and reason sent.
 
     The body is the peer's text, so only a reason fednode sends is interpreted; anything else is shown
@@ -176,15 +193,15 @@ def describe_rejection(exc: ConnectionRejected, node: Node, peer: PeerConfig) ->
     """
     body = "".join(c for c in (exc.body or b"")[:200].decode("utf-8", "replace") if c.isprintable()).strip()
     sent = f"HTTP {exc.status_code}" + (f" {body[:100]}" if body else "")
-    meaning = _refusal_meaning(exc.status_code, body, node, peer)
+    meaning = _refusal_meaning(exc.status_code, body, auth, peer)
     return f"{meaning} (refused with {sent})" if meaning else f"refused by peer: {sent}"
 
 
-def _refusal_meaning(status: int, body: str, node: Node, peer: PeerConfig) -> str | None:
+def _refusal_meaning(status: int, body: str, auth: AuthManager, peer: PeerConfig) -> str | None:
     """Why ``peer`` refused this node's dial, for an operator; None for a reason fednode does not send."""
     who = f"peer {peer.id!r}"
-    kid = node.auth.signing_kid(peer.id) or "none"
-    eddsa = node.auth.config.algorithm == "EdDSA"
+    kid = auth.signing_kid(peer.id) or "none"
+    eddsa = auth.config.algorithm == "EdDSA"
     if status == 404:
         return f"{peer.control} is not a fednode control endpoint (check the control URL of {who}, path included)"
     if status == 503:
@@ -197,59 +214,61 @@ def _refusal_meaning(status: int, body: str, node: Node, peer: PeerConfig) -> st
     meanings = {
         AuthReason.UNKNOWN_KID: (
             f"{who} does not know this node's public key (kid {kid}): give it this node's public key"
-            f" (in its [[peers]] entry for {node.id!r})" if eddsa else
+            f" (in its [[peers]] entry for {auth.node_id!r})" if eddsa else
             f"{who} does not know this node's key (kid {kid}): the shared secret differs"),
         AuthReason.BAD_SIGNATURE: (
             f"{who} could not verify this node's signature (kid {kid}): it holds another key under that kid"),
         AuthReason.WRONG_ALGORITHM: (
-            f"{who} does not accept {node.auth.config.algorithm} tokens: set the same [auth] algorithm on both"),
+            f"{who} does not accept {auth.config.algorithm} tokens: set the same [auth] algorithm on both"),
         AuthReason.EXPIRED: f"{who} found this node's token expired: {clocks}",
         AuthReason.ISSUED_IN_FUTURE: f"{who} found this node's token issued in the future: {clocks}",
         AuthReason.TOO_LONG_LIVED: (
             f"{who} found this node's token too long-lived: {clocks}, or [auth] token_ttl is too long"),
         AuthReason.WRONG_AUDIENCE: (
             f"the node at {peer.control} is not {peer.id!r} (check the control URL of {who})"),
-        AuthReason.UNKNOWN_ISSUER: f"{who} does not have this node ({node.id!r}) among its [[peers]]",
+        AuthReason.UNKNOWN_ISSUER: f"{who} does not have this node ({auth.node_id!r}) among its [[peers]]",
         AuthReason.REPLAY: f"{who} had seen this node's token before (a replay)",
     }
     return meanings.get(reason, f"{who} could not accept this node's token ({reason.value})")
 
 
-async def accept(node: Node, request: WebSocketRequest, remote: str, *, log: ThrottledLog,
+async def accept(handshake: Handshake, request: WebSocketRequest, remote: str, *, path: str,
+                 peers: PeerDirectory, log: ThrottledLog,
                  on_authenticated: Callable[[], None] | None = None) -> tuple[WebSocketConnection, str] | None:
     """Authenticate an inbound request; on success accept it and exchange hellos.
 
     Args:
+        path: the control endpoint's HTTP path; any other is answered 404.
+        peers: whether the node is closing (503) and which peers are registered.
         log: where refusals are logged (limited: strangers can cause them at will; every refusal is
-            still counted by ``node.count_refused``).
+            still counted by ``handshake.count_refused``).
         on_authenticated: called once the token has been verified, before the hellos.
 
     Returns:
         ``(ws, peer_id)``, or None when the request was refused (already answered and logged).
     """
-    if node.closing:
+    if peers.closing:
         await request.reject(503, body=b"node is shutting down")
         return None
-    expected_path = node.control_path
-    if request.path.split("?", 1)[0] != expected_path:
+    if request.path.split("?", 1)[0] != path:
         await request.reject(404, body=b"not a fednode control endpoint")
         return None
     try:
-        claims = node.auth.verify_token(bearer_token(request.headers))
+        claims = handshake.auth.verify_token(bearer_token(request.headers))
     except AuthError as exc:
-        node.count_refused(exc.reason)
+        handshake.count_refused(exc.reason)
         log.warning("auth.refused", key=exc.reason, reason=exc.reason, detail=exc.detail, remote=remote)
         status = 403 if exc.reason in {r.value for r in FORBIDDEN_REASONS} else 401
         await request.reject(status, extra_headers=[(b"content-type", b"text/plain")],
                              body=exc.reason.encode())
         return None
     peer_id = claims.issuer
-    if not node.has_peer(peer_id):  # removed between verification and now
+    if not peers.has_peer(peer_id):  # removed between verification and now
         await request.reject(403, body=AuthReason.UNKNOWN_ISSUER.value.encode())
         return None
     if on_authenticated is not None:
         on_authenticated()
-    reply = node.auth.create_token(peer_id)
+    reply = handshake.auth.create_token(peer_id)
     ws = await request.accept(extra_headers=[(TOKEN_HEADER, reply.encode())])
     try:
         check_hello(await ws.get_message(), peer_id)
@@ -257,6 +276,6 @@ async def accept(node: Node, request: WebSocketRequest, remote: str, *, log: Thr
         log.warning("handshake.bad_hello", key=peer_id, peer=peer_id, remote=remote, error=str(exc))
         await close_quietly(ws, CLOSE_PROTOCOL_ERROR, "bad hello")
         return None
-    await ws.send_message(wire.encode(wire.Hello(node=node.id, software=SOFTWARE)))
+    await ws.send_message(wire.encode(wire.Hello(node=handshake.local_id, software=SOFTWARE)))
     return ws, peer_id
 

@@ -33,7 +33,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from . import _wire as wire
-from ._config import NodeConfig
+from ._config import HeartbeatConfig, LinkConfig
 from ._errors import LinkClosedError, ProtocolError, RemoteError, RequestTimeoutError
 from ._heartbeat import BitSource, Heartbeat
 from ._heartbeat import stall_limit as _stall_limit
@@ -58,10 +58,25 @@ CLOSE_DUPLICATE = 4001
 CLOSE_HEARTBEAT = 4002
 
 
-def stall_limit(config: NodeConfig) -> float:
+def stall_limit(heartbeat: HeartbeatConfig) -> float:
     """How long a frame may take to be written before the peer counts as no longer reading
     (see :func:`fednode._heartbeat.stall_limit`)."""
-    return _stall_limit(config.heartbeat.interval, config.heartbeat.timeout)
+    return _stall_limit(heartbeat.interval, heartbeat.timeout)
+
+
+@attrs.frozen
+class LinkSettings:
+    """A link's own sections of the node's configuration (none of them changes on a reload).
+
+    Attributes:
+        heartbeat: the ``[heartbeat]`` section (ping interval, dead after).
+        limits: the ``[link]`` section (``max_message_size``, ``max_inflight``, ``max_protocol_errors``).
+        shutdown_grace: how long a closing link waits for the peer's close frame, by default.
+    """
+
+    heartbeat: HeartbeatConfig = attrs.field(factory=HeartbeatConfig)
+    limits: LinkConfig = attrs.field(factory=LinkConfig)
+    shutdown_grace: float = 5.0
 
 
 class Direction(enum.StrEnum):
@@ -130,30 +145,30 @@ class Link:
         local_id: this node's id.
         peer_id: the authenticated peer's id.
         direction: who dialed.
-        config: this node's configuration (heartbeat, limits, shutdown grace).
+        settings: the link's configuration (heartbeat, limits, shutdown grace).
         handlers: the method table requests and notifications are dispatched to.
         rng: where heartbeat ping seqs come from (default: the operating system's randomness).
     """
 
     def __init__(self, ws: WebSocketConnection, *, local_id: str, peer_id: str, direction: Direction,
-                 config: NodeConfig, handlers: Handlers, logger: Any = None,
+                 settings: LinkSettings, handlers: Handlers, logger: Any = None,
                  on_end: Callable[[Link], None] | None = None, rng: BitSource | None = None) -> None:
         self.ws = ws
         self.local_id = local_id
         self.peer_id = peer_id
         self.direction = direction
         self.dialer = local_id if direction is Direction.OUTBOUND else peer_id
-        self.config = config
+        self.settings = settings
         self.handlers = handlers
         self.started_at = trio.current_time()
-        self.heartbeat = Heartbeat(interval=config.heartbeat.interval, timeout=config.heartbeat.timeout,
+        self.heartbeat = Heartbeat(interval=settings.heartbeat.interval, timeout=settings.heartbeat.timeout,
                                    start=self.started_at, rng=rng)
         self.last_seen = self.started_at
         self.ended = trio.Event()
         self.end_reason: str | None = None
         self._close_code = CLOSE_NORMAL
         self._close_text = "closing"
-        self._close_timeout = config.shutdown_grace
+        self._close_timeout = settings.shutdown_grace
         self._scope: trio.CancelScope | None = None
         self._requests = RequestTable[Transit]()
         self._pending = self._requests.pending  # our requests waiting for answers, by id
@@ -161,12 +176,12 @@ class Link:
         self._transits_out = self._requests.passed  # requests passed on to this peer, by our ids
         self._protocol_errors = 0
         self._last_words: wire.Message | None = None
-        self._out = FrameSender[Transit](ws, peer_id=peer_id, max_message_size=config.link.max_message_size,
+        self._out = FrameSender[Transit](ws, peer_id=peer_id, max_message_size=settings.limits.max_message_size,
                                          on_lost=self._end, on_too_large=_too_large)
         self.log = (logger or log).bind(peer=peer_id, direction=direction.value)
         self._throttled = ThrottledLog(self.log)  # for lines the peer can cause at will
         self._inbound = Serving(peer_id=peer_id, local_id=local_id, handlers=handlers,
-                                max_inflight=config.link.max_inflight, passing_on=self._transits_in,
+                                max_inflight=settings.limits.max_inflight, passing_on=self._transits_in,
                                 send=self._out.send, send_control=self._out.send_control,
                                 on_duplicate=self._protocol_error, log=self.log, throttled=self._throttled)
         self._serving = self._inbound.scopes  # the peer's requests being served here, by its ids
@@ -414,7 +429,7 @@ class Link:
 
     def _protocol_error(self, exc: ProtocolError, request_id: int | None = None) -> None:
         self._protocol_errors += 1
-        limit = self.config.link.max_protocol_errors
+        limit = self.settings.limits.max_protocol_errors
         self.log.warning("link.protocol_error", error=str(exc), count=self._protocol_errors, limit=limit)
         reply = wire.Error(id=request_id, code=exc.code, message=str(exc))
         if self._protocol_errors >= limit:

@@ -16,18 +16,17 @@ import collections
 import ipaddress
 import ssl
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import ConnectionClosed, wrap_server_stream
 
+from ._config import TLSConfig
 from ._errors import FednodeError
-from ._handshake import accept
+from ._handshake import Handshake, accept
 from ._logging import ThrottledLog
-
-if TYPE_CHECKING:
-    from ._node import Node
+from ._peering import PeerDirectory
 
 #: Handshakes pending at once, at most. Beyond it a newcomer evicts the longest-waiting connection
 #: that has not authenticated yet (a real peer needs milliseconds; a socket held open by an attacker
@@ -145,14 +144,27 @@ class HandshakeSlots:
 
 
 class Listener:
-    """Accepts inbound peer connections on the node's control address."""
+    """Accepts inbound peer connections on the node's control address.
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    Args:
+        control: the control URL to listen on (``ws://`` or ``wss://``; port 0 picks one).
+        tls: the ``[tls]`` section (``cert`` and ``key`` serve ``wss://``).
+        handshake: how to authenticate the peers that connect (this node's id, keys and limits).
+        peers: whether the node is closing, which peers are registered, and whose supervisor takes a link.
+        logger: the node's logger.
+    """
+
+    def __init__(self, *, control: str, tls: TLSConfig, handshake: Handshake, peers: PeerDirectory,
+                 logger: Any) -> None:
+        self.control = control
+        self.path = urlsplit(control).path or "/"
+        self.tls = tls
+        self.handshake = handshake
+        self.peers = peers
         self.port: int | None = None
         self.slots = HandshakeSlots()
         #: Lines about connections that did not become links: anyone can cause them, so they are limited.
-        self.log = ThrottledLog(node.log)
+        self.log = ThrottledLog(logger)
 
     @property
     def pending(self) -> int:
@@ -160,8 +172,8 @@ class Listener:
         return len(self.slots)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
-        tls = self.node.config.tls
-        if not self.node.config.control.startswith("wss://"):
+        tls = self.tls
+        if not self.control.startswith("wss://"):
             return None
         assert tls.cert is not None and tls.key is not None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -173,7 +185,7 @@ class Listener:
 
         Returns (through ``task_status``) the bound port, so port 0 can be used.
         """
-        url = urlsplit(self.node.config.control)
+        url = urlsplit(self.control)
         host = url.hostname
         port = url.port if url.port is not None else (443 if url.scheme == "wss" else 80)
         socket_listeners = await trio.open_tcp_listeners(port, host=host)
@@ -203,7 +215,7 @@ class Listener:
             await trio.aclose_forcefully(stream)
 
     async def _handle(self, stream: trio.abc.Stream, remote: str, pending: PendingHandshake) -> None:
-        timeout = self.node.config.link.handshake_timeout
+        timeout = self.handshake.limits.handshake_timeout
         accepted = None
         try:
             async with trio.open_nursery() as connection_tasks:
@@ -213,8 +225,9 @@ class Listener:
                     with pending.scope:
                         try:
                             request = await wrap_server_stream(
-                                connection_tasks, stream, max_message_size=self.node.config.link.max_message_size)
-                            accepted = await accept(self.node, request, remote, log=self.log,
+                                connection_tasks, stream, max_message_size=self.handshake.limits.max_message_size)
+                            accepted = await accept(self.handshake, request, remote, path=self.path,
+                                                    peers=self.peers, log=self.log,
                                                     on_authenticated=lambda: self.slots.authenticated(pending))
                         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError,
                                 FednodeError) as exc:
@@ -223,15 +236,15 @@ class Listener:
                 finally:
                     self.slots.release(pending)
                 if pending.scope.cancelled_caught and pending.evicted is not None:
-                    self.node.count_refused("handshake_evicted")
+                    self.handshake.count_refused("handshake_evicted")
                     self.log.warning("handshake.evicted", key=pending.evicted, remote=remote,
                                      reason=pending.evicted)
                 elif pending.scope.cancelled_caught:
-                    self.node.count_refused("handshake_timeout")
+                    self.handshake.count_refused("handshake_timeout")
                     self.log.warning("handshake.timeout", remote=remote, timeout=timeout)
                 if accepted is not None:
                     ws, peer_id = accepted
-                    supervisor = self.node.supervisor(peer_id)
+                    supervisor = self.peers.supervisor(peer_id)
                     if supervisor is not None:
                         await supervisor.adopt(ws)
                 connection_tasks.cancel_scope.cancel()

@@ -34,7 +34,16 @@ from ._errors import (
 )
 from ._federation import Federation
 from ._forwarder import FederationForwarder
-from ._link import CLOSE_NORMAL, Handlers, InlineHandler, NotificationHandler, RequestContext, RequestHandler
+from ._handshake import Handshake
+from ._link import (
+    CLOSE_NORMAL,
+    Handlers,
+    InlineHandler,
+    LinkSettings,
+    NotificationHandler,
+    RequestContext,
+    RequestHandler,
+)
 from ._listener import Listener
 from ._metrics import CONTENT_TYPE, NodeMetrics
 from ._status import node_status
@@ -101,7 +110,14 @@ class Node:
         self._supervisors: dict[str, PeerSupervisor] = {}
         self._servers: dict[str, tuple[UpstreamServer, trio.CancelScope, trio.Event]] = {}
         self._registry_lock = trio.Lock()
-        self._listener = Listener(self)
+        # What the peers layer is given instead of the node: its sections, and the node as the
+        # small protocols it calls (a peer directory, a link-event sink, a refusal counter).
+        self._handshake = Handshake(local_id=config.id, auth=self.auth, limits=config.link, tls=config.tls,
+                                    count_refused=self.count_refused)
+        self._link_settings = LinkSettings(heartbeat=config.heartbeat, limits=config.link,
+                                           shutdown_grace=config.shutdown_grace)
+        self._listener = Listener(control=config.control, tls=config.tls, handshake=self._handshake,
+                                  peers=self, logger=self.log)
         self._closing = False
         #: whether start-up is done: the configured peers and servers are registered
         self.started = False
@@ -188,7 +204,9 @@ class Node:
         async with self._registry_lock:
             if peer.id in self._supervisors:
                 await self._remove(peer.id, "peer replaced")
-            supervisor = PeerSupervisor(self, peer, self._jitter)
+            supervisor = PeerSupervisor(peer, handshake=self._handshake, settings=self._link_settings,
+                                        handlers=self.handlers, events=self, backoff=self.config.backoff,
+                                        logger=self.log, jitter=self._jitter)
             self.auth.set_peer(peer)
             self._supervisors[peer.id] = supervisor
             await self._nursery.start(self._supervise, supervisor)

@@ -4,26 +4,27 @@ Each supervisor owns a cancel scope. Registering a peer starts one in the node's
 the peer cancels that scope, which closes its link (normal close frame) and ends every task it
 started. Inbound links from the peer are handed to the same supervisor and run in its nursery, so
 "one peer, one supervisor, at most one live link" holds whichever side dialed.
+
+A supervisor does not know the node: it is given the handshake, its links' settings and method
+table, its ``[backoff]`` section, and a :class:`~fednode._peering.LinkEvents` sink it reports to.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import attrs
 import trio
 from trio_websocket import ConnectionRejected, WebSocketConnection
 
 from ._backoff import Backoff
-from ._config import PeerConfig
+from ._config import BackoffConfig, PeerConfig
 from ._errors import HandshakeFailed, PeerConnectError, leaves
-from ._handshake import close_quietly, describe_rejection, dial
-from ._link import CLOSE_DUPLICATE, CLOSE_GOING_AWAY, Direction, Link
-
-if TYPE_CHECKING:
-    from ._node import Node
+from ._handshake import Handshake, close_quietly, describe_rejection, dial
+from ._link import CLOSE_DUPLICATE, CLOSE_GOING_AWAY, Direction, Handlers, Link, LinkSettings
+from ._peering import LinkEvents
 
 
 class PeerState(enum.StrEnum):
@@ -37,7 +38,7 @@ class PeerState(enum.StrEnum):
 
 @attrs.frozen
 class PeerStatus:
-    """A snapshot of one peer, as returned by :meth:`Node.peer_states`."""
+    """A snapshot of one peer, as returned by the node's ``peer_states()``."""
 
     id: str
     state: PeerState
@@ -50,11 +51,28 @@ class PeerStatus:
 
 
 class PeerSupervisor:
-    """Keeps one peer connected. Created and started by :meth:`Node.register_peer`."""
+    """Keeps one peer connected. Created and started by the node's ``register_peer()``.
 
-    def __init__(self, node: Node, peer: PeerConfig, jitter: Callable[[float], float] | None = None) -> None:
-        self.node = node
+    Args:
+        peer: the peer to keep connected.
+        handshake: how to dial and authenticate (this node's id, keys and limits).
+        settings: what each of the peer's links runs with.
+        handlers: the method table the links dispatch to.
+        events: told when the link comes up or starts to go down, and of every change of state.
+        backoff: the ``[backoff]`` section: how long to wait between attempts.
+        logger: the node's logger (bound here to the peer).
+        jitter: backoff jitter function, for tests; default full jitter.
+    """
+
+    def __init__(self, peer: PeerConfig, *, handshake: Handshake, settings: LinkSettings, handlers: Handlers,
+                 events: LinkEvents, backoff: BackoffConfig, logger: Any,
+                 jitter: Callable[[float], float] | None = None) -> None:
         self.peer = peer
+        self.handshake = handshake
+        self.settings = settings
+        self.handlers = handlers
+        self.events = events
+        self.logger = logger
         self.scope = trio.CancelScope()
         self.state = PeerState.CONNECTING if peer.control else PeerState.WAITING
         self.link: Link | None = None
@@ -63,8 +81,8 @@ class PeerSupervisor:
         self.first_attempt = trio.Event()
         self.first_error: PeerConnectError | None = None
         self.finished = trio.Event()
-        self.backoff = Backoff(node.config.backoff, jitter) if jitter else Backoff(node.config.backoff)
-        self.log = node.log.bind(peer=peer.id)
+        self.backoff = Backoff(backoff, jitter) if jitter else Backoff(backoff)
+        self.log = logger.bind(peer=peer.id)
         self._nursery: trio.Nursery | None = None
         self._link_gone = trio.Event()
         self._link_gone.set()
@@ -89,7 +107,7 @@ class PeerSupervisor:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Supervise the peer until cancelled (see :meth:`Node.remove_peer`)."""
+        """Supervise the peer until cancelled (see the node's ``remove_peer()``)."""
         try:
             with self.scope:
                 async with trio.open_nursery() as nursery:
@@ -140,7 +158,7 @@ class PeerSupervisor:
         try:
             async with trio.open_nursery() as connection_tasks:
                 try:
-                    ws = await dial(self.node, self.peer, connection_tasks)
+                    ws = await dial(self.handshake, self.peer, connection_tasks)
                 except HandshakeFailed as exc:
                     error = str(exc)
                 else:
@@ -149,7 +167,7 @@ class PeerSupervisor:
         except* ConnectionRejected as group:
             rejection = next(leaves(group))  # the groups may be nested: the refusal itself is a leaf
             assert isinstance(rejection, ConnectionRejected)
-            error = describe_rejection(rejection, self.node, self.peer)
+            error = describe_rejection(rejection, self.handshake.auth, self.peer)
         except* Exception as group:  # a bug or an unforeseen library error must not kill the node
             cause = next(leaves(group))
             self.log.error("peer.unexpected_error", error=repr(cause)[:300])
@@ -184,15 +202,14 @@ class PeerSupervisor:
             await ended.wait()
         finally:
             # If the listener is cancelled first (shutdown), let the link send its close frame.
-            with trio.CancelScope(shield=True), trio.move_on_after(self.node.config.shutdown_grace + 1):
+            with trio.CancelScope(shield=True), trio.move_on_after(self.settings.shutdown_grace + 1):
                 await ended.wait()
 
     # -- links ------------------------------------------------------------------------------
 
     async def _take(self, ws: WebSocketConnection, direction: Direction) -> None:
-        link = Link(ws, local_id=self.node.id, peer_id=self.peer.id, direction=direction,
-                    config=self.node.config, handlers=self.node.handlers, logger=self.node.log,
-                    on_end=self._link_ending)
+        link = Link(ws, local_id=self.handshake.local_id, peer_id=self.peer.id, direction=direction,
+                    settings=self.settings, handlers=self.handlers, logger=self.logger, on_end=self._link_ending)
         if not self._install(link):
             self.log.info("link.duplicate", direction=direction.value,
                           kept=self.link.direction.value if self.link else None)
@@ -203,7 +220,7 @@ class PeerSupervisor:
         self.state = PeerState.UP
         self.links_up += 1
         self.log.info("link.up", direction=direction.value, reconnects=max(0, self.links_up - 1))
-        self.node.link_changed(self.peer.id, True)
+        self.events.link_changed(self.peer.id, True)
         reason = "unknown"
         try:
             reason = await link.run()
@@ -215,7 +232,7 @@ class PeerSupervisor:
             self.backoff.link_ended(uptime)
             self.log.info("link.down", direction=direction.value, reason=link.end_reason or reason,
                           uptime=round(uptime, 3))
-            self.node.notify_change()
+            self.events.notify_change()
 
     def _link_ending(self, link: Link) -> None:
         """Called by a link the moment it starts to end, so status never shows a dead link as up."""
@@ -224,7 +241,7 @@ class PeerSupervisor:
             reason = link.end_reason or "link ended"
             if not reason.startswith("closed locally"):
                 self.last_error = reason
-            self.node.link_changed(self.peer.id, False)
+            self.events.link_changed(self.peer.id, False)
 
     def _install(self, link: Link) -> bool:
         """Make ``link`` the peer's link, or refuse it; both nodes reach the same choice.
@@ -235,7 +252,7 @@ class PeerSupervisor:
         """
         current = self.link
         if current is not None and current.is_up:
-            preferred = min(self.node.id, self.peer.id)
+            preferred = min(self.handshake.local_id, self.peer.id)
             if link.dialer != current.dialer and current.dialer == preferred:
                 return False
             current.stop(CLOSE_DUPLICATE, "replaced by a newer link")

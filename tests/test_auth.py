@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import attrs
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import fednode
-from fednode import AuthError, AuthManager, AuthReason, Secret, _supervisor
+from fednode import AuthError, AuthManager, AuthReason, Secret, _handshake, _supervisor
 from fednode import _wire as wire
 from fednode._auth import MAX_TOKEN_LENGTH, ReplayCache
 from fednode._config import public_key_kid
@@ -779,15 +778,14 @@ class TestMutualAuthentication:
 
     @pytest.mark.parametrize("reason", list(AuthReason))
     def test_every_refusal_reason_is_put_in_words(self, reason: AuthReason, keys: dict[str, KeyPair]) -> None:
-        for node in (SimpleNamespace(id="node-a", auth=manager("node-a", ["node-b"])),
-                     SimpleNamespace(id="node-a", auth=ed_manager("node-a", keys["node-a"], {}))):
+        for auth in (manager("node-a", ["node-b"]), ed_manager("node-a", keys["node-a"], {})):
             target = fednode.PeerConfig(id="node-b", control="ws://127.0.0.1:7002")
             text = describe_rejection(trio_websocket.ConnectionRejected(401, (), reason.value.encode()),
-                                      node, target)  # type: ignore[arg-type]
+                                      auth, target)
             assert text.endswith(f" (refused with HTTP 401 {reason.value})")
             assert not text.startswith("refused by peer")
             assert "'node-b'" in text or "ws://127.0.0.1:7002" in text
-        kid = node.auth.signing_kid("node-b")
+        kid = auth.signing_kid("node-b")
         assert kid == keys["node-a"].kid
         if reason is AuthReason.UNKNOWN_KID:
             assert text.startswith(f"peer 'node-b' does not know this node's public key (kid {kid})")
@@ -795,7 +793,7 @@ class TestMutualAuthentication:
             assert "clocks differ" in text
 
     async def test_a_refusal_nested_in_groups_is_still_put_in_words(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        async def dial(node: fednode.Node, target: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
+        async def dial(handshake: _handshake.Handshake, target: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
             refusal = trio_websocket.ConnectionRejected(401, (), b"unknown_kid")
             raise ExceptionGroup("reader", [ExceptionGroup("inner", [refusal])])
 
@@ -807,14 +805,14 @@ class TestMutualAuthentication:
                                           keep_retrying=False)
 
     def test_a_refusal_body_fednode_does_not_send_is_shown_shortened(self) -> None:
-        node = SimpleNamespace(id="node-a", auth=manager("node-a", ["node-b"]))
+        auth = manager("node-a", ["node-b"])
         target = fednode.PeerConfig(id="node-b", control="ws://127.0.0.1:7002")
         hostile = trio_websocket.ConnectionRejected(401, (), b"\x1b[31mnot\nmine\x00" * 100)
-        text = describe_rejection(hostile, node, target)  # type: ignore[arg-type]
+        text = describe_rejection(hostile, auth, target)
         assert text.startswith("refused by peer: HTTP 401 [31mnotmine[31mnotmine")
         assert len(text) <= len("refused by peer: HTTP 401 ") + 100 and text.isprintable()
         assert describe_rejection(trio_websocket.ConnectionRejected(503, (), b"node is shutting down"),
-                                  node, target) == (  # type: ignore[arg-type]
+                                  auth, target) == (
             "peer 'node-b' is shutting down (refused with HTTP 503 node is shutting down)")
 
     async def test_eddsa_nodes_link_up(self, keys: dict[str, KeyPair]) -> None:

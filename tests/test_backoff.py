@@ -13,7 +13,8 @@ from fednode import _supervisor
 from fednode._backoff import Backoff
 from fednode._config import BackoffConfig
 from fednode._errors import HandshakeFailed
-from fednode._link import Direction, Handlers, Link
+from fednode._handshake import Handshake
+from fednode._link import Direction, Handlers, Link, LinkSettings
 
 from conftest import node_config
 from memws import ws_pair
@@ -62,7 +63,7 @@ class TestBackoffSequence:
 
 
 def refusing_dial(attempts: list[float]) -> Any:
-    async def dial(node: fednode.Node, peer: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
+    async def dial(handshake: Handshake, peer: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
         attempts.append(trio.current_time())
         raise HandshakeFailed("refused by peer: HTTP 401 bad_signature")
     return dial
@@ -129,14 +130,14 @@ def scripted_dial(attempts: list[float], plan: list[float | None]) -> Any:
     the far end drops the link. Dials beyond the plan fail."""
     lifetimes = iter(plan)
 
-    async def dial(node: fednode.Node, peer: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
+    async def dial(handshake: Handshake, peer: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
         attempts.append(trio.current_time())
         lifetime = next(lifetimes, None)
         if lifetime is None:
             raise HandshakeFailed("cannot connect: connection refused")
         ws, remote = await ws_pair(nursery)
         other = Link(remote, local_id="node-b", peer_id="node-a", direction=Direction.INBOUND,
-                     config=node_config("node-b"), handlers=Handlers())
+                     settings=LinkSettings(), handlers=Handlers())
 
         async def live_then_drop() -> None:
             with trio.move_on_after(lifetime):

@@ -22,6 +22,7 @@ from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 import fednode
 from fednode import _supervisor
 from fednode._errors import HandshakeFailed
+from fednode._handshake import Handshake
 
 from conftest import node_config, raw_config
 from helpers import BlackholeProxy
@@ -34,7 +35,7 @@ def fixture_server(server_id: str, *args: str) -> fednode.ServerConfig:
 
 
 def refusing_dial(attempts: list[float]) -> Any:
-    async def dial(node: fednode.Node, peer: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
+    async def dial(handshake: Handshake, peer: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
         attempts.append(trio.current_time())
         raise HandshakeFailed("refused by peer: HTTP 401 bad_signature")
     return dial

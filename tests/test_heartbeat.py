@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from fednode import _wire as wire
 from fednode._heartbeat import SEQ_BITS, Heartbeat, stall_limit
-from fednode._link import Direction, Handlers, Link
+from fednode._link import Direction, Handlers, Link, LinkSettings
 
 from conftest import node_config
 from memws import ws_pair
@@ -197,8 +197,9 @@ async def test_link_sends_the_pings_its_heartbeat_hands_out(autojump_clock: trio
     async with trio.open_nursery() as nursery:
         ws_a, raw = await ws_pair(nursery)
         config = node_config("node-a", heartbeat={"interval": f"{INTERVAL}s", "timeout": f"{TIMEOUT}s"})
-        a = Link(ws_a, local_id="node-a", peer_id="node-b", direction=Direction.OUTBOUND, config=config,
-                 handlers=Handlers(), rng=Scripted(101, 102, 103, 104))
+        a = Link(ws_a, local_id="node-a", peer_id="node-b", direction=Direction.OUTBOUND,
+                 settings=LinkSettings(heartbeat=config.heartbeat), handlers=Handlers(),
+                 rng=Scripted(101, 102, 103, 104))
         nursery.start_soon(a.run)
         start = trio.current_time()
         seen: list[tuple[int, float]] = []

@@ -18,7 +18,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 import fednode
 from fednode import _errors as errors
 from fednode import _wire as wire
-from fednode._link import CLOSE_POLICY, Direction, Handlers, Link, Transit, stall_limit
+from fednode._link import CLOSE_POLICY, Direction, Handlers, Link, LinkSettings, Transit, stall_limit
 
 from conftest import node_config
 from helpers import next_frame as next_answered_frame
@@ -33,7 +33,8 @@ def make_link(ws: WebSocketConnection, local: str, remote: str, handlers: Handle
     config = node_config(local, heartbeat={"interval": f"{INTERVAL}s", "timeout": f"{TIMEOUT}s"},
                          link=link or {})
     direction = Direction.OUTBOUND if local < remote else Direction.INBOUND
-    return Link(ws, local_id=local, peer_id=remote, direction=direction, config=config,
+    settings = LinkSettings(heartbeat=config.heartbeat, limits=config.link, shutdown_grace=config.shutdown_grace)
+    return Link(ws, local_id=local, peer_id=remote, direction=direction, settings=settings,
                 handlers=handlers or Handlers())
 
 
@@ -321,7 +322,7 @@ class TestRequests:
             run_scope.cancel()  # as when the peer is removed: no stall, no heartbeat timeout
             await wait_until(lambda: len(outcomes) == 3)
             # the queued ones at once; the one being written once the close frame gives up (shutdown_grace)
-            assert outcomes == {2: 0, 3: 0, 1: pytest.approx(a.config.shutdown_grace)}
+            assert outcomes == {2: 0, 3: 0, 1: pytest.approx(a.settings.shutdown_grace)}
             nursery.cancel_scope.cancel()
 
     async def test_errors_are_reported(self, autojump_clock: trio.testing.MockClock) -> None:
@@ -413,7 +414,7 @@ class TestLimits:
 
             handlers.requests["echo"] = echo
             a = make_link(ws_a, "node-a", "node-b", handlers, max_inflight=4)
-            assert stall_limit(a.config) == STALL
+            assert stall_limit(a.settings.heartbeat) == STALL
             stop_taking_frames(ws_a)
             nursery.start_soon(a.run)
             nursery.start_soon(send_stray_pongs, raw)
