@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import attrs
 import structlog
 import trio
 from starlette.requests import Request
@@ -46,45 +45,14 @@ from ._link import (
 )
 from ._listener import Listener
 from ._metrics import CONTENT_TYPE, NodeMetrics
+from ._reload import ReloadResult as ReloadResult
+from ._reload import plan_reload
 from ._status import node_status
 from ._supervisor import PeerStatus, PeerSupervisor
 from ._upstream import UpstreamServer
 from ._version import __version__
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
-
-# Sections a reload cannot change on a running node (they take effect at the next start).
-_RESTART_ONLY = ("control", "data", "tls", "heartbeat", "backoff", "link", "shutdown_grace")
-
-
-@attrs.frozen
-class ReloadResult:
-    """What a configuration reload did (see :meth:`Node.reload`).
-
-    Attributes:
-        ok: False when the new configuration was refused (nothing was changed).
-        error: why it was refused.
-        summary: one line saying what changed.
-        at: trio clock time of the reload.
-        peers_added, peers_removed, peers_changed, servers_added, servers_removed, servers_changed:
-            the ids concerned (changed ones were re-registered or restarted).
-        auth_changed: the ``[auth]`` keys or rules changed (used for new links from now on).
-        restart_needed: changed sections that only take effect when the node is restarted.
-    """
-
-    ok: bool
-    at: float
-    error: str | None = None
-    summary: str = ""
-    peers_added: tuple[str, ...] = ()
-    peers_removed: tuple[str, ...] = ()
-    peers_changed: tuple[str, ...] = ()
-    servers_added: tuple[str, ...] = ()
-    servers_removed: tuple[str, ...] = ()
-    servers_changed: tuple[str, ...] = ()
-    auth_changed: bool = False
-    restart_needed: tuple[str, ...] = ()
-
 
 class Node:
     """A running fednode. Obtain one from :func:`open_node` or :func:`serve`; don't construct it directly.
@@ -476,43 +444,25 @@ class Node:
             return result
 
     async def _apply(self, new: NodeConfig) -> ReloadResult:
-        old = self.config
-        restart_needed = tuple(name for name in _RESTART_ONLY if getattr(old, name) != getattr(new, name))
-        self.config = attrs.evolve(new, **{name: getattr(old, name) for name in _RESTART_ONLY})
+        plan = plan_reload(self.config, new)
+        self.config = plan.effective
         before = self.auth.fingerprint()
         self.auth.update(new.auth)
         auth_changed = self.auth.fingerprint() != before
         self.edge.set_client_tokens([t.reveal().decode() for t in new.clients.tokens])
-
         new_peers = {peer.id: peer for peer in new.peers}
-        peers_added, peers_removed, peers_changed = _differences(old.peers, new.peers)
-        for peer_id in peers_removed:
+        for peer_id in plan.peers_removed:
             if self.has_peer(peer_id):
                 await self.remove_peer(peer_id)
-        for peer_id in [*peers_changed, *peers_added]:
+        for peer_id in [*plan.peers_changed, *plan.peers_added]:
             await self.register_peer(new_peers[peer_id], wait=False)
-
         new_servers = {server.id: server for server in new.servers}
-        servers_added, servers_removed, servers_changed = _differences(old.servers, new.servers)
-        for server_id in servers_removed:
+        for server_id in plan.servers_removed:
             if server_id in self._servers:
                 await self.remove_server(server_id)
-        for server_id in [*servers_changed, *servers_added]:
+        for server_id in [*plan.servers_changed, *plan.servers_added]:
             await self.add_server(new_servers[server_id], wait=False)
-
-        parts = [f"{what} {sign}{','.join(ids)}" for what, sign, ids in (
-            ("peers", "+", peers_added), ("peers", "-", peers_removed), ("peers", "~", peers_changed),
-            ("servers", "+", servers_added), ("servers", "-", servers_removed), ("servers", "~", servers_changed))
-            if ids]
-        parts += [f"{name} changed" for name, changed in (
-            ("auth", auth_changed), ("mcp", old.mcp != new.mcp), ("clients", old.clients != new.clients)) if changed]
-        if restart_needed:
-            parts.append(f"restart needed for: {', '.join(restart_needed)}")
-        return ReloadResult(
-            ok=True, at=trio.current_time(), summary="; ".join(parts) or "no changes",
-            peers_added=tuple(peers_added), peers_removed=tuple(peers_removed), peers_changed=tuple(peers_changed),
-            servers_added=tuple(servers_added), servers_removed=tuple(servers_removed),
-            servers_changed=tuple(servers_changed), auth_changed=auth_changed, restart_needed=restart_needed)
+        return plan.result(auth_changed=auth_changed, at=trio.current_time())
 
     @property
     def data_url(self) -> str:
@@ -579,14 +529,6 @@ class Node:
                             closers.start_soon(supervisor.stop_link, CLOSE_NORMAL, "node shutting down")
                 self._nursery.cancel_scope.cancel()
                 self.log.info("node.stopped", seconds=round(trio.current_time() - started, 3))
-
-
-def _differences(old: tuple[PeerConfig, ...] | tuple[ServerConfig, ...],
-                 new: tuple[PeerConfig, ...] | tuple[ServerConfig, ...]) -> tuple[list[str], list[str], list[str]]:
-    """Ids (sorted) of the entries added, removed and changed from ``old`` to ``new``."""
-    before, after = {entry.id: entry for entry in old}, {entry.id: entry for entry in new}
-    return (sorted(after.keys() - before.keys()), sorted(before.keys() - after.keys()),
-            sorted(i for i in before.keys() & after.keys() if before[i] != after[i]))
 
 
 def _with_port(url: str, port: int | None, *, keep_path: bool = True) -> str:

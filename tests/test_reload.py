@@ -1,0 +1,30 @@
+"""Reload planning without a running node: what changes, what waits for a restart, the summary line."""
+
+from __future__ import annotations
+
+from fednode._reload import plan_reload
+
+from conftest import node_config
+
+
+def test_a_plan_names_every_difference_and_keeps_restart_only_sections() -> None:
+    old = node_config("node-a", peers=[{"id": "b"}, {"id": "c"}, {"id": "d"}],
+                      mcp={"request_timeout": "5s"})
+    new = node_config("node-a", peers=[{"id": "b"}, {"id": "c", "transit": False}, {"id": "e"}],
+                      mcp={"request_timeout": "7s"}, heartbeat={"interval": "1s", "timeout": "9s"})
+    plan = plan_reload(old, new)
+    assert (plan.peers_added, plan.peers_removed, plan.peers_changed) == (("e",), ("d",), ("c",))
+    assert plan.servers_added == plan.servers_removed == plan.servers_changed == ()
+    assert plan.restart_needed == ("heartbeat",)
+    assert plan.effective.heartbeat == old.heartbeat  # kept until the next start
+    assert plan.effective.mcp == new.mcp and plan.effective.peers == new.peers  # applied at once
+    result = plan.result(auth_changed=True, at=12.5)
+    assert result.ok and result.at == 12.5 and result.auth_changed
+    assert result.summary == "peers +e; peers -d; peers ~c; auth changed; mcp changed; restart needed for: heartbeat"
+
+
+def test_no_difference_is_no_change() -> None:
+    config = node_config("node-a", peers=[{"id": "b"}])
+    plan = plan_reload(config, config)
+    assert plan.result(auth_changed=False, at=0.0).summary == "no changes"
+    assert plan.effective == config
