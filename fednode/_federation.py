@@ -18,14 +18,14 @@ start-up hold (clients' first lists wait until the federation has settled).
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import trio
 
 from ._advertiser import ROUTES_METHOD, Advertiser
 from ._catalog import Catalog, Entry
-from ._config import MAX_REQUEST_TIMEOUT
+from ._config import MAX_REQUEST_TIMEOUT, LinkConfig, MCPConfig, PeerConfig
 from ._forwarding import (
     CLIENT_CAPABILITIES_KEY,
     FORWARD_METHOD,
@@ -38,7 +38,7 @@ from ._forwarding import (
     Forwarding,
     ProgressFn,
 )
-from ._link import Link, RequestContext
+from ._link import Handlers, Link, RequestContext
 from ._logging import ThrottledLog
 from ._parking import Parking
 from ._routing import (
@@ -57,30 +57,66 @@ from ._routing import (
     valid_items,
 )
 from ._sessions import SESSION_END, SESSION_EVENT, SESSION_REQUEST, Sessions
+from ._supervisor import PeerSupervisor
 from ._upstream import STARTING, ServerCatalog, UpstreamServer
 from ._withdrawn import WithdrawnNames
-
-if TYPE_CHECKING:
-    from ._node import Node
 
 __all__ = [
     "CLIENT_CAPABILITIES_KEY", "FORWARD_METHOD", "KINDS",
     "MAX_CATALOG_BYTES_PER_PEER", "MAX_ITEMS_PER_PEER", "MAX_PATH", "MAX_ROUTES_PER_PEER", "MAX_TASKS",
     "MODERN_ERA", "PROGRESS_METHOD", "PROTOCOL_VERSION_KEY",
     "ROUTES_METHOD", "TASKS_EXTENSION", "TASK_METHODS", "Entry", "Federation",
-    "ProgressFn", "Route", "catalog_digest", "valid_items",
+    "Peers", "ProgressFn", "Route", "catalog_digest", "valid_items",
 ]
 
 _CATALOG_FIELDS = {"tools": "tools", "prompts": "prompts", "resources": "resources",
                    "resourceTemplates": "resource_templates"}
 
 
-class Federation:
-    """Catalog, routing and forwarding for one node. Created by the node; see :class:`fednode.Node`."""
+class Peers(Protocol):
+    """The node's peers, as the federation sees them (the node satisfies this)."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.log = node.log
+    def peer_ids(self) -> list[str]:
+        """Every registered peer."""
+
+    def connected_peers(self) -> list[str]:
+        """The peers linked now."""
+
+    def peer_config(self, peer_id: str) -> PeerConfig | None:
+        """A registered peer's configuration (its policy), if it is registered."""
+
+    def supervisor(self, peer_id: str) -> PeerSupervisor | None:
+        """A registered peer's supervisor (where its live link is), if any."""
+
+
+class Federation:
+    """Catalog, routing and forwarding for one node, built by the node from what it uses (no back-reference).
+
+    Args:
+        node_id: this node's id.
+        log: the node's logger.
+        peers: the node's peers (see :class:`Peers`).
+        mcp: gives the ``[mcp]`` section in force (called each time: reloads replace it).
+        limits: the ``[link]`` section (``max_message_size``, ``max_inflight``).
+        request: ``await request(peer_id, method, params, timeout=...)`` sends a peer a request.
+        notify: ``await notify(peer_id, method, params)`` sends a peer a notification.
+        observe: records each forwarded request's outcome (the node's metrics).
+        started: whether the node's start-up is done (its configured peers and servers registered).
+        started_at: when the node started (trio clock), for the ``first_list_wait`` bound.
+
+    The methods peers call on this node are in :attr:`handlers`, for the node to serve.
+    """
+
+    def __init__(self, node_id: str, log: Any, *, peers: Peers, mcp: Callable[[], MCPConfig], limits: LinkConfig,
+                 request: Callable[..., Awaitable[Any]], notify: Callable[[str, str, Any], Awaitable[None]],
+                 observe: Callable[..., None], started: Callable[[], bool], started_at: float) -> None:
+        self.id = node_id
+        self.log = log
+        self._peers = peers
+        self._mcp = mcp
+        self._started = started
+        self._started_at = started_at
+        self._send_notification = notify
         # for lines a peer can cause at will (what it advertises), and repeated ones
         self._throttled = ThrottledLog(self.log)
         self.upstreams: dict[str, UpstreamServer] = {}
@@ -88,37 +124,36 @@ class Federation:
         self._local_kinds: dict[str, dict[str, tuple[dict[str, Any], ...]]] = {}  # validated, by kind
         self.extensions: dict[str, Any] = {}
         # The limits are read here (not in the table) so that tests can lower them on this module.
-        self.table = RoutingTable(node.id, Limits(routes=MAX_ROUTES_PER_PEER, items=MAX_ITEMS_PER_PEER,
+        self.table = RoutingTable(node_id, Limits(routes=MAX_ROUTES_PER_PEER, items=MAX_ITEMS_PER_PEER,
                                                   bytes=MAX_CATALOG_BYTES_PER_PEER))
         # names that left the catalog because every route to their server went: answered with the
         # unreachable error for a while instead of "unknown" (see _withdrawn)
-        self.catalog = Catalog(node.id, self.log, WithdrawnNames())
-        self.advertiser = Advertiser(self.table, connected_peers=node.connected_peers, policy_for=node.peer_config,
-                                     node_transit=lambda: node.config.mcp.transit, notify=self._notify,
-                                     max_message_size=node.config.link.max_message_size, log=self.log)
+        self.catalog = Catalog(node_id, self.log, WithdrawnNames())
+        self.advertiser = Advertiser(self.table, connected_peers=peers.connected_peers, policy_for=peers.peer_config,
+                                     node_transit=lambda: mcp().transit, notify=self._notify,
+                                     max_message_size=limits.max_message_size, log=self.log)
         self._catalog_event = trio.Event()
         # Start-up: set once the federation has settled (or the bound passed); until then clients'
         # lists are held (wait_settled). Pulsed by everything that can settle it.
         self._settled = False
         self._settle_changed = trio.Event()
         self._listeners: list[Callable[[set[str]], None]] = []
-        self.sessions = Sessions(node.id, self.upstreams, request=node.request, notify=node.notify,
-                                 next_hop=self.next_hop, request_timeout=lambda: node.config.mcp.request_timeout,
+        self.sessions = Sessions(node_id, self.upstreams, request=request, notify=notify,
+                                 next_hop=self.next_hop, request_timeout=lambda: mcp().request_timeout,
                                  log=self.log)
-        node.register_notification_handler(SESSION_EVENT, self.sessions.on_event, inline=True)
-        node.register_handler(SESSION_REQUEST, self.sessions.on_request)
-        node.register_notification_handler(SESSION_END, self.sessions.on_end, inline=True)
-        self.parking = Parking(node.id)
+        self.parking = Parking(node_id)
         self.forwarding = Forwarding(
-            node.id, self.table, self.catalog, self.upstreams, self.sessions, self.parking,
-            request=node.request, notify=node.notify, link_to=self._link_to, offered_path=self._offered_path,
-            request_timeout=lambda: node.config.mcp.request_timeout, max_inflight=node.config.link.max_inflight,
-            observe=node.metrics.observe_forward, is_settled=lambda: self._settled, wait_settled=self.wait_settled,
+            node_id, self.table, self.catalog, self.upstreams, self.sessions, self.parking,
+            request=request, notify=notify, link_to=self._link_to, offered_path=self._offered_path,
+            request_timeout=lambda: mcp().request_timeout, max_inflight=limits.max_inflight,
+            observe=observe, is_settled=lambda: self._settled, wait_settled=self.wait_settled,
             log=self.log)
-        node.register_notification_handler(ROUTES_METHOD, self._on_routes, inline=True)
-        node.register_handler(FORWARD_METHOD, self.forwarding.on_forward)
-        node.handlers.transit[FORWARD_METHOD] = self.forwarding.transit
-        node.register_notification_handler(PROGRESS_METHOD, self.forwarding.on_progress, inline=True)
+        #: the methods peers call on this node, for the node to serve (see :meth:`Handlers.merge`)
+        self.handlers = Handlers(
+            requests={SESSION_REQUEST: self.sessions.on_request, FORWARD_METHOD: self.forwarding.on_forward},
+            transit={FORWARD_METHOD: self.forwarding.transit},
+            inline_notifications={SESSION_EVENT: self.sessions.on_event, SESSION_END: self.sessions.on_end,
+                                  ROUTES_METHOD: self._on_routes, PROGRESS_METHOD: self.forwarding.on_progress})
 
     # -- views --------------------------------------------------------------------------------
 
@@ -207,13 +242,13 @@ class Federation:
 
     def _unsettled(self) -> list[str]:
         """What :meth:`settled` is still waiting for (empty: nothing)."""
-        if not self.node.started:
+        if not self._started():
             return ["node start-up"]
         waiting = [f"server {server_id}" for server_id, u in sorted(self.upstreams.items())
                    if u.state == STARTING and u.restarts == 0]
-        connected = set(self.node.connected_peers())
-        for peer_id in self.node.peer_ids():
-            peer = self.node.peer_config(peer_id)
+        connected = set(self._peers.connected_peers())
+        for peer_id in self._peers.peer_ids():
+            peer = self._peers.peer_config(peer_id)
             expected = peer_id in connected or (peer is not None and peer.control is not None)
             if expected and (peer_id not in connected or peer_id not in self.table.learned):
                 waiting.append(f"peer {peer_id}")
@@ -228,17 +263,17 @@ class Federation:
         """
         if self._settled:
             return
-        with trio.move_on_at(self.node.started_at + self.node.config.mcp.first_list_wait) as bound:
+        with trio.move_on_at(self._started_at + self._mcp().first_list_wait) as bound:
             while not self.settled():
                 await self._settle_changed.wait()
         if not self._settled and bound.cancelled_caught:
-            self.log.warning("catalog.not_settled", waited=self.node.config.mcp.first_list_wait,
+            self.log.warning("catalog.not_settled", waited=self._mcp().first_list_wait,
                              missing=self._unsettled()[:10])
         self._settled = True
 
     def _on_routes(self, params: Any, context: RequestContext) -> None:
         peer_id = context.peer_id
-        policy = self.node.peer_config(peer_id)
+        policy = self._peers.peer_config(peer_id)
         if not isinstance(params, dict) or policy is None:
             return
         try:
@@ -269,14 +304,14 @@ class Federation:
             timeout = upstream.config.timeout if upstream is not None else None
             if timeout is not None:
                 timeout = min(timeout, MAX_REQUEST_TIMEOUT)
-            routes[(self.node.id, server_id)] = Route(
-                origin=self.node.id, server=server_id, prefix=prefix, path=(self.node.id,),
+            routes[(self.id, server_id)] = Route(
+                origin=self.id, server=server_id, prefix=prefix, path=(self.id,),
                 digest=catalog_digest({**kinds, "extensions": extensions, "timeout": timeout}), catalog=kinds,
                 extensions=extensions, timeout=timeout)
         return routes
 
     def _link_to(self, peer_id: str) -> Link | None:
-        supervisor = self.node.supervisor(peer_id)
+        supervisor = self._peers.supervisor(peer_id)
         return supervisor.link if supervisor is not None else None
 
     def _rtts(self) -> dict[str, float]:
@@ -289,13 +324,13 @@ class Federation:
         return rtts
 
     def _offered_path(self, peer_id: str, key: Key) -> Path | None:
-        policy = self.node.peer_config(peer_id)
+        policy = self._peers.peer_config(peer_id)
         if policy is None:
             return None
-        return self.table.offered_path(peer_id, policy, key, node_transit=self.node.config.mcp.transit)
+        return self.table.offered_path(peer_id, policy, key, node_transit=self._mcp().transit)
 
     async def _notify(self, peer_id: str, method: str, params: Any) -> None:
-        await self.node.notify(peer_id, method, params)
+        await self._send_notification(peer_id, method, params)
 
     def best_routes(self) -> dict[Key, tuple[Route, str | None]]:
         """For each (origin, server): the best route and the peer it goes through (None = local)."""

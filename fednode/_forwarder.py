@@ -7,6 +7,7 @@ legacy client's capabilities travel in each request's envelope, and a 2026-07-28
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -21,10 +22,20 @@ MAX_INPUT_ROUNDS = 16
 
 
 class FederationForwarder:
-    """Adapts the federation to the edge's Forwarder protocol (errors become EdgeErrors)."""
+    """Adapts the federation to the edge's Forwarder protocol (errors become EdgeErrors).
 
-    def __init__(self, federation: Federation, edge: Any = None) -> None:
+    Args:
+        federation: the node's federation.
+        node_id: this node's id (legacy client sessions are named ``{node_id}/{key}`` across the mesh).
+        request_timeout: gives ``[mcp] request_timeout`` in force (called each time: reloads replace it).
+        edge: the client-facing edge session notifications go to.
+    """
+
+    def __init__(self, federation: Federation, node_id: str, request_timeout: Callable[[], float],
+                 edge: Any = None) -> None:
         self.federation = federation
+        self._node_id = node_id
+        self._request_timeout = request_timeout
         self.edge = edge
         self._levels: dict[str, str] = {}
         self._calls: dict[str, list[EdgeCall]] = {}
@@ -34,11 +45,11 @@ class FederationForwarder:
     def _session_id(self, call: EdgeCall) -> str | None:
         if call.era != "legacy" or call.session_key is None:
             return None
-        return f"{self.federation.node.id}/{call.session_key}"
+        return f"{self._node_id}/{call.session_key}"
 
     def session_ended(self, key: str) -> None:
         """The edge's legacy session ``key`` is gone: release what it held across the mesh."""
-        session_id = f"{self.federation.node.id}/{key}"
+        session_id = f"{self._node_id}/{key}"
         self._levels.pop(session_id, None)
         used = self.federation.session_used.pop(session_id, set())
         if used:
@@ -55,7 +66,7 @@ class FederationForwarder:
         calls = self._calls.get(session_id)
         if not calls or not calls[-1].can_ask:
             raise MCPError(INTERNAL_ERROR, f"no request of the client's in flight to ask {method} on")
-        with trio.fail_after(self.federation.node.config.mcp.request_timeout):
+        with trio.fail_after(self._request_timeout()):
             return await calls[-1].ask(method, params)
 
     def list_items(self, kind: str) -> list[dict[str, Any]]:
@@ -118,7 +129,7 @@ class FederationForwarder:
                         if not isinstance(request, dict) or not isinstance(request.get("method"), str):
                             raise EdgeError(INTERNAL_ERROR, "malformed input request from the server")
                         # The client gets as long to answer as any forwarded request gets.
-                        with trio.fail_after(self.federation.node.config.mcp.request_timeout):
+                        with trio.fail_after(self._request_timeout()):
                             answers[key] = await call.ask(request["method"], request.get("params"))
                     retry["inputResponses"] = answers
                 else:

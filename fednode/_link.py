@@ -136,6 +136,20 @@ class Handlers:
     notifications: dict[str, NotificationHandler] = attrs.field(factory=dict)
     inline_notifications: dict[str, InlineNotificationHandler] = attrs.field(factory=dict)
 
+    def merge(self, other: Handlers) -> None:
+        """Serve every method of ``other`` too (a part's own table; replaces same-named methods here)."""
+        for method in (*other.requests, *other.inline, *other.transit):
+            self.requests.pop(method, None)
+            self.inline.pop(method, None)
+        for method in (*other.notifications, *other.inline_notifications):
+            self.notifications.pop(method, None)
+            self.inline_notifications.pop(method, None)
+        self.requests.update(other.requests)
+        self.inline.update(other.inline)
+        self.transit.update(other.transit)
+        self.notifications.update(other.notifications)
+        self.inline_notifications.update(other.inline_notifications)
+
 
 class Link:
     """A live, authenticated link to one peer.

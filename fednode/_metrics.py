@@ -9,18 +9,15 @@ catalog sizes, server restarts) are read from the node at scrape time.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ._status import NodeView
 from ._supervisor import PeerState
 from ._version import __version__
-
-if TYPE_CHECKING:
-    from ._node import Node
 
 #: Content type of :meth:`NodeMetrics.render`'s output.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -37,7 +34,7 @@ UPSTREAM_STATES = ("starting", "up", "backoff", "stopped")
 class NodeMetrics:
     """The metrics of ``node``; :meth:`render` gives the Prometheus text format."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeView) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.rtt = Histogram("fednode_heartbeat_rtt_seconds", "Heartbeat round-trip time on peer links.",
                              buckets=_RTT_BUCKETS, registry=self.registry)
@@ -70,7 +67,7 @@ class NodeMetrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeView) -> None:
         self.node = node
 
     def describe(self) -> list[Metric]:

@@ -97,8 +97,11 @@ class Node:
         self.reload_count = 0
         self.last_reload: ReloadResult | None = None
         self._reload_lock = trio.Lock()
-        self.federation = Federation(self)
-        forwarder = FederationForwarder(self.federation)
+        self.federation = Federation(config.id, self.log, peers=self, mcp=lambda: self.config.mcp, limits=config.link,
+                                     request=self.request, notify=self.notify, observe=self.metrics.observe_forward,
+                                     started=lambda: self.started, started_at=self.started_at)
+        self.handlers.merge(self.federation.handlers)
+        forwarder = FederationForwarder(self.federation, config.id, lambda: self.config.mcp.request_timeout)
         self.edge = MCPEdge(forwarder, name=f"fednode {config.id}", version=__version__,
                             logger=self.log, client_tokens=[t.reveal().decode() for t in config.clients.tokens])
         self.edge.routes += [Route("/status", self._status_endpoint, methods=["GET"]),

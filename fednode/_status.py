@@ -2,17 +2,64 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import trio
 
+from ._federation import Federation
+from ._reload import ReloadResult
+from ._supervisor import PeerStatus
+from ._upstream import UpstreamServer
 from ._version import __version__
 
-if TYPE_CHECKING:
-    from ._node import Node
+
+class NodeView(Protocol):
+    """What the status document and the metrics read from the node (the node satisfies this)."""
+
+    @property
+    def id(self) -> str:
+        """This node's id."""
+
+    @property
+    def started_at(self) -> float:
+        """When the node started (trio clock)."""
+
+    @property
+    def control_url(self) -> str:
+        """The control URL peers dial."""
+
+    @property
+    def data_url(self) -> str:
+        """The data (client-facing) URL."""
+
+    @property
+    def reload_count(self) -> int:
+        """Reloads applied so far."""
+
+    @property
+    def last_reload(self) -> ReloadResult | None:
+        """The last reload's outcome, if any."""
+
+    @property
+    def refused(self) -> Mapping[str, int]:
+        """Refused peer authentications, by reason."""
+
+    @property
+    def federation(self) -> Federation:
+        """The node's federation (routes, catalog)."""
+
+    def peer_states(self) -> dict[str, PeerStatus]:
+        """Each registered peer's status."""
+
+    def servers(self) -> dict[str, UpstreamServer]:
+        """The attached servers."""
+
+    def in_flight(self) -> int:
+        """Forwarded requests being handled or passed on here."""
 
 
-def node_status(node: Node) -> dict[str, Any]:
+def node_status(node: NodeView) -> dict[str, Any]:
     """A snapshot of ``node``: itself, its peers, attached servers, routes and in-flight requests."""
     now = trio.current_time()
     peers = []
