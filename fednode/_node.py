@@ -125,11 +125,6 @@ class Node:
     # -- peers ------------------------------------------------------------------------------
 
     @property
-    def nursery(self) -> trio.Nursery:
-        """The nursery holding the node's tasks (ends when the node stops)."""
-        return self._nursery
-
-    @property
     def closing(self) -> bool:
         """True once the node has begun to shut down."""
         return self._closing
