@@ -65,21 +65,6 @@ class PeerPolicy(Protocol):
 
 
 @attrs.frozen
-class Policy:
-    """A :class:`PeerPolicy` as plain data: ``None`` lists mean every server."""
-
-    export: frozenset[str] | None = None
-    import_: frozenset[str] | None = None
-    transit: bool = True
-
-    def exports(self, server_id: str) -> bool:
-        return self.export is None or server_id in self.export
-
-    def imports(self, server_id: str) -> bool:
-        return self.import_ is None or server_id in self.import_
-
-
-@attrs.frozen
 class Limits:
     """What the routes learned from one peer may add up to."""
 

@@ -9,6 +9,7 @@ order advertisements arrive in, and export/import policy holds for whatever is o
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -18,10 +19,20 @@ from hypothesis import strategies as st
 
 from fednode._advertiser import pack_frames
 from fednode._catalog import Catalog
-from fednode._routing import Advertisement, Limits, Policy, Route, RoutingTable, catalog_digest
+from fednode._config import PeerConfig
+from fednode._routing import Advertisement, Limits, Route, RoutingTable, catalog_digest
 from fednode._withdrawn import WithdrawnNames
 
 ME = "node-a"
+
+
+def Policy(*, export: Iterable[str] | None = None, import_: Iterable[str] | None = None,
+           transit: bool = True) -> PeerConfig:
+    """A peer's policy as the configuration gives it (``None``: every server)."""
+    return PeerConfig(id="peer", export=None if export is None else tuple(sorted(export)),
+                      import_=None if import_ is None else tuple(sorted(import_)), transit=transit)
+
+
 OPEN = Policy()
 
 
@@ -238,7 +249,7 @@ class Mesh:
     """Routing tables of several nodes exchanging deltas directly, in memory, until nothing changes."""
 
     def __init__(self, edges: list[tuple[str, str]], servers: dict[str, tuple[str, ...]],
-                 policies: dict[tuple[str, str], Policy] | None = None) -> None:
+                 policies: dict[tuple[str, str], PeerConfig] | None = None) -> None:
         self.edges = {frozenset(edge) for edge in edges}
         self.policies = policies or {}
         self.tables = {node: RoutingTable(node) for edge in edges for node in edge}
@@ -247,7 +258,7 @@ class Mesh:
             self.tables[a].link_up(b)
             self.tables[b].link_up(a)
 
-    def policy(self, node: str, peer: str) -> Policy:
+    def policy(self, node: str, peer: str) -> PeerConfig:
         return self.policies.get((node, peer), OPEN)
 
     def neighbours(self, node: str) -> list[str]:
