@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
 import fednode
 from fednode import _wire as wire
+from fednode._errors import HandshakeFailed
+from fednode._handshake import Handshake
 
 from conftest import SECRET
 
@@ -105,3 +108,11 @@ def task_count() -> int:
 def fd_count() -> int:
     """Number of open file descriptors of this process."""
     return len(os.listdir("/proc/self/fd"))
+
+
+def refusing_dial(attempts: list[float]) -> Any:
+    """A stand-in for the supervisor's ``dial`` that records each attempt's (virtual) time and is refused."""
+    async def dial(handshake: Handshake, peer: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
+        attempts.append(trio.current_time())
+        raise HandshakeFailed("refused by peer: HTTP 401 bad_signature")
+    return dial

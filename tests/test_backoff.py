@@ -17,6 +17,7 @@ from fednode._handshake import Handshake
 from fednode._link import Direction, Handlers, Link, LinkSettings
 
 from conftest import node_config
+from helpers import refusing_dial
 from memws import ws_pair
 
 
@@ -60,13 +61,6 @@ class TestBackoffSequence:
         for _ in range(10_000):
             delay = backoff.next_delay()
         assert delay == 30.0
-
-
-def refusing_dial(attempts: list[float]) -> Any:
-    async def dial(handshake: Handshake, peer: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
-        attempts.append(trio.current_time())
-        raise HandshakeFailed("refused by peer: HTTP 401 bad_signature")
-    return dial
 
 
 class TestSupervisorBackoff:

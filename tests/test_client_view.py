@@ -21,24 +21,15 @@ from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 
 import fednode
 from fednode import _supervisor
-from fednode._errors import HandshakeFailed
-from fednode._handshake import Handshake
 
 from conftest import node_config, raw_config
-from helpers import BlackholeProxy
+from helpers import BlackholeProxy, refusing_dial
 
 FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")
 
 
 def fixture_server(server_id: str, *args: str) -> fednode.ServerConfig:
     return fednode.ServerConfig(id=server_id, command=sys.executable, args=(FIXTURE, *args))
-
-
-def refusing_dial(attempts: list[float]) -> Any:
-    async def dial(handshake: Handshake, peer: fednode.PeerConfig, nursery: trio.Nursery) -> Any:
-        attempts.append(trio.current_time())
-        raise HandshakeFailed("refused by peer: HTTP 401 bad_signature")
-    return dial
 
 
 class TestFirstListHold:
