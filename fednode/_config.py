@@ -123,6 +123,10 @@ class ServerConfig:
         timeout: deadline of requests forwarded to this server (None = the node's ``[mcp] request_timeout``).
         ping_interval: seconds between liveness pings while the server is up (0 = never ping).
         ping_timeout: a ping unanswered this long marks the server down: routes withdrawn, restarted.
+        max_connections: connections this node keeps to the server at most, its shared one included:
+            the others are opened for legacy client sessions and for calls whose server may ask
+            their client a question, at most half of them for the callers arriving through any one
+            peer (or this node's own clients); callers beyond that share the shared connection.
     """
 
     id: Annotated[str, pattern(SERVER_ID_RE, "must match [a-z0-9][a-z0-9_-]{0,31}")]
@@ -137,6 +141,7 @@ class ServerConfig:
     timeout: UpToADay | None = None
     ping_interval: Annotated[float, Duration(positive=False, at_most=MAX_REQUEST_TIMEOUT)] = 30.0
     ping_timeout: UpToADay = 10.0
+    max_connections: Annotated[int, at_least(1)] = 8
 
     @property
     def exposed_prefix(self) -> str:

@@ -45,6 +45,7 @@ from ._parking import Parking, token_origin
 from ._routing import MAX_PATH, Key, Path, RoutingTable
 from ._sessions import Sessions
 from ._upstream import UpstreamServer
+from ._upstream_slots import LOCAL
 
 FORWARD_METHOD = "fed/forward"
 PROGRESS_METHOD = "fed/progress"
@@ -211,12 +212,12 @@ class Forwarding:
 
     async def _send(self, origin: str, server: str, method: str, params: dict[str, Any], deadline: float,
                     trace: tuple[str, ...], progress: ProgressFn | None,
-                    session: dict[str, Any] | None = None) -> dict[str, Any]:
+                    session: dict[str, Any] | None = None, source: str = LOCAL) -> dict[str, Any]:
         remaining = deadline - trio.current_time()
         if remaining <= 0:
             raise ForwardError(DEADLINE_EXCEEDED, f"Deadline exceeded before reaching {server!r} on {origin!r}")
         if origin == self.node_id:
-            return await self._call_local(server, method, params, remaining, progress, session, trace)
+            return await self._call_local(server, method, params, remaining, progress, session, trace, source)
         via = self._next_hop(origin, server)
         if via is None:
             raise NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable"))
@@ -300,7 +301,9 @@ class Forwarding:
 
     async def _call_local(self, server: str, method: str, params: dict[str, Any], timeout: float,
                           progress: ProgressFn | None, session: dict[str, Any] | None = None,
-                          trace: tuple[str, ...] = ()) -> dict[str, Any]:
+                          trace: tuple[str, ...] = (), source: str = LOCAL) -> dict[str, Any]:
+        # ``source``: the peer the request came from (LOCAL: a client here), charged with any
+        # connection opened for it (see _upstream_slots).
         upstream = self._upstreams.get(server)
         if upstream is None:
             raise ForwardError(SERVER_UNAVAILABLE, f"Server {server!r} is not attached to node {self.node_id!r}")
@@ -311,7 +314,7 @@ class Forwarding:
                 # A legacy client session gets its own connection: its log level, subscriptions and
                 # the server's messages for it stay its own.
                 try:
-                    own = await self._sessions.upstream_for(server, session, trace, timeout)
+                    own = await self._sessions.upstream_for(server, session, trace, timeout, source)
                 except trio.TooSlowError:
                     raise ForwardError(DEADLINE_EXCEEDED,
                                        f"Deadline exceeded while server {server!r} opened a session") from None
@@ -323,7 +326,7 @@ class Forwarding:
             if (session is None and client_era == MODERN_ERA and upstream.era != MODERN_ERA
                     and method in ("tools/call", "prompts/get", "resources/read")):
                 # A legacy server may ask this stateless client questions: park the call (see _parking).
-                return await self._parking.call(server, upstream, method, params, timeout, progress)
+                return await self._parking.call(server, upstream, method, params, timeout, progress, source)
             return await upstream.call(method, params, timeout=timeout, on_progress=progress)
         except UpstreamError as exc:
             raise ForwardError(exc.code, exc.message, exc.data) from None
@@ -416,7 +419,7 @@ class Forwarding:
                                            {"token": token, "progress": value, "total": total, "message": message})
         try:
             return await self._send(origin, server, method, upstream_params, deadline, tuple(trace), progress,
-                                    params.get("session"))
+                                    params.get("session"), context.peer_id)
         except NotDelivered as exc:
             raise exc.error from None
 

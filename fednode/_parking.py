@@ -10,9 +10,10 @@ never leaves the node, so a client can neither forge nor reuse another's.
 
 A legacy server's question does not say which call it belongs to (on stdio nothing does), so a
 call whose client could answer one (it declared elicitation, sampling or roots) runs on a
-connection of its own: up to :data:`MAX_SOLO` extra connections per server, opened on demand, reused
-and closed after :data:`SOLO_IDLE` seconds unused. Beyond that, calls share the server's connection,
-where a question can be matched only while its call is the one in flight.
+connection of its own, opened on demand if one of the server's slots is free (``[[servers]]
+max_connections``, charged to the peer the call arrived through; see :mod:`fednode._upstream_slots`),
+reused and closed after :data:`SOLO_IDLE` seconds unused. Beyond that, calls share the server's
+connection, where a question can be matched only while its call is the one in flight.
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ from ._errors import (
 )
 from ._sessions import until_idle
 from ._upstream import QUESTION_CAPABILITY, UP, ProgressCallback, UpstreamServer
+from ._upstream_slots import LOCAL, ConnectionSlots, Slot
 
 TOKEN_PREFIX = "fednode1."
 QUESTION_KEY = "fednode-question"
 CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 MAX_PARKED = 256
-MAX_SOLO = 8  # connections of their own per server, for calls whose client can be asked questions
 SOLO_IDLE = 300.0  # seconds an unused one stays open
 
 
@@ -88,6 +89,8 @@ class _Solo:
     """An extra connection to a server, used by one call at a time."""
 
     upstream: UpstreamServer
+    slots: ConnectionSlots  # the server's, where this connection's slot is
+    slot: Slot
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     busy: bool = True
     last_used: float = 0.0
@@ -113,21 +116,26 @@ class Parking:
         """The extra connections open to ``server`` for calls that may be asked questions."""
         return [solo.upstream for solo in self._solos.get(server, [])]
 
-    async def _checkout(self, server: str, shared: UpstreamServer, timeout: float) -> _Solo | None:
-        """A connection to ``server`` for this call alone (None: none free; use the shared one)."""
+    async def _checkout(self, server: str, shared: UpstreamServer, timeout: float, source: str) -> _Solo | None:
+        """A connection to ``server`` for this call alone (None: none free; use the shared one).
+
+        ``source`` (the peer the call came through) is charged with it, within its share.
+        """
         solos = self._solos.setdefault(server, [])
         for solo in solos:
-            if not solo.busy and solo.upstream.state == UP:
+            if not solo.busy and solo.upstream.state == UP and solo.slots.move(solo.slot, source):
                 solo.busy = True
                 return solo
-        if shared.in_process or len(solos) >= MAX_SOLO:
+        slot = None if shared.in_process else shared.slots.acquire(source)
+        if slot is None:
             return None
-        solo = _Solo(shared.extra_connection())
+        solo = _Solo(shared.extra_connection(), shared.slots, slot)
         solos.append(solo)
         try:
             await shared.start_extra(self._run_solo, server, solo)
         except ServerUnavailableError:  # the server is being removed
             solos.remove(solo)
+            shared.slots.release(slot)
             raise
         try:
             await solo.upstream.wait_ready(timeout)
@@ -152,6 +160,7 @@ class Parking:
                     await until_idle(SOLO_IDLE, lambda: solo.last_used, lambda: solo.busy)
                     nursery.cancel_scope.cancel()
         finally:
+            solo.slots.release(solo.slot)  # the connection (and a stdio server's process) is gone by now
             solos = self._solos.get(server)
             if solos is not None and solo in solos:
                 solos.remove(solo)
@@ -174,10 +183,11 @@ class Parking:
         return parked
 
     async def call(self, server: str, upstream: UpstreamServer, method: str, params: dict[str, Any],
-                   timeout: float, progress: ProgressCallback | None) -> dict[str, Any]:
+                   timeout: float, progress: ProgressCallback | None, source: str = LOCAL) -> dict[str, Any]:
         """Run (or continue) a call whose server may ask questions; returns a result or input_required.
 
-        ``upstream`` is the server's own driver: the call runs under its scope.
+        ``upstream`` is the server's own driver: the call runs under its scope. ``source`` is the
+        peer the call arrived from (:data:`~fednode._upstream_slots.LOCAL`: a client of this node).
         """
         state = params.get("requestState")
         if isinstance(state, str) and state.startswith(TOKEN_PREFIX):
@@ -197,7 +207,7 @@ class Parking:
                          declared if isinstance(declared, dict) else {})
         solo = None
         if any(capability in parked.declared for capability in QUESTION_CAPABILITY.values()):
-            solo = await self._checkout(server, upstream, timeout)
+            solo = await self._checkout(server, upstream, timeout, source)
         self._parked[parked.id] = parked
         upstream_params = {k: v for k, v in params.items() if k not in ("requestState", "inputResponses")}
         try:

@@ -11,6 +11,13 @@ by the client on its request stream). Connections close when the client session 
 (``fed/session_end``), after ``SESSION_IDLE`` seconds unused, when the pool is full (least
 recently used first), or with their server: each runs under its server's own scope
 (``UpstreamServer.start_extra``), so removing the server ends it and nothing here needs closing.
+
+Each such connection takes one of its server's slots (``[[servers]] max_connections``, see
+:mod:`fednode._upstream_slots`), charged to the peer the session's requests arrive through. A
+session that finds none free is served on the server's shared connection: its calls succeed, but
+the server's log messages and questions for it cannot be told from other clients' there (they are
+logged at this node, and questions refused), and its log level is not applied. It tries again for a
+connection of its own at its next request.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from ._errors import (
 from ._link import RequestContext
 from ._logging import ThrottledLog
 from ._upstream import SessionHooks, UpstreamServer
+from ._upstream_slots import LOCAL, Slot
 
 SESSION_EVENT = "fed/session_event"
 SESSION_REQUEST = "fed/session_request"
@@ -62,6 +70,7 @@ class _Held:
     finished: trio.Event
     path: tuple[str, ...]
     last_used: float
+    slot: Slot
     level: str | None = None
 
 
@@ -115,8 +124,12 @@ class Sessions:
     # -- at the owning node ---------------------------------------------------------------------
 
     async def upstream_for(self, server_id: str, session: dict[str, Any], trace: tuple[str, ...],
-                           timeout: float) -> UpstreamServer | None:
+                           timeout: float, source: str = LOCAL) -> UpstreamServer | None:
         """The session's own connection to ``server_id`` (opened on first use), or None to use the shared one.
+
+        ``source`` is the peer the request arrived from (:data:`~fednode._upstream_slots.LOCAL` for
+        this node's own clients): a new connection is charged to its share of the server's slots,
+        and with no slot free the session uses the shared connection.
 
         Raises:
             ServerUnavailableError: the server is being removed.
@@ -143,6 +156,12 @@ class Sessions:
                 raise ForwardError(OVERLOADED, f"All {MAX_SESSION_UPSTREAMS} session connections of this node are "
                                                f"busy; retry later")
             self._close(min(idle, key=lambda k: self._held[k].last_used), "pool full")
+        slot = shared.slots.acquire(source)
+        if slot is None:
+            # Nothing a remote client does may make this node start processes without bound.
+            self._throttled.warning("session.shared", key=server_id, server=server_id,
+                                    source=source or "local", reason=shared.slots.why_full(source))
+            return None
         capabilities = session.get("capabilities")
         client_info = session.get("clientInfo")
         hooks = SessionHooks(capabilities=capabilities if isinstance(capabilities, dict) else {},
@@ -150,14 +169,15 @@ class Sessions:
                              notify=functools.partial(self._emit, key), ask=functools.partial(self._ask, key))
         upstream = shared.extra_connection(session=hooks)
         held = _Held(upstream=upstream, scope=trio.CancelScope(), finished=trio.Event(), path=trace,
-                     last_used=trio.current_time())
+                     last_used=trio.current_time(), slot=slot)
         self._held[key] = held
         self._opening[key] = opened = trio.Event()
         try:
             try:
-                await shared.start_extra(self._run, key, held)
+                await shared.start_extra(self._run, key, held, functools.partial(shared.slots.release, slot))
             except ServerUnavailableError:
                 del self._held[key]
+                shared.slots.release(slot)
                 raise
             await upstream.wait_ready(timeout)
         finally:
@@ -190,7 +210,7 @@ class Sessions:
             self._throttled.warning("session.level_refused", key=server_id, server=server_id, level=level,
                                     code=exc.code, error=exc.message[:200])
 
-    async def _run(self, key: tuple[str, str], held: _Held, *,
+    async def _run(self, key: tuple[str, str], held: _Held, release: Callable[[], None], *,
                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             with held.scope:
@@ -202,6 +222,7 @@ class Sessions:
                     self.log.info("session.idle", server=key[0], session=key[1])
                     nursery.cancel_scope.cancel()
         finally:
+            release()  # the connection (and a stdio server's process) is gone by now
             held.finished.set()
             if self._held.get(key) is held:
                 del self._held[key]

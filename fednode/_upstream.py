@@ -59,6 +59,7 @@ from ._upstream_conn import SessionHooks as SessionHooks
 from ._upstream_conn import own_capabilities as own_capabilities
 from ._upstream_era import handshake
 from ._upstream_process import StdioProcess, open_transport
+from ._upstream_slots import ConnectionSlots
 
 log = structlog.get_logger("fednode")
 
@@ -103,6 +104,8 @@ class UpstreamServer:
             while the server is down, except after it stopped answering pings: then emptied, and
             ``on_catalog(None)`` withdraws it; check :attr:`state`).
         pid: the process id of a stdio server while it runs.
+        slots: the extra connections to it (``config.max_connections``): taken by whoever opens one
+            with :meth:`extra_connection`, given back once it is gone.
 
     Its parts: a :class:`~fednode._upstream_catalog.CatalogReader` (the catalog, kept fresh) and
     a :class:`~fednode._upstream_process.StdioProcess` (a stdio server's pid, stderr, process group).
@@ -144,6 +147,7 @@ class UpstreamServer:
         self._running = False
         self._extras: trio.Nursery | None = None  # the tasks that end with run(): see start_extra
         self._up_since: float | None = None
+        self.slots = ConnectionSlots(config.max_connections)
 
     # -- public API ---------------------------------------------------------------------------
 

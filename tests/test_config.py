@@ -734,6 +734,20 @@ class TestServerPing:
         assert problems["servers[1].ping_interval"] == "must be at most 86400s (a day)"
 
 
+class TestServerConnections:
+    """``[[servers]] max_connections``: 8 by default, at least 1."""
+
+    def test_default_value_and_problem(self) -> None:
+        raw = base_raw()
+        raw["servers"] = [{"id": "a", "command": "python"}, {"id": "b", "command": "python", "max_connections": 2}]
+        a, b = fednode.NodeConfig.from_mapping(raw).servers
+        assert (a.max_connections, b.max_connections) == (8, 2)
+        raw["servers"] = [{"id": "c", "command": "python", "max_connections": 0}]
+        with pytest.raises(fednode.ConfigError) as caught:
+            fednode.NodeConfig.from_mapping(raw)
+        assert dict(caught.value.problems)["servers[0].max_connections"] == "must be >= 1, got 0"
+
+
 # -- arbitrary input ----------------------------------------------------------------------------
 
 _KEYS = ["node", "auth", "heartbeat", "backoff", "link", "tls", "peers", "servers", "mcp", "clients", "id",
@@ -741,7 +755,7 @@ _KEYS = ["node", "auth", "heartbeat", "backoff", "link", "tls", "peers", "server
          "leeway", "interval", "timeout", "initial", "max", "multiplier", "reset_after", "handshake_timeout",
          "max_message_size", "max_protocol_errors", "max_inflight", "cert", "key", "ca", "public_key",
          "public_keys", "export", "import", "transit", "command", "args", "env", "cwd", "url", "headers", "prefix",
-         "ping_interval", "ping_timeout", "request_timeout", "first_list_wait", "tokens"]
+         "ping_interval", "ping_timeout", "max_connections", "request_timeout", "first_list_wait", "tokens"]
 _STRINGS = ["", "node-a", "node-b", "5s", "0s", "500ms", "2h", "-1s", "HS512", "EdDSA", "jwt", "python",
             "ws://127.0.0.1:9001", "wss://127.0.0.1:0", "http://127.0.0.1:0", "https://h:1", "ws://a:b@h:1",
             "${X}", "${UNSET}", "$$", "-----BEGIN PUBLIC KEY-----", SECRET, SHORT_SECRET, "x" * 64]
