@@ -41,6 +41,7 @@ from ._forwarding import (
 from ._link import Handlers, Link, RequestContext
 from ._logging import ThrottledLog
 from ._parking import Parking
+from ._route_intake import RouteIntake
 from ._routing import (
     KINDS,
     MAX_CATALOG_BYTES_PER_PEER,
@@ -129,6 +130,9 @@ class Federation:
         # names that left the catalog because every route to their server went: answered with the
         # unreachable error for a while instead of "unknown" (see _withdrawn)
         self.catalog = Catalog(node_id, self.log, WithdrawnNames())
+        # Route updates from peers are merged and applied at a bounded rate (see _route_intake).
+        self.intake = RouteIntake(self._apply_routes, known=lambda peer_id: self.table.learned.get(peer_id, {}),
+                                  limits=self.table.limits, log=self.log)
         self.advertiser = Advertiser(self.table, connected_peers=peers.connected_peers, policy_for=peers.peer_config,
                                      node_transit=lambda: mcp().transit, notify=self._notify,
                                      max_message_size=limits.max_message_size, log=self.log)
@@ -221,7 +225,8 @@ class Federation:
         self.state_changed()
 
     def link_down(self, peer_id: str) -> None:
-        """The link to ``peer_id`` is gone: drop every route learned over it, now."""
+        """The link to ``peer_id`` is gone: drop every route learned over it, and its pending updates, now."""
+        self.intake.drop(peer_id)
         if self.table.link_down(peer_id):
             self._changed()
 
@@ -280,6 +285,15 @@ class Federation:
             advertisement = Advertisement.from_wire(params)
         except (ValueError, TypeError) as exc:
             self._throttled.warning("routes.malformed", key=peer_id, peer=peer_id, error=str(exc))
+            return
+        # Merged with what is pending from the peer; applied by the intake's task (_apply_routes).
+        for key, why in self.intake.offer(peer_id, advertisement):
+            self._throttled.warning("routes.limit", key=peer_id, peer=peer_id, limit=why, dropped=list(key))
+
+    def _apply_routes(self, peer_id: str, advertisement: Advertisement) -> None:
+        """Apply a peer's (merged) route updates to the routing table (called by :attr:`intake`)."""
+        policy = self._peers.peer_config(peer_id)
+        if policy is None:
             return
         received = self.table.receive(peer_id, policy, advertisement)
         for route, problems in received.invalid:

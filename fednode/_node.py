@@ -479,6 +479,7 @@ class Node:
 
     async def _start(self) -> None:
         await self._nursery.start(self.federation.advertiser.run)
+        await self._nursery.start(self.federation.intake.run)
         await self._nursery.start(self.federation.sessions.relay)
         # Peers first: a configured peer dialing in the moment the listener opens must find its
         # supervisor (and its key) in place, not be refused as an unknown issuer.

@@ -86,7 +86,7 @@ class Route:
     extensions: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     #: the owning node's deadline for this server's requests (``[[servers]] timeout``), if it set one
     timeout: float | None = attrs.field(default=None, eq=False)
-    #: the size of the catalog as JSON (bytes; counted for routes learned from peers)
+    #: what holding it costs: its fields as JSON, in bytes (set for routes learned from peers; see measured)
     size: int = attrs.field(default=0, eq=False)
 
     @property
@@ -175,6 +175,16 @@ def valid_items(kind: str, items: Iterable[Any]) -> tuple[tuple[dict[str, Any], 
     return tuple(kept), problems
 
 
+def measured(route: Route) -> Route:
+    """``route`` with its :attr:`~Route.size`: what holding it costs, as the length of its fields as JSON.
+
+    Everything a peer chose is counted (the catalog, extensions, ids, prefix, digest and path), so
+    the per-peer byte limit bounds all of it.
+    """
+    fields = [route.catalog, route.extensions, route.origin, route.server, route.prefix, route.digest, route.path]
+    return attrs.evolve(route, size=len(json.dumps(fields, separators=(",", ":"), ensure_ascii=False, default=str)))
+
+
 def checked_route(route: Route) -> tuple[Route, list[str]]:
     """``route`` with only the definitions a client can accept and its size; why the others were dropped."""
     kinds: dict[str, tuple[dict[str, Any], ...]] = {}
@@ -182,8 +192,9 @@ def checked_route(route: Route) -> tuple[Route, list[str]]:
     for kind in KINDS:
         kinds[kind], found = valid_items(kind, route.catalog.get(kind, ()))
         problems += found
-    size = len(json.dumps(kinds, separators=(",", ":"), ensure_ascii=False, default=str))
-    return attrs.evolve(route, catalog=kinds, size=size), problems
+    checked = attrs.evolve(route, catalog=kinds)
+    # Measured again only if definitions were dropped: otherwise the catalog is the one measured.
+    return (measured(checked) if problems or not route.size else checked), problems
 
 
 @attrs.frozen
@@ -297,10 +308,10 @@ class RoutingTable:
                 items, size = items - old.items, size - old.size
             if self.node_id in route.path or route.path[-1] != peer_id or not policy.imports(route.server):
                 continue  # a loop, a forged path or not imported: never used
-            route, problems = checked_route(route)
-            if problems:
-                invalid.append((route, tuple(problems)))
-            # A peer cannot make this node hold unbounded state, whatever it advertises.
+            if not route.size:
+                route = measured(route)
+            # A peer cannot make this node hold unbounded state, whatever it advertises. Checked on
+            # what was sent, before the definitions are validated: a route over a limit costs little.
             why = None
             if len(table) >= self.limits.routes:
                 why = f"more than {self.limits.routes} routes"
@@ -311,6 +322,9 @@ class RoutingTable:
             if why is not None:
                 refused.append((route.key, why))
                 continue
+            route, problems = checked_route(route)
+            if problems:
+                invalid.append((route, tuple(problems)))
             table[route.key] = route
             items, size = items + route.items, size + route.size
         if staging is not None and advertisement.more:
