@@ -11,10 +11,11 @@ applies them at most :data:`ROUTE_UPDATES_PER_SECOND` times a second; whatever a
 merged, so a burst of N frames is applied as one. The first update after a quiet second is applied
 at once.
 
-What one peer makes this node hold is bounded by :class:`~fednode._routing.Limits` three times over
-at most: the routes accepted from it, a multi-frame full advertisement being received
-(:meth:`~fednode._routing.RoutingTable.receive`'s staging, only while one is applied), and the
-pending updates here. The pending ones go with the peer's link (:meth:`RouteIntake.drop`).
+What one peer makes this node hold is bounded by :class:`~fednode._routing.Limits` four times over
+at most: the routes accepted from it, a full advertisement being applied
+(:meth:`~fednode._routing.RoutingTable.receive`'s staging, only while it is), and here the pending
+updates and, while a full advertisement arrives, the complete ones before it. The pending ones go
+with the peer's link (:meth:`RouteIntake.drop`).
 """
 
 from __future__ import annotations
@@ -50,16 +51,19 @@ class PendingRoutes:
     #: catalog items and bytes (see :func:`~fednode._routing.measured`) of :attr:`routes`
     items: int = 0
     size: int = 0
+    #: updates that were complete when a full advertisement began arriving: applied unless it
+    #: completes first (which makes them moot), as they would have been frame by frame
+    earlier: Advertisement | None = None
 
     @property
     def empty(self) -> bool:
         """Whether nothing is pending."""
-        return not self.full and not self.routes and not self.withdrawn
+        return not self.full and not self.routes and not self.withdrawn and self.earlier is None
 
     @property
     def ready(self) -> bool:
-        """Whether there is something to apply now (not a full advertisement still arriving)."""
-        return self.complete and not self.empty
+        """Whether there is something to apply now (not only a full advertisement still arriving)."""
+        return (self.complete and not self.empty) or self.earlier is not None
 
     def add(self, advertisement: Advertisement, known: Collection[Key], limits: Limits) -> list[tuple[Key, str]]:
         """Merge one frame. ``known``: the keys of the routes accepted from the peer so far.
@@ -67,9 +71,12 @@ class PendingRoutes:
         Returns the routes refused because the pending ones would exceed ``limits``, with the limit;
         a refused route is withdrawn, as :meth:`~fednode._routing.RoutingTable.receive` does.
         """
-        if advertisement.full and self.complete:
-            self._clear()  # a new full advertisement: whatever was pending is replaced
-            self.full = True
+        receiving = self.full and not self.complete  # the frames of a full advertisement, until one says no more
+        if advertisement.full and not receiving:
+            # A new full advertisement replaces whatever was pending, once it is complete.
+            earlier = None if self.empty else self._take()
+            self._clear()
+            self.full, self.earlier, receiving = True, earlier, True
         for key in advertisement.withdrawn:
             self._withdraw(key, known)
         refused: list[tuple[Key, str]] = []
@@ -91,12 +98,20 @@ class PendingRoutes:
             self.routes[route.key] = route
             self.items += route.items
             self.size += route.size
-        if self.full:
+        if receiving:
             self.complete = not advertisement.more
+            if self.complete:
+                self.earlier = None
         return refused
 
     def take(self) -> Advertisement:
-        """The merged updates as one advertisement; nothing is pending afterwards."""
+        """The merged updates to apply now, as one advertisement (see :attr:`ready`)."""
+        if self.earlier is not None:  # a full advertisement is still arriving: what came before it
+            earlier, self.earlier = self.earlier, None
+            return earlier
+        return self._take()
+
+    def _take(self) -> Advertisement:
         taken = Advertisement(routes=tuple(self.routes.values()), withdrawn=tuple(sorted(self.withdrawn)),
                               full=self.full)
         self._clear()
@@ -111,7 +126,7 @@ class PendingRoutes:
             self.withdrawn.add(key)
 
     def _clear(self) -> None:
-        self.full, self.complete = False, True
+        self.full, self.complete, self.earlier = False, True, None
         self.routes, self.withdrawn = {}, set()
         self.items = self.size = 0
 
