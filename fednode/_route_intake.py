@@ -7,9 +7,10 @@ federation) do all of that for each one. So the link's reader does only the chea
 the frame, and merges it into the peer's :class:`PendingRoutes` (the routes to set, latest per
 server, and the keys to withdraw), checking the per-peer limits on what was sent before anything is
 validated. A task per peer with pending updates, started in :class:`RouteIntake`'s own nursery,
-applies them at most :data:`ROUTE_UPDATES_PER_SECOND` times a second; whatever arrives meanwhile is
-merged, so a burst of N frames is applied as one. The first update after a quiet second is applied
-at once.
+applies them at most :data:`ROUTE_UPDATES_PER_SECOND` times a second, and spaced so that applying
+them takes at most :data:`ROUTE_APPLY_SHARE` of the node's time (a large catalog costs more to
+rebuild); whatever arrives meanwhile is merged, so a burst of N frames is applied as one. The first
+update after a quiet moment is applied at once.
 
 What one peer makes this node hold is bounded by :class:`~fednode._routing.Limits` four times over
 at most: the routes accepted from it, a full advertisement being applied
@@ -30,6 +31,9 @@ from ._routing import Advertisement, Key, Limits, Route, measured
 
 #: Route updates applied per second per peer, at most (each one may coalesce many frames).
 ROUTE_UPDATES_PER_SECOND = 2.0
+#: The share of this node's time one peer's route updates may take: after an update that took t
+#: seconds to apply (validation, catalog rebuild), the next waits at least t / share.
+ROUTE_APPLY_SHARE = 0.1
 
 
 @attrs.define
@@ -218,11 +222,14 @@ class RouteIntake:
                         peer.arrived = trio.Event()  # a full advertisement is still arriving
                         await peer.arrived.wait()
                     advertisement = peer.pending.take()
-                    peer.next_at = trio.current_time() + self.interval
+                    started = trio.current_time()
                     try:
                         self._apply(peer_id, advertisement)
                     except Exception:  # a bug must not stop the node (nor this peer's later updates)
                         self._log.exception("routes.apply_failed", peer=peer_id)
+                    # The clock moves during the (synchronous) apply only in real time, not under MockClock.
+                    spent = trio.current_time() - started
+                    peer.next_at = started + max(self.interval, spent / ROUTE_APPLY_SHARE)
         finally:
             if peer.worker is scope:
                 peer.worker = None

@@ -180,3 +180,21 @@ class TestRouteIntake:
             assert applied == ["bad", "good"]
             assert [e["event"] for e in logs] == ["routes.apply_failed"]
             nursery.cancel_scope.cancel()
+
+    async def test_costly_updates_are_spaced_to_a_tenth_of_the_time(self, autojump_clock: trio.testing.MockClock
+                                                                    ) -> None:
+        applied: list[float] = []
+
+        def apply(peer: str, adv: Advertisement) -> None:
+            applied.append(trio.current_time())
+            autojump_clock.jump(0.2)  # this update took 0.2 s to apply (a large catalog)
+
+        intake = RouteIntake(apply, known=lambda peer: {}, limits=ROOMY, log=structlog.get_logger("test"))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(intake.run)
+            for i in range(300):  # 3 s of frames
+                intake.offer("node-b", advert(route("node-b", "s", tools=(f"t{i}",))))
+                await trio.sleep(0.01)
+            await trio.sleep(3)
+            nursery.cancel_scope.cancel()
+        assert applied == [pytest.approx(i * 2.0) for i in range(len(applied))] and len(applied) == 3
