@@ -465,7 +465,7 @@ class TestLegacySessions:
 
     async def test_a_full_pool_never_closes_a_busy_connection(self, monkeypatch: pytest.MonkeyPatch,
                                                                tmp_path: Path) -> None:
-        from fednode import _sessions
+        from fednode._mcp import _sessions
 
         monkeypatch.setattr(_sessions, "MAX_SESSION_UPSTREAMS", 1)
         with trio.fail_after(60):

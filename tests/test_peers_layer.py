@@ -1,7 +1,7 @@
 """The peers layer without the node: handshake, listener, supervisors and links run on what they are given.
 
 Each part is built here from its configuration sections and small stand-ins for the protocols of
-:mod:`fednode._peering`, over real WebSockets on 127.0.0.1, and nothing in the layer's source names
+:mod:`fednode._peers._peering`, over real WebSockets on 127.0.0.1, and nothing in the layer's source names
 the node.
 """
 
@@ -17,11 +17,11 @@ import trio
 
 import fednode
 from fednode import AuthManager
-from fednode._config import BackoffConfig, NodeConfig, TLSConfig
-from fednode._handshake import Handshake
-from fednode._link import Handlers, LinkSettings
-from fednode._listener import Listener
-from fednode._supervisor import PeerState, PeerSupervisor
+from fednode._config._config import BackoffConfig, NodeConfig, TLSConfig
+from fednode._peers._handshake import Handshake
+from fednode._peers._link import Handlers, LinkSettings
+from fednode._peers._listener import Listener
+from fednode._peers._supervisor import PeerState, PeerSupervisor
 
 from conftest import node_config
 
@@ -36,7 +36,7 @@ def test_the_peers_layer_never_names_the_node() -> None:
     for name in PEERS_LAYER:
         tree = ast.parse((SOURCE / name).read_text(), name)
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-        assert "_node" not in imported and "fednode._node" not in imported, name
+        assert "_node" not in imported and "fednode._node._node" not in imported, name
         names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
         assert not names & {"Node", "node", "NodeConfig"}, name  # no node variable, argument or type
         kept = [node for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr in ("node", "Node")
