@@ -547,7 +547,7 @@ def test_tampered_request_state_names_no_node() -> None:
     """Routing reads a requestState's node unverified: anything malformed just routes nowhere special."""
     import base64
 
-    from fednode._mcp._parking import TOKEN_PREFIX, token_origin
+    from fednode._federation._local import TOKEN_PREFIX, token_origin
 
     def state(body: bytes) -> str:
         return TOKEN_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=") + ".mac"

@@ -414,7 +414,7 @@ class TestWithdrawnNames:
         with trio.fail_after(20):
             async with fednode.open_node(node_config("node-a")) as a:
                 # attached here (a stand-in for its driver), and then it stopped answering its pings
-                a.federation.upstreams["kv"] = SimpleNamespace(  # type: ignore[assignment]
+                a.attached.upstreams["kv"] = SimpleNamespace(  # type: ignore[assignment]
                     config=fednode.ServerConfig(id="kv", command="kv"), server_info=None, state="backoff", restarts=1)
                 a.federation.set_local_catalog("kv", tools("get"))
                 a.federation.set_local_catalog("kv", None)

@@ -15,7 +15,9 @@ import trio
 
 import fednode
 from fednode._config._config import LinkConfig, MCPConfig, PeerConfig
-from fednode._federation._federation import FORWARD_METHOD, ROUTES_METHOD, Federation
+from fednode._federation._federation import FORWARD_METHOD, ROUTES_METHOD, Federation, new_routing_table
+from fednode._federation._local import LocalRoute
+from fednode._mcp._upstream_catalog import ServerCatalog
 from fednode._peers._link import Handlers
 from fednode._peers._supervisor import PeerSupervisor
 
@@ -171,15 +173,46 @@ async def _never(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("nothing is sent in this test")
 
 
+class OneServer:
+    """A LocalServers stand-in: server "s" attached, starting until told otherwise, answering calls."""
+
+    def __init__(self) -> None:
+        self.up = False
+
+    def ids(self) -> list[str]:
+        return ["s"]
+
+    def route_of(self, server_id: str) -> LocalRoute | None:
+        return LocalRoute(prefix="p", timeout=5.0) if server_id == "s" else None
+
+    def starting(self) -> list[str]:
+        return [] if self.up else ["s"]
+
+    async def call(self, server_id: str, method: str, params: dict[str, Any], *, timeout: float,
+                   progress: Any, session: dict[str, Any] | None, trace: tuple[str, ...]) -> dict[str, Any]:
+        return {"server": server_id, "method": method, "params": params, "timeout": timeout}
+
+
 async def test_the_federation_runs_without_a_node_and_hands_its_methods_over(autojump_clock: trio.abc.Clock) -> None:
-    """Built from its own arguments; the node serves its methods by merging its table (replacing same names)."""
+    """Built from its own arguments; it advertises and calls this node's servers through the
+    LocalServers protocol; the node serves its methods by merging its table (replacing same names)."""
     started = False
-    federation = Federation("n1", structlog.get_logger("test"), peers=NoPeers(), mcp=lambda: MCPConfig(),
-                            limits=LinkConfig(), request=_never, notify=_never, observe=lambda *args: None,
+    local = OneServer()
+    federation = Federation("n1", structlog.get_logger("test"), peers=NoPeers(), local=local,
+                            table=new_routing_table("n1"), mcp=lambda: MCPConfig(), limits=LinkConfig(),
+                            request=_never, notify=_never, observe=lambda *args: None,
                             started=lambda: started, started_at=trio.current_time())
     assert not federation.settled()  # waits for the node's start-up, as given
     started = True
+    assert not federation.settled()  # and for the attached server's first start
+    local.up = True
     assert federation.settled()
+    federation.set_local_catalog("s", ServerCatalog(tools=({"name": "t", "inputSchema": {"type": "object"}},)))
+    assert [item["name"] for item in federation.list_items("tools")] == ["p__t"]
+    (route, via), = federation.best_routes().values()
+    assert (route.origin, route.server, route.prefix, route.timeout, via) == ("n1", "s", "p", 5.0, None)
+    result = await federation.execute("tools/call", {"name": "p__t", "arguments": {}})
+    assert (result["server"], result["method"], result["params"]["name"]) == ("s", "tools/call", "t")
 
     table = Handlers()
     table.notifications[ROUTES_METHOD] = _never  # registered before: the federation's replaces it

@@ -23,11 +23,8 @@ from typing import Any, Protocol
 
 import trio
 
-from .._config._config import MAX_REQUEST_TIMEOUT, LinkConfig, MCPConfig, PeerConfig
+from .._config._config import LinkConfig, MCPConfig, PeerConfig
 from .._config._logging import ThrottledLog
-from .._mcp._parking import Parking
-from .._mcp._sessions import SESSION_END, SESSION_EVENT, SESSION_REQUEST, Sessions
-from .._mcp._upstream import STARTING, ServerCatalog, UpstreamServer
 from .._peers._link import Handlers, Link, RequestContext
 from .._peers._supervisor import PeerSupervisor
 from ._advertiser import ROUTES_METHOD, Advertiser
@@ -42,8 +39,8 @@ from ._forwarding import (
     TASK_METHODS,
     TASKS_EXTENSION,
     Forwarding,
-    ProgressFn,
 )
+from ._local import LocalServers, ProgressFn, ServerCatalogLike
 from ._routing import (
     KINDS,
     MAX_CATALOG_BYTES_PER_PEER,
@@ -66,7 +63,7 @@ __all__ = [
     "MAX_CATALOG_BYTES_PER_PEER", "MAX_ITEMS_PER_PEER", "MAX_PATH", "MAX_ROUTES_PER_PEER", "MAX_TASKS",
     "MODERN_ERA", "PROGRESS_METHOD", "PROTOCOL_VERSION_KEY",
     "ROUTES_METHOD", "TASKS_EXTENSION", "TASK_METHODS", "Entry", "Federation",
-    "Peers", "ProgressFn", "Route", "catalog_digest", "valid_items",
+    "Peers", "ProgressFn", "Route", "catalog_digest", "new_routing_table", "valid_items",
 ]
 
 _CATALOG_FIELDS = {"tools": "tools", "prompts": "prompts", "resources": "resources",
@@ -89,6 +86,12 @@ class Peers(Protocol):
         """A registered peer's supervisor (where its live link is), if any."""
 
 
+def new_routing_table(node_id: str) -> RoutingTable:
+    """A routing table for ``node_id`` with the limits of this module (tests lower them here)."""
+    return RoutingTable(node_id, Limits(routes=MAX_ROUTES_PER_PEER, items=MAX_ITEMS_PER_PEER,
+                                        bytes=MAX_CATALOG_BYTES_PER_PEER))
+
+
 class Federation:
     """Catalog, routing and forwarding for one node, built by the node from what it uses (no back-reference).
 
@@ -96,6 +99,9 @@ class Federation:
         node_id: this node's id.
         log: the node's logger.
         peers: the node's peers (see :class:`Peers`).
+        local: the MCP servers attached to this node (see :class:`~._local.LocalServers`).
+        table: the routing table (:func:`new_routing_table`); the node shares it with the parts
+            that look up next hops.
         mcp: gives the ``[mcp]`` section in force (called each time: reloads replace it).
         limits: the ``[link]`` section (``max_message_size``, ``max_inflight``).
         request: ``await request(peer_id, method, params, timeout=...)`` sends a peer a request.
@@ -107,7 +113,8 @@ class Federation:
     The methods peers call on this node are in :attr:`handlers`, for the node to serve.
     """
 
-    def __init__(self, node_id: str, log: Any, *, peers: Peers, mcp: Callable[[], MCPConfig], limits: LinkConfig,
+    def __init__(self, node_id: str, log: Any, *, peers: Peers, local: LocalServers, table: RoutingTable,
+                 mcp: Callable[[], MCPConfig], limits: LinkConfig,
                  request: Callable[..., Awaitable[Any]], notify: Callable[[str, str, Any], Awaitable[None]],
                  observe: Callable[..., None], started: Callable[[], bool], started_at: float) -> None:
         self.id = node_id
@@ -119,13 +126,10 @@ class Federation:
         self._send_notification = notify
         # for lines a peer can cause at will (what it advertises), and repeated ones
         self._throttled = ThrottledLog(self.log)
-        self.upstreams: dict[str, UpstreamServer] = {}
-        self.local_catalogs: dict[str, ServerCatalog] = {}
+        self._local = local
         self._local_kinds: dict[str, dict[str, tuple[dict[str, Any], ...]]] = {}  # validated, by kind
         self.extensions: dict[str, Any] = {}
-        # The limits are read here (not in the table) so that tests can lower them on this module.
-        self.table = RoutingTable(node_id, Limits(routes=MAX_ROUTES_PER_PEER, items=MAX_ITEMS_PER_PEER,
-                                                  bytes=MAX_CATALOG_BYTES_PER_PEER))
+        self.table = table
         # names that left the catalog because every route to their server went: answered with the
         # unreachable error for a while instead of "unknown" (see _withdrawn)
         self.catalog = Catalog(node_id, self.log, WithdrawnNames())
@@ -138,22 +142,17 @@ class Federation:
         self._settled = False
         self._settle_changed = trio.Event()
         self._listeners: list[Callable[[set[str]], None]] = []
-        self.sessions = Sessions(node_id, self.upstreams, request=request, notify=notify,
-                                 next_hop=self.next_hop, request_timeout=lambda: mcp().request_timeout,
-                                 log=self.log)
-        self.parking = Parking(node_id)
         self.forwarding = Forwarding(
-            node_id, self.table, self.catalog, self.upstreams, self.sessions, self.parking,
+            node_id, self.table, self.catalog, local,
             request=request, notify=notify, link_to=self._link_to, offered_path=self._offered_path,
             request_timeout=lambda: mcp().request_timeout, max_inflight=limits.max_inflight,
             observe=observe, is_settled=lambda: self._settled, wait_settled=self.wait_settled,
             log=self.log)
         #: the methods peers call on this node, for the node to serve (see :meth:`Handlers.merge`)
         self.handlers = Handlers(
-            requests={SESSION_REQUEST: self.sessions.on_request, FORWARD_METHOD: self.forwarding.on_forward},
+            requests={FORWARD_METHOD: self.forwarding.on_forward},
             transit={FORWARD_METHOD: self.forwarding.transit},
-            inline_notifications={SESSION_EVENT: self.sessions.on_event, SESSION_END: self.sessions.on_end,
-                                  ROUTES_METHOD: self._on_routes, PROGRESS_METHOD: self.forwarding.on_progress})
+            inline_notifications={ROUTES_METHOD: self._on_routes, PROGRESS_METHOD: self.forwarding.on_progress})
 
     # -- views --------------------------------------------------------------------------------
 
@@ -193,16 +192,14 @@ class Federation:
         """Call ``listener(kinds)`` whenever the exposed catalog changes (kinds that changed)."""
         self._listeners.append(listener)
 
-    def set_local_catalog(self, server_id: str, catalog: ServerCatalog | None) -> None:
+    def set_local_catalog(self, server_id: str, catalog: ServerCatalogLike | None) -> None:
         """Record (or with None, forget) the catalog of a server attached to this node.
 
         Definitions a client could not accept are left out (and logged).
         """
         if catalog is None:
-            self.local_catalogs.pop(server_id, None)
             self._local_kinds.pop(server_id, None)
         else:
-            self.local_catalogs[server_id] = catalog
             kinds: dict[str, tuple[dict[str, Any], ...]] = {}
             problems: list[str] = []
             for kind, field in _CATALOG_FIELDS.items():
@@ -244,8 +241,7 @@ class Federation:
         """What :meth:`settled` is still waiting for (empty: nothing)."""
         if not self._started():
             return ["node start-up"]
-        waiting = [f"server {server_id}" for server_id, u in sorted(self.upstreams.items())
-                   if u.state == STARTING and u.restarts == 0]
+        waiting = [f"server {server_id}" for server_id in self._local.starting()]
         connected = set(self._peers.connected_peers())
         for peer_id in self._peers.peer_ids():
             peer = self._peers.peer_config(peer_id)
@@ -295,15 +291,10 @@ class Federation:
     def _local_routes(self) -> dict[Key, Route]:
         routes = {}
         for server_id, kinds in self._local_kinds.items():
-            upstream = self.upstreams.get(server_id)
-            prefix = upstream.config.exposed_prefix if upstream is not None else server_id
-            info = (upstream.server_info if upstream is not None else None) or {}
-            capabilities = info.get("capabilities")
-            found = capabilities.get("extensions") if isinstance(capabilities, dict) else None
-            extensions: dict[str, Any] = found if isinstance(found, dict) else {}
-            timeout = upstream.config.timeout if upstream is not None else None
-            if timeout is not None:
-                timeout = min(timeout, MAX_REQUEST_TIMEOUT)
+            local = self._local.route_of(server_id)
+            prefix = local.prefix if local is not None else server_id
+            extensions = dict(local.extensions) if local is not None else {}
+            timeout = local.timeout if local is not None else None
             routes[(self.id, server_id)] = Route(
                 origin=self.id, server=server_id, prefix=prefix, path=(self.id,),
                 digest=catalog_digest({**kinds, "extensions": extensions, "timeout": timeout}), catalog=kinds,
@@ -339,7 +330,7 @@ class Federation:
     def _changed(self) -> None:
         rtts = self._rtts()
         best = self.table.update(self._local_routes(), rtts)
-        changed = self.catalog.rebuild(best, rtts, self.upstreams.keys())
+        changed = self.catalog.rebuild(best, rtts, self._local.ids())
         extensions: dict[str, Any] = {}
         for route, _via in best.values():
             for name, settings in route.extensions.items():

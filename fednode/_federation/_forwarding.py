@@ -35,22 +35,16 @@ from .._errors import (
     RemoteError,
     RequestError,
     RequestTimeoutError,
-    ServerUnavailableError,
     UnknownPeerError,
-    UpstreamError,
 )
-from .._mcp._parking import Parking, token_origin
-from .._mcp._sessions import Sessions
-from .._mcp._upstream import UpstreamServer
 from .._peers._link import Link, RequestContext, Transit
 from ._catalog import Catalog
+from ._local import LocalServers, ProgressFn, token_origin
 from ._routing import MAX_PATH, Key, Path, RoutingTable
 
 FORWARD_METHOD = "fed/forward"
 PROGRESS_METHOD = "fed/progress"
 _PROGRESS_BUFFER = 64  # progress notifications queued per request before newer ones are dropped
-
-ProgressFn = Callable[[float, "float | None", "str | None"], Awaitable[None]]
 
 MAX_TASKS = 10_000  # tasks remembered for routing tasks/*; the oldest are forgotten first
 
@@ -71,9 +65,7 @@ class Forwarding:
         node_id: this node's id.
         table: the routing table (next hops, and what each peer is offered).
         catalog: the exposed catalog (which server a name belongs to).
-        upstreams: the servers attached here, by id (kept up to date by the owner).
-        sessions: legacy client sessions' own connections at the owning node.
-        parking: parked calls of modern clients to legacy servers.
+        local: the servers attached to this node (requests for them are run there).
         request: sends a request to a peer and returns its result.
         notify: sends a notification to a peer.
         link_to: the live link to a peer, if any (transits go straight onto it).
@@ -86,8 +78,7 @@ class Forwarding:
         log: the node's logger.
     """
 
-    def __init__(self, node_id: str, table: RoutingTable, catalog: Catalog, upstreams: Mapping[str, UpstreamServer],
-                 sessions: Sessions, parking: Parking, *,
+    def __init__(self, node_id: str, table: RoutingTable, catalog: Catalog, local: LocalServers, *,
                  request: Callable[..., Awaitable[Any]], notify: Callable[[str, str, Any], Awaitable[None]],
                  link_to: Callable[[str], Link | None], offered_path: Callable[[str, Key], Path | None],
                  request_timeout: Callable[[], float], max_inflight: int,
@@ -96,9 +87,7 @@ class Forwarding:
         self.node_id = node_id
         self._table = table
         self._catalog = catalog
-        self._upstreams = upstreams
-        self._sessions = sessions
-        self._parking = parking
+        self._local = local
         self._peer_request = request
         self._notify = notify
         self._link_to = link_to
@@ -301,39 +290,8 @@ class Forwarding:
     async def _call_local(self, server: str, method: str, params: dict[str, Any], timeout: float,
                           progress: ProgressFn | None, session: dict[str, Any] | None = None,
                           trace: tuple[str, ...] = ()) -> dict[str, Any]:
-        upstream = self._upstreams.get(server)
-        if upstream is None:
-            raise ForwardError(SERVER_UNAVAILABLE, f"Server {server!r} is not attached to node {self.node_id!r}")
-        if upstream.config.timeout is not None:
-            timeout = min(timeout, upstream.config.timeout)
-        try:
-            if session is not None:
-                # A legacy client session gets its own connection: its log level, subscriptions and
-                # the server's messages for it stay its own.
-                try:
-                    own = await self._sessions.upstream_for(server, session, trace, timeout)
-                except trio.TooSlowError:
-                    raise ForwardError(DEADLINE_EXCEEDED,
-                                       f"Deadline exceeded while server {server!r} opened a session") from None
-                if own is not None:
-                    upstream = own
-                    await self._sessions.apply_level(server, session, upstream)
-            meta = params.get("_meta")
-            client_era = meta.get(PROTOCOL_VERSION_KEY) if isinstance(meta, dict) else None
-            if (session is None and client_era == MODERN_ERA and upstream.era != MODERN_ERA
-                    and method in ("tools/call", "prompts/get", "resources/read")):
-                # A legacy server may ask this stateless client questions: park the call (see _parking).
-                return await self._parking.call(server, upstream, method, params, timeout, progress)
-            return await upstream.call(method, params, timeout=timeout, on_progress=progress)
-        except UpstreamError as exc:
-            raise ForwardError(exc.code, exc.message, exc.data) from None
-        except ServerUnavailableError as exc:
-            raise ForwardError(SERVER_UNAVAILABLE, f"Server {server!r} is down: {exc}") from None
-        except ForwardError:  # already carries the code the client should see (parked calls)
-            raise
-        except FednodeError as exc:  # the upstream's own timeout, and the like
-            code = DEADLINE_EXCEEDED if "timeout" in type(exc).__name__.lower() else SERVER_UNAVAILABLE
-            raise ForwardError(code, f"Server {server!r}: {exc}") from None
+        return await self._local.call(server, method, params, timeout=timeout, progress=progress, session=session,
+                                      trace=trace)
 
     def _check_forward(self, params: Any, peer_id: str) -> tuple[str, str, str, dict[str, Any], float, list[str]]:
         """Validate a fed/forward request from ``peer_id``: its fields, loops and this node's policy.

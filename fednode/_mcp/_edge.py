@@ -132,6 +132,9 @@ class MCPEdge:
         # Live legacy connections (HTTP sessions and stdio) -> their session key; entries remove
         # themselves when the SDK unwinds the connection's exit stack.
         self._legacy: dict[Connection, str] = {}
+        # catalog kinds changed and not yet announced (see announce_changes)
+        self._changed_kinds: set[str] = set()
+        self._kinds_changed = trio.Event()
         self.server = _EdgeServer(name, version=version, get_tool_input_schema=self._tool_input_schema,
                                   on_subscriptions_listen=self._listen)
         # Registered only so the SDK advertises the capabilities and knows the methods: the
@@ -334,6 +337,36 @@ class MCPEdge:
         ended = getattr(self.forwarder, "session_ended", None)
         if ended is not None:
             ended(key)
+
+    def catalog_changed(self, kinds: Iterable[str]) -> None:
+        """The catalog changed (these kinds): clients are told by :meth:`announce_changes` (coalesced)."""
+        self._changed_kinds.update(kinds)
+        self._kinds_changed.set()
+
+    async def announce_changes(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Tell clients of each catalog change (:meth:`notify_list_changed`), one round at a time.
+
+        Changes that arrive while a round is being sent are sent together in the next one. Runs
+        until cancelled.
+        """
+        task_status.started()
+        while True:
+            await self._kinds_changed.wait()
+            self._kinds_changed = trio.Event()
+            kinds, self._changed_kinds = self._changed_kinds, set()
+            await self.notify_list_changed(kinds)
+
+    async def relay_notices(self, notices: trio.MemoryReceiveChannel[tuple[str, str, dict[str, Any]]], *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Put each ``(session key, method, params)`` received on that legacy session's standalone stream.
+
+        Servers' notifications for sessions with no request in flight come this way. Runs until
+        cancelled.
+        """
+        task_status.started()
+        async with notices:
+            async for key, method, params in notices:
+                await self.notify_session(key, method, params)
 
     async def notify_session(self, key: str, method: str, params: Mapping[str, Any] | None) -> None:
         """Send a notification to one legacy session on its standalone stream (best effort)."""

@@ -7,7 +7,8 @@ legacy client's capabilities travel in each request's envelope, and a 2026-07-28
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import trio
@@ -21,26 +22,80 @@ from ._edge_call import EdgeCall
 MAX_INPUT_ROUNDS = 16
 
 
+#: A server's notification for a local legacy client session with no request in flight:
+#: ``(session key at the edge, method, params)``, sent to the edge's standalone stream.
+Notice = tuple[str, str, dict[str, Any]]
+NOTICE_BUFFER = 256
+
+
+class ClientCalls:
+    """This node's legacy client sessions' requests in flight: where their servers' messages go.
+
+    A server's notification for a session goes on the stream of the session's latest request in
+    flight (where the client listens for sure), else to ``notices`` for the edge to put on the
+    session's standalone stream. A server's question is asked on the latest request that can ask.
+
+    Args:
+        node_id: this node's id (legacy client sessions are named ``{node_id}/{key}`` across the mesh).
+        notices: where notifications for sessions with no request in flight go (see :data:`Notice`).
+        request_timeout: gives ``[mcp] request_timeout`` in force (how long a client may take to answer).
+    """
+
+    def __init__(self, node_id: str, notices: trio.MemorySendChannel[Notice],
+                 request_timeout: Callable[[], float]) -> None:
+        self._node_id = node_id
+        self._notices = notices
+        self._request_timeout = request_timeout
+        self._calls: dict[str, list[EdgeCall]] = {}
+
+    @contextlib.contextmanager
+    def tracking(self, session_id: str, call: EdgeCall) -> Iterator[None]:
+        """While the block runs, ``call`` is the session's latest request in flight."""
+        self._calls.setdefault(session_id, []).append(call)
+        try:
+            yield
+        finally:
+            calls = self._calls.get(session_id, [])
+            if call in calls:
+                calls.remove(call)
+            if not calls:
+                self._calls.pop(session_id, None)
+
+    async def deliver(self, session_id: str, method: str, params: dict[str, Any]) -> None:
+        calls = self._calls.get(session_id)
+        if calls:  # a request is in flight: its stream is where the client listens for sure
+            await calls[-1].notify(method, params)
+        elif session_id.startswith(f"{self._node_id}/"):
+            await self._notices.send((session_id.split("/", 1)[1], method, params))
+
+    async def ask(self, session_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        calls = self._calls.get(session_id)
+        if not calls or not calls[-1].can_ask:
+            raise MCPError(INTERNAL_ERROR, f"no request of the client's in flight to ask {method} on")
+        with trio.fail_after(self._request_timeout()):
+            return await calls[-1].ask(method, params)
+
+
 class FederationForwarder:
     """Adapts the federation to the edge's Forwarder protocol (errors become EdgeErrors).
 
     Args:
         federation: the node's federation.
+        calls: the legacy client sessions' requests in flight (their servers' messages go there).
+        end_session: releases what a client session held across the mesh (its servers' connections).
         node_id: this node's id (legacy client sessions are named ``{node_id}/{key}`` across the mesh).
         request_timeout: gives ``[mcp] request_timeout`` in force (called each time: reloads replace it).
-        edge: the client-facing edge session notifications go to.
     """
 
-    def __init__(self, federation: Federation, node_id: str, request_timeout: Callable[[], float],
-                 edge: Any = None) -> None:
+    def __init__(self, federation: Federation, calls: ClientCalls,
+                 end_session: Callable[[str, set[tuple[str, str]]], None], node_id: str,
+                 request_timeout: Callable[[], float]) -> None:
         self.federation = federation
+        self._calls = calls
+        self._end_session = end_session
         self._node_id = node_id
         self._request_timeout = request_timeout
-        self.edge = edge
         self._levels: dict[str, str] = {}
-        self._calls: dict[str, list[EdgeCall]] = {}
-        federation.sessions.deliver = self._deliver
-        federation.sessions.ask_local = self._ask
 
     def _session_id(self, call: EdgeCall) -> str | None:
         if call.era != "legacy" or call.session_key is None:
@@ -53,21 +108,7 @@ class FederationForwarder:
         self._levels.pop(session_id, None)
         used = self.federation.session_used.pop(session_id, set())
         if used:
-            self.federation.sessions.end(session_id, used)
-
-    async def _deliver(self, session_id: str, method: str, params: dict[str, Any]) -> None:
-        calls = self._calls.get(session_id)
-        if calls:  # a request is in flight: its stream is where the client listens for sure
-            await calls[-1].notify(method, params)
-        elif self.edge is not None:
-            await self.edge.notify_session(session_id.split("/", 1)[1], method, params)
-
-    async def _ask(self, session_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        calls = self._calls.get(session_id)
-        if not calls or not calls[-1].can_ask:
-            raise MCPError(INTERNAL_ERROR, f"no request of the client's in flight to ask {method} on")
-        with trio.fail_after(self._request_timeout()):
-            return await calls[-1].ask(method, params)
+            self._end_session(session_id, used)
 
     def list_items(self, kind: str) -> list[dict[str, Any]]:
         return self.federation.list_items(kind)
@@ -90,16 +131,9 @@ class FederationForwarder:
         if session_id is not None:
             session = {"id": session_id, "capabilities": call.client_capabilities or {},
                        "clientInfo": call.client_info, "logLevel": self._levels.get(session_id)}
-            self._calls.setdefault(session_id, []).append(call)
-        try:
-            return await self._forward(method, params, call, session)
-        finally:
-            if session_id is not None:
-                calls = self._calls.get(session_id, [])
-                if call in calls:
-                    calls.remove(call)
-                if not calls:
-                    self._calls.pop(session_id, None)
+            with self._calls.tracking(session_id, call):
+                return await self._forward(method, params, call, session)
+        return await self._forward(method, params, call, session)
 
     async def _forward(self, method: str, params: dict[str, Any], call: EdgeCall,
                        session: dict[str, Any] | None) -> dict[str, Any]:

@@ -38,29 +38,15 @@ from .._errors import (
     ForwardError,
     ServerUnavailableError,
 )
+from .._federation._local import TOKEN_PREFIX
 from ._sessions import until_idle
 from ._upstream import QUESTION_CAPABILITY, UP, ProgressCallback, UpstreamServer
 
-TOKEN_PREFIX = "fednode1."
 QUESTION_KEY = "fednode-question"
 CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 MAX_PARKED = 256
 MAX_SOLO = 8  # connections of their own per server, for calls whose client can be asked questions
 SOLO_IDLE = 300.0  # seconds an unused one stays open
-
-
-def token_origin(token: object) -> str | None:
-    """The node a fednode request state belongs to (unverified: only routing uses it)."""
-    if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX):
-        return None
-    try:
-        body = json.loads(base64.urlsafe_b64decode(token[len(TOKEN_PREFIX):].split(".", 1)[0] + "=="))
-    except (ValueError, RecursionError):  # deep nesting: RecursionError
-        return None
-    origin = body.get("origin") if isinstance(body, dict) else None
-    return origin if isinstance(origin, str) else None
-
-
 
 
 class _Parked:

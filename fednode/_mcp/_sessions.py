@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -35,7 +35,7 @@ from .._errors import (
     ServerUnavailableError,
     UpstreamError,
 )
-from .._peers._link import RequestContext
+from .._peers._link import Handlers, RequestContext
 from ._upstream import SessionHooks, UpstreamServer
 
 SESSION_EVENT = "fed/session_event"
@@ -45,14 +45,30 @@ SESSION_IDLE = 600.0
 MAX_SESSION_UPSTREAMS = 64
 _RELAY_BUFFER = 256
 
-#: Delivers a session notification to a local client session: ``deliver(session_id, method, params)``.
-Deliver = Callable[[str, str, dict[str, Any]], Awaitable[None]]
-#: Asks a local client session: ``ask(session_id, method, params) -> result``.
-Ask = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 #: Sends a request to a peer: ``request(peer, method, params, timeout=...) -> result``.
 Request = Callable[..., Awaitable[Any]]
 #: Sends a notification to a peer: ``notify(peer, method, params)``.
 Notify = Callable[[str, str, Any], Awaitable[None]]
+
+
+class ClientSessions(Protocol):
+    """This node's own legacy client sessions, as the way back from their servers reaches them."""
+
+    async def deliver(self, session_id: str, method: str, params: dict[str, Any]) -> None:
+        """Hand a server's notification to the client session ``session_id``."""
+        ...
+
+    async def ask(self, session_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Ask the client session ``session_id`` a server's question; return its answer."""
+        ...
+
+
+class NextHops(Protocol):
+    """Where requests for other nodes' servers go next (the routing table)."""
+
+    def next_hop(self, key: tuple[str, str]) -> str | None:
+        """The peer towards the owner of ``(origin, server)`` (None: no route)."""
+        ...
 
 
 @attrs.define
@@ -87,30 +103,33 @@ class Sessions:
         upstreams: the servers attached here, by id (read at each use).
         request: sends a request to a peer (``fed/session_request`` on the way back).
         notify: sends a notification to a peer (session events and ends).
-        next_hop: the peer towards the node owning a server: ``next_hop(origin, server)``.
+        routes: the next hop towards the node owning a server.
         request_timeout: the deadline of a client's answer relayed from a peer, read at each use.
         log: the node's logger.
+        client: this node's own client sessions (events and questions for them end there).
 
-    The owner routes ``fed/session_event``, ``fed/session_request`` and ``fed/session_end`` to
-    :meth:`on_event`, :meth:`on_request` and :meth:`on_end`, and runs :meth:`relay`.
+    The node serves :attr:`handlers` (``fed/session_event``, ``fed/session_request`` and
+    ``fed/session_end``) to its peers and runs :meth:`relay`.
     """
 
     def __init__(self, node_id: str, upstreams: Mapping[str, UpstreamServer], *, request: Request, notify: Notify,
-                 next_hop: Callable[[str, str], str | None], request_timeout: Callable[[], float], log: Any) -> None:
+                 routes: NextHops, request_timeout: Callable[[], float], log: Any, client: ClientSessions) -> None:
         self.node_id = node_id
         self._upstreams = upstreams
         self._request = request
         self._notify = notify
-        self._next_hop = next_hop
+        self._routes = routes
+        self._client = client
         self._request_timeout = request_timeout
         self.log = log
         self._throttled = ThrottledLog(self.log)
-        self.deliver: Deliver | None = None
-        self.ask_local: Ask | None = None
         self._held: dict[tuple[str, str], _Held] = {}
         self._opening: dict[tuple[str, str], trio.Event] = {}
         # (next hop or "" for a local client, method, message): events and session ends, in order
         self._relay_send, self._relay_recv = trio.open_memory_channel[tuple[str, str, dict[str, Any]]](_RELAY_BUFFER)
+        #: the methods peers call on this node for sessions, for the node to serve
+        self.handlers = Handlers(requests={SESSION_REQUEST: self.on_request},
+                                 inline_notifications={SESSION_EVENT: self.on_event, SESSION_END: self.on_end})
 
     # -- at the owning node ---------------------------------------------------------------------
 
@@ -243,8 +262,8 @@ class Sessions:
             with contextlib.suppress(FednodeError):
                 if hop:
                     await self._notify(hop, method, message)
-                elif self.deliver is not None:
-                    await self.deliver(message["session"], message["method"], message["params"])
+                else:
+                    await self._client.deliver(message["session"], message["method"], message["params"])
 
     def on_event(self, params: Any, context: RequestContext) -> None:
         """``fed/session_event`` from a peer: pass it on towards its client."""
@@ -259,9 +278,9 @@ class Sessions:
     async def _route_request(self, request: dict[str, Any]) -> dict[str, Any]:
         path = request["path"]
         if not path:
-            if self.ask_local is None or not request["session"].startswith(f"{self.node_id}/"):
+            if not request["session"].startswith(f"{self.node_id}/"):
                 raise MCPError(INTERNAL_ERROR, "no client session to ask")
-            return await self.ask_local(request["session"], request["method"], request["params"])
+            return await self._client.ask(request["session"], request["method"], request["params"])
         try:
             result = await self._request(path[-1], SESSION_REQUEST, {**request, "path": path[:-1]},
                                          timeout=self._request_timeout())
@@ -296,7 +315,7 @@ class Sessions:
         if origin == self.node_id:
             self._close((server, message["session"]), "client session ended")
             return
-        hop = self._next_hop(origin, server)
+        hop = self._routes.next_hop((origin, server))
         if hop is not None:
             # Sent by the relay task, after the session's events (a full queue drops it: the
             # connection then closes when idle).

@@ -18,25 +18,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._config._auth import AuthManager
-from .._config._config import NodeConfig, PeerConfig, ServerConfig, load_config
+from .._config._config import NodeConfig, PeerConfig, ServerConfig
 from .._errors import (
     BindError,
-    ConfigError,
     FednodeError,
-    PeerConnectError,
     PeerUnavailableError,
     UnknownPeerError,
     reraise,
     sole_leaf,
 )
-from .._federation._federation import Federation
+from .._federation._federation import Federation, new_routing_table
+from .._mcp._attached import AttachedServers
 from .._mcp._edge import MCPEdge
-from .._mcp._forwarder import FederationForwarder
+from .._mcp._forwarder import NOTICE_BUFFER, ClientCalls, FederationForwarder, Notice
 from .._mcp._upstream import UpstreamServer
 from .._peers import _wire as wire
 from .._peers._handshake import Handshake
 from .._peers._link import (
-    CLOSE_NORMAL,
     Handlers,
     InlineHandler,
     LinkSettings,
@@ -45,11 +43,12 @@ from .._peers._link import (
     RequestHandler,
 )
 from .._peers._listener import Listener
+from .._peers._registry import PeerRegistry
 from .._peers._supervisor import PeerStatus, PeerSupervisor
 from .._version import __version__
 from ._metrics import CONTENT_TYPE, NodeMetrics
 from ._reload import ReloadResult as ReloadResult
-from ._reload import plan_reload
+from ._reload import plan_reload, read_new_config
 from ._status import node_status
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
@@ -70,45 +69,57 @@ class Node:
         self.id = config.id
         self.log = structlog.get_logger("fednode").bind(node=config.id)
         self.auth = AuthManager(config.id, config.auth)
-        self.handlers = Handlers()
         self.refused: collections.Counter[str] = collections.Counter()
         self.started_at = trio.current_time()
         self._nursery = nursery
-        self._jitter = jitter
-        self._supervisors: dict[str, PeerSupervisor] = {}
-        self._servers: dict[str, tuple[UpstreamServer, trio.CancelScope, trio.Event]] = {}
-        self._registry_lock = trio.Lock()
         # What the peers layer is given instead of the node: its sections, and the node as the
         # small protocols it calls (a peer directory, a link-event sink, a refusal counter).
         self._handshake = Handshake(local_id=config.id, auth=self.auth, limits=config.link, tls=config.tls,
                                     count_refused=self.count_refused)
         self._link_settings = LinkSettings(heartbeat=config.heartbeat, limits=config.link,
                                            shutdown_grace=config.shutdown_grace)
-        self._listener = Listener(control=config.control, tls=config.tls, handshake=self._handshake,
-                                  peers=self, logger=self.log)
-        self._closing = False
         #: whether start-up is done: the configured peers and servers are registered
         self.started = False
-        self._changed = trio.Event()
+        self.metrics = NodeMetrics(self)
+        self.handlers = Handlers(on_rtt=self.metrics.observe_rtt)
+        self.peers = PeerRegistry(config.id, nursery, handshake=self._handshake, settings=self._link_settings,
+                                  handlers=self.handlers, on_link=self._link_changed, auth=self.auth,
+                                  backoff=config.backoff, shutdown_grace=config.shutdown_grace, log=self.log,
+                                  jitter=jitter)
+        self._listener = Listener(control=config.control, tls=config.tls, handshake=self._handshake,
+                                  peers=self.peers, logger=self.log)
         self.register_handler("echo", _echo, inline=True)
         self.register_handler("node/info", self._node_info, inline=True)
-        self.metrics = NodeMetrics(self)
-        self.handlers.on_rtt = self.metrics.observe_rtt
         self.reload_count = 0
         self.last_reload: ReloadResult | None = None
         self._reload_lock = trio.Lock()
-        self.federation = Federation(config.id, self.log, peers=self, mcp=lambda: self.config.mcp, limits=config.link,
-                                     request=self.request, notify=self.notify, observe=self.metrics.observe_forward,
+        # The layers, bottom up, each given what it uses. The routing table is shared: the
+        # federation fills it, the attached servers' sessions look up next hops in it.
+        table = new_routing_table(config.id)
+        # servers' notifications for this node's legacy sessions with no request in flight, to the edge
+        notices, self._notices_received = trio.open_memory_channel[Notice](NOTICE_BUFFER)
+        calls = ClientCalls(config.id, notices, self._request_timeout)
+        self.attached = AttachedServers(config.id, nursery, backoff=config.backoff, log=self.log, jitter=jitter,
+                                        request=self.request, notify=self.notify, routes=table,
+                                        request_timeout=self._request_timeout, client=calls)
+        self.federation = Federation(config.id, self.log, peers=self, local=self.attached, table=table,
+                                     mcp=lambda: self.config.mcp, limits=config.link, request=self.request,
+                                     notify=self.notify, observe=self.metrics.observe_forward,
                                      started=lambda: self.started, started_at=self.started_at)
         self.handlers.merge(self.federation.handlers)
-        forwarder = FederationForwarder(self.federation, config.id, lambda: self.config.mcp.request_timeout)
+        self.handlers.merge(self.attached.sessions.handlers)
+        forwarder = FederationForwarder(self.federation, calls, self.attached.sessions.end, config.id,
+                                        self._request_timeout)
         self.edge = MCPEdge(forwarder, name=f"fednode {config.id}", version=__version__,
                             logger=self.log, client_tokens=[t.reveal().decode() for t in config.clients.tokens])
         self.edge.routes += [Route("/status", self._status_endpoint, methods=["GET"]),
                              Route("/metrics", self._metrics_endpoint, methods=["GET"])]
-        forwarder.edge = self.edge
         self.federation.on_catalog_change(self._catalog_changed)
         self.data_port: int | None = None
+
+    def _request_timeout(self) -> float:
+        """``[mcp] request_timeout`` in force (read at each use: a reload may change it)."""
+        return self.config.mcp.request_timeout
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -127,28 +138,26 @@ class Node:
     @property
     def closing(self) -> bool:
         """True once the node has begun to shut down."""
-        return self._closing
+        return self.peers.closing
 
     def has_peer(self, peer_id: str) -> bool:
         """Whether ``peer_id`` is registered."""
-        return peer_id in self._supervisors
+        return self.peers.has_peer(peer_id)
 
     def supervisor(self, peer_id: str) -> PeerSupervisor | None:
         """The supervisor of a registered peer, if any."""
-        return self._supervisors.get(peer_id)
+        return self.peers.supervisor(peer_id)
 
     def peer_config(self, peer_id: str) -> PeerConfig | None:
         """The configuration of a registered peer, if any."""
-        supervisor = self._supervisors.get(peer_id)
-        return supervisor.peer if supervisor is not None else None
+        return self.peers.peer_config(peer_id)
 
-    def link_changed(self, peer_id: str, up: bool) -> None:
-        """Called by supervisors when a peer's link comes up or starts to go down."""
+    def _link_changed(self, peer_id: str, up: bool) -> None:
+        """A peer's link came up or started to go down (told by the peer registry)."""
         if up:
             self.federation.link_up(peer_id)
         else:
             self.federation.link_down(peer_id)
-        self.notify_change()
 
     async def register_peer(self, peer: PeerConfig, *, wait: bool = True, keep_retrying: bool = True) -> None:
         """Add a peer at runtime (or replace the registered peer with the same id).
@@ -163,34 +172,7 @@ class Node:
             PeerConnectError: ``wait`` was set and the first dial failed.
             ValueError: the peer has this node's own id.
         """
-        if peer.id == self.id:
-            raise ValueError(f"peer id {peer.id!r} is this node's own id")
-        if self._closing:
-            raise PeerConnectError(peer.id, f"node {self.id!r} is shutting down; cannot add peer {peer.id!r}")
-        async with self._registry_lock:
-            if peer.id in self._supervisors:
-                await self._remove(peer.id, "peer replaced")
-            supervisor = PeerSupervisor(peer, handshake=self._handshake, settings=self._link_settings,
-                                        handlers=self.handlers, events=self, backoff=self.config.backoff,
-                                        logger=self.log, jitter=self._jitter)
-            self.auth.set_peer(peer)
-            self._supervisors[peer.id] = supervisor
-            await self._nursery.start(self._supervise, supervisor)
-        if wait and peer.control:
-            await supervisor.first_attempt.wait()
-            if supervisor.first_error is not None:
-                if not keep_retrying and self._supervisors.get(peer.id) is supervisor:
-                    await self.remove_peer(peer.id)
-                raise supervisor.first_error
-
-    async def _supervise(self, supervisor: PeerSupervisor, *,
-                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await supervisor.run(task_status=task_status)
-        finally:
-            if self._supervisors.get(supervisor.peer.id) is supervisor:
-                del self._supervisors[supervisor.peer.id]
-                self.auth.drop_peer(supervisor.peer.id)
+        await self.peers.register(peer, wait=wait, keep_retrying=keep_retrying)
 
     async def remove_peer(self, peer_id: str) -> None:
         """Remove a peer: close its link with a normal close frame and end its supervisor.
@@ -200,32 +182,19 @@ class Node:
         Raises:
             UnknownPeerError: no such peer is registered.
         """
-        async with self._registry_lock:
-            await self._remove(peer_id, "peer removed")
-
-    async def _remove(self, peer_id: str, reason: str) -> None:
-        supervisor = self._supervisors.pop(peer_id, None)
-        if supervisor is None:
-            raise UnknownPeerError(peer_id, f"no peer {peer_id!r} is registered")
-        self.auth.drop_peer(peer_id)
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(self.config.shutdown_grace):
-                await supervisor.stop_link(CLOSE_NORMAL, reason)
-            supervisor.scope.cancel()
-            await supervisor.finished.wait()
-        self.log.info("peer.removed", peer=peer_id, reason=reason)
+        await self.peers.remove(peer_id)
 
     def peer_ids(self) -> list[str]:
         """Ids of the registered peers, sorted."""
-        return sorted(self._supervisors)
+        return self.peers.peer_ids()
 
     def connected_peers(self) -> list[str]:
         """Ids of the peers with a live link, sorted."""
-        return sorted(pid for pid, s in self._supervisors.items() if s.link is not None and s.link.is_up)
+        return self.peers.connected_peers()
 
     def peer_states(self) -> dict[str, PeerStatus]:
         """Each registered peer's state, last RTT, reconnect count and last error."""
-        return {pid: s.status() for pid, s in sorted(self._supervisors.items())}
+        return self.peers.states()
 
     async def wait_connected(self, *peer_ids: str, timeout: float = 10.0) -> None:
         """Wait until every named peer (default: all registered) has a live link.
@@ -233,10 +202,7 @@ class Node:
         Raises:
             trio.TooSlowError: not all of them connected within ``timeout``.
         """
-        wanted = set(peer_ids or self._supervisors)
-        with trio.fail_after(timeout):
-            while not wanted <= set(self.connected_peers()):
-                await self._changed.wait()
+        await self.peers.wait_connected(peer_ids, timeout)
 
     # -- attached MCP servers ---------------------------------------------------------------
 
@@ -253,25 +219,12 @@ class Node:
             trio.TooSlowError: ``wait`` was set and the server was not up within ``timeout``
                 (its supervisor keeps trying).
         """
-        if config.id in self._servers:
+        if config.id in self.attached.upstreams:
             await self.remove_server(config.id)
-        upstream = UpstreamServer(config, backoff=self.config.backoff, logger=self.log, server=server,
-                                  jitter=self._jitter, on_state=self.federation.state_changed,
-                                  on_catalog=functools.partial(self.federation.set_local_catalog, config.id))
-        scope, finished = trio.CancelScope(), trio.Event()
-        self._servers[config.id] = (upstream, scope, finished)
-        self.federation.upstreams[config.id] = upstream
-        await self._nursery.start(self._run_server, upstream, scope, finished)
+        upstream = await self.attached.add(config, server=server, on_state=self.federation.state_changed,
+                                           on_catalog=functools.partial(self.federation.set_local_catalog, config.id))
         if wait:
             await upstream.wait_ready(timeout)
-
-    async def _run_server(self, upstream: UpstreamServer, scope: trio.CancelScope, finished: trio.Event, *,
-                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            with scope:
-                await upstream.run(task_status=task_status)
-        finally:
-            finished.set()
 
     async def remove_server(self, server_id: str) -> None:
         """Detach an MCP server: its process is terminated and its catalog withdrawn everywhere.
@@ -279,18 +232,13 @@ class Node:
         Raises:
             KeyError: no server with that id is attached.
         """
-        upstream, scope, finished = self._servers.pop(server_id)
-        scope.cancel()  # ends the server's connections of client sessions and parked calls too
-        with trio.CancelScope(shield=True):
-            await finished.wait()
-        if self.federation.upstreams.get(server_id) is upstream:
-            del self.federation.upstreams[server_id]
+        await self.attached.remove(server_id)  # its client sessions' and parked calls' connections too
         self.federation.set_local_catalog(server_id, None)
         self.log.info("server.removed", server=server_id)
 
     def servers(self) -> dict[str, UpstreamServer]:
         """The attached MCP servers by id (their supervisors: state, era, restarts, last error, catalog)."""
-        return {server_id: entry[0] for server_id, entry in sorted(self._servers.items())}
+        return dict(sorted(self.attached.upstreams.items()))
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -325,7 +273,7 @@ class Node:
             self.handlers.notifications[method] = handler
 
     def _live_link(self, peer_id: str) -> Any:
-        supervisor = self._supervisors.get(peer_id)
+        supervisor = self.peers.supervisor(peer_id)
         if supervisor is None:
             raise UnknownPeerError(peer_id, f"no peer {peer_id!r} is registered")
         link = supervisor.link
@@ -374,13 +322,7 @@ class Node:
     def _catalog_changed(self, kinds: set[str]) -> None:
         # Extensions the attached servers support (anywhere) are advertised to clients as ours.
         self.edge.server.extensions = dict(self.federation.extensions)
-        if not self._closing:
-            self._nursery.start_soon(self.edge.notify_list_changed, kinds - {"extensions"})
-
-    def notify_change(self) -> None:
-        """Wake everyone waiting for a change of peer state (called by supervisors)."""
-        self._changed.set()
-        self._changed = trio.Event()
+        self.edge.catalog_changed(kinds - {"extensions"})
 
     def count_refused(self, reason: str) -> None:
         """Count one refused authentication by reason (shown by the metrics)."""
@@ -394,8 +336,7 @@ class Node:
 
     def in_flight(self) -> int:
         """Forwarded MCP requests being executed or passed on by this node right now."""
-        passing = sum(s.link.passing_on for s in self._supervisors.values() if s.link is not None)
-        return self.federation.in_flight + passing
+        return self.federation.in_flight + self.peers.passing_on()
 
     async def _status_endpoint(self, request: Request) -> Response:
         return JSONResponse(self.status())
@@ -414,17 +355,8 @@ class Node:
         refused and the running one stays. The outcome is logged and shown by status and metrics.
         """
         async with self._reload_lock:
-            if isinstance(source, NodeConfig):
-                new: NodeConfig | None = source
-                error = None
-            else:
-                try:
-                    new, error = load_config(source), None
-                except ConfigError as exc:
-                    new, error = None, str(exc)
-            if new is not None and new.id != self.id:
-                error = f"the new configuration is for node {new.id!r}, not {self.id!r} (node ids never change)"
-            if new is None or error is not None:
+            new, error = read_new_config(source, self.id)
+            if new is None:
                 result = ReloadResult(ok=False, at=trio.current_time(), error=error,
                                       summary="refused; the running configuration stays")
                 self.log.error("node.reload_refused", error=error)
@@ -456,7 +388,7 @@ class Node:
             await self.register_peer(new_peers[peer_id], wait=False)
         new_servers = {server.id: server for server in new.servers}
         for server_id in plan.servers_removed:
-            if server_id in self._servers:
+            if server_id in self.attached.upstreams:
                 await self.remove_server(server_id)
         for server_id in [*plan.servers_changed, *plan.servers_added]:
             await self.add_server(new_servers[server_id], wait=False)
@@ -479,7 +411,9 @@ class Node:
 
     async def _start(self) -> None:
         await self._nursery.start(self.federation.advertiser.run)
-        await self._nursery.start(self.federation.sessions.relay)
+        await self._nursery.start(self.attached.sessions.relay)
+        await self._nursery.start(self.edge.relay_notices, self._notices_received)
+        await self._nursery.start(self.edge.announce_changes)
         # Peers first: a configured peer dialing in the moment the listener opens must find its
         # supervisor (and its key) in place, not be refused as an unknown issuer.
         for peer in self.config.peers:
@@ -499,34 +433,35 @@ class Node:
         self.federation.state_changed()
 
     async def _start_server(self, role: str, url: str, server: Callable[..., Awaitable[None]]) -> int:
-        """Start a listening task in the node's nursery; return the port it bound.
-
-        Raises:
-            BindError: it could not listen on ``url`` (hypercorn reports that from inside nested
-                nurseries; the operating system's error is the one cause).
-        """
-        try:
-            port: int = await self._nursery.start(server)
-        except BaseException as exc:
-            cause = sole_leaf(exc)
-            if isinstance(cause, OSError):
-                raise BindError(role, url, cause) from cause
-            raise
-        return port
+        """Start a listening task in the node's nursery; return the port it bound."""
+        return await start_listening(self._nursery, role, url, server)
 
     async def _shutdown(self) -> None:
         """Close every link gracefully (bounded by ``shutdown_grace``), then cancel all node tasks."""
         with trio.CancelScope(shield=True):
-            if not self._closing:
-                self._closing = True
+            if not self.peers.closing:
                 started = trio.current_time()
-                self.log.info("node.shutdown", peers=len(self._supervisors), grace=self.config.shutdown_grace)
-                with trio.move_on_after(self.config.shutdown_grace):
-                    async with trio.open_nursery() as closers:
-                        for supervisor in list(self._supervisors.values()):
-                            closers.start_soon(supervisor.stop_link, CLOSE_NORMAL, "node shutting down")
+                self.log.info("node.shutdown", peers=len(self.peers.peer_ids()), grace=self.config.shutdown_grace)
+                await self.peers.close("node shutting down")
                 self._nursery.cancel_scope.cancel()
                 self.log.info("node.stopped", seconds=round(trio.current_time() - started, 3))
+
+
+async def start_listening(nursery: trio.Nursery, role: str, url: str, server: Callable[..., Awaitable[None]]) -> int:
+    """Start a listening task (``role`` at ``url``) in ``nursery``; return the port it bound.
+
+    Raises:
+        BindError: it could not listen on ``url`` (hypercorn reports that from inside nested
+            nurseries; the operating system's error is the one cause).
+    """
+    try:
+        port: int = await nursery.start(server)
+    except BaseException as exc:
+        cause = sole_leaf(exc)
+        if isinstance(cause, OSError):
+            raise BindError(role, url, cause) from cause
+        raise
+    return port
 
 
 def _with_port(url: str, port: int | None, *, keep_path: bool = True) -> str:

@@ -7,9 +7,12 @@ the plan (peers and servers removed, re-registered or added one at a time) and r
 
 from __future__ import annotations
 
+import os
+
 import attrs
 
-from .._config._config import NodeConfig, PeerConfig, ServerConfig
+from .._config._config import NodeConfig, PeerConfig, ServerConfig, load_config
+from .._errors import ConfigError
 
 #: Sections a reload cannot change on a running node (they take effect at the next start).
 RESTART_ONLY = ("control", "data", "tls", "heartbeat", "backoff", "link", "shutdown_grace")
@@ -104,3 +107,17 @@ def _differences(old: tuple[PeerConfig, ...] | tuple[ServerConfig, ...],
     before, after = {entry.id: entry for entry in old}, {entry.id: entry for entry in new}
     return (tuple(sorted(after.keys() - before.keys())), tuple(sorted(before.keys() - after.keys())),
             tuple(sorted(i for i in before.keys() & after.keys() if before[i] != after[i])))
+
+
+def read_new_config(source: NodeConfig | str | os.PathLike[str], node_id: str) -> tuple[NodeConfig | None, str | None]:
+    """The configuration a reload of node ``node_id`` applies (from a file, or given), or why it is refused."""
+    if isinstance(source, NodeConfig):
+        new = source
+    else:
+        try:
+            new = load_config(source)
+        except ConfigError as exc:
+            return None, str(exc)
+    if new.id != node_id:
+        return None, f"the new configuration is for node {new.id!r}, not {node_id!r} (node ids never change)"
+    return new, None
