@@ -53,7 +53,7 @@ from bench_mcp import (
 )
 
 import fednode
-from fednode import _wire as wire
+from fednode._peers import _wire as wire
 
 SUCCESS_TARGET = 0.99
 P95_TARGET = 1.5  # flood p95 over quiet p95

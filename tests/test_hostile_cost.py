@@ -20,7 +20,7 @@ from test_mcp_chain import FIXTURE, chain, fixture_server, notes_server, until_l
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import fednode
-from fednode import _wire as wire
+from fednode._peers import _wire as wire
 
 from helpers import raw_peer
 
@@ -136,7 +136,7 @@ class TestRouteFlood:
     limits allow, and leaves nothing behind once its link goes."""
 
     async def test_a_burst_of_large_route_updates(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from fednode import _federation
+        from fednode._federation import _federation
 
         monkeypatch.setattr(_federation, "MAX_ROUTES_PER_PEER", LIMIT_ROUTES)
         monkeypatch.setattr(_federation, "MAX_CATALOG_BYTES_PER_PEER", LIMIT_BYTES)

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_routing import OPEN, advert, route
 
-from fednode._route_intake import PendingRoutes, RouteIntake
-from fednode._routing import Advertisement, Key, Limits, RoutingTable, measured
+from fednode._federation._route_intake import PendingRoutes, RouteIntake
+from fednode._federation._routing import Advertisement, Key, Limits, RoutingTable, measured
 
 ROOMY = Limits(routes=1000, items=100_000, bytes=1 << 30)
 

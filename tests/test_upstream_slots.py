@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fednode._upstream_slots import LOCAL, ConnectionSlots
+from fednode._mcp._upstream_slots import LOCAL, ConnectionSlots
 
 
 class TestConnectionSlots:
