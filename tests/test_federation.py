@@ -463,6 +463,11 @@ class TestWithdrawnMemory:
             memory.remember("resourceTemplates", f"{prefix}://{{id}}", "s", ("n",), local=False)
         assert memory.for_uri("p://1") is None and memory.for_uri("r://1") is not None
         assert memory.get("resourceTemplates", "p://{id}") is None
+        # what a peer chose is bounded in size too: an overlong name is not remembered
+        memory = WithdrawnNames(clock=lambda: now[0])
+        memory.remember("tools", "x" * 1025, "s", ("n",), local=False)
+        memory.remember("tools", "x" * 1024, "s", ("n",), local=False)
+        assert memory.get("tools", "x" * 1025) is None and len(memory) == 1
 
 
 class TestConflictLog:

@@ -25,6 +25,8 @@ WITHDRAWN_TTL = 600.0
 MAX_WITHDRAWN = 10_000
 #: Withdrawn resource templates matched against a URI at most (each lookup tries them in turn).
 MAX_WITHDRAWN_TEMPLATES = 256
+#: Longer names are not remembered, so what the memory holds is bounded in bytes too (a peer chooses them).
+MAX_REMEMBERED_NAME = 1024
 
 _SINGULAR = {"tools": "tool", "prompts": "prompt", "resources": "resource", "resourceTemplates": "resource template"}
 
@@ -102,7 +104,12 @@ class WithdrawnNames:
         return len(self._names)
 
     def remember(self, kind: str, name: str, server: str, nodes: tuple[str, ...], *, local: bool) -> None:
-        """Remember that ``name`` of ``kind`` (offered by ``server`` on ``nodes``) left the catalog now."""
+        """Remember that ``name`` of ``kind`` (offered by ``server`` on ``nodes``) left the catalog now.
+
+        A name longer than :data:`MAX_REMEMBERED_NAME` is not remembered (it stays unknown).
+        """
+        if len(name) > MAX_REMEMBERED_NAME or len(server) > MAX_REMEMBERED_NAME:
+            return
         now = self._clock()
         pattern = None
         if kind == "resourceTemplates":
