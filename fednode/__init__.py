@@ -17,6 +17,7 @@ from ._config import HeartbeatConfig as HeartbeatConfig
 from ._config import LinkConfig as LinkConfig
 from ._config import MCPConfig as MCPConfig
 from ._config import NodeConfig as NodeConfig
+from ._config import NodeKeys as NodeKeys
 from ._config import PeerConfig as PeerConfig
 from ._config import Secret as Secret
 from ._config import ServerConfig as ServerConfig

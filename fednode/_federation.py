@@ -41,6 +41,7 @@ from ._forwarding import (
 from ._link import Handlers, Link, RequestContext
 from ._logging import ThrottledLog
 from ._parking import Parking
+from ._route_proof import ROUTE_TTL, Proof, RouteProofs
 from ._routing import (
     KINDS,
     MAX_CATALOG_BYTES_PER_PEER,
@@ -57,6 +58,7 @@ from ._routing import (
     valid_items,
 )
 from ._sessions import SESSION_END, SESSION_EVENT, SESSION_REQUEST, Sessions
+from ._signing import Keyring
 from ._supervisor import PeerSupervisor
 from ._upstream import STARTING, ServerCatalog, UpstreamServer
 from ._withdrawn import WithdrawnNames
@@ -103,13 +105,16 @@ class Federation:
         observe: records each forwarded request's outcome (the node's metrics).
         started: whether the node's start-up is done (its configured peers and servers registered).
         started_at: when the node started (trio clock), for the ``first_list_wait`` bound.
+        keyring: signs this node's advertisements and verifies peers' (None: routes are neither
+            signed nor verified; for tests of the parts alone).
 
     The methods peers call on this node are in :attr:`handlers`, for the node to serve.
     """
 
     def __init__(self, node_id: str, log: Any, *, peers: Peers, mcp: Callable[[], MCPConfig], limits: LinkConfig,
                  request: Callable[..., Awaitable[Any]], notify: Callable[[str, str, Any], Awaitable[None]],
-                 observe: Callable[..., None], started: Callable[[], bool], started_at: float) -> None:
+                 observe: Callable[..., None], started: Callable[[], bool], started_at: float,
+                 keyring: Keyring | None = None) -> None:
         self.id = node_id
         self.log = log
         self._peers = peers
@@ -123,15 +128,20 @@ class Federation:
         self.local_catalogs: dict[str, ServerCatalog] = {}
         self._local_kinds: dict[str, dict[str, tuple[dict[str, Any], ...]]] = {}  # validated, by kind
         self.extensions: dict[str, Any] = {}
+        #: route proofs: this node's signatures and the versions it has verified (None: unsigned)
+        self.proofs = RouteProofs(node_id, keyring) if keyring is not None else None
+        #: routes refused because their origin or path could not be verified, by reason
+        self.routes_refused: collections.Counter[str] = collections.Counter()
         # The limits are read here (not in the table) so that tests can lower them on this module.
         self.table = RoutingTable(node_id, Limits(routes=MAX_ROUTES_PER_PEER, items=MAX_ITEMS_PER_PEER,
-                                                  bytes=MAX_CATALOG_BYTES_PER_PEER))
+                                                  bytes=MAX_CATALOG_BYTES_PER_PEER), self.proofs)
         # names that left the catalog because every route to their server went: answered with the
         # unreachable error for a while instead of "unknown" (see _withdrawn)
         self.catalog = Catalog(node_id, self.log, WithdrawnNames())
         self.advertiser = Advertiser(self.table, connected_peers=peers.connected_peers, policy_for=peers.peer_config,
                                      node_transit=lambda: mcp().transit, notify=self._notify,
-                                     max_message_size=limits.max_message_size, log=self.log)
+                                     max_message_size=limits.max_message_size, log=self.log,
+                                     attest=self._attest if self.proofs is not None else None)
         self._catalog_event = trio.Event()
         # Start-up: set once the federation has settled (or the bound passed); until then clients'
         # lists are held (wait_settled). Pulsed by everything that can settle it.
@@ -147,7 +157,7 @@ class Federation:
             request=request, notify=notify, link_to=self._link_to, offered_path=self._offered_path,
             request_timeout=lambda: mcp().request_timeout, max_inflight=limits.max_inflight,
             observe=observe, is_settled=lambda: self._settled, wait_settled=self.wait_settled,
-            log=self.log)
+            health_changed=self._changed, log=self.log)
         #: the methods peers call on this node, for the node to serve (see :meth:`Handlers.merge`)
         self.handlers = Handlers(
             requests={SESSION_REQUEST: self.sessions.on_request, FORWARD_METHOD: self.forwarding.on_forward},
@@ -279,9 +289,18 @@ class Federation:
         try:
             advertisement = Advertisement.from_wire(params)
         except (ValueError, TypeError) as exc:
+            self.routes_refused["malformed"] += 1
             self._throttled.warning("routes.malformed", key=peer_id, peer=peer_id, error=str(exc))
             return
         received = self.table.receive(peer_id, policy, advertisement)
+        for (origin, server), reason, detail in received.unverified:
+            self.routes_refused[reason.value] += 1
+            # Keyed by reason only: a peer cannot widen the set of keys (and with it the lines).
+            self._throttled.warning("routes.refused", key=reason.value, peer=peer_id, origin=origin[:64],
+                                    server=server[:64], reason=reason.value, detail=detail[:300])
+        for (origin, server), reason, _detail in received.vouched:
+            self._throttled.info("routes.vouched", key=peer_id, peer=peer_id, origin=origin[:64],
+                                 server=server[:64], reason=reason.value)
         for route, problems in received.invalid:
             self._throttled.warning("routes.invalid_items", key=peer_id, peer=peer_id, origin=route.origin,
                                     server=route.server, dropped=len(problems), problems=list(problems[:5]))
@@ -304,11 +323,29 @@ class Federation:
             timeout = upstream.config.timeout if upstream is not None else None
             if timeout is not None:
                 timeout = min(timeout, MAX_REQUEST_TIMEOUT)
+            digest = catalog_digest({**kinds, "extensions": extensions, "timeout": timeout})
+            proof = self.proofs.local_proof(server_id, digest, prefix) if self.proofs is not None else None
             routes[(self.id, server_id)] = Route(
-                origin=self.id, server=server_id, prefix=prefix, path=(self.id,),
-                digest=catalog_digest({**kinds, "extensions": extensions, "timeout": timeout}), catalog=kinds,
-                extensions=extensions, timeout=timeout)
+                origin=self.id, server=server_id, prefix=prefix, path=(self.id,), digest=digest, catalog=kinds,
+                extensions=extensions, timeout=timeout, proof=proof)
+        if self.proofs is not None:
+            self.proofs.keep_local(self._local_kinds)
         return routes
+
+    def _attest(self, route: Route, path: Path, peer_id: str) -> Proof:
+        """The proof ``route`` carries to ``peer_id`` along ``path``: with this node's attestation."""
+        assert self.proofs is not None
+        return self.proofs.attest(route.origin, route.server, route.prefix, route.digest, route.proof, path, peer_id)
+
+    async def refresh(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Re-sign this node's advertisements before they expire, and stop using expired ones learned
+        from peers (and forget their versions). Runs until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(ROUTE_TTL / 8)
+            if self.proofs is not None:
+                self.proofs.prune()
+            self._changed()
 
     def _link_to(self, peer_id: str) -> Link | None:
         supervisor = self._peers.supervisor(peer_id)
@@ -334,11 +371,11 @@ class Federation:
 
     def best_routes(self) -> dict[Key, tuple[Route, str | None]]:
         """For each (origin, server): the best route and the peer it goes through (None = local)."""
-        return self.table.best_routes(self._local_routes(), self._rtts())
+        return self.table.best_routes(self._local_routes(), self._rtts(), trio.current_time())
 
     def _changed(self) -> None:
         rtts = self._rtts()
-        best = self.table.update(self._local_routes(), rtts)
+        best = self.table.update(self._local_routes(), rtts, trio.current_time())
         changed = self.catalog.rebuild(best, rtts, self.upstreams.keys())
         extensions: dict[str, Any] = {}
         for route, _via in best.values():

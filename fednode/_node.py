@@ -47,6 +47,7 @@ from ._listener import Listener
 from ._metrics import CONTENT_TYPE, NodeMetrics
 from ._reload import ReloadResult as ReloadResult
 from ._reload import plan_reload
+from ._signing import Keyring
 from ._status import node_status
 from ._supervisor import PeerStatus, PeerSupervisor
 from ._upstream import UpstreamServer
@@ -99,7 +100,9 @@ class Node:
         self._reload_lock = trio.Lock()
         self.federation = Federation(config.id, self.log, peers=self, mcp=lambda: self.config.mcp, limits=config.link,
                                      request=self.request, notify=self.notify, observe=self.metrics.observe_forward,
-                                     started=lambda: self.started, started_at=self.started_at)
+                                     started=lambda: self.started, started_at=self.started_at,
+                                     keyring=Keyring(config.id, auth=lambda: self.config.auth, peer=self.peer_config,
+                                                     nodes=lambda: self.config.nodes))
         self.handlers.merge(self.federation.handlers)
         forwarder = FederationForwarder(self.federation, config.id, lambda: self.config.mcp.request_timeout)
         self.edge = MCPEdge(forwarder, name=f"fednode {config.id}", version=__version__,
@@ -480,6 +483,7 @@ class Node:
     async def _start(self) -> None:
         await self._nursery.start(self.federation.advertiser.run)
         await self._nursery.start(self.federation.sessions.relay)
+        await self._nursery.start(self.federation.refresh)
         # Peers first: a configured peer dialing in the moment the listener opens must find its
         # supervisor (and its key) in place, not be refused as an unknown issuer.
         for peer in self.config.peers:

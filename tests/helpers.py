@@ -14,6 +14,9 @@ import fednode
 from fednode import _wire as wire
 from fednode._errors import HandshakeFailed
 from fednode._handshake import Handshake
+from fednode._route_proof import Proof, RouteProofs
+from fednode._routing import route_from_wire
+from fednode._signing import Keyring
 
 from conftest import SECRET
 
@@ -24,6 +27,32 @@ def token_from(issuer: str, audience: str) -> str:
                                               "peers": [{"id": audience}]})
     manager = fednode.AuthManager(issuer, config.auth, {p.id: p for p in config.peers})
     return manager.create_token(audience)
+
+
+def keyring(node_id: str, secret: str = SECRET) -> Keyring:
+    """The keyring of a node whose ``[auth]`` secret is ``secret`` (and no peers or [[nodes]])."""
+    auth = fednode.AuthConfig(secrets=(fednode.Secret(secret),))
+    return Keyring(node_id, auth=lambda: auth, peer=lambda _peer_id: None, nodes=lambda: ())
+
+
+def signed(route: dict[str, Any], to: str, *, secrets: dict[str, str] | None = None, version: int | None = None,
+           expires: int | None = None) -> dict[str, Any]:
+    """``route`` (as on the wire) as its path would send it to ``to``: the digest of its catalog, and
+    each hop's attestation with its secret (``secrets[hop]``, else the shared test secret)."""
+    route = {key: value for key, value in route.items() if key != "proof"}
+    parsed = route_from_wire(route)
+    path = parsed.path
+    proofs = RouteProofs(path[0], keyring(path[0], (secrets or {}).get(path[0], SECRET)))
+    digest = parsed.signed_digest()
+    proof = proofs.local_proof(parsed.server, digest, parsed.prefix)
+    proof = Proof(version=proof.version if version is None else version,
+                  expires=proof.expires if expires is None else expires)
+    for index, hop in enumerate(path):
+        hop_proofs = RouteProofs(hop, keyring(hop, (secrets or {}).get(hop, SECRET)))
+        next_hop = path[index + 1] if index + 1 < len(path) else to
+        proof = hop_proofs.attest(parsed.origin, parsed.server, parsed.prefix, digest, proof, path[:index + 1],
+                                  next_hop)
+    return {**route, "digest": digest, "proof": proof.to_wire()}
 
 
 @asynccontextmanager
