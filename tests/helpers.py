@@ -21,9 +21,9 @@ from fednode._signing import Keyring
 from conftest import SECRET
 
 
-def token_from(issuer: str, audience: str) -> str:
-    """A valid link token from ``issuer`` to ``audience`` under the shared test secret."""
-    config = fednode.NodeConfig.from_mapping({"node": {"id": issuer}, "auth": {"secret": SECRET},
+def token_from(issuer: str, audience: str, secret: str = SECRET) -> str:
+    """A valid link token from ``issuer`` to ``audience`` under ``secret`` (the shared test secret by default)."""
+    config = fednode.NodeConfig.from_mapping({"node": {"id": issuer}, "auth": {"secret": secret},
                                               "peers": [{"id": audience}]})
     manager = fednode.AuthManager(issuer, config.auth, {p.id: p for p in config.peers})
     return manager.create_token(audience)
@@ -56,13 +56,13 @@ def signed(route: dict[str, Any], to: str, *, secrets: dict[str, str] | None = N
 
 
 @asynccontextmanager
-async def raw_peer(node: fednode.Node, as_id: str, *, hello: bool = True,
-                   max_message_size: int = 16 * 1024 * 1024) -> AsyncIterator[WebSocketConnection]:
-    """A hand-driven WebSocket that authenticates to ``node`` as peer ``as_id`` (and sends hello)."""
+async def raw_peer(node: fednode.Node, as_id: str, *, hello: bool = True, max_message_size: int = 16 * 1024 * 1024,
+                   secret: str = SECRET) -> AsyncIterator[WebSocketConnection]:
+    """A hand-driven WebSocket that authenticates to ``node`` as peer ``as_id`` with ``secret`` (and sends hello)."""
     async with trio.open_nursery() as nursery:
         ws = await connect_websocket_url(
             nursery, node.control_url,
-            extra_headers=[(b"authorization", f"Bearer {token_from(as_id, node.id)}".encode())],
+            extra_headers=[(b"authorization", f"Bearer {token_from(as_id, node.id, secret)}".encode())],
             max_message_size=max_message_size)
         if hello:
             await ws.send_message(wire.encode(wire.Hello(node=as_id)))
