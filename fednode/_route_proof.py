@@ -134,7 +134,7 @@ class RouteProofs:
         """
         now = self.clock()
         state = self._local.get(server)
-        if state is None or state[0] != (digest, prefix) or state[2] - now < self.ttl / 2:
+        if state is None or state[0] != (digest, prefix) or state[2] - now <= self.ttl / 2:
             version = max(int(now * 1000), self._last_version + 1)
             self._last_version = version
             state = self._local[server] = ((digest, prefix), version, int(now + self.ttl))
