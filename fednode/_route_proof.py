@@ -27,7 +27,8 @@ from typing import Any
 
 import attrs
 
-from ._signing import Keyring, Signature, SignatureError, SignatureReason, canonical, signatures_from_wire
+from ._errors import SignatureError
+from ._signing import Keyring, Signature, SignatureReason, canonical, signatures_from_wire
 
 #: What every route signature covers first (a signature for anything else never verifies as one).
 CONTEXT = "fednode-route/1"
@@ -187,7 +188,7 @@ class RouteProofs:
             try:
                 self.keyring.verify(signer, message, sigs)
             except SignatureError as exc:
-                reason = (RouteRefusal.UNKNOWN_KEY if exc.reason is SignatureReason.UNKNOWN_KEY
+                reason = (RouteRefusal.UNKNOWN_KEY if exc.reason == SignatureReason.UNKNOWN_KEY
                           else RouteRefusal.BAD_SIGNATURE)
                 return reason, f"hop {index} ({signer!r} to {to!r}): {exc.detail}"
         highest = self.versions.get((origin, server))

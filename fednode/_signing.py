@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ._config import AuthConfig, NodeKeys, PeerConfig, Secret, public_key_kid
-from ._errors import FednodeError
+from ._errors import SignatureError as SignatureError
 
 #: Most signatures one signer may attach to one statement (its [auth] key and one per-pair secret).
 MAX_SIGNATURES = 4
@@ -42,20 +42,6 @@ class SignatureReason(enum.StrEnum):
     MALFORMED = "malformed"
     UNKNOWN_KEY = "unknown_key"
     BAD_SIGNATURE = "bad_signature"
-
-
-class SignatureError(FednodeError):
-    """A signature did not verify.
-
-    Attributes:
-        reason: one of :class:`SignatureReason`'s values.
-        detail: what was wrong, naming the signer (never a key).
-    """
-
-    def __init__(self, reason: SignatureReason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @attrs.frozen

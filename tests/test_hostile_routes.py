@@ -146,6 +146,7 @@ class TestForgedRoutes:
                         refused = dict(a.federation.routes_refused)
                         assert refused == {"bad_signature": 1, "unsigned": 1, "unknown_key": 1}
                         assert dict(b.federation.routes_refused) == {"bad_signature": 1}
+                        assert a.status()["routes"]["refused"] == refused
                         metrics = a.metrics.render().decode()
                         assert 'fednode_routes_refused_total{reason="bad_signature"} 1.0' in metrics
                         # Never believed, never used: calls still go through node-b.
