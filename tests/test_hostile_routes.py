@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from trio_websocket import WebSocketConnection
@@ -26,7 +28,7 @@ from fednode._errors import DEADLINE_EXCEEDED
 from fednode._route_proof import Proof, RouteProofs
 from fednode._routing import route_from_wire
 
-from conftest import node_config
+from conftest import node_config, raw_config
 from helpers import keyring, raw_peer, signed
 
 #: evil's own link secret (>= 64 bytes): node-a and node-b know it as evil's, nobody else has it.
@@ -156,7 +158,6 @@ class TestForgedRoutes:
                         attacked.set()
                         # Never passed on: a server attached after the attack reaches every node; by
                         # then anything the attack had made node-a or node-b offer would have too.
-                        a.federation.set_local_catalog("marker", None)
                         await a.add_server(fednode.ServerConfig(id="marker", command=sys.executable,
                                                                 args=("-m", "fednode.examples.notes")), timeout=60)
                         await c.federation.wait_for("marker__word_count", timeout=30)
@@ -227,3 +228,54 @@ class TestVouching:
                         while b.federation.routes_refused["unsigned"] < 1:
                             await trio.sleep(0.02)
                     assert ("node-x", "far") not in b.federation.learned.get("node-a", {})
+
+
+def ed25519() -> tuple[Ed25519PrivateKey, str]:
+    """A private key and its public key as PEM text (the configuration takes either a file or PEM)."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key, pem.decode()
+
+
+class TestKeysOfOtherNodes:
+    """With EdDSA, a node verifies routes of nodes it does not link to with their [[nodes]] public key."""
+
+    async def test_an_ed25519_chain_needs_the_far_nodes_key(self, tmp_path: Any) -> None:
+        keys = {n: ed25519() for n in ("node-a", "node-b", "node-c")}
+
+        def config(node_id: str, nodes: list[dict[str, Any]] | None = None) -> fednode.NodeConfig:
+            raw = raw_config(node_id)
+            pem = keys[node_id][0].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption())
+            (tmp_path / f"{node_id}.pem").write_bytes(pem)
+            raw["auth"] = {"algorithm": "EdDSA", "private_key": str(tmp_path / f"{node_id}.pem")}
+            raw["nodes"] = nodes or []
+            return fednode.NodeConfig.from_mapping(raw)
+
+        def peer(node_id: str, control: str | None = None) -> fednode.PeerConfig:
+            return fednode.PeerConfig(id=node_id, control=control, public_keys=(keys[node_id][0].public_key(),))
+
+        far = [{"id": "node-c", "public_key": keys["node-c"][1]}]
+        with trio.fail_after(120):
+            for nodes_at_a in (None, far):
+                async with AsyncExitStack() as stack:
+                    a = await stack.enter_async_context(fednode.open_node(config("node-a", nodes_at_a)))
+                    b = await stack.enter_async_context(fednode.open_node(config("node-b")))
+                    c = await stack.enter_async_context(fednode.open_node(config("node-c")))
+                    await b.register_peer(peer("node-a"), wait=False)
+                    await a.register_peer(peer("node-b", b.control_url))
+                    await c.register_peer(peer("node-b"), wait=False)
+                    await b.register_peer(peer("node-c", c.control_url))
+                    await b.add_server(notes_server(), timeout=60)  # node-b's own: node-a has its key
+                    await c.add_server(fednode.ServerConfig(id="far", command=sys.executable,
+                                                            args=("-m", "fednode.examples.notes")), timeout=60)
+                    await b.federation.wait_for("far__word_count", timeout=30)
+                    await a.federation.wait_for("notes__word_count", timeout=30)
+                    if nodes_at_a is None:
+                        with trio.fail_after(30):  # node-c is configured nowhere at node-a
+                            while a.federation.routes_refused["unknown_key"] < 1:
+                                await trio.sleep(0.02)
+                        assert "far__word_count" not in a.federation.entries["tools"]
+                    else:
+                        await a.federation.wait_for("far__word_count", timeout=30)
+                        assert dict(a.federation.routes_refused) == {}
