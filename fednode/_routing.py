@@ -54,6 +54,8 @@ MAX_CATALOG_BYTES_PER_PEER = 32 * 1024 * 1024
 # preference to healthy routes for a while (the failures are forgotten after FAILURE_MEMORY seconds).
 FAILURE_THRESHOLD = 3
 FAILURE_MEMORY = 60.0
+# Refusals a vouching peer cannot override.
+STALE = frozenset({RouteRefusal.REPLAY, RouteRefusal.EXPIRED})
 
 
 class PeerPolicy(Protocol):
@@ -345,7 +347,9 @@ class RoutingTable:
                 continue  # a loop, a forged path or not imported: never used
             if self.proofs is not None:
                 refusal = self._verify(route, old)
-                if refusal is not None and not policy.vouch:
+                # A vouching peer's word stands in for what cannot be verified, not for what is
+                # proven stale (an older version, an expired advertisement).
+                if refusal is not None and (not policy.vouch or refusal[0] in STALE):
                     unverified.append((route.key, *refusal))
                     continue  # never used, never passed on
                 if refusal is not None:

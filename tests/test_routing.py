@@ -347,6 +347,11 @@ class TestProvenRoutes:
         assert unverified(refused) == [(("node-x", "s"), RouteRefusal.UNSIGNED)]
         assert not downstream.receive(ME, Policy(vouch=True), advert(attrs.evolve(offered, path=path,
                                                                                   proof=proof))).unverified
+        # What is proven stale is refused whoever vouches for it.
+        table.receive("node-c", OPEN, advert(proven(route("node-y", "s", "node-c"), clock, version=200)))
+        stale = proven(route("node-y", "s", "node-b"), clock, version=100)
+        assert unverified(table.receive("node-b", Policy(vouch=True), advert(stale))) == [
+            (("node-y", "s"), RouteRefusal.REPLAY)]
 
     def test_an_older_version_is_a_replay_and_a_superseded_route_is_not_used(self) -> None:
         clock = Clock()
