@@ -11,12 +11,12 @@ import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
 import fednode
-from fednode import _wire as wire
+from fednode._config._signing import Keyring
 from fednode._errors import HandshakeFailed
-from fednode._handshake import Handshake
-from fednode._route_proof import Proof, RouteProofs
-from fednode._routing import route_from_wire
-from fednode._signing import Keyring
+from fednode._federation._route_proof import Proof, RouteProofs
+from fednode._federation._routing import route_from_wire
+from fednode._peers import _wire as wire
+from fednode._peers._handshake import Handshake
 
 from conftest import SECRET
 

@@ -23,10 +23,10 @@ from mcp.shared.exceptions import MCPError
 from trio_websocket import WebSocketConnection
 
 import fednode
-from fednode import _wire as wire
 from fednode._errors import DEADLINE_EXCEEDED
-from fednode._route_proof import Proof, RouteProofs
-from fednode._routing import route_from_wire
+from fednode._federation._route_proof import Proof, RouteProofs
+from fednode._federation._routing import route_from_wire
+from fednode._peers import _wire as wire
 
 from conftest import node_config, raw_config
 from helpers import keyring, raw_peer, signed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 import fednode
-from fednode._reload import plan_reload
+from fednode._node._reload import plan_reload
 
 from conftest import SECRET, node_config
 

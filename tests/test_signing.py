@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fednode import AuthConfig, NodeKeys, PeerConfig, Secret
+from fednode._config._signing import Keyring, Signature, SignatureReason, signatures_from_wire
 from fednode._errors import SignatureError
-from fednode._route_proof import MAX_ROUTE_TTL, ROUTE_TTL, Proof, RouteProofs, RouteRefusal
-from fednode._signing import Keyring, Signature, SignatureReason, signatures_from_wire
+from fednode._federation._route_proof import MAX_ROUTE_TTL, ROUTE_TTL, Proof, RouteProofs, RouteRefusal
 
 SHARED = Secret("shared-" + "0123456789abcdef" * 5)
 OTHER = Secret("other-" + "fedcba9876543210" * 5)
