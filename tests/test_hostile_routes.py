@@ -207,8 +207,9 @@ class TestUnansweringTransit:
                                     await trio.sleep(0.01)
                             assert forwards == 1
                             assert 2.0 <= elapsed < 30  # the deadline, not the client's own timeout
-                            # The client is not held either: its next call is answered.
-                            assert not (await client.call_tool("notes__word_count", {"text": "x"})).is_error
+                            # The client is not held either: its next request is answered (by node-a itself:
+                            # a forward to node-c might not make the 2 s deadline on a busy machine).
+                            assert "hole__t" in {tool.name for tool in (await client.list_tools()).tools}
                         nursery.cancel_scope.cancel()
 
 
