@@ -58,6 +58,7 @@ import signal
 import sys
 import tempfile
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -257,6 +258,17 @@ class Federation:
 
     def rss(self) -> dict[str, float | None]:
         return {node: rss_mb(proc.pid) for node, proc in self.procs.items()}
+
+    async def in_flight(self, node: str) -> Any:
+        """What ``{data}/status`` says is in flight at ``node`` (a description of the failure otherwise)."""
+        def get() -> Any:
+            with urllib.request.urlopen(f"http://{HOST}:{self.data[node]}/status", timeout=5) as reply:
+                return json.load(reply).get("in_flight")
+
+        try:
+            return await trio.to_thread.run_sync(get)
+        except Exception as exc:
+            return f"(no status: {describe_error(exc)})"
 
     def check_running(self) -> None:
         for proc in self.procs.values():
@@ -727,7 +739,12 @@ async def phase_forward(run: Run) -> None:
             "origin": "node-c", "server": "fx", "method": "tools/call", "timeout": hold + 30, "trace": [EVIL],
             "params": {"name": "slow", "arguments": {"seconds": hold}}}) for i in range(1, timing.forwards + 1)))
         sent_in = trio.current_time() - flood_start
-        start, end = await run.client.measure(timing.forward)
+        start = trio.current_time()
+        await trio.sleep(timing.forward / 2)
+        in_flight = {node: await run.fed.in_flight(node) for node in ("node-b", "node-c")}
+        await trio.sleep_until(start + timing.forward)
+        end = trio.current_time()
+        await run.client.settle(end)
         answers = Counter(evil.link.answers.get(i, "no answer yet") for i in range(1, timing.forwards + 1))
     await trio.sleep(3)  # the slow calls end (hold is 2 s past the window), so the next phase starts clean
     stats = run.client.stats(start, end)
@@ -736,7 +753,8 @@ async def phase_forward(run: Run) -> None:
           f"(sent in {sent_in:.2f} s; measured {timing.forward:g} s)",
           [*STATS_HEADER, "p95 / quiet p95"], [[*stats.row(), ratio]])
     say("evil's forwards, by what node-b answered during the window: "
-        + ", ".join(f"{what}: {n}" for what, n in answers.most_common()))
+        + ", ".join(f"{what}: {n}" for what, n in answers.most_common())
+        + "; requests in flight half-way (/status): " + ", ".join(f"{n} {v}" for n, v in in_flight.items()))
     run.ratio_targets("forward flood", stats)
 
 
