@@ -444,8 +444,9 @@ class Evil:
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Await ``fn(*args)`` in evil's loop (from the main loop)."""
         assert self._token is not None
+        # Abandoned on cancellation (Ctrl-C): evil's loop is cancelled as a whole at the end anyway.
         return await trio.to_thread.run_sync(
-            functools.partial(trio.from_thread.run, fn, *args, trio_token=self._token))
+            functools.partial(trio.from_thread.run, fn, *args, trio_token=self._token), abandon_on_cancel=True)
 
     async def stop(self) -> None:
         if self._token is not None and self._nursery is not None:
@@ -940,7 +941,8 @@ PHASE_TITLES = {"quiet": "quiet baseline", "forged": "forged routes", "forward":
 
 
 async def watch_signals(scope: trio.CancelScope, interrupted: list[bool]) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as received:
+    """The first SIGINT (Ctrl-C), SIGTERM or SIGHUP ends the run, cleanly: the nodes are still stopped."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as received:
         async for _ in received:
             interrupted.append(True)
             scope.cancel()
@@ -1040,6 +1042,9 @@ if __name__ == "__main__":
     arguments = parse_args()
     try:
         sys.exit(trio.run(main, arguments))
-    except KeyboardInterrupt:
+    except BaseException as exc:  # Ctrl-C before (or after) the signal watcher: nothing of ours runs then
+        if not isinstance(exc, KeyboardInterrupt) and not (
+                isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None):
+            raise
         say("attack: interrupted")
         sys.exit(130)
