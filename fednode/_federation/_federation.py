@@ -109,6 +109,8 @@ class Federation:
         observe: records each forwarded request's outcome (the node's metrics).
         started: whether the node's start-up is done (its configured peers and servers registered).
         started_at: when the node started (trio clock), for the ``first_list_wait`` bound.
+        on_change: called with the kinds that changed (``tools``, ..., ``extensions``) whenever the
+            exposed catalog changes; it must return at once (it runs inside the change).
 
     The methods peers call on this node are in :attr:`handlers`, for the node to serve.
     """
@@ -116,13 +118,15 @@ class Federation:
     def __init__(self, node_id: str, log: Any, *, peers: Peers, local: LocalServers, table: RoutingTable,
                  mcp: Callable[[], MCPConfig], limits: LinkConfig,
                  request: Callable[..., Awaitable[Any]], notify: Callable[[str, str, Any], Awaitable[None]],
-                 observe: Callable[..., None], started: Callable[[], bool], started_at: float) -> None:
+                 observe: Callable[..., None], started: Callable[[], bool], started_at: float,
+                 on_change: Callable[[set[str]], None] = lambda kinds: None) -> None:
         self.id = node_id
         self.log = log
         self._peers = peers
         self._mcp = mcp
         self._started = started
         self._started_at = started_at
+        self._on_change = on_change
         self._send_notification = notify
         # for lines a peer can cause at will (what it advertises), and repeated ones
         self._throttled = ThrottledLog(self.log)
@@ -141,7 +145,6 @@ class Federation:
         # lists are held (wait_settled). Pulsed by everything that can settle it.
         self._settled = False
         self._settle_changed = trio.Event()
-        self._listeners: list[Callable[[set[str]], None]] = []
         self.forwarding = Forwarding(
             node_id, self.table, self.catalog, local,
             request=request, notify=notify, link_to=self._link_to, offered_path=self._offered_path,
@@ -187,10 +190,6 @@ class Federation:
         return self.forwarding.session_used
 
     # -- inputs -----------------------------------------------------------------------------
-
-    def on_catalog_change(self, listener: Callable[[set[str]], None]) -> None:
-        """Call ``listener(kinds)`` whenever the exposed catalog changes (kinds that changed)."""
-        self._listeners.append(listener)
 
     def set_local_catalog(self, server_id: str, catalog: ServerCatalogLike | None) -> None:
         """Record (or with None, forget) the catalog of a server attached to this node.
@@ -339,8 +338,7 @@ class Federation:
             self.extensions = extensions
             changed.add("extensions")
         if changed:
-            for listener in self._listeners:
-                listener(changed)
+            self._on_change(changed)
             self._catalog_event.set()
             self._catalog_event = trio.Event()
         self.advertiser.changed()

@@ -117,15 +117,15 @@ class MCPEdge:
         logger: a structlog-style logger (default ``structlog.get_logger("fednode.edge")``).
         client_tokens: when non-empty, HTTP requests other than ``/healthz`` must carry
             ``Authorization: Bearer <one of them>``.
+        routes: more Starlette routes served beside /mcp and /healthz; they need a client token
+            like /mcp when tokens are configured.
     """
 
     def __init__(self, forwarder: Forwarder, *, name: str, version: str, logger: Any = None,
-                 client_tokens: Sequence[str] = ()) -> None:
+                 client_tokens: Sequence[str] = (), routes: Sequence[Route] = ()) -> None:
         self.forwarder = forwarder
         self.log: Any = logger if logger is not None else structlog.get_logger("fednode.edge")
-        #: more Starlette routes served beside /mcp and /healthz (add before serving); they need
-        #: a client token like /mcp when tokens are configured
-        self.routes: list[Route] = []
+        self.routes: list[Route] = list(routes)
         self._tokens = [token.encode() for token in client_tokens]
         self._bus = InMemorySubscriptionBus()
         self._listen = ListenHandler(self._bus)
@@ -338,8 +338,12 @@ class MCPEdge:
         if ended is not None:
             ended(key)
 
-    def catalog_changed(self, kinds: Iterable[str]) -> None:
-        """The catalog changed (these kinds): clients are told by :meth:`announce_changes` (coalesced)."""
+    def catalog_changed(self, kinds: Iterable[str], extensions: Mapping[str, Any]) -> None:
+        """The catalog changed (these kinds): clients are told by :meth:`announce_changes` (coalesced).
+
+        ``extensions`` are those the attached servers support (anywhere): advertised to clients as ours.
+        """
+        self.server.extensions = dict(extensions)
         self._changed_kinds.update(kinds)
         self._kinds_changed.set()
 

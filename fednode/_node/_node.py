@@ -102,19 +102,19 @@ class Node:
         self.attached = AttachedServers(config.id, nursery, backoff=config.backoff, log=self.log, jitter=jitter,
                                         request=self.request, notify=self.notify, routes=table,
                                         request_timeout=self._request_timeout, client=calls)
-        self.federation = Federation(config.id, self.log, peers=self, local=self.attached, table=table,
+        self.federation = Federation(config.id, self.log, peers=self.peers, local=self.attached, table=table,
                                      mcp=lambda: self.config.mcp, limits=config.link, request=self.request,
                                      notify=self.notify, observe=self.metrics.observe_forward,
-                                     started=lambda: self.started, started_at=self.started_at)
+                                     started=lambda: self.started, started_at=self.started_at,
+                                     on_change=self._catalog_changed)
         self.handlers.merge(self.federation.handlers)
         self.handlers.merge(self.attached.sessions.handlers)
         forwarder = FederationForwarder(self.federation, calls, self.attached.sessions.end, config.id,
                                         self._request_timeout)
-        self.edge = MCPEdge(forwarder, name=f"fednode {config.id}", version=__version__,
-                            logger=self.log, client_tokens=[t.reveal().decode() for t in config.clients.tokens])
-        self.edge.routes += [Route("/status", self._status_endpoint, methods=["GET"]),
-                             Route("/metrics", self._metrics_endpoint, methods=["GET"])]
-        self.federation.on_catalog_change(self._catalog_changed)
+        self.edge = MCPEdge(forwarder, name=f"fednode {config.id}", version=__version__, logger=self.log,
+                            client_tokens=[t.reveal().decode() for t in config.clients.tokens],
+                            routes=[Route("/status", self._status_endpoint, methods=["GET"]),
+                                    Route("/metrics", self._metrics_endpoint, methods=["GET"])])
         self.data_port: int | None = None
 
     def _request_timeout(self) -> float:
@@ -320,9 +320,9 @@ class Node:
     # -- bookkeeping ------------------------------------------------------------------------
 
     def _catalog_changed(self, kinds: set[str]) -> None:
+        # Only ever called after __init__ (changes come from servers and peers added later).
         # Extensions the attached servers support (anywhere) are advertised to clients as ours.
-        self.edge.server.extensions = dict(self.federation.extensions)
-        self.edge.catalog_changed(kinds - {"extensions"})
+        self.edge.catalog_changed(kinds - {"extensions"}, self.federation.extensions)
 
     def count_refused(self, reason: str) -> None:
         """Count one refused authentication by reason (shown by the metrics)."""
