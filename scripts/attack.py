@@ -21,8 +21,9 @@ Phases (``--phases``, in this order; each prints its table as soon as it ends):
 2. ``forged``: evil advertises to node-a the route (node-c, notes) with the path [node-c, evil] (built by
    evil), then replays node-a's own advertisement of it with its path shortened to [node-c, evil]. Evil
    never answers a forward, so every ``fed/forward`` it receives is a legitimate call sent to it.
-3. ``forward``: evil sends node-b 300 ``fed/forward`` for ``fx``'s slow tool at node-c while the client
-   keeps calling ``notes`` at node-c through node-a (a different server, another peer's path).
+3. ``forward``: evil sends node-b 300 ``fed/forward`` for ``fx``'s slow tool at node-c, and tops them up
+   every 0.5 s so that 300 stay unanswered (a slot that frees up is evil's again), while the client keeps
+   calling ``notes`` at node-c through node-a (a different server, another peer's path).
 4. ``routes``: evil sends node-a and node-b 32 ``fed/routes`` frames each (~500 KB, new routes in each)
    over 20 s; the client's figures, and the resident memory (VmRSS) of the three nodes before, at the
    end, and once evil has gone and its routes with it (sampled until it settles, bounded).
@@ -732,30 +733,41 @@ async def phase_forged(run: Run) -> None:
 async def phase_forward(run: Run) -> None:
     timing = run.timing
     hold = timing.forward + 2  # each slow call outlasts the window
-    answers: Counter[str] = Counter()
+    budget = 10 * timing.forwards  # forwards evil may send in all
+
+    def forward(i: int) -> wire.Request:
+        return wire.Request(id=i, method="fed/forward", timeout=hold + 30, params={
+            "origin": "node-c", "server": "fx", "method": "tools/call", "timeout": hold + 30, "trace": [EVIL],
+            "params": {"name": "slow", "arguments": {"seconds": hold}}})
+
     async with run.evil.link("node-b") as evil:
         await evil.wait_for(lambda link: ("node-c", "fx") in link.routes, 30, "advertisement of (node-c, fx)")
-        flood_start = trio.current_time()
-        await evil.send(*(wire.Request(id=i, method="fed/forward", timeout=hold + 30, params={
-            "origin": "node-c", "server": "fx", "method": "tools/call", "timeout": hold + 30, "trace": [EVIL],
-            "params": {"name": "slow", "arguments": {"seconds": hold}}}) for i in range(1, timing.forwards + 1)))
-        sent_in = trio.current_time() - flood_start
+        sent = 0
+        in_flight: dict[str, Any] = {}
         start = trio.current_time()
-        await trio.sleep(timing.forward / 2)
-        in_flight = {node: await run.fed.in_flight(node) for node in ("node-b", "node-c")}
-        await trio.sleep_until(start + timing.forward)
+        # All at once, then topped up every 0.5 s: evil keeps that many without an answer, so a slot
+        # that frees up (a refusal, a call that ends) is evil's again, as a determined attacker would.
+        while (now := trio.current_time()) < start + timing.forward:
+            outstanding = sum(1 for i in range(1, sent + 1) if i not in evil.link.answers)
+            more = min(timing.forwards - outstanding, budget - sent)
+            if more > 0:
+                await evil.send(*(forward(i) for i in range(sent + 1, sent + more + 1)))
+                sent += more
+            if not in_flight and now >= start + timing.forward / 2:
+                in_flight = {node: await run.fed.in_flight(node) for node in ("node-b", "node-c")}
+            await trio.sleep(min(0.5, max(0.0, start + timing.forward - trio.current_time())))
         end = trio.current_time()
+        answers = Counter(evil.link.answers.get(i, "no answer yet") for i in range(1, sent + 1))
         await run.client.settle(end)
-        answers = Counter(evil.link.answers.get(i, "no answer yet") for i in range(1, timing.forwards + 1))
     await trio.sleep(3)  # the slow calls end (hold is 2 s past the window), so the next phase starts clean
     stats = run.client.stats(start, end)
     ratio = f"{stats.p95 / run.quiet_p95:.2f}" if run.quiet_p95 and stats.p95 is not None else "n/a"
-    table(f"forward flood: {timing.forwards} fed/forward from evil to node-b for fx's slow tool "
-          f"(sent in {sent_in:.2f} s; measured {timing.forward:g} s)",
+    table(f"forward flood: evil keeps {timing.forwards} fed/forward for fx's slow tool at node-c unanswered at "
+          f"node-b (all at once, topped up every 0.5 s; {timing.forward:g} s)",
           [*STATS_HEADER, "p95 / quiet p95"], [[*stats.row(), ratio]])
-    say("evil's forwards, by what node-b answered during the window: "
+    say(f"evil's {sent} forwards, by node-b's answer at the end of the window: "
         + ", ".join(f"{what}: {n}" for what, n in answers.most_common())
-        + "; requests in flight half-way (/status): " + ", ".join(f"{n} {v}" for n, v in in_flight.items()))
+        + "; in flight half-way (/status): " + ", ".join(f"{n} {v}" for n, v in in_flight.items()))
     run.ratio_targets("forward flood", stats)
 
 
