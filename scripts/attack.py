@@ -260,16 +260,23 @@ class Federation:
     def rss(self) -> dict[str, float | None]:
         return {node: rss_mb(proc.pid) for node, proc in self.procs.items()}
 
-    async def in_flight(self, node: str) -> Any:
-        """What ``{data}/status`` says is in flight at ``node`` (a description of the failure otherwise)."""
+    async def status(self, node: str, *keys: str) -> Any:
+        """A value from ``{data}/status`` of ``node`` (keys in turn), or why there is none."""
         def get() -> Any:
             with urllib.request.urlopen(f"http://{HOST}:{self.data[node]}/status", timeout=5) as reply:
-                return json.load(reply).get("in_flight")
+                value = json.load(reply)
+            for key in keys:
+                value = value.get(key) if isinstance(value, dict) else None
+            return value
 
         try:
             return await trio.to_thread.run_sync(get)
         except Exception as exc:
             return f"(no status: {describe_error(exc)})"
+
+    async def routes(self) -> dict[str, Any]:
+        """How many routes each node holds (``/status``: routes.total)."""
+        return {node: await self.status(node, "routes", "total") for node in self.procs}
 
     def check_running(self) -> None:
         for proc in self.procs.values():
@@ -754,7 +761,7 @@ async def phase_forward(run: Run) -> None:
                 await evil.send(*(forward(i) for i in range(sent + 1, sent + more + 1)))
                 sent += more
             if not in_flight and now >= start + timing.forward / 2:
-                in_flight = {node: await run.fed.in_flight(node) for node in ("node-b", "node-c")}
+                in_flight = {node: await run.fed.status(node, "in_flight") for node in ("node-b", "node-c")}
             await trio.sleep(min(0.5, max(0.0, start + timing.forward - trio.current_time())))
         end = trio.current_time()
         answers = Counter(evil.link.answers.get(i, "no answer yet") for i in range(1, sent + 1))
@@ -814,7 +821,7 @@ async def phase_routes(run: Run) -> None:
     timing, fed = run.timing, run.fed
     frames = [flood_frame(i) for i in range(timing.route_frames)]
     size_kb = sum(len(f.encode()) for f in frames) / len(frames) / 1024
-    before = fed.rss()
+    before, routes_before = fed.rss(), await fed.routes()
     peaks: dict[str, float] = {}
     async with trio.open_nursery() as sampler:
         await sampler.start(sample_rss, fed, peaks)
@@ -827,11 +834,12 @@ async def phase_routes(run: Run) -> None:
                 await trio.sleep_until(start + (i + 1) * interval)
             await trio.sleep(3)  # what the nodes still do after the last frame counts too
             end = trio.current_time()
-            at_end = fed.rss()
+            at_end, routes_at_end = fed.rss(), await fed.routes()
         sampler.cancel_scope.cancel()
     await run.client.settle(end)
     stats = run.client.stats(start, end)
     settled, waited = await settle_rss(fed, timing.settle_max)
+    routes_settled = await fed.routes()
     ratio = f"{stats.p95 / run.quiet_p95:.2f}" if run.quiet_p95 and stats.p95 is not None else "n/a"
     table(f"route flood: {timing.route_frames} fed/routes frames of ~{size_kb:.0f} KB to each of node-a and node-b "
           f"in {timing.route_seconds:g} s (measured until 3 s after the last)",
@@ -844,9 +852,10 @@ async def phase_routes(run: Run) -> None:
         return None if later is None or earlier is None else later - earlier
 
     table(f"route flood: resident memory (VmRSS, MB); 'expired' = after evil left, settled after {waited:.0f} s",
-          ["node", "before", "peak", "end of flood", "expired", "expired - before"],
+          ["node", "before", "peak", "end of flood", "expired", "expired - before", "routes held: before/end/expired"],
           [[node, mb(before[node]), mb(peaks.get(node)), mb(at_end[node]), mb(settled[node]),
-            mb(diff(settled[node], before[node]))] for node in fed.procs])
+            mb(diff(settled[node], before[node])),
+            f"{routes_before[node]} / {routes_at_end[node]} / {routes_settled[node]}"] for node in fed.procs])
     run.ratio_targets("route flood", stats)
     growth = {n: (settled[n] or 0.0) - (before[n] or 0.0) for n in fed.procs}
     worst = max(growth, key=lambda n: growth[n])
