@@ -8,19 +8,23 @@ Layout, all on 127.0.0.1 with free ports, configurations generated in a temporar
   tool) attached at node-c over stdio;
 * "evil", a configured peer of node-a and of node-b with valid credentials of its own (a per-pair
   secret: it does not know the federation's shared secret). Evil is not a fednode process: it is this
-  script speaking the peer protocol with fednode's own handshake and wire classes. It answers
-  heartbeats and nothing else;
+  script speaking the peer protocol with fednode's own handshake and wire classes, in a Trio loop and
+  thread of its own (so its heartbeat answers are as prompt as a peer's on its own machine: node-a
+  ranks routes of equal length by the round-trip time it measured last). It answers heartbeats and
+  nothing else;
 * a legitimate MCP client (the official SDK's ``mcp.Client`` over Streamable HTTP at node-a's
   ``{data}/mcp``) starting a call of ``notes__word_count`` (served at node-c, two hops away) every
   50 ms for the whole run, each call bounded by its own timeout, at most 32 in flight (a tick that
-  finds 32 in flight counts as a failed call).
+  finds 32 in flight counts as a failed call). Latency percentiles are those of its successful calls
+  (a fast refusal is no better service than a slow answer); failures show in the success rate.
 
 Phases (``--phases``, in this order; each prints its table as soon as it ends):
 
 1. ``quiet``: the client alone: p50/p95/p99 and success, the reference for the ratios below.
 2. ``forged``: evil advertises to node-a the route (node-c, notes) with the path [node-c, evil] (built by
-   evil), then replays node-a's own advertisement of it with its path shortened to [node-c, evil]. Evil
-   never answers a forward, so every ``fed/forward`` it receives is a legitimate call sent to it.
+   evil), then replays node-a's own advertisement of it with its path shortened to [node-c, evil], each
+   re-sent every 0.5 s (each arrival makes node-a rank the routes afresh). Evil never answers a forward,
+   so every ``fed/forward`` it receives is a legitimate call sent to it.
 3. ``forward``: evil sends node-b 300 ``fed/forward`` for ``fx``'s slow tool at node-c, and tops them up
    every 0.5 s so that 300 stay unanswered (a slot that frees up is evil's again), while the client keeps
    calling ``notes`` at node-c through node-a (a different server, another peer's path).
