@@ -383,6 +383,8 @@ class RoutingTable:
     def _verify(self, route: Route, old: Route | None) -> tuple[RouteRefusal, str] | None:
         """Why ``route`` cannot be believed (None: it can); see :meth:`RouteProofs.verify`."""
         assert self.proofs is not None
+        if route.proof is None:  # before the digest: what is refused costs little
+            return RouteRefusal.UNSIGNED, "the route carries no proof"
         if route.signed_digest() != route.digest:
             return RouteRefusal.DIGEST_MISMATCH, "the catalog does not match the signed digest"
         if (old is not None and old.vouched_by is None and old.proof is not None and old.proof == route.proof
