@@ -245,9 +245,10 @@ class RouteProofs:
         return None
 
     def revoked(self, key: Key, version: int) -> bool:
-        """Whether a tombstone verified here withdrew ``key``'s advertisements of ``version``."""
+        """Whether a tombstone verified here withdrew ``key``'s advertisements of ``version`` (it
+        bars every version up to its own)."""
         found = self.tombstones.get(key)
-        return found is not None and version < found[0].version
+        return found is not None and version <= found[0].version
 
     def _store(self, tombstone: Tombstone, source: str | None) -> None:
         self.versions[tombstone.key] = (tombstone.version, tombstone.expires)
@@ -302,6 +303,8 @@ class RouteProofs:
         highest = self.versions.get((origin, server))
         if highest is not None and proof.version < highest[0]:
             return RouteRefusal.REPLAY, f"version {proof.version} is older than {highest[0]} seen"
+        if self.revoked((origin, server), proof.version):
+            return RouteRefusal.REPLAY, f"its origin withdrew version {proof.version} (a tombstone)"
         return None
 
     def remember(self, key: Key, proof: Proof) -> None:
@@ -337,4 +340,4 @@ class RouteProofs:
         if proof.expires < self.clock() - self.leeway:
             return False
         highest = self.versions.get(key)
-        return highest is None or proof.version >= highest[0]
+        return (highest is None or proof.version >= highest[0]) and not self.revoked(key, proof.version)

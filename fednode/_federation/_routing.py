@@ -416,7 +416,8 @@ class RoutingTable:
             applied = True
             for routes in (table, *self.learned.values(), *self._staging.values()):
                 route = routes.get(tombstone.key)
-                if route is not None and (route.proof is None or route.proof.version < tombstone.version):
+                if route is not None and self.proofs.revoked(tombstone.key, 0 if route.proof is None
+                                                              else route.proof.version):
                     del routes[tombstone.key]
         return applied
 
@@ -425,12 +426,12 @@ class RoutingTable:
         assert self.proofs is not None
         if route.proof is None:  # before the digest: what is refused costs little
             if self.proofs.revoked(route.key, 0):  # not even a vouching peer brings it back
-                return RouteRefusal.REPLAY, "its origin withdrew it"
+                return RouteRefusal.REPLAY, "its origin withdrew it (a tombstone)"
             return RouteRefusal.UNSIGNED, "the route carries no proof"
         if route.signed_digest() != route.digest:
             return RouteRefusal.DIGEST_MISMATCH, "the catalog does not match the signed digest"
         if self.proofs.revoked(route.key, route.proof.version):  # not even a vouching peer brings it back
-            return RouteRefusal.REPLAY, f"its origin withdrew it after version {route.proof.version}"
+            return RouteRefusal.REPLAY, f"its origin withdrew version {route.proof.version} (a tombstone)"
         if (old is not None and old.vouched_by is None and old.proof is not None and old.proof == route.proof
                 and old.path == route.path and old.prefix == route.prefix and old.digest == route.digest
                 and self.proofs.usable(route.key, route.proof)):
