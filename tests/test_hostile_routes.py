@@ -197,6 +197,7 @@ class TestReplayedWithdrawnRoutes:
                                       sigs=captured["proof"]["sigs"])
                 async with raw_peer(a, "evil", secret=EVIL_SECRET) as to_a, \
                         Client(a.mcp_url, mode="legacy", cache=None) as client:
+                    await advertised_to_evil(to_a, NOTES)  # so that it is withdrawn from evil below
                     await c.remove_server("notes")
                     withdrawal = await withdrawn_to_evil(to_a, NOTES)  # node-a has dropped it
                     await notify(to_a, "fed/routes", {"set": [replay]})
