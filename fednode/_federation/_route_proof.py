@@ -105,8 +105,9 @@ class Proof:
 
 @attrs.frozen
 class Tombstone:
-    """The origin's signed word that it withdrew ``server``: every advertisement of it with a lower
-    version is dead. ``sigs`` are the origin's (empty for this node's own, signed per peer on sending)."""
+    """The origin's signed word that it withdrew ``server``: every advertisement of it with a version
+    up to this one is dead. ``sigs`` are the origin's (empty for this node's own, signed per peer on
+    sending)."""
 
     origin: str
     server: str

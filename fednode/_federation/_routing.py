@@ -260,7 +260,7 @@ class Received:
     """What :meth:`RoutingTable.receive` did with a frame."""
 
     #: whether the best routes must be recomputed: the peer's routes were replaced, or a tombstone
-    #: dropped routes
+    #: was verified (it may have dropped routes learned from any peer)
     applied: bool
     #: routes refused for a per-peer limit, with the limit
     refused: tuple[tuple[Key, str], ...] = ()
