@@ -219,9 +219,17 @@ class TestReplayedWithdrawnRoutes:
                     assert a.federation.next_hop(*NOTES) == "node-b"
                     result = await client.call_tool("notes__word_count", {"text": "one two three"})
                     assert not result.is_error
+                    # node-c's tombstone with its version raised (to withdraw the re-attached server for
+                    # good) does not verify: refused, counted, not passed on; notes stays.
+                    raised = {**tombstone, "version": tombstone["version"] + 10**9}
+                    await notify(to_a, "fed/routes", {"revoked": [raised]})
+                    await synced(to_a, 2)
+                    assert dict(a.federation.routes_refused) == {"replay": 1, "bad_signature": 1}
+                    assert NOTES not in a.federation.advertiser.revocations("node-b")
+                    assert a.federation.next_hop(*NOTES) == "node-b"
+                    assert not (await client.call_tool("notes__word_count", {"text": "four"})).is_error
                     assert not any(has_evil(node) for node in (a, b, c))
-                    assert dict(b.federation.routes_refused) == {} and dict(a.federation.routes_refused) == {
-                        "replay": 1}
+                    assert dict(b.federation.routes_refused) == {}
 
 
 class TestUnansweringTransit:
