@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 import fednode
 from fednode._peers import _wire as wire
 
-from helpers import raw_peer
+from helpers import raw_peer, signed
 
 
 def server_processes(script: str) -> list[int]:
@@ -109,8 +109,9 @@ def flood_frame(number: int) -> dict[str, Any]:
     for i in range(ROUTES_PER_FRAME):
         catalog = {"tools": [{"name": f"t{j}", "description": f"{number}-{j}-" + "x" * 1000,
                               "inputSchema": {"type": "object"}} for j in range(30)]}
-        routes.append({"origin": "evil", "server": f"x{number}-{i}", "prefix": f"x{number}-{i}", "path": ["evil"],
-                       "digest": f"d{number}", "catalog": catalog})
+        # Signed: evil is a genuine origin of its own servers (its credentials are valid).
+        routes.append(signed({"origin": "evil", "server": f"x{number}-{i}", "prefix": f"x{number}-{i}",
+                              "path": ["evil"], "digest": "", "catalog": catalog}, "node-a"))
     return {"set": routes, "withdraw": [], "full": False, "more": False}
 
 
@@ -188,8 +189,9 @@ class TestRouteFlood:
                 frames = [wire.encode(wire.Notification(method="fed/routes", params=flood_frame(i)))
                           for i in range(FLOOD_FRAMES)]
                 # The last is a small full advertisement: once node-a holds it, it has handled the flood.
-                marker = {"origin": "evil", "server": "marker", "prefix": "marker", "path": ["evil"], "digest": "m",
-                          "catalog": {"tools": [{"name": "m", "inputSchema": {"type": "object"}}]}}
+                tool = {"name": "m", "inputSchema": {"type": "object"}}
+                marker = signed({"origin": "evil", "server": "marker", "prefix": "marker", "path": ["evil"],
+                                 "digest": "", "catalog": {"tools": [tool]}}, "node-a")
                 frames.append(wire.encode(wire.Notification(method="fed/routes", params={
                     "set": [marker], "withdraw": [], "full": True, "more": False})))
                 async with Client(a.mcp_url, cache=None) as client, trio.open_nursery() as nursery:

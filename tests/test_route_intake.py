@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from test_routing import OPEN, advert, route
 
 from fednode._federation._route_intake import PendingRoutes, RouteIntake
+from fednode._federation._route_proof import Tombstone
 from fednode._federation._routing import Advertisement, Key, Limits, RoutingTable, measured
 
 ROOMY = Limits(routes=1000, items=100_000, bytes=1 << 30)
@@ -64,6 +65,23 @@ class TestPendingRoutes:
         refused = pending.add(advert(route("node-b", "s5"), route("node-b", "s6")), set(), limits)
         assert [why for _key, why in refused] == ["more than 3 routes"]
         assert len(pending.routes) == 3 and pending.items == 5
+
+    def test_tombstones_keep_their_highest_version_and_outlive_a_full_advertisement(self) -> None:
+        pending = PendingRoutes()
+        limits = Limits(routes=2, items=100, bytes=1 << 20)
+        pending.add(Advertisement(revoked=(Tombstone("node-c", "s", 5, 99), Tombstone("node-c", "t", 1, 99))),
+                    set(), limits)
+        refused = pending.add(Advertisement(revoked=(Tombstone("node-c", "s", 3, 99), Tombstone("node-c", "u", 1, 99),
+                                                     Tombstone("node-c", "s", 7, 99))), set(), limits)
+        assert refused == [(("node-c", "u"), "more than 2 tombstones")]
+        # a full advertisement starts: the tombstones go with what was pending before it, and stay
+        # once the full one is complete (they bar old advertisements whoever sent them)
+        pending.add(advert(route("node-b", "x"), full=True, more=True), set(), limits)
+        pending.add(advert(full=True), set(), limits)
+        taken = pending.take()
+        assert taken.full and {(t.key, t.version) for t in taken.revoked} == {(("node-c", "s"), 7),
+                                                                                (("node-c", "t"), 1)}
+        assert pending.empty
 
     def test_sizes_count_every_field_a_peer_chooses(self) -> None:
         plain = measured(route("node-b", "s")).size

@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
+import attrs
 import pytest
 import structlog
 from hypothesis import given, settings
@@ -21,17 +22,29 @@ from hypothesis import strategies as st
 from fednode._config._config import PeerConfig
 from fednode._federation._advertiser import pack_frames
 from fednode._federation._catalog import Catalog
-from fednode._federation._routing import Advertisement, Limits, Route, RoutingTable, catalog_digest
+from fednode._federation._route_proof import ROUTE_TTL, Proof, RouteProofs, RouteRefusal, Tombstone
+from fednode._federation._routing import (
+    FAILURE_MEMORY,
+    FAILURE_THRESHOLD,
+    Advertisement,
+    Limits,
+    Route,
+    RoutingTable,
+    catalog_digest,
+)
 from fednode._federation._withdrawn import WithdrawnNames
 
+from helpers import keyring
+
 ME = "node-a"
+NOW = 1_800_000_000.0
 
 
 def Policy(*, export: Iterable[str] | None = None, import_: Iterable[str] | None = None,
-           transit: bool = True) -> PeerConfig:
+           transit: bool = True, vouch: bool = False) -> PeerConfig:
     """A peer's policy as the configuration gives it (``None``: every server)."""
     return PeerConfig(id="peer", export=None if export is None else tuple(sorted(export)),
-                      import_=None if import_ is None else tuple(sorted(import_)), transit=transit)
+                      import_=None if import_ is None else tuple(sorted(import_)), transit=transit, vouch=vouch)
 
 
 OPEN = Policy()
@@ -40,10 +53,10 @@ OPEN = Policy()
 def route(origin: str, server: str, *via: str, tools: tuple[str, ...] = ("t",), prefix: str | None = None,
           description: str = "") -> Route:
     """A route for ``server`` on ``origin`` as it arrives over ``via`` (the path after the origin)."""
-    catalog = {"tools": tuple({"name": t, "description": description, "inputSchema": {"type": "object"}}
-                              for t in tools)}
+    catalog = {kind: () for kind in ("tools", "prompts", "resources", "resourceTemplates")}
+    catalog["tools"] = tuple({"name": t, "description": description, "inputSchema": {"type": "object"}} for t in tools)
     return Route(origin=origin, server=server, prefix=server if prefix is None else prefix, path=(origin, *via),
-                 digest=catalog_digest(catalog), catalog=catalog)
+                 digest=catalog_digest({**catalog, "extensions": {}, "timeout": None}), catalog=catalog)
 
 
 def local(server: str, tools: tuple[str, ...] = ("t",)) -> dict[tuple[str, str], Route]:
@@ -246,18 +259,329 @@ class TestNames:
         assert catalog.entries["tools"] == {} and len(catalog.withdrawn) == 1
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def signed_table(clock: Clock, node: str = ME) -> RoutingTable:
+    return RoutingTable(node, proofs=RouteProofs(node, keyring(node), clock=clock))
+
+
+def proven(r: Route, clock: Clock, *, to: str = ME, version: int | None = None, secrets: dict[str, str] | None = None,
+           path: tuple[str, ...] | None = None) -> Route:
+    """``r`` as its path would send it to ``to``: the origin's proof, each hop's attestation (shared secret)."""
+    origin = RouteProofs(r.origin, keyring(r.origin, **({"secret": secrets[r.origin]} if secrets and r.origin
+                                                         in secrets else {})), clock=clock)
+    proof = origin.local_proof(r.server, r.digest, r.prefix)
+    if version is not None:
+        proof = Proof(version, proof.expires)
+    signers = path or r.path
+    for index, hop in enumerate(signers):
+        hop_keys = keyring(hop, **({"secret": secrets[hop]} if secrets and hop in secrets else {}))
+        next_hop = signers[index + 1] if index + 1 < len(signers) else to
+        proof = RouteProofs(hop, hop_keys, clock=clock).attest(r.origin, r.server, r.prefix, r.digest, proof,
+                                                               signers[:index + 1], next_hop)
+    return attrs.evolve(r, proof=proof)
+
+
+def unverified(received: Any) -> list[tuple[tuple[str, str], RouteRefusal]]:
+    return [(key, why) for key, why, _detail in received.unverified]
+
+
+class TestProvenRoutes:
+    """With route proofs, a route is believed only if its origin and every hop signed it as it came."""
+
+    def test_signed_routes_are_accepted_and_offered_on(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        received = table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b"), clock)))
+        assert received.applied and not received.unverified and learned(table, "node-b") == {("node-c", "s")}
+        table.update({}, {})
+        assert set(table.offers("node-d", OPEN)) == {("node-c", "s")}
+
+    def test_a_forged_or_shortened_path_is_refused_never_used_never_offered(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        genuine = proven(route("node-c", "s", "node-b", ME), clock, to="evil")  # what this node sent evil
+        assert genuine.proof is not None
+        # evil keeps node-c's attestation (made out to node-b), drops the rest, and signs on to this node.
+        evil = RouteProofs("evil", keyring("evil"), clock=clock)
+        kept = Proof(genuine.proof.version, genuine.proof.expires, genuine.proof.sigs[:1])
+        shortened = route("node-c", "s", "evil")
+        shortened = attrs.evolve(shortened, proof=evil.attest("node-c", "s", "s", shortened.digest, kept,
+                                                               ("node-c", "evil"), ME))
+        forged_key = proven(route("node-c", "t", "evil"), clock, secrets={"node-c": "x" * 64})
+        received = table.receive("evil", OPEN, advert(shortened, route("node-c", "u", "evil"), forged_key))
+        assert unverified(received) == [(("node-c", "s"), RouteRefusal.BAD_SIGNATURE),
+                                        (("node-c", "u"), RouteRefusal.UNSIGNED),
+                                        (("node-c", "t"), RouteRefusal.UNKNOWN_KEY)]
+        assert learned(table, "evil") == set()
+        assert table.update({}, {}) == {} and table.offers("node-b", OPEN) == {}
+
+    def test_a_catalog_that_is_not_the_signed_one_is_refused(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        good = proven(route("node-b", "s"), clock)
+        swapped = attrs.evolve(good, catalog=route("node-b", "s", tools=("evil",)).catalog)
+        assert unverified(table.receive("node-b", OPEN, advert(swapped))) == [
+            (("node-b", "s"), RouteRefusal.DIGEST_MISMATCH)]
+
+    def test_a_vouching_peer_is_taken_at_its_word_and_this_node_signs_on(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        received = table.receive("node-b", Policy(vouch=True), advert(route("node-x", "s", "node-b")))
+        assert not received.unverified and [k for k, _why, _d in received.vouched] == [("node-x", "s")]
+        assert table.learned["node-b"][("node-x", "s")].vouched_by == "node-b"
+        table.update({}, {})
+        offered, path = table.offers("node-d", OPEN)[("node-x", "s")]
+        assert table.proofs is not None
+        proof = table.proofs.attest(offered.origin, offered.server, offered.prefix, offered.digest, offered.proof,
+                                    path, "node-d")
+        assert proof.sigs[:2] == (None, None) and proof.sigs[2] is not None  # only this node signed
+        # node-d believes it only if it trusts this node to vouch too.
+        downstream = signed_table(clock, "node-d")
+        refused = downstream.receive(ME, OPEN, advert(attrs.evolve(offered, path=path, proof=proof)))
+        assert unverified(refused) == [(("node-x", "s"), RouteRefusal.UNSIGNED)]
+        assert not downstream.receive(ME, Policy(vouch=True), advert(attrs.evolve(offered, path=path,
+                                                                                  proof=proof))).unverified
+        # What is proven stale is refused whoever vouches for it.
+        table.receive("node-c", OPEN, advert(proven(route("node-y", "s", "node-c"), clock, version=200)))
+        stale = proven(route("node-y", "s", "node-b"), clock, version=100)
+        assert unverified(table.receive("node-b", Policy(vouch=True), advert(stale))) == [
+            (("node-y", "s"), RouteRefusal.REPLAY)]
+
+    def test_an_older_version_is_a_replay_and_a_superseded_route_is_not_used(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        old = proven(route("node-c", "s", "node-b"), clock, version=100)
+        table.receive("node-b", OPEN, advert(old))
+        assert table.update({}, {})[("node-c", "s")][1] == "node-b"
+        # The origin changed its catalog (a new version) and it arrives over a longer path first.
+        new = proven(route("node-c", "s", "node-x", "node-d", tools=("t", "new")), clock, version=200)
+        table.receive("node-d", OPEN, advert(new))
+        best, via = table.update({}, {})[("node-c", "s")]
+        assert via == "node-d" and len(best.catalog["tools"]) == 2  # the shorter, older one is not used
+        # The old one again (a replay through any peer) is refused.
+        replayed = proven(route("node-c", "s", "node-e"), clock, version=100)
+        assert unverified(table.receive("node-e", OPEN, advert(replayed))) == [(("node-c", "s"), RouteRefusal.REPLAY)]
+        assert unverified(table.receive("node-b", OPEN, advert(old))) == [(("node-c", "s"), RouteRefusal.REPLAY)]
+
+    def test_an_expired_route_is_not_used(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b"), clock)))
+        clock.now += ROUTE_TTL
+        assert set(table.update({}, {})) == {("node-c", "s")}
+        clock.now += 61  # past the expiry and the clock leeway
+        assert table.update({}, {}) == {}
+        assert unverified(table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b"), Clock())))) == [
+            (("node-c", "s"), RouteRefusal.EXPIRED)]
+
+    def test_a_route_resent_unchanged_is_not_verified_again(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        signed = proven(route("node-c", "s", "node-b"), clock)
+        table.receive("node-b", OPEN, advert(signed))
+        assert table.proofs is not None
+        calls: list[str] = []
+        verify = table.proofs.verify
+        monkeypatch.setattr(table.proofs, "verify", lambda *args: calls.append("v") or verify(*args))
+        table.receive("node-b", OPEN, advert(signed))
+        assert calls == [] and learned(table, "node-b") == {("node-c", "s")}
+
+
+def withdrawal(origin: str, server: str, version: int, clock: Clock, *, secret: str | None = None) -> Tombstone:
+    """``origin``'s signed tombstone of ``server`` at ``version`` (as it arrives: through the wire)."""
+    signer = RouteProofs(origin, keyring(origin, **({"secret": secret} if secret else {})), clock=clock)
+    tombstone = Tombstone(origin, server, version, int(clock() + ROUTE_TTL))
+    return Tombstone.from_wire(signer.tombstone_to(tombstone, ME).to_wire())
+
+
+def revoking(*tombstones: Tombstone, withdrawn: tuple[tuple[str, str], ...] = ()) -> Advertisement:
+    return Advertisement(withdrawn=withdrawn, revoked=tombstones)
+
+
+class TestTombstones:
+    """An origin's signed withdrawal drops older routes everywhere, bars replays, and is passed on once."""
+
+    def test_a_tombstone_drops_older_routes_from_every_peer_and_bars_replays(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b"), clock, version=100)))
+        table.receive("evil", OPEN, advert(proven(route("node-c", "s", "node-b", "evil"), clock, version=100),
+                                           proven(route("node-c", "u", "evil"), clock, version=100)))
+        table.receive("node-v", Policy(vouch=True), advert(route("node-c", "s", "node-v")))  # unsigned, vouched
+        assert set(table.update({}, {})) == {("node-c", "s"), ("node-c", "u")}
+        received = table.receive("node-b", OPEN, revoking(withdrawal("node-c", "s", 150, clock),
+                                                          withdrawn=(("node-c", "s"),)))
+        assert received.applied and not received.unverified
+        assert learned(table, "node-b") == set() and learned(table, "evil") == {("node-c", "u")}
+        assert learned(table, "node-v") == set()
+        assert set(table.update({}, {})) == {("node-c", "u")}
+        # evil replays what it held (the last genuine advertisement), a vouching peer cannot bring it back.
+        replayed = proven(route("node-c", "s", "node-b", "evil"), clock, version=100)
+        assert unverified(table.receive("evil", OPEN, advert(replayed))) == [(("node-c", "s"), RouteRefusal.REPLAY)]
+        assert unverified(table.receive("node-v", Policy(vouch=True), advert(route("node-c", "s", "node-v")))) == [
+            (("node-c", "s"), RouteRefusal.REPLAY)]
+        assert unverified(table.receive("node-v", Policy(vouch=True), advert(
+            proven(route("node-c", "s", "node-v"), clock, version=150)))) == [(("node-c", "s"), RouteRefusal.REPLAY)]
+        assert set(table.update({}, {})) == {("node-c", "u")} and table.offers("node-d", OPEN).keys() == {
+            ("node-c", "u")}
+        # Re-attached: its next advertisement is newer and believed, through anyone.
+        table.receive("evil", OPEN, advert(proven(route("node-c", "s", "evil"), clock, version=200)))
+        assert table.update({}, {})[("node-c", "s")][1] == "evil"
+
+    def test_a_tombstone_is_passed_on_once_per_version_where_the_route_could_go(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        for peer in ("node-b", "node-d", "node-e"):
+            table.link_up(peer)
+            table.sent(peer, table.delta(peer, {}))
+        table.receive("node-b", OPEN, revoking(withdrawal("node-c", "s", 150, clock)))
+        key = ("node-c", "s")
+        assert table.revocations("node-b", OPEN) == {}  # not back to where it came from
+        assert table.revocations("node-c", OPEN) == {}  # nor to its origin
+        assert table.revocations("node-d", Policy(export=("other",))) == {}  # export policy
+        assert table.revocations("node-d", Policy(transit=False)) == {}  # transit, per peer and per node
+        assert table.revocations("node-d", OPEN, node_transit=False) == {}
+        offered = table.revocations("node-d", OPEN)
+        assert set(offered) == {key}
+        delta = table.delta("node-d", {}, offered)
+        assert not delta.empty and set(delta.revoked) == {key}
+        table.sent("node-d", delta)
+        assert table.delta("node-d", {}, table.revocations("node-d", OPEN)).empty  # once per version
+        # The same tombstone from another peer is not news: not passed on again.
+        table.receive("node-e", OPEN, revoking(withdrawal("node-c", "s", 150, clock)))
+        assert table.proofs is not None and table.proofs.tombstones[key][1] == "node-b"
+        assert table.delta("node-d", {}, table.revocations("node-d", OPEN)).empty
+        assert set(table.revocations("node-e", OPEN)) == {key}  # node-b's, still owed to node-e
+        # A newer version is; a link coming up is owed every live one again.
+        table.receive("node-e", OPEN, revoking(withdrawal("node-c", "s", 170, clock)))
+        assert table.delta("node-d", {}, table.revocations("node-d", OPEN)).revoked[key].version == 170
+        assert table.revocations("node-e", OPEN) == {}
+        table.link_up("node-d")
+        assert set(table.delta("node-d", {}, table.revocations("node-d", OPEN)).revoked) == {key}
+        # Superseded by a newer advertisement, or expired: passed on no more.
+        table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b"), clock, version=200)))
+        assert table.revocations("node-d", OPEN) == {}
+        table.receive("node-b", OPEN, revoking(withdrawal("node-c", "s", 300, clock)))
+        clock.now += ROUTE_TTL + 61
+        assert table.revocations("node-d", OPEN) == {}
+
+    def test_this_nodes_own_tombstones_are_signed_to_each_peer(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        assert table.proofs is not None
+        table.proofs.local_proof("s", "d1", "s")
+        table.proofs.keep_local(())  # detached
+        offered = table.revocations("node-b", OPEN)
+        assert set(offered) == {(ME, "s")}
+        assert table.revocations("node-b", Policy(transit=False)) == offered  # its own: export policy only
+        assert table.revocations("node-b", Policy(export=())) == {}
+        downstream = signed_table(clock, "node-b")
+        wire = table.proofs.tombstone_to(offered[(ME, "s")], "node-b").to_wire()
+        assert not downstream.receive(ME, OPEN, Advertisement.from_wire({"revoked": [wire]})).unverified
+        assert downstream.proofs is not None and (ME, "s") in downstream.proofs.tombstones
+
+    def test_an_unverifiable_tombstone_is_refused_and_not_passed_on(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b"), clock, version=100)))
+        forged = withdrawal("node-c", "s", 150, clock, secret="x" * 64)
+        altered = attrs.evolve(withdrawal("node-c", "s", 150, clock), version=151)
+        received = table.receive("evil", OPEN, revoking(forged, altered))
+        assert unverified(received) == [(("node-c", "s"), RouteRefusal.UNKNOWN_KEY),
+                                        (("node-c", "s"), RouteRefusal.BAD_SIGNATURE)]
+        assert learned(table, "node-b") == {("node-c", "s")}
+        assert table.update({}, {})[("node-c", "s")][1] == "node-b"
+        assert table.revocations("node-d", OPEN) == {}
+
+    def test_old_frames_stay_valid_and_malformed_tombstones_refuse_the_frame(self) -> None:
+        clock = Clock()
+        assert Advertisement.from_wire({"set": [], "withdraw": [["node-c", "s"]]}).revoked == ()
+        wire = withdrawal("node-c", "s", 150, clock).to_wire()
+        assert Advertisement.from_wire({"revoked": [wire]}).revoked[0].version == 150
+        for bad in ({"revoked": {"x": 1}}, {"revoked": [{**wire, "version": -1}]}, {"revoked": [{**wire, "sigs": []}]},
+                    {"revoked": [{**wire, "server": 5}]}):
+            with pytest.raises(ValueError):
+                Advertisement.from_wire(bad)
+        # Without proofs (tests of the table alone) tombstones are ignored.
+        plain = RoutingTable(ME)
+        plain.receive("node-b", OPEN, advert(route("node-c", "s", "node-b")))
+        plain.receive("node-b", OPEN, revoking(withdrawal("node-c", "s", 150, clock)))
+        assert learned(plain, "node-b") == {("node-c", "s")} and plain.revocations("node-d", OPEN) == {}
+
+    def test_frames_carry_tombstones_within_the_budget(self) -> None:
+        frames = pack_frames(False, [({"r": 1}, 600)], [["b", "s"]], 1000, [({"t": i}, 300) for i in range(3)])
+        assert [(len(f["set"]), len(f.get("revoked", []))) for f in frames] == [(1, 1), (0, 2)]
+        assert [f["more"] for f in frames] == [True, False] and frames[-1]["withdraw"] == [["b", "s"]]
+        assert "revoked" not in pack_frames(False, [], [["b", "s"]], 1000)[0]  # the optional field
+
+
+class TestFailingPeers:
+    """A peer whose forwards keep failing loses preference to healthy routes, and regains it."""
+
+    def test_penalized_after_failures_in_a_row_until_a_success_or_time(self) -> None:
+        table = RoutingTable(ME)
+        table.receive("node-b", OPEN, advert(route("node-x", "s", "node-b")))
+        table.receive("node-c", OPEN, advert(route("node-x", "s", "node-y", "node-c")))
+        assert table.update({}, {}, now=0.0)[("node-x", "s")][1] == "node-b"
+        changes = [table.forward_failed("node-b", 1.0 + i) for i in range(FAILURE_THRESHOLD)]
+        assert changes == [False] * (FAILURE_THRESHOLD - 1) + [True]
+        assert table.update({}, {}, now=5.0)[("node-x", "s")][1] == "node-c"  # longer, but healthy
+        assert table.forward_succeeded("node-b", 6.0)  # answered again: preferred again
+        assert table.update({}, {}, now=6.0)[("node-x", "s")][1] == "node-b"
+        for i in range(FAILURE_THRESHOLD):
+            table.forward_failed("node-b", 10.0 + i)
+        last = 10.0 + FAILURE_THRESHOLD - 1
+        assert table.update({}, {}, now=last + FAILURE_MEMORY - 0.001)[("node-x", "s")][1] == "node-c"
+        assert table.update({}, {}, now=last + FAILURE_MEMORY)[("node-x", "s")][1] == "node-b"  # forgotten
+        # A failure and a success of another peer change nothing of node-b's.
+        assert not table.forward_failed("node-c", 100.0) and not table.forward_succeeded("node-c", 100.0)
+
+    def test_a_link_going_down_forgets_the_failures(self) -> None:
+        table = RoutingTable(ME)
+        for i in range(FAILURE_THRESHOLD):
+            table.forward_failed("node-b", float(i))
+        assert table.penalized("node-b", 3.0)
+        table.link_down("node-b")
+        table.link_up("node-b")
+        assert not table.penalized("node-b", 3.0)
+
+
 class Mesh:
     """Routing tables of several nodes exchanging deltas directly, in memory, until nothing changes."""
 
     def __init__(self, edges: list[tuple[str, str]], servers: dict[str, tuple[str, ...]],
-                 policies: dict[tuple[str, str], PeerConfig] | None = None) -> None:
+                 policies: dict[tuple[str, str], PeerConfig] | None = None, *, signed: bool = False) -> None:
         self.edges = {frozenset(edge) for edge in edges}
         self.policies = policies or {}
-        self.tables = {node: RoutingTable(node) for edge in edges for node in edge}
-        self.local = {node: {(node, s): route(node, s) for s in servers.get(node, ())} for node in self.tables}
+        nodes = sorted({node for edge in edges for node in edge})
+        # With ``signed``, every node signs what it sends and verifies what it receives (one shared secret).
+        self.tables = {node: RoutingTable(node, proofs=RouteProofs(node, keyring(node), clock=lambda: NOW)
+                                          if signed else None) for node in nodes}
+        self.local = {node: {(node, s): self.own(node, route(node, s)) for s in servers.get(node, ())}
+                      for node in self.tables}
         for a, b in edges:
             self.tables[a].link_up(b)
             self.tables[b].link_up(a)
+
+    def own(self, node: str, local_route: Route) -> Route:
+        proofs = self.tables[node].proofs
+        if proofs is None:
+            return local_route
+        return attrs.evolve(local_route, proof=proofs.local_proof(local_route.server, local_route.digest,
+                                                                  local_route.prefix))
+
+    def wire(self, node: str, peer: str, local_route: Route, path: tuple[str, ...]) -> dict[str, Any]:
+        proofs = self.tables[node].proofs
+        proof = None if proofs is None else proofs.attest(local_route.origin, local_route.server, local_route.prefix,
+                                                          local_route.digest, local_route.proof, path, peer)
+        return local_route.to_wire(path, proof)
 
     def policy(self, node: str, peer: str) -> PeerConfig:
         return self.policies.get((node, peer), OPEN)
@@ -280,12 +604,16 @@ class Mesh:
                 if rng is not None:
                     rng.shuffle(peers)
                 for peer in peers:
-                    delta = table.delta(peer, table.offers(peer, self.policy(node, peer)))
+                    policy = self.policy(node, peer)
+                    delta = table.delta(peer, table.offers(peer, policy), table.revocations(peer, policy))
                     if delta.empty:
                         continue
                     quiet = False
-                    wire = {"full": delta.full, "set": [r.to_wire(path) for r, path in delta.routes.values()],
+                    routes = [self.wire(node, peer, r, path) for r, path in delta.routes.values()]
+                    wire = {"full": delta.full, "set": routes,
                             "withdraw": [list(key) for key in delta.withdrawn]}
+                    if table.proofs is not None and delta.revoked:
+                        wire["revoked"] = [table.proofs.tombstone_to(t, peer).to_wire() for t in delta.revoked.values()]
                     table.sent(peer, delta)
                     received = self.tables[peer].receive(node, self.policy(peer, node), Advertisement.from_wire(wire))
                     if received.applied:
@@ -293,6 +621,16 @@ class Mesh:
             if quiet:
                 return rounds
         raise AssertionError("no convergence in 50 rounds")
+
+    def detach(self, node: str, server: str) -> None:
+        """``server`` is no longer attached at ``node`` (which withdraws it, signed when signing)."""
+        del self.local[node][(node, server)]
+        proofs = self.tables[node].proofs
+        if proofs is not None:
+            proofs.keep_local(s for _origin, s in self.local[node])
+
+    def attach(self, node: str, server: str) -> None:
+        self.local[node][(node, server)] = self.own(node, route(node, server))
 
     def cut(self, a: str, b: str) -> None:
         self.edges.discard(frozenset((a, b)))
@@ -328,6 +666,36 @@ class TestMeshWithoutSockets:
         mesh.converge()
         for node in nodes:
             assert all(len(p) == 1 for p in mesh.best(node).values()) and len(mesh.best(node)) == 5
+
+    def test_a_withdrawal_reaches_every_node_and_a_replay_of_the_last_advertisement_is_refused(self) -> None:
+        mesh = Mesh([("node-a", "node-b"), ("node-b", "node-c")], {"node-c": ("s",)}, signed=True)
+        mesh.converge()
+        key = ("node-c", "s")
+        # What node-b offered evil while the server was live; evil signs it on to node-a.
+        b = mesh.tables["node-b"]
+        offered, path = b.offers("evil", OPEN)[key]
+        assert b.proofs is not None
+        proof = b.proofs.attest(*key, offered.prefix, offered.digest, offered.proof, path, "evil")
+        evil = RouteProofs("evil", keyring("evil"), clock=lambda: NOW)
+        replay = attrs.evolve(offered, path=(*path, "evil"),
+                              proof=evil.attest(*key, offered.prefix, offered.digest, proof, (*path, "evil"), ME))
+        a = mesh.tables["node-a"]
+        # While it is live, the same version through evil is believed (an equal version is no replay).
+        assert not a.receive("evil", OPEN, advert(replay)).unverified
+        a.link_down("evil")
+        mesh.detach("node-c", "s")
+        mesh.converge()
+        for node in ("node-a", "node-b"):
+            assert key not in mesh.tables[node].best
+            proofs = mesh.tables[node].proofs
+            assert proofs is not None and key in proofs.tombstones
+        assert unverified(a.receive("evil", OPEN, advert(replay))) == [(key, RouteRefusal.REPLAY)]
+        assert key not in a.update({}, {}) and a.revocations("node-b", OPEN) == {}  # not back to node-b
+        # Attached again: everyone has it again, newer than the tombstone.
+        mesh.attach("node-c", "s")
+        mesh.converge()
+        assert mesh.best("node-a")[key] == ("node-c", "node-b")
+        assert all(not table.proofs or not table.proofs.tombstones for table in mesh.tables.values())
 
     def test_export_import_and_transit_along_a_chain(self) -> None:
         chain = [("node-a", "node-b"), ("node-b", "node-c")]
@@ -465,6 +833,22 @@ def topologies(draw: Any) -> list[tuple[str, str]]:
     return sorted(edges)
 
 
+@settings(max_examples=30, deadline=None)
+@given(topologies(), st.integers(0, 2**16))
+def test_a_signed_mesh_converges_as_an_unsigned_one(edges: list[tuple[str, str]], seed: int) -> None:
+    """Signing and verifying every advertisement changes no route: all of them verify, hop by hop."""
+    nodes = sorted({n for edge in edges for n in edge})
+    servers = {n: ("s",) for n in nodes}
+    plain = Mesh(edges, servers)
+    plain.converge()
+    signed = Mesh(edges, servers, signed=True)
+    signed.converge(random.Random(seed))
+    for node in nodes:
+        assert plain.best(node) == signed.best(node)
+        assert all(r.proof is not None and len(r.proof.sigs) == len(r.path) and None not in r.proof.sigs
+                   for routes in signed.tables[node].learned.values() for r in routes.values())
+
+
 @settings(max_examples=60, deadline=None)
 @given(topologies(), st.integers(0, 2**16))
 def test_a_mesh_converges_to_shortest_loop_free_paths_in_any_order(edges: list[tuple[str, str]], seed: int) -> None:
@@ -484,3 +868,61 @@ def test_a_mesh_converges_to_shortest_loop_free_paths_in_any_order(edges: list[t
         assert set(ordered.best(node)) == {(n, "s") for n in nodes}
         for (origin, _server), path in ordered.best(node).items():
             assert len(path) - (origin == node) == distance[origin] and node not in path[1:]
+
+
+@settings(max_examples=100, deadline=None)
+@given(worlds(), st.lists(st.tuples(st.sampled_from(PEERS), st.integers(0, FAILURE_THRESHOLD + 1), st.booleans()),
+                          max_size=5))
+def test_a_healthy_route_is_always_preferred_to_a_penalized_one(world: dict[str, Any],
+                                                               outcomes: list[tuple[str, int, bool]]) -> None:
+    table = converge(world, interleaving(world, random.Random(world["seed"])))
+    now = 0.0
+    for peer, failures, then_ok in outcomes:  # some failures in a row, then maybe an answer
+        for _ in range(failures):
+            now += 1.0
+            table.forward_failed(peer, now)
+        if then_ok:
+            table.forward_succeeded(peer, now)
+    best = table.update(world["local"], world["rtts"], now)
+    for key, (chosen, via) in best.items():
+        if via is None or not table.penalized(via, now):
+            continue
+        # Chosen through a penalized peer: only when every peer offering it is penalized.
+        offering = [peer for peer, routes in table.learned.items() if key in routes]
+        assert all(table.penalized(peer, now) for peer in offering), (key, chosen.path)
+    # Without penalties the choice is the plain one (fewest hops, RTT, peer id).
+    for peer in PEERS:
+        table.forward_succeeded(peer, now)
+    plain = converge(world, interleaving(world, random.Random(world["seed"])))
+    assert {k: v[1] for k, v in table.update(world["local"], world["rtts"], now).items()} == {
+        k: v[1] for k, v in plain.best.items()}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["ad", "tombstone"]), st.sampled_from(["node-b", "node-d", "evil"]),
+                          st.integers(1, 40)), max_size=25))
+def test_after_a_verified_tombstone_no_older_route_is_held_or_used(events: list[tuple[str, str, int]]) -> None:
+    """Advertisements and tombstones of one server from any peers in any order: once a tombstone is
+    verified, no route of its version or older is held or used, and a newer advertisement is believed."""
+    clock = Clock()
+    table = signed_table(clock)
+    key = ("node-c", "s")
+    barred, newest = 0, 0
+    for kind, peer, version in events:
+        if kind == "tombstone":
+            assert not table.receive(peer, OPEN, revoking(withdrawal(*key, version, clock))).unverified
+            if version > max(barred, newest):
+                barred = version
+        else:
+            received = table.receive(peer, OPEN, advert(proven(route(*key, peer), clock, version=version)))
+            accepted = not received.unverified
+            assert accepted == (version > barred and version >= newest)
+            newest = version if accepted else newest
+        held = [r.proof.version for routes in table.learned.values() if key in routes
+                for r in [routes[key]] if r.proof is not None]
+        assert all(v > barred for v in held)
+        best = table.update({}, {})
+        if key in best:
+            assert best[key][0].proof is not None and best[key][0].proof.version == newest > barred
+        else:
+            assert newest not in held or newest <= barred

@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._route_proof import Tombstone
 from ._routing import Advertisement, Key, Limits, Route, measured
 
 #: Route updates applied per second per peer, at most (each one may coalesce many frames).
@@ -55,14 +56,18 @@ class PendingRoutes:
     #: catalog items and bytes (see :func:`~fednode._federation._routing.measured`) of :attr:`routes`
     items: int = 0
     size: int = 0
+    #: origins' tombstones (signed withdrawals), the highest version per key: they bar older
+    #: advertisements wherever they came from, so the order they apply in does not matter
+    revoked: dict[Key, Tombstone] = attrs.field(factory=dict)
     #: updates that were complete when a full advertisement began arriving: applied unless it
-    #: completes first (which makes them moot), as they would have been frame by frame
+    #: completes first (which makes them moot, but for their tombstones), as frame by frame
     earlier: Advertisement | None = None
 
     @property
     def empty(self) -> bool:
         """Whether nothing is pending."""
-        return not self.full and not self.routes and not self.withdrawn and self.earlier is None
+        return (not self.full and not self.routes and not self.withdrawn and not self.revoked
+                and self.earlier is None)
 
     @property
     def ready(self) -> bool:
@@ -81,9 +86,15 @@ class PendingRoutes:
             earlier = None if self.empty else self._take()
             self._clear()
             self.full, self.earlier, receiving = True, earlier, True
+        refused: list[tuple[Key, str]] = []
+        for tombstone in advertisement.revoked:
+            current = self.revoked.get(tombstone.key)
+            if current is None and len(self.revoked) >= limits.routes:
+                refused.append((tombstone.key, f"more than {limits.routes} tombstones"))
+            elif current is None or tombstone.version >= current.version:
+                self.revoked[tombstone.key] = tombstone
         for key in advertisement.withdrawn:
             self._withdraw(key, known)
-        refused: list[tuple[Key, str]] = []
         for route in advertisement.routes:
             self._withdraw(route.key, known)
             if not route.size:
@@ -104,7 +115,11 @@ class PendingRoutes:
             self.size += route.size
         if receiving:
             self.complete = not advertisement.more
-            if self.complete:
+            if self.complete and self.earlier is not None:
+                for tombstone in self.earlier.revoked:  # the only part of it that still matters
+                    current = self.revoked.get(tombstone.key)
+                    if current is None or tombstone.version > current.version:
+                        self.revoked[tombstone.key] = tombstone
                 self.earlier = None
         return refused
 
@@ -117,7 +132,7 @@ class PendingRoutes:
 
     def _take(self) -> Advertisement:
         taken = Advertisement(routes=tuple(self.routes.values()), withdrawn=tuple(sorted(self.withdrawn)),
-                              full=self.full)
+                              full=self.full, revoked=tuple(self.revoked.values()))
         self._clear()
         return taken
 
@@ -131,7 +146,7 @@ class PendingRoutes:
 
     def _clear(self) -> None:
         self.full, self.complete, self.earlier = False, True, None
-        self.routes, self.withdrawn = {}, set()
+        self.routes, self.withdrawn, self.revoked = {}, set(), {}
         self.items = self.size = 0
 
 

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from .._config._auth import AuthManager
 from .._config._config import NodeConfig, PeerConfig, ServerConfig
+from .._config._signing import Keyring
 from .._errors import (
     BindError,
     FednodeError,
@@ -28,6 +29,7 @@ from .._errors import (
     sole_leaf,
 )
 from .._federation._federation import Federation, new_routing_table
+from .._federation._route_proof import RouteProofs
 from .._mcp._attached import AttachedServers
 from .._mcp._edge import MCPEdge
 from .._mcp._forwarder import NOTICE_BUFFER, ClientCalls, FederationForwarder, Notice
@@ -95,7 +97,10 @@ class Node:
         self._reload_lock = trio.Lock()
         # The layers, bottom up, each given what it uses. The routing table is shared: the
         # federation fills it, the attached servers' sessions look up next hops in it.
-        table = new_routing_table(config.id)
+        # Route advertisements are signed and verified with the keys of the configuration in force.
+        keyring = Keyring(config.id, auth=lambda: self.config.auth, peer=self.peers.peer_config,
+                          nodes=lambda: self.config.nodes)
+        table = new_routing_table(config.id, RouteProofs(config.id, keyring))
         # servers' notifications for this node's legacy sessions with no request in flight, to the edge
         notices, self._notices_received = trio.open_memory_channel[Notice](NOTICE_BUFFER)
         calls = ClientCalls(config.id, notices, self._request_timeout)
@@ -415,6 +420,7 @@ class Node:
         await self._nursery.start(self.attached.sessions.relay)
         await self._nursery.start(self.edge.relay_notices, self._notices_received)
         await self._nursery.start(self.edge.announce_changes)
+        await self._nursery.start(self.federation.refresh)
         # Peers first: a configured peer dialing in the moment the listener opens must find its
         # supervisor (and its key) in place, not be refused as an unknown issuer.
         for peer in self.config.peers:

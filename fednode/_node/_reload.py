@@ -57,7 +57,8 @@ class ReloadPlan:
         peers_added, peers_removed, peers_changed, servers_added, servers_removed, servers_changed:
             the ids concerned, sorted.
         restart_needed: the sections that changed but only take effect at the next start.
-        mcp_changed, clients_changed: whether ``[mcp]`` / ``[clients]`` changed (they apply at once).
+        mcp_changed, clients_changed, nodes_changed: whether ``[mcp]`` / ``[clients]`` / ``[[nodes]]``
+            changed (they apply at once).
     """
 
     effective: NodeConfig
@@ -70,6 +71,7 @@ class ReloadPlan:
     restart_needed: tuple[str, ...]
     mcp_changed: bool
     clients_changed: bool
+    nodes_changed: bool = False
 
     def result(self, *, auth_changed: bool, at: float) -> ReloadResult:
         """The outcome once the plan is applied, with a one-line summary such as ``peers +c; servers ~two``."""
@@ -78,7 +80,8 @@ class ReloadPlan:
             ("servers", "+", self.servers_added), ("servers", "-", self.servers_removed),
             ("servers", "~", self.servers_changed)) if ids]
         parts += [f"{name} changed" for name, changed in (
-            ("auth", auth_changed), ("mcp", self.mcp_changed), ("clients", self.clients_changed)) if changed]
+            ("auth", auth_changed), ("nodes", self.nodes_changed), ("mcp", self.mcp_changed),
+            ("clients", self.clients_changed)) if changed]
         if self.restart_needed:
             parts.append(f"restart needed for: {', '.join(self.restart_needed)}")
         return ReloadResult(
@@ -97,7 +100,8 @@ def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
         peers_added=peers[0], peers_removed=peers[1], peers_changed=peers[2],
         servers_added=servers[0], servers_removed=servers[1], servers_changed=servers[2],
         restart_needed=tuple(name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name)),
-        mcp_changed=old.mcp != new.mcp, clients_changed=old.clients != new.clients)
+        mcp_changed=old.mcp != new.mcp, clients_changed=old.clients != new.clients,
+        nodes_changed=old.nodes != new.nodes)
 
 
 def _differences(old: tuple[PeerConfig, ...] | tuple[ServerConfig, ...],
