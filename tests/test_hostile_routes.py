@@ -78,6 +78,13 @@ async def synced(ws: WebSocketConnection, request_id: int) -> None:
             return
 
 
+async def applied(node: fednode.Node, peer_id: str) -> None:
+    """Wait until ``node`` has applied every route update ``peer_id`` sent that it has read."""
+    with trio.fail_after(30):
+        while (pending := node.federation.intake.pending(peer_id)) is not None and not pending.empty:
+            await trio.sleep(0.02)
+
+
 async def advertised_to_evil(ws: WebSocketConnection, key: tuple[str, str]) -> dict[str, Any]:
     """The route for ``key`` the node advertises to evil (answering heartbeats meanwhile)."""
     while True:
@@ -140,12 +147,18 @@ class TestForgedRoutes:
                         unsigned = {k: v for k, v in genuine.items() if k != "proof"} | {"path": ["node-c", "evil"]}
                         own_key = signed({k: v for k, v in unsigned.items()}, "node-a",
                                          secrets={"node-c": EVIL_SECRET, "evil": EVIL_SECRET})
-                        for frame in ({"full": True, "set": [shortened]}, {"set": [unsigned]}, {"set": [own_key]}):
+                        for number, frame in enumerate(({"full": True, "set": [shortened]}, {"set": [unsigned]},
+                                                        {"set": [own_key]}), start=11):
+                            # One at a time: a peer's frames arriving together are merged (the latest route
+                            # per server is what is verified), and each is to be refused for its own reason.
                             await notify(to_a, "fed/routes", frame)
+                            await synced(to_a, number)
+                            await applied(a, "evil")
                         await notify(to_b, "fed/routes", {"full": True, "set": [
                             evil_attests(genuine, ["node-c", "evil"], "node-b", sigs=hops[:1])]})
                         await synced(to_a, 1)
                         await synced(to_b, 1)
+                        await applied(b, "evil")
                         refused = dict(a.federation.routes_refused)
                         assert refused == {"bad_signature": 1, "unsigned": 1, "unknown_key": 1}
                         assert dict(b.federation.routes_refused) == {"bad_signature": 1}
