@@ -45,9 +45,18 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from ._edge_call import FORWARDED_METHODS, EdgeCall, Forwarder
-from ._edge_http import BearerAuth, BoundedEventStore, healthz, serve_asgi
+from ._edge_http import BearerAuth, BoundedEventStore, ClientLimits, client_key, healthz, serve_asgi
 from ._edge_results import decode_cursor, encode_cursor, shape_result
-from ._errors import HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND, EdgeError, sole_leaf
+from ._errors import (
+    HEADER_MISMATCH,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    RATE_LIMITED,
+    EdgeError,
+    sole_leaf,
+)
+from ._serving import retry_after
 
 __all__ = ["PAGE_SIZE", "MCPEdge"]
 
@@ -117,11 +126,13 @@ class MCPEdge:
         logger: a structlog-style logger (default ``structlog.get_logger("fednode.edge")``).
         client_tokens: when non-empty, HTTP requests other than ``/healthz`` must carry
             ``Authorization: Bearer <one of them>``.
+        limits: the ``[clients]`` rate and connection limits on HTTP (None: none).
     """
 
     def __init__(self, forwarder: Forwarder, *, name: str, version: str, logger: Any = None,
-                 client_tokens: Sequence[str] = ()) -> None:
+                 client_tokens: Sequence[str] = (), limits: ClientLimits | None = None) -> None:
         self.forwarder = forwarder
+        self.limits = limits
         self.log: Any = logger if logger is not None else structlog.get_logger("fednode.edge")
         #: more Starlette routes served beside /mcp and /healthz (add before serving); they need
         #: a client token like /mcp when tokens are configured
@@ -170,7 +181,7 @@ class MCPEdge:
             event_store=BoundedEventStore(),
             retry_interval=1000,
         )
-        return BearerAuth(app, self._tokens)
+        return BearerAuth(app, self._tokens, self.limits)
 
     async def serve_http(self, host: str, port: int, *, path: str = "/mcp", certfile: str | None = None,
                          keyfile: str | None = None,
@@ -231,6 +242,8 @@ class MCPEdge:
         return self.forwarder.tool_input_schema(name)
 
     async def _middleware(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.request_id is not None:
+            self._check_rate(ctx)
         if ctx.request_id is None:  # a notification
             result = await call_next(ctx)
             if ctx.method == "notifications/initialized":
@@ -241,6 +254,17 @@ class MCPEdge:
         self._check_request(ctx)
         self._session_key(ctx)
         return await self._serve(ctx)
+
+    def _check_rate(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        """Refuse a request over its client's ``[clients] rate`` (HTTP only: stdio is the node's own process)."""
+        request = ctx.request
+        scope = getattr(request, "scope", None)
+        key = client_key(scope) if isinstance(scope, dict) and self.limits is not None else None
+        if key is None or self.limits is None:
+            return
+        wait = self.limits.take(key, trio.current_time())
+        if wait:
+            raise MCPError(RATE_LIMITED, "Rate limit exceeded; retry later", {"retryAfter": retry_after(wait)})
 
     async def _fallback_handler(self, ctx: ServerRequestContext[Any, Any], params: BaseModel) -> HandlerResult:
         return await self._serve(ctx)

@@ -101,6 +101,7 @@ class Federation:
         request: ``await request(peer_id, method, params, timeout=...)`` sends a peer a request.
         notify: ``await notify(peer_id, method, params)`` sends a peer a notification.
         observe: records each forwarded request's outcome (the node's metrics).
+        refused: records each request refused for lack of a fair share (the node's metrics).
         started: whether the node's start-up is done (its configured peers and servers registered).
         started_at: when the node started (trio clock), for the ``first_list_wait`` bound.
 
@@ -109,7 +110,8 @@ class Federation:
 
     def __init__(self, node_id: str, log: Any, *, peers: Peers, mcp: Callable[[], MCPConfig], limits: LinkConfig,
                  request: Callable[..., Awaitable[Any]], notify: Callable[[str, str, Any], Awaitable[None]],
-                 observe: Callable[..., None], started: Callable[[], bool], started_at: float) -> None:
+                 observe: Callable[..., None], started: Callable[[], bool], started_at: float,
+                 refused: Callable[[str, str, str], None] | None = None) -> None:
         self.id = node_id
         self.log = log
         self._peers = peers
@@ -147,7 +149,7 @@ class Federation:
             request=request, notify=notify, link_to=self._link_to, offered_path=self._offered_path,
             request_timeout=lambda: mcp().request_timeout, max_inflight=limits.max_inflight,
             observe=observe, is_settled=lambda: self._settled, wait_settled=self.wait_settled,
-            log=self.log)
+            log=self.log, on_refused=refused)
         #: the methods peers call on this node, for the node to serve (see :meth:`Handlers.merge`)
         self.handlers = Handlers(
             requests={SESSION_REQUEST: self.sessions.on_request, FORWARD_METHOD: self.forwarding.on_forward},

@@ -21,6 +21,7 @@ from . import _wire as wire
 from ._auth import AuthManager
 from ._config import NodeConfig, PeerConfig, ServerConfig, load_config
 from ._edge import MCPEdge
+from ._edge_http import ClientLimits
 from ._errors import (
     BindError,
     ConfigError,
@@ -45,6 +46,7 @@ from ._link import (
 )
 from ._listener import Listener
 from ._metrics import CONTENT_TYPE, NodeMetrics
+from ._ratelimit import PeerRates
 from ._reload import ReloadResult as ReloadResult
 from ._reload import plan_reload
 from ._status import node_status
@@ -99,11 +101,19 @@ class Node:
         self._reload_lock = trio.Lock()
         self.federation = Federation(config.id, self.log, peers=self, mcp=lambda: self.config.mcp, limits=config.link,
                                      request=self.request, notify=self.notify, observe=self.metrics.observe_forward,
-                                     started=lambda: self.started, started_at=self.started_at)
+                                     started=lambda: self.started, started_at=self.started_at,
+                                     refused=self.metrics.observe_refused)
         self.handlers.merge(self.federation.handlers)
+        # Each peer's [[peers]] rate, on the requests it sends (answered with RATE_LIMITED beyond it).
+        self.peer_rates = PeerRates(lambda peer_id: (p.rate if (p := self.peer_config(peer_id)) else None),
+                                    lambda peer_id: self.metrics.observe_limited("peer", peer_id))
+        self.handlers.admit = lambda peer_id: self.peer_rates.take(peer_id, trio.current_time())
         forwarder = FederationForwarder(self.federation, config.id, lambda: self.config.mcp.request_timeout)
-        self.edge = MCPEdge(forwarder, name=f"fednode {config.id}", version=__version__,
-                            logger=self.log, client_tokens=[t.reveal().decode() for t in config.clients.tokens])
+        self.client_limits = ClientLimits(config.clients.rate, config.clients.max_connections,
+                                          self.metrics.observe_limited)
+        self.edge = MCPEdge(forwarder, name=f"fednode {config.id}", version=__version__, logger=self.log,
+                            client_tokens=[t.reveal().decode() for t in config.clients.tokens],
+                            limits=self.client_limits)
         self.edge.routes += [Route("/status", self._status_endpoint, methods=["GET"]),
                              Route("/metrics", self._metrics_endpoint, methods=["GET"])]
         forwarder.edge = self.edge
@@ -175,6 +185,7 @@ class Node:
                                         logger=self.log, jitter=self._jitter)
             self.auth.set_peer(peer)
             self._supervisors[peer.id] = supervisor
+            self.federation.forwarding.shares.set_peers(self._supervisors)
             await self._nursery.start(self._supervise, supervisor)
         if wait and peer.control:
             await supervisor.first_attempt.wait()
@@ -191,6 +202,7 @@ class Node:
             if self._supervisors.get(supervisor.peer.id) is supervisor:
                 del self._supervisors[supervisor.peer.id]
                 self.auth.drop_peer(supervisor.peer.id)
+                self._peer_gone(supervisor.peer.id)
 
     async def remove_peer(self, peer_id: str) -> None:
         """Remove a peer: close its link with a normal close frame and end its supervisor.
@@ -208,12 +220,18 @@ class Node:
         if supervisor is None:
             raise UnknownPeerError(peer_id, f"no peer {peer_id!r} is registered")
         self.auth.drop_peer(peer_id)
+        self._peer_gone(peer_id)
         with trio.CancelScope(shield=True):
             with trio.move_on_after(self.config.shutdown_grace):
                 await supervisor.stop_link(CLOSE_NORMAL, reason)
             supervisor.scope.cancel()
             await supervisor.finished.wait()
         self.log.info("peer.removed", peer=peer_id, reason=reason)
+
+    def _peer_gone(self, peer_id: str) -> None:
+        """A peer was removed: it no longer has a fair share or a rate bucket here."""
+        self.federation.forwarding.shares.set_peers(self._supervisors)
+        self.peer_rates.forget(peer_id)
 
     def peer_ids(self) -> list[str]:
         """Ids of the registered peers, sorted."""
@@ -448,7 +466,11 @@ class Node:
         self.auth.update(new.auth)
         auth_changed = self.auth.fingerprint() != before
         self.edge.set_client_tokens([t.reveal().decode() for t in new.clients.tokens])
+        self.client_limits.update(new.clients.rate, new.clients.max_connections, trio.current_time())
         new_peers = {peer.id: peer for peer in new.peers}
+        for peer_id in plan.peers_retuned:  # only the rate changed: in place, the link stays up
+            if (supervisor := self._supervisors.get(peer_id)) is not None:
+                supervisor.peer = new_peers[peer_id]
         for peer_id in plan.peers_removed:
             if self.has_peer(peer_id):
                 await self.remove_peer(peer_id)

@@ -28,3 +28,15 @@ def test_no_difference_is_no_change() -> None:
     plan = plan_reload(config, config)
     assert plan.result(auth_changed=False, at=0.0).summary == "no changes"
     assert plan.effective == config
+
+
+def test_a_new_rate_alone_keeps_the_peers_link() -> None:
+    old = node_config("node-a", peers=[{"id": "b"}, {"id": "c"}], clients={"rate": "10/s"})
+    new = node_config("node-a", peers=[{"id": "b", "rate": "5/s"}, {"id": "c", "rate": "5/s", "transit": False}],
+                      clients={"rate": "20/s", "max_connections": 3})
+    plan = plan_reload(old, new)
+    assert (plan.peers_changed, plan.peers_retuned) == (("c",), ("b",))
+    assert plan.clients_changed and plan.effective.clients == new.clients
+    result = plan.result(auth_changed=False, at=1.0)
+    assert result.peers_retuned == ("b",)
+    assert result.summary == "peers ~c; peer rates ~b; clients changed"
