@@ -471,6 +471,7 @@ class Node:
         for peer_id in plan.peers_retuned:  # only the rate changed: in place, the link stays up
             if (supervisor := self._supervisors.get(peer_id)) is not None:
                 supervisor.peer = new_peers[peer_id]
+                self.peer_rates.retune(peer_id, trio.current_time())
         for peer_id in plan.peers_removed:
             if self.has_peer(peer_id):
                 await self.remove_peer(peer_id)

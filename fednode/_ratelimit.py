@@ -123,6 +123,12 @@ class PeerRates:
             self._on_limited(peer_id)
         return wait
 
+    def retune(self, peer_id: str, now: float) -> None:
+        """The peer's rate changed at ``now`` (a reload): it applies from then on, not from its next request."""
+        bucket, rate = self._buckets.get(peer_id), self._rate_of(peer_id)
+        if bucket is not None and rate is not None:
+            bucket.set_rate(rate, now)
+
     def forget(self, peer_id: str) -> None:
         """Drop a removed peer's bucket."""
         self._buckets.pop(peer_id, None)

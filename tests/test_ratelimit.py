@@ -73,9 +73,13 @@ def test_peer_rates_follow_each_peers_configured_rate() -> None:
     assert peers.take("node-b", 0.0) == pytest.approx(10.0)
     assert peers.take("stranger", 0.0) == 0.0  # not registered: not limited here
     rates["node-b"] = Rate(60, 60.0)  # a reload at 1.0: 1/s from then on (0.1 token was there)
-    assert peers.take("node-b", 1.0) == pytest.approx(0.9)
+    peers.retune("node-b", 1.0)
+    assert peers.take("node-b", 1.5) == pytest.approx(0.4)
     assert peers.take("node-b", 1.9) == 0.0
-    assert limited == ["node-b", "node-b"]
+    rates["node-b"] = Rate(6, 60.0)  # not retuned: from the next request on (burst 1 from then)
+    assert peers.take("node-b", 3.9) == 0.0
+    assert peers.take("node-b", 3.9) == pytest.approx(10.0)
+    assert limited == ["node-b", "node-b", "node-b"]
 
 
 @pytest.mark.parametrize(("text", "rate"), [("6000/min", Rate(6000, 60.0)), ("100/s", Rate(100, 1.0)),
