@@ -168,7 +168,8 @@ class TestPeerRate:
                     await trio.sleep(0.01)  # 100,000 a second from now on: a token in 10 us
                     more = [await evil.send("fed/forward", forward("fast", "add", {"a": 1, "b": 1})) for _ in range(5)]
                     await evil.wait_answers(sent + 5)
-                    assert all(isinstance(evil.answers[i], wire.Response) for i in more), [evil.answers[i] for i in more]
+                    after = [evil.answers[i] for i in more]
+                    assert all(isinstance(answer, wire.Response) for answer in after), after
                     nursery.cancel_scope.cancel()
 
 
