@@ -40,7 +40,7 @@ from mcp.shared.exceptions import MCPError
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 import fednode
-from fednode import _wire as wire
+from fednode._peers import _wire as wire
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ import trio
 from mcp import Client
 
 import fednode
-from fednode._logging import configure_logging
+from fednode._config._logging import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"

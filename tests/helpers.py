@@ -11,9 +11,9 @@ import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
 import fednode
-from fednode import _wire as wire
 from fednode._errors import HandshakeFailed
-from fednode._handshake import Handshake
+from fednode._peers import _wire as wire
+from fednode._peers._handshake import Handshake
 
 from conftest import SECRET
 

@@ -22,12 +22,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import fednode
-from fednode import AuthError, AuthManager, AuthReason, Secret, _handshake, _supervisor
-from fednode import _wire as wire
-from fednode._auth import MAX_TOKEN_LENGTH, ReplayCache
-from fednode._config import public_key_kid
-from fednode._formatting import format_status
-from fednode._handshake import describe_rejection
+from fednode import AuthError, AuthManager, AuthReason, Secret
+from fednode._cli._formatting import format_status
+from fednode._config._auth import MAX_TOKEN_LENGTH, ReplayCache
+from fednode._config._config import public_key_kid
+from fednode._peers import _handshake, _supervisor
+from fednode._peers import _wire as wire
+from fednode._peers._handshake import describe_rejection
 
 from conftest import SECRET, node_config, peer, raw_config
 

@@ -9,12 +9,12 @@ import trio
 import trio.testing
 
 import fednode
-from fednode import _supervisor
-from fednode._backoff import Backoff
-from fednode._config import BackoffConfig
+from fednode._config._config import BackoffConfig
 from fednode._errors import HandshakeFailed
-from fednode._handshake import Handshake
-from fednode._link import Direction, Handlers, Link, LinkSettings
+from fednode._peers import _supervisor
+from fednode._peers._backoff import Backoff
+from fednode._peers._handshake import Handshake
+from fednode._peers._link import Direction, Handlers, Link, LinkSettings
 
 from conftest import node_config
 from helpers import refusing_dial

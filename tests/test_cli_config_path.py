@@ -14,7 +14,7 @@ import pytest
 import trio
 from test_cli_tools import fednode_cli, fednode_many
 
-from fednode._commands import CONFIG_ENV, config_path_from
+from fednode._cli._commands import CONFIG_ENV, config_path_from
 
 from conftest import SECRET
 

@@ -17,7 +17,7 @@ import structlog
 import trio
 
 import fednode
-from fednode import _cli, _commands
+from fednode._cli import _cli, _commands
 
 from conftest import SECRET, node_config
 from helpers import BlackholeProxy

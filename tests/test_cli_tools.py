@@ -16,8 +16,8 @@ from test_cli_run import FEDNODE
 from test_mcp_chain import fixture_server
 
 import fednode
-from fednode._commands import parse_arguments
-from fednode._formatting import format_status
+from fednode._cli._commands import parse_arguments
+from fednode._cli._formatting import format_status
 
 from conftest import SECRET, mesh, node_config
 

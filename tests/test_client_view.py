@@ -20,7 +20,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 
 import fednode
-from fednode import _supervisor
+from fednode._peers import _supervisor
 
 from conftest import node_config, raw_config
 from helpers import BlackholeProxy, refusing_dial

@@ -21,11 +21,11 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ToolsListChanged
 
-from fednode._edge import PAGE_SIZE, MCPEdge
-from fednode._edge_call import EdgeCall
-from fednode._edge_http import BoundedEventStore
-from fednode._edge_results import decode_cursor, encode_cursor, shape_result
 from fednode._errors import EdgeError
+from fednode._mcp._edge import PAGE_SIZE, MCPEdge
+from fednode._mcp._edge_call import EdgeCall
+from fednode._mcp._edge_http import BoundedEventStore
+from fednode._mcp._edge_results import decode_cursor, encode_cursor, shape_result
 
 MODES = ["auto", "legacy", "2026-07-28"]
 MODERN = "2026-07-28"
@@ -547,7 +547,7 @@ def test_tampered_request_state_names_no_node() -> None:
     """Routing reads a requestState's node unverified: anything malformed just routes nowhere special."""
     import base64
 
-    from fednode._parking import TOKEN_PREFIX, token_origin
+    from fednode._federation._local import TOKEN_PREFIX, token_origin
 
     def state(body: bytes) -> str:
         return TOKEN_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=") + ".mac"

@@ -57,7 +57,7 @@ async def eventually(check: Any, timeout: float = 30.0) -> None:
 
 
 def _context(peer_id: str) -> Any:
-    from fednode._link import RequestContext
+    from fednode._peers._link import RequestContext
 
     return RequestContext(peer_id=peer_id, method="fed/routes", timeout=None)
 
@@ -306,7 +306,7 @@ class TestLimits:
     """A peer advertising without bound cannot make a node hold unbounded state."""
 
     async def test_catalog_items_and_bytes_per_peer_are_capped(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from fednode import _federation
+        from fednode._federation import _federation
 
         monkeypatch.setattr(_federation, "MAX_ITEMS_PER_PEER", 10)
         monkeypatch.setattr(_federation, "MAX_CATALOG_BYTES_PER_PEER", 2000)
@@ -323,7 +323,7 @@ class TestLimits:
                 assert set(a.federation.learned["node-b"]) == {("node-b", f"s{i}") for i in range(3)}
 
     async def test_routes_per_peer_are_capped(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from fednode import _federation
+        from fednode._federation import _federation
 
         monkeypatch.setattr(_federation, "MAX_ROUTES_PER_PEER", 5)
         with trio.fail_after(60):
@@ -414,7 +414,7 @@ class TestWithdrawnNames:
         with trio.fail_after(20):
             async with fednode.open_node(node_config("node-a")) as a:
                 # attached here (a stand-in for its driver), and then it stopped answering its pings
-                a.federation.upstreams["kv"] = SimpleNamespace(  # type: ignore[assignment]
+                a.attached.upstreams["kv"] = SimpleNamespace(  # type: ignore[assignment]
                     config=fednode.ServerConfig(id="kv", command="kv"), server_info=None, state="backoff", restarts=1)
                 a.federation.set_local_catalog("kv", tools("get"))
                 a.federation.set_local_catalog("kv", None)
@@ -431,8 +431,8 @@ class TestWithdrawnMemory:
     """The memory of withdrawn names is bounded by age and by count."""
 
     def test_expires_and_is_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from fednode import _withdrawn
-        from fednode._withdrawn import WithdrawnNames
+        from fednode._federation import _withdrawn
+        from fednode._federation._withdrawn import WithdrawnNames
 
         now = [100.0]
         memory = WithdrawnNames(ttl=600.0, limit=3, clock=lambda: now[0], wall_clock=lambda: 0.0)

@@ -11,9 +11,9 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fednode import _wire as wire
-from fednode._heartbeat import SEQ_BITS, Heartbeat, stall_limit
-from fednode._link import Direction, Handlers, Link, LinkSettings
+from fednode._peers import _wire as wire
+from fednode._peers._heartbeat import SEQ_BITS, Heartbeat, stall_limit
+from fednode._peers._link import Direction, Handlers, Link, LinkSettings
 
 from conftest import node_config
 from memws import ws_pair

@@ -21,9 +21,9 @@ from mcp.shared.exceptions import MCPError
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import fednode
-from fednode import _wire as wire
-from fednode._config import parse_rate
+from fednode._config._config import parse_rate
 from fednode._errors import OVERLOADED, RATE_LIMITED
+from fednode._peers import _wire as wire
 
 from conftest import node_config
 from helpers import raw_peer
@@ -231,7 +231,7 @@ class TestConnections:
                                     b"Content-Length: 1000\r\n\r\n")
                     held.append(sock)
                 with trio.fail_after(30):
-                    while node.client_limits.connections("127.0.0.1") < 2:
+                    while node.edge.limits.connections("127.0.0.1") < 2:
                         await trio.sleep(0.02)
                 response = await http.get(node.data_url + "/healthz")
                 assert response.status_code == 429 and response.headers["retry-after"] == "1"
@@ -242,7 +242,7 @@ class TestConnections:
                 assert (await http.get(node.data_url + "/healthz")).status_code == 200
                 held[0].close()
                 with trio.fail_after(30):
-                    while node.client_limits.connections("127.0.0.1") > 1:
+                    while node.edge.limits.connections("127.0.0.1") > 1:
                         await trio.sleep(0.02)
                 for sock in held[1:]:
                     sock.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from fednode._sessions import until_idle
+from fednode._mcp._sessions import until_idle
 
 
 async def test_returns_one_idle_period_after_the_last_use(autojump_clock: trio.testing.MockClock) -> None:

@@ -17,8 +17,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import fednode
 from fednode import _errors as errors
-from fednode import _wire as wire
-from fednode._link import CLOSE_POLICY, Direction, Handlers, Link, LinkSettings, Transit, stall_limit
+from fednode._peers import _wire as wire
+from fednode._peers._link import CLOSE_POLICY, Direction, Handlers, Link, LinkSettings, Transit, stall_limit
 
 from conftest import node_config
 from helpers import next_frame as next_answered_frame

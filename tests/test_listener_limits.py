@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from trio_websocket import ConnectionRejected, WebSocketConnection, wrap_client_stream
 
 import fednode
-from fednode import _listener
-from fednode import _wire as wire
-from fednode._listener import MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS, HandshakeSlots, address_of
-from fednode._logging import ThrottledLog
+from fednode._config._logging import ThrottledLog
+from fednode._peers import _listener
+from fednode._peers import _wire as wire
+from fednode._peers._listener import MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS, HandshakeSlots, address_of
 
 from conftest import node_config
 from helpers import token_from

@@ -8,7 +8,7 @@ import logging
 
 import structlog
 
-from fednode._logging import configure_logging
+from fednode._config._logging import configure_logging
 
 
 class TestLogFormat:

@@ -465,7 +465,7 @@ class TestLegacySessions:
 
     async def test_a_full_pool_never_closes_a_busy_connection(self, monkeypatch: pytest.MonkeyPatch,
                                                                tmp_path: Path) -> None:
-        from fednode import _sessions
+        from fednode._mcp import _sessions
 
         monkeypatch.setattr(_sessions, "MAX_SESSION_UPSTREAMS", 1)
         with trio.fail_after(60):
@@ -522,7 +522,7 @@ class TestLegacySessions:
                     result = await client.call_tool("fx__add", {"a": 2, "b": 40})
                     assert not result.is_error and result.structured_content == {"result": 42}
                     # It was asked (it declares logging) and refused: the held level says it was tried.
-                    (held,) = b.federation.sessions._held.values()
+                    (held,) = b.attached.sessions._held.values()
                     assert "logging" in (held.upstream.server_info or {})["capabilities"]
                     assert held.level == "debug"
 
@@ -550,9 +550,9 @@ class TestLegacySessions:
                     assert len(first) == 3 and second == []  # the other session hears nothing
                     await two.call_tool("conf__test_simple_text", {})
                     assert second == []
-                    assert len(c.federation.sessions._held) == 2  # one connection per client session
+                    assert len(c.attached.sessions._held) == 2  # one connection per client session
                 with trio.fail_after(30):  # and they close with the client sessions
-                    while c.federation.sessions._held:
+                    while c.attached.sessions._held:
                         await trio.sleep(0.05)
 
 
@@ -582,7 +582,7 @@ class TestParkedCalls:
                         await mute.call_tool("old__ask", {"question": "Anyone?"})
                 assert asked == ["The answer?"]
                 with trio.fail_after(30):
-                    while c.federation.parking._parked:
+                    while c.attached.parking._parked:
                         await trio.sleep(0.02)
 
     async def test_concurrent_questions_each_reach_their_own_client(self) -> None:
@@ -618,11 +618,11 @@ class TestParkedCalls:
                 assert sorted(asked) == ["for one?", "for two?"]
                 assert results == {"one": 'accept: {"answer": "one"}', "two": 'accept: {"answer": "two"}'}
                 # each call had a connection of its own; they stay for reuse, and go with the server
-                solos = c.federation.parking.solo_connections("old")
+                solos = c.attached.parking.solo_connections("old")
                 pids = [solo.pid for solo in solos]
                 assert len(solos) == 2 and all(pids)
                 await c.remove_server("old")
-                assert c.federation.parking.solo_connections("old") == []
+                assert c.attached.parking.solo_connections("old") == []
                 with trio.fail_after(30):
                     while any(_alive(pid) for pid in pids if pid is not None):
                         await trio.sleep(0.05)

@@ -13,7 +13,7 @@ import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 import fednode
-from fednode import _wire as wire
+from fednode._peers import _wire as wire
 
 from conftest import mesh, node_config, peer
 from helpers import BlackholeProxy, fd_count, next_frame, raw_peer, task_count

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fednode._config import Rate, parse_rate
-from fednode._ratelimit import PeerRates, RateLimiter, TokenBucket
+from fednode._config._config import Rate, parse_rate
+from fednode._peers._ratelimit import PeerRates, RateLimiter, TokenBucket
 
 
 class TestTokenBucket:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fednode._reload import plan_reload
+from fednode._node._reload import plan_reload
 
 from conftest import node_config
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fednode._requests import Pending, RequestTable
+from fednode._peers._requests import Pending, RequestTable
 
 
 def test_ids_are_shared_by_own_and_passed_on_requests() -> None:

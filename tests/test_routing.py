@@ -1,9 +1,10 @@
 """The routing table and the catalog without sockets: policy, limits, loops, best routes, deltas, names.
 
-Plain synchronous tests of :class:`fednode._routing.RoutingTable` (and :class:`fednode._catalog.Catalog`),
-and hypothesis properties over random advertisements: no route through this node is ever accepted or
-offered, a link going down removes everything learned over it, the best routes do not depend on the
-order advertisements arrive in, and export/import policy holds for whatever is offered or learned.
+Plain synchronous tests of :class:`fednode._federation._routing.RoutingTable` (and
+:class:`fednode._federation._catalog.Catalog`), and hypothesis properties over random advertisements:
+no route through this node is ever accepted or offered, a link going down removes everything learned over
+it, the best routes do not depend on the order advertisements arrive in, and export/import policy holds
+for whatever is offered or learned.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fednode._advertiser import pack_frames
-from fednode._catalog import Catalog
-from fednode._config import PeerConfig
-from fednode._routing import Advertisement, Limits, Route, RoutingTable, catalog_digest
-from fednode._withdrawn import WithdrawnNames
+from fednode._config._config import PeerConfig
+from fednode._federation._advertiser import pack_frames
+from fednode._federation._catalog import Catalog
+from fednode._federation._routing import Advertisement, Limits, Route, RoutingTable, catalog_digest
+from fednode._federation._withdrawn import WithdrawnNames
 
 ME = "node-a"
 

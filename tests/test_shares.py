@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fednode._shares import LOCAL, FairShares, Refusal
+from fednode._peers._shares import LOCAL, FairShares, Refusal
 
 PARTIES = ("node-a", "node-b", "evil", LOCAL)
 SERVERS = ("one", "two", "three")

@@ -22,9 +22,9 @@ import trio
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from fednode._config import BackoffConfig, ServerConfig
+from fednode._config._config import BackoffConfig, ServerConfig
 from fednode._errors import ServerUnavailableError, UpstreamError, UpstreamTimeoutError
-from fednode._upstream import MODERN_ERA, ServerCatalog, UpstreamServer
+from fednode._mcp._upstream import MODERN_ERA, ServerCatalog, UpstreamServer
 
 FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")
 FAST_BACKOFF = BackoffConfig(initial=0.05, max=0.5, multiplier=2.0, reset_after=10.0)
@@ -552,7 +552,7 @@ class TestFloods:
     """A server flooding its caller costs bounded work and memory (in-process server, MockClock)."""
 
     async def test_progress_for_a_slow_caller_is_bounded(self, autojump_clock: trio.testing.MockClock) -> None:
-        from fednode._upstream import _PROGRESS_QUEUE
+        from fednode._mcp._upstream import _PROGRESS_QUEUE
 
         fixture = in_process_fixture("chatty")
         seen: list[float] = []
@@ -646,7 +646,7 @@ class TestServerScope:
 
     async def test_a_parked_call_fails_at_once_when_its_server_is_removed(
             self, autojump_clock: trio.testing.MockClock) -> None:
-        from fednode._parking import Parking
+        from fednode._mcp._parking import Parking
 
         fixture = in_process_fixture("parked")
         server = UpstreamServer(ServerConfig(id="parked"), backoff=FAST_BACKOFF, server=fixture.server,

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fednode
-from fednode import _wire as wire
+from fednode._peers import _wire as wire
 
 ids = st.integers(min_value=0, max_value=2**53)
 texts = st.text(max_size=40)

@@ -1,0 +1,3 @@
+"""Layer 1, configuration and auth: the node's settings (TOML read and checked by cattrs), the
+tokens peers exchange (HS512 or EdDSA), and structured logging. Imports nothing else of fednode
+but :mod:`fednode._errors`."""

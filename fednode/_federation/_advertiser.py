@@ -1,0 +1,133 @@
+"""Sending each peer what changed in the routes this node offers it (``fed/routes``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from .._config._logging import ThrottledLog
+from .._errors import FednodeError
+from ._routing import Key, Path, PeerPolicy, Route, RoutingTable
+
+ROUTES_METHOD = "fed/routes"
+
+
+class Advertiser:
+    """Sends each connected peer the delta of what it is offered, whenever something changed.
+
+    Args:
+        table: the routing table (what each peer is offered and was last sent).
+        connected_peers: the peers with a live link now.
+        policy_for: a registered peer's policy (None: not registered).
+        node_transit: this node's ``[mcp] transit`` now (it can change on reload).
+        notify: sends one notification to a peer.
+        max_message_size: the link's ``max_message_size`` (frames stay well under it).
+        log: where what could not be sent is logged.
+    """
+
+    def __init__(self, table: RoutingTable, *, connected_peers: Callable[[], list[str]],
+                 policy_for: Callable[[str], PeerPolicy | None], node_transit: Callable[[], bool],
+                 notify: Callable[[str, str, Any], Awaitable[None]], max_message_size: int, log: Any) -> None:
+        self._table = table
+        self._connected_peers = connected_peers
+        self._policy_for = policy_for
+        self._node_transit = node_transit
+        self._notify = notify
+        self._max_message_size = max_message_size
+        self._log = log
+        # for lines a peer can cause at will, and repeated ones
+        self._throttled = ThrottledLog(log)
+        self._dirty = trio.Event()
+        # peers an advertisement is being sent to -> whether another is due when it is done
+        self._advertising: dict[str, bool] = {}
+
+    def changed(self) -> None:
+        """Something peers are offered may have changed: compare and send (from :meth:`run`)."""
+        self._dirty.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send each connected peer what changed, whenever something changed. Runs until cancelled.
+
+        Each peer is sent to by a task of its own, so a slow peer delays only its own updates; a
+        change while one is being sent means one more round for that peer when it is done.
+        """
+        task_status.started()
+        async with trio.open_nursery() as senders:
+            while True:
+                await self._dirty.wait()
+                self._dirty = trio.Event()
+                for peer_id in self._connected_peers():
+                    if peer_id in self._advertising:
+                        self._advertising[peer_id] = True
+                    else:
+                        self._advertising[peer_id] = False
+                        senders.start_soon(self._advertise_to, peer_id)
+
+    async def _advertise_to(self, peer_id: str) -> None:
+        try:
+            while True:
+                await self._advertise(peer_id)
+                if not self._advertising.get(peer_id):
+                    return
+                self._advertising[peer_id] = False
+        finally:
+            del self._advertising[peer_id]
+
+    def offers(self, peer_id: str) -> dict[Key, tuple[Route, Path]]:
+        """What ``peer_id`` is offered now (see :meth:`fednode._federation._routing.RoutingTable.offers`)."""
+        policy = self._policy_for(peer_id)
+        if policy is None:
+            return {}
+        return self._table.offers(peer_id, policy, node_transit=self._node_transit())
+
+    async def _advertise(self, peer_id: str) -> None:
+        offers = self.offers(peer_id)
+        delta = self._table.delta(peer_id, offers)
+        wire = {key: route.to_wire(path) for key, (route, path) in delta.routes.items()}
+        sizes = {key: len(json.dumps(item, separators=(",", ":"), ensure_ascii=False, default=str))
+                 for key, item in wire.items()}
+        budget = self.frame_budget()
+        too_large = [key for key, size in sizes.items() if size > budget]
+        for key in too_large:
+            # It cannot be sent: the peer must not keep routing to what it had before (withdrawn
+            # below), and it is not recorded as sent, so it goes out once it fits again.
+            self._throttled.error("routes.too_large", key=key[1], peer=peer_id, server=key[1], origin=key[0],
+                                  size=sizes[key], limit=budget, hint="raise [link] max_message_size on every node")
+            del offers[key]
+        if too_large:
+            delta = self._table.delta(peer_id, offers)
+        if delta.empty:
+            return
+        frames = pack_frames(delta.full, [(wire[key], sizes[key]) for key in delta.routes],
+                             [list(key) for key in delta.withdrawn], budget)
+        try:
+            for frame in frames:
+                await self._notify(peer_id, ROUTES_METHOD, frame)
+        except FednodeError as exc:
+            self._table.not_sent(peer_id)  # resent in full when the link is back
+            self._log.info("routes.not_sent", peer=peer_id, error=str(exc))
+            return
+        self._table.sent(peer_id, delta)
+
+    def frame_budget(self) -> int:
+        """The largest route (as JSON) that fits in one advertisement frame."""
+        return int(self._max_message_size * 0.9) - 1024
+
+
+def pack_frames(full: bool, routes: list[tuple[dict[str, Any], int]], withdrawn: list[list[str]],
+                budget: int) -> list[dict[str, Any]]:
+    """Pack an advertisement (routes with their JSON sizes) into frames of at most ``budget``."""
+    frames: list[dict[str, Any]] = []
+    current: list[dict[str, Any]] = []
+    size = 0
+    for route, length in routes:
+        if current and size + length > budget:
+            frames.append({"full": full, "set": current, "withdraw": [], "more": True})
+            current, size = [], 0
+        current.append(route)
+        size += length
+    frames.append({"full": full, "set": current, "withdraw": withdrawn, "more": False})
+    return frames

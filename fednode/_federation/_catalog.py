@@ -1,0 +1,249 @@
+"""The catalog a client sees: exposed names built from the best routes, with name conflicts resolved.
+
+Replicas (the same server id on several nodes) merge into one entry, nearest first. When two
+different servers claim one exposed name, a server attached to this node keeps it, then the one
+that claimed it first; the other is exposed with its owning node's id in front (tools, prompts) or
+not at all (resources, templates), and the conflict is reported. Names that left with their
+server's last route are remembered for a while (:mod:`fednode._federation._withdrawn`), so a client asking for
+one hears why it is unreachable rather than that it is unknown.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import attrs
+
+from .._errors import METHOD_NOT_FOUND, NODE_UNREACHABLE, SERVER_UNAVAILABLE, UNKNOWN_NAME, ForwardError
+from ._routing import KINDS, Key, Route
+from ._withdrawn import WithdrawnNames, template_regex
+
+
+@attrs.frozen
+class Entry:
+    """One item a client sees: a tool, prompt, resource or template with its exposed name."""
+
+    kind: str
+    exposed: str
+    name: str
+    server: str
+    definition: dict[str, Any] = attrs.field(eq=False, repr=False)
+    origins: tuple[str, ...] = ()
+
+
+def item_name(kind: str, definition: Mapping[str, Any]) -> str | None:
+    """The name a definition of ``kind`` is known by (a URI for resources, a URI template for templates)."""
+    key = "uri" if kind == "resources" else "uriTemplate" if kind == "resourceTemplates" else "name"
+    value = definition.get(key)
+    return value if isinstance(value, str) else None
+
+
+class Catalog:
+    """The exposed entries of one node, rebuilt from the best routes whenever they change.
+
+    Args:
+        node_id: this node's id (its servers' entries have it among their origins).
+        log: where conflicts are logged.
+        withdrawn: where names that left with their server's last route are remembered.
+    """
+
+    def __init__(self, node_id: str, log: Any, withdrawn: WithdrawnNames | None = None) -> None:
+        self.node_id = node_id
+        self.log = log
+        self.withdrawn = withdrawn if withdrawn is not None else WithdrawnNames()
+        self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self.conflicts: list[str] = []
+        # server id -> when its exposed names were first claimed (an ever-increasing number): older
+        # claims keep their names when another server claims the same ones
+        self._claimed: dict[str, int] = {}
+        self._claims = itertools.count()
+        # (server keeping the names, other server) -> the contested names last logged (catalog.conflict)
+        self._conflict_sets: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._templates: list[tuple[re.Pattern[str], Entry]] = []
+
+    def rebuild(self, best: Mapping[Key, tuple[Route, str | None]], rtts: Mapping[str, float],
+                attached: Collection[str]) -> set[str]:
+        """Rebuild the entries from ``best`` (see :meth:`fednode._federation._routing.RoutingTable.update`).
+
+        Args:
+            rtts: round-trip time per peer (orders replicas; unknown counts as infinite).
+            attached: the servers attached to this node now (a name of one removed from it on
+                purpose is not remembered as withdrawn).
+
+        Returns:
+            The kinds whose entries changed.
+        """
+        before = {kind: dict(entries) for kind, entries in self.entries.items()}
+        self._rebuild(best, rtts)
+        self._note_withdrawn(before, {server for _origin, server in best}, attached)
+        return {kind for kind in KINDS if before[kind].keys() != self.entries[kind].keys() or any(
+            before[kind][name].definition != entry.definition or before[kind][name].origins != entry.origins
+            for name, entry in self.entries[kind].items() if name in before[kind])}
+
+    def _rebuild(self, best: Mapping[Key, tuple[Route, str | None]], rtts: Mapping[str, float]) -> None:
+        # Group by server id: the same id on several nodes is one server with replicas.
+        by_server: dict[str, list[tuple[Route, str | None]]] = {}
+        for route, via in best.values():
+            by_server.setdefault(route.server, []).append((route, via))
+        entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        conflicts: list[str] = []
+        contested: dict[tuple[str, str], list[str]] = {}  # (keeps the names, the other) -> contested names
+        # Who keeps a contested name: a server attached here, then the one that claimed it first
+        # (names already given stay put), then the server id. A peer cannot take over a name.
+        for server_id in sorted(by_server.keys() - self._claimed.keys()):
+            self._claimed[server_id] = next(self._claims)
+        for server_id in self._claimed.keys() - by_server.keys():
+            del self._claimed[server_id]
+        order = sorted(by_server, key=lambda sid: (all(via is not None for _, via in by_server[sid]),
+                                                   self._claimed[sid], sid))
+        inf = float("inf")
+        for server_id in order:
+            # Nearest first: fewest hops, then the lowest RTT of the first hop (local is 0), then a stable order.
+            replicas = sorted(by_server[server_id], key=lambda rv: (
+                len(rv[0].path), 0.0 if rv[1] is None else rtts.get(rv[1], inf), rv[0].origin))
+            nearest = replicas[0][0]
+            origins = tuple(route.origin for route, _ in replicas)
+            for kind in KINDS:
+                for definition in nearest.catalog.get(kind, ()):
+                    name = item_name(kind, definition)
+                    if name is None:
+                        continue
+                    exposed = name
+                    if kind in ("tools", "prompts") and nearest.prefix:
+                        exposed = f"{nearest.prefix}__{name}"
+                    if exposed in entries[kind]:
+                        other = entries[kind][exposed]
+                        contested.setdefault((other.server, server_id), []).append(exposed)
+                        if kind in ("resources", "resourceTemplates"):
+                            conflicts.append(f"{kind} {exposed!r}: servers {other.server!r} and {server_id!r}; "
+                                             f"{other.server!r} serves it")
+                            continue
+                        renamed = f"{nearest.origin}__{exposed}"
+                        if renamed in entries[kind]:
+                            conflicts.append(f"{kind} {exposed!r}: servers {other.server!r} and {server_id!r}; "
+                                             f"{renamed!r} is taken too, so the second is not exposed")
+                            continue
+                        conflicts.append(f"{kind} {exposed!r}: servers {other.server!r} and {server_id!r}; "
+                                         f"the second is exposed as {renamed!r}")
+                        exposed = renamed
+                    shown = dict(definition)
+                    if kind in ("tools", "prompts"):
+                        shown["name"] = exposed
+                    entries[kind][exposed] = Entry(kind=kind, exposed=exposed, name=name, server=server_id,
+                                                   definition=shown, origins=origins)
+        self._log_conflicts(contested, conflicts)
+        self.conflicts = conflicts
+        self.entries = entries
+        self._templates = [(template_regex(name), entry) for name, entry in entries["resourceTemplates"].items()]
+
+    def _log_conflicts(self, contested: Mapping[tuple[str, str], list[str]], conflicts: list[str]) -> None:
+        """One warning per pair of servers claiming the same names, when that set of names is new or changed.
+
+        A catalog update that leaves a pair's contested names as they were logs nothing, so a start-up
+        with many overlapping names (or every later update) does not flood the log.
+        """
+        sets = {pair: tuple(sorted(set(names))) for pair, names in contested.items()}
+        for (keeper, other), names in sorted(sets.items()):
+            if self._conflict_sets.get((keeper, other)) == names:
+                continue
+            example = next((c for c in conflicts if f"servers {keeper!r} and {other!r}" in c), "")
+            self.log.warning("catalog.conflict", servers=[keeper, other], kept_by=keeper, count=len(names),
+                             names=list(names[:20]), example=example)
+        self._conflict_sets = sets
+
+    def _note_withdrawn(self, before: Mapping[str, Mapping[str, Entry]], routed: Collection[str],
+                        attached: Collection[str]) -> None:
+        """Remember the names that left the catalog with their server's last route; forget those back.
+
+        A name that left while its server is still routed was removed by the server itself: it is
+        unknown now, and not remembered.
+        """
+        for kind in KINDS:
+            now = self.entries[kind]
+            for name in now.keys() - before[kind].keys():
+                self.withdrawn.forget(kind, name)
+            for name in before[kind].keys() - now.keys():
+                entry = before[kind][name]
+                if entry.server in routed:
+                    continue
+                local = self.node_id in entry.origins
+                if local and entry.server not in attached:
+                    continue  # removed from this node on purpose, not down
+                self.withdrawn.remember(kind, name, entry.server, entry.origins, local=local)
+
+    # -- looking things up --------------------------------------------------------------------
+
+    def list_items(self, kind: str) -> list[dict[str, Any]]:
+        """The exposed definitions of one kind, sorted by exposed name."""
+        return [entry.definition for _, entry in sorted(self.entries.get(kind, {}).items())]
+
+    def tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """The input schema of an exposed tool (None: no such tool, or it has none)."""
+        entry = self.entries["tools"].get(name)
+        schema = entry.definition.get("inputSchema") if entry is not None else None
+        return schema if isinstance(schema, Mapping) else None
+
+    def resolve(self, method: str, params: Mapping[str, Any]) -> tuple[Entry, dict[str, Any]]:
+        """Find the entry a client request is about; returns it and the params to send upstream.
+
+        Raises:
+            ForwardError: unknown name or URI (-32602); a name withdrawn recently with its server's
+                last route: -32050 (owning node unreachable) or -32051 (server attached here down),
+                naming the server, its node and since when.
+        """
+        upstream_params = dict(params)
+        if method in ("tools/call", "prompts/get"):
+            kind = "tools" if method == "tools/call" else "prompts"
+            name = params.get("name")
+            entry = self.entries[kind].get(name) if isinstance(name, str) else None
+            if entry is None:
+                raise self._withdrawn_error(kind, name) or ForwardError(UNKNOWN_NAME, f"Unknown {kind[:-1]}: {name}")
+            upstream_params["name"] = entry.name
+            return entry, upstream_params
+        if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
+            uri = params.get("uri")
+            if isinstance(uri, str):
+                entry = self.entries["resources"].get(uri) or self._template_for(uri)
+                if entry is not None:
+                    return entry, upstream_params
+            raise self._withdrawn_error("resources", uri) or ForwardError(UNKNOWN_NAME, f"Unknown resource: {uri}",
+                                                                          {"uri": uri})
+        if method == "completion/complete":
+            ref = params.get("ref")
+            if isinstance(ref, dict) and ref.get("type") == "ref/prompt":
+                entry = self.entries["prompts"].get(ref.get("name", ""))
+                if entry is not None:
+                    upstream_params["ref"] = {**ref, "name": entry.name}
+                    return entry, upstream_params
+                if (error := self._withdrawn_error("prompts", ref.get("name"))) is not None:
+                    raise error
+            if isinstance(ref, dict) and ref.get("type") == "ref/resource":
+                uri = ref.get("uri", "")
+                entry = self.entries["resourceTemplates"].get(uri) or self.entries["resources"].get(uri)
+                if entry is not None:
+                    return entry, upstream_params
+                error = self._withdrawn_error("resourceTemplates", uri) or self._withdrawn_error("resources", uri)
+                if error is not None:
+                    raise error
+            raise ForwardError(UNKNOWN_NAME, f"Unknown completion reference: {json.dumps(ref)[:200]}")
+        raise ForwardError(METHOD_NOT_FOUND, f"Method not forwarded: {method}")
+
+    def _template_for(self, uri: str) -> Entry | None:
+        for pattern, entry in self._templates:
+            if pattern.match(uri):
+                return entry
+        return None
+
+    def _withdrawn_error(self, kind: str, name: object) -> ForwardError | None:
+        """The unreachable error for a name withdrawn recently (None: not one of those)."""
+        if not isinstance(name, str):
+            return None
+        found = self.withdrawn.for_uri(name) if kind == "resources" else self.withdrawn.get(kind, name)
+        if found is None:
+            return None
+        message, data = found.describe(self.withdrawn.now())
+        return ForwardError(SERVER_UNAVAILABLE if found.local else NODE_UNREACHABLE, message, data)

@@ -1,0 +1,467 @@
+"""Forwarding requests across peer links to the node whose attached server serves them.
+
+Requests (tools/call, prompts/get, resources/read, completion/complete) travel hop by hop as
+``fed/forward`` requests to the owning node, which executes them against the attached server.
+Progress notifications travel back as ``fed/progress``; a node in between passes both on from
+its link's reader (a *transit*), without a task of its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
+import trio
+
+from .._errors import (
+    DEADLINE_EXCEEDED,
+    FORWARDING_LOOP,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    MISSING_CAPABILITY,
+    NODE_UNREACHABLE,
+    OVERLOADED,
+    SERVER_UNAVAILABLE,
+    UNKNOWN_NAME,
+    FednodeError,
+    ForwardError,
+    LinkClosedError,
+    NotDelivered,
+    PeerError,
+    PeerUnavailableError,
+    RemoteError,
+    RequestError,
+    RequestTimeoutError,
+    UnknownPeerError,
+)
+from .._peers._link import Link, RequestContext, Transit
+from .._peers._shares import LOCAL, FairShares, Refusal
+from ._catalog import Catalog
+from ._local import LocalServers, ProgressFn, token_origin
+from ._routing import MAX_PATH, Key, Path, RoutingTable
+
+FORWARD_METHOD = "fed/forward"
+PROGRESS_METHOD = "fed/progress"
+_PROGRESS_BUFFER = 64  # progress notifications queued per request before newer ones are dropped
+
+MAX_TASKS = 10_000  # tasks remembered for routing tasks/*; the oldest are forgotten first
+
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
+TASK_METHODS = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
+CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+MODERN_ERA = "2026-07-28"
+# error code -> the outcome label of forwarded-request metrics (any other code: "error")
+_OUTCOMES = {UNKNOWN_NAME: "unknown", NODE_UNREACHABLE: "unreachable", SERVER_UNAVAILABLE: "unavailable",
+             DEADLINE_EXCEEDED: "deadline", FORWARDING_LOOP: "loop", OVERLOADED: "busy"}
+
+
+class ForwardShares:
+    """The fair shares (see :mod:`fednode._peers._shares`) of forwarded requests: of those sent on each link
+    (own and passed on, by next hop; ``max_inflight`` each) and of those run against this node's
+    servers (twice ``max_inflight``). Parties: the registered peers and LOCAL.
+
+    Args:
+        node_id: this node's id (for messages).
+        max_inflight: the links' ``max_inflight``.
+        on_refused: records each refusal as ``(pool, reason, party)`` (pool ``link`` or ``node``).
+    """
+
+    def __init__(self, node_id: str, max_inflight: int,
+                 on_refused: Callable[[str, str, str], None] | None = None) -> None:
+        self.node_id = node_id
+        self.max_inflight = max_inflight
+        self._on_refused = on_refused
+        self._peers: frozenset[str] = frozenset()
+        self.links: dict[str, FairShares] = {}
+        #: requests run against this node's servers
+        self.here = FairShares(2 * max_inflight, (LOCAL,))
+
+    def set_peers(self, peer_ids: Collection[str]) -> None:
+        """The registered peers changed: each of them (and LOCAL) has a reserve in every pool."""
+        self._peers = frozenset(peer_ids)
+        self.here.set_parties(self._peers | {LOCAL})
+        for via, pool in list(self.links.items()):
+            if via not in self._peers and not pool.in_use:
+                del self.links[via]
+            else:
+                pool.set_parties((self._peers - {via}) | {LOCAL})
+
+    def link(self, via: str) -> FairShares:
+        """The pool of the requests sent from here on the link to ``via``."""
+        pool = self.links.get(via)
+        if pool is None:
+            pool = self.links[via] = FairShares(self.max_inflight, (self._peers - {via}) | {LOCAL})
+        return pool
+
+    def acquire(self, via: str | None, party: str, key: Key) -> FairShares:
+        """Take a slot for ``party`` and server ``key`` on the link to ``via`` (None: of this node's pool).
+
+        Returns the pool, to release the slot to.
+
+        Raises:
+            ForwardError: -32004, the party's share or the server's half is used up (counted).
+        """
+        pool = self.here if via is None else self.link(via)
+        refusal = pool.acquire(party, key)
+        if refusal is None:
+            return pool
+        if self._on_refused is not None:
+            self._on_refused("node" if via is None else "link", refusal.value, party)
+        origin, server = key
+        if refusal is Refusal.SERVER:
+            raise ForwardError(OVERLOADED, f"Too many requests in flight to server {server!r} on "
+                                           f"{origin!r} (at most {pool.server_cap}); retry later")
+        who = "This node's clients hold" if party == LOCAL else f"Peer {party!r} holds"
+        where = f"at {self.node_id!r}" if via is None else f"from {self.node_id!r} to {via!r}"
+        raise ForwardError(OVERLOADED, f"{who} their fair share of the requests in flight {where}; retry later")
+
+
+class Forwarding:
+    """Runs client requests wherever their server is, and serves and passes on ``fed/forward``.
+
+    Args:
+        node_id: this node's id.
+        table: the routing table (next hops, and what each peer is offered).
+        catalog: the exposed catalog (which server a name belongs to).
+        local: the servers attached to this node (requests for them are run there).
+        request: sends a request to a peer and returns its result.
+        notify: sends a notification to a peer.
+        link_to: the live link to a peer, if any (transits go straight onto it).
+        offered_path: the path this node offers a peer for a route (None: policy keeps it from the peer).
+        request_timeout: this node's ``[mcp] request_timeout`` now (it can change on reload).
+        max_inflight: the links' ``max_inflight``: the size of each link's pool of requests sent
+            on it, shared fairly (see :mod:`fednode._peers._shares`); the node's own pool (requests run
+            against its servers) is twice that.
+        observe: records one forwarded request's outcome and seconds (metrics).
+        on_refused: records a request refused for lack of a fair share: ``(pool, reason, party)``
+            with pool ``link`` or ``node`` and reason ``share`` or ``server`` (metrics).
+        is_settled: whether the catalog has settled after start-up.
+        wait_settled: returns once it has (bounded).
+        log: the node's logger.
+    """
+
+    def __init__(self, node_id: str, table: RoutingTable, catalog: Catalog, local: LocalServers, *,
+                 request: Callable[..., Awaitable[Any]], notify: Callable[[str, str, Any], Awaitable[None]],
+                 link_to: Callable[[str], Link | None], offered_path: Callable[[str, Key], Path | None],
+                 request_timeout: Callable[[], float], max_inflight: int,
+                 observe: Callable[[str, str, str, float], None], is_settled: Callable[[], bool],
+                 wait_settled: Callable[[], Awaitable[None]], log: Any,
+                 on_refused: Callable[[str, str, str], None] | None = None) -> None:
+        self.node_id = node_id
+        self._table = table
+        self._catalog = catalog
+        self._local = local
+        self._peer_request = request
+        self._notify = notify
+        self._link_to = link_to
+        self._offered_path = offered_path
+        self._request_timeout = request_timeout
+        self._observe = observe
+        self._is_settled = is_settled
+        self._wait_settled = wait_settled
+        self._log = log
+        self.in_flight = 0  # client and peer requests being executed here (passed-on ones: see Link)
+        #: fair shares of the requests sent on each link and of those run here
+        self.shares = ForwardShares(node_id, max_inflight, on_refused)
+        # task id -> (server, origin) of tasks created through this node (tasks extension), newest last
+        self._tasks: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
+        #: per local client session: the (origin, server) pairs its requests went to
+        self.session_used: dict[str, set[Key]] = {}
+        self._progress_routes: dict[str, trio.MemorySendChannel[tuple[float, float | None, str | None]]] = {}
+        #: progress tokens of requests passed on by this node -> the link their notifications go back on
+        self._progress_relays: dict[str, Link] = {}
+
+    async def execute(self, method: str, params: dict[str, Any], *, timeout: float | None = None,
+                      progress: ProgressFn | None = None, session: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run a client request wherever its server is, nearest replica first; return the raw result.
+
+        Args:
+            progress: awaited with ``(progress, total, message)`` for each progress notification the
+                server sends about this request, all before this method returns.
+
+        Raises:
+            ForwardError / RequestError: with the code to give the client.
+        """
+        return await self._measured("client", method, self._execute(method, params, timeout=timeout,
+                                                                    progress=progress, session=session))
+
+    async def _measured(self, source: str, method: str, work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        """Await ``work`` counted as in flight, and record its outcome and latency in the node's metrics."""
+        started = trio.current_time()
+        outcome = "cancelled"
+        self.in_flight += 1
+        try:
+            result = await work
+            outcome = "tool_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
+            return result
+        except RequestError as exc:
+            outcome = _OUTCOMES.get(exc.code, "error")
+            raise
+        except Exception:
+            outcome = "internal"
+            raise
+        finally:
+            self.in_flight -= 1
+            self._observe(source, method, outcome, trio.current_time() - started)
+
+    async def _execute(self, method: str, params: dict[str, Any], *, timeout: float | None,
+                       progress: ProgressFn | None, session: dict[str, Any] | None) -> dict[str, Any]:
+        if method in TASK_METHODS:
+            server, origins, upstream_params = self._resolve_task(params)
+        else:
+            try:
+                entry, upstream_params = self._catalog.resolve(method, params)
+            except ForwardError as exc:
+                if exc.code != UNKNOWN_NAME or self._is_settled():
+                    raise
+                # Right after start-up the name may be on its way (as for lists): wait, once.
+                await self._wait_settled()
+                entry, upstream_params = self._catalog.resolve(method, params)
+            server, origins = entry.server, entry.origins
+            parked_at = token_origin(params.get("requestState"))
+            if parked_at in origins:
+                origins = (parked_at,)  # a retry answering a parked call goes where the call waits
+        if timeout is None:
+            # The owning node's [[servers]] timeout when it set one (it knows its slow servers),
+            # else this node's [mcp] request_timeout.
+            best = self._table.best.get((origins[0], server)) if origins else None
+            route_timeout = best[0].timeout if best is not None else None
+            timeout = route_timeout or self._request_timeout()
+        deadline = trio.current_time() + timeout
+        last: ForwardError | None = None
+        for origin in origins:
+            if session is not None:
+                self.session_used.setdefault(session["id"], set()).add((origin, server))
+            try:
+                result = await self._send(origin, server, method, upstream_params, deadline, (), progress, session,
+                                          party=LOCAL)
+            except NotDelivered as exc:
+                last = exc.error  # fail over to the next replica: this one never saw the request
+                continue
+            task_id = result.get("taskId")
+            if result.get("resultType") == "task" and isinstance(task_id, str):
+                # Later tasks/* calls about it must reach the same server instance.
+                self._tasks[task_id] = (server, origin)
+                while len(self._tasks) > MAX_TASKS:
+                    self._tasks.popitem(last=False)
+            return result
+        assert last is not None
+        raise last
+
+    def _resolve_task(self, params: Mapping[str, Any]) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        meta = params.get("_meta")
+        capabilities = meta.get(CLIENT_CAPABILITIES_KEY) if isinstance(meta, Mapping) else None
+        extensions = capabilities.get("extensions") if isinstance(capabilities, Mapping) else None
+        if not isinstance(extensions, Mapping) or TASKS_EXTENSION not in extensions:
+            raise ForwardError(MISSING_CAPABILITY, f"tasks methods need the {TASKS_EXTENSION} extension",
+                               {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}})
+        task_id = params.get("taskId")
+        where = self._tasks.get(task_id) if isinstance(task_id, str) else None
+        if where is None:
+            raise ForwardError(UNKNOWN_NAME, f"Unknown task: {task_id}", {"taskId": task_id})
+        server, origin = where
+        return server, (origin,), dict(params)
+
+    async def _send(self, origin: str, server: str, method: str, params: dict[str, Any], deadline: float,
+                    trace: tuple[str, ...], progress: ProgressFn | None,
+                    session: dict[str, Any] | None = None, *, party: str) -> dict[str, Any]:
+        """Run a request at ``origin`` (here, or through the next hop) for ``party`` (LOCAL or a peer).
+
+        The request holds a slot of the pool it uses (the node's, or the link's to the next hop)
+        while it runs: each party and each server get their fair share (see :mod:`fednode._peers._shares`),
+        so one peer, or one hanging server, cannot take the room of the others.
+        """
+        remaining = deadline - trio.current_time()
+        if remaining <= 0:
+            raise ForwardError(DEADLINE_EXCEEDED, f"Deadline exceeded before reaching {server!r} on {origin!r}")
+        key = (origin, server)
+        if origin == self.node_id:
+            try:
+                pool = self.shares.acquire(None, party, key)
+            except ForwardError as exc:
+                raise NotDelivered(exc) from None
+            try:
+                return await self._call_local(server, method, params, remaining, progress, session, trace)
+            finally:
+                pool.release(party, key)
+        via = self._next_hop(origin, server)
+        if via is None:
+            raise NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable"))
+        try:
+            pool = self.shares.acquire(via, party, key)
+        except ForwardError as exc:
+            raise NotDelivered(exc) from None
+        try:
+            return await self._forward(via, origin, server, method, params, remaining, trace, progress, session)
+        finally:
+            pool.release(party, key)
+
+    async def _forward(self, via: str, origin: str, server: str, method: str, params: dict[str, Any],
+                       remaining: float, trace: tuple[str, ...], progress: ProgressFn | None,
+                       session: dict[str, Any] | None) -> dict[str, Any]:
+        forward: dict[str, Any] = {"origin": origin, "server": server, "method": method, "params": params,
+                                   "timeout": remaining, "trace": [*trace, self.node_id]}
+        if session is not None:
+            forward["session"] = session
+        if progress is None:
+            return await self._request(via, origin, server, forward, remaining)
+        # Progress comes back as fed/progress notifications naming our token; they are relayed in
+        # order, and all of them before the result (the relay drains before the nursery exits).
+        token = uuid.uuid4().hex
+        forward["progress"] = token
+        send, receive = trio.open_memory_channel[tuple[float, float | None, str | None]](_PROGRESS_BUFFER)
+        self._progress_routes[token] = send
+        async with trio.open_nursery() as relay:
+            relay.start_soon(_relay_progress, receive, progress)
+            try:
+                return await self._request(via, origin, server, forward, remaining)
+            finally:
+                del self._progress_routes[token]
+                send.close()
+
+    def on_progress(self, params: Any, context: RequestContext) -> None:
+        if not isinstance(params, dict):
+            return
+        token = params.get("token")
+        relay = self._progress_relays.get(token)  # type: ignore[arg-type]
+        if relay is not None:  # a request passed on by this node: the notification goes back as is
+            relay.forward_notification(PROGRESS_METHOD, params)
+            return
+        route = self._progress_routes.get(token)  # type: ignore[arg-type]
+        value, total, message = params.get("progress"), params.get("total"), params.get("message")
+        if route is None or not isinstance(value, int | float) or isinstance(value, bool):
+            return
+        item = (float(value), float(total) if isinstance(total, int | float) else None,
+                message if isinstance(message, str) else None)
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            route.send_nowait(item)  # a client that cannot keep up loses progress, never results
+
+    async def _request(self, via: str, origin: str, server: str, forward: dict[str, Any],
+                       remaining: float) -> dict[str, Any]:
+        try:
+            result = await self._peer_request(via, FORWARD_METHOD, forward, timeout=remaining)
+        except (PeerUnavailableError, UnknownPeerError) as exc:
+            raise NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} is unreachable: {exc}")) from None
+        except LinkClosedError as exc:
+            raise ForwardError(NODE_UNREACHABLE, f"Link to {via!r} lost while forwarding to {origin!r}: {exc}") \
+                from None
+        except RequestTimeoutError:
+            raise ForwardError(DEADLINE_EXCEEDED, f"Deadline exceeded waiting for {server!r} on {origin!r}") from None
+        except RemoteError as exc:
+            raise ForwardError(exc.code, exc.remote_message, exc.data) from None
+        except PeerError as exc:
+            raise ForwardError(NODE_UNREACHABLE, str(exc)) from None
+        if not isinstance(result, dict):
+            raise ForwardError(INTERNAL_ERROR, f"Malformed result from {origin!r}")
+        return result
+
+    def _next_hop(self, origin: str, server: str) -> str | None:
+        # The table as of the last routing change: recomputing per request would cost O(routes).
+        return self._table.next_hop((origin, server))
+
+    async def _call_local(self, server: str, method: str, params: dict[str, Any], timeout: float,
+                          progress: ProgressFn | None, session: dict[str, Any] | None = None,
+                          trace: tuple[str, ...] = ()) -> dict[str, Any]:
+        return await self._local.call(server, method, params, timeout=timeout, progress=progress, session=session,
+                                      trace=trace)
+
+    def _check_forward(self, params: Any, peer_id: str) -> tuple[str, str, str, dict[str, Any], float, list[str]]:
+        """Validate a fed/forward request from ``peer_id``: its fields, loops and this node's policy.
+
+        Returns ``(origin, server, method, params, timeout, trace)``.
+
+        Raises:
+            ForwardError: malformed (-32602), a forwarding loop, or a server not offered to the peer.
+        """
+        if not isinstance(params, dict):
+            raise ForwardError(INVALID_PARAMS, "fed/forward params must be an object")
+        origin, server, method = params.get("origin"), params.get("server"), params.get("method")
+        upstream_params, timeout, trace = params.get("params"), params.get("timeout"), params.get("trace", [])
+        if not (isinstance(origin, str) and isinstance(server, str) and isinstance(method, str)
+                and isinstance(upstream_params, dict) and isinstance(timeout, int | float) and timeout > 0
+                and isinstance(trace, list) and len(trace) <= MAX_PATH):
+            raise ForwardError(INVALID_PARAMS, "malformed fed/forward request")
+        if self.node_id in trace:
+            raise ForwardError(FORWARDING_LOOP, f"Forwarding loop through {self.node_id!r}")
+        # Policy is enforced here, not only by what is advertised: a peer may only reach what this
+        # node offers it (export, transit), whatever it asks for.
+        if self._offered_path(peer_id, (origin, server)) is None:
+            self._log.warning("forward.refused", peer=peer_id, origin=origin, server=server)
+            raise ForwardError(UNKNOWN_NAME, f"Server {server!r} on {origin!r} is not offered to {peer_id!r}")
+        session = params.get("session")
+        if session is not None and not (isinstance(session, dict) and isinstance(session.get("id"), str)):
+            raise ForwardError(INVALID_PARAMS, "malformed session in fed/forward")
+        # A peer may not hold a request here for longer than this node would allow itself.
+        best = self._table.best.get((origin, server))
+        limit = max(self._request_timeout() * 10, (best[0].timeout or 0.0) if best else 0.0)
+        timeout = min(float(timeout), limit)
+        return origin, server, method, upstream_params, timeout, trace
+
+    def transit(self, params: Any, context: RequestContext, inbound: Link) -> Transit | None:
+        """Pass a fed/forward for a server on another node straight on to the next hop (run by the reader).
+
+        Returns None for this node's own servers (served by :meth:`on_forward` in a task).
+        """
+        if isinstance(params, dict) and params.get("origin") == self.node_id:
+            return None  # checked once, by on_forward
+        origin, server, _method, _params, timeout, trace = self._check_forward(params, context.peer_id)
+        via = self._next_hop(origin, server)
+        onward = self._link_to(via) if via is not None else None
+        if via is None or onward is None or not onward.is_up:
+            raise ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable")
+        token = params.get("progress")
+        if isinstance(token, str) and (token in self._progress_relays or token in self._progress_routes):
+            return None  # a reused token: the task path mints a fresh one
+        # The request holds a slot of the link's fair shares until it is over (done), like one of ours.
+        party, key = context.peer_id, (origin, server)
+        pool = self.shares.acquire(via, party, key)
+        if isinstance(token, str):
+            self._progress_relays[token] = inbound
+
+        def done() -> None:
+            pool.release(party, key)
+            if isinstance(token, str):
+                del self._progress_relays[token]
+
+        def error(why: str) -> tuple[int, str]:
+            if why == "timeout":
+                return DEADLINE_EXCEEDED, f"Deadline exceeded waiting for {server!r} on {origin!r}"
+            if why.startswith("lost: "):
+                return NODE_UNREACHABLE, f"Link to {via!r} lost while forwarding to {origin!r}: {why[6:]}"
+            return INTERNAL_ERROR, f"Cannot forward to {origin!r}: {why}"
+
+        return Transit(onward=onward, params={**params, "timeout": timeout, "trace": [*trace, self.node_id]},
+                       timeout=timeout, error=error, done=done)
+
+    async def on_forward(self, params: Any, context: RequestContext) -> Any:
+        method = params.get("method") if isinstance(params, dict) else None
+        return await self._measured("peer", method if isinstance(method, str) else "other",
+                                    self._serve_forward(params, context))
+
+    async def _serve_forward(self, params: Any, context: RequestContext) -> Any:
+        origin, server, method, upstream_params, timeout, trace = self._check_forward(params, context.peer_id)
+        deadline = trio.current_time() + timeout
+        token = params.get("progress")
+        progress: ProgressFn | None = None
+        if isinstance(token, str):
+            async def progress(value: float, total: float | None, message: str | None) -> None:
+                with contextlib.suppress(FednodeError):
+                    await self._notify(context.peer_id, PROGRESS_METHOD,
+                                           {"token": token, "progress": value, "total": total, "message": message})
+        try:
+            return await self._send(origin, server, method, upstream_params, deadline, tuple(trace), progress,
+                                    params.get("session"), party=context.peer_id)
+        except NotDelivered as exc:
+            raise exc.error from None
+
+
+async def _relay_progress(receive: trio.MemoryReceiveChannel[tuple[float, float | None, str | None]],
+                          progress: ProgressFn) -> None:
+    async with receive:
+        async for value, total, message in receive:
+            with contextlib.suppress(Exception):  # the caller's progress sink failing must not fail the call
+                await progress(value, total, message)

@@ -1,0 +1,234 @@
+"""The HTTP side of the client edge: serving an ASGI app with hypercorn, client tokens, SSE resumption.
+
+None of it knows MCP: :meth:`~fednode._mcp._edge.MCPEdge.asgi_app` builds the app (the SDK's Streamable
+HTTP transport) with these parts and :meth:`~fednode._mcp._edge.MCPEdge.serve_http` serves it here.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, cast
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .._config._config import ClientsConfig
+from .._peers._ratelimit import RateLimiter
+
+__all__ = ["BearerAuth", "BoundedEventStore", "ClientLimits", "client_key", "healthz", "serve_asgi"]
+
+#: Where :class:`BearerAuth` leaves the key the client's requests are rate-limited under, in
+#: ``scope["state"]`` (the SDK hands handlers a Starlette request over the same scope).
+CLIENT_KEY = "fednode_client"
+
+
+class ClientLimits:
+    """``[clients] rate`` and ``max_connections``, as the edge applies them (no I/O; times passed in).
+
+    Args:
+        clients: the ``[clients]`` section: ``rate`` per client key (a token's, or an address when no
+            tokens are configured), ``max_connections`` per source address.
+        on_limited: called with ``"client"`` or ``"connections"`` for each refusal (metrics).
+    """
+
+    def __init__(self, clients: ClientsConfig, on_limited: Callable[[str], None] | None = None) -> None:
+        self.requests = RateLimiter(clients.rate)
+        self.max_connections = clients.max_connections
+        self.on_limited = on_limited
+        self._connections: dict[str, int] = {}
+
+    def update(self, clients: ClientsConfig, now: float) -> None:
+        """Apply a reloaded ``[clients]`` section from ``now`` on."""
+        self.requests.set_rate(clients.rate, now)
+        self.max_connections = clients.max_connections
+
+    def take(self, key: str, now: float) -> float:
+        """Take a token for a request under ``key``: 0.0, or the seconds until one is there."""
+        wait = self.requests.take(key, now)
+        if wait and self.on_limited is not None:
+            self.on_limited("client")
+        return wait
+
+    def connections(self, address: str) -> int:
+        """HTTP connections from ``address`` open now."""
+        return self._connections.get(address, 0)
+
+    def connect(self, address: str) -> bool:
+        """Count one more connection from ``address``; False (not counted) when it has its maximum."""
+        count = self._connections.get(address, 0)
+        if count >= self.max_connections:
+            if self.on_limited is not None:
+                self.on_limited("connections")
+            return False
+        self._connections[address] = count + 1
+        return True
+
+    def disconnect(self, address: str) -> None:
+        """A connection counted by :meth:`connect` ended."""
+        count = self._connections[address] - 1
+        if count:
+            self._connections[address] = count
+        else:
+            del self._connections[address]
+
+
+def client_key(scope: Scope) -> str | None:
+    """The rate-limit key :class:`BearerAuth` gave an HTTP request (None: not an HTTP request of the edge)."""
+    state = scope.get("state")
+    key = state.get(CLIENT_KEY) if isinstance(state, dict) else None
+    return key if isinstance(key, str) else None
+
+
+def _address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+async def serve_asgi(app: ASGIApp, host: str, port: int, *, path: str, certfile: str | None, keyfile: str | None,
+                     log: Any, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``app`` with hypercorn's Trio worker until cancelled (HTTPS with a cert and key).
+
+    ``task_status.started(port)`` reports the bound port once listening (useful with port 0);
+    ``path`` only goes into the ``edge.listening`` log line.
+    Cancelling the task stops the server at once, open streams included.
+    """
+    config = hypercorn.config.Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if certfile is not None:
+        config.certfile, config.keyfile = certfile, keyfile
+    config.accesslog = None
+    config.errorlog = logging.getLogger("fednode.edge.http")
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(partial(hypercorn.trio.serve, cast(Any, app), config))
+        bound = int(binds[0].rsplit(":", 1)[1])
+        log.info("edge.listening", url=f"{binds[0]}{path}")
+        task_status.started(bound)
+
+
+class BoundedEventStore(EventStore):
+    """SSE events kept for resumption: the newest ``limit`` of them, all streams together, and no more
+    than ``max_bytes`` of them (as JSON), so a few huge messages cannot pile up in memory.
+
+    Event ids carry a random part, so a client cannot replay another client's stream by guessing.
+    """
+
+    def __init__(self, limit: int = 4096, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self._events: collections.OrderedDict[str, tuple[str, Any, int]] = collections.OrderedDict()
+        self._limit = limit
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._counter = 0
+
+    async def store_event(self, stream_id: str, message: Any) -> str:
+        self._counter += 1
+        event_id = f"{self._counter}-{secrets.token_hex(8)}"
+        size = len(message.model_dump_json(by_alias=True, exclude_none=True)) if message is not None else 0
+        self._events[event_id] = (stream_id, message, size)
+        self._bytes += size
+        while len(self._events) > self._limit or (self._bytes > self._max_bytes and len(self._events) > 1):
+            _, (_, _, dropped) = self._events.popitem(last=False)
+            self._bytes -= dropped
+        return event_id
+
+    async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> str | None:
+        known = self._events.get(last_event_id)
+        if known is None:
+            return None
+        stream_id = known[0]
+        after = False
+        for event_id, (stream, message, _size) in list(self._events.items()):
+            if after and stream == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))
+            after = after or event_id == last_event_id
+        return stream_id
+
+
+async def healthz(request: Request) -> Response:
+    """``GET /healthz``: the node is up (needs no client token)."""
+    return PlainTextResponse("ok")
+
+
+class BearerAuth:
+    """ASGI middleware: while ``tokens`` is non-empty, every HTTP request except ``/healthz`` needs one of them.
+
+    With ``limits``, it also keeps each source address to its ``max_connections`` (HTTP 429 with
+    ``Retry-After`` beyond), and names the key the request's JSON-RPC requests are rate-limited
+    under (see :func:`client_key`): the token's (a hash of it), or the address when no tokens are set.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: list[bytes], limits: ClientLimits | None = None) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limits = self.limits
+        address = _address(scope)
+        if limits is not None and not limits.connect(address):
+            # Over the connections of its address: refused before anything else is looked at.
+            response = PlainTextResponse("Too Many Requests", status_code=429, headers={"Retry-After": "1"})
+            await response(scope, receive, send)
+            return
+        try:
+            token = self._authorized(scope) if self.tokens else None
+            if self.tokens and scope["path"] != "/healthz" and token is None:
+                response = PlainTextResponse("Unauthorized", status_code=401,
+                                             headers={"WWW-Authenticate": 'Bearer realm="fednode"'})
+                await response(scope, receive, send)
+                return
+            # Never the token itself: a short hash names it in the limiter's memory.
+            key = "token:" + hashlib.sha256(token).hexdigest()[:16] if token is not None else "address:" + address
+            # A new state dict: hypercorn's may be shared by the requests of one connection.
+            scope["state"] = {**(scope.get("state") or {}), CLIENT_KEY: key}
+            await self._serve(scope, receive, send)
+        finally:
+            if limits is not None:
+                limits.disconnect(address)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+
+        async def send_last_shielded(message: Message) -> None:
+            # Sending the end of a response makes hypercorn finish the exchange inside this call:
+            # close the connection (Connection: close) or arm its keep-alive timer. It also wakes the
+            # app's wait for http.disconnect, and the SDK then cancels its handler, this call
+            # included: hypercorn's close was cut off, and the connection stayed open until the
+            # client left. Shielded, the exchange always finishes.
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                with trio.CancelScope(shield=True):
+                    await send(message)
+            else:
+                await send(message)
+
+        await self.app(scope, receive, send_last_shielded)
+
+    def _authorized(self, scope: Scope) -> bytes | None:
+        """The configured token the request presents (None: none of them)."""
+        headers = cast(Iterable[tuple[bytes, bytes]], scope["headers"])
+        value = next((v for k, v in headers if k == b"authorization"), None)
+        if value is None:
+            return None
+        scheme, _, presented = value.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return None
+        presented = presented.strip()
+        # Compare against every token without stopping early: timing then says nothing about
+        # which token (or how much of one) matched.
+        matched = None
+        for token in self.tokens:
+            if hmac.compare_digest(presented, token):
+                matched = token
+        return matched

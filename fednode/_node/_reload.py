@@ -1,0 +1,133 @@
+"""Configuration reload, planned without I/O: what changed between the running and the new configuration.
+
+:meth:`fednode.Node.reload` loads the new configuration, asks :func:`plan_reload` what to do, applies
+the plan (peers and servers removed, re-registered or added one at a time) and reports a
+:class:`ReloadResult`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+
+from .._config._config import NodeConfig, PeerConfig, ServerConfig, load_config
+from .._errors import ConfigError
+
+#: Sections a reload cannot change on a running node (they take effect at the next start).
+RESTART_ONLY = ("control", "data", "tls", "heartbeat", "backoff", "link", "shutdown_grace")
+
+
+@attrs.frozen
+class ReloadResult:
+    """What a configuration reload did (see :meth:`Node.reload`).
+
+    Attributes:
+        ok: False when the new configuration was refused (nothing was changed).
+        error: why it was refused.
+        summary: one line saying what changed.
+        at: trio clock time of the reload.
+        peers_added, peers_removed, peers_changed, servers_added, servers_removed, servers_changed:
+            the ids concerned (changed ones were re-registered or restarted).
+        peers_retuned: peers whose ``rate`` alone changed (applied at once; their links stay up).
+        auth_changed: the ``[auth]`` keys or rules changed (used for new links from now on).
+        restart_needed: changed sections that only take effect when the node is restarted.
+    """
+
+    ok: bool
+    at: float
+    error: str | None = None
+    summary: str = ""
+    peers_added: tuple[str, ...] = ()
+    peers_removed: tuple[str, ...] = ()
+    peers_changed: tuple[str, ...] = ()
+    servers_added: tuple[str, ...] = ()
+    servers_removed: tuple[str, ...] = ()
+    servers_changed: tuple[str, ...] = ()
+    peers_retuned: tuple[str, ...] = ()
+    auth_changed: bool = False
+    restart_needed: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ReloadPlan:
+    """What a reload from one configuration to another must do.
+
+    Attributes:
+        effective: the configuration to run with: the new one, but the sections in
+            :data:`RESTART_ONLY` kept as they are until the next start.
+        peers_added, peers_removed, peers_changed, servers_added, servers_removed, servers_changed:
+            the ids concerned, sorted.
+        peers_retuned: peers whose ``rate`` alone changed, sorted (not in ``peers_changed``).
+        restart_needed: the sections that changed but only take effect at the next start.
+        mcp_changed, clients_changed: whether ``[mcp]`` / ``[clients]`` changed (they apply at once).
+    """
+
+    effective: NodeConfig
+    peers_added: tuple[str, ...]
+    peers_removed: tuple[str, ...]
+    peers_changed: tuple[str, ...]
+    servers_added: tuple[str, ...]
+    servers_removed: tuple[str, ...]
+    servers_changed: tuple[str, ...]
+    peers_retuned: tuple[str, ...]
+    restart_needed: tuple[str, ...]
+    mcp_changed: bool
+    clients_changed: bool
+
+    def result(self, *, auth_changed: bool, at: float) -> ReloadResult:
+        """The outcome once the plan is applied, with a one-line summary such as ``peers +c; servers ~two``."""
+        parts = [f"{what} {sign}{','.join(ids)}" for what, sign, ids in (
+            ("peers", "+", self.peers_added), ("peers", "-", self.peers_removed), ("peers", "~", self.peers_changed),
+            ("servers", "+", self.servers_added), ("servers", "-", self.servers_removed),
+            ("servers", "~", self.servers_changed), ("peer rates", "~", self.peers_retuned)) if ids]
+        parts += [f"{name} changed" for name, changed in (
+            ("auth", auth_changed), ("mcp", self.mcp_changed), ("clients", self.clients_changed)) if changed]
+        if self.restart_needed:
+            parts.append(f"restart needed for: {', '.join(self.restart_needed)}")
+        return ReloadResult(
+            ok=True, at=at, summary="; ".join(parts) or "no changes",
+            peers_added=self.peers_added, peers_removed=self.peers_removed, peers_changed=self.peers_changed,
+            servers_added=self.servers_added, servers_removed=self.servers_removed,
+            servers_changed=self.servers_changed, peers_retuned=self.peers_retuned, auth_changed=auth_changed,
+            restart_needed=self.restart_needed)
+
+
+def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
+    """Compare the running configuration with a new one (of the same node id)."""
+    peers = _differences(old.peers, new.peers)
+    servers = _differences(old.servers, new.servers)
+    before = {peer.id: peer for peer in old.peers}
+    after = {peer.id: peer for peer in new.peers}
+    # A peer whose rate alone changed keeps its link: the new rate applies to its next request.
+    retuned = tuple(i for i in peers[2] if attrs.evolve(before[i], rate=after[i].rate) == after[i])
+    return ReloadPlan(
+        effective=attrs.evolve(new, **{name: getattr(old, name) for name in RESTART_ONLY}),
+        peers_added=peers[0], peers_removed=peers[1], peers_changed=tuple(i for i in peers[2] if i not in retuned),
+        peers_retuned=retuned,
+        servers_added=servers[0], servers_removed=servers[1], servers_changed=servers[2],
+        restart_needed=tuple(name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name)),
+        mcp_changed=old.mcp != new.mcp, clients_changed=old.clients != new.clients)
+
+
+def _differences(old: tuple[PeerConfig, ...] | tuple[ServerConfig, ...],
+                 new: tuple[PeerConfig, ...] | tuple[ServerConfig, ...],
+                 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Ids (sorted) of the entries added, removed and changed from ``old`` to ``new``."""
+    before, after = {entry.id: entry for entry in old}, {entry.id: entry for entry in new}
+    return (tuple(sorted(after.keys() - before.keys())), tuple(sorted(before.keys() - after.keys())),
+            tuple(sorted(i for i in before.keys() & after.keys() if before[i] != after[i])))
+
+
+def read_new_config(source: NodeConfig | str | os.PathLike[str], node_id: str) -> tuple[NodeConfig | None, str | None]:
+    """The configuration a reload of node ``node_id`` applies (from a file, or given), or why it is refused."""
+    if isinstance(source, NodeConfig):
+        new = source
+    else:
+        try:
+            new = load_config(source)
+        except ConfigError as exc:
+            return None, str(exc)
+    if new.id != node_id:
+        return None, f"the new configuration is for node {new.id!r}, not {node_id!r} (node ids never change)"
+    return new, None
