@@ -16,6 +16,7 @@ from ._config._config import HeartbeatConfig as HeartbeatConfig
 from ._config._config import LinkConfig as LinkConfig
 from ._config._config import MCPConfig as MCPConfig
 from ._config._config import NodeConfig as NodeConfig
+from ._config._config import NodeKeys as NodeKeys
 from ._config._config import PeerConfig as PeerConfig
 from ._config._config import Secret as Secret
 from ._config._config import ServerConfig as ServerConfig

@@ -131,6 +131,20 @@ class AuthError(FednodeError):
         super().__init__(f"{reason}: {detail}")
 
 
+class SignatureError(FednodeError):
+    """A signed statement from another node (a route advertisement) did not verify, or could not be signed.
+
+    Attributes:
+        reason: a short machine-readable reason (one of ``fednode._signing.SignatureReason``'s values).
+        detail: what was wrong, naming the signer; never a key.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
 class ProtocolError(FednodeError):
     """A frame on a peer link could not be decoded or broke the protocol's rules.
 

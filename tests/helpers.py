@@ -11,29 +11,58 @@ import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
 import fednode
+from fednode._config._signing import Keyring
 from fednode._errors import HandshakeFailed
+from fednode._federation._route_proof import Proof, RouteProofs
+from fednode._federation._routing import route_from_wire
 from fednode._peers import _wire as wire
 from fednode._peers._handshake import Handshake
 
 from conftest import SECRET
 
 
-def token_from(issuer: str, audience: str) -> str:
-    """A valid link token from ``issuer`` to ``audience`` under the shared test secret."""
-    config = fednode.NodeConfig.from_mapping({"node": {"id": issuer}, "auth": {"secret": SECRET},
+def token_from(issuer: str, audience: str, secret: str = SECRET) -> str:
+    """A valid link token from ``issuer`` to ``audience`` under ``secret`` (the shared test secret by default)."""
+    config = fednode.NodeConfig.from_mapping({"node": {"id": issuer}, "auth": {"secret": secret},
                                               "peers": [{"id": audience}]})
     manager = fednode.AuthManager(issuer, config.auth, {p.id: p for p in config.peers})
     return manager.create_token(audience)
 
 
+def keyring(node_id: str, secret: str = SECRET) -> Keyring:
+    """The keyring of a node whose ``[auth]`` secret is ``secret`` (and no peers or [[nodes]])."""
+    auth = fednode.AuthConfig(secrets=(fednode.Secret(secret),))
+    return Keyring(node_id, auth=lambda: auth, peer=lambda _peer_id: None, nodes=lambda: ())
+
+
+def signed(route: dict[str, Any], to: str, *, secrets: dict[str, str] | None = None, version: int | None = None,
+           expires: int | None = None) -> dict[str, Any]:
+    """``route`` (as on the wire) as its path would send it to ``to``: the digest of its catalog, and
+    each hop's attestation with its secret (``secrets[hop]``, else the shared test secret)."""
+    route = {key: value for key, value in route.items() if key != "proof"}
+    parsed = route_from_wire(route)
+    path = parsed.path
+    proofs = RouteProofs(path[0], keyring(path[0], (secrets or {}).get(path[0], SECRET)))
+    digest = parsed.signed_digest()
+    proof = proofs.local_proof(parsed.server, digest, parsed.prefix)
+    proof = Proof(version=proof.version if version is None else version,
+                  expires=proof.expires if expires is None else expires)
+    for index, hop in enumerate(path):
+        hop_proofs = RouteProofs(hop, keyring(hop, (secrets or {}).get(hop, SECRET)))
+        next_hop = path[index + 1] if index + 1 < len(path) else to
+        proof = hop_proofs.attest(parsed.origin, parsed.server, parsed.prefix, digest, proof, path[:index + 1],
+                                  next_hop)
+    return {**route, "digest": digest, "proof": proof.to_wire()}
+
+
 @asynccontextmanager
-async def raw_peer(node: fednode.Node, as_id: str, *, hello: bool = True,
-                   max_message_size: int = 16 * 1024 * 1024) -> AsyncIterator[WebSocketConnection]:
-    """A hand-driven WebSocket that authenticates to ``node`` as peer ``as_id`` (and sends hello)."""
+async def raw_peer(node: fednode.Node, as_id: str, *, hello: bool = True, max_message_size: int = 16 * 1024 * 1024,
+                   secret: str = SECRET) -> AsyncIterator[WebSocketConnection]:
+    """A hand-driven WebSocket that authenticates to ``node`` as peer ``as_id`` with ``secret`` (and sends hello)."""
     async with trio.open_nursery() as nursery:
         ws = await connect_websocket_url(
             nursery, node.control_url,
-            extra_headers=[(b"authorization", f"Bearer {token_from(as_id, node.id)}".encode())],
+            extra_headers=[(b"authorization", f"Bearer {token_from(as_id, node.id, secret)}".encode())],
             max_message_size=max_message_size)
         if hello:
             await ws.send_message(wire.encode(wire.Hello(node=as_id)))

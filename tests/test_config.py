@@ -246,6 +246,11 @@ def _peer_without_public_key(raw: dict[str, Any], tmp_path: Path) -> None:
     eddsa(raw, tmp_path, peer_key=None)
 
 
+def _node_with_both_keys(raw: dict[str, Any], tmp_path: Path) -> None:
+    _private, public = ed25519_pems()
+    raw["nodes"] = [{"id": "node-c", "secret": SECRET, "public_key": public}]
+
+
 _B = "ws://127.0.0.1:9001"
 _C = "ws://127.0.0.1:9002"
 
@@ -324,6 +329,26 @@ BAD_CASES = [
                  id="public-key-file-not-pem"),
     pytest.param(Bad("peers[0].public_key", "EdDSA needs this peer's public key", _peer_without_public_key, cli=False),
                  id="eddsa-peer-without-public-key"),
+    # [[nodes]]: keys of nodes that are not peers
+    pytest.param(Bad("nodes[0]", "give this node's secret (HS512) or public_key (Ed25519)",
+                     _replace("nodes", [{"id": "node-c"}])), id="node-without-key"),
+    pytest.param(Bad("nodes[0]", "give either a secret (HS512) or a public key (Ed25519), not both",
+                     _node_with_both_keys, cli=False), id="node-with-both-keys"),
+    pytest.param(Bad("nodes[1].id", "duplicate node id 'node-c' (also nodes[0])",
+                     _replace("nodes", [{"id": "node-c", "secret": SECRET}, {"id": "node-c", "secret": SECRET}]),
+                     cli=False), id="node-twice"),
+    pytest.param(Bad("nodes[0].id", "'node-b' is a peer: its [[peers]] keys verify its routes",
+                     _replace("nodes", [{"id": "node-b", "secret": SECRET}]), cli=False), id="node-is-a-peer"),
+    pytest.param(Bad("nodes[0].id", "is this node's own id",
+                     _replace("nodes", [{"id": "node-a", "secret": SECRET}]), cli=False), id="node-is-this-node"),
+    pytest.param(Bad("nodes[0].secret", "HS512 secret is 17 bytes",
+                     _replace("nodes", [{"id": "node-c", "secret": SHORT_SECRET}]), cli=False),
+                 id="node-secret-too-short"),
+    pytest.param(Bad("nodes[0].colour", "unknown key (allowed: id, public_key, public_keys, secret, secrets)",
+                     _replace("nodes", [{"id": "node-c", "secret": SECRET, "colour": "red"}]), cli=False),
+                 id="node-unknown-key"),
+    pytest.param(Bad("peers[0].vouch", "expected true or false, got str",
+                     _peers({"id": "node-b", "vouch": "yes"}), cli=False), id="peer-vouch-not-bool"),
     pytest.param(Bad("mcp.first_list_wait", "must be between 0s and 300s", _set("mcp", first_list_wait="1h"),
                      cli=False), id="first-list-wait-too-long"),
     # the file itself
@@ -505,6 +530,22 @@ class TestValidConfiguration:
         for result in (toml_result, json_result):
             output = result.stdout + result.stderr
             assert "SENTINEL" not in output
+
+    def test_nodes_and_vouch(self, tmp_path: Path) -> None:
+        _private, public = ed25519_pems()
+        (tmp_path / "node-d.pub").write_text(public)
+        raw = base_raw()
+        raw["peers"][0]["vouch"] = True
+        raw["nodes"] = [{"id": "node-c", "secret": "${C_SECRET}"}, {"id": "node-d", "public_key": "node-d.pub"}]
+        config = fednode.load_config(write_config(tmp_path, raw), environ={"C_SECRET": PEER_SECRET})
+        assert config.peers[0].vouch and not fednode.PeerConfig(id="node-x").vouch
+        [c, d] = config.nodes
+        assert (c.id, c.secrets, c.public_keys) == ("node-c", (fednode.Secret(PEER_SECRET),), ())
+        assert d.id == "node-d" and d.secrets == () and isinstance(d.public_keys[0], Ed25519PublicKey)
+        assert "PEERSENTINEL" not in repr(config)
+        summary = describe(config)
+        assert "vouches for others' routes" in summary and "nodes     2" in summary
+        assert fednode.load_config(write_config(tmp_path, base_raw(), name="plain"), environ={}).nodes == ()
 
     def test_eddsa_config_loads_keys(self, tmp_path: Path) -> None:
         raw = base_raw()

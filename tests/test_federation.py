@@ -15,6 +15,7 @@ import trio
 import fednode
 
 from conftest import node_config
+from helpers import signed
 
 
 @attrs.frozen
@@ -196,8 +197,9 @@ class TestNames:
 
         def forged(server: str, prefix: str, tool: str) -> dict[str, Any]:
             # What a peer that chose its server id and prefix to collide would advertise.
-            return {"origin": "node-b", "server": server, "prefix": prefix, "path": ["node-b"], "digest": server,
-                    "catalog": {"tools": [{"name": tool, "inputSchema": {"type": "object"}}]}}
+            return signed({"origin": "node-b", "server": server, "prefix": prefix, "path": ["node-b"],
+                           "digest": server, "catalog": {"tools": [{"name": tool, "inputSchema": {"type": "object"}}]}},
+                          to="node-a")
 
         with trio.fail_after(60):
             async with topology([("node-a", "node-b")]) as nodes:
@@ -230,9 +232,9 @@ class TestNames:
                     assert names(node) == {"s__good"} and names(node, "prompts") == set()
                     assert names(node, "resources") == {"test://r"}
                 # The same from a peer that does not check what it sends: checked on arrival.
-                forged = {"origin": "node-b", "server": "t", "prefix": "t", "path": ["node-b"], "digest": "x",
-                          "catalog": {"tools": [{"name": "fine", "inputSchema": {"type": "object"}},
-                                                {"name": "broken"}]}}
+                forged = signed({"origin": "node-b", "server": "t", "prefix": "t", "path": ["node-b"], "digest": "x",
+                                 "catalog": {"tools": [{"name": "fine", "inputSchema": {"type": "object"}},
+                                                       {"name": "broken"}]}}, to="node-a")
                 a.federation._on_routes({"set": [forged]}, _context("node-b"))
                 assert "t__fine" in names(a) and "t__broken" not in names(a)
 
@@ -338,8 +340,9 @@ class TestLimits:
                 await eventually(lambda: f"{kept}__marker" in names(a))
                 assert len(a.federation.learned["node-b"]) == 5 and len(names(a)) == 6
                 # A peer advertising far more is refused, and cannot make the log say so without bound.
-                flood = [{"origin": "node-b", "server": f"x{i}", "prefix": "x", "path": ["node-b"], "digest": "d",
-                          "catalog": {"tools": [{"name": "t"}]}} for i in range(500)]  # invalid as well
+                flood = [signed({"origin": "node-b", "server": f"x{i}", "prefix": "x", "path": ["node-b"],
+                                 "digest": "d", "catalog": {"tools": [{"name": "t"}]}}, to="node-a")
+                         for i in range(500)]  # invalid as well
                 with structlog.testing.capture_logs() as logs:
                     a.federation._on_routes({"set": flood}, _context("node-b"))
                 for event in ("routes.limit", "routes.invalid_items"):

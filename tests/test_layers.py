@@ -14,9 +14,11 @@ import structlog
 import trio
 
 import fednode
-from fednode._config._config import LinkConfig, MCPConfig, PeerConfig
+from fednode._config._config import AuthConfig, LinkConfig, MCPConfig, PeerConfig, Secret
+from fednode._config._signing import Keyring
 from fednode._federation._federation import FORWARD_METHOD, ROUTES_METHOD, Federation, new_routing_table
 from fednode._federation._local import LocalRoute
+from fednode._federation._route_proof import ROUTE_TTL, RouteProofs
 from fednode._mcp._upstream_catalog import ServerCatalog
 from fednode._peers._link import Handlers
 from fednode._peers._supervisor import PeerSupervisor
@@ -223,3 +225,29 @@ async def test_the_federation_runs_without_a_node_and_hands_its_methods_over(aut
     assert table.requests[FORWARD_METHOD] == federation.forwarding.on_forward
     assert table.transit[FORWARD_METHOD] == federation.forwarding.transit
     assert table.requests["echo"] is _never
+
+
+async def test_the_federation_re_signs_its_advertisements_before_they_expire(autojump_clock: trio.abc.Clock) -> None:
+    """The refresh task gives this node's advertisements a new version once half their lifetime is gone."""
+    wall = [1_800_000_000.0]
+    auth = AuthConfig(secrets=(Secret("s" * 64),))
+    proofs = RouteProofs("n1", Keyring("n1", auth=lambda: auth, peer=lambda _p: None, nodes=lambda: ()),
+                         clock=lambda: wall[0])
+    local = OneServer()
+    local.up = True
+    federation = Federation("n1", structlog.get_logger("test"), peers=NoPeers(), local=local,
+                            table=new_routing_table("n1", proofs), mcp=lambda: MCPConfig(), limits=LinkConfig(),
+                            request=_never, notify=_never, observe=lambda *args: None,
+                            started=lambda: True, started_at=trio.current_time())
+    federation.set_local_catalog("s", ServerCatalog(tools=({"name": "t", "inputSchema": {"type": "object"}},)))
+    first = federation.table.best[("n1", "s")][0].proof
+    assert first is not None and first.expires == int(wall[0] + ROUTE_TTL)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(federation.refresh)
+        wall[0] += ROUTE_TTL / 2
+        await trio.sleep(ROUTE_TTL / 8 - 1)
+        assert federation.table.best[("n1", "s")][0].proof == first  # not before the refresh's round
+        await trio.sleep(2)
+        renewed = federation.table.best[("n1", "s")][0].proof
+        assert renewed is not None and renewed.version > first.version and renewed.expires > first.expires
+        nursery.cancel_scope.cancel()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import attrs
+
+import fednode
 from fednode._node._reload import plan_reload
 
-from conftest import node_config
+from conftest import SECRET, node_config
 
 
 def test_a_plan_names_every_difference_and_keeps_restart_only_sections() -> None:
@@ -28,6 +31,14 @@ def test_no_difference_is_no_change() -> None:
     plan = plan_reload(config, config)
     assert plan.result(auth_changed=False, at=0.0).summary == "no changes"
     assert plan.effective == config
+
+
+def test_nodes_keys_apply_at_once() -> None:
+    old = node_config("node-a")
+    new = attrs.evolve(old, nodes=(fednode.NodeKeys(id="node-c", secrets=(fednode.Secret(SECRET),)),))
+    plan = plan_reload(old, new)
+    assert plan.effective.nodes == new.nodes and not plan.restart_needed
+    assert plan.result(auth_changed=False, at=0.0).summary == "nodes changed"
 
 
 def test_a_new_rate_alone_keeps_the_peers_link() -> None:

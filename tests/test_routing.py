@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
+import attrs
 import pytest
 import structlog
 from hypothesis import given, settings
@@ -21,17 +22,29 @@ from hypothesis import strategies as st
 from fednode._config._config import PeerConfig
 from fednode._federation._advertiser import pack_frames
 from fednode._federation._catalog import Catalog
-from fednode._federation._routing import Advertisement, Limits, Route, RoutingTable, catalog_digest
+from fednode._federation._route_proof import ROUTE_TTL, Proof, RouteProofs, RouteRefusal
+from fednode._federation._routing import (
+    FAILURE_MEMORY,
+    FAILURE_THRESHOLD,
+    Advertisement,
+    Limits,
+    Route,
+    RoutingTable,
+    catalog_digest,
+)
 from fednode._federation._withdrawn import WithdrawnNames
 
+from helpers import keyring
+
 ME = "node-a"
+NOW = 1_800_000_000.0
 
 
 def Policy(*, export: Iterable[str] | None = None, import_: Iterable[str] | None = None,
-           transit: bool = True) -> PeerConfig:
+           transit: bool = True, vouch: bool = False) -> PeerConfig:
     """A peer's policy as the configuration gives it (``None``: every server)."""
     return PeerConfig(id="peer", export=None if export is None else tuple(sorted(export)),
-                      import_=None if import_ is None else tuple(sorted(import_)), transit=transit)
+                      import_=None if import_ is None else tuple(sorted(import_)), transit=transit, vouch=vouch)
 
 
 OPEN = Policy()
@@ -40,10 +53,10 @@ OPEN = Policy()
 def route(origin: str, server: str, *via: str, tools: tuple[str, ...] = ("t",), prefix: str | None = None,
           description: str = "") -> Route:
     """A route for ``server`` on ``origin`` as it arrives over ``via`` (the path after the origin)."""
-    catalog = {"tools": tuple({"name": t, "description": description, "inputSchema": {"type": "object"}}
-                              for t in tools)}
+    catalog = {kind: () for kind in ("tools", "prompts", "resources", "resourceTemplates")}
+    catalog["tools"] = tuple({"name": t, "description": description, "inputSchema": {"type": "object"}} for t in tools)
     return Route(origin=origin, server=server, prefix=server if prefix is None else prefix, path=(origin, *via),
-                 digest=catalog_digest(catalog), catalog=catalog)
+                 digest=catalog_digest({**catalog, "extensions": {}, "timeout": None}), catalog=catalog)
 
 
 def local(server: str, tools: tuple[str, ...] = ("t",)) -> dict[tuple[str, str], Route]:
@@ -246,18 +259,201 @@ class TestNames:
         assert catalog.entries["tools"] == {} and len(catalog.withdrawn) == 1
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def signed_table(clock: Clock, node: str = ME) -> RoutingTable:
+    return RoutingTable(node, proofs=RouteProofs(node, keyring(node), clock=clock))
+
+
+def proven(r: Route, clock: Clock, *, to: str = ME, version: int | None = None, secrets: dict[str, str] | None = None,
+           path: tuple[str, ...] | None = None) -> Route:
+    """``r`` as its path would send it to ``to``: the origin's proof, each hop's attestation (shared secret)."""
+    origin = RouteProofs(r.origin, keyring(r.origin, **({"secret": secrets[r.origin]} if secrets and r.origin
+                                                         in secrets else {})), clock=clock)
+    proof = origin.local_proof(r.server, r.digest, r.prefix)
+    if version is not None:
+        proof = Proof(version, proof.expires)
+    signers = path or r.path
+    for index, hop in enumerate(signers):
+        hop_keys = keyring(hop, **({"secret": secrets[hop]} if secrets and hop in secrets else {}))
+        next_hop = signers[index + 1] if index + 1 < len(signers) else to
+        proof = RouteProofs(hop, hop_keys, clock=clock).attest(r.origin, r.server, r.prefix, r.digest, proof,
+                                                               signers[:index + 1], next_hop)
+    return attrs.evolve(r, proof=proof)
+
+
+def unverified(received: Any) -> list[tuple[tuple[str, str], RouteRefusal]]:
+    return [(key, why) for key, why, _detail in received.unverified]
+
+
+class TestProvenRoutes:
+    """With route proofs, a route is believed only if its origin and every hop signed it as it came."""
+
+    def test_signed_routes_are_accepted_and_offered_on(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        received = table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b"), clock)))
+        assert received.applied and not received.unverified and learned(table, "node-b") == {("node-c", "s")}
+        table.update({}, {})
+        assert set(table.offers("node-d", OPEN)) == {("node-c", "s")}
+
+    def test_a_forged_or_shortened_path_is_refused_never_used_never_offered(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        genuine = proven(route("node-c", "s", "node-b", ME), clock, to="evil")  # what this node sent evil
+        assert genuine.proof is not None
+        # evil keeps node-c's attestation (made out to node-b), drops the rest, and signs on to this node.
+        evil = RouteProofs("evil", keyring("evil"), clock=clock)
+        kept = Proof(genuine.proof.version, genuine.proof.expires, genuine.proof.sigs[:1])
+        shortened = route("node-c", "s", "evil")
+        shortened = attrs.evolve(shortened, proof=evil.attest("node-c", "s", "s", shortened.digest, kept,
+                                                               ("node-c", "evil"), ME))
+        forged_key = proven(route("node-c", "t", "evil"), clock, secrets={"node-c": "x" * 64})
+        received = table.receive("evil", OPEN, advert(shortened, route("node-c", "u", "evil"), forged_key))
+        assert unverified(received) == [(("node-c", "s"), RouteRefusal.BAD_SIGNATURE),
+                                        (("node-c", "u"), RouteRefusal.UNSIGNED),
+                                        (("node-c", "t"), RouteRefusal.UNKNOWN_KEY)]
+        assert learned(table, "evil") == set()
+        assert table.update({}, {}) == {} and table.offers("node-b", OPEN) == {}
+
+    def test_a_catalog_that_is_not_the_signed_one_is_refused(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        good = proven(route("node-b", "s"), clock)
+        swapped = attrs.evolve(good, catalog=route("node-b", "s", tools=("evil",)).catalog)
+        assert unverified(table.receive("node-b", OPEN, advert(swapped))) == [
+            (("node-b", "s"), RouteRefusal.DIGEST_MISMATCH)]
+
+    def test_a_vouching_peer_is_taken_at_its_word_and_this_node_signs_on(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        received = table.receive("node-b", Policy(vouch=True), advert(route("node-x", "s", "node-b")))
+        assert not received.unverified and [k for k, _why, _d in received.vouched] == [("node-x", "s")]
+        assert table.learned["node-b"][("node-x", "s")].vouched_by == "node-b"
+        table.update({}, {})
+        offered, path = table.offers("node-d", OPEN)[("node-x", "s")]
+        assert table.proofs is not None
+        proof = table.proofs.attest(offered.origin, offered.server, offered.prefix, offered.digest, offered.proof,
+                                    path, "node-d")
+        assert proof.sigs[:2] == (None, None) and proof.sigs[2] is not None  # only this node signed
+        # node-d believes it only if it trusts this node to vouch too.
+        downstream = signed_table(clock, "node-d")
+        refused = downstream.receive(ME, OPEN, advert(attrs.evolve(offered, path=path, proof=proof)))
+        assert unverified(refused) == [(("node-x", "s"), RouteRefusal.UNSIGNED)]
+        assert not downstream.receive(ME, Policy(vouch=True), advert(attrs.evolve(offered, path=path,
+                                                                                  proof=proof))).unverified
+        # What is proven stale is refused whoever vouches for it.
+        table.receive("node-c", OPEN, advert(proven(route("node-y", "s", "node-c"), clock, version=200)))
+        stale = proven(route("node-y", "s", "node-b"), clock, version=100)
+        assert unverified(table.receive("node-b", Policy(vouch=True), advert(stale))) == [
+            (("node-y", "s"), RouteRefusal.REPLAY)]
+
+    def test_an_older_version_is_a_replay_and_a_superseded_route_is_not_used(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        old = proven(route("node-c", "s", "node-b"), clock, version=100)
+        table.receive("node-b", OPEN, advert(old))
+        assert table.update({}, {})[("node-c", "s")][1] == "node-b"
+        # The origin changed its catalog (a new version) and it arrives over a longer path first.
+        new = proven(route("node-c", "s", "node-x", "node-d", tools=("t", "new")), clock, version=200)
+        table.receive("node-d", OPEN, advert(new))
+        best, via = table.update({}, {})[("node-c", "s")]
+        assert via == "node-d" and len(best.catalog["tools"]) == 2  # the shorter, older one is not used
+        # The old one again (a replay through any peer) is refused.
+        replayed = proven(route("node-c", "s", "node-e"), clock, version=100)
+        assert unverified(table.receive("node-e", OPEN, advert(replayed))) == [(("node-c", "s"), RouteRefusal.REPLAY)]
+        assert unverified(table.receive("node-b", OPEN, advert(old))) == [(("node-c", "s"), RouteRefusal.REPLAY)]
+
+    def test_an_expired_route_is_not_used(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b"), clock)))
+        clock.now += ROUTE_TTL
+        assert set(table.update({}, {})) == {("node-c", "s")}
+        clock.now += 61  # past the expiry and the clock leeway
+        assert table.update({}, {}) == {}
+        assert unverified(table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b"), Clock())))) == [
+            (("node-c", "s"), RouteRefusal.EXPIRED)]
+
+    def test_a_route_resent_unchanged_is_not_verified_again(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        signed = proven(route("node-c", "s", "node-b"), clock)
+        table.receive("node-b", OPEN, advert(signed))
+        assert table.proofs is not None
+        calls: list[str] = []
+        verify = table.proofs.verify
+        monkeypatch.setattr(table.proofs, "verify", lambda *args: calls.append("v") or verify(*args))
+        table.receive("node-b", OPEN, advert(signed))
+        assert calls == [] and learned(table, "node-b") == {("node-c", "s")}
+
+
+class TestFailingPeers:
+    """A peer whose forwards keep failing loses preference to healthy routes, and regains it."""
+
+    def test_penalized_after_failures_in_a_row_until_a_success_or_time(self) -> None:
+        table = RoutingTable(ME)
+        table.receive("node-b", OPEN, advert(route("node-x", "s", "node-b")))
+        table.receive("node-c", OPEN, advert(route("node-x", "s", "node-y", "node-c")))
+        assert table.update({}, {}, now=0.0)[("node-x", "s")][1] == "node-b"
+        changes = [table.forward_failed("node-b", 1.0 + i) for i in range(FAILURE_THRESHOLD)]
+        assert changes == [False] * (FAILURE_THRESHOLD - 1) + [True]
+        assert table.update({}, {}, now=5.0)[("node-x", "s")][1] == "node-c"  # longer, but healthy
+        assert table.forward_succeeded("node-b", 6.0)  # answered again: preferred again
+        assert table.update({}, {}, now=6.0)[("node-x", "s")][1] == "node-b"
+        for i in range(FAILURE_THRESHOLD):
+            table.forward_failed("node-b", 10.0 + i)
+        last = 10.0 + FAILURE_THRESHOLD - 1
+        assert table.update({}, {}, now=last + FAILURE_MEMORY - 0.001)[("node-x", "s")][1] == "node-c"
+        assert table.update({}, {}, now=last + FAILURE_MEMORY)[("node-x", "s")][1] == "node-b"  # forgotten
+        # A failure and a success of another peer change nothing of node-b's.
+        assert not table.forward_failed("node-c", 100.0) and not table.forward_succeeded("node-c", 100.0)
+
+    def test_a_link_going_down_forgets_the_failures(self) -> None:
+        table = RoutingTable(ME)
+        for i in range(FAILURE_THRESHOLD):
+            table.forward_failed("node-b", float(i))
+        assert table.penalized("node-b", 3.0)
+        table.link_down("node-b")
+        table.link_up("node-b")
+        assert not table.penalized("node-b", 3.0)
+
+
 class Mesh:
     """Routing tables of several nodes exchanging deltas directly, in memory, until nothing changes."""
 
     def __init__(self, edges: list[tuple[str, str]], servers: dict[str, tuple[str, ...]],
-                 policies: dict[tuple[str, str], PeerConfig] | None = None) -> None:
+                 policies: dict[tuple[str, str], PeerConfig] | None = None, *, signed: bool = False) -> None:
         self.edges = {frozenset(edge) for edge in edges}
         self.policies = policies or {}
-        self.tables = {node: RoutingTable(node) for edge in edges for node in edge}
-        self.local = {node: {(node, s): route(node, s) for s in servers.get(node, ())} for node in self.tables}
+        nodes = sorted({node for edge in edges for node in edge})
+        # With ``signed``, every node signs what it sends and verifies what it receives (one shared secret).
+        self.tables = {node: RoutingTable(node, proofs=RouteProofs(node, keyring(node), clock=lambda: NOW)
+                                          if signed else None) for node in nodes}
+        self.local = {node: {(node, s): self.own(node, route(node, s)) for s in servers.get(node, ())}
+                      for node in self.tables}
         for a, b in edges:
             self.tables[a].link_up(b)
             self.tables[b].link_up(a)
+
+    def own(self, node: str, local_route: Route) -> Route:
+        proofs = self.tables[node].proofs
+        if proofs is None:
+            return local_route
+        return attrs.evolve(local_route, proof=proofs.local_proof(local_route.server, local_route.digest,
+                                                                  local_route.prefix))
+
+    def wire(self, node: str, peer: str, local_route: Route, path: tuple[str, ...]) -> dict[str, Any]:
+        proofs = self.tables[node].proofs
+        proof = None if proofs is None else proofs.attest(local_route.origin, local_route.server, local_route.prefix,
+                                                          local_route.digest, local_route.proof, path, peer)
+        return local_route.to_wire(path, proof)
 
     def policy(self, node: str, peer: str) -> PeerConfig:
         return self.policies.get((node, peer), OPEN)
@@ -284,7 +480,8 @@ class Mesh:
                     if delta.empty:
                         continue
                     quiet = False
-                    wire = {"full": delta.full, "set": [r.to_wire(path) for r, path in delta.routes.values()],
+                    routes = [self.wire(node, peer, r, path) for r, path in delta.routes.values()]
+                    wire = {"full": delta.full, "set": routes,
                             "withdraw": [list(key) for key in delta.withdrawn]}
                     table.sent(peer, delta)
                     received = self.tables[peer].receive(node, self.policy(peer, node), Advertisement.from_wire(wire))
@@ -465,6 +662,22 @@ def topologies(draw: Any) -> list[tuple[str, str]]:
     return sorted(edges)
 
 
+@settings(max_examples=30, deadline=None)
+@given(topologies(), st.integers(0, 2**16))
+def test_a_signed_mesh_converges_as_an_unsigned_one(edges: list[tuple[str, str]], seed: int) -> None:
+    """Signing and verifying every advertisement changes no route: all of them verify, hop by hop."""
+    nodes = sorted({n for edge in edges for n in edge})
+    servers = {n: ("s",) for n in nodes}
+    plain = Mesh(edges, servers)
+    plain.converge()
+    signed = Mesh(edges, servers, signed=True)
+    signed.converge(random.Random(seed))
+    for node in nodes:
+        assert plain.best(node) == signed.best(node)
+        assert all(r.proof is not None and len(r.proof.sigs) == len(r.path) and None not in r.proof.sigs
+                   for routes in signed.tables[node].learned.values() for r in routes.values())
+
+
 @settings(max_examples=60, deadline=None)
 @given(topologies(), st.integers(0, 2**16))
 def test_a_mesh_converges_to_shortest_loop_free_paths_in_any_order(edges: list[tuple[str, str]], seed: int) -> None:
@@ -484,3 +697,31 @@ def test_a_mesh_converges_to_shortest_loop_free_paths_in_any_order(edges: list[t
         assert set(ordered.best(node)) == {(n, "s") for n in nodes}
         for (origin, _server), path in ordered.best(node).items():
             assert len(path) - (origin == node) == distance[origin] and node not in path[1:]
+
+
+@settings(max_examples=100, deadline=None)
+@given(worlds(), st.lists(st.tuples(st.sampled_from(PEERS), st.integers(0, FAILURE_THRESHOLD + 1), st.booleans()),
+                          max_size=5))
+def test_a_healthy_route_is_always_preferred_to_a_penalized_one(world: dict[str, Any],
+                                                               outcomes: list[tuple[str, int, bool]]) -> None:
+    table = converge(world, interleaving(world, random.Random(world["seed"])))
+    now = 0.0
+    for peer, failures, then_ok in outcomes:  # some failures in a row, then maybe an answer
+        for _ in range(failures):
+            now += 1.0
+            table.forward_failed(peer, now)
+        if then_ok:
+            table.forward_succeeded(peer, now)
+    best = table.update(world["local"], world["rtts"], now)
+    for key, (chosen, via) in best.items():
+        if via is None or not table.penalized(via, now):
+            continue
+        # Chosen through a penalized peer: only when every peer offering it is penalized.
+        offering = [peer for peer, routes in table.learned.items() if key in routes]
+        assert all(table.penalized(peer, now) for peer in offering), (key, chosen.path)
+    # Without penalties the choice is the plain one (fewest hops, RTT, peer id).
+    for peer in PEERS:
+        table.forward_succeeded(peer, now)
+    plain = converge(world, interleaving(world, random.Random(world["seed"])))
+    assert {k: v[1] for k, v in table.update(world["local"], world["rtts"], now).items()} == {
+        k: v[1] for k, v in plain.best.items()}

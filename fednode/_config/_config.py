@@ -107,6 +107,8 @@ class PeerConfig:
         import_: server ids whose routes this node accepts from the peer (None = all).
         transit: whether routes learned from other peers are re-advertised to this peer.
         rate: requests this peer may send (each over it is answered with a rate-limit error).
+        vouch: whether routes from this peer whose origin or path cannot be verified are accepted on
+            its word (and passed on signed by this node) instead of refused.
     """
 
     id: str = attrs.field(validator=_check_id)
@@ -116,6 +118,7 @@ class PeerConfig:
     export: tuple[str, ...] | None = None
     import_: tuple[str, ...] | None = None
     transit: bool = True
+    vouch: bool = False
     rate: Rate = DEFAULT_PEER_RATE
 
     def exports(self, server_id: str) -> bool:
@@ -125,6 +128,21 @@ class PeerConfig:
     def imports(self, server_id: str) -> bool:
         """Whether routes to ``server_id`` are accepted from this peer (``import``; default all)."""
         return self.import_ is None or server_id in self.import_
+
+
+@attrs.frozen
+class NodeKeys:
+    """The keys of a node this node does not link to (``[[nodes]]``), whose routes it may receive through others.
+
+    Attributes:
+        id: the node's id.
+        secrets: HS512 secrets that node signs with (its ``[auth]`` secret; any verifies).
+        public_keys: its Ed25519 public keys (any verifies).
+    """
+
+    id: str = attrs.field(validator=_check_id)
+    secrets: tuple[Secret, ...] = attrs.field(default=(), repr=False)
+    public_keys: tuple[Ed25519PublicKey, ...] = attrs.field(default=(), repr=False)
 
 
 @attrs.frozen
@@ -252,6 +270,7 @@ class NodeConfig:
     link: LinkConfig = attrs.field(factory=LinkConfig)
     tls: TLSConfig = attrs.field(factory=TLSConfig)
     peers: tuple[PeerConfig, ...] = ()
+    nodes: tuple[NodeKeys, ...] = ()
     servers: tuple[ServerConfig, ...] = ()
     mcp: MCPConfig = attrs.field(factory=MCPConfig)
     clients: ClientsConfig = attrs.field(factory=ClientsConfig)
@@ -347,10 +366,22 @@ class _PeerEntry:
     export: tuple[str, ...] | None = None
     import_: tuple[str, ...] | None = attrs.field(default=None, metadata={"key": "import"})
     transit: bool = True
+    vouch: bool = False
     rate: RateLimit = DEFAULT_PEER_RATE
 
 
-_SECTIONS = ("node", "auth", "heartbeat", "backoff", "link", "tls", "peers", "servers", "mcp", "clients")
+@attrs.frozen
+class _NodeEntry:
+    """``[[nodes]]`` as written: a node's ``secret``/``secrets`` or ``public_key``/``public_keys``."""
+
+    id: NodeId
+    secret: HS512Secret | None = None
+    secrets: tuple[HS512Secret, ...] | None = None
+    public_key: Ed25519PublicKey | None = None
+    public_keys: tuple[Ed25519PublicKey, ...] | None = None
+
+
+_SECTIONS = ("node", "auth", "heartbeat", "backoff", "link", "tls", "peers", "nodes", "servers", "mcp", "clients")
 
 
 def _build(load: Loader, raw: Mapping[str, Any], source: str) -> NodeConfig:
@@ -378,6 +409,7 @@ def _build(load: Loader, raw: Mapping[str, Any], source: str) -> NodeConfig:
     node_table = raw.get("node")
     node_id = node.id if node else node_table.get("id") if isinstance(node_table, dict) else None
     peers = _peers(load, raw, node_id, auth_section)
+    nodes = _nodes(load, raw, node_id, peers)
     servers = _servers(load, raw)
     mcp = load.structure(raw.get("mcp", {}), MCPConfig, "mcp")
     clients = load.structure(raw.get("clients", {}), ClientsConfig, "clients")
@@ -386,10 +418,10 @@ def _build(load: Loader, raw: Mapping[str, Any], source: str) -> NodeConfig:
         raise ConfigError(source, load.problems or [("node", "incomplete configuration")])
     return NodeConfig(id=node.id, control=node.control, data=node.data, shutdown_grace=node.shutdown_grace,
                       auth=auth, heartbeat=heartbeat, backoff=backoff, link=link, tls=tls, peers=peers,
-                      servers=servers, mcp=mcp, clients=clients, source=source)
+                      nodes=nodes, servers=servers, mcp=mcp, clients=clients, source=source)
 
 
-def _secrets(load: Loader, entry: _AuthSection | _PeerEntry, path: str) -> tuple[Secret, ...]:
+def _secrets(load: Loader, entry: _AuthSection | _PeerEntry | _NodeEntry, path: str) -> tuple[Secret, ...]:
     """The shared secrets of ``[auth]`` or a peer: ``secret`` or ``secrets``, not both, not an empty list."""
     if entry.secret is not None and entry.secrets is not None:
         load.problem(f"{path}.secrets", "give either secret or secrets, not both")
@@ -464,7 +496,38 @@ def _peers(load: Loader, raw: Mapping[str, Any], node_id: str | None,
             seen[entry.id] = index
             result.append(PeerConfig(id=entry.id, control=entry.control, secrets=secrets, public_keys=keys,
                                      export=entry.export, import_=entry.import_, transit=entry.transit,
-                                     rate=entry.rate))
+                                     vouch=entry.vouch, rate=entry.rate))
+    return tuple(result)
+
+
+def _nodes(load: Loader, raw: Mapping[str, Any], node_id: str | None,
+           peers: tuple[PeerConfig, ...]) -> tuple[NodeKeys, ...]:
+    """``[[nodes]]``: keys of nodes that are not peers; secrets or public keys (not both), no id twice."""
+    result: list[NodeKeys] = []
+    seen: dict[str, int] = {}
+    peer_ids = {peer.id for peer in peers}
+    for index, _, entry in load.items(raw, "nodes", _NodeEntry):
+        path = f"nodes[{index}]"
+        before = len(load.problems)
+        secrets = _secrets(load, entry, path)
+        if entry.public_key is not None and entry.public_keys is not None:
+            load.problem(f"{path}.public_keys", "give either public_key or public_keys, not both")
+        elif entry.public_keys == ():
+            load.problem(f"{path}.public_keys", "expected a non-empty list of public keys")
+        keys = (entry.public_key,) if entry.public_key is not None else entry.public_keys or ()
+        if secrets and keys:
+            load.problem(path, "give either a secret (HS512) or a public key (Ed25519), not both")
+        elif not secrets and not keys and len(load.problems) == before:
+            load.problem(path, "give this node's secret (HS512) or public_key (Ed25519)")
+        if entry.id == node_id:
+            load.problem(f"{path}.id", f"node id {entry.id!r} is this node's own id")
+        elif entry.id in peer_ids:
+            load.problem(f"{path}.id", f"{entry.id!r} is a peer: its [[peers]] keys verify its routes")
+        elif entry.id in seen:
+            load.problem(f"{path}.id", f"duplicate node id {entry.id!r} (also nodes[{seen[entry.id]}])")
+        if len(load.problems) == before:
+            seen[entry.id] = index
+            result.append(NodeKeys(id=entry.id, secrets=secrets, public_keys=keys))
     return tuple(result)
 
 
@@ -512,7 +575,10 @@ def describe(config: NodeConfig) -> str:
             own = f", own secret ({len(peer.secrets)})"
         elif peer.public_keys:
             own = f", {len(peer.public_keys)} public key(s)"
-        lines.append(f"    - {peer.id}: {how}{own}")
+        vouch = ", vouches for others' routes" if peer.vouch else ""
+        lines.append(f"    - {peer.id}: {how}{own}{vouch}")
+    if config.nodes:
+        lines.append(f"  nodes     {len(config.nodes)} (keys of nodes that are not peers)")
     lines.append(f"  servers   {len(config.servers)}")
     for server in config.servers:
         # Arguments and URLs can carry credentials: show the command only, and URLs masked.

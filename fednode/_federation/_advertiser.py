@@ -10,6 +10,7 @@ import trio
 
 from .._config._logging import ThrottledLog
 from .._errors import FednodeError
+from ._route_proof import Proof
 from ._routing import Key, Path, PeerPolicy, Route, RoutingTable
 
 ROUTES_METHOD = "fed/routes"
@@ -26,11 +27,14 @@ class Advertiser:
         notify: sends one notification to a peer.
         max_message_size: the link's ``max_message_size`` (frames stay well under it).
         log: where what could not be sent is logged.
+        attest: the proof a route carries to a peer, with this node's attestation (None: routes
+            are sent without proofs). Raises :class:`fednode._errors.FednodeError` if it cannot sign.
     """
 
     def __init__(self, table: RoutingTable, *, connected_peers: Callable[[], list[str]],
                  policy_for: Callable[[str], PeerPolicy | None], node_transit: Callable[[], bool],
-                 notify: Callable[[str, str, Any], Awaitable[None]], max_message_size: int, log: Any) -> None:
+                 notify: Callable[[str, str, Any], Awaitable[None]], max_message_size: int, log: Any,
+                 attest: Callable[[Route, Path, str], Proof] | None = None) -> None:
         self._table = table
         self._connected_peers = connected_peers
         self._policy_for = policy_for
@@ -38,6 +42,7 @@ class Advertiser:
         self._notify = notify
         self._max_message_size = max_message_size
         self._log = log
+        self._attest = attest
         # for lines a peer can cause at will, and repeated ones
         self._throttled = ThrottledLog(log)
         self._dirty = trio.Event()
@@ -86,7 +91,8 @@ class Advertiser:
     async def _advertise(self, peer_id: str) -> None:
         offers = self.offers(peer_id)
         delta = self._table.delta(peer_id, offers)
-        wire = {key: route.to_wire(path) for key, (route, path) in delta.routes.items()}
+        wire = {key: route.to_wire(path, self._proof(route, path, peer_id))
+                for key, (route, path) in delta.routes.items()}
         sizes = {key: len(json.dumps(item, separators=(",", ":"), ensure_ascii=False, default=str))
                  for key, item in wire.items()}
         budget = self.frame_budget()
@@ -111,6 +117,15 @@ class Advertiser:
             self._log.info("routes.not_sent", peer=peer_id, error=str(exc))
             return
         self._table.sent(peer_id, delta)
+
+    def _proof(self, route: Route, path: Path, peer_id: str) -> Proof | None:
+        if self._attest is None:
+            return None
+        try:
+            return self._attest(route, path, peer_id)
+        except FednodeError as exc:  # no key to sign with: the peer refuses it unless it vouches for us
+            self._throttled.error("routes.not_signed", key=peer_id, peer=peer_id, error=str(exc))
+            return None
 
     def frame_budget(self) -> int:
         """The largest route (as JSON) that fits in one advertisement frame."""

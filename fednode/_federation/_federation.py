@@ -41,6 +41,7 @@ from ._forwarding import (
     Forwarding,
 )
 from ._local import LocalServers, ProgressFn, ServerCatalogLike
+from ._route_proof import ROUTE_TTL, Proof, RouteProofs
 from ._routing import (
     KINDS,
     MAX_CATALOG_BYTES_PER_PEER,
@@ -86,10 +87,15 @@ class Peers(Protocol):
         """A registered peer's supervisor (where its live link is), if any."""
 
 
-def new_routing_table(node_id: str) -> RoutingTable:
-    """A routing table for ``node_id`` with the limits of this module (tests lower them here)."""
+def new_routing_table(node_id: str, proofs: RouteProofs | None = None) -> RoutingTable:
+    """A routing table for ``node_id`` with the limits of this module (tests lower them here).
+
+    Args:
+        proofs: signs this node's advertisements and verifies peers' (None: routes are neither
+            signed nor verified; for tests of the parts alone).
+    """
     return RoutingTable(node_id, Limits(routes=MAX_ROUTES_PER_PEER, items=MAX_ITEMS_PER_PEER,
-                                        bytes=MAX_CATALOG_BYTES_PER_PEER))
+                                        bytes=MAX_CATALOG_BYTES_PER_PEER), proofs)
 
 
 class Federation:
@@ -136,12 +142,17 @@ class Federation:
         self._local_kinds: dict[str, dict[str, tuple[dict[str, Any], ...]]] = {}  # validated, by kind
         self.extensions: dict[str, Any] = {}
         self.table = table
+        #: route proofs (the table's): this node's signatures and the versions it verified (None: unsigned)
+        self.proofs = table.proofs
+        #: routes refused because their origin or path could not be verified, by reason
+        self.routes_refused: collections.Counter[str] = collections.Counter()
         # names that left the catalog because every route to their server went: answered with the
         # unreachable error for a while instead of "unknown" (see _withdrawn)
         self.catalog = Catalog(node_id, self.log, WithdrawnNames())
         self.advertiser = Advertiser(self.table, connected_peers=peers.connected_peers, policy_for=peers.peer_config,
                                      node_transit=lambda: mcp().transit, notify=self._notify,
-                                     max_message_size=limits.max_message_size, log=self.log)
+                                     max_message_size=limits.max_message_size, log=self.log,
+                                     attest=self._attest if self.proofs is not None else None)
         self._catalog_event = trio.Event()
         # Start-up: set once the federation has settled (or the bound passed); until then clients'
         # lists are held (wait_settled). Pulsed by everything that can settle it.
@@ -152,7 +163,7 @@ class Federation:
             request=request, notify=notify, link_to=self._link_to, offered_path=self._offered_path,
             request_timeout=lambda: mcp().request_timeout, max_inflight=limits.max_inflight,
             observe=observe, is_settled=lambda: self._settled, wait_settled=self.wait_settled,
-            log=self.log, on_refused=refused)
+            health_changed=self._changed, log=self.log, on_refused=refused)
         #: the methods peers call on this node, for the node to serve (see :meth:`Handlers.merge`)
         self.handlers = Handlers(
             requests={FORWARD_METHOD: self.forwarding.on_forward},
@@ -215,11 +226,13 @@ class Federation:
     def link_up(self, peer_id: str) -> None:
         """A link to ``peer_id`` came up: send it everything (a full advertisement)."""
         self.table.link_up(peer_id)
+        self.forwarding.shares.set_peers(self._peers.connected_peers())
         self.advertiser.changed()
         self.state_changed()
 
     def link_down(self, peer_id: str) -> None:
         """The link to ``peer_id`` is gone: drop every route learned over it, now."""
+        self.forwarding.shares.set_peers([p for p in self._peers.connected_peers() if p != peer_id])
         if self.table.link_down(peer_id):
             self._changed()
 
@@ -276,9 +289,18 @@ class Federation:
         try:
             advertisement = Advertisement.from_wire(params)
         except (ValueError, TypeError) as exc:
+            self.routes_refused["malformed"] += 1
             self._throttled.warning("routes.malformed", key=peer_id, peer=peer_id, error=str(exc))
             return
         received = self.table.receive(peer_id, policy, advertisement)
+        for (origin, server), reason, detail in received.unverified:
+            self.routes_refused[reason.value] += 1
+            # Keyed by reason only: a peer cannot widen the set of keys (and with it the lines).
+            self._throttled.warning("routes.refused", key=reason.value, peer=peer_id, origin=origin[:64],
+                                    server=server[:64], reason=reason.value, detail=detail[:300])
+        for (origin, server), reason, _detail in received.vouched:
+            self._throttled.info("routes.vouched", key=peer_id, peer=peer_id, origin=origin[:64],
+                                 server=server[:64], reason=reason.value)
         for route, problems in received.invalid:
             self._throttled.warning("routes.invalid_items", key=peer_id, peer=peer_id, origin=route.origin,
                                     server=route.server, dropped=len(problems), problems=list(problems[:5]))
@@ -296,11 +318,29 @@ class Federation:
             prefix = local.prefix if local is not None else server_id
             extensions = dict(local.extensions) if local is not None else {}
             timeout = local.timeout if local is not None else None
+            digest = catalog_digest({**kinds, "extensions": extensions, "timeout": timeout})
+            proof = self.proofs.local_proof(server_id, digest, prefix) if self.proofs is not None else None
             routes[(self.id, server_id)] = Route(
-                origin=self.id, server=server_id, prefix=prefix, path=(self.id,),
-                digest=catalog_digest({**kinds, "extensions": extensions, "timeout": timeout}), catalog=kinds,
-                extensions=extensions, timeout=timeout)
+                origin=self.id, server=server_id, prefix=prefix, path=(self.id,), digest=digest, catalog=kinds,
+                extensions=extensions, timeout=timeout, proof=proof)
+        if self.proofs is not None:
+            self.proofs.keep_local(self._local_kinds)
         return routes
+
+    def _attest(self, route: Route, path: Path, peer_id: str) -> Proof:
+        """The proof ``route`` carries to ``peer_id`` along ``path``: with this node's attestation."""
+        assert self.proofs is not None
+        return self.proofs.attest(route.origin, route.server, route.prefix, route.digest, route.proof, path, peer_id)
+
+    async def refresh(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Re-sign this node's advertisements before they expire, and stop using expired ones learned
+        from peers (and forget their versions). Runs until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(ROUTE_TTL / 8)
+            if self.proofs is not None:
+                self.proofs.prune()
+            self._changed()
 
     def _link_to(self, peer_id: str) -> Link | None:
         supervisor = self._peers.supervisor(peer_id)
@@ -326,11 +366,11 @@ class Federation:
 
     def best_routes(self) -> dict[Key, tuple[Route, str | None]]:
         """For each (origin, server): the best route and the peer it goes through (None = local)."""
-        return self.table.best_routes(self._local_routes(), self._rtts())
+        return self.table.best_routes(self._local_routes(), self._rtts(), trio.current_time())
 
     def _changed(self) -> None:
         rtts = self._rtts()
-        best = self.table.update(self._local_routes(), rtts)
+        best = self.table.update(self._local_routes(), rtts, trio.current_time())
         changed = self.catalog.rebuild(best, rtts, self._local.ids())
         extensions: dict[str, Any] = {}
         for route, _via in best.values():

@@ -62,7 +62,7 @@ _OUTCOMES = {UNKNOWN_NAME: "unknown", NODE_UNREACHABLE: "unreachable", SERVER_UN
 class ForwardShares:
     """The fair shares (see :mod:`fednode._peers._shares`) of forwarded requests: of those sent on each link
     (own and passed on, by next hop; ``max_inflight`` each) and of those run against this node's
-    servers (twice ``max_inflight``). Parties: the registered peers and LOCAL.
+    servers (twice ``max_inflight``). Parties: the peers linked now (only they can send requests) and LOCAL.
 
     Args:
         node_id: this node's id (for messages).
@@ -81,7 +81,7 @@ class ForwardShares:
         self.here = FairShares(2 * max_inflight, (LOCAL,))
 
     def set_peers(self, peer_ids: Collection[str]) -> None:
-        """The registered peers changed: each of them (and LOCAL) has a reserve in every pool."""
+        """The linked peers changed: each of them (and LOCAL) has a reserve in every pool."""
         self._peers = frozenset(peer_ids)
         self.here.set_parties(self._peers | {LOCAL})
         for via, pool in list(self.links.items()):
@@ -141,6 +141,8 @@ class Forwarding:
             with pool ``link`` or ``node`` and reason ``share`` or ``server`` (metrics).
         is_settled: whether the catalog has settled after start-up.
         wait_settled: returns once it has (bounded).
+        health_changed: called when a peer's forwards failing (or recovering) changed its preference
+            in the routing table (the best routes must be recomputed).
         log: the node's logger.
     """
 
@@ -150,6 +152,7 @@ class Forwarding:
                  request_timeout: Callable[[], float], max_inflight: int,
                  observe: Callable[[str, str, str, float], None], is_settled: Callable[[], bool],
                  wait_settled: Callable[[], Awaitable[None]], log: Any,
+                 health_changed: Callable[[], None] = lambda: None,
                  on_refused: Callable[[str, str, str], None] | None = None) -> None:
         self.node_id = node_id
         self._table = table
@@ -163,6 +166,7 @@ class Forwarding:
         self._observe = observe
         self._is_settled = is_settled
         self._wait_settled = wait_settled
+        self._health_changed = health_changed
         self._log = log
         self.in_flight = 0  # client and peer requests being executed here (passed-on ones: see Link)
         #: fair shares of the requests sent on each link and of those run here
@@ -347,17 +351,32 @@ class Forwarding:
         except (PeerUnavailableError, UnknownPeerError) as exc:
             raise NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} is unreachable: {exc}")) from None
         except LinkClosedError as exc:
+            self._hop_failed(via)
             raise ForwardError(NODE_UNREACHABLE, f"Link to {via!r} lost while forwarding to {origin!r}: {exc}") \
                 from None
         except RequestTimeoutError:
+            # The peer took the request and never answered: its routes lose preference if it keeps doing so.
+            self._hop_failed(via)
             raise ForwardError(DEADLINE_EXCEEDED, f"Deadline exceeded waiting for {server!r} on {origin!r}") from None
         except RemoteError as exc:
+            self._hop_answered(via)
             raise ForwardError(exc.code, exc.remote_message, exc.data) from None
         except PeerError as exc:
             raise ForwardError(NODE_UNREACHABLE, str(exc)) from None
+        self._hop_answered(via)
         if not isinstance(result, dict):
             raise ForwardError(INTERNAL_ERROR, f"Malformed result from {origin!r}")
         return result
+
+    def _hop_failed(self, via: str) -> None:
+        if self._table.forward_failed(via, trio.current_time()):
+            self._log.warning("routes.peer_penalized", peer=via, hint="its forwards keep failing; healthy "
+                              "routes are preferred for a while")
+            self._health_changed()
+
+    def _hop_answered(self, via: str) -> None:
+        if self._table.forward_succeeded(via, trio.current_time()):
+            self._health_changed()
 
     def _next_hop(self, origin: str, server: str) -> str | None:
         # The table as of the last routing change: recomputing per request would cost O(routes).

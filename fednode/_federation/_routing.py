@@ -7,10 +7,14 @@ node's policy to it:
 
 - a route whose path contains this node's id is never accepted (a loop), nor one whose path does
   not end at the peer that sent it (forged);
+- with route proofs (:mod:`fednode._route_proof`), a route is believed only if its origin and every
+  hop of its path signed it (or the peer that sent it is trusted to ``vouch``), its catalog matches
+  the signed digest, and its version is not older than one verified before;
 - a peer's ``import`` list decides what is accepted from it, its ``export`` list and ``transit``
   (with the node's own ``[mcp] transit``) what is offered to it; a route is never offered back
   to a peer on its path;
-- what one peer may make this node hold is capped (:class:`Limits`).
+- what one peer may make this node hold is capped (:class:`Limits`);
+- a peer whose forwards keep failing loses preference to healthy ones (:meth:`RoutingTable.forward_failed`).
 
 It knows nothing of links, sockets, clocks or the node: the caller feeds it what arrived
 (:meth:`RoutingTable.receive`, :meth:`~RoutingTable.link_up`, :meth:`~RoutingTable.link_down`)
@@ -31,6 +35,7 @@ import mcp_types
 from pydantic import BaseModel, ValidationError
 
 from .._config._config import MAX_REQUEST_TIMEOUT
+from ._route_proof import Proof, RouteProofs, RouteRefusal
 
 Key = tuple[str, str]
 """A route's identity: (owning node id, server id)."""
@@ -45,6 +50,12 @@ MAX_ROUTES_PER_PEER = 1024  # routes (attached servers) accepted from one peer
 # or rebuild its catalog from, more than this.
 MAX_ITEMS_PER_PEER = 20_000
 MAX_CATALOG_BYTES_PER_PEER = 32 * 1024 * 1024
+# A peer whose forwards failed (no answer in time, link lost) this many times in a row loses
+# preference to healthy routes for a while (the failures are forgotten after FAILURE_MEMORY seconds).
+FAILURE_THRESHOLD = 3
+FAILURE_MEMORY = 60.0
+# Refusals a vouching peer cannot override.
+STALE = frozenset({RouteRefusal.REPLAY, RouteRefusal.EXPIRED})
 
 
 class PeerPolicy(Protocol):
@@ -61,6 +72,11 @@ class PeerPolicy(Protocol):
 
     def imports(self, server_id: str) -> bool:
         """Whether routes to ``server_id`` are accepted from this peer."""
+        ...
+
+    @property
+    def vouch(self) -> bool:
+        """Whether routes from this peer that cannot be verified are accepted on its word."""
         ...
 
 
@@ -88,6 +104,10 @@ class Route:
     timeout: float | None = attrs.field(default=None, eq=False)
     #: the size of the catalog as JSON (bytes; counted for routes learned from peers)
     size: int = attrs.field(default=0, eq=False)
+    #: the origin's version and expiry, and the attestations of the path (None: none came)
+    proof: Proof | None = attrs.field(default=None, eq=False, repr=False)
+    #: the peer whose word this route was taken on, unverified (``[[peers]] vouch``); None: verified
+    vouched_by: str | None = attrs.field(default=None, eq=False)
 
     @property
     def items(self) -> int:
@@ -97,13 +117,26 @@ class Route:
     def key(self) -> Key:
         return (self.origin, self.server)
 
-    def to_wire(self, path: Path) -> dict[str, Any]:
+    @property
+    def stamp(self) -> str:
+        """What tells one advertisement of this route from another: the digest, and the signed version
+        (a re-signed advertisement is sent again even when its catalog did not change)."""
+        return self.digest if self.proof is None else f"{self.digest}@{self.proof.version}"
+
+    def to_wire(self, path: Path, proof: Proof | None = None) -> dict[str, Any]:
+        """As advertised with ``path``, carrying ``proof`` (this node's attestation included) if given."""
         wire: dict[str, Any] = {"origin": self.origin, "server": self.server, "prefix": self.prefix, "path": list(path),
                 "digest": self.digest, "catalog": {k: list(v) for k, v in self.catalog.items()},
                 "extensions": dict(self.extensions)}
         if self.timeout is not None:
             wire["timeout"] = self.timeout
+        if proof is not None:
+            wire["proof"] = proof.to_wire()
         return wire
+
+    def signed_digest(self) -> str:
+        """The digest of this route's catalog, extensions and timeout, as the origin computes it."""
+        return catalog_digest({**self.catalog, "extensions": self.extensions, "timeout": self.timeout})
 
 
 def catalog_digest(catalog: Mapping[str, Any]) -> str:
@@ -143,8 +176,10 @@ def route_from_wire(item: object) -> Route:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
                                 or not 0 < timeout <= MAX_REQUEST_TIMEOUT):
         raise ValueError(f"timeout must be a number of seconds in (0, {MAX_REQUEST_TIMEOUT:g}]")
+    proof = item.get("proof")
     return Route(origin=origin, server=server, prefix=prefix, path=tuple(path), digest=digest, catalog=kinds,
-                 extensions=extensions, timeout=None if timeout is None else float(timeout))
+                 extensions=extensions, timeout=None if timeout is None else float(timeout),
+                 proof=None if proof is None else Proof.from_wire(proof, len(path)))
 
 
 _MODELS: dict[str, type[BaseModel]] = {"tools": mcp_types.Tool, "prompts": mcp_types.Prompt,
@@ -221,6 +256,10 @@ class Received:
     refused: tuple[tuple[Key, str], ...] = ()
     #: routes kept without some definitions, and why those were dropped
     invalid: tuple[tuple[Route, tuple[str, ...]], ...] = ()
+    #: routes refused because their origin or path could not be verified: key, reason, detail
+    unverified: tuple[tuple[Key, RouteRefusal, str], ...] = ()
+    #: routes accepted unverified on the word of the peer (``vouch``): key, why they did not verify
+    vouched: tuple[tuple[Key, RouteRefusal, str], ...] = ()
 
 
 @attrs.frozen
@@ -248,14 +287,19 @@ class RoutingTable:
     Args:
         node_id: this node's id (never on the path of an accepted route).
         limits: what one peer's routes may add up to.
+        proofs: verifies routes' origins and paths (None: routes are taken as they come; for tests
+            of the table alone).
     """
 
-    def __init__(self, node_id: str, limits: Limits | None = None) -> None:
+    def __init__(self, node_id: str, limits: Limits | None = None, proofs: RouteProofs | None = None) -> None:
         self.node_id = node_id
         self.limits = limits or Limits()
+        self.proofs = proofs
+        # peer -> (forwards through it that failed in a row, when the last one failed)
+        self._failures: dict[str, tuple[int, float]] = {}
         #: peer -> the routes accepted from it
         self.learned: dict[str, dict[Key, Route]] = {}
-        #: peer -> what it was last sent and received ((path, digest) per key); None: nothing yet
+        #: peer -> what it was last sent and received ((path, stamp) per key); None: nothing yet
         self.advertised: dict[str, dict[Key, tuple[Path, str]] | None] = {}
         # peer -> a full advertisement being received over several frames (swapped in whole)
         self._staging: dict[str, dict[Key, Route]] = {}
@@ -268,11 +312,13 @@ class RoutingTable:
     def link_up(self, peer_id: str) -> None:
         """A link to ``peer_id`` came up: it is owed a full advertisement."""
         self.advertised[peer_id] = None
+        self._failures.pop(peer_id, None)
 
     def link_down(self, peer_id: str) -> bool:
         """The link to ``peer_id`` is gone: forget everything learned over it. Returns whether any route went."""
         self.advertised.pop(peer_id, None)
         self._staging.pop(peer_id, None)
+        self._failures.pop(peer_id, None)
         return bool(self.learned.pop(peer_id, None))
 
     def receive(self, peer_id: str, policy: PeerPolicy, advertisement: Advertisement) -> Received:
@@ -291,12 +337,24 @@ class RoutingTable:
         size = sum(r.size for r in table.values())
         refused: list[tuple[Key, str]] = []
         invalid: list[tuple[Route, tuple[str, ...]]] = []
+        unverified: list[tuple[Key, RouteRefusal, str]] = []
+        vouched: list[tuple[Key, RouteRefusal, str]] = []
         for route in advertisement.routes:
             old = table.pop(route.key, None)
             if old is not None:
                 items, size = items - old.items, size - old.size
             if self.node_id in route.path or route.path[-1] != peer_id or not policy.imports(route.server):
                 continue  # a loop, a forged path or not imported: never used
+            if self.proofs is not None:
+                refusal = self._verify(route, old)
+                # A vouching peer's word stands in for what cannot be verified, not for what is
+                # proven stale (an older version, an expired advertisement).
+                if refusal is not None and (not policy.vouch or refusal[0] in STALE):
+                    unverified.append((route.key, *refusal))
+                    continue  # never used, never passed on
+                if refusal is not None:
+                    vouched.append((route.key, *refusal))
+                    route = attrs.evolve(route, vouched_by=peer_id)
             route, problems = checked_route(route)
             if problems:
                 invalid.append((route, tuple(problems)))
@@ -313,38 +371,82 @@ class RoutingTable:
                 continue
             table[route.key] = route
             items, size = items + route.items, size + route.size
-        if staging is not None and advertisement.more:
-            return Received(applied=False, refused=tuple(refused), invalid=tuple(invalid))
-        self._staging.pop(peer_id, None)
-        self.learned[peer_id] = table
-        return Received(applied=True, refused=tuple(refused), invalid=tuple(invalid))
+            if self.proofs is not None and route.vouched_by is None and route.proof is not None:
+                self.proofs.remember(route.key, route.proof)
+        applied = staging is None or not advertisement.more
+        if applied:
+            self._staging.pop(peer_id, None)
+            self.learned[peer_id] = table
+        return Received(applied=applied, refused=tuple(refused), invalid=tuple(invalid),
+                        unverified=tuple(unverified), vouched=tuple(vouched))
+
+    def _verify(self, route: Route, old: Route | None) -> tuple[RouteRefusal, str] | None:
+        """Why ``route`` cannot be believed (None: it can); see :meth:`RouteProofs.verify`."""
+        assert self.proofs is not None
+        if route.proof is None:  # before the digest: what is refused costs little
+            return RouteRefusal.UNSIGNED, "the route carries no proof"
+        if route.signed_digest() != route.digest:
+            return RouteRefusal.DIGEST_MISMATCH, "the catalog does not match the signed digest"
+        if (old is not None and old.vouched_by is None and old.proof is not None and old.proof == route.proof
+                and old.path == route.path and old.prefix == route.prefix and old.digest == route.digest
+                and self.proofs.usable(route.key, route.proof)):
+            return None  # the same advertisement again (a peer re-sending its table): verified already
+        return self.proofs.verify(route.origin, route.server, route.prefix, route.digest, route.proof, route.path)
+
+    # -- forwards' outcomes -----------------------------------------------------------------
+
+    def penalized(self, peer_id: str, now: float) -> bool:
+        """Whether routes through ``peer_id`` rank after healthy ones: its last
+        :data:`FAILURE_THRESHOLD` forwards failed, the last less than :data:`FAILURE_MEMORY` ago."""
+        count, last = self._failures.get(peer_id, (0, 0.0))
+        return count >= FAILURE_THRESHOLD and now - last < FAILURE_MEMORY
+
+    def forward_failed(self, peer_id: str, now: float) -> bool:
+        """A forward through ``peer_id`` got no answer in time (or lost its link). Returns whether that
+        made the peer penalized (the best routes must be recomputed)."""
+        before = self.penalized(peer_id, now)
+        count, _last = self._failures.get(peer_id, (0, 0.0))
+        self._failures[peer_id] = (min(count + 1, FAILURE_THRESHOLD), now)
+        return self.penalized(peer_id, now) != before
+
+    def forward_succeeded(self, peer_id: str, now: float) -> bool:
+        """A forward through ``peer_id`` was answered. Returns whether it was penalized until now."""
+        before = self.penalized(peer_id, now)
+        self._failures.pop(peer_id, None)
+        return before
 
     # -- best routes ------------------------------------------------------------------------
 
-    def best_routes(self, local: Mapping[Key, Route], rtts: Mapping[str, float]
+    def best_routes(self, local: Mapping[Key, Route], rtts: Mapping[str, float], now: float = 0.0
                     ) -> dict[Key, tuple[Route, str | None]]:
         """For each (origin, server): the best route and the peer it goes through (None = local).
 
-        Local routes (``local``, servers attached here) always win; learned ones rank by fewest
-        hops, then the lowest round-trip time to the peer (``rtts``; unknown counts as infinite),
-        then the peer id, so the result does not depend on the order things arrived in.
+        Local routes (``local``, servers attached here) always win; learned ones rank healthy
+        before penalized (see :meth:`penalized`, at time ``now``), then by fewest hops, then the
+        lowest round-trip time to the peer (``rtts``; unknown counts as infinite), then the peer id,
+        so the result does not depend on the order things arrived in. A verified route that has
+        expired, or whose version a newer verified one superseded, is not used.
         """
         best: dict[Key, tuple[Route, str | None]] = {key: (route, None) for key, route in local.items()}
+        ranks: dict[Key, tuple[bool, int, float, str]] = {}
         inf = float("inf")
         for peer_id, table in self.learned.items():
+            penalized = self.penalized(peer_id, now)
             for key, route in table.items():
-                if key[0] == self.node_id:
+                if key[0] == self.node_id or key in local:
                     continue
-                current = best.get(key)
-                rank = (len(route.path), rtts.get(peer_id, inf), peer_id)
-                if current is None or (current[1] is not None and rank < (
-                        len(current[0].path), rtts.get(current[1], inf), current[1])):
+                if self.proofs is not None and route.vouched_by is None and not self.proofs.usable(key, route.proof):
+                    continue
+                rank = (penalized, len(route.path), rtts.get(peer_id, inf), peer_id)
+                if key not in ranks or rank < ranks[key]:
                     best[key] = (route, peer_id)
+                    ranks[key] = rank
         return best
 
-    def update(self, local: Mapping[Key, Route], rtts: Mapping[str, float]) -> dict[Key, tuple[Route, str | None]]:
+    def update(self, local: Mapping[Key, Route], rtts: Mapping[str, float], now: float = 0.0
+               ) -> dict[Key, tuple[Route, str | None]]:
         """Recompute :attr:`best` (see :meth:`best_routes`) and return it."""
-        self.best = self.best_routes(local, rtts)
+        self.best = self.best_routes(local, rtts, now)
         return self.best
 
     def next_hop(self, key: Key) -> str | None:
@@ -384,10 +486,10 @@ class RoutingTable:
         """What ``peer_id`` must be sent so that it holds ``offers`` (from :meth:`offers`, maybe trimmed)."""
         previous = self.advertised.get(peer_id)
         routes = {key: (route, path) for key, (route, path) in offers.items()
-                  if previous is None or previous.get(key) != (path, route.digest)}
+                  if previous is None or previous.get(key) != (path, route.stamp)}
         withdrawn = () if previous is None else tuple(key for key in previous if key not in offers)
         return Delta(full=previous is None, routes=routes, withdrawn=withdrawn,
-                     offered={key: (path, route.digest) for key, (route, path) in offers.items()})
+                     offered={key: (path, route.stamp) for key, (route, path) in offers.items()})
 
     def sent(self, peer_id: str, delta: Delta) -> None:
         """``delta`` was delivered to ``peer_id``: later deltas are relative to it."""

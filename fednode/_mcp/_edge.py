@@ -160,8 +160,10 @@ class MCPEdge:
         self.server.middleware[:] = [m for m in self.server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
         self.server.middleware.append(self._middleware)
 
-    def set_client_limits(self, clients: ClientsConfig) -> None:
-        """Apply a reloaded ``[clients] rate`` and ``max_connections`` from now on (if limits are kept)."""
+    def set_clients(self, clients: ClientsConfig) -> None:
+        """Apply a reloaded ``[clients]`` section: its tokens, and (if limits are kept) its ``rate`` and
+        ``max_connections`` from now on."""
+        self.set_client_tokens([token.reveal().decode() for token in clients.tokens])
         if self.limits is not None:
             self.limits.update(clients, trio.current_time())
 

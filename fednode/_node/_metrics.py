@@ -111,6 +111,9 @@ class _StateCollector(Collector):
                       ["kind"], [((kind,), len(entries)) for kind, entries in federation.entries.items()])
         yield _family(GaugeMetricFamily, "fednode_routes", "Attached servers reachable from here, by owning node.",
                       ["origin"], [((origin,), n) for origin, n in sorted(federation.routes_by_origin().items())])
+        yield _family(CounterMetricFamily, "fednode_routes_refused", "Routes refused because their origin or path "
+                      "could not be verified (or their frame was malformed), by reason.", ["reason"],
+                      [((reason,), count) for reason, count in sorted(federation.routes_refused.items())])
         yield _family(GaugeMetricFamily, "fednode_catalog_conflicts", "Exposed names claimed by more than one server.",
                       [], [((), len(federation.conflicts))])
 

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from .._config._auth import AuthManager
 from .._config._config import NodeConfig, PeerConfig, ServerConfig
+from .._config._signing import Keyring
 from .._errors import (
     BindError,
     FednodeError,
@@ -28,6 +29,7 @@ from .._errors import (
     sole_leaf,
 )
 from .._federation._federation import Federation, new_routing_table
+from .._federation._route_proof import RouteProofs
 from .._mcp._attached import AttachedServers
 from .._mcp._edge import MCPEdge
 from .._mcp._edge_http import ClientLimits
@@ -64,8 +66,7 @@ class Node:
         handlers: the method table for requests and notifications from peers.
     """
 
-    peers: PeerRegistry
-    federation: Federation
+    peers: PeerRegistry  # (the method table's admit reads it before it is assigned)
 
     def __init__(self, config: NodeConfig, nursery: trio.Nursery, *,
                  jitter: Callable[[float], float] | None = None) -> None:
@@ -89,8 +90,7 @@ class Node:
         self.peers = PeerRegistry(config.id, nursery, handshake=self._handshake, settings=self._link_settings,
                                   handlers=self.handlers, on_link=self._link_changed, auth=self.auth,
                                   backoff=config.backoff, shutdown_grace=config.shutdown_grace, log=self.log,
-                                  jitter=jitter, on_limited=functools.partial(self.metrics.observe_limited, "peer"),
-                                  on_peers=lambda ids: self.federation.forwarding.shares.set_peers(ids))
+                                  jitter=jitter, on_limited=functools.partial(self.metrics.observe_limited, "peer"))
         self._listener = Listener(control=config.control, tls=config.tls, handshake=self._handshake,
                                   peers=self.peers, logger=self.log)
         self.register_handler("echo", _echo, inline=True)
@@ -100,7 +100,10 @@ class Node:
         self._reload_lock = trio.Lock()
         # The layers, bottom up, each given what it uses. The routing table is shared: the
         # federation fills it, the attached servers' sessions look up next hops in it.
-        table = new_routing_table(config.id)
+        # Route advertisements are signed and verified with the keys of the configuration in force.
+        keyring = Keyring(config.id, auth=lambda: self.config.auth, peer=self.peers.peer_config,
+                          nodes=lambda: self.config.nodes)
+        table = new_routing_table(config.id, RouteProofs(config.id, keyring))
         # servers' notifications for this node's legacy sessions with no request in flight, to the edge
         notices, self._notices_received = trio.open_memory_channel[Notice](NOTICE_BUFFER)
         calls = ClientCalls(config.id, notices, self._request_timeout)
@@ -385,11 +388,9 @@ class Node:
         before = self.auth.fingerprint()
         self.auth.update(new.auth)
         auth_changed = self.auth.fingerprint() != before
-        self.edge.set_client_tokens([t.reveal().decode() for t in new.clients.tokens])
-        self.edge.set_client_limits(new.clients)
+        self.edge.set_clients(new.clients)
         new_peers = {peer.id: peer for peer in new.peers}
-        for peer_id in plan.peers_retuned:  # only the rate changed: in place, the link stays up
-            self.peers.retune(new_peers[peer_id])
+        self.peers.retune(new_peers[peer_id] for peer_id in plan.peers_retuned)  # their links stay up
         for peer_id in plan.peers_removed:
             if self.has_peer(peer_id):
                 await self.remove_peer(peer_id)
@@ -423,6 +424,7 @@ class Node:
         await self._nursery.start(self.attached.sessions.relay)
         await self._nursery.start(self.edge.relay_notices, self._notices_received)
         await self._nursery.start(self.edge.announce_changes)
+        await self._nursery.start(self.federation.refresh)
         # Peers first: a configured peer dialing in the moment the listener opens must find its
         # supervisor (and its key) in place, not be refused as an unknown issuer.
         for peer in self.config.peers:

@@ -60,7 +60,8 @@ class ReloadPlan:
             the ids concerned, sorted.
         peers_retuned: peers whose ``rate`` alone changed, sorted (not in ``peers_changed``).
         restart_needed: the sections that changed but only take effect at the next start.
-        mcp_changed, clients_changed: whether ``[mcp]`` / ``[clients]`` changed (they apply at once).
+        mcp_changed, clients_changed, nodes_changed: whether ``[mcp]`` / ``[clients]`` / ``[[nodes]]``
+            changed (they apply at once).
     """
 
     effective: NodeConfig
@@ -74,6 +75,7 @@ class ReloadPlan:
     restart_needed: tuple[str, ...]
     mcp_changed: bool
     clients_changed: bool
+    nodes_changed: bool = False
 
     def result(self, *, auth_changed: bool, at: float) -> ReloadResult:
         """The outcome once the plan is applied, with a one-line summary such as ``peers +c; servers ~two``."""
@@ -82,7 +84,8 @@ class ReloadPlan:
             ("servers", "+", self.servers_added), ("servers", "-", self.servers_removed),
             ("servers", "~", self.servers_changed), ("peer rates", "~", self.peers_retuned)) if ids]
         parts += [f"{name} changed" for name, changed in (
-            ("auth", auth_changed), ("mcp", self.mcp_changed), ("clients", self.clients_changed)) if changed]
+            ("auth", auth_changed), ("nodes", self.nodes_changed), ("mcp", self.mcp_changed),
+            ("clients", self.clients_changed)) if changed]
         if self.restart_needed:
             parts.append(f"restart needed for: {', '.join(self.restart_needed)}")
         return ReloadResult(
@@ -107,7 +110,8 @@ def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
         peers_retuned=retuned,
         servers_added=servers[0], servers_removed=servers[1], servers_changed=servers[2],
         restart_needed=tuple(name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name)),
-        mcp_changed=old.mcp != new.mcp, clients_changed=old.clients != new.clients)
+        mcp_changed=old.mcp != new.mcp, clients_changed=old.clients != new.clients,
+        nodes_changed=old.nodes != new.nodes)
 
 
 def _differences(old: tuple[PeerConfig, ...] | tuple[ServerConfig, ...],

@@ -107,6 +107,7 @@ def node_status(node: NodeView) -> dict[str, Any]:
         "peers": peers,
         "servers": servers,
         "routes": {"total": sum(by_origin.values()), "by_origin": dict(sorted(by_origin.items())),
-                   "conflicts": list(node.federation.conflicts)},
+                   "conflicts": list(node.federation.conflicts),
+                   "refused": dict(sorted(node.federation.routes_refused.items()))},
         "in_flight": node.in_flight(),
     }

@@ -12,7 +12,7 @@ cancels its supervisor's scope.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -43,14 +43,12 @@ class PeerRegistry:
         shutdown_grace: how long a peer being removed gets to answer the close frame.
         log: the node's logger.
         jitter: backoff jitter (tests); default full jitter.
-        on_peers: called with the registered peer ids each time a peer is registered or removed.
         on_limited: called with a peer's id for each of its requests refused over its ``rate``.
     """
 
     def __init__(self, local_id: str, nursery: trio.Nursery, *, handshake: Handshake, settings: LinkSettings,
                  handlers: Handlers, on_link: Callable[[str, bool], None], auth: AuthManager, backoff: BackoffConfig,
                  shutdown_grace: float, log: Any, jitter: Callable[[float], float] | None = None,
-                 on_peers: Callable[[Collection[str]], None] | None = None,
                  on_limited: Callable[[str], None] | None = None) -> None:
         self._local_id = local_id
         self._nursery = nursery
@@ -63,7 +61,6 @@ class PeerRegistry:
         self.shutdown_grace = shutdown_grace
         self._log = log
         self._jitter = jitter
-        self._on_peers = on_peers
         #: each registered peer's ``rate``, on the requests it sends (see :meth:`admit`)
         self.rates = PeerRates(lambda peer_id: (p.rate if (p := self.peer_config(peer_id)) else None), on_limited)
         self._supervisors: dict[str, PeerSupervisor] = {}
@@ -130,22 +127,21 @@ class PeerRegistry:
                 self._peers_changed()
 
     def _peers_changed(self) -> None:
-        self.rates.keep(self._supervisors)
-        if self._on_peers is not None:
-            self._on_peers(list(self._supervisors))
+        self.rates.keep(self._supervisors)  # a removed peer's bucket goes with it
 
     def admit(self, peer_id: str) -> float:
         """Take a token for a request from ``peer_id`` (a link's :attr:`Handlers.admit`): 0.0 to serve
         it, else the seconds until its ``rate`` allows one more."""
         return self.rates.take(peer_id, trio.current_time())
 
-    def retune(self, peer: PeerConfig) -> None:
-        """Replace a registered peer's configuration where only its ``rate`` changed: the link stays,
-        and the new rate applies from now on."""
-        supervisor = self._supervisors.get(peer.id)
-        if supervisor is not None:
-            supervisor.peer = peer
-            self.rates.retune(peer.id, trio.current_time())
+    def retune(self, peers: Iterable[PeerConfig]) -> None:
+        """Replace registered peers' configurations where only their ``rate`` changed: the links stay,
+        and the new rates apply from now on."""
+        for peer in peers:
+            supervisor = self._supervisors.get(peer.id)
+            if supervisor is not None:
+                supervisor.peer = peer
+                self.rates.retune(peer.id, trio.current_time())
 
     async def remove(self, peer_id: str) -> None:
         """Remove a peer: close its link with a normal close frame and end its supervisor.
