@@ -4,7 +4,8 @@ The scenario of issue 12: a chain node-a - node-b - node-c with ``notes`` attach
 "evil", a peer of node-a and node-b with valid credentials of its own (its own secret: it does not
 know the secret the chain shares). evil advertises (node-c, notes) with the path [node-c, evil], and
 replays node-a's genuine advertisement of it with the path shortened, while a legitimate client
-calls ``notes`` through node-a.
+calls ``notes`` through node-a; and once node-c withdraws ``notes``, evil replays the last genuine
+advertisement of it that node-b sent evil.
 """
 
 from __future__ import annotations
@@ -167,6 +168,68 @@ class TestForgedRoutes:
                             while len(results) < 20:
                                 await trio.sleep(0.05)
                 assert len(results) >= 20 and all(results), results
+
+
+async def withdrawn_to_evil(ws: WebSocketConnection, key: tuple[str, str]) -> dict[str, Any]:
+    """The ``fed/routes`` frame in which the node withdraws ``key`` from evil (answering heartbeats meanwhile)."""
+    while True:
+        message = wire.decode(await ws.get_message())
+        if isinstance(message, wire.Ping):
+            await ws.send_message(wire.encode(wire.Pong(seq=message.seq)))
+        elif (isinstance(message, wire.Notification) and message.method == "fed/routes"
+              and list(key) in message.params.get("withdraw", [])):
+            return dict(message.params)
+
+
+class TestReplayedWithdrawnRoutes:
+    """An origin's signed withdrawal reaches every node: the last genuine advertisement of a withdrawn
+    server, replayed by a peer that kept it, is refused (a replay), never used, never passed on."""
+
+    async def test_a_withdrawn_servers_last_advertisement_cannot_be_replayed(self) -> None:
+        with trio.fail_after(120):
+            async with chain_with_evil() as nodes:
+                a, b, c = nodes["node-a"], nodes["node-b"], nodes["node-c"]
+                async with raw_peer(b, "evil", secret=EVIL_SECRET) as to_b:
+                    captured = await advertised_to_evil(to_b, NOTES)  # while notes is live
+                assert captured["path"] == ["node-c", "node-b"]  # signed by each, out to evil
+                # evil signs it on to node-a: a valid chain of attestations, of the version node-a holds.
+                replay = evil_attests(captured, ["node-c", "node-b", "evil"], "node-a",
+                                      sigs=captured["proof"]["sigs"])
+                async with raw_peer(a, "evil", secret=EVIL_SECRET) as to_a, \
+                        Client(a.mcp_url, mode="legacy", cache=None) as client:
+                    await advertised_to_evil(to_a, NOTES)  # so that it is withdrawn from evil below
+                    await c.remove_server("notes")
+                    withdrawal = await withdrawn_to_evil(to_a, NOTES)  # node-a has dropped it
+                    await notify(to_a, "fed/routes", {"set": [replay]})
+                    await synced(to_a, 1)
+                    assert dict(a.federation.routes_refused) == {"replay": 1}
+                    assert 'fednode_routes_refused_total{reason="replay"} 1.0' in a.metrics.render().decode()
+                    # Never used, never passed on.
+                    assert NOTES not in a.federation.learned.get("evil", {})
+                    assert a.federation.next_hop(*NOTES) is None
+                    assert "notes__word_count" not in {t.name for t in (await client.list_tools()).tools}
+                    assert all(NOTES not in a.federation.advertiser.offers(peer) for peer in ("node-b", "evil"))
+                    # The tombstone was passed on to evil too (the route could have been offered to it),
+                    # signed by node-c: whoever holds node-c's key can check it.
+                    [tombstone] = [t for t in withdrawal.get("revoked", []) if (t["origin"], t["server"]) == NOTES]
+                    assert tombstone["version"] > captured["proof"]["version"]
+                    # node-c attaches notes again: a newer advertisement, believed everywhere.
+                    await c.add_server(notes_server(), timeout=60)
+                    await a.federation.wait_for("notes__word_count", timeout=30)
+                    assert a.federation.next_hop(*NOTES) == "node-b"
+                    result = await client.call_tool("notes__word_count", {"text": "one two three"})
+                    assert not result.is_error
+                    # node-c's tombstone with its version raised (to withdraw the re-attached server for
+                    # good) does not verify: refused, counted, not passed on; notes stays.
+                    raised = {**tombstone, "version": tombstone["version"] + 10**9}
+                    await notify(to_a, "fed/routes", {"revoked": [raised]})
+                    await synced(to_a, 2)
+                    assert dict(a.federation.routes_refused) == {"replay": 1, "bad_signature": 1}
+                    assert NOTES not in a.federation.advertiser.revocations("node-b")
+                    assert a.federation.next_hop(*NOTES) == "node-b"
+                    assert not (await client.call_tool("notes__word_count", {"text": "four"})).is_error
+                    assert not any(has_evil(node) for node in (a, b, c))
+                    assert dict(b.federation.routes_refused) == {}
 
 
 class TestUnansweringTransit:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from fednode._config._config import PeerConfig
 from fednode._federation._advertiser import pack_frames
 from fednode._federation._catalog import Catalog
-from fednode._federation._route_proof import ROUTE_TTL, Proof, RouteProofs, RouteRefusal
+from fednode._federation._route_proof import ROUTE_TTL, Proof, RouteProofs, RouteRefusal, Tombstone
 from fednode._federation._routing import (
     FAILURE_MEMORY,
     FAILURE_THRESHOLD,
@@ -394,6 +394,134 @@ class TestProvenRoutes:
         assert calls == [] and learned(table, "node-b") == {("node-c", "s")}
 
 
+def withdrawal(origin: str, server: str, version: int, clock: Clock, *, secret: str | None = None) -> Tombstone:
+    """``origin``'s signed tombstone of ``server`` at ``version`` (as it arrives: through the wire)."""
+    signer = RouteProofs(origin, keyring(origin, **({"secret": secret} if secret else {})), clock=clock)
+    tombstone = Tombstone(origin, server, version, int(clock() + ROUTE_TTL))
+    return Tombstone.from_wire(signer.tombstone_to(tombstone, ME).to_wire())
+
+
+def revoking(*tombstones: Tombstone, withdrawn: tuple[tuple[str, str], ...] = ()) -> Advertisement:
+    return Advertisement(withdrawn=withdrawn, revoked=tombstones)
+
+
+class TestTombstones:
+    """An origin's signed withdrawal drops older routes everywhere, bars replays, and is passed on once."""
+
+    def test_a_tombstone_drops_older_routes_from_every_peer_and_bars_replays(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b"), clock, version=100)))
+        table.receive("evil", OPEN, advert(proven(route("node-c", "s", "node-b", "evil"), clock, version=100),
+                                           proven(route("node-c", "u", "evil"), clock, version=100)))
+        table.receive("node-v", Policy(vouch=True), advert(route("node-c", "s", "node-v")))  # unsigned, vouched
+        assert set(table.update({}, {})) == {("node-c", "s"), ("node-c", "u")}
+        received = table.receive("node-b", OPEN, revoking(withdrawal("node-c", "s", 150, clock),
+                                                          withdrawn=(("node-c", "s"),)))
+        assert received.applied and not received.unverified
+        assert learned(table, "node-b") == set() and learned(table, "evil") == {("node-c", "u")}
+        assert learned(table, "node-v") == set()
+        assert set(table.update({}, {})) == {("node-c", "u")}
+        # evil replays what it held (the last genuine advertisement), a vouching peer cannot bring it back.
+        replayed = proven(route("node-c", "s", "node-b", "evil"), clock, version=100)
+        assert unverified(table.receive("evil", OPEN, advert(replayed))) == [(("node-c", "s"), RouteRefusal.REPLAY)]
+        assert unverified(table.receive("node-v", Policy(vouch=True), advert(route("node-c", "s", "node-v")))) == [
+            (("node-c", "s"), RouteRefusal.REPLAY)]
+        assert unverified(table.receive("node-v", Policy(vouch=True), advert(
+            proven(route("node-c", "s", "node-v"), clock, version=150)))) == [(("node-c", "s"), RouteRefusal.REPLAY)]
+        assert set(table.update({}, {})) == {("node-c", "u")} and table.offers("node-d", OPEN).keys() == {
+            ("node-c", "u")}
+        # Re-attached: its next advertisement is newer and believed, through anyone.
+        table.receive("evil", OPEN, advert(proven(route("node-c", "s", "evil"), clock, version=200)))
+        assert table.update({}, {})[("node-c", "s")][1] == "evil"
+
+    def test_a_tombstone_is_passed_on_once_per_version_where_the_route_could_go(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        for peer in ("node-b", "node-d", "node-e"):
+            table.link_up(peer)
+            table.sent(peer, table.delta(peer, {}))
+        table.receive("node-b", OPEN, revoking(withdrawal("node-c", "s", 150, clock)))
+        key = ("node-c", "s")
+        assert table.revocations("node-b", OPEN) == {}  # not back to where it came from
+        assert table.revocations("node-c", OPEN) == {}  # nor to its origin
+        assert table.revocations("node-d", Policy(export=("other",))) == {}  # export policy
+        assert table.revocations("node-d", Policy(transit=False)) == {}  # transit, per peer and per node
+        assert table.revocations("node-d", OPEN, node_transit=False) == {}
+        offered = table.revocations("node-d", OPEN)
+        assert set(offered) == {key}
+        delta = table.delta("node-d", {}, offered)
+        assert not delta.empty and set(delta.revoked) == {key}
+        table.sent("node-d", delta)
+        assert table.delta("node-d", {}, table.revocations("node-d", OPEN)).empty  # once per version
+        # The same tombstone from another peer is not news: not passed on again.
+        table.receive("node-e", OPEN, revoking(withdrawal("node-c", "s", 150, clock)))
+        assert table.proofs is not None and table.proofs.tombstones[key][1] == "node-b"
+        assert table.delta("node-d", {}, table.revocations("node-d", OPEN)).empty
+        assert set(table.revocations("node-e", OPEN)) == {key}  # node-b's, still owed to node-e
+        # A newer version is; a link coming up is owed every live one again.
+        table.receive("node-e", OPEN, revoking(withdrawal("node-c", "s", 170, clock)))
+        assert table.delta("node-d", {}, table.revocations("node-d", OPEN)).revoked[key].version == 170
+        assert table.revocations("node-e", OPEN) == {}
+        table.link_up("node-d")
+        assert set(table.delta("node-d", {}, table.revocations("node-d", OPEN)).revoked) == {key}
+        # Superseded by a newer advertisement, or expired: passed on no more.
+        table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b"), clock, version=200)))
+        assert table.revocations("node-d", OPEN) == {}
+        table.receive("node-b", OPEN, revoking(withdrawal("node-c", "s", 300, clock)))
+        clock.now += ROUTE_TTL + 61
+        assert table.revocations("node-d", OPEN) == {}
+
+    def test_this_nodes_own_tombstones_are_signed_to_each_peer(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        assert table.proofs is not None
+        table.proofs.local_proof("s", "d1", "s")
+        table.proofs.keep_local(())  # detached
+        offered = table.revocations("node-b", OPEN)
+        assert set(offered) == {(ME, "s")}
+        assert table.revocations("node-b", Policy(transit=False)) == offered  # its own: export policy only
+        assert table.revocations("node-b", Policy(export=())) == {}
+        downstream = signed_table(clock, "node-b")
+        wire = table.proofs.tombstone_to(offered[(ME, "s")], "node-b").to_wire()
+        assert not downstream.receive(ME, OPEN, Advertisement.from_wire({"revoked": [wire]})).unverified
+        assert downstream.proofs is not None and (ME, "s") in downstream.proofs.tombstones
+
+    def test_an_unverifiable_tombstone_is_refused_and_not_passed_on(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b"), clock, version=100)))
+        forged = withdrawal("node-c", "s", 150, clock, secret="x" * 64)
+        altered = attrs.evolve(withdrawal("node-c", "s", 150, clock), version=151)
+        received = table.receive("evil", OPEN, revoking(forged, altered))
+        assert unverified(received) == [(("node-c", "s"), RouteRefusal.UNKNOWN_KEY),
+                                        (("node-c", "s"), RouteRefusal.BAD_SIGNATURE)]
+        assert learned(table, "node-b") == {("node-c", "s")}
+        assert table.update({}, {})[("node-c", "s")][1] == "node-b"
+        assert table.revocations("node-d", OPEN) == {}
+
+    def test_old_frames_stay_valid_and_malformed_tombstones_refuse_the_frame(self) -> None:
+        clock = Clock()
+        assert Advertisement.from_wire({"set": [], "withdraw": [["node-c", "s"]]}).revoked == ()
+        wire = withdrawal("node-c", "s", 150, clock).to_wire()
+        assert Advertisement.from_wire({"revoked": [wire]}).revoked[0].version == 150
+        for bad in ({"revoked": {"x": 1}}, {"revoked": [{**wire, "version": -1}]}, {"revoked": [{**wire, "sigs": []}]},
+                    {"revoked": [{**wire, "server": 5}]}):
+            with pytest.raises(ValueError):
+                Advertisement.from_wire(bad)
+        # Without proofs (tests of the table alone) tombstones are ignored.
+        plain = RoutingTable(ME)
+        plain.receive("node-b", OPEN, advert(route("node-c", "s", "node-b")))
+        plain.receive("node-b", OPEN, revoking(withdrawal("node-c", "s", 150, clock)))
+        assert learned(plain, "node-b") == {("node-c", "s")} and plain.revocations("node-d", OPEN) == {}
+
+    def test_frames_carry_tombstones_within_the_budget(self) -> None:
+        frames = pack_frames(False, [({"r": 1}, 600)], [["b", "s"]], 1000, [({"t": i}, 300) for i in range(3)])
+        assert [(len(f["set"]), len(f.get("revoked", []))) for f in frames] == [(1, 1), (0, 2)]
+        assert [f["more"] for f in frames] == [True, False] and frames[-1]["withdraw"] == [["b", "s"]]
+        assert "revoked" not in pack_frames(False, [], [["b", "s"]], 1000)[0]  # the optional field
+
+
 class TestFailingPeers:
     """A peer whose forwards keep failing loses preference to healthy routes, and regains it."""
 
@@ -476,13 +604,16 @@ class Mesh:
                 if rng is not None:
                     rng.shuffle(peers)
                 for peer in peers:
-                    delta = table.delta(peer, table.offers(peer, self.policy(node, peer)))
+                    policy = self.policy(node, peer)
+                    delta = table.delta(peer, table.offers(peer, policy), table.revocations(peer, policy))
                     if delta.empty:
                         continue
                     quiet = False
                     routes = [self.wire(node, peer, r, path) for r, path in delta.routes.values()]
                     wire = {"full": delta.full, "set": routes,
                             "withdraw": [list(key) for key in delta.withdrawn]}
+                    if table.proofs is not None and delta.revoked:
+                        wire["revoked"] = [table.proofs.tombstone_to(t, peer).to_wire() for t in delta.revoked.values()]
                     table.sent(peer, delta)
                     received = self.tables[peer].receive(node, self.policy(peer, node), Advertisement.from_wire(wire))
                     if received.applied:
@@ -490,6 +621,16 @@ class Mesh:
             if quiet:
                 return rounds
         raise AssertionError("no convergence in 50 rounds")
+
+    def detach(self, node: str, server: str) -> None:
+        """``server`` is no longer attached at ``node`` (which withdraws it, signed when signing)."""
+        del self.local[node][(node, server)]
+        proofs = self.tables[node].proofs
+        if proofs is not None:
+            proofs.keep_local(s for _origin, s in self.local[node])
+
+    def attach(self, node: str, server: str) -> None:
+        self.local[node][(node, server)] = self.own(node, route(node, server))
 
     def cut(self, a: str, b: str) -> None:
         self.edges.discard(frozenset((a, b)))
@@ -525,6 +666,36 @@ class TestMeshWithoutSockets:
         mesh.converge()
         for node in nodes:
             assert all(len(p) == 1 for p in mesh.best(node).values()) and len(mesh.best(node)) == 5
+
+    def test_a_withdrawal_reaches_every_node_and_a_replay_of_the_last_advertisement_is_refused(self) -> None:
+        mesh = Mesh([("node-a", "node-b"), ("node-b", "node-c")], {"node-c": ("s",)}, signed=True)
+        mesh.converge()
+        key = ("node-c", "s")
+        # What node-b offered evil while the server was live; evil signs it on to node-a.
+        b = mesh.tables["node-b"]
+        offered, path = b.offers("evil", OPEN)[key]
+        assert b.proofs is not None
+        proof = b.proofs.attest(*key, offered.prefix, offered.digest, offered.proof, path, "evil")
+        evil = RouteProofs("evil", keyring("evil"), clock=lambda: NOW)
+        replay = attrs.evolve(offered, path=(*path, "evil"),
+                              proof=evil.attest(*key, offered.prefix, offered.digest, proof, (*path, "evil"), ME))
+        a = mesh.tables["node-a"]
+        # While it is live, the same version through evil is believed (an equal version is no replay).
+        assert not a.receive("evil", OPEN, advert(replay)).unverified
+        a.link_down("evil")
+        mesh.detach("node-c", "s")
+        mesh.converge()
+        for node in ("node-a", "node-b"):
+            assert key not in mesh.tables[node].best
+            proofs = mesh.tables[node].proofs
+            assert proofs is not None and key in proofs.tombstones
+        assert unverified(a.receive("evil", OPEN, advert(replay))) == [(key, RouteRefusal.REPLAY)]
+        assert key not in a.update({}, {}) and a.revocations("node-b", OPEN) == {}  # not back to node-b
+        # Attached again: everyone has it again, newer than the tombstone.
+        mesh.attach("node-c", "s")
+        mesh.converge()
+        assert mesh.best("node-a")[key] == ("node-c", "node-b")
+        assert all(not table.proofs or not table.proofs.tombstones for table in mesh.tables.values())
 
     def test_export_import_and_transit_along_a_chain(self) -> None:
         chain = [("node-a", "node-b"), ("node-b", "node-c")]
@@ -725,3 +896,33 @@ def test_a_healthy_route_is_always_preferred_to_a_penalized_one(world: dict[str,
     plain = converge(world, interleaving(world, random.Random(world["seed"])))
     assert {k: v[1] for k, v in table.update(world["local"], world["rtts"], now).items()} == {
         k: v[1] for k, v in plain.best.items()}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["ad", "tombstone"]), st.sampled_from(["node-b", "node-d", "evil"]),
+                          st.integers(1, 40)), max_size=25))
+def test_after_a_verified_tombstone_no_older_route_is_held_or_used(events: list[tuple[str, str, int]]) -> None:
+    """Advertisements and tombstones of one server from any peers in any order: once a tombstone is
+    verified, no route of its version or older is held or used, and a newer advertisement is believed."""
+    clock = Clock()
+    table = signed_table(clock)
+    key = ("node-c", "s")
+    barred, newest = 0, 0
+    for kind, peer, version in events:
+        if kind == "tombstone":
+            assert not table.receive(peer, OPEN, revoking(withdrawal(*key, version, clock))).unverified
+            if version > max(barred, newest):
+                barred = version
+        else:
+            received = table.receive(peer, OPEN, advert(proven(route(*key, peer), clock, version=version)))
+            accepted = not received.unverified
+            assert accepted == (version > barred and version >= newest)
+            newest = version if accepted else newest
+        held = [r.proof.version for routes in table.learned.values() if key in routes
+                for r in [routes[key]] if r.proof is not None]
+        assert all(v > barred for v in held)
+        best = table.update({}, {})
+        if key in best:
+            assert best[key][0].proof is not None and best[key][0].proof.version == newest > barred
+        else:
+            assert newest not in held or newest <= barred

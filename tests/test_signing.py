@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import attrs
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from fednode import AuthConfig, NodeKeys, PeerConfig, Secret
 from fednode._config._signing import Keyring, Signature, SignatureReason, signatures_from_wire
 from fednode._errors import SignatureError
-from fednode._federation._route_proof import MAX_ROUTE_TTL, ROUTE_TTL, Proof, RouteProofs, RouteRefusal
+from fednode._federation._route_proof import MAX_ROUTE_TTL, ROUTE_TTL, Proof, RouteProofs, RouteRefusal, Tombstone
 
 SHARED = Secret("shared-" + "0123456789abcdef" * 5)
 OTHER = Secret("other-" + "fedcba9876543210" * 5)
@@ -117,6 +118,9 @@ def test_parsers_raise_only_their_own_errors(item: Any) -> None:
             Proof.from_wire(item, length)
         with contextlib.suppress(ValueError):
             Proof.from_wire({"version": 1, "expires": 2, "sigs": item}, length)
+    for tombstone in (item, {"origin": "c", "server": "s", "version": 1, "expires": 2, "sigs": item}):
+        with contextlib.suppress(ValueError):
+            Tombstone.from_wire(tombstone)
 
 
 # -- route proofs -------------------------------------------------------------------------------------
@@ -277,3 +281,148 @@ def test_any_altered_path_is_refused(sent: tuple[tuple[str, ...], str], data: An
     # Sent to someone else.
     elsewhere = data.draw(st.sampled_from([n for n in PATH_NODES if n not in path and n != receiver] or [path[0]]))
     assert check(proofs(elsewhere, clock), path, proof) is not None
+
+
+# -- tombstones ---------------------------------------------------------------------------------------
+
+def withdrawn(origin: RouteProofs, server: str = "notes") -> Tombstone:
+    """The tombstone ``origin`` keeps for ``server`` once it is no longer attached (unsigned yet)."""
+    if server not in origin._local:
+        origin.local_proof(server, "d1", server)  # advertised first
+    origin.keep_local(())
+    return origin.tombstones[(origin.node_id, server)][0]
+
+
+def sent(tombstone: Tombstone, origin: RouteProofs, to: str) -> Tombstone:
+    """``tombstone`` as it arrives (through the wire) after ``origin`` signed it to ``to``."""
+    return Tombstone.from_wire(origin.tombstone_to(tombstone, to).to_wire())
+
+
+class TestTombstones:
+    """An origin's signed withdrawal: verified with the origin's key wherever that is known, bars older versions."""
+
+    def test_a_withdrawal_is_newer_than_every_advertisement_and_lives_as_long(self) -> None:
+        clock = Clock()
+        c = proofs("node-c", clock)
+        last = c.local_proof("notes", "d1", "notes")
+        tombstone = withdrawn(c)
+        assert tombstone.version > last.version and tombstone.expires == int(NOW + ROUTE_TTL) >= last.expires
+        assert c._local == {}
+        # Attached again (in the same millisecond): its next advertisement is newer than the tombstone,
+        # and the tombstone is no longer passed on.
+        again = c.local_proof("notes", "d1", "notes")
+        assert again.version > tombstone.version and c.tombstones == {}
+
+    def test_a_verified_tombstone_bars_older_advertisements_and_a_newer_one_is_believed(self) -> None:
+        clock = Clock()
+        c, a = proofs("node-c", clock), proofs("node-a", clock)
+        old = chain(("node-c", "node-b"), "node-a", clock, origin_proofs=c)
+        assert check(a, ("node-c", "node-b"), old) is None
+        a.remember(("node-c", "notes"), old)
+        tombstone = sent(withdrawn(c), c, "node-b")
+        assert a.revoke(tombstone, "node-b") is None
+        assert a.versions[("node-c", "notes")] == (tombstone.version, tombstone.expires)
+        assert a.tombstones[("node-c", "notes")] == (tombstone, "node-b")
+        assert check(a, ("node-c", "node-b"), old) is RouteRefusal.REPLAY  # through anyone
+        assert not a.usable(("node-c", "notes"), old)
+        # Not news a second time (flooded back along another path) and never this node's own.
+        assert a.revoke(tombstone, "node-d") is False
+        own = Tombstone("node-a", "notes", tombstone.version + 5, tombstone.expires)
+        assert a.revoke(attrs.evolve(own, sigs=a.keyring.sign(own.message())), "node-b") is False
+        # Re-attached: believed again, and the tombstone has done its work.
+        new = chain(("node-c", "node-b"), "node-a", clock, origin_proofs=c)
+        assert check(a, ("node-c", "node-b"), new) is None
+        a.remember(("node-c", "notes"), new)
+        assert a.tombstones == {} and a.usable(("node-c", "notes"), new)
+        # The old tombstone again changes nothing.
+        assert a.revoke(tombstone, "node-b") is False and check(a, ("node-c", "node-b"), new) is None
+
+    def test_a_tombstone_that_does_not_verify_is_refused(self) -> None:
+        clock = Clock()
+        c, a = proofs("node-c", clock), proofs("node-a", clock)
+        tombstone = sent(withdrawn(c), c, "node-b")
+
+        def refusal(t: Tombstone) -> RouteRefusal | None:
+            found = a.revoke(t, "evil")
+            assert found is not False
+            return None if found is None else found[0]
+
+        assert refusal(Tombstone("node-c", "notes", tombstone.version + 1, tombstone.expires,
+                                 tombstone.sigs)) is RouteRefusal.BAD_SIGNATURE
+        assert refusal(Tombstone("node-c", "other", tombstone.version, tombstone.expires,
+                                 tombstone.sigs)) is RouteRefusal.BAD_SIGNATURE
+        # Signed by evil with a key of its own, or in node-c's name by a node that is not node-c.
+        by_evil = proofs("evil", clock, hs("evil", OTHER))
+        forged = Tombstone("node-c", "notes", tombstone.version, tombstone.expires)
+        assert refusal(attrs.evolve(forged, sigs=by_evil.keyring.sign(forged.message()))) is RouteRefusal.UNKNOWN_KEY
+        assert refusal(Tombstone("node-c", "notes", tombstone.version, tombstone.expires,
+                                 proofs("node-b", clock).keyring.sign(b"x"))) is RouteRefusal.BAD_SIGNATURE
+        # A route signature is not a tombstone signature.
+        route_sigs = chain(("node-c",), "node-a", clock, origin_proofs=c).sigs[0]
+        assert route_sigs is not None
+        assert refusal(attrs.evolve(tombstone, sigs=route_sigs)) is RouteRefusal.BAD_SIGNATURE
+        clock.now += ROUTE_TTL + 61
+        assert refusal(tombstone) is RouteRefusal.EXPIRED
+        clock.now = NOW
+        far = proofs("node-c", clock)
+        far.ttl = MAX_ROUTE_TTL + 3600
+        assert refusal(sent(withdrawn(far), far, "node-a")) is RouteRefusal.TOO_LONG_LIVED
+        assert a.versions == {} and a.tombstones == {}  # nothing refused is remembered
+
+    def test_verified_with_the_keys_of_route_proofs(self) -> None:
+        clock = Clock()
+        # Ed25519: far nodes verify with the origin's [[nodes]] public key.
+        key = Ed25519PrivateKey.generate()
+        c = proofs("node-c", clock, ed("node-c", key))
+        tombstone = sent(withdrawn(c), c, "node-b")
+        far = proofs("node-a", clock, hs("node-a", nodes=(NodeKeys(id="node-c", public_keys=(key.public_key(),)),)))
+        assert far.revoke(tombstone, "node-b") is None
+        found = proofs("node-a", clock, hs("node-a", OTHER)).revoke(tombstone, "node-b")
+        assert found is not None and found is not False and found[0] is RouteRefusal.UNKNOWN_KEY
+        # A per-pair secret only: the neighbour verifies what was signed to it; a far node cannot.
+        c = proofs("node-c", clock, hs("node-c", None, peers=(PeerConfig(id="node-b", secrets=(PAIR,)),)))
+        tombstone = sent(withdrawn(c), c, "node-b")
+        b = proofs("node-b", clock, hs("node-b", OTHER, peers=(PeerConfig(id="node-c", secrets=(PAIR,)),)))
+        assert b.revoke(tombstone, "node-c") is None
+        found = proofs("node-a", clock, hs("node-a", OTHER)).revoke(tombstone, "node-b")
+        assert found is not None and found is not False and found[0] is RouteRefusal.UNKNOWN_KEY
+
+    def test_tombstones_live_in_the_bounded_version_memory_and_expire(self) -> None:
+        clock = Clock()
+        a = RouteProofs("node-a", hs("node-a"), clock=clock, max_versions=10)
+        for i in range(25):
+            c = proofs("node-c", clock)
+            clock.now += 1
+            assert a.revoke(sent(withdrawn(c, f"s{i}"), c, "node-a"), "node-b") is None
+            assert len(a.versions) <= 10 and set(a.tombstones) <= set(a.versions)
+        assert set(a.tombstones) == {("node-c", f"s{i}") for i in range(15, 25)}  # the longest-lived kept
+        clock.now += ROUTE_TTL + 61
+        a.prune()
+        assert a.versions == {} and a.tombstones == {}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["ad", "tombstone"]), st.integers(1, 40)), max_size=30))
+def test_after_a_verified_tombstone_no_older_advertisement_is_accepted(events: list[tuple[str, int]]) -> None:
+    """Advertisements and tombstones of one (origin, server) in any order: an advertisement is believed
+    exactly when its version is above every verified tombstone's and not below the newest believed."""
+    clock = Clock()
+    c, a = proofs("node-c", clock), proofs("node-a", clock)
+    barred, newest = 0, 0
+    for kind, version in events:
+        if kind == "tombstone":
+            tombstone = sent(Tombstone("node-c", "notes", version, int(NOW + ROUTE_TTL)), c, "node-a")
+            outcome = a.revoke(tombstone, "node-b")
+            assert (outcome is None) == (version > max(barred, newest))
+            assert outcome is None or outcome is False
+            if outcome is None:
+                barred = version
+            continue
+        proof = c.attest("node-c", *CATALOG, Proof(version, int(NOW + ROUTE_TTL)), ("node-c",), "node-a")
+        found = check(a, ("node-c",), proof)
+        assert (found is None) == (version > barred and version >= newest)
+        assert found in (None, RouteRefusal.REPLAY)
+        if found is None:
+            a.remember(("node-c", "notes"), proof)
+            newest = max(newest, version)
+        assert a.usable(("node-c", "notes"), proof) == (version > barred and version >= newest)

@@ -1,16 +1,17 @@
-"""Sending each peer what changed in the routes this node offers it (``fed/routes``)."""
+"""Sending each peer what changed in the routes this node offers it (``fed/routes``), with the
+origins' tombstones of withdrawn servers it has not been sent yet."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
 
 from .._config._logging import ThrottledLog
 from .._errors import FednodeError
-from ._route_proof import Proof
+from ._route_proof import Proof, Tombstone
 from ._routing import Key, Path, PeerPolicy, Route, RoutingTable
 
 ROUTES_METHOD = "fed/routes"
@@ -88,9 +89,17 @@ class Advertiser:
             return {}
         return self._table.offers(peer_id, policy, node_transit=self._node_transit())
 
+    def revocations(self, peer_id: str) -> dict[Key, Tombstone]:
+        """The tombstones ``peer_id`` is passed now (see :meth:`RoutingTable.revocations`)."""
+        policy = self._policy_for(peer_id)
+        if policy is None:
+            return {}
+        return self._table.revocations(peer_id, policy, node_transit=self._node_transit())
+
     async def _advertise(self, peer_id: str) -> None:
         offers = self.offers(peer_id)
-        delta = self._table.delta(peer_id, offers)
+        revocations = self.revocations(peer_id)
+        delta = self._table.delta(peer_id, offers, revocations)
         wire = {key: route.to_wire(path, self._proof(route, path, peer_id))
                 for key, (route, path) in delta.routes.items()}
         sizes = {key: len(json.dumps(item, separators=(",", ":"), ensure_ascii=False, default=str))
@@ -104,11 +113,13 @@ class Advertiser:
                                   size=sizes[key], limit=budget, hint="raise [link] max_message_size on every node")
             del offers[key]
         if too_large:
-            delta = self._table.delta(peer_id, offers)
+            delta = self._table.delta(peer_id, offers, revocations)
         if delta.empty:
             return
+        revoked = [item for item in (self._tombstone(tombstone, peer_id) for tombstone in delta.revoked.values())
+                   if item is not None]
         frames = pack_frames(delta.full, [(wire[key], sizes[key]) for key in delta.routes],
-                             [list(key) for key in delta.withdrawn], budget)
+                             [list(key) for key in delta.withdrawn], budget, revoked)
         try:
             for frame in frames:
                 await self._notify(peer_id, ROUTES_METHOD, frame)
@@ -127,22 +138,42 @@ class Advertiser:
             self._throttled.error("routes.not_signed", key=peer_id, peer=peer_id, error=str(exc))
             return None
 
+    def _tombstone(self, tombstone: Tombstone, peer_id: str) -> tuple[dict[str, Any], int] | None:
+        """``tombstone`` as sent to ``peer_id`` (this node's own signed to it), with its size as JSON."""
+        assert self._table.proofs is not None  # the table offers no tombstones without proofs
+        try:
+            item = self._table.proofs.tombstone_to(tombstone, peer_id).to_wire()
+        except FednodeError as exc:  # no key to sign with: the peer cannot believe it anyway
+            self._throttled.error("routes.not_signed", key=peer_id, peer=peer_id, error=str(exc))
+            return None
+        return item, len(json.dumps(item, separators=(",", ":"), ensure_ascii=False))
+
     def frame_budget(self) -> int:
         """The largest route (as JSON) that fits in one advertisement frame."""
         return int(self._max_message_size * 0.9) - 1024
 
 
 def pack_frames(full: bool, routes: list[tuple[dict[str, Any], int]], withdrawn: list[list[str]],
-                budget: int) -> list[dict[str, Any]]:
-    """Pack an advertisement (routes with their JSON sizes) into frames of at most ``budget``."""
+                budget: int, revoked: Sequence[tuple[dict[str, Any], int]] = ()) -> list[dict[str, Any]]:
+    """Pack an advertisement (routes and tombstones with their JSON sizes) into frames of at most
+    ``budget``; ``revoked`` (the optional field older nodes ignore) only in frames that carry tombstones."""
     frames: list[dict[str, Any]] = []
-    current: list[dict[str, Any]] = []
+    current: dict[str, list[dict[str, Any]]] = {"set": [], "revoked": []}
     size = 0
-    for route, length in routes:
-        if current and size + length > budget:
-            frames.append({"full": full, "set": current, "withdraw": [], "more": True})
-            current, size = [], 0
-        current.append(route)
-        size += length
-    frames.append({"full": full, "set": current, "withdraw": withdrawn, "more": False})
+    for field, items in (("set", routes), ("revoked", revoked)):
+        for item, length in items:
+            if (current["set"] or current["revoked"]) and size + length > budget:
+                frames.append(_frame(full, current, [], more=True))
+                current, size = {"set": [], "revoked": []}, 0
+            current[field].append(item)
+            size += length
+    frames.append(_frame(full, current, withdrawn, more=False))
     return frames
+
+
+def _frame(full: bool, items: dict[str, list[dict[str, Any]]], withdrawn: list[list[str]], *, more: bool
+           ) -> dict[str, Any]:
+    frame: dict[str, Any] = {"full": full, "set": items["set"], "withdraw": withdrawn, "more": more}
+    if items["revoked"]:
+        frame["revoked"] = items["revoked"]
+    return frame

@@ -15,6 +15,13 @@ the expiry, and that the version is not lower than the highest it has verified f
 version whenever the catalog changes, and again before half its lifetime has passed, so a
 withdrawn server's last advertisement is dead everywhere once it expires (:data:`ROUTE_TTL`).
 
+Withdrawing does not wait for that: when a server it owns goes, the origin signs a *tombstone*
+(:class:`Tombstone`: origin, server, a version above every advertisement it signed of it, and the
+advertisement lifetime as expiry), which travels with the route withdrawal and is flooded onward
+once per version. A node that verifies it raises its highest known version for that (origin,
+server) to the tombstone's: every older advertisement, wherever it comes from, is a replay from
+then on, and the origin's next advertisement (a newer version) is believed again.
+
 No I/O: the wall clock is a parameter (tests give their own).
 """
 
@@ -23,7 +30,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -32,6 +39,8 @@ from .._errors import SignatureError
 
 #: What every route signature covers first (a signature for anything else never verifies as one).
 CONTEXT = "fednode-route/1"
+#: What every tombstone signature covers first.
+TOMBSTONE_CONTEXT = "fednode-withdrawn/1"
 #: How long an origin's signed advertisement stays valid; it re-signs after half of it.
 ROUTE_TTL = 3600.0
 #: Advertisements valid longer than this are refused (they would pin the version memory).
@@ -94,6 +103,53 @@ class Proof:
         return cls(version=version, expires=expires, sigs=parsed)
 
 
+@attrs.frozen
+class Tombstone:
+    """The origin's signed word that it withdrew ``server``: every advertisement of it with a version
+    up to this one is dead. ``sigs`` are the origin's (empty for this node's own, signed per peer on
+    sending)."""
+
+    origin: str
+    server: str
+    version: int
+    expires: int
+    sigs: tuple[Signature, ...] = attrs.field(default=(), repr=False)
+
+    @property
+    def key(self) -> Key:
+        return (self.origin, self.server)
+
+    def message(self) -> bytes:
+        """What the origin signs (not addressed to anyone: it is passed on as it is)."""
+        return canonical([TOMBSTONE_CONTEXT, self.origin, self.server, self.version, self.expires])
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"origin": self.origin, "server": self.server, "version": self.version, "expires": self.expires,
+                "sigs": [s.to_wire() for s in self.sigs]}
+
+    @classmethod
+    def from_wire(cls, item: object) -> Tombstone:
+        """Parse one tombstone (an entry of a ``fed/routes`` frame's ``revoked``).
+
+        Raises:
+            ValueError: saying what is wrong.
+        """
+        if not isinstance(item, dict):
+            raise ValueError("a tombstone must be an object")
+        origin, server, version, expires = item.get("origin"), item.get("server"), item.get("version"), \
+            item.get("expires")
+        if not (isinstance(origin, str) and isinstance(server, str)):
+            raise ValueError("tombstone origin and server must be strings")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _MAX_INT for v in (version, expires)):
+            raise ValueError("tombstone version and expires must be non-negative integers")
+        try:
+            sigs = signatures_from_wire(item.get("sigs"))
+        except SignatureError as exc:
+            raise ValueError(f"tombstone: {exc.detail}") from None
+        assert isinstance(version, int) and isinstance(expires, int)
+        return cls(origin=origin, server=server, version=version, expires=expires, sigs=sigs)
+
+
 def route_message(origin: str, server: str, prefix: str, digest: str, version: int, expires: int,
                   path: Iterable[str], to: str) -> bytes:
     """What the last node of ``path`` signs when it sends the advertisement to ``to``."""
@@ -125,6 +181,9 @@ class RouteProofs:
         self._last_version = 0
         #: (origin, server) -> the highest version verified, and when it expires
         self.versions: dict[Key, tuple[int, int]] = {}
+        #: (origin, server) -> the tombstone that set its entry in :attr:`versions` (this node's own
+        #: included), and the peer it came from (None: this node's own); pruned with the versions
+        self.tombstones: dict[Key, tuple[Tombstone, str | None]] = {}
 
     # -- this node's own servers ------------------------------------------------------------
 
@@ -139,13 +198,64 @@ class RouteProofs:
             version = max(int(now * 1000), self._last_version + 1)
             self._last_version = version
             state = self._local[server] = ((digest, prefix), version, int(now + self.ttl))
+            if self.tombstones.pop((self.node_id, server), None) is not None:  # attached again
+                self.versions.pop((self.node_id, server), None)
         return Proof(version=state[1], expires=state[2])
 
     def keep_local(self, servers: Iterable[str]) -> None:
-        """Forget the versions of servers no longer attached here."""
+        """Forget the versions of servers no longer attached here, and withdraw them: a tombstone
+        each, with a version above every advertisement signed of it (see :meth:`tombstone_to`)."""
         keep = set(servers)
         for server in self._local.keys() - keep:
             del self._local[server]
+            now = self.clock()
+            version = max(int(now * 1000), self._last_version + 1)
+            self._last_version = version  # a re-attached server's next advertisement is newer still
+            self._store(Tombstone(self.node_id, server, version, int(now + self.ttl)), None)
+
+    def tombstone_to(self, tombstone: Tombstone, to: str) -> Tombstone:
+        """``tombstone`` as sent to ``to``: this node's own signed now (so that a peer sharing only a
+        per-pair secret with it can verify it too), another origin's as it came.
+
+        Raises:
+            SignatureError: this node has no key to sign with.
+        """
+        if tombstone.origin != self.node_id:
+            return tombstone
+        return attrs.evolve(tombstone, sigs=self.keyring.sign(tombstone.message(), to=to))
+
+    def revoke(self, tombstone: Tombstone, source: str) -> tuple[RouteRefusal, str] | Literal[False] | None:
+        """A tombstone received from the peer ``source``: False if it is not news (this node's own,
+        or not newer than the highest version known: dropped, not passed on), the refusal if it cannot
+        be believed, None if it was verified and now bars every older advertisement of its key."""
+        known = self.versions.get(tombstone.key)
+        if tombstone.origin == self.node_id or (known is not None and tombstone.version <= known[0]):
+            return False  # checked first: a tombstone flooded back along other paths costs nothing
+        now = self.clock()
+        if tombstone.expires < now - self.leeway:
+            return RouteRefusal.EXPIRED, f"tombstone expired {now - tombstone.expires:.0f}s ago"
+        if tombstone.expires > now + MAX_ROUTE_TTL + self.leeway:
+            return RouteRefusal.TOO_LONG_LIVED, f"tombstone valid for more than {MAX_ROUTE_TTL:g}s"
+        try:
+            self.keyring.verify(tombstone.origin, tombstone.message(), tombstone.sigs)
+        except SignatureError as exc:
+            reason = (RouteRefusal.UNKNOWN_KEY if exc.reason == SignatureReason.UNKNOWN_KEY
+                      else RouteRefusal.BAD_SIGNATURE)
+            return reason, f"tombstone of {tombstone.origin!r}: {exc.detail}"
+        self._store(tombstone, source)
+        return None
+
+    def revoked(self, key: Key, version: int) -> bool:
+        """Whether a tombstone verified here withdrew ``key``'s advertisements of ``version`` (it
+        bars every version up to its own)."""
+        found = self.tombstones.get(key)
+        return found is not None and version <= found[0].version
+
+    def _store(self, tombstone: Tombstone, source: str | None) -> None:
+        self.versions[tombstone.key] = (tombstone.version, tombstone.expires)
+        self.tombstones[tombstone.key] = (tombstone, source)
+        if len(self.versions) > self.max_versions:
+            self.prune()
 
     def attest(self, origin: str, server: str, prefix: str, digest: str, proof: Proof | None,
                path: tuple[str, ...], to: str) -> Proof:
@@ -194,6 +304,8 @@ class RouteProofs:
         highest = self.versions.get((origin, server))
         if highest is not None and proof.version < highest[0]:
             return RouteRefusal.REPLAY, f"version {proof.version} is older than {highest[0]} seen"
+        if self.revoked((origin, server), proof.version):
+            return RouteRefusal.REPLAY, f"its origin withdrew version {proof.version} (a tombstone)"
         return None
 
     def remember(self, key: Key, proof: Proof) -> None:
@@ -201,6 +313,9 @@ class RouteProofs:
         highest = self.versions.get(key)
         if highest is None or (proof.version, proof.expires) > highest:
             self.versions[key] = (proof.version, proof.expires)
+            tombstone = self.tombstones.get(key)
+            if tombstone is not None and tombstone[0].version < proof.version:
+                del self.tombstones[key]  # re-attached: a newer advertisement supersedes it
         if len(self.versions) > self.max_versions:
             self.prune()
 
@@ -213,6 +328,10 @@ class RouteProofs:
             ordered = sorted(self.versions.items(), key=lambda item: item[1][1])
             for key, _ in ordered[:len(self.versions) - self.max_versions]:
                 del self.versions[key]
+        # A tombstone lives as long as the version it set: bounded and expiring with them.
+        for key in [key for key, (tombstone, _source) in self.tombstones.items()
+                    if self.versions.get(key, (None, 0))[0] != tombstone.version]:
+            del self.tombstones[key]
 
     def usable(self, key: Key, proof: Proof | None) -> bool:
         """Whether a verified route accepted earlier may still be used: not expired, not superseded
@@ -222,4 +341,4 @@ class RouteProofs:
         if proof.expires < self.clock() - self.leeway:
             return False
         highest = self.versions.get(key)
-        return highest is None or proof.version >= highest[0]
+        return (highest is None or proof.version >= highest[0]) and not self.revoked(key, proof.version)

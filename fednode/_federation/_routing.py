@@ -10,6 +10,9 @@ node's policy to it:
 - with route proofs (:mod:`fednode._route_proof`), a route is believed only if its origin and every
   hop of its path signed it (or the peer that sent it is trusted to ``vouch``), its catalog matches
   the signed digest, and its version is not older than one verified before;
+- a tombstone (the origin's signed withdrawal of a server) that verifies drops every route held for
+  that server with an older version and bars older ones from then on; it is passed on once per
+  version, to the peers the route itself could have been offered to (:meth:`RoutingTable.revocations`);
 - a peer's ``import`` list decides what is accepted from it, its ``export`` list and ``transit``
   (with the node's own ``[mcp] transit``) what is offered to it; a route is never offered back
   to a peer on its path;
@@ -35,7 +38,7 @@ import mcp_types
 from pydantic import BaseModel, ValidationError
 
 from .._config._config import MAX_REQUEST_TIMEOUT
-from ._route_proof import Proof, RouteProofs, RouteRefusal
+from ._route_proof import Proof, RouteProofs, RouteRefusal, Tombstone
 
 Key = tuple[str, str]
 """A route's identity: (owning node id, server id)."""
@@ -223,13 +226,14 @@ def checked_route(route: Route) -> tuple[Route, list[str]]:
 
 @attrs.frozen
 class Advertisement:
-    """One ``fed/routes`` frame: routes set, routes withdrawn; ``full`` starts a full advertisement,
-    ``more`` says another frame of it follows."""
+    """One ``fed/routes`` frame: routes set, routes withdrawn, origins' tombstones (``revoked``, an
+    optional field); ``full`` starts a full advertisement, ``more`` says another frame of it follows."""
 
     routes: tuple[Route, ...] = ()
     withdrawn: tuple[Key, ...] = ()
     full: bool = False
     more: bool = False
+    revoked: tuple[Tombstone, ...] = ()
 
     @classmethod
     def from_wire(cls, params: Mapping[str, Any]) -> Advertisement:
@@ -238,25 +242,31 @@ class Advertisement:
         Keys to withdraw that are not ``[origin, server]`` pairs are skipped.
 
         Raises:
-            ValueError, TypeError: a malformed route, or lists that are not (the whole frame is refused).
+            ValueError, TypeError: a malformed route or tombstone, or lists that are not (the whole
+                frame is refused).
         """
+        revoked = params.get("revoked", [])
+        if not isinstance(revoked, list):
+            raise ValueError("revoked must be a list of tombstones")
         return cls(routes=tuple(route_from_wire(item) for item in params.get("set", [])),
                    withdrawn=tuple((k[0], k[1]) for k in params.get("withdraw", [])
                                    if isinstance(k, list) and len(k) == 2),
-                   full=bool(params.get("full")), more=bool(params.get("more")))
+                   full=bool(params.get("full")), more=bool(params.get("more")),
+                   revoked=tuple(Tombstone.from_wire(item) for item in revoked))
 
 
 @attrs.frozen
 class Received:
     """What :meth:`RoutingTable.receive` did with a frame."""
 
-    #: whether the peer's routes were replaced (the best routes must be recomputed)
+    #: whether the best routes must be recomputed: the peer's routes were replaced, or a tombstone
+    #: was verified (it may have dropped routes learned from any peer)
     applied: bool
     #: routes refused for a per-peer limit, with the limit
     refused: tuple[tuple[Key, str], ...] = ()
     #: routes kept without some definitions, and why those were dropped
     invalid: tuple[tuple[Route, tuple[str, ...]], ...] = ()
-    #: routes refused because their origin or path could not be verified: key, reason, detail
+    #: routes (and tombstones) refused because their origin or path could not be verified: key, reason, detail
     unverified: tuple[tuple[Key, RouteRefusal, str], ...] = ()
     #: routes accepted unverified on the word of the peer (``vouch``): key, why they did not verify
     vouched: tuple[tuple[Key, RouteRefusal, str], ...] = ()
@@ -274,11 +284,15 @@ class Delta:
     withdrawn: tuple[Key, ...]
     #: everything offered, as :meth:`RoutingTable.sent` records it once delivered
     offered: Mapping[Key, tuple[Path, str]]
+    #: tombstones the peer was not sent yet (in this version)
+    revoked: Mapping[Key, Tombstone] = attrs.field(factory=dict)
+    #: the version of every tombstone offered, as :meth:`RoutingTable.sent` records it
+    revoked_offered: Mapping[Key, int] = attrs.field(factory=dict)
 
     @property
     def empty(self) -> bool:
         """Whether there is nothing to send."""
-        return not self.full and not self.routes and not self.withdrawn
+        return not self.full and not self.routes and not self.withdrawn and not self.revoked
 
 
 class RoutingTable:
@@ -301,6 +315,8 @@ class RoutingTable:
         self.learned: dict[str, dict[Key, Route]] = {}
         #: peer -> what it was last sent and received ((path, stamp) per key); None: nothing yet
         self.advertised: dict[str, dict[Key, tuple[Path, str]] | None] = {}
+        #: peer -> the version of each tombstone it was sent (the ones offered when last sent)
+        self.revoked_sent: dict[str, dict[Key, int]] = {}
         # peer -> a full advertisement being received over several frames (swapped in whole)
         self._staging: dict[str, dict[Key, Route]] = {}
         #: (origin, server) -> the best route and the peer it goes through (None: attached here),
@@ -317,6 +333,7 @@ class RoutingTable:
     def link_down(self, peer_id: str) -> bool:
         """The link to ``peer_id`` is gone: forget everything learned over it. Returns whether any route went."""
         self.advertised.pop(peer_id, None)
+        self.revoked_sent.pop(peer_id, None)
         self._staging.pop(peer_id, None)
         self._failures.pop(peer_id, None)
         return bool(self.learned.pop(peer_id, None))
@@ -333,11 +350,12 @@ class RoutingTable:
         table = staging if staging is not None else dict(self.learned.get(peer_id, {}))
         for key in advertisement.withdrawn:
             table.pop(key, None)
+        unverified: list[tuple[Key, RouteRefusal, str]] = []
+        revoked = self._revoke(peer_id, advertisement.revoked, table, unverified)
         items = sum(r.items for r in table.values())
         size = sum(r.size for r in table.values())
         refused: list[tuple[Key, str]] = []
         invalid: list[tuple[Route, tuple[str, ...]]] = []
-        unverified: list[tuple[Key, RouteRefusal, str]] = []
         vouched: list[tuple[Key, RouteRefusal, str]] = []
         for route in advertisement.routes:
             old = table.pop(route.key, None)
@@ -377,16 +395,43 @@ class RoutingTable:
         if applied:
             self._staging.pop(peer_id, None)
             self.learned[peer_id] = table
-        return Received(applied=applied, refused=tuple(refused), invalid=tuple(invalid),
+        return Received(applied=applied or revoked, refused=tuple(refused), invalid=tuple(invalid),
                         unverified=tuple(unverified), vouched=tuple(vouched))
+
+    def _revoke(self, peer_id: str, tombstones: Iterable[Tombstone], table: dict[Key, Route],
+                unverified: list[tuple[Key, RouteRefusal, str]]) -> bool:
+        """Apply the tombstones ``peer_id`` sent (those that are news and verify), before its routes:
+        every route held for their key with an older version goes, from every peer (``table`` is the
+        one being built for ``peer_id``). Refusals go to ``unverified``. Returns whether any applied."""
+        if self.proofs is None:
+            return False
+        applied = False
+        for tombstone in tombstones:
+            outcome = self.proofs.revoke(tombstone, peer_id)
+            if outcome is False:
+                continue  # known already (or this node's own): not passed on again
+            if outcome is not None:
+                unverified.append((tombstone.key, *outcome))
+                continue  # never believed, never passed on
+            applied = True
+            for routes in (table, *self.learned.values(), *self._staging.values()):
+                route = routes.get(tombstone.key)
+                if route is not None and self.proofs.revoked(tombstone.key, 0 if route.proof is None
+                                                              else route.proof.version):
+                    del routes[tombstone.key]
+        return applied
 
     def _verify(self, route: Route, old: Route | None) -> tuple[RouteRefusal, str] | None:
         """Why ``route`` cannot be believed (None: it can); see :meth:`RouteProofs.verify`."""
         assert self.proofs is not None
         if route.proof is None:  # before the digest: what is refused costs little
+            if self.proofs.revoked(route.key, 0):  # not even a vouching peer brings it back
+                return RouteRefusal.REPLAY, "its origin withdrew it (a tombstone)"
             return RouteRefusal.UNSIGNED, "the route carries no proof"
         if route.signed_digest() != route.digest:
             return RouteRefusal.DIGEST_MISMATCH, "the catalog does not match the signed digest"
+        if self.proofs.revoked(route.key, route.proof.version):  # not even a vouching peer brings it back
+            return RouteRefusal.REPLAY, f"its origin withdrew version {route.proof.version} (a tombstone)"
         if (old is not None and old.vouched_by is None and old.proof is not None and old.proof == route.proof
                 and old.path == route.path and old.prefix == route.prefix and old.digest == route.digest
                 and self.proofs.usable(route.key, route.proof)):
@@ -482,18 +527,42 @@ class RoutingTable:
                 result[key] = (route, path)
         return result
 
-    def delta(self, peer_id: str, offers: Mapping[Key, tuple[Route, Path]]) -> Delta:
-        """What ``peer_id`` must be sent so that it holds ``offers`` (from :meth:`offers`, maybe trimmed)."""
+    def revocations(self, peer_id: str, policy: PeerPolicy, *, node_transit: bool = True) -> dict[Key, Tombstone]:
+        """The tombstones this node passes on to ``peer_id``: its own, and those it verified, except
+        to the peer it came from; only where the route itself could have been offered (export and
+        transit policy as in :meth:`offered_path`), so a peer learns of no withdrawal it could not
+        have seen the route of. Expired ones are left out."""
+        if self.proofs is None:
+            return {}
+        cutoff = self.proofs.clock() - self.proofs.leeway
+        result = {}
+        for key, (tombstone, source) in self.proofs.tombstones.items():
+            if peer_id in (source, tombstone.origin) or tombstone.expires < cutoff:
+                continue
+            if not policy.exports(tombstone.server) or (source is not None and not (policy.transit and node_transit)):
+                continue
+            result[key] = tombstone
+        return result
+
+    def delta(self, peer_id: str, offers: Mapping[Key, tuple[Route, Path]],
+              revocations: Mapping[Key, Tombstone] | None = None) -> Delta:
+        """What ``peer_id`` must be sent so that it holds ``offers`` (from :meth:`offers`, maybe trimmed)
+        and knows of ``revocations`` (from :meth:`revocations`; each version sent once)."""
         previous = self.advertised.get(peer_id)
         routes = {key: (route, path) for key, (route, path) in offers.items()
                   if previous is None or previous.get(key) != (path, route.stamp)}
         withdrawn = () if previous is None else tuple(key for key in previous if key not in offers)
+        revocations = revocations or {}
+        known = {} if previous is None else self.revoked_sent.get(peer_id, {})
         return Delta(full=previous is None, routes=routes, withdrawn=withdrawn,
-                     offered={key: (path, route.stamp) for key, (route, path) in offers.items()})
+                     offered={key: (path, route.stamp) for key, (route, path) in offers.items()},
+                     revoked={key: t for key, t in revocations.items() if known.get(key) != t.version},
+                     revoked_offered={key: t.version for key, t in revocations.items()})
 
     def sent(self, peer_id: str, delta: Delta) -> None:
         """``delta`` was delivered to ``peer_id``: later deltas are relative to it."""
         self.advertised[peer_id] = dict(delta.offered)
+        self.revoked_sent[peer_id] = dict(delta.revoked_offered)
 
     def not_sent(self, peer_id: str) -> None:
         """Sending to ``peer_id`` failed: it is owed a full advertisement again."""
