@@ -39,7 +39,8 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 
 # -- fednode ------------------------------------------------------------------------------------
 
-#: A node refused a request beyond its limits (a link's max_inflight, session connections, parked
+#: A node refused a request beyond its limits (a link's max_inflight, the sender's fair share of a
+#: link's or the node's in-flight requests, one server's half of them, session connections, parked
 #: requests); retrying later may succeed.
 OVERLOADED = -32004
 #: No tool, prompt, resource, task... of that name: the code an MCP server gives an unknown name,
@@ -53,6 +54,9 @@ SERVER_UNAVAILABLE = -32051
 DEADLINE_EXCEEDED = -32052
 #: The request came back to a node it had already passed through.
 FORWARDING_LOOP = -32053
+#: The sender (a peer, a client token, a client address) is over its rate limit; ``data.retryAfter``
+#: says in how many seconds a request will be accepted again.
+RATE_LIMITED = -32054
 
 
 class FednodeError(Exception):

@@ -371,6 +371,14 @@ BAD_CASES = [
                  id="json-huge-integer-duration"),
     pytest.param(Bad("backoff.multiplier", "number", _set("backoff", multiplier=float("nan")), cli=False),
                  id="nan-backoff-multiplier"),
+    pytest.param(Bad("peers[0].rate", "bad rate '100/fortnight' (use a count per s, min or h, e.g. \"6000/min\")",
+                     _peers({"id": "node-b", "rate": "100/fortnight"})), id="peer-rate-unit"),
+    pytest.param(Bad("clients.rate", "rate count must be between 1 and 1e9, got 0", _set("clients", rate="0/s"),
+                     cli=False), id="client-rate-zero"),
+    pytest.param(Bad("clients.rate", "expected a rate like \"6000/min\", got int", _set("clients", rate=100),
+                     cli=False), id="client-rate-number"),
+    pytest.param(Bad("clients.max_connections", "must be >= 1, got 0", _set("clients", max_connections=0),
+                     cli=False), id="max-connections-zero"),
 ]
 
 
@@ -789,6 +797,31 @@ class TestServerConnections:
         assert dict(caught.value.problems)["servers[0].max_connections"] == "must be >= 1, got 0"
 
 
+class TestRateLimits:
+    """``[[peers]] rate``, ``[clients] rate`` and ``max_connections``: defaults, values, reported problems."""
+
+    def test_defaults_and_values(self) -> None:
+        raw = base_raw()
+        raw["peers"] = [{"id": "node-b"}, {"id": "node-c", "rate": "100/s"}]
+        config = fednode.NodeConfig.from_mapping(raw)
+        assert [str(peer.rate) for peer in config.peers] == ["60000/min", "100/s"]
+        assert (str(config.clients.rate), config.clients.max_connections) == ("6000/min", 100)
+        raw["clients"] = {"rate": "${RATE}", "max_connections": 5}
+        clients = fednode.NodeConfig.from_mapping(raw, environ={"RATE": "1000/min"}).clients
+        assert (clients.rate.count, clients.rate.per, clients.max_connections) == (1000, 60.0, 5)
+
+    def test_every_problem_with_its_key_path(self) -> None:
+        raw = base_raw()
+        raw["peers"] = [{"id": "node-b", "rate": "fast"}, {"id": "node-c", "rate": "-5/min"}]
+        raw["clients"] = {"rate": "10/min/h", "max_connections": "many"}
+        with pytest.raises(fednode.ConfigError) as caught:
+            fednode.NodeConfig.from_mapping(raw)
+        problems = dict(caught.value.problems)
+        assert set(problems) == {"peers[0].rate", "peers[1].rate", "clients.rate", "clients.max_connections"}
+        assert problems["peers[0].rate"].startswith("bad rate 'fast'")
+        assert problems["clients.max_connections"] == "expected an integer, got str"
+
+
 # -- arbitrary input ----------------------------------------------------------------------------
 
 _KEYS = ["node", "auth", "heartbeat", "backoff", "link", "tls", "peers", "servers", "mcp", "clients", "id",
@@ -796,10 +829,12 @@ _KEYS = ["node", "auth", "heartbeat", "backoff", "link", "tls", "peers", "server
          "leeway", "interval", "timeout", "initial", "max", "multiplier", "reset_after", "handshake_timeout",
          "max_message_size", "max_protocol_errors", "max_inflight", "cert", "key", "ca", "public_key",
          "public_keys", "export", "import", "transit", "command", "args", "env", "cwd", "url", "headers", "prefix",
-         "ping_interval", "ping_timeout", "max_connections", "request_timeout", "first_list_wait", "tokens"]
+         "ping_interval", "ping_timeout", "request_timeout", "first_list_wait", "tokens", "rate",
+         "max_connections"]
 _STRINGS = ["", "node-a", "node-b", "5s", "0s", "500ms", "2h", "-1s", "HS512", "EdDSA", "jwt", "python",
             "ws://127.0.0.1:9001", "wss://127.0.0.1:0", "http://127.0.0.1:0", "https://h:1", "ws://a:b@h:1",
-            "${X}", "${UNSET}", "$$", "-----BEGIN PUBLIC KEY-----", SECRET, SHORT_SECRET, "x" * 64]
+            "${X}", "${UNSET}", "$$", "-----BEGIN PUBLIC KEY-----", SECRET, SHORT_SECRET, "x" * 64,
+            "6000/min", "0/s", "9" * 30 + "/s"]
 # No "/": a random absolute path must not name a real file (reading /dev/zero would never end).
 _scalars = (st.sampled_from(_STRINGS) | st.text(alphabet=st.characters(blacklist_characters="/"), max_size=12)
             | st.booleans() | st.integers() | st.floats() | st.none() | st.just(10**400))

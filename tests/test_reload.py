@@ -39,3 +39,15 @@ def test_nodes_keys_apply_at_once() -> None:
     plan = plan_reload(old, new)
     assert plan.effective.nodes == new.nodes and not plan.restart_needed
     assert plan.result(auth_changed=False, at=0.0).summary == "nodes changed"
+
+
+def test_a_new_rate_alone_keeps_the_peers_link() -> None:
+    old = node_config("node-a", peers=[{"id": "b"}, {"id": "c"}], clients={"rate": "10/s"})
+    new = node_config("node-a", peers=[{"id": "b", "rate": "5/s"}, {"id": "c", "rate": "5/s", "transit": False}],
+                      clients={"rate": "20/s", "max_connections": 3})
+    plan = plan_reload(old, new)
+    assert (plan.peers_changed, plan.peers_retuned) == (("c",), ("b",))
+    assert plan.clients_changed and plan.effective.clients == new.clients
+    result = plan.result(auth_changed=False, at=1.0)
+    assert result.peers_retuned == ("b",)
+    assert result.summary == "peers ~c; peer rates ~b; clients changed"

@@ -40,6 +40,10 @@ T = TypeVar("T")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\$")
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+#: Seconds' worth of a rate a bucket holds: how long a burst at any speed may last from full.
+BURST_SECONDS = 10.0
 
 
 class Secret:
@@ -94,6 +98,49 @@ def parse_duration(value: object) -> float:
     if seconds < 0 or seconds != seconds or seconds == float("inf"):
         raise ValueError(f"duration must be finite and >= 0, got {value!r}")
     return seconds
+
+
+@attrs.frozen
+class Rate:
+    """A rate limit such as ``"6000/min"``: ``count`` requests per ``per`` seconds.
+
+    Enforced as a token bucket (see :mod:`fednode._peers._ratelimit`) refilled at ``count / per`` a
+    second that holds :data:`BURST_SECONDS` worth of them (at least one).
+    """
+
+    count: int
+    per: float
+
+    @property
+    def per_second(self) -> float:
+        """Tokens added each second."""
+        return self.count / self.per
+
+    @property
+    def burst(self) -> float:
+        """The most tokens the bucket holds."""
+        return max(1.0, self.per_second * BURST_SECONDS)
+
+    def __str__(self) -> str:
+        unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.per)
+        return f"{self.count}/{unit}" if unit else f"{self.count}/{self.per:g}s"
+
+
+def parse_rate(value: object) -> Rate:
+    """Parse ``"6000/min"``, ``"100/s"``, ``"50000/h"`` (also ``sec``, ``second``, ``minute``, ``hour``).
+
+    Raises:
+        ValueError: the value is not such a rate, or its count is 0.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"expected a rate like \"6000/min\", got {type(value).__name__}")
+    match = _RATE_RE.match(value)
+    if match is None or match.group(2) not in _RATE_UNITS:
+        raise ValueError(f"bad rate {value[:40]!r} (use a count per s, min or h, e.g. \"6000/min\")")
+    count = int(match.group(1))
+    if count < 1 or count > 10**9:
+        raise ValueError(f"rate count must be between 1 and 1e9, got {count}")
+    return Rate(count, _RATE_UNITS[match.group(2)])
 
 
 def shown_url(value: str) -> str:
@@ -204,6 +251,17 @@ class Duration(Rule):
         if self.at_most is not None and seconds > self.at_most:
             raise InvalidValue(self.too_long.format(limit=self.at_most, value=seconds))
         return seconds
+
+
+@attrs.frozen
+class RateRule(Rule):
+    """A rate limit (see :func:`parse_rate`)."""
+
+    def structure(self, value: object, base: Any, loader: Loader) -> Rate:
+        try:
+            return parse_rate(loader.expand(value) if isinstance(value, str) else value)
+        except ValueError as exc:
+            raise InvalidValue(str(exc)) from None
 
 
 @attrs.frozen

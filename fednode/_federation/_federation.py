@@ -114,6 +114,7 @@ class Federation:
         request: ``await request(peer_id, method, params, timeout=...)`` sends a peer a request.
         notify: ``await notify(peer_id, method, params)`` sends a peer a notification.
         observe: records each forwarded request's outcome (the node's metrics).
+        refused: records each request refused for lack of a fair share (the node's metrics).
         started: whether the node's start-up is done (its configured peers and servers registered).
         started_at: when the node started (trio clock), for the ``first_list_wait`` bound.
         on_change: called with the kinds that changed (``tools``, ..., ``extensions``) whenever the
@@ -126,7 +127,8 @@ class Federation:
                  mcp: Callable[[], MCPConfig], limits: LinkConfig,
                  request: Callable[..., Awaitable[Any]], notify: Callable[[str, str, Any], Awaitable[None]],
                  observe: Callable[..., None], started: Callable[[], bool], started_at: float,
-                 on_change: Callable[[set[str]], None] = lambda kinds: None) -> None:
+                 on_change: Callable[[set[str]], None] = lambda kinds: None,
+                 refused: Callable[[str, str, str], None] | None = None) -> None:
         self.id = node_id
         self.log = log
         self._peers = peers
@@ -165,7 +167,7 @@ class Federation:
             request=request, notify=notify, link_to=self._link_to, offered_path=self._offered_path,
             request_timeout=lambda: mcp().request_timeout, max_inflight=limits.max_inflight,
             observe=observe, is_settled=lambda: self._settled, wait_settled=self.wait_settled,
-            health_changed=self._changed, log=self.log)
+            health_changed=self._changed, log=self.log, on_refused=refused)
         #: the methods peers call on this node, for the node to serve (see :meth:`Handlers.merge`)
         self.handlers = Handlers(
             requests={FORWARD_METHOD: self.forwarding.on_forward},
@@ -228,12 +230,14 @@ class Federation:
     def link_up(self, peer_id: str) -> None:
         """A link to ``peer_id`` came up: send it everything (a full advertisement)."""
         self.table.link_up(peer_id)
+        self.forwarding.shares.set_peers(self._peers.connected_peers())
         self.advertiser.changed()
         self.state_changed()
 
     def link_down(self, peer_id: str) -> None:
         """The link to ``peer_id`` is gone: drop every route learned over it, and its pending updates, now."""
         self.intake.drop(peer_id)
+        self.forwarding.shares.set_peers([p for p in self._peers.connected_peers() if p != peer_id])
         if self.table.link_down(peer_id):
             self._changed()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 import trio
@@ -38,8 +38,9 @@ from .._errors import (
     UnknownPeerError,
 )
 from .._peers._link import Link, RequestContext, Transit
+from .._peers._shares import LOCAL, FairShares, Refusal
 from ._catalog import Catalog
-from ._local import LOCAL_SOURCE, LocalServers, ProgressFn, token_origin
+from ._local import LocalServers, ProgressFn, token_origin
 from ._routing import MAX_PATH, Key, Path, RoutingTable
 
 FORWARD_METHOD = "fed/forward"
@@ -58,6 +59,67 @@ _OUTCOMES = {UNKNOWN_NAME: "unknown", NODE_UNREACHABLE: "unreachable", SERVER_UN
              DEADLINE_EXCEEDED: "deadline", FORWARDING_LOOP: "loop", OVERLOADED: "busy"}
 
 
+class ForwardShares:
+    """The fair shares (see :mod:`fednode._peers._shares`) of forwarded requests: of those sent on each link
+    (own and passed on, by next hop; ``max_inflight`` each) and of those run against this node's
+    servers (twice ``max_inflight``). Parties: the peers linked now (only they can send requests) and LOCAL.
+
+    Args:
+        node_id: this node's id (for messages).
+        max_inflight: the links' ``max_inflight``.
+        on_refused: records each refusal as ``(pool, reason, party)`` (pool ``link`` or ``node``).
+    """
+
+    def __init__(self, node_id: str, max_inflight: int,
+                 on_refused: Callable[[str, str, str], None] | None = None) -> None:
+        self.node_id = node_id
+        self.max_inflight = max_inflight
+        self._on_refused = on_refused
+        self._peers: frozenset[str] = frozenset()
+        self.links: dict[str, FairShares] = {}
+        #: requests run against this node's servers
+        self.here = FairShares(2 * max_inflight, (LOCAL,))
+
+    def set_peers(self, peer_ids: Collection[str]) -> None:
+        """The linked peers changed: each of them (and LOCAL) has a reserve in every pool."""
+        self._peers = frozenset(peer_ids)
+        self.here.set_parties(self._peers | {LOCAL})
+        for via, pool in list(self.links.items()):
+            if via not in self._peers and not pool.in_use:
+                del self.links[via]
+            else:
+                pool.set_parties((self._peers - {via}) | {LOCAL})
+
+    def link(self, via: str) -> FairShares:
+        """The pool of the requests sent from here on the link to ``via``."""
+        pool = self.links.get(via)
+        if pool is None:
+            pool = self.links[via] = FairShares(self.max_inflight, (self._peers - {via}) | {LOCAL})
+        return pool
+
+    def acquire(self, via: str | None, party: str, key: Key) -> FairShares:
+        """Take a slot for ``party`` and server ``key`` on the link to ``via`` (None: of this node's pool).
+
+        Returns the pool, to release the slot to.
+
+        Raises:
+            ForwardError: -32004, the party's share or the server's half is used up (counted).
+        """
+        pool = self.here if via is None else self.link(via)
+        refusal = pool.acquire(party, key)
+        if refusal is None:
+            return pool
+        if self._on_refused is not None:
+            self._on_refused("node" if via is None else "link", refusal.value, party)
+        origin, server = key
+        if refusal is Refusal.SERVER:
+            raise ForwardError(OVERLOADED, f"Too many requests in flight to server {server!r} on "
+                                           f"{origin!r} (at most {pool.server_cap}); retry later")
+        who = "This node's clients hold" if party == LOCAL else f"Peer {party!r} holds"
+        where = f"at {self.node_id!r}" if via is None else f"from {self.node_id!r} to {via!r}"
+        raise ForwardError(OVERLOADED, f"{who} their fair share of the requests in flight {where}; retry later")
+
+
 class Forwarding:
     """Runs client requests wherever their server is, and serves and passes on ``fed/forward``.
 
@@ -71,8 +133,12 @@ class Forwarding:
         link_to: the live link to a peer, if any (transits go straight onto it).
         offered_path: the path this node offers a peer for a route (None: policy keeps it from the peer).
         request_timeout: this node's ``[mcp] request_timeout`` now (it can change on reload).
-        max_inflight: the links' ``max_inflight`` (one server's calls may hold half of it).
+        max_inflight: the links' ``max_inflight``: the size of each link's pool of requests sent
+            on it, shared fairly (see :mod:`fednode._peers._shares`); the node's own pool (requests run
+            against its servers) is twice that.
         observe: records one forwarded request's outcome and seconds (metrics).
+        on_refused: records a request refused for lack of a fair share: ``(pool, reason, party)``
+            with pool ``link`` or ``node`` and reason ``share`` or ``server`` (metrics).
         is_settled: whether the catalog has settled after start-up.
         wait_settled: returns once it has (bounded).
         health_changed: called when a peer's forwards failing (or recovering) changed its preference
@@ -86,7 +152,8 @@ class Forwarding:
                  request_timeout: Callable[[], float], max_inflight: int,
                  observe: Callable[[str, str, str, float], None], is_settled: Callable[[], bool],
                  wait_settled: Callable[[], Awaitable[None]], log: Any,
-                 health_changed: Callable[[], None] = lambda: None) -> None:
+                 health_changed: Callable[[], None] = lambda: None,
+                 on_refused: Callable[[str, str, str], None] | None = None) -> None:
         self.node_id = node_id
         self._table = table
         self._catalog = catalog
@@ -96,14 +163,14 @@ class Forwarding:
         self._link_to = link_to
         self._offered_path = offered_path
         self._request_timeout = request_timeout
-        self._max_inflight = max_inflight
         self._observe = observe
         self._is_settled = is_settled
         self._wait_settled = wait_settled
         self._health_changed = health_changed
         self._log = log
         self.in_flight = 0  # client and peer requests being executed here (passed-on ones: see Link)
-        self._outbound: dict[Key, int] = {}  # (origin, server) -> requests sent from here, in flight
+        #: fair shares of the requests sent on each link and of those run here
+        self.shares = ForwardShares(node_id, max_inflight, on_refused)
         # task id -> (server, origin) of tasks created through this node (tasks extension), newest last
         self._tasks: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         #: per local client session: the (origin, server) pairs its requests went to
@@ -174,7 +241,8 @@ class Forwarding:
             if session is not None:
                 self.session_used.setdefault(session["id"], set()).add((origin, server))
             try:
-                result = await self._send(origin, server, method, upstream_params, deadline, (), progress, session)
+                result = await self._send(origin, server, method, upstream_params, deadline, (), progress, session,
+                                          party=LOCAL)
             except NotDelivered as exc:
                 last = exc.error  # fail over to the next replica: this one never saw the request
                 continue
@@ -204,29 +272,38 @@ class Forwarding:
 
     async def _send(self, origin: str, server: str, method: str, params: dict[str, Any], deadline: float,
                     trace: tuple[str, ...], progress: ProgressFn | None,
-                    session: dict[str, Any] | None = None, source: str = LOCAL_SOURCE) -> dict[str, Any]:
+                    session: dict[str, Any] | None = None, *, party: str) -> dict[str, Any]:
+        """Run a request at ``origin`` (here, or through the next hop) for ``party`` (LOCAL or a peer).
+
+        The request holds a slot of the pool it uses (the node's, or the link's to the next hop)
+        while it runs: each party and each server get their fair share (see :mod:`fednode._peers._shares`),
+        so one peer, or one hanging server, cannot take the room of the others.
+        """
         remaining = deadline - trio.current_time()
         if remaining <= 0:
             raise ForwardError(DEADLINE_EXCEEDED, f"Deadline exceeded before reaching {server!r} on {origin!r}")
+        key = (origin, server)
         if origin == self.node_id:
-            return await self._call_local(server, method, params, remaining, progress, session, trace, source)
+            try:
+                pool = self.shares.acquire(None, party, key)
+            except ForwardError as exc:
+                raise NotDelivered(exc) from None
+            try:
+                return await self._call_local(server, method, params, remaining, progress, session, trace,
+                                              party)
+            finally:
+                pool.release(party, key)
         via = self._next_hop(origin, server)
         if via is None:
             raise NotDelivered(ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable"))
-        # One server's calls may hold at most half of a link's in-flight requests, so a server that
-        # hangs (and a client that keeps calling it) cannot make the others on that node unreachable.
-        key = (origin, server)
-        share = max(1, self._max_inflight // 2)
-        if self._outbound.get(key, 0) >= share:
-            raise NotDelivered(ForwardError(OVERLOADED, f"Too many requests in flight to server {server!r} on "
-                                                         f"{origin!r} (at most {share}); retry later"))
-        self._outbound[key] = self._outbound.get(key, 0) + 1
+        try:
+            pool = self.shares.acquire(via, party, key)
+        except ForwardError as exc:
+            raise NotDelivered(exc) from None
         try:
             return await self._forward(via, origin, server, method, params, remaining, trace, progress, session)
         finally:
-            self._outbound[key] -= 1
-            if not self._outbound[key]:
-                del self._outbound[key]
+            pool.release(party, key)
 
     async def _forward(self, via: str, origin: str, server: str, method: str, params: dict[str, Any],
                        remaining: float, trace: tuple[str, ...], progress: ProgressFn | None,
@@ -308,8 +385,9 @@ class Forwarding:
 
     async def _call_local(self, server: str, method: str, params: dict[str, Any], timeout: float,
                           progress: ProgressFn | None, session: dict[str, Any] | None = None,
-                          trace: tuple[str, ...] = (), source: str = LOCAL_SOURCE) -> dict[str, Any]:
-        # ``source``: the peer the request came from, charged with any connection opened for it.
+                          trace: tuple[str, ...] = (), source: str = LOCAL) -> dict[str, Any]:
+        # ``source``: the party the request came for (a peer, or LOCAL), charged with any connection
+        # opened for it.
         return await self._local.call(server, method, params, timeout=timeout, progress=progress, session=session,
                                       trace=trace, source=source)
 
@@ -355,16 +433,20 @@ class Forwarding:
         origin, server, _method, _params, timeout, trace = self._check_forward(params, context.peer_id)
         via = self._next_hop(origin, server)
         onward = self._link_to(via) if via is not None else None
-        if onward is None or not onward.is_up:
+        if via is None or onward is None or not onward.is_up:
             raise ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable")
         token = params.get("progress")
-        done: Callable[[], None] | None = None
+        if isinstance(token, str) and (token in self._progress_relays or token in self._progress_routes):
+            return None  # a reused token: the task path mints a fresh one
+        # The request holds a slot of the link's fair shares until it is over (done), like one of ours.
+        party, key = context.peer_id, (origin, server)
+        pool = self.shares.acquire(via, party, key)
         if isinstance(token, str):
-            if token in self._progress_relays or token in self._progress_routes:
-                return None  # a reused token: the task path mints a fresh one
             self._progress_relays[token] = inbound
 
-            def done() -> None:
+        def done() -> None:
+            pool.release(party, key)
+            if isinstance(token, str):
                 del self._progress_relays[token]
 
         def error(why: str) -> tuple[int, str]:
@@ -394,7 +476,7 @@ class Forwarding:
                                            {"token": token, "progress": value, "total": total, "message": message})
         try:
             return await self._send(origin, server, method, upstream_params, deadline, tuple(trace), progress,
-                                    params.get("session"), context.peer_id)
+                                    params.get("session"), party=context.peer_id)
         except NotDelivered as exc:
             raise exc.error from None
 

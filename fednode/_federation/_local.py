@@ -14,14 +14,17 @@ from typing import Any, Protocol
 
 import attrs
 
+from .._peers._shares import LOCAL
+
 #: Awaited with ``(progress, total, message)`` for each progress notification about a request.
 ProgressFn = Callable[[float, "float | None", "str | None"], Awaitable[None]]
 
 #: Request states minted by this software for parked calls start with this (see the MCP layer's parking).
 TOKEN_PREFIX = "fednode1."
 
-#: The ``source`` of a request from a client of this node (otherwise: the peer it came from).
-LOCAL_SOURCE = ""
+#: The ``source`` of a request from a client of this node (otherwise: the peer it came from); the
+#: party of fair shares (:mod:`fednode._peers._shares`) it is.
+LOCAL_SOURCE = LOCAL
 
 
 @attrs.frozen

@@ -44,9 +44,19 @@ from pydantic import BaseModel
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from .._errors import HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND, EdgeError, sole_leaf
+from .._config._config import ClientsConfig
+from .._errors import (
+    HEADER_MISMATCH,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    RATE_LIMITED,
+    EdgeError,
+    sole_leaf,
+)
+from .._peers._serving import retry_after
 from ._edge_call import FORWARDED_METHODS, EdgeCall, Forwarder
-from ._edge_http import BearerAuth, BoundedEventStore, healthz, serve_asgi
+from ._edge_http import BearerAuth, BoundedEventStore, ClientLimits, client_key, healthz, serve_asgi
 from ._edge_results import decode_cursor, encode_cursor, shape_result
 
 __all__ = ["PAGE_SIZE", "MCPEdge"]
@@ -119,11 +129,14 @@ class MCPEdge:
             ``Authorization: Bearer <one of them>``.
         routes: more Starlette routes served beside /mcp and /healthz; they need a client token
             like /mcp when tokens are configured.
+        limits: the ``[clients]`` rate and connection limits on HTTP (None: none).
     """
 
     def __init__(self, forwarder: Forwarder, *, name: str, version: str, logger: Any = None,
-                 client_tokens: Sequence[str] = (), routes: Sequence[Route] = ()) -> None:
+                 client_tokens: Sequence[str] = (), routes: Sequence[Route] = (),
+                 limits: ClientLimits | None = None) -> None:
         self.forwarder = forwarder
+        self.limits = limits
         self.log: Any = logger if logger is not None else structlog.get_logger("fednode.edge")
         self.routes: list[Route] = list(routes)
         self._tokens = [token.encode() for token in client_tokens]
@@ -146,6 +159,13 @@ class MCPEdge:
         # cost every request (1-3% of a node's CPU, measured by scripts/bench_mcp.py) for nothing.
         self.server.middleware[:] = [m for m in self.server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
         self.server.middleware.append(self._middleware)
+
+    def set_clients(self, clients: ClientsConfig) -> None:
+        """Apply a reloaded ``[clients]`` section: its tokens, and (if limits are kept) its ``rate`` and
+        ``max_connections`` from now on."""
+        self.set_client_tokens([token.reveal().decode() for token in clients.tokens])
+        if self.limits is not None:
+            self.limits.update(clients, trio.current_time())
 
     def set_client_tokens(self, tokens: Sequence[str]) -> None:
         """Replace the client tokens (also for apps already serving); empty = no token needed."""
@@ -173,7 +193,7 @@ class MCPEdge:
             event_store=BoundedEventStore(),
             retry_interval=1000,
         )
-        return BearerAuth(app, self._tokens)
+        return BearerAuth(app, self._tokens, self.limits)
 
     async def serve_http(self, host: str, port: int, *, path: str = "/mcp", certfile: str | None = None,
                          keyfile: str | None = None,
@@ -234,6 +254,8 @@ class MCPEdge:
         return self.forwarder.tool_input_schema(name)
 
     async def _middleware(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.request_id is not None:
+            self._check_rate(ctx)
         if ctx.request_id is None:  # a notification
             result = await call_next(ctx)
             if ctx.method == "notifications/initialized":
@@ -244,6 +266,17 @@ class MCPEdge:
         self._check_request(ctx)
         self._session_key(ctx)
         return await self._serve(ctx)
+
+    def _check_rate(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        """Refuse a request over its client's ``[clients] rate`` (HTTP only: stdio is the node's own process)."""
+        request = ctx.request
+        scope = getattr(request, "scope", None)
+        key = client_key(scope) if isinstance(scope, dict) and self.limits is not None else None
+        if key is None or self.limits is None:
+            return
+        wait = self.limits.take(key, trio.current_time())
+        if wait:
+            raise MCPError(RATE_LIMITED, "Rate limit exceeded; retry later", {"retryAfter": retry_after(wait)})
 
     async def _fallback_handler(self, ctx: ServerRequestContext[Any, Any], params: BaseModel) -> HandlerResult:
         return await self._serve(ctx)

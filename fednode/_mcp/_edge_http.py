@@ -7,10 +7,11 @@ HTTP transport) with these parts and :meth:`~fednode._mcp._edge.MCPEdge.serve_ht
 from __future__ import annotations
 
 import collections
+import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, cast
 
@@ -22,7 +23,76 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BearerAuth", "BoundedEventStore", "healthz", "serve_asgi"]
+from .._config._config import ClientsConfig
+from .._peers._ratelimit import RateLimiter
+
+__all__ = ["BearerAuth", "BoundedEventStore", "ClientLimits", "client_key", "healthz", "serve_asgi"]
+
+#: Where :class:`BearerAuth` leaves the key the client's requests are rate-limited under, in
+#: ``scope["state"]`` (the SDK hands handlers a Starlette request over the same scope).
+CLIENT_KEY = "fednode_client"
+
+
+class ClientLimits:
+    """``[clients] rate`` and ``max_connections``, as the edge applies them (no I/O; times passed in).
+
+    Args:
+        clients: the ``[clients]`` section: ``rate`` per client key (a token's, or an address when no
+            tokens are configured), ``max_connections`` per source address.
+        on_limited: called with ``"client"`` or ``"connections"`` for each refusal (metrics).
+    """
+
+    def __init__(self, clients: ClientsConfig, on_limited: Callable[[str], None] | None = None) -> None:
+        self.requests = RateLimiter(clients.rate)
+        self.max_connections = clients.max_connections
+        self.on_limited = on_limited
+        self._connections: dict[str, int] = {}
+
+    def update(self, clients: ClientsConfig, now: float) -> None:
+        """Apply a reloaded ``[clients]`` section from ``now`` on."""
+        self.requests.set_rate(clients.rate, now)
+        self.max_connections = clients.max_connections
+
+    def take(self, key: str, now: float) -> float:
+        """Take a token for a request under ``key``: 0.0, or the seconds until one is there."""
+        wait = self.requests.take(key, now)
+        if wait and self.on_limited is not None:
+            self.on_limited("client")
+        return wait
+
+    def connections(self, address: str) -> int:
+        """HTTP connections from ``address`` open now."""
+        return self._connections.get(address, 0)
+
+    def connect(self, address: str) -> bool:
+        """Count one more connection from ``address``; False (not counted) when it has its maximum."""
+        count = self._connections.get(address, 0)
+        if count >= self.max_connections:
+            if self.on_limited is not None:
+                self.on_limited("connections")
+            return False
+        self._connections[address] = count + 1
+        return True
+
+    def disconnect(self, address: str) -> None:
+        """A connection counted by :meth:`connect` ended."""
+        count = self._connections[address] - 1
+        if count:
+            self._connections[address] = count
+        else:
+            del self._connections[address]
+
+
+def client_key(scope: Scope) -> str | None:
+    """The rate-limit key :class:`BearerAuth` gave an HTTP request (None: not an HTTP request of the edge)."""
+    state = scope.get("state")
+    key = state.get(CLIENT_KEY) if isinstance(state, dict) else None
+    return key if isinstance(key, str) else None
+
+
+def _address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 async def serve_asgi(app: ASGIApp, host: str, port: int, *, path: str, certfile: str | None, keyfile: str | None,
@@ -90,21 +160,46 @@ async def healthz(request: Request) -> Response:
 
 
 class BearerAuth:
-    """ASGI middleware: while ``tokens`` is non-empty, every HTTP request except ``/healthz`` needs one of them."""
+    """ASGI middleware: while ``tokens`` is non-empty, every HTTP request except ``/healthz`` needs one of them.
 
-    def __init__(self, app: ASGIApp, tokens: list[bytes]) -> None:
+    With ``limits``, it also keeps each source address to its ``max_connections`` (HTTP 429 with
+    ``Retry-After`` beyond), and names the key the request's JSON-RPC requests are rate-limited
+    under (see :func:`client_key`): the token's (a hash of it), or the address when no tokens are set.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: list[bytes], limits: ClientLimits | None = None) -> None:
         self.app = app
         self.tokens = tokens
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.tokens and scope["type"] == "http" and scope["path"] != "/healthz" and not self._authorized(scope):
-            response = PlainTextResponse("Unauthorized", status_code=401,
-                                         headers={"WWW-Authenticate": 'Bearer realm="fednode"'})
-            await response(scope, receive, send)
-            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limits = self.limits
+        address = _address(scope)
+        if limits is not None and not limits.connect(address):
+            # Over the connections of its address: refused before anything else is looked at.
+            response = PlainTextResponse("Too Many Requests", status_code=429, headers={"Retry-After": "1"})
+            await response(scope, receive, send)
+            return
+        try:
+            token = self._authorized(scope) if self.tokens else None
+            if self.tokens and scope["path"] != "/healthz" and token is None:
+                response = PlainTextResponse("Unauthorized", status_code=401,
+                                             headers={"WWW-Authenticate": 'Bearer realm="fednode"'})
+                await response(scope, receive, send)
+                return
+            # Never the token itself: a short hash names it in the limiter's memory.
+            key = "token:" + hashlib.sha256(token).hexdigest()[:16] if token is not None else "address:" + address
+            # A new state dict: hypercorn's may be shared by the requests of one connection.
+            scope["state"] = {**(scope.get("state") or {}), CLIENT_KEY: key}
+            await self._serve(scope, receive, send)
+        finally:
+            if limits is not None:
+                limits.disconnect(address)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
 
         async def send_last_shielded(message: Message) -> None:
             # Sending the end of a response makes hypercorn finish the exchange inside this call:
@@ -120,18 +215,20 @@ class BearerAuth:
 
         await self.app(scope, receive, send_last_shielded)
 
-    def _authorized(self, scope: Scope) -> bool:
+    def _authorized(self, scope: Scope) -> bytes | None:
+        """The configured token the request presents (None: none of them)."""
         headers = cast(Iterable[tuple[bytes, bytes]], scope["headers"])
         value = next((v for k, v in headers if k == b"authorization"), None)
         if value is None:
-            return False
+            return None
         scheme, _, presented = value.partition(b" ")
         if scheme.lower() != b"bearer":
-            return False
+            return None
         presented = presented.strip()
         # Compare against every token without stopping early: timing then says nothing about
         # which token (or how much of one) matched.
-        matched = False
+        matched = None
         for token in self.tokens:
-            matched |= hmac.compare_digest(presented, token)
+            if hmac.compare_digest(presented, token):
+                matched = token
         return matched

@@ -64,7 +64,8 @@ class ConnectionSlots:
         if self.in_use >= self.limit:
             return f"all {self.max_connections} connections to the server are open"
         if self._held[source] >= self.share:
-            return f"callers through {source or 'this node'} hold {self.share} connections, their share"
+            who = "this node's clients" if source == LOCAL else f"callers through {source}"
+            return f"{who} hold {self.share} connections, their share"
         return None
 
     def acquire(self, source: str) -> Slot | None:

@@ -45,6 +45,14 @@ class NodeMetrics:
                                  ["source", "method"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.reloads = Counter("fednode_reloads", "Configuration reloads, by outcome (ok or refused).",
                                ["outcome"], registry=self.registry)
+        # Labels stay bounded: peer ids are configured, parties are peers or "local"; client tokens
+        # and addresses are never labels.
+        self.rate_limited = Counter("fednode_rate_limited", "Requests (or HTTP connections) refused over a rate "
+                                    "or connection limit, by limit (peer, client, connections) and peer.",
+                                    ["limit", "peer"], registry=self.registry)
+        self.share_refused = Counter("fednode_share_refused", "Requests refused with -32004 for lack of a fair "
+                                     "share, by pool (link, node), reason (share, server) and party (peer or local).",
+                                     ["pool", "reason", "party"], registry=self.registry)
         self.registry.register(_StateCollector(node))
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
@@ -60,6 +68,14 @@ class NodeMetrics:
             children = self._children[key] = (self.forwarded.labels(*key), self.latency.labels(*key[:2]))
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_limited(self, limit: str, peer: str = "") -> None:
+        """Record one request (or connection) refused over ``limit`` (``peer``, ``client`` or ``connections``)."""
+        self.rate_limited.labels(limit, peer).inc()
+
+    def observe_refused(self, pool: str, reason: str, party: str) -> None:
+        """Record one request refused for lack of a fair share (see :mod:`fednode._peers._shares`)."""
+        self.share_refused.labels(pool, reason, party).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

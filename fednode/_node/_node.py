@@ -32,6 +32,7 @@ from .._federation._federation import Federation, new_routing_table
 from .._federation._route_proof import RouteProofs
 from .._mcp._attached import AttachedServers
 from .._mcp._edge import MCPEdge
+from .._mcp._edge_http import ClientLimits
 from .._mcp._forwarder import NOTICE_BUFFER, ClientCalls, FederationForwarder, Notice
 from .._mcp._upstream import UpstreamServer
 from .._peers import _wire as wire
@@ -65,6 +66,8 @@ class Node:
         handlers: the method table for requests and notifications from peers.
     """
 
+    peers: PeerRegistry  # (the method table's admit reads it before it is assigned)
+
     def __init__(self, config: NodeConfig, nursery: trio.Nursery, *,
                  jitter: Callable[[float], float] | None = None) -> None:
         self.config = config
@@ -83,11 +86,11 @@ class Node:
         #: whether start-up is done: the configured peers and servers are registered
         self.started = False
         self.metrics = NodeMetrics(self)
-        self.handlers = Handlers(on_rtt=self.metrics.observe_rtt)
+        self.handlers = Handlers(on_rtt=self.metrics.observe_rtt, admit=lambda peer_id: self.peers.admit(peer_id))
         self.peers = PeerRegistry(config.id, nursery, handshake=self._handshake, settings=self._link_settings,
                                   handlers=self.handlers, on_link=self._link_changed, auth=self.auth,
                                   backoff=config.backoff, shutdown_grace=config.shutdown_grace, log=self.log,
-                                  jitter=jitter)
+                                  jitter=jitter, on_limited=functools.partial(self.metrics.observe_limited, "peer"))
         self._listener = Listener(control=config.control, tls=config.tls, handshake=self._handshake,
                                   peers=self.peers, logger=self.log)
         self.register_handler("echo", _echo, inline=True)
@@ -111,7 +114,7 @@ class Node:
                                      mcp=lambda: self.config.mcp, limits=config.link, request=self.request,
                                      notify=self.notify, observe=self.metrics.observe_forward,
                                      started=lambda: self.started, started_at=self.started_at,
-                                     on_change=self._catalog_changed)
+                                     on_change=self._catalog_changed, refused=self.metrics.observe_refused)
         self.handlers.merge(self.federation.handlers)
         self.handlers.merge(self.attached.sessions.handlers)
         forwarder = FederationForwarder(self.federation, calls, self.attached.sessions.end, config.id,
@@ -119,7 +122,8 @@ class Node:
         self.edge = MCPEdge(forwarder, name=f"fednode {config.id}", version=__version__, logger=self.log,
                             client_tokens=[t.reveal().decode() for t in config.clients.tokens],
                             routes=[Route("/status", self._status_endpoint, methods=["GET"]),
-                                    Route("/metrics", self._metrics_endpoint, methods=["GET"])])
+                                    Route("/metrics", self._metrics_endpoint, methods=["GET"])],
+                            limits=ClientLimits(config.clients, self.metrics.observe_limited))
         self.data_port: int | None = None
 
     def _request_timeout(self) -> float:
@@ -384,8 +388,9 @@ class Node:
         before = self.auth.fingerprint()
         self.auth.update(new.auth)
         auth_changed = self.auth.fingerprint() != before
-        self.edge.set_client_tokens([t.reveal().decode() for t in new.clients.tokens])
+        self.edge.set_clients(new.clients)
         new_peers = {peer.id: peer for peer in new.peers}
+        self.peers.retune(new_peers[peer_id] for peer_id in plan.peers_retuned)  # their links stay up
         for peer_id in plan.peers_removed:
             if self.has_peer(peer_id):
                 await self.remove_peer(peer_id)

@@ -29,6 +29,7 @@ class ReloadResult:
         at: trio clock time of the reload.
         peers_added, peers_removed, peers_changed, servers_added, servers_removed, servers_changed:
             the ids concerned (changed ones were re-registered or restarted).
+        peers_retuned: peers whose ``rate`` alone changed (applied at once; their links stay up).
         auth_changed: the ``[auth]`` keys or rules changed (used for new links from now on).
         restart_needed: changed sections that only take effect when the node is restarted.
     """
@@ -43,6 +44,7 @@ class ReloadResult:
     servers_added: tuple[str, ...] = ()
     servers_removed: tuple[str, ...] = ()
     servers_changed: tuple[str, ...] = ()
+    peers_retuned: tuple[str, ...] = ()
     auth_changed: bool = False
     restart_needed: tuple[str, ...] = ()
 
@@ -56,6 +58,7 @@ class ReloadPlan:
             :data:`RESTART_ONLY` kept as they are until the next start.
         peers_added, peers_removed, peers_changed, servers_added, servers_removed, servers_changed:
             the ids concerned, sorted.
+        peers_retuned: peers whose ``rate`` alone changed, sorted (not in ``peers_changed``).
         restart_needed: the sections that changed but only take effect at the next start.
         mcp_changed, clients_changed, nodes_changed: whether ``[mcp]`` / ``[clients]`` / ``[[nodes]]``
             changed (they apply at once).
@@ -68,6 +71,7 @@ class ReloadPlan:
     servers_added: tuple[str, ...]
     servers_removed: tuple[str, ...]
     servers_changed: tuple[str, ...]
+    peers_retuned: tuple[str, ...]
     restart_needed: tuple[str, ...]
     mcp_changed: bool
     clients_changed: bool
@@ -78,7 +82,7 @@ class ReloadPlan:
         parts = [f"{what} {sign}{','.join(ids)}" for what, sign, ids in (
             ("peers", "+", self.peers_added), ("peers", "-", self.peers_removed), ("peers", "~", self.peers_changed),
             ("servers", "+", self.servers_added), ("servers", "-", self.servers_removed),
-            ("servers", "~", self.servers_changed)) if ids]
+            ("servers", "~", self.servers_changed), ("peer rates", "~", self.peers_retuned)) if ids]
         parts += [f"{name} changed" for name, changed in (
             ("auth", auth_changed), ("nodes", self.nodes_changed), ("mcp", self.mcp_changed),
             ("clients", self.clients_changed)) if changed]
@@ -88,16 +92,22 @@ class ReloadPlan:
             ok=True, at=at, summary="; ".join(parts) or "no changes",
             peers_added=self.peers_added, peers_removed=self.peers_removed, peers_changed=self.peers_changed,
             servers_added=self.servers_added, servers_removed=self.servers_removed,
-            servers_changed=self.servers_changed, auth_changed=auth_changed, restart_needed=self.restart_needed)
+            servers_changed=self.servers_changed, peers_retuned=self.peers_retuned, auth_changed=auth_changed,
+            restart_needed=self.restart_needed)
 
 
 def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
     """Compare the running configuration with a new one (of the same node id)."""
     peers = _differences(old.peers, new.peers)
     servers = _differences(old.servers, new.servers)
+    before = {peer.id: peer for peer in old.peers}
+    after = {peer.id: peer for peer in new.peers}
+    # A peer whose rate alone changed keeps its link: the new rate applies to its next request.
+    retuned = tuple(i for i in peers[2] if attrs.evolve(before[i], rate=after[i].rate) == after[i])
     return ReloadPlan(
         effective=attrs.evolve(new, **{name: getattr(old, name) for name in RESTART_ONLY}),
-        peers_added=peers[0], peers_removed=peers[1], peers_changed=peers[2],
+        peers_added=peers[0], peers_removed=peers[1], peers_changed=tuple(i for i in peers[2] if i not in retuned),
+        peers_retuned=retuned,
         servers_added=servers[0], servers_removed=servers[1], servers_changed=servers[2],
         restart_needed=tuple(name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name)),
         mcp_changed=old.mcp != new.mcp, clients_changed=old.clients != new.clients,

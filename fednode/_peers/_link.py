@@ -135,6 +135,10 @@ class Handlers:
     on_rtt: Callable[[str, float], None] | None = None
     notifications: dict[str, NotificationHandler] = attrs.field(factory=dict)
     inline_notifications: dict[str, InlineNotificationHandler] = attrs.field(factory=dict)
+    #: called with the peer's id for each request it sends that is not inline (served in a task or
+    #: passed on); returns 0 to take it, else the seconds until the peer's rate allows one more
+    #: (the request is then answered with RATE_LIMITED and ``data.retryAfter``)
+    admit: Callable[[str], float] | None = None
 
     def merge(self, other: Handlers) -> None:
         """Serve every method of ``other`` too (a part's own table; replaces same-named methods here)."""

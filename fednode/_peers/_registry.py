@@ -12,7 +12,7 @@ cancels its supervisor's scope.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -22,6 +22,7 @@ from .._config._config import BackoffConfig, PeerConfig
 from .._errors import PeerConnectError, UnknownPeerError
 from ._handshake import Handshake
 from ._link import CLOSE_NORMAL, Handlers, LinkSettings
+from ._ratelimit import PeerRates
 from ._supervisor import PeerStatus, PeerSupervisor
 
 
@@ -42,11 +43,13 @@ class PeerRegistry:
         shutdown_grace: how long a peer being removed gets to answer the close frame.
         log: the node's logger.
         jitter: backoff jitter (tests); default full jitter.
+        on_limited: called with a peer's id for each of its requests refused over its ``rate``.
     """
 
     def __init__(self, local_id: str, nursery: trio.Nursery, *, handshake: Handshake, settings: LinkSettings,
                  handlers: Handlers, on_link: Callable[[str, bool], None], auth: AuthManager, backoff: BackoffConfig,
-                 shutdown_grace: float, log: Any, jitter: Callable[[float], float] | None = None) -> None:
+                 shutdown_grace: float, log: Any, jitter: Callable[[float], float] | None = None,
+                 on_limited: Callable[[str], None] | None = None) -> None:
         self._local_id = local_id
         self._nursery = nursery
         self._handshake = handshake
@@ -58,6 +61,8 @@ class PeerRegistry:
         self.shutdown_grace = shutdown_grace
         self._log = log
         self._jitter = jitter
+        #: each registered peer's ``rate``, on the requests it sends (see :meth:`admit`)
+        self.rates = PeerRates(lambda peer_id: (p.rate if (p := self.peer_config(peer_id)) else None), on_limited)
         self._supervisors: dict[str, PeerSupervisor] = {}
         self._lock = trio.Lock()
         self._changed = trio.Event()
@@ -102,6 +107,7 @@ class PeerRegistry:
                                         logger=self._log, jitter=self._jitter)
             self._auth.set_peer(peer)
             self._supervisors[peer.id] = supervisor
+            self._peers_changed()
             await self._nursery.start(self._supervise, supervisor)
         if wait and peer.control:
             await supervisor.first_attempt.wait()
@@ -118,6 +124,24 @@ class PeerRegistry:
             if self._supervisors.get(supervisor.peer.id) is supervisor:
                 del self._supervisors[supervisor.peer.id]
                 self._auth.drop_peer(supervisor.peer.id)
+                self._peers_changed()
+
+    def _peers_changed(self) -> None:
+        self.rates.keep(self._supervisors)  # a removed peer's bucket goes with it
+
+    def admit(self, peer_id: str) -> float:
+        """Take a token for a request from ``peer_id`` (a link's :attr:`Handlers.admit`): 0.0 to serve
+        it, else the seconds until its ``rate`` allows one more."""
+        return self.rates.take(peer_id, trio.current_time())
+
+    def retune(self, peers: Iterable[PeerConfig]) -> None:
+        """Replace registered peers' configurations where only their ``rate`` changed: the links stay,
+        and the new rates apply from now on."""
+        for peer in peers:
+            supervisor = self._supervisors.get(peer.id)
+            if supervisor is not None:
+                supervisor.peer = peer
+                self.rates.retune(peer.id, trio.current_time())
 
     async def remove(self, peer_id: str) -> None:
         """Remove a peer: close its link with a normal close frame and end its supervisor.
@@ -133,6 +157,7 @@ class PeerRegistry:
         if supervisor is None:
             raise UnknownPeerError(peer_id, f"no peer {peer_id!r} is registered")
         self._auth.drop_peer(peer_id)
+        self._peers_changed()
         with trio.CancelScope(shield=True):
             with trio.move_on_after(self.shutdown_grace):
                 await supervisor.stop_link(CLOSE_NORMAL, reason)

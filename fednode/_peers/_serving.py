@@ -17,7 +17,15 @@ import attrs
 import trio
 
 from .._config._logging import ThrottledLog
-from .._errors import INTERNAL_ERROR, METHOD_NOT_FOUND, OVERLOADED, LinkClosedError, ProtocolError, RequestError
+from .._errors import (
+    INTERNAL_ERROR,
+    METHOD_NOT_FOUND,
+    OVERLOADED,
+    RATE_LIMITED,
+    LinkClosedError,
+    ProtocolError,
+    RequestError,
+)
 from . import _wire as wire
 
 
@@ -47,6 +55,13 @@ class MethodTable(Protocol):
     def notifications(self) -> Mapping[str, NotificationHandler]: ...
     @property
     def inline_notifications(self) -> Mapping[str, InlineNotificationHandler]: ...
+    @property
+    def admit(self) -> Callable[[str], float] | None: ...
+
+
+def retry_after(seconds: float) -> float:
+    """A retry hint for a client or peer: ``seconds`` rounded up to the millisecond."""
+    return math.ceil(seconds * 1000) / 1000
 
 
 class Serving:
@@ -86,9 +101,16 @@ class Serving:
         return len(self.scopes) + len(self._passing_on) + self._notifying >= self.max_inflight
 
     def admit(self, request: wire.Request) -> bool:
-        """Whether a request may be served (else it was refused: duplicate id, or too busy)."""
+        """Whether a request may be served (else it was refused: duplicate id, over the peer's rate, or too busy)."""
         if request.id in self.scopes or request.id in self._passing_on:
             self._on_duplicate(ProtocolError(f"request id {request.id} is already in flight"))
+            return False
+        rate_limit = self.handlers.admit
+        wait = rate_limit(self.peer_id) if rate_limit is not None else 0.0
+        if wait > 0:
+            self._send_control(wire.Error(
+                id=request.id, code=RATE_LIMITED, data={"retryAfter": retry_after(wait)},
+                message=f"peer {self.peer_id!r} is over its rate limit at {self.local_id!r}; retry later"))
             return False
         if self._busy():
             self._send_control(wire.Error(id=request.id, code=OVERLOADED,
