@@ -234,6 +234,16 @@ class Federation:
         self.advertiser.changed()
         self.state_changed()
 
+    async def exchange_routes(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send each peer what changed (:attr:`advertiser`) and apply what peers send (:attr:`intake`).
+
+        Runs until cancelled.
+        """
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.advertiser.run)
+            await nursery.start(self.intake.run)
+            task_status.started()
+
     def link_down(self, peer_id: str) -> None:
         """The link to ``peer_id`` is gone: drop every route learned over it, and its pending updates, now."""
         self.intake.drop(peer_id)

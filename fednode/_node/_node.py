@@ -420,8 +420,7 @@ class Node:
         await self.edge.serve_stdio()
 
     async def _start(self) -> None:
-        await self._nursery.start(self.federation.advertiser.run)
-        await self._nursery.start(self.federation.intake.run)
+        await self._nursery.start(self.federation.exchange_routes)
         await self._nursery.start(self.attached.sessions.relay)
         await self._nursery.start(self.edge.relay_notices, self._notices_received)
         await self._nursery.start(self.edge.announce_changes)
