@@ -28,9 +28,12 @@ Phases (``--phases``, in this order; each prints its table as soon as it ends):
 3. ``forward``: evil sends node-b 300 ``fed/forward`` for ``fx``'s slow tool at node-c, and tops them up
    every 0.5 s so that 300 stay unanswered (a slot that frees up is evil's again), while the client keeps
    calling ``notes`` at node-c through node-a (a different server, another peer's path).
-4. ``routes``: evil sends node-a and node-b 32 ``fed/routes`` frames each (~500 KB, new routes in each)
-   over 20 s; the client's figures, and the resident memory (VmRSS) of the three nodes before, at the
-   end, and once evil has gone and its routes with it (sampled until it settles, bounded).
+4. ``routes``: two floods, one after the other, each of 32 ``fed/routes`` frames (~500 KB, new routes
+   in each) to each of node-a and node-b over 20 s: first routes of unknown origins (refused outright),
+   then routes of evil's own servers, validly signed by evil as their origin, within the per-peer
+   limits (accepted: 320 routes, 16,000 tools). For each: the client's figures, and the resident
+   memory (VmRSS) of the three nodes before, at the end, and once evil has gone and its routes with
+   it (sampled until it settles, bounded).
 5. ``amplify``: 80 legacy (2025-11-25) MCP sessions opened at node-a, each calling ``clock__now`` at
    node-c once: how many ``clock`` processes node-c runs, its open fds and memory, before, at the peak
    and after the sessions closed.
@@ -78,6 +81,9 @@ from mcp.shared.exceptions import MCPError
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import fednode
+from fednode._config._signing import Keyring
+from fednode._federation._route_proof import RouteProofs
+from fednode._federation._routing import route_from_wire
 from fednode._peers import _wire as wire
 from fednode._peers._handshake import Handshake, dial
 
@@ -821,20 +827,63 @@ async def settle_rss(fed: Federation, limit: float) -> tuple[dict[str, float | N
     return samples[-1], trio.current_time() - started
 
 
-async def phase_routes(run: Run) -> None:
+def own_flood_frames(count: int, to: str, secret: str, routes: int = 10, tools: int = 50) -> list[str]:
+    """``count`` ``fed/routes`` frames of ~500 KB that node ``to`` accepts: routes of evil's own servers,
+    validly signed by evil as their origin (its per-pair secret), new servers in each frame, within the
+    per-peer limits (``count`` x ``routes`` routes of ``tools`` tools: 320 routes and 16,000 tools for
+    the full run, of at most 1,024 routes and 20,000 items)."""
+    auth = fednode.AuthConfig(secrets=(fednode.Secret(secret),))
+    proofs = RouteProofs(EVIL, Keyring(EVIL, auth=lambda: auth, peer=lambda _peer_id: None, nodes=lambda: ()))
+    frames = []
+    for i in range(count):
+        filler = hashlib.sha256(f"own{i}".encode()).hexdigest() * 14  # ~900 characters, new in every frame
+        items = []
+        for k in range(routes):
+            server = f"own-{i:03d}-{k:02d}"
+            catalog = {"tools": [{"name": f"t{j}", "description": f"{j} {filler}",
+                                  "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}}}}
+                                 for j in range(tools)]}
+            route = route_from_wire({"origin": EVIL, "server": server, "prefix": server, "path": [EVIL],
+                                     "digest": "", "catalog": catalog, "extensions": {}})
+            digest = route.signed_digest()
+            proof = proofs.local_proof(server, digest, server)
+            proof = proofs.attest(EVIL, server, server, digest, proof, (EVIL,), to)
+            items.append({"origin": EVIL, "server": server, "prefix": server, "path": [EVIL], "digest": digest,
+                          "catalog": catalog, "extensions": {}, "proof": proof.to_wire()})
+        frames.append(wire.encode(wire.Notification("fed/routes", {"full": False, "set": items, "withdraw": [],
+                                                                    "more": False})))
+    return frames
+
+
+@dataclass
+class FloodResult:
+    """What one route flood did: the client's figures and the nodes' memory and routes."""
+
+    stats: Stats
+    size_kb: float
+    before: dict[str, float | None]
+    peaks: dict[str, float]
+    at_end: dict[str, float | None]
+    settled: dict[str, float | None]
+    waited: float
+    routes: dict[str, tuple[Any, Any, Any]]  # before / end / expired
+
+
+async def route_flood(run: Run, frames: dict[str, list[str]]) -> FloodResult:
+    """Send ``frames[node]`` to node-a and node-b over the phase's time, measure, then let evil go."""
     timing, fed = run.timing, run.fed
-    frames = [flood_frame(i) for i in range(timing.route_frames)]
-    size_kb = sum(len(f.encode()) for f in frames) / len(frames) / 1024
+    count = len(frames["node-a"])
+    size_kb = sum(len(f.encode()) for f in frames["node-a"]) / count / 1024
     before, routes_before = fed.rss(), await fed.routes()
     peaks: dict[str, float] = {}
     async with trio.open_nursery() as sampler:
         await sampler.start(sample_rss, fed, peaks)
         async with run.evil.link("node-a") as to_a, run.evil.link("node-b") as to_b:
             start = trio.current_time()
-            interval = timing.route_seconds / timing.route_frames
-            for i, frame in enumerate(frames):
-                await to_a.send_text(frame)
-                await to_b.send_text(frame)
+            interval = timing.route_seconds / count
+            for i in range(count):
+                await to_a.send_text(frames["node-a"][i])
+                await to_b.send_text(frames["node-b"][i])
                 await trio.sleep_until(start + (i + 1) * interval)
             await trio.sleep(3)  # what the nodes still do after the last frame counts too
             end = trio.current_time()
@@ -844,10 +893,21 @@ async def phase_routes(run: Run) -> None:
     stats = run.client.stats(start, end)
     settled, waited = await settle_rss(fed, timing.settle_max)
     routes_settled = await fed.routes()
-    ratio = f"{stats.p95 / run.quiet_p95:.2f}" if run.quiet_p95 and stats.p95 is not None else "n/a"
-    table(f"route flood: {timing.route_frames} fed/routes frames of ~{size_kb:.0f} KB to each of node-a and node-b "
-          f"in {timing.route_seconds:g} s (measured until 3 s after the last)",
-          [*STATS_HEADER, "p95 / quiet p95"], [[*stats.row(), ratio]])
+    return FloodResult(stats=stats, size_kb=size_kb, before=before, peaks=peaks, at_end=at_end, settled=settled,
+                       waited=waited, routes={n: (routes_before[n], routes_at_end[n], routes_settled[n])
+                                              for n in fed.procs})
+
+
+async def phase_routes(run: Run) -> None:
+    """Two floods, one after the other: routes node-a and node-b refuse outright (unknown origins),
+    then routes they accept (evil's own servers, signed by evil, within the per-peer limits)."""
+    timing, fed = run.timing, run.fed
+    refused = [flood_frame(i) for i in range(timing.route_frames)]
+    results = {"refused": await route_flood(run, {"node-a": refused, "node-b": refused})}
+    del refused
+    own = {node: own_flood_frames(timing.route_frames, node, fed.evil_secret) for node in ("node-a", "node-b")}
+    results["accepted"] = await route_flood(run, own)
+    del own
 
     def mb(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
@@ -855,16 +915,27 @@ async def phase_routes(run: Run) -> None:
     def diff(later: float | None, earlier: float | None) -> float | None:
         return None if later is None or earlier is None else later - earlier
 
-    table(f"route flood: resident memory (VmRSS, MB); 'expired' = after evil left, settled after {waited:.0f} s",
-          ["node", "before", "peak", "end of flood", "expired", "expired - before", "routes held: before/end/expired"],
-          [[node, mb(before[node]), mb(peaks.get(node)), mb(at_end[node]), mb(settled[node]),
-            mb(diff(settled[node], before[node])),
-            f"{routes_before[node]} / {routes_at_end[node]} / {routes_settled[node]}"] for node in fed.procs])
-    run.ratio_targets("route flood", stats)
-    growth = {n: (settled[n] or 0.0) - (before[n] or 0.0) for n in fed.procs}
-    worst = max(growth, key=lambda n: growth[n])
-    run.targets.append(Target(f"route flood: RSS back within {RSS_TARGET_MB:g} MB once expired",
-                              f"worst {worst} +{growth[worst]:.1f} MB", growth[worst] <= RSS_TARGET_MB))
+    def ratio(stats: Stats) -> str:
+        return f"{stats.p95 / run.quiet_p95:.2f}" if run.quiet_p95 and stats.p95 is not None else "n/a"
+
+    kinds = {"refused": "unknown origins, refused", "accepted": "evil's own servers, signed by evil, accepted"}
+    table(f"route flood: {timing.route_frames} fed/routes frames of ~{results['accepted'].size_kb:.0f} KB "
+          f"to each of node-a and node-b in {timing.route_seconds:g} s, per flood (measured until 3 s after the "
+          "last)", ["flood", *STATS_HEADER, "p95 / quiet p95"],
+          [[kinds[name], *result.stats.row(), ratio(result.stats)] for name, result in results.items()])
+    table("route flood: resident memory (VmRSS, MB); 'expired' = after evil left, settled "
+          f"after {results['refused'].waited:.0f} s / {results['accepted'].waited:.0f} s",
+          ["flood", "node", "before", "peak", "end of flood", "expired", "expired - before",
+           "routes held: before/end/expired"],
+          [[name, node, mb(r.before[node]), mb(r.peaks.get(node)), mb(r.at_end[node]), mb(r.settled[node]),
+            mb(diff(r.settled[node], r.before[node])), " / ".join(str(v) for v in r.routes[node])]
+           for name, r in results.items() for node in fed.procs])
+    for name, result in results.items():
+        run.ratio_targets(f"route flood ({name})", result.stats)
+        growth = {n: (result.settled[n] or 0.0) - (result.before[n] or 0.0) for n in fed.procs}
+        worst = max(growth, key=lambda n: growth[n])
+        run.targets.append(Target(f"route flood ({name}): RSS back within {RSS_TARGET_MB:g} MB once expired",
+                                  f"worst {worst} +{growth[worst]:.1f} MB", growth[worst] <= RSS_TARGET_MB))
 
 
 async def phase_amplify(run: Run) -> None:
