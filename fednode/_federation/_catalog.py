@@ -16,30 +16,12 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-import attrs
-
 from .._errors import METHOD_NOT_FOUND, NODE_UNREACHABLE, SERVER_UNAVAILABLE, UNKNOWN_NAME, ForwardError
+from ._claims import Entry, ServerClaim, item_name
 from ._routing import KINDS, Key, Route
 from ._withdrawn import WithdrawnNames, template_regex
 
-
-@attrs.frozen
-class Entry:
-    """One item a client sees: a tool, prompt, resource or template with its exposed name."""
-
-    kind: str
-    exposed: str
-    name: str
-    server: str
-    definition: dict[str, Any] = attrs.field(eq=False, repr=False)
-    origins: tuple[str, ...] = ()
-
-
-def item_name(kind: str, definition: Mapping[str, Any]) -> str | None:
-    """The name a definition of ``kind`` is known by (a URI for resources, a URI template for templates)."""
-    key = "uri" if kind == "resources" else "uriTemplate" if kind == "resourceTemplates" else "name"
-    value = definition.get(key)
-    return value if isinstance(value, str) else None
+__all__ = ["Catalog", "Entry", "item_name"]
 
 
 class Catalog:
@@ -49,10 +31,17 @@ class Catalog:
         node_id: this node's id (its servers' entries have it among their origins).
         log: where conflicts are logged.
         withdrawn: where names that left with their server's last route are remembered.
+        incremental: reuse the entries of servers whose routes did not change since the last rebuild
+            (:class:`fednode._federation._claims.ServerClaim`); False builds every entry afresh each
+            time (the reference the incremental rebuild is tested against).
     """
 
-    def __init__(self, node_id: str, log: Any, withdrawn: WithdrawnNames | None = None) -> None:
+    def __init__(self, node_id: str, log: Any, withdrawn: WithdrawnNames | None = None, *,
+                 incremental: bool = True) -> None:
         self.node_id = node_id
+        self.incremental = incremental
+        # server id -> its entries as of the last rebuild (servers no longer routed are dropped)
+        self._servers: dict[str, ServerClaim] = {}
         self.log = log
         self.withdrawn = withdrawn if withdrawn is not None else WithdrawnNames()
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
@@ -77,12 +66,14 @@ class Catalog:
         Returns:
             The kinds whose entries changed.
         """
-        before = {kind: dict(entries) for kind, entries in self.entries.items()}
+        before = self.entries  # never changed in place: _rebuild makes new dictionaries
         self._rebuild(best, rtts)
         self._note_withdrawn(before, {server for _origin, server in best}, attached)
+        # An entry reused from the last rebuild (the same object) is unchanged: only new ones are compared.
         return {kind for kind in KINDS if before[kind].keys() != self.entries[kind].keys() or any(
-            before[kind][name].definition != entry.definition or before[kind][name].origins != entry.origins
-            for name, entry in self.entries[kind].items() if name in before[kind])}
+            entry is not before[kind][name] and (before[kind][name].definition != entry.definition
+                                                 or before[kind][name].origins != entry.origins)
+            for name, entry in self.entries[kind].items())}
 
     def _rebuild(self, best: Mapping[Key, tuple[Route, str | None]], rtts: Mapping[str, float]) -> None:
         # Group by server id: the same id on several nodes is one server with replicas.
@@ -101,44 +92,45 @@ class Catalog:
         order = sorted(by_server, key=lambda sid: (all(via is not None for _, via in by_server[sid]),
                                                    self._claimed[sid], sid))
         inf = float("inf")
+        claims: dict[str, ServerClaim] = {}
         for server_id in order:
             # Nearest first: fewest hops, then the lowest RTT of the first hop (local is 0), then a stable order.
             replicas = sorted(by_server[server_id], key=lambda rv: (
                 len(rv[0].path), 0.0 if rv[1] is None else rtts.get(rv[1], inf), rv[0].origin))
-            nearest = replicas[0][0]
-            origins = tuple(route.origin for route, _ in replicas)
+            claim = self._servers.get(server_id) if self.incremental else None
+            if claim is None or not claim.same(replicas):
+                claim = ServerClaim(server_id, replicas)
+            claims[server_id] = claim
             for kind in KINDS:
-                for definition in nearest.catalog.get(kind, ()):
-                    name = item_name(kind, definition)
-                    if name is None:
-                        continue
-                    exposed = name
-                    if kind in ("tools", "prompts") and nearest.prefix:
-                        exposed = f"{nearest.prefix}__{name}"
-                    if exposed in entries[kind]:
-                        other = entries[kind][exposed]
+                taken = entries[kind]
+                plain = claim.plain[kind] if self.incremental else None
+                if plain is not None and taken.keys().isdisjoint(plain):
+                    taken.update(plain)  # no name contested: every item under its own name, in order
+                    continue
+                for index, (exposed, _name, _definition) in enumerate(claim.items[kind]):
+                    if exposed in taken:
+                        other = taken[exposed]
                         contested.setdefault((other.server, server_id), []).append(exposed)
                         if kind in ("resources", "resourceTemplates"):
                             conflicts.append(f"{kind} {exposed!r}: servers {other.server!r} and {server_id!r}; "
                                              f"{other.server!r} serves it")
                             continue
-                        renamed = f"{nearest.origin}__{exposed}"
-                        if renamed in entries[kind]:
+                        renamed = f"{claim.origin}__{exposed}"
+                        if renamed in taken:
                             conflicts.append(f"{kind} {exposed!r}: servers {other.server!r} and {server_id!r}; "
                                              f"{renamed!r} is taken too, so the second is not exposed")
                             continue
                         conflicts.append(f"{kind} {exposed!r}: servers {other.server!r} and {server_id!r}; "
                                          f"the second is exposed as {renamed!r}")
                         exposed = renamed
-                    shown = dict(definition)
-                    if kind in ("tools", "prompts"):
-                        shown["name"] = exposed
-                    entries[kind][exposed] = Entry(kind=kind, exposed=exposed, name=name, server=server_id,
-                                                   definition=shown, origins=origins)
+                    taken[exposed] = claim.entry(kind, index, exposed)
+        self._servers = claims
         self._log_conflicts(contested, conflicts)
         self.conflicts = conflicts
         self.entries = entries
-        self._templates = [(template_regex(name), entry) for name, entry in entries["resourceTemplates"].items()]
+        compiled = {id(entry): pattern for pattern, entry in self._templates}  # an entry kept keeps its regex
+        self._templates = [(compiled.get(id(entry)) or template_regex(name), entry)
+                           for name, entry in entries["resourceTemplates"].items()]
 
     def _log_conflicts(self, contested: Mapping[tuple[str, str], list[str]], conflicts: list[str]) -> None:
         """One warning per pair of servers claiming the same names, when that set of names is new or changed.
