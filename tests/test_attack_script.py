@@ -58,3 +58,35 @@ def test_unknown_phase_is_a_usage_error() -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "--phases: choose from quiet, forged, forward, routes, amplify" in done.stderr
+
+
+def test_evils_own_flood_frames_verify_at_the_node_they_are_sent_to() -> None:
+    """The accepted route flood is accepted: each route verifies with evil's per-pair secret at node-a
+    (and with no other secret), so the phase measures applying routes, not refusing them."""
+    import json
+
+    import fednode
+    from fednode._config._signing import Keyring
+    from fednode._federation._route_proof import RouteProofs
+    from fednode._federation._routing import route_from_wire
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import attack
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    evil_secret = "e" * 64
+    (frame,) = attack.own_flood_frames(1, "node-a", evil_secret)
+    assert 400 * 1024 < len(frame) < 600 * 1024
+
+    def verdicts(secret: str) -> set[object]:
+        peer = fednode.PeerConfig(id="evil", secrets=(fednode.Secret(secret),))
+        auth = fednode.AuthConfig(secrets=(fednode.Secret("o" * 64),))
+        proofs = RouteProofs("node-a", Keyring("node-a", auth=lambda: auth, peer=lambda p: peer if p == "evil"
+                                               else None, nodes=lambda: ()))
+        routes = [route_from_wire(item) for item in json.loads(frame)["params"]["set"]]
+        assert len(routes) == 10 and all(r.origin == "evil" and r.path == ("evil",) for r in routes)
+        return {proofs.verify(r.origin, r.server, r.prefix, r.digest, r.proof, r.path) for r in routes}
+
+    assert verdicts(evil_secret) == {None}
+    assert None not in verdicts("x" * 64)
