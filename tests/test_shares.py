@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fednode._config._config import NODE_ID_RE
 from fednode._peers._shares import LOCAL, FairShares, Refusal
 
 PARTIES = ("node-a", "node-b", "evil", LOCAL)
@@ -28,6 +29,14 @@ class TestTheRule:
                 assert pool.acquire(party, ("c", "other")) is None
             assert pool.acquire(party, ("c", "other")) is Refusal.SHARE
         assert pool.in_use == 128
+
+    def test_a_peer_named_local_is_not_the_nodes_own_clients(self) -> None:
+        assert NODE_ID_RE.match("local") and not NODE_ID_RE.match(LOCAL)
+        pool = FairShares(8, ("local", LOCAL))  # reserve 2 each, 4 shared
+        for i in range(6):  # its reserve and the whole shared half
+            assert pool.acquire("local", f"s{i % 2}{i}") is None
+        assert pool.acquire("local", "s9") is Refusal.SHARE
+        assert pool.acquire(LOCAL, "x") is None and pool.acquire(LOCAL, "y") is None  # the clients' reserve
 
     def test_one_server_holds_at_most_half(self) -> None:
         pool = FairShares(4, (LOCAL, "node-b"))

@@ -179,7 +179,7 @@ class Sessions:
         if slot is None:
             # Nothing a remote client does may make this node start processes without bound.
             self._throttled.warning("session.shared", key=server_id, server=server_id,
-                                    source=source or "local", reason=shared.slots.why_full(source))
+                                    source=source or LOCAL, reason=shared.slots.why_full(source))
             return None
         capabilities = session.get("capabilities")
         client_info = session.get("clientInfo")

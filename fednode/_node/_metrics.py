@@ -45,7 +45,7 @@ class NodeMetrics:
                                  ["source", "method"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.reloads = Counter("fednode_reloads", "Configuration reloads, by outcome (ok or refused).",
                                ["outcome"], registry=self.registry)
-        # Labels stay bounded: peer ids are configured, parties are peers or "local"; client tokens
+        # Labels stay bounded: peer ids are configured, parties are peers or "(local)"; client tokens
         # and addresses are never labels.
         self.rate_limited = Counter("fednode_rate_limited", "Requests (or HTTP connections) refused over a rate "
                                     "or connection limit, by limit (peer, client, connections) and peer.",

@@ -21,8 +21,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Hashable, Iterable
 
-#: The party of requests from this node's own MCP clients.
-LOCAL = "local"
+#: The party of requests from this node's own MCP clients (no node id can be spelled so: a peer
+#: named "local" is a party of its own).
+LOCAL = "(local)"
 
 
 class Refusal(enum.Enum):
