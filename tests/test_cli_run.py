@@ -191,3 +191,22 @@ class TestFailureLines:
             _commands._run_client(target, 1.0, False, "tools/list", _commands._list_tools)
         assert exited.value.code == 130
         assert capsys.readouterr().err == "fednode: interrupted\n"
+
+
+def test_the_command_makes_garbage_collection_rarer_and_the_library_does_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fednode run`` (and ``fednode mcp``) set GC_THRESHOLDS before the node starts; importing and
+    embedding fednode leaves the interpreter's settings alone."""
+    import gc
+
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(_cli.trio, "run", lambda *args: seen.append(gc.get_threshold()))
+    monkeypatch.setattr(_cli, "configure_logging", lambda *args: None)
+    monkeypatch.setenv("TEST_SECRET", SECRET)
+    try:
+        assert before != _cli.GC_THRESHOLDS  # the library (imported by this test) changed nothing
+        _cli._run_node(str(write_config(tmp_path)), "json", "info", False, None)
+    finally:
+        gc.set_threshold(*before)
+    assert seen == [_cli.GC_THRESHOLDS]
