@@ -176,7 +176,9 @@ class BearerAuth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limits = self.limits
+        # A session's end (DELETE) frees what the session held and holds nothing itself: never
+        # refused for its address's connections, nor counted among them.
+        limits = self.limits if scope.get("method") != "DELETE" else None
         address = _address(scope)
         if limits is not None and not limits.connect(address):
             # Over the connections of its address: refused before anything else is looked at.
