@@ -788,15 +788,20 @@ async def phase_forward(run: Run) -> None:
     run.ratio_targets("forward flood", stats)
 
 
+def flood_catalog(seed: str, tools: int) -> dict[str, Any]:
+    """A catalog of ``tools`` tools of ~1 KB each, whose descriptions are new for every ``seed``."""
+    filler = hashlib.sha256(seed.encode()).hexdigest() * 14  # ~900 characters
+    return {"tools": [{"name": f"t{j}", "description": f"{j} {filler}",
+                       "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}}}}
+                      for j in range(tools)]}
+
+
 def flood_frame(i: int, routes: int = 10, tools: int = 50) -> str:
     """One ``fed/routes`` frame of ~500 KB: ``routes`` new routes of ``tools`` tools of ~1 KB each."""
-    filler = hashlib.sha256(str(i).encode()).hexdigest() * 14  # ~900 characters, new in every frame
+    catalog = flood_catalog(str(i), tools)
     items = []
     for k in range(routes):
         origin = f"flood-{i:03d}-{k:02d}"
-        catalog = {"tools": [{"name": f"t{j}", "description": f"{j} {filler}",
-                              "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}}}}
-                             for j in range(tools)]}
         items.append({"origin": origin, "server": "junk", "prefix": origin, "path": [origin, EVIL],
                       "digest": hashlib.sha256(origin.encode()).hexdigest()[:32], "catalog": catalog,
                       "extensions": {}})
@@ -836,13 +841,10 @@ def own_flood_frames(count: int, to: str, secret: str, routes: int = 10, tools: 
     proofs = RouteProofs(EVIL, Keyring(EVIL, auth=lambda: auth, peer=lambda _peer_id: None, nodes=lambda: ()))
     frames = []
     for i in range(count):
-        filler = hashlib.sha256(f"own{i}".encode()).hexdigest() * 14  # ~900 characters, new in every frame
+        catalog = flood_catalog(f"own{i}", tools)
         items = []
         for k in range(routes):
             server = f"own-{i:03d}-{k:02d}"
-            catalog = {"tools": [{"name": f"t{j}", "description": f"{j} {filler}",
-                                  "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}}}}
-                                 for j in range(tools)]}
             route = route_from_wire({"origin": EVIL, "server": server, "prefix": server, "path": [EVIL],
                                      "digest": "", "catalog": catalog, "extensions": {}})
             digest = route.signed_digest()
