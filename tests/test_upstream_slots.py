@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fednode._mcp._upstream_slots import LOCAL, ConnectionSlots
+from fednode._mcp._upstream_slots import ConnectionSlots
+from fednode._peers._shares import LOCAL
 
 
 class TestConnectionSlots:

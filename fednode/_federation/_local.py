@@ -22,11 +22,6 @@ ProgressFn = Callable[[float, "float | None", "str | None"], Awaitable[None]]
 #: Request states minted by this software for parked calls start with this (see the MCP layer's parking).
 TOKEN_PREFIX = "fednode1."
 
-#: The ``source`` of a request from a client of this node (otherwise: the peer it came from); the
-#: party of fair shares (:mod:`fednode._peers._shares`) it is.
-LOCAL_SOURCE = LOCAL
-
-
 @attrs.frozen
 class LocalRoute:
     """How an attached server is advertised: the prefix of its names, its extensions, its timeout."""
@@ -69,10 +64,10 @@ class LocalServers(Protocol):
 
     async def call(self, server_id: str, method: str, params: dict[str, Any], *, timeout: float,
                    progress: ProgressFn | None, session: dict[str, Any] | None,
-                   trace: tuple[str, ...], source: str = LOCAL_SOURCE) -> dict[str, Any]:
+                   trace: tuple[str, ...], source: str = LOCAL) -> dict[str, Any]:
         """Run one request on ``server_id``; return the server's raw result.
 
-        ``source`` is the peer the request came from (:data:`LOCAL_SOURCE`: a client of this node):
+        ``source`` is the peer the request came from (:data:`~fednode._peers._shares.LOCAL`: a client of this node):
         any connection opened to the server for it is charged to that peer's share.
 
         Raises:

@@ -33,7 +33,8 @@ from .._errors import (
     UpstreamError,
 )
 from .._federation._forwarding import MODERN_ERA, PROTOCOL_VERSION_KEY
-from .._federation._local import LOCAL_SOURCE, LocalRoute, ProgressFn
+from .._federation._local import LocalRoute, ProgressFn
+from .._peers._shares import LOCAL
 from ._parking import Parking
 from ._sessions import ClientSessions, NextHops, Notify, Request, Sessions
 from ._upstream import STARTING, ServerCatalog, UpstreamServer
@@ -130,7 +131,7 @@ class AttachedServers:
 
     async def call(self, server_id: str, method: str, params: dict[str, Any], *, timeout: float,
                    progress: ProgressFn | None, session: dict[str, Any] | None,
-                   trace: tuple[str, ...], source: str = LOCAL_SOURCE) -> dict[str, Any]:
+                   trace: tuple[str, ...], source: str = LOCAL) -> dict[str, Any]:
         """Run one request on ``server_id``; errors become :class:`ForwardError` with the caller's code.
 
         ``source`` (the peer the request came from) is charged with any connection opened for it.

@@ -40,9 +40,10 @@ from .._errors import (
     ServerUnavailableError,
 )
 from .._federation._local import TOKEN_PREFIX
+from .._peers._shares import LOCAL
 from ._sessions import until_idle
 from ._upstream import QUESTION_CAPABILITY, UP, ProgressCallback, UpstreamServer
-from ._upstream_slots import LOCAL, ConnectionSlots, Slot
+from ._upstream_slots import ConnectionSlots, Slot
 
 QUESTION_KEY = "fednode-question"
 CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
@@ -173,7 +174,7 @@ class Parking:
         """Run (or continue) a call whose server may ask questions; returns a result or input_required.
 
         ``upstream`` is the server's own driver: the call runs under its scope. ``source`` is the
-        peer the call arrived from (:data:`~fednode._mcp._upstream_slots.LOCAL`: a client of this node).
+        peer the call arrived from (:data:`~fednode._peers._shares.LOCAL`: a client of this node).
         """
         state = params.get("requestState")
         if isinstance(state, str) and state.startswith(TOKEN_PREFIX):

@@ -43,8 +43,9 @@ from .._errors import (
     UpstreamError,
 )
 from .._peers._link import Handlers, RequestContext
+from .._peers._shares import LOCAL
 from ._upstream import SessionHooks, UpstreamServer
-from ._upstream_slots import LOCAL, Slot
+from ._upstream_slots import Slot
 
 SESSION_EVENT = "fed/session_event"
 SESSION_REQUEST = "fed/session_request"
@@ -146,7 +147,7 @@ class Sessions:
                            timeout: float, source: str = LOCAL) -> UpstreamServer | None:
         """The session's own connection to ``server_id`` (opened on first use), or None to use the shared one.
 
-        ``source`` is the peer the request arrived from (:data:`~fednode._mcp._upstream_slots.LOCAL` for
+        ``source`` is the peer the request arrived from (:data:`~fednode._peers._shares.LOCAL` for
         this node's own clients): a new connection is charged to its share of the server's slots,
         and with no slot free the session uses the shared connection.
 

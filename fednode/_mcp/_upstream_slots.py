@@ -18,10 +18,7 @@ import collections
 
 import attrs
 
-from .._federation._local import LOCAL_SOURCE
-
-#: The source of callers who are this node's own clients (not arriving through a peer).
-LOCAL = LOCAL_SOURCE
+from .._peers._shares import LOCAL
 
 
 @attrs.define(eq=False)
