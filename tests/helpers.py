@@ -14,7 +14,7 @@ import fednode
 from fednode._config._signing import Keyring
 from fednode._errors import HandshakeFailed
 from fednode._federation._route_proof import Proof, RouteProofs
-from fednode._federation._routing import route_from_wire
+from fednode._federation._routes import route_from_wire
 from fednode._peers import _wire as wire
 from fednode._peers._handshake import Handshake
 

@@ -68,7 +68,7 @@ def test_evils_own_flood_frames_verify_at_the_node_they_are_sent_to() -> None:
     import fednode
     from fednode._config._signing import Keyring
     from fednode._federation._route_proof import RouteProofs
-    from fednode._federation._routing import route_from_wire
+    from fednode._federation._routes import route_from_wire
 
     sys.path.insert(0, str(SCRIPT.parent))
     try:

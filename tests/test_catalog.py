@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fednode._federation._catalog import Catalog
-from fednode._federation._routing import Key, Route
+from fednode._federation._routes import Key, Route
 from fednode._federation._withdrawn import WithdrawnNames
 
 ME = "node-a"

@@ -26,7 +26,7 @@ from trio_websocket import WebSocketConnection
 import fednode
 from fednode._errors import DEADLINE_EXCEEDED
 from fednode._federation._route_proof import Proof, RouteProofs
-from fednode._federation._routing import route_from_wire
+from fednode._federation._routes import route_from_wire
 from fednode._peers import _wire as wire
 
 from conftest import node_config, raw_config

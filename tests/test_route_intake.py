@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -12,11 +13,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_routing import OPEN, advert, route
 
+from fednode._federation._pacer import Pacer
 from fednode._federation._route_intake import PendingRoutes, RouteIntake
 from fednode._federation._route_proof import Tombstone
-from fednode._federation._routing import Advertisement, Key, Limits, RoutingTable, measured
+from fednode._federation._routes import Advertisement, Key, Limits, measured
+from fednode._federation._routing import RoutingTable
 
 ROOMY = Limits(routes=1000, items=100_000, bytes=1 << 30)
+
+
+def synchronous(apply: Callable[[str, Advertisement], object]) -> Callable[[str, Advertisement, Pacer],
+                                                                            Awaitable[None]]:
+    """An intake's apply that does its work at once (``apply(peer, advertisement)``)."""
+    async def applying(peer: str, advertisement: Advertisement, pacer: Pacer) -> None:
+        apply(peer, advertisement)
+    return applying
 
 
 class TestPendingRoutes:
@@ -129,7 +140,7 @@ class TestRouteIntake:
 
     async def test_a_burst_is_applied_at_a_bounded_rate(self, autojump_clock: trio.testing.MockClock) -> None:
         applied: list[tuple[float, str, Advertisement]] = []
-        intake = RouteIntake(lambda peer, adv: applied.append((trio.current_time(), peer, adv)),
+        intake = RouteIntake(synchronous(lambda peer, adv: applied.append((trio.current_time(), peer, adv))),
                              known=lambda peer: {}, limits=ROOMY, log=structlog.get_logger("test"))
         async with trio.open_nursery() as nursery:
             await nursery.start(intake.run)
@@ -150,7 +161,7 @@ class TestRouteIntake:
 
     async def test_updates_keep_coming_at_most_twice_a_second(self, autojump_clock: trio.testing.MockClock) -> None:
         applied: list[float] = []
-        intake = RouteIntake(lambda peer, adv: applied.append(trio.current_time()), known=lambda peer: {},
+        intake = RouteIntake(synchronous(lambda peer, adv: applied.append(trio.current_time())), known=lambda peer: {},
                              limits=ROOMY, log=structlog.get_logger("test"))
         async with trio.open_nursery() as nursery:
             await nursery.start(intake.run)
@@ -163,7 +174,7 @@ class TestRouteIntake:
 
     async def test_a_dropped_peer_is_forgotten(self, autojump_clock: trio.testing.MockClock) -> None:
         applied: list[str] = []
-        intake = RouteIntake(lambda peer, adv: applied.append(peer), known=lambda peer: {}, limits=ROOMY,
+        intake = RouteIntake(synchronous(lambda peer, adv: applied.append(peer)), known=lambda peer: {}, limits=ROOMY,
                              log=structlog.get_logger("test"))
         async with trio.open_nursery() as nursery:
             await nursery.start(intake.run)
@@ -182,7 +193,7 @@ class TestRouteIntake:
     async def test_a_failing_update_does_not_stop_the_others(self, autojump_clock: trio.testing.MockClock) -> None:
         applied: list[str] = []
 
-        def apply(peer: str, adv: Advertisement) -> None:
+        async def apply(peer: str, adv: Advertisement, pacer: Pacer) -> None:
             applied.append(adv.routes[0].server)
             if adv.routes[0].server == "bad":
                 raise RuntimeError("a bug")
@@ -203,7 +214,7 @@ class TestRouteIntake:
                                                                     ) -> None:
         applied: list[float] = []
 
-        def apply(peer: str, adv: Advertisement) -> None:
+        async def apply(peer: str, adv: Advertisement, pacer: Pacer) -> None:
             applied.append(trio.current_time())
             autojump_clock.jump(0.2)  # this update took 0.2 s to apply (a large catalog)
 

@@ -23,15 +23,8 @@ from fednode._config._config import PeerConfig
 from fednode._federation._advertiser import pack_frames
 from fednode._federation._catalog import Catalog
 from fednode._federation._route_proof import ROUTE_TTL, Proof, RouteProofs, RouteRefusal, Tombstone
-from fednode._federation._routing import (
-    FAILURE_MEMORY,
-    FAILURE_THRESHOLD,
-    Advertisement,
-    Limits,
-    Route,
-    RoutingTable,
-    catalog_digest,
-)
+from fednode._federation._routes import Advertisement, Limits, Route, catalog_digest
+from fednode._federation._routing import FAILURE_MEMORY, FAILURE_THRESHOLD, RoutingTable
 from fednode._federation._withdrawn import WithdrawnNames
 
 from helpers import keyring
@@ -294,6 +287,24 @@ def unverified(received: Any) -> list[tuple[tuple[str, str], RouteRefusal]]:
 
 class TestProvenRoutes:
     """With route proofs, a route is believed only if its origin and every hop signed it as it came."""
+
+    def test_a_catalog_verified_once_is_held_once(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b", tools=("a", "b")), clock)))
+        # The same advertisement through node-d, its catalog swapped for another under the same
+        # (signed) digest: the catalog that matches the digest is the one held, and only once.
+        through_d = proven(route("node-c", "s", "node-d", tools=("a", "b")), clock)
+        tampered = attrs.evolve(through_d, catalog={"tools": ({"name": "evil", "inputSchema": {"type": "object"}},)})
+        received = table.receive("node-d", OPEN, advert(tampered))
+        assert received.applied and not received.unverified
+        via_b, via_d = table.learned["node-b"][("node-c", "s")], table.learned["node-d"][("node-c", "s")]
+        assert via_d.catalog is via_b.catalog and [t["name"] for t in via_d.catalog["tools"]] == ["a", "b"]
+        # Without a copy held, the same tampered catalog is refused for its digest.
+        table.link_down("node-b")
+        table.link_down("node-d")
+        assert unverified(table.receive("node-d", OPEN, advert(tampered))) == [
+            (("node-c", "s"), RouteRefusal.DIGEST_MISMATCH)]
 
     def test_signed_routes_are_accepted_and_offered_on(self) -> None:
         clock = Clock()

@@ -11,10 +11,15 @@ import trio
 
 from .._config._logging import ThrottledLog
 from .._errors import FednodeError
+from ._pacer import Pacer
 from ._route_proof import Proof, Tombstone
-from ._routing import Key, Path, PeerPolicy, Route, RoutingTable
+from ._routes import Key, Path, Route
+from ._routing import PeerPolicy, RoutingTable
 
 ROUTES_METHOD = "fed/routes"
+#: Advertisement frames are packed up to this size (bytes of JSON); a route larger than it is sent
+#: in a frame of its own (up to the link's ``max_message_size``).
+FRAME_TARGET = 64 * 1024
 
 
 class Advertiser:
@@ -97,13 +102,23 @@ class Advertiser:
         return self._table.revocations(peer_id, policy, node_transit=self._node_transit())
 
     async def _advertise(self, peer_id: str) -> None:
+        epoch = self._table.link_epoch(peer_id)
         offers = self.offers(peer_id)
         revocations = self.revocations(peer_id)
         delta = self._table.delta(peer_id, offers, revocations)
-        wire = {key: route.to_wire(path, self._proof(route, path, peer_id))
-                for key, (route, path) in delta.routes.items()}
-        sizes = {key: len(json.dumps(item, separators=(",", ":"), ensure_ascii=False, default=str))
-                 for key, item in wire.items()}
+        # Signing and measuring each route is work in proportion to what is offered: in slices.
+        pacer = Pacer()
+        wire: dict[Key, dict[str, Any]] = {}
+        sizes: dict[Key, int] = {}
+        for key, (route, path) in delta.routes.items():
+            wire[key] = route.to_wire(path, self._proof(route, path, peer_id))
+            sizes[key] = len(json.dumps(wire[key], separators=(",", ":"), ensure_ascii=False, default=str))
+            await pacer.pause()
+        if self._table.link_epoch(peer_id) != epoch:
+            # The link went down (and maybe up again, owed a full advertisement) meanwhile: this
+            # delta is for a link that is gone. Another round, for the link there is now.
+            self._advertising[peer_id] = True
+            return
         budget = self.frame_budget()
         too_large = [key for key, size in sizes.items() if size > budget]
         for key in too_large:
@@ -118,8 +133,10 @@ class Advertiser:
             return
         revoked = [item for item in (self._tombstone(tombstone, peer_id) for tombstone in delta.revoked.values())
                    if item is not None]
+        # Frames of at most FRAME_TARGET (a larger route alone in its own): reading one is a single
+        # step of the peer's reader, which holds its other tasks meanwhile.
         frames = pack_frames(delta.full, [(wire[key], sizes[key]) for key in delta.routes],
-                             [list(key) for key in delta.withdrawn], budget, revoked)
+                             [list(key) for key in delta.withdrawn], min(budget, FRAME_TARGET), revoked)
         try:
             for frame in frames:
                 await self._notify(peer_id, ROUTES_METHOD, frame)

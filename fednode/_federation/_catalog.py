@@ -13,12 +13,13 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Generator, Mapping
 from typing import Any
 
 from .._errors import METHOD_NOT_FOUND, NODE_UNREACHABLE, SERVER_UNAVAILABLE, UNKNOWN_NAME, ForwardError
 from ._claims import Entry, ServerClaim, item_name
-from ._routing import KINDS, Key, Route
+from ._pacer import drain
+from ._routes import KINDS, Key, Route
 from ._withdrawn import WithdrawnNames, template_regex
 
 __all__ = ["Catalog", "Entry", "item_name"]
@@ -53,6 +54,8 @@ class Catalog:
         # (server keeping the names, other server) -> the contested names last logged (catalog.conflict)
         self._conflict_sets: dict[tuple[str, str], tuple[str, ...]] = {}
         self._templates: list[tuple[re.Pattern[str], Entry]] = []
+        #: how many rebuilds were applied (a paced one that finds another applied meanwhile is void)
+        self.generation = 0
 
     def rebuild(self, best: Mapping[Key, tuple[Route, str | None]], rtts: Mapping[str, float],
                 attached: Collection[str]) -> set[str]:
@@ -66,16 +69,35 @@ class Catalog:
         Returns:
             The kinds whose entries changed.
         """
-        before = self.entries  # never changed in place: _rebuild makes new dictionaries
-        self._rebuild(best, rtts)
-        self._note_withdrawn(before, {server for _origin, server in best}, attached)
+        changed = drain(self.rebuilding(best, rtts, attached))
+        assert changed is not None  # nothing else ran meanwhile
+        return changed
+
+    def rebuilding(self, best: Mapping[Key, tuple[Route, str | None]], rtts: Mapping[str, float],
+                   attached: Collection[str]) -> Generator[None, None, set[str] | None]:
+        """:meth:`rebuild`, a server at a time: a generator that yields between servers (see
+        :class:`~fednode._federation._pacer.Pacer`) and returns the kinds that changed, or None
+        if another rebuild finished meanwhile (then this one changed nothing: ``best`` may be
+        out of date). The entries are replaced at the end, in one step.
+        """
+        generation = self.generation
+        before = self.entries  # never changed in place: a rebuild makes new dictionaries
+        built = yield from self._building(best, rtts)
+        if self.generation != generation:
+            return None
+        entries = built[0]
         # An entry reused from the last rebuild (the same object) is unchanged: only new ones are compared.
-        return {kind for kind in KINDS if before[kind].keys() != self.entries[kind].keys() or any(
+        changed = {kind for kind in KINDS if before[kind].keys() != entries[kind].keys() or any(
             entry is not before[kind][name] and (before[kind][name].definition != entry.definition
                                                  or before[kind][name].origins != entry.origins)
-            for name, entry in self.entries[kind].items())}
+            for name, entry in entries[kind].items())}
+        self._commit(*built)
+        self._note_withdrawn(before, {server for _origin, server in best}, attached)
+        return changed
 
-    def _rebuild(self, best: Mapping[Key, tuple[Route, str | None]], rtts: Mapping[str, float]) -> None:
+    def _building(self, best: Mapping[Key, tuple[Route, str | None]], rtts: Mapping[str, float]
+                  ) -> Generator[None, None, tuple[dict[str, dict[str, Entry]], dict[str, ServerClaim],
+                                                   dict[str, int], list[str], dict[tuple[str, str], list[str]]]]:
         # Group by server id: the same id on several nodes is one server with replicas.
         by_server: dict[str, list[tuple[Route, str | None]]] = {}
         for route, via in best.values():
@@ -85,15 +107,15 @@ class Catalog:
         contested: dict[tuple[str, str], list[str]] = {}  # (keeps the names, the other) -> contested names
         # Who keeps a contested name: a server attached here, then the one that claimed it first
         # (names already given stay put), then the server id. A peer cannot take over a name.
-        for server_id in sorted(by_server.keys() - self._claimed.keys()):
-            self._claimed[server_id] = next(self._claims)
-        for server_id in self._claimed.keys() - by_server.keys():
-            del self._claimed[server_id]
+        claimed = {sid: order for sid, order in self._claimed.items() if sid in by_server}
+        for server_id in sorted(by_server.keys() - claimed.keys()):
+            claimed[server_id] = next(self._claims)
         order = sorted(by_server, key=lambda sid: (all(via is not None for _, via in by_server[sid]),
-                                                   self._claimed[sid], sid))
+                                                   claimed[sid], sid))
         inf = float("inf")
         claims: dict[str, ServerClaim] = {}
         for server_id in order:
+            yield
             # Nearest first: fewest hops, then the lowest RTT of the first hop (local is 0), then a stable order.
             replicas = sorted(by_server[server_id], key=lambda rv: (
                 len(rv[0].path), 0.0 if rv[1] is None else rtts.get(rv[1], inf), rv[0].origin))
@@ -124,7 +146,13 @@ class Catalog:
                                          f"the second is exposed as {renamed!r}")
                         exposed = renamed
                     taken[exposed] = claim.entry(kind, index, exposed)
+        return entries, claims, claimed, conflicts, contested
+
+    def _commit(self, entries: dict[str, dict[str, Entry]], claims: dict[str, ServerClaim], claimed: dict[str, int],
+                conflicts: list[str], contested: dict[tuple[str, str], list[str]]) -> None:
+        self.generation += 1
         self._servers = claims
+        self._claimed = claimed
         self._log_conflicts(contested, conflicts)
         self.conflicts = conflicts
         self.entries = entries

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from ._routing import KINDS, Route
+from ._routes import KINDS, Route
 
 #: Replicas of one server, nearest first: each route and the peer it goes through (None: attached here).
 Replicas = Sequence[tuple[Route, "str | None"]]

@@ -41,9 +41,10 @@ from ._forwarding import (
     Forwarding,
 )
 from ._local import LocalServers, ProgressFn, ServerCatalogLike
+from ._pacer import Pacer
 from ._route_intake import RouteIntake
 from ._route_proof import ROUTE_TTL, Proof, RouteProofs
-from ._routing import (
+from ._routes import (
     KINDS,
     MAX_CATALOG_BYTES_PER_PEER,
     MAX_ITEMS_PER_PEER,
@@ -54,10 +55,10 @@ from ._routing import (
     Limits,
     Path,
     Route,
-    RoutingTable,
     catalog_digest,
     valid_items,
 )
+from ._routing import RoutingTable
 from ._withdrawn import WithdrawnNames
 
 __all__ = [
@@ -311,12 +312,13 @@ class Federation:
         for key, why in self.intake.offer(peer_id, advertisement):
             self._throttled.warning("routes.limit", key=peer_id, peer=peer_id, limit=why, dropped=list(key))
 
-    def _apply_routes(self, peer_id: str, advertisement: Advertisement) -> None:
-        """Apply a peer's (merged) route updates to the routing table (called by :attr:`intake`)."""
+    async def _apply_routes(self, peer_id: str, advertisement: Advertisement, pacer: Pacer) -> None:
+        """Apply a peer's (merged) route updates to the routing table (called by :attr:`intake`),
+        a route at a time, letting other tasks run in between (``pacer``)."""
         policy = self._peers.peer_config(peer_id)
         if policy is None:
             return
-        received = self.table.receive(peer_id, policy, advertisement)
+        received = await pacer.drive(self.table.receiving(peer_id, policy, advertisement))
         for (origin, server), reason, detail in received.unverified:
             self.routes_refused[reason.value] += 1
             # Keyed by reason only: a peer cannot widen the set of keys (and with it the lines).
@@ -331,7 +333,7 @@ class Federation:
         for key, why in received.refused:
             self._throttled.warning("routes.limit", key=peer_id, peer=peer_id, limit=why, dropped=list(key))
         if received.applied:
-            self._changed()
+            await self._changed_paced(pacer)
 
     # -- routing state ----------------------------------------------------------------------
 
@@ -395,7 +397,20 @@ class Federation:
     def _changed(self) -> None:
         rtts = self._rtts()
         best = self.table.update(self._local_routes(), rtts, trio.current_time())
-        changed = self.catalog.rebuild(best, rtts, self._local.ids())
+        self._rebuilt(best, self.catalog.rebuild(best, rtts, self._local.ids()))
+
+    async def _changed_paced(self, pacer: Pacer) -> None:
+        """:meth:`_changed`, the catalog rebuilt a server at a time (letting others run in between)."""
+        for _attempt in range(2):
+            rtts = self._rtts()
+            best = self.table.update(self._local_routes(), rtts, trio.current_time())
+            changed = await pacer.drive(self.catalog.rebuilding(best, rtts, self._local.ids()))
+            if changed is not None:
+                self._rebuilt(best, changed)
+                return
+        self._changed()  # others kept rebuilding meanwhile: once more, at once
+
+    def _rebuilt(self, best: Mapping[Key, tuple[Route, str | None]], changed: set[str]) -> None:
         extensions: dict[str, Any] = {}
         for route, _via in best.values():
             for name, settings in route.extensions.items():

@@ -41,7 +41,8 @@ from .._peers._link import Link, RequestContext, Transit
 from .._peers._shares import LOCAL, FairShares, Refusal
 from ._catalog import Catalog
 from ._local import LocalServers, ProgressFn, token_origin
-from ._routing import MAX_PATH, Key, Path, RoutingTable
+from ._routes import MAX_PATH, Key, Path
+from ._routing import RoutingTable
 
 FORWARD_METHOD = "fed/forward"
 PROGRESS_METHOD = "fed/progress"

@@ -10,9 +10,11 @@ validated. A task per peer with pending updates, started in :class:`RouteIntake`
 applies them at most :data:`ROUTE_UPDATES_PER_SECOND` times a second, and spaced so that applying
 them takes at most :data:`ROUTE_APPLY_SHARE` of the node's time (a large catalog costs more to
 rebuild); whatever arrives meanwhile is merged, so a burst of N frames is applied as one. The first
-update after a quiet moment is applied at once.
+update after a quiet moment is applied at once. An update is applied a route at a time, letting the
+node's other tasks run between short slices (:mod:`fednode._federation._pacer`), so that a large one
+never holds clients' calls for long.
 
-What one peer makes this node hold is bounded by :class:`~fednode._federation._routing.Limits`
+What one peer makes this node hold is bounded by :class:`~fednode._federation._routes.Limits`
 four times over at most: the routes accepted from it, a full advertisement being applied
 (:meth:`~fednode._federation._routing.RoutingTable.receive`'s staging, only while it is), and here
 the pending updates and, while a full advertisement arrives, the complete ones before it. The
@@ -21,14 +23,15 @@ pending ones go with the peer's link (:meth:`RouteIntake.drop`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import attrs
 import trio
 
+from ._pacer import Pacer
 from ._route_proof import Tombstone
-from ._routing import Advertisement, Key, Limits, Route, measured
+from ._routes import Advertisement, Key, Limits, Route, measured
 
 #: Route updates applied per second per peer, at most (each one may coalesce many frames).
 ROUTE_UPDATES_PER_SECOND = 2.0
@@ -53,7 +56,7 @@ class PendingRoutes:
     routes: dict[Key, Route] = attrs.field(factory=dict)
     #: the keys to withdraw (only keys the peer's routes hold: others cost nothing to forget)
     withdrawn: set[Key] = attrs.field(factory=set)
-    #: catalog items and bytes (see :func:`~fednode._federation._routing.measured`) of :attr:`routes`
+    #: catalog items and bytes (see :func:`~fednode._federation._routes.measured`) of :attr:`routes`
     items: int = 0
     size: int = 0
     #: origins' tombstones (signed withdrawals), the highest version per key: they bar older
@@ -164,7 +167,8 @@ class RouteIntake:
     """Takes peers' route updates from their links' readers and applies them at a bounded rate.
 
     Args:
-        apply: ``apply(peer_id, advertisement)`` applies merged updates (synchronously).
+        apply: ``await apply(peer_id, advertisement, pacer)`` applies merged updates, pausing with
+            ``pacer`` (:class:`~fednode._federation._pacer.Pacer`) between pieces of the work.
         known: ``known(peer_id)``: the keys of the routes accepted from a peer so far.
         limits: what one peer's pending updates may add up to (the routing table's limits).
         log: where an update that could not be applied is logged.
@@ -173,8 +177,9 @@ class RouteIntake:
     Start :meth:`run` in a nursery; until it runs, updates are held (bounded) and not applied.
     """
 
-    def __init__(self, apply: Callable[[str, Advertisement], None], *, known: Callable[[str], Collection[Key]],
-                 limits: Limits, log: Any, rate: float = ROUTE_UPDATES_PER_SECOND) -> None:
+    def __init__(self, apply: Callable[[str, Advertisement, Pacer], Awaitable[None]], *,
+                 known: Callable[[str], Collection[Key]], limits: Limits, log: Any,
+                 rate: float = ROUTE_UPDATES_PER_SECOND) -> None:
         self._apply = apply
         self._log = log
         self._known = known
@@ -238,13 +243,13 @@ class RouteIntake:
                         await peer.arrived.wait()
                     advertisement = peer.pending.take()
                     started = trio.current_time()
+                    pacer = Pacer()
                     try:
-                        self._apply(peer_id, advertisement)
+                        await self._apply(peer_id, advertisement, pacer)
                     except Exception:  # a bug must not stop the node (nor this peer's later updates)
                         self._log.exception("routes.apply_failed", peer=peer_id)
-                    # The clock moves during the (synchronous) apply only in real time, not under MockClock.
-                    spent = trio.current_time() - started
-                    peer.next_at = started + max(self.interval, spent / ROUTE_APPLY_SHARE)
+                    # What the apply cost is the time it ran, not the time others ran in between.
+                    peer.next_at = started + max(self.interval, pacer.busy / ROUTE_APPLY_SHARE)
         finally:
             if peer.worker is scope:
                 peer.worker = None

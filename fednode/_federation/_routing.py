@@ -28,31 +28,15 @@ reporting back what was delivered (:meth:`~RoutingTable.sent`).
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Generator, Iterable, Mapping
+from typing import Protocol
 
 import attrs
-import mcp_types
-from pydantic import BaseModel, ValidationError
 
-from .._config._config import MAX_REQUEST_TIMEOUT
-from ._route_proof import Proof, RouteProofs, RouteRefusal, Tombstone
+from ._pacer import drain
+from ._route_proof import RouteProofs, RouteRefusal, Tombstone
+from ._routes import MAX_PATH, Advertisement, Key, Limits, Path, Route, checked_route, measured
 
-Key = tuple[str, str]
-"""A route's identity: (owning node id, server id)."""
-Path = tuple[str, ...]
-
-KINDS = ("tools", "prompts", "resources", "resourceTemplates")
-
-MAX_PATH = 32  # longer advertised paths are refused: a sane federation is far smaller
-MAX_ROUTES_PER_PEER = 1024  # routes (attached servers) accepted from one peer
-# What one peer's routes may add up to: catalog items (tools, prompts, resources, templates) and
-# their size as JSON. Routes beyond either are refused (logged), so no peer can make this node hold,
-# or rebuild its catalog from, more than this.
-MAX_ITEMS_PER_PEER = 20_000
-MAX_CATALOG_BYTES_PER_PEER = 32 * 1024 * 1024
 # A peer whose forwards failed (no answer in time, link lost) this many times in a row loses
 # preference to healthy routes for a while (the failures are forgotten after FAILURE_MEMORY seconds).
 FAILURE_THRESHOLD = 3
@@ -81,190 +65,6 @@ class PeerPolicy(Protocol):
     def vouch(self) -> bool:
         """Whether routes from this peer that cannot be verified are accepted on its word."""
         ...
-
-
-@attrs.frozen
-class Limits:
-    """What the routes learned from one peer may add up to."""
-
-    routes: int = MAX_ROUTES_PER_PEER
-    items: int = MAX_ITEMS_PER_PEER
-    bytes: int = MAX_CATALOG_BYTES_PER_PEER
-
-
-@attrs.frozen
-class Route:
-    """One attached server as reachable from here: owner, server id, prefix, path and catalog."""
-
-    origin: str
-    server: str
-    prefix: str
-    path: Path
-    digest: str
-    catalog: Mapping[str, tuple[dict[str, Any], ...]] = attrs.field(eq=False, repr=False)
-    extensions: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
-    #: the owning node's deadline for this server's requests (``[[servers]] timeout``), if it set one
-    timeout: float | None = attrs.field(default=None, eq=False)
-    #: what holding it costs: its fields as JSON, in bytes (set for routes learned from peers; see measured)
-    size: int = attrs.field(default=0, eq=False)
-    #: the origin's version and expiry, and the attestations of the path (None: none came)
-    proof: Proof | None = attrs.field(default=None, eq=False, repr=False)
-    #: the peer whose word this route was taken on, unverified (``[[peers]] vouch``); None: verified
-    vouched_by: str | None = attrs.field(default=None, eq=False)
-
-    @property
-    def items(self) -> int:
-        return sum(len(v) for v in self.catalog.values())
-
-    @property
-    def key(self) -> Key:
-        return (self.origin, self.server)
-
-    @property
-    def stamp(self) -> str:
-        """What tells one advertisement of this route from another: the digest, and the signed version
-        (a re-signed advertisement is sent again even when its catalog did not change)."""
-        return self.digest if self.proof is None else f"{self.digest}@{self.proof.version}"
-
-    def to_wire(self, path: Path, proof: Proof | None = None) -> dict[str, Any]:
-        """As advertised with ``path``, carrying ``proof`` (this node's attestation included) if given."""
-        wire: dict[str, Any] = {"origin": self.origin, "server": self.server, "prefix": self.prefix, "path": list(path),
-                "digest": self.digest, "catalog": {k: list(v) for k, v in self.catalog.items()},
-                "extensions": dict(self.extensions)}
-        if self.timeout is not None:
-            wire["timeout"] = self.timeout
-        if proof is not None:
-            wire["proof"] = proof.to_wire()
-        return wire
-
-    def signed_digest(self) -> str:
-        """The digest of this route's catalog, extensions and timeout, as the origin computes it."""
-        return catalog_digest({**self.catalog, "extensions": self.extensions, "timeout": self.timeout})
-
-
-def catalog_digest(catalog: Mapping[str, Any]) -> str:
-    """A content hash of a catalog (and its server's extensions and timeout), so unchanged ones are never re-sent."""
-    hashed = {k: catalog.get(k, ()) for k in (*KINDS, "extensions")}
-    if catalog.get("timeout") is not None:
-        hashed["timeout"] = catalog["timeout"]
-    text = json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def route_from_wire(item: object) -> Route:
-    """A route as a peer advertised it (``fed/routes``), checked for shape.
-
-    Raises:
-        ValueError: saying which field is wrong.
-    """
-    if not isinstance(item, dict):
-        raise ValueError("route must be an object")
-    origin, server, prefix, path = item.get("origin"), item.get("server"), item.get("prefix"), item.get("path")
-    digest, catalog = item.get("digest"), item.get("catalog")
-    if not (isinstance(origin, str) and isinstance(server, str) and isinstance(prefix, str)
-            and isinstance(digest, str) and isinstance(path, list) and isinstance(catalog, dict)):
-        raise ValueError("route fields have the wrong types")
-    if not path or len(path) > MAX_PATH or not all(isinstance(p, str) for p in path) or path[0] != origin:
-        raise ValueError("route path must start at its origin")
-    kinds: dict[str, tuple[dict[str, Any], ...]] = {}
-    for kind in KINDS:
-        items = catalog.get(kind, [])
-        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            raise ValueError(f"catalog {kind} must be a list of objects")
-        kinds[kind] = tuple(items)
-    extensions = item.get("extensions", {})
-    if not isinstance(extensions, dict):
-        raise ValueError("extensions must be an object")
-    timeout = item.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
-                                or not 0 < timeout <= MAX_REQUEST_TIMEOUT):
-        raise ValueError(f"timeout must be a number of seconds in (0, {MAX_REQUEST_TIMEOUT:g}]")
-    proof = item.get("proof")
-    return Route(origin=origin, server=server, prefix=prefix, path=tuple(path), digest=digest, catalog=kinds,
-                 extensions=extensions, timeout=None if timeout is None else float(timeout),
-                 proof=None if proof is None else Proof.from_wire(proof, len(path)))
-
-
-_MODELS: dict[str, type[BaseModel]] = {"tools": mcp_types.Tool, "prompts": mcp_types.Prompt,
-                                        "resources": mcp_types.Resource,
-                                        "resourceTemplates": mcp_types.ResourceTemplate}
-
-
-def valid_items(kind: str, items: Iterable[Any]) -> tuple[tuple[dict[str, Any], ...], list[str]]:
-    """The definitions of ``kind`` a client can accept (checked against the SDK's models, kept as
-    they are), and why each of the others is not.
-
-    One malformed definition would otherwise make clients' whole ``*/list`` fail.
-    """
-    model = _MODELS[kind]
-    kept: list[dict[str, Any]] = []
-    problems: list[str] = []
-    for item in items:
-        try:
-            model.model_validate(item, by_name=False)
-        except ValidationError as exc:
-            name = item.get("name") or item.get("uri") or item.get("uriTemplate") if isinstance(item, dict) else None
-            errors = exc.errors()
-            where = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
-            message = errors[0]["msg"] if errors else "invalid"
-            problems.append(f"{kind} {str(name)[:80]!r}: {where or 'item'}: {message}"[:300])
-            continue
-        kept.append(item)
-    return tuple(kept), problems
-
-
-def measured(route: Route) -> Route:
-    """``route`` with its :attr:`~Route.size`: what holding it costs, as the length of its fields as JSON.
-
-    Everything a peer chose is counted (the catalog, extensions, ids, prefix, digest, path and
-    proof), so the per-peer byte limit bounds all of it.
-    """
-    fields = [route.catalog, route.extensions, route.origin, route.server, route.prefix, route.digest, route.path,
-              None if route.proof is None else route.proof.to_wire()]
-    return attrs.evolve(route, size=len(json.dumps(fields, separators=(",", ":"), ensure_ascii=False, default=str)))
-
-
-def checked_route(route: Route) -> tuple[Route, list[str]]:
-    """``route`` with only the definitions a client can accept and its size; why the others were dropped."""
-    kinds: dict[str, tuple[dict[str, Any], ...]] = {}
-    problems: list[str] = []
-    for kind in KINDS:
-        kinds[kind], found = valid_items(kind, route.catalog.get(kind, ()))
-        problems += found
-    checked = attrs.evolve(route, catalog=kinds)
-    # Measured again only if definitions were dropped: otherwise the catalog is the one measured.
-    return (measured(checked) if problems or not route.size else checked), problems
-
-
-@attrs.frozen
-class Advertisement:
-    """One ``fed/routes`` frame: routes set, routes withdrawn, origins' tombstones (``revoked``, an
-    optional field); ``full`` starts a full advertisement, ``more`` says another frame of it follows."""
-
-    routes: tuple[Route, ...] = ()
-    withdrawn: tuple[Key, ...] = ()
-    full: bool = False
-    more: bool = False
-    revoked: tuple[Tombstone, ...] = ()
-
-    @classmethod
-    def from_wire(cls, params: Mapping[str, Any]) -> Advertisement:
-        """Parse a frame.
-
-        Keys to withdraw that are not ``[origin, server]`` pairs are skipped.
-
-        Raises:
-            ValueError, TypeError: a malformed route or tombstone, or lists that are not (the whole
-                frame is refused).
-        """
-        revoked = params.get("revoked", [])
-        if not isinstance(revoked, list):
-            raise ValueError("revoked must be a list of tombstones")
-        return cls(routes=tuple(route_from_wire(item) for item in params.get("set", [])),
-                   withdrawn=tuple((k[0], k[1]) for k in params.get("withdraw", [])
-                                   if isinstance(k, list) and len(k) == 2),
-                   full=bool(params.get("full")), more=bool(params.get("more")),
-                   revoked=tuple(Tombstone.from_wire(item) for item in revoked))
 
 
 @attrs.frozen
@@ -331,6 +131,11 @@ class RoutingTable:
         self.revoked_sent: dict[str, dict[Key, int]] = {}
         # peer -> a full advertisement being received over several frames (swapped in whole)
         self._staging: dict[str, dict[Key, Route]] = {}
+        # peer -> how many times its link came up or went down (an update being applied or
+        # advertised when it does is void)
+        self._epochs: dict[str, int] = {}
+        # tombstones verified so far (an update being applied meanwhile drops what they revoked)
+        self._revocations = 0
         #: (origin, server) -> the best route and the peer it goes through (None: attached here),
         #: as of the last :meth:`update`
         self.best: dict[Key, tuple[Route, str | None]] = {}
@@ -341,6 +146,7 @@ class RoutingTable:
         """A link to ``peer_id`` came up: it is owed a full advertisement."""
         self.advertised[peer_id] = None
         self._failures.pop(peer_id, None)
+        self._epochs[peer_id] = self.link_epoch(peer_id) + 1
 
     def link_down(self, peer_id: str) -> bool:
         """The link to ``peer_id`` is gone: forget everything learned over it. Returns whether any route went."""
@@ -348,7 +154,12 @@ class RoutingTable:
         self.revoked_sent.pop(peer_id, None)
         self._staging.pop(peer_id, None)
         self._failures.pop(peer_id, None)
+        self._epochs[peer_id] = self.link_epoch(peer_id) + 1
         return bool(self.learned.pop(peer_id, None))
+
+    def link_epoch(self, peer_id: str) -> int:
+        """A number that changes whenever the link to ``peer_id`` comes up or goes down."""
+        return self._epochs.get(peer_id, 0)
 
     def receive(self, peer_id: str, policy: PeerPolicy, advertisement: Advertisement) -> Received:
         """Apply a frame from ``peer_id``, accepting only what ``policy`` imports and the limits allow.
@@ -356,6 +167,20 @@ class RoutingTable:
         A full advertisement may span several frames; it is staged and swapped in whole with its
         last frame, so the best routes never reflect a half-received catalog.
         """
+        return drain(self.receiving(peer_id, policy, advertisement))
+
+    def receiving(self, peer_id: str, policy: PeerPolicy, advertisement: Advertisement
+                  ) -> Generator[None, None, Received]:
+        """:meth:`receive`, a route at a time: a generator that yields after each route (so that
+        the caller can let other work run, see :class:`~fednode._federation._pacer.Pacer`) and
+        returns what :meth:`receive` returns.
+
+        The peer's routes are replaced only at the end, in one step. Whatever ran in between is
+        taken into account then: if the link to the peer went down meanwhile nothing is applied,
+        and routes a tombstone verified meanwhile revoked are dropped. Closed before its end, it
+        changes nothing but the versions it verified (which only ever grow).
+        """
+        epoch = self.link_epoch(peer_id)
         staging = self._staging.get(peer_id)
         if advertisement.full and staging is None:
             staging = self._staging[peer_id] = {}
@@ -364,19 +189,24 @@ class RoutingTable:
             table.pop(key, None)
         unverified: list[tuple[Key, RouteRefusal, str]] = []
         revoked = self._revoke(peer_id, advertisement.revoked, table, unverified)
+        revocations = self._revocations
         items = sum(r.items for r in table.values())
         size = sum(r.size for r in table.values())
         refused: list[tuple[Key, str]] = []
         invalid: list[tuple[Route, tuple[str, ...]]] = []
         vouched: list[tuple[Key, RouteRefusal, str]] = []
         for route in advertisement.routes:
+            yield  # between routes, others may run (the table is replaced at the end)
             old = table.pop(route.key, None)
             if old is not None:
                 items, size = items - old.items, size - old.size
             if self.node_id in route.path or route.path[-1] != peer_id or not policy.imports(route.server):
                 continue  # a loop, a forged path or not imported: never used
+            # The same catalog verified already (from another peer, or before): neither hashed nor
+            # validated again, and held once (a route arrives from each neighbour that has it).
+            known = self._verified_copy(route, old, peer_id)
             if self.proofs is not None:
-                refusal = self._verify(route, old)
+                refusal = self._verify(route, old, digest_checked=known is not None)
                 # A vouching peer's word stands in for what cannot be verified, not for what is
                 # proven stale (an older version, an expired advertisement).
                 if refusal is not None and (not policy.vouch or refusal[0] in STALE):
@@ -399,13 +229,22 @@ class RoutingTable:
             if why is not None:
                 refused.append((route.key, why))
                 continue
-            route, problems = checked_route(route)
+            if known is not None and route.vouched_by is None:
+                route = attrs.evolve(route, catalog=known.catalog, extensions=known.extensions,
+                                     timeout=known.timeout)
+                problems: list[str] = []
+            else:
+                route, problems = checked_route(route)
             if problems:
                 invalid.append((route, tuple(problems)))
             table[route.key] = route
             items, size = items + route.items, size + route.size
             if self.proofs is not None and route.vouched_by is None and route.proof is not None:
                 self.proofs.remember(route.key, route.proof)
+        if self.link_epoch(peer_id) != epoch:  # the link went down (or down and up) meanwhile
+            return Received(applied=False)
+        if revocations != self._revocations:  # tombstones from other peers verified meanwhile
+            self._drop_revoked(table)
         applied = staging is None or not advertisement.more
         if applied:
             self._staging.pop(peer_id, None)
@@ -429,21 +268,40 @@ class RoutingTable:
                 unverified.append((tombstone.key, *outcome))
                 continue  # never believed, never passed on
             applied = True
+            self._revocations += 1
             for routes in (table, *self.learned.values(), *self._staging.values()):
                 route = routes.get(tombstone.key)
-                if route is not None and self.proofs.revoked(tombstone.key, 0 if route.proof is None
-                                                              else route.proof.version):
+                if route is not None and self._is_revoked(route):
                     del routes[tombstone.key]
         return applied
 
-    def _verify(self, route: Route, old: Route | None) -> tuple[RouteRefusal, str] | None:
-        """Why ``route`` cannot be believed (None: it can); see :meth:`RouteProofs.verify`."""
+    def _is_revoked(self, route: Route) -> bool:
+        return self.proofs is not None and self.proofs.revoked(route.key, 0 if route.proof is None
+                                                                else route.proof.version)
+
+    def _drop_revoked(self, table: dict[Key, Route]) -> None:
+        for key in [key for key, route in table.items() if self._is_revoked(route)]:
+            del table[key]
+
+    def _verified_copy(self, route: Route, old: Route | None, peer_id: str) -> Route | None:
+        """A route held for ``route``'s key with its digest, whose catalog was verified against
+        it (None: none, or routes are not verified)."""
+        if self.proofs is None:
+            return None
+        candidates = [old, *(routes.get(route.key) for peer, routes in self.learned.items() if peer != peer_id)]
+        return next((held for held in candidates if held is not None and held.digest == route.digest
+                     and held.vouched_by is None and held.proof is not None), None)
+
+    def _verify(self, route: Route, old: Route | None, *, digest_checked: bool = False
+                ) -> tuple[RouteRefusal, str] | None:
+        """Why ``route`` cannot be believed (None: it can); see :meth:`RouteProofs.verify`.
+        ``digest_checked``: its catalog is one that was checked against its digest already."""
         assert self.proofs is not None
         if route.proof is None:  # before the digest: what is refused costs little
             if self.proofs.revoked(route.key, 0):  # not even a vouching peer brings it back
                 return RouteRefusal.REPLAY, "its origin withdrew it (a tombstone)"
             return RouteRefusal.UNSIGNED, "the route carries no proof"
-        if route.signed_digest() != route.digest:
+        if not digest_checked and route.signed_digest() != route.digest:
             return RouteRefusal.DIGEST_MISMATCH, "the catalog does not match the signed digest"
         if self.proofs.revoked(route.key, route.proof.version):  # not even a vouching peer brings it back
             return RouteRefusal.REPLAY, f"its origin withdrew version {route.proof.version} (a tombstone)"
