@@ -118,7 +118,7 @@ def flood_frame(number: int) -> dict[str, Any]:
 def evil_routes(node: fednode.Node) -> tuple[int, int]:
     """How many routes owned by evil ``node`` holds, and their catalogs' size as JSON."""
     found = [route for table in node.federation.learned.values() for key, route in table.items() if key[0] == "evil"]
-    return len(found), sum(len(json.dumps(dict(route.catalog))) for route in found)
+    return len(found), sum(len(json.dumps(route.unpacked_catalog())) for route in found)
 
 
 async def answer_pings(ws: WebSocketConnection) -> None:

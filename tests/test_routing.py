@@ -91,7 +91,7 @@ class TestAccepting:
         table = RoutingTable(ME)
         received = table.receive("node-b", OPEN, advert(bad))
         kept = table.learned["node-b"][("node-b", "s")]
-        assert [t["name"] for t in kept.catalog["tools"]] == ["fine"] and kept.size > 0
+        assert [t["name"] for t in kept.unpacked_catalog()["tools"]] == ["fine"] and kept.size > 0
         assert len(received.invalid) == 1 and "broken" in received.invalid[0][1][0]
 
     def test_routes_per_peer_are_capped(self) -> None:
@@ -299,7 +299,7 @@ class TestProvenRoutes:
         received = table.receive("node-d", OPEN, advert(tampered))
         assert received.applied and not received.unverified
         via_b, via_d = table.learned["node-b"][("node-c", "s")], table.learned["node-d"][("node-c", "s")]
-        assert via_d.catalog is via_b.catalog and [t["name"] for t in via_d.catalog["tools"]] == ["a", "b"]
+        assert via_d.catalog is via_b.catalog and [t["name"] for t in via_d.unpacked_catalog()["tools"]] == ["a", "b"]
         # Without a copy held, the same tampered catalog is refused for its digest.
         table.link_down("node-b")
         table.link_down("node-d")

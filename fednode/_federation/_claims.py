@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from ._routes import KINDS, Route
+from ._routes import KINDS, Item, Route, unpacked
 
 #: Replicas of one server, nearest first: each route and the peer it goes through (None: attached here).
 Replicas = Sequence[tuple[Route, "str | None"]]
@@ -29,8 +29,19 @@ class Entry:
     exposed: str
     name: str
     server: str
-    definition: dict[str, Any] = attrs.field(eq=False, repr=False)
+    #: the definition as shown, or a packed one (JSON text, shown under :attr:`exposed` once parsed)
+    source: Item = attrs.field(eq=False, repr=False)
     origins: tuple[str, ...] = ()
+
+    @property
+    def definition(self) -> dict[str, Any]:
+        """The definition as a client sees it (a new object each time for a packed one)."""
+        if not isinstance(self.source, str):
+            return self.source
+        shown = unpacked(self.source)
+        if self.kind in ("tools", "prompts"):
+            shown["name"] = self.exposed
+        return shown
 
 
 def item_name(kind: str, definition: Mapping[str, Any]) -> str | None:
@@ -63,15 +74,15 @@ class ServerClaim:
         # The catalogs the signature names by identity: held, so that no other can take their ids.
         self._catalogs = tuple(route.catalog for route, _ in replicas)
         #: kind -> (exposed name, name, definition) of each item, in the catalog's order
-        self.items: dict[str, list[tuple[str, str, Mapping[str, Any]]]] = {}
+        self.items: dict[str, list[tuple[str, str, Item]]] = {}
         #: kind -> exposed name -> entry, for all items of the kind; None when two of them share an
         #: exposed name (the catalog then resolves them one by one)
         self.plain: dict[str, dict[str, Entry] | None] = {}
         self._made: dict[tuple[str, int, str], Entry] = {}
         for kind in KINDS:
-            items: list[tuple[str, str, Mapping[str, Any]]] = []
+            items: list[tuple[str, str, Item]] = []
             for definition in nearest.catalog.get(kind, ()):
-                name = item_name(kind, definition)
+                name = item_name(kind, unpacked(definition))
                 if name is None:
                     continue
                 exposed = f"{nearest.prefix}__{name}" if kind in ("tools", "prompts") and nearest.prefix else name
@@ -89,9 +100,11 @@ class ServerClaim:
         made = self._made.get((kind, index, exposed))
         if made is None:
             _, name, definition = self.items[kind][index]
-            shown = dict(definition)
-            if kind in ("tools", "prompts"):
-                shown["name"] = exposed
+            source: Item = definition  # a packed one is shown under its exposed name when parsed
+            if not isinstance(definition, str):
+                source = dict(definition)
+                if kind in ("tools", "prompts"):
+                    source["name"] = exposed
             made = self._made[(kind, index, exposed)] = Entry(
-                kind=kind, exposed=exposed, name=name, server=self.server, definition=shown, origins=self.origins)
+                kind=kind, exposed=exposed, name=name, server=self.server, source=source, origins=self.origins)
         return made

@@ -44,6 +44,19 @@ class Limits:
     bytes: int = MAX_CATALOG_BYTES_PER_PEER
 
 
+Item = dict[str, Any] | str
+"""One definition of a catalog (a tool, prompt, resource or template): as parsed, or *packed* (its
+JSON text). A route learned from a peer holds its catalog packed (see :func:`packed`)."""
+
+
+def unpacked(item: Item) -> dict[str, Any]:
+    """The definition ``item`` is (parsed anew each time for a packed one: the caller may change it)."""
+    if isinstance(item, str):
+        definition: dict[str, Any] = json.loads(item)
+        return definition
+    return item
+
+
 @attrs.frozen
 class Route:
     """One attached server as reachable from here: owner, server id, prefix, path and catalog."""
@@ -53,7 +66,7 @@ class Route:
     prefix: str
     path: Path
     digest: str
-    catalog: Mapping[str, tuple[dict[str, Any], ...]] = attrs.field(eq=False, repr=False)
+    catalog: Mapping[str, tuple[Item, ...]] = attrs.field(eq=False, repr=False)
     extensions: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     #: the owning node's deadline for this server's requests (``[[servers]] timeout``), if it set one
     timeout: float | None = attrs.field(default=None, eq=False)
@@ -81,7 +94,7 @@ class Route:
     def to_wire(self, path: Path, proof: Proof | None = None) -> dict[str, Any]:
         """As advertised with ``path``, carrying ``proof`` (this node's attestation included) if given."""
         wire: dict[str, Any] = {"origin": self.origin, "server": self.server, "prefix": self.prefix, "path": list(path),
-                "digest": self.digest, "catalog": {k: list(v) for k, v in self.catalog.items()},
+                "digest": self.digest, "catalog": self.unpacked_catalog(),
                 "extensions": dict(self.extensions)}
         if self.timeout is not None:
             wire["timeout"] = self.timeout
@@ -89,9 +102,30 @@ class Route:
             wire["proof"] = proof.to_wire()
         return wire
 
+    def unpacked_catalog(self) -> dict[str, list[dict[str, Any]]]:
+        """The catalog with every definition parsed (new objects for packed ones)."""
+        return {k: [unpacked(item) for item in v] for k, v in self.catalog.items()}
+
     def signed_digest(self) -> str:
         """The digest of this route's catalog, extensions and timeout, as the origin computes it."""
-        return catalog_digest({**self.catalog, "extensions": self.extensions, "timeout": self.timeout})
+        return catalog_digest({**self.unpacked_catalog(), "extensions": self.extensions, "timeout": self.timeout})
+
+
+def packed(route: Route) -> Route:
+    """``route`` with its catalog packed: each definition held as one string of JSON.
+
+    A catalog a peer sends is made of many small objects (a dictionary, strings and nested
+    dictionaries per definition), which the allocator keeps its memory for as long as any other
+    object allocated among them lives: a large catalog, held a while and dropped, would leave the
+    node's memory that much larger. Packed, each definition is one allocation of its own, and
+    dropping it gives its memory back; it is parsed where a definition is needed (listing it, a
+    tool's input schema, passing the route on).
+    """
+    return attrs.evolve(route, catalog={kind: tuple(item if isinstance(item, str) else _pack(item) for item in items)
+                                        for kind, items in route.catalog.items()})
+
+
+_pack = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
 def catalog_digest(catalog: Mapping[str, Any]) -> str:

@@ -35,7 +35,7 @@ import attrs
 
 from ._pacer import drain
 from ._route_proof import RouteProofs, RouteRefusal, Tombstone
-from ._routes import MAX_PATH, Advertisement, Key, Limits, Path, Route, checked_route, measured
+from ._routes import MAX_PATH, Advertisement, Key, Limits, Path, Route, checked_route, measured, packed
 
 # A peer whose forwards failed (no answer in time, link lost) this many times in a row loses
 # preference to healthy routes for a while (the failures are forgotten after FAILURE_MEMORY seconds).
@@ -235,6 +235,7 @@ class RoutingTable:
                 problems: list[str] = []
             else:
                 route, problems = checked_route(route)
+                route = packed(route)
             if problems:
                 invalid.append((route, tuple(problems)))
             table[route.key] = route
