@@ -61,7 +61,7 @@ def state(catalog: Catalog) -> dict[str, Any]:
         "conflicts": list(catalog.conflicts),
         "conflict_sets": dict(catalog._conflict_sets),
         "templates": [(pattern.pattern, entry.exposed) for pattern, entry in catalog._templates],
-        "withdrawn": list(catalog.withdrawn._names.items()),
+        "withdrawn": catalog.withdrawn.snapshot(),
     }
 
 

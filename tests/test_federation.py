@@ -477,6 +477,26 @@ class TestWithdrawnMemory:
         assert memory.get("tools", "x" * 1025) is None and len(memory) == 1
 
 
+    def test_a_server_s_names_are_remembered_and_forgotten_together(self) -> None:
+        from fednode._federation._withdrawn import WithdrawnNames
+
+        now = [0.0]
+        memory = WithdrawnNames(ttl=600.0, limit=5, clock=lambda: now[0], wall_clock=lambda: 0.0)
+        memory.remember_all("tools", ["a", "b", "c"], "s", ("n1",), local=False)
+        now[0] += 1
+        memory.remember_all("tools", ["d", "e", "f", "b"], "t", ("n2", "n3"), local=True)
+        # five at most: one of s's three went (the oldest); b is t's now (withdrawn again, later)
+        assert len(memory) == 5 and sum(memory.get("tools", n) is not None for n in "ac") == 1
+        found = memory.get("tools", "b")
+        assert found is not None and (found.name, found.server, found.nodes, found.local, found.at) == (
+            "b", "t", ("n2", "n3"), True, 1.0)
+        assert memory.get("prompts", "b") is None and memory.get("tools", "zz") is None
+        memory.forget_all("tools", ["d", "e", "zz"])
+        assert len(memory) == 3 and memory.get("tools", "d") is None and memory.get("tools", "f") is not None
+        now[0] += 600
+        assert memory.get("tools", "f") is None and len(memory) == 0 and memory.snapshot() == []
+
+
 class TestConflictLog:
     """Name conflicts are logged as one summary per pair of servers, once while the set is unchanged."""
 

@@ -150,7 +150,7 @@ class TestPacedRebuild:
             except StopIteration as stop:
                 changed = stop.value
                 break
-        assert pieces == 30 and changed == {"tools"} == whole.rebuild(best, {}, ())
+        assert pieces == 30 + 4 and changed == {"tools"} == whole.rebuild(best, {}, ())  # servers, then kinds
         assert {k: list(v) for k, v in paced.entries.items()} == {k: list(v) for k, v in whole.entries.items()}
         assert len(paced.entries["tools"]) == 600 and paced.generation == 1
 

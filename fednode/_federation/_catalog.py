@@ -24,6 +24,9 @@ from ._withdrawn import WithdrawnNames, template_regex
 
 __all__ = ["Catalog", "Entry", "item_name"]
 
+#: Entries compared between two pauses of a paced rebuild (see :meth:`Catalog.rebuilding`).
+CHECK_STEP = 2000
+
 
 class Catalog:
     """The exposed entries of one node, rebuilt from the best routes whenever they change.
@@ -76,21 +79,32 @@ class Catalog:
     def rebuilding(self, best: Mapping[Key, tuple[Route, str | None]], rtts: Mapping[str, float],
                    attached: Collection[str]) -> Generator[None, None, set[str] | None]:
         """:meth:`rebuild`, a server at a time: a generator that yields between servers (see
-        :class:`~fednode._federation._pacer.Pacer`) and returns the kinds that changed, or None
-        if another rebuild finished meanwhile (then this one changed nothing: ``best`` may be
-        out of date). The entries are replaced at the end, in one step.
+        :class:`~fednode._federation._pacer.Pacer`), and while comparing the entries with the last
+        ones, and returns the kinds that changed, or None if another rebuild finished meanwhile
+        (then this one changed nothing: ``best`` may be out of date). The entries are replaced at
+        the end, in one step.
         """
         generation = self.generation
         before = self.entries  # never changed in place: a rebuild makes new dictionaries
         built = yield from self._building(best, rtts)
+        entries = built[0]
+        changed: set[str] = set()
+        for kind in KINDS:
+            yield
+            old, new = before[kind], entries[kind]
+            if old.keys() != new.keys():
+                changed.add(kind)
+                continue
+            # An entry reused from the last rebuild (the same object) is unchanged: only new ones are compared.
+            for index, (name, entry) in enumerate(new.items()):
+                if index % CHECK_STEP == CHECK_STEP - 1:
+                    yield
+                if entry is not old[name] and (old[name].definition != entry.definition
+                                               or old[name].origins != entry.origins):
+                    changed.add(kind)
+                    break
         if self.generation != generation:
             return None
-        entries = built[0]
-        # An entry reused from the last rebuild (the same object) is unchanged: only new ones are compared.
-        changed = {kind for kind in KINDS if before[kind].keys() != entries[kind].keys() or any(
-            entry is not before[kind][name] and (before[kind][name].definition != entry.definition
-                                                 or before[kind][name].origins != entry.origins)
-            for name, entry in entries[kind].items())}
         self._commit(*built)
         self._note_withdrawn(before, {server for _origin, server in best}, attached)
         return changed
@@ -184,8 +198,8 @@ class Catalog:
         """
         for kind in KINDS:
             now = self.entries[kind]
-            for name in now.keys() - before[kind].keys():
-                self.withdrawn.forget(kind, name)
+            self.withdrawn.forget_all(kind, now.keys() - before[kind].keys())
+            gone: dict[tuple[str, tuple[str, ...], bool], list[str]] = {}
             for name in before[kind].keys() - now.keys():
                 entry = before[kind][name]
                 if entry.server in routed:
@@ -193,7 +207,9 @@ class Catalog:
                 local = self.node_id in entry.origins
                 if local and entry.server not in attached:
                     continue  # removed from this node on purpose, not down
-                self.withdrawn.remember(kind, name, entry.server, entry.origins, local=local)
+                gone.setdefault((entry.server, entry.origins, local), []).append(name)
+            self.withdrawn.remember_many(kind, [(names, server, origins, local)
+                                                for (server, origins, local), names in gone.items()])
 
     # -- looking things up --------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import trio
 
 from .._config._config import LinkConfig, MCPConfig, PeerConfig
 from .._config._logging import ThrottledLog
+from .._config._memory import MemoryTrimmer
 from .._peers._link import Handlers, Link, RequestContext
 from .._peers._supervisor import PeerSupervisor
 from ._advertiser import ROUTES_METHOD, Advertiser
@@ -158,6 +159,8 @@ class Federation:
                                      node_transit=lambda: mcp().transit, notify=self._notify,
                                      max_message_size=limits.max_message_size, log=self.log,
                                      attest=self._attest if self.proofs is not None else None)
+        #: gives the memory of routes that went back to the system
+        self.trimmer = MemoryTrimmer()
         self._catalog_event = trio.Event()
         # Start-up: set once the federation has settled (or the bound passed); until then clients'
         # lists are held (wait_settled). Pulsed by everything that can settle it.
@@ -243,6 +246,7 @@ class Federation:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.advertiser.run)
             await nursery.start(self.intake.run)
+            await nursery.start(self.trimmer.run)
             task_status.started()
 
     def link_down(self, peer_id: str) -> None:
@@ -251,6 +255,7 @@ class Federation:
         self.forwarding.shares.set_peers([p for p in self._peers.connected_peers() if p != peer_id])
         if self.table.link_down(peer_id):
             self._changed()
+            self.trimmer.soon()  # what the peer's routes held goes back to the system
 
     def state_changed(self) -> None:
         """Something that decides whether the federation has settled changed (see :meth:`wait_settled`)."""
@@ -334,6 +339,8 @@ class Federation:
             self._throttled.warning("routes.limit", key=peer_id, peer=peer_id, limit=why, dropped=list(key))
         if received.applied:
             await self._changed_paced(pacer)
+            if advertisement.withdrawn or advertisement.full or advertisement.revoked:
+                self.trimmer.soon()  # routes went (or were replaced): what they held goes back
 
     # -- routing state ----------------------------------------------------------------------
 
