@@ -99,8 +99,7 @@ class Catalog:
             for index, (name, entry) in enumerate(new.items()):
                 if index % CHECK_STEP == CHECK_STEP - 1:
                     yield
-                if entry is not old[name] and (old[name].definition != entry.definition
-                                               or old[name].origins != entry.origins):
+                if entry is not old[name] and not entry.same_as(old[name]):
                     changed.add(kind)
                     break
         if self.generation != generation:

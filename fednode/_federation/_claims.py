@@ -33,6 +33,14 @@ class Entry:
     source: Item = attrs.field(eq=False, repr=False)
     origins: tuple[str, ...] = ()
 
+    def same_as(self, other: Entry) -> bool:
+        """Whether a client sees ``other`` (an entry under the same exposed name) as it sees this one."""
+        if self.origins != other.origins or self.exposed != other.exposed:
+            return False
+        if isinstance(self.source, str) and isinstance(other.source, str) and self.source == other.source:
+            return True  # the same packed definition (parsing them would tell the same)
+        return self.definition == other.definition
+
     @property
     def definition(self) -> dict[str, Any]:
         """The definition as a client sees it (a new object each time for a packed one)."""
