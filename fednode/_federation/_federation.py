@@ -165,6 +165,8 @@ class Federation:
         # Start-up: set once the federation has settled (or the bound passed); until then clients'
         # lists are held (wait_settled). Pulsed by everything that can settle it.
         self._settled = False
+        # route updates applied to the routing table whose catalog rebuild has not finished yet
+        self._rebuilds_due = 0
         self._settle_changed = trio.Event()
         self.forwarding = Forwarding(
             node_id, self.table, self.catalog, local,
@@ -277,6 +279,8 @@ class Federation:
         if not self._started():
             return ["node start-up"]
         waiting = [f"server {server_id}" for server_id in self._local.starting()]
+        if self._rebuilds_due:
+            waiting.append("catalog rebuild")
         connected = set(self._peers.connected_peers())
         for peer_id in self._peers.peer_ids():
             peer = self._peers.peer_config(peer_id)
@@ -338,7 +342,13 @@ class Federation:
         for key, why in received.refused:
             self._throttled.warning("routes.limit", key=peer_id, peer=peer_id, limit=why, dropped=list(key))
         if received.applied:
-            await self._changed_paced(pacer)
+            # Start-up is not settled while routes learned are not in the catalog yet (see _unsettled).
+            self._rebuilds_due += 1
+            try:
+                await self._changed_paced(pacer)
+            finally:
+                self._rebuilds_due -= 1
+                self.state_changed()
             if advertisement.withdrawn or advertisement.full or advertisement.revoked:
                 self.trimmer.soon()  # routes went (or were replaced): what they held goes back
 
