@@ -9,6 +9,7 @@ for whatever is offered or learned.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterable
 from typing import Any
@@ -20,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fednode._config._config import PeerConfig
-from fednode._federation._advertiser import pack_frames
+from fednode._federation._advertiser import frame_json, pack_frames
 from fednode._federation._catalog import Catalog
 from fednode._federation._route_proof import ROUTE_TTL, Proof, RouteProofs, RouteRefusal, Tombstone
 from fednode._federation._routes import Advertisement, Limits, Route, catalog_digest
@@ -525,6 +526,22 @@ class TestTombstones:
         plain.receive("node-b", OPEN, advert(route("node-c", "s", "node-b")))
         plain.receive("node-b", OPEN, revoking(withdrawal("node-c", "s", 150, clock)))
         assert learned(plain, "node-b") == {("node-c", "s")} and plain.revocations("node-d", OPEN) == {}
+
+    def test_routes_and_frames_as_text_are_what_they_are_as_objects(self) -> None:
+        clock = Clock()
+        table = signed_table(clock)
+        table.receive("node-b", OPEN, advert(proven(route("node-c", "s", "node-b", tools=("a", "b")), clock)))
+        learned_route = table.learned["node-b"][("node-c", "s")]  # packed
+        local_route = attrs.evolve(local("x")[(ME, "x")], extensions={"e": {"v": 1}}, timeout=2.5)
+        for r in (learned_route, local_route):
+            path = (*r.path, ME)
+            proof = r.proof
+            assert json.loads(r.wire_text(path, proof)) == r.to_wire(path, proof)
+        texts = [(learned_route.wire_text((*learned_route.path, ME)), 10), (local_route.wire_text((ME,)), 10)]
+        for frame in pack_frames(True, texts, [["b", "s"]], 15, [(json.dumps({"t": 1}), 10)]):
+            parsed = json.loads(frame_json(frame).text)
+            assert parsed == {**frame, "set": [json.loads(t) for t in frame["set"]],
+                              **({"revoked": [json.loads(t) for t in frame["revoked"]]} if "revoked" in frame else {})}
 
     def test_frames_carry_tombstones_within_the_budget(self) -> None:
         frames = pack_frames(False, [({"r": 1}, 600)], [["b", "s"]], 1000, [({"t": i}, 300) for i in range(3)])

@@ -119,3 +119,9 @@ class TestDecoderRobustness:
         assert wire.request_id_of('{"type": "request", "id": 12}') == 12
         assert wire.request_id_of('{"type": "request", "id": true}') is None
         assert wire.request_id_of("garbage") is None
+
+
+@given(st.text(min_size=1, max_size=20), st.dictionaries(st.text(max_size=10), st.integers() | st.text(max_size=10)))
+def test_raw_json_params_make_the_same_frame(method: str, params: dict[str, Any]) -> None:
+    raw = wire.encode(wire.Notification(method=method, params=wire.RawJSON(json.dumps(params))))
+    assert wire.decode(raw) == wire.decode(wire.encode(wire.Notification(method=method, params=params)))

@@ -4,13 +4,14 @@ origins' tombstones of withdrawn servers it has not been sent yet."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import trio
 
 from .._config._logging import ThrottledLog
 from .._errors import FednodeError
+from .._peers._wire import RawJSON
 from ._pacer import Pacer
 from ._route_proof import Proof, Tombstone
 from ._routes import Key, Path, Route
@@ -108,12 +109,11 @@ class Advertiser:
         delta = self._table.delta(peer_id, offers, revocations)
         # Signing and measuring each route is work in proportion to what is offered: in slices.
         pacer = Pacer()
-        wire: dict[Key, dict[str, Any]] = {}
-        sizes: dict[Key, int] = {}
+        texts: dict[Key, str] = {}  # each route as JSON (a packed catalog's definitions as they are)
         for key, (route, path) in delta.routes.items():
-            wire[key] = route.to_wire(path, self._proof(route, path, peer_id))
-            sizes[key] = len(json.dumps(wire[key], separators=(",", ":"), ensure_ascii=False, default=str))
+            texts[key] = route.wire_text(path, self._proof(route, path, peer_id))
             await pacer.pause()
+        sizes = {key: len(text) for key, text in texts.items()}
         if self._table.link_epoch(peer_id) != epoch:
             # The link went down (and maybe up again, owed a full advertisement) meanwhile: this
             # delta is for a link that is gone. Another round, for the link there is now.
@@ -135,11 +135,11 @@ class Advertiser:
                    if item is not None]
         # Frames of at most FRAME_TARGET (a larger route alone in its own): reading one is a single
         # step of the peer's reader, which holds its other tasks meanwhile.
-        frames = pack_frames(delta.full, [(wire[key], sizes[key]) for key in delta.routes],
+        frames = pack_frames(delta.full, [(texts[key], sizes[key]) for key in delta.routes],
                              [list(key) for key in delta.withdrawn], min(budget, FRAME_TARGET), revoked)
         try:
             for frame in frames:
-                await self._notify(peer_id, ROUTES_METHOD, frame)
+                await self._notify(peer_id, ROUTES_METHOD, frame_json(frame))
         except FednodeError as exc:
             self._table.not_sent(peer_id)  # resent in full when the link is back
             self._log.info("routes.not_sent", peer=peer_id, error=str(exc))
@@ -155,27 +155,40 @@ class Advertiser:
             self._throttled.error("routes.not_signed", key=peer_id, peer=peer_id, error=str(exc))
             return None
 
-    def _tombstone(self, tombstone: Tombstone, peer_id: str) -> tuple[dict[str, Any], int] | None:
-        """``tombstone`` as sent to ``peer_id`` (this node's own signed to it), with its size as JSON."""
+    def _tombstone(self, tombstone: Tombstone, peer_id: str) -> tuple[str, int] | None:
+        """``tombstone`` as sent to ``peer_id`` (this node's own signed to it) as JSON, with its size."""
         assert self._table.proofs is not None  # the table offers no tombstones without proofs
         try:
             item = self._table.proofs.tombstone_to(tombstone, peer_id).to_wire()
         except FednodeError as exc:  # no key to sign with: the peer cannot believe it anyway
             self._throttled.error("routes.not_signed", key=peer_id, peer=peer_id, error=str(exc))
             return None
-        return item, len(json.dumps(item, separators=(",", ":"), ensure_ascii=False))
+        text = _json(item)
+        return text, len(text)
 
     def frame_budget(self) -> int:
         """The largest route (as JSON) that fits in one advertisement frame."""
         return int(self._max_message_size * 0.9) - 1024
 
 
-def pack_frames(full: bool, routes: list[tuple[dict[str, Any], int]], withdrawn: list[list[str]],
-                budget: int, revoked: Sequence[tuple[dict[str, Any], int]] = ()) -> list[dict[str, Any]]:
+_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
+def frame_json(frame: Mapping[str, Any]) -> RawJSON:
+    """A frame from :func:`pack_frames` whose routes and tombstones are JSON texts, as JSON."""
+    text = (f'{{"full":{_json(frame["full"])},"set":[{",".join(frame["set"])}],'
+            f'"withdraw":{_json(frame["withdraw"])},"more":{_json(frame["more"])}')
+    if "revoked" in frame:
+        text += f',"revoked":[{",".join(frame["revoked"])}]'
+    return RawJSON(text + "}")
+
+
+def pack_frames(full: bool, routes: list[tuple[Any, int]], withdrawn: list[list[str]],
+                budget: int, revoked: Sequence[tuple[Any, int]] = ()) -> list[dict[str, Any]]:
     """Pack an advertisement (routes and tombstones with their JSON sizes) into frames of at most
     ``budget``; ``revoked`` (the optional field older nodes ignore) only in frames that carry tombstones."""
     frames: list[dict[str, Any]] = []
-    current: dict[str, list[dict[str, Any]]] = {"set": [], "revoked": []}
+    current: dict[str, list[Any]] = {"set": [], "revoked": []}
     size = 0
     for field, items in (("set", routes), ("revoked", revoked)):
         for item, length in items:
@@ -188,7 +201,7 @@ def pack_frames(full: bool, routes: list[tuple[dict[str, Any], int]], withdrawn:
     return frames
 
 
-def _frame(full: bool, items: dict[str, list[dict[str, Any]]], withdrawn: list[list[str]], *, more: bool
+def _frame(full: bool, items: dict[str, list[Any]], withdrawn: list[list[str]], *, more: bool
            ) -> dict[str, Any]:
     frame: dict[str, Any] = {"full": full, "set": items["set"], "withdraw": withdrawn, "more": more}
     if items["revoked"]:

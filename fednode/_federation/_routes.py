@@ -102,6 +102,20 @@ class Route:
             wire["proof"] = proof.to_wire()
         return wire
 
+    def wire_text(self, path: Path, proof: Proof | None = None) -> str:
+        """:meth:`to_wire` as JSON text, made without parsing a packed catalog (its definitions are
+        JSON already)."""
+        head = _pack({"origin": self.origin, "server": self.server, "prefix": self.prefix, "path": list(path),
+                      "digest": self.digest})
+        catalog = ",".join(f"{_pack(kind)}:[{','.join(i if isinstance(i, str) else _pack(i) for i in items)}]"
+                           for kind, items in self.catalog.items())
+        text = f'{head[:-1]},"catalog":{{{catalog}}},"extensions":{_pack(dict(self.extensions))}'
+        if self.timeout is not None:
+            text += f',"timeout":{_pack(self.timeout)}'
+        if proof is not None:
+            text += f',"proof":{_pack(proof.to_wire())}'
+        return text + "}"
+
     def unpacked_catalog(self) -> dict[str, list[dict[str, Any]]]:
         """The catalog with every definition parsed (new objects for packed ones)."""
         return {k: [unpacked(item) for item in v] for k, v in self.catalog.items()}

@@ -156,12 +156,25 @@ def _body(message: Message) -> dict[str, Any]:
     return body
 
 
+@attrs.frozen
+class RawJSON:
+    """A notification's params already encoded as JSON text, put in the frame as they are.
+
+    For large payloads built from parts that are JSON already (a packed catalog's definitions):
+    nothing is parsed and encoded again. The text must be one JSON value; nothing checks it.
+    """
+
+    text: str
+
+
 def encode(message: Message) -> str:
     """Serialise a message to the text of one frame.
 
     Raises:
         ProtocolError: a payload is not JSON-serialisable.
     """
+    if isinstance(message, Notification) and isinstance(message.params, RawJSON):
+        return f'{{"type":"notification","method":{_dumps(message.method)},"params":{message.params.text}}}'
     try:
         return _dumps(_body(message))
     except (TypeError, ValueError, RecursionError) as exc:
