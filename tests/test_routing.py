@@ -301,6 +301,8 @@ class TestProvenRoutes:
         assert received.applied and not received.unverified
         via_b, via_d = table.learned["node-b"][("node-c", "s")], table.learned["node-d"][("node-c", "s")]
         assert via_d.catalog is via_b.catalog and [t["name"] for t in via_d.unpacked_catalog()["tools"]] == ["a", "b"]
+        assert all(isinstance(item, str) for item in via_b.catalog["tools"])  # held packed, names kept
+        assert via_b.names is not None and via_d.names == via_b.names and via_b.names["tools"] == ("a", "b")
         # Without a copy held, the same tampered catalog is refused for its digest.
         table.link_down("node-b")
         table.link_down("node-d")

@@ -17,9 +17,9 @@ from collections.abc import Collection, Generator, Mapping
 from typing import Any
 
 from .._errors import METHOD_NOT_FOUND, NODE_UNREACHABLE, SERVER_UNAVAILABLE, UNKNOWN_NAME, ForwardError
-from ._claims import Entry, ServerClaim, item_name
+from ._claims import Entry, ServerClaim
 from ._pacer import drain
-from ._routes import KINDS, Key, Route
+from ._routes import KINDS, Key, Route, item_name
 from ._withdrawn import WithdrawnNames, template_regex
 
 __all__ = ["Catalog", "Entry", "item_name"]

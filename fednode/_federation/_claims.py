@@ -10,12 +10,12 @@ is left to the catalog (it depends on every server), which does it with these pr
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
-from ._routes import KINDS, Item, Route, unpacked
+from ._routes import KINDS, Item, Route, item_name, unpacked
 
 #: Replicas of one server, nearest first: each route and the peer it goes through (None: attached here).
 Replicas = Sequence[tuple[Route, "str | None"]]
@@ -52,13 +52,6 @@ class Entry:
         return shown
 
 
-def item_name(kind: str, definition: Mapping[str, Any]) -> str | None:
-    """The name a definition of ``kind`` is known by (a URI for resources, a URI template for templates)."""
-    key = "uri" if kind == "resources" else "uriTemplate" if kind == "resourceTemplates" else "name"
-    value = definition.get(key)
-    return value if isinstance(value, str) else None
-
-
 def replicas_signature(replicas: Replicas) -> tuple[tuple[int, str, str, str | None], ...]:
     """What a server's entries depend on: each replica's catalog (by identity: a route's catalog is
     never changed in place, a new advertisement brings a new one), prefix, origin and next hop, in order."""
@@ -89,8 +82,9 @@ class ServerClaim:
         self._made: dict[tuple[str, int, str], Entry] = {}
         for kind in KINDS:
             items: list[tuple[str, str, Item]] = []
-            for definition in nearest.catalog.get(kind, ()):
-                name = item_name(kind, unpacked(definition))
+            names = nearest.names.get(kind) if nearest.names is not None else None  # kept when packed
+            for index, definition in enumerate(nearest.catalog.get(kind, ())):
+                name = names[index] if names is not None else item_name(kind, unpacked(definition))
                 if name is None:
                     continue
                 exposed = f"{nearest.prefix}__{name}" if kind in ("tools", "prompts") and nearest.prefix else name

@@ -76,6 +76,8 @@ class Route:
     proof: Proof | None = attrs.field(default=None, eq=False, repr=False)
     #: the peer whose word this route was taken on, unverified (``[[peers]] vouch``); None: verified
     vouched_by: str | None = attrs.field(default=None, eq=False)
+    #: the name of each definition by kind, in the catalog's order, kept by :func:`packed` (None: not kept)
+    names: Mapping[str, tuple[str | None, ...]] | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def items(self) -> int:
@@ -135,8 +137,16 @@ def packed(route: Route) -> Route:
     dropping it gives its memory back; it is parsed where a definition is needed (listing it, a
     tool's input schema, passing the route on).
     """
+    names = {kind: tuple(item_name(kind, unpacked(item)) for item in items) for kind, items in route.catalog.items()}
     return attrs.evolve(route, catalog={kind: tuple(item if isinstance(item, str) else _pack(item) for item in items)
-                                        for kind, items in route.catalog.items()})
+                                        for kind, items in route.catalog.items()}, names=names)
+
+
+def item_name(kind: str, definition: Mapping[str, Any]) -> str | None:
+    """The name a definition of ``kind`` is known by (a URI for resources, a URI template for templates)."""
+    key = "uri" if kind == "resources" else "uriTemplate" if kind == "resourceTemplates" else "name"
+    value = definition.get(key)
+    return value if isinstance(value, str) else None
 
 
 _pack = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode

@@ -230,7 +230,7 @@ class RoutingTable:
                 refused.append((route.key, why))
                 continue
             if known is not None and route.vouched_by is None:
-                route = attrs.evolve(route, catalog=known.catalog, extensions=known.extensions,
+                route = attrs.evolve(route, catalog=known.catalog, names=known.names, extensions=known.extensions,
                                      timeout=known.timeout)
                 problems: list[str] = []
             else:
