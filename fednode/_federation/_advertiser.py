@@ -3,7 +3,6 @@ origins' tombstones of withdrawn servers it has not been sent yet."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -14,7 +13,7 @@ from .._errors import FednodeError
 from .._peers._wire import RawJSON
 from ._pacer import Pacer
 from ._route_proof import Proof, Tombstone
-from ._routes import Key, Path, Route
+from ._routes import Key, Path, Route, compact_json
 from ._routing import PeerPolicy, RoutingTable
 
 ROUTES_METHOD = "fed/routes"
@@ -163,7 +162,7 @@ class Advertiser:
         except FednodeError as exc:  # no key to sign with: the peer cannot believe it anyway
             self._throttled.error("routes.not_signed", key=peer_id, peer=peer_id, error=str(exc))
             return None
-        text = _json(item)
+        text = compact_json(item)
         return text, len(text)
 
     def frame_budget(self) -> int:
@@ -171,13 +170,10 @@ class Advertiser:
         return int(self._max_message_size * 0.9) - 1024
 
 
-_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
-
-
 def frame_json(frame: Mapping[str, Any]) -> RawJSON:
     """A frame from :func:`pack_frames` whose routes and tombstones are JSON texts, as JSON."""
-    text = (f'{{"full":{_json(frame["full"])},"set":[{",".join(frame["set"])}],'
-            f'"withdraw":{_json(frame["withdraw"])},"more":{_json(frame["more"])}')
+    text = (f'{{"full":{compact_json(frame["full"])},"set":[{",".join(frame["set"])}],'
+            f'"withdraw":{compact_json(frame["withdraw"])},"more":{compact_json(frame["more"])}')
     if "revoked" in frame:
         text += f',"revoked":[{",".join(frame["revoked"])}]'
     return RawJSON(text + "}")

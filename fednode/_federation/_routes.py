@@ -107,15 +107,15 @@ class Route:
     def wire_text(self, path: Path, proof: Proof | None = None) -> str:
         """:meth:`to_wire` as JSON text, made without parsing a packed catalog (its definitions are
         JSON already)."""
-        head = _pack({"origin": self.origin, "server": self.server, "prefix": self.prefix, "path": list(path),
+        head = compact_json({"origin": self.origin, "server": self.server, "prefix": self.prefix, "path": list(path),
                       "digest": self.digest})
-        catalog = ",".join(f"{_pack(kind)}:[{','.join(i if isinstance(i, str) else _pack(i) for i in items)}]"
+        catalog = ",".join(f"{compact_json(kind)}:[{','.join(packed_item(i) for i in items)}]"
                            for kind, items in self.catalog.items())
-        text = f'{head[:-1]},"catalog":{{{catalog}}},"extensions":{_pack(dict(self.extensions))}'
+        text = f'{head[:-1]},"catalog":{{{catalog}}},"extensions":{compact_json(dict(self.extensions))}'
         if self.timeout is not None:
-            text += f',"timeout":{_pack(self.timeout)}'
+            text += f',"timeout":{compact_json(self.timeout)}'
         if proof is not None:
-            text += f',"proof":{_pack(proof.to_wire())}'
+            text += f',"proof":{compact_json(proof.to_wire())}'
         return text + "}"
 
     def unpacked_catalog(self) -> dict[str, list[dict[str, Any]]]:
@@ -138,8 +138,13 @@ def packed(route: Route) -> Route:
     tool's input schema, passing the route on).
     """
     names = {kind: tuple(item_name(kind, unpacked(item)) for item in items) for kind, items in route.catalog.items()}
-    return attrs.evolve(route, catalog={kind: tuple(item if isinstance(item, str) else _pack(item) for item in items)
+    return attrs.evolve(route, catalog={kind: tuple(packed_item(item) for item in items)
                                         for kind, items in route.catalog.items()}, names=names)
+
+
+def packed_item(item: Item) -> str:
+    """A definition as JSON text (a packed one as it is)."""
+    return item if isinstance(item, str) else compact_json(item)
 
 
 def item_name(kind: str, definition: Mapping[str, Any]) -> str | None:
@@ -149,7 +154,8 @@ def item_name(kind: str, definition: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-_pack = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+#: JSON as the peer protocol writes it (compact, UTF-8 as is): packed definitions, routes as text
+compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
 def catalog_digest(catalog: Mapping[str, Any]) -> str:
