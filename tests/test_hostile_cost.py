@@ -118,7 +118,9 @@ def flood_frame(number: int) -> dict[str, Any]:
 def evil_routes(node: fednode.Node) -> tuple[int, int]:
     """How many routes owned by evil ``node`` holds, and their catalogs' size as JSON."""
     found = [route for table in node.federation.learned.values() for key, route in table.items() if key[0] == "evil"]
-    return len(found), sum(len(json.dumps(route.unpacked_catalog())) for route in found)
+    # Packed definitions are JSON already: their lengths (no parsing, this runs every 10 ms).
+    return len(found), sum(len(item) if isinstance(item, str) else len(json.dumps(item))
+                           for route in found for items in route.catalog.values() for item in items)
 
 
 async def answer_pings(ws: WebSocketConnection) -> None:
