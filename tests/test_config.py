@@ -23,7 +23,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fednode
-from fednode._config._config import describe, parse_duration
+from fednode._config._config import parse_duration
+from fednode._config._describe import describe
 
 from conftest import SECRET, raw_config
 

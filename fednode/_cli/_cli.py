@@ -14,7 +14,8 @@ from typing import NoReturn
 import click
 import trio
 
-from .._config._config import NodeConfig, describe
+from .._config._config import NodeConfig
+from .._config._describe import describe
 from .._config._logging import LEVELS, configure_logging
 from .._errors import BindError, FednodeError, leaves
 from .._node._node import Node, open_node

@@ -34,7 +34,6 @@ from ._config_load import (
     min_length,
     one_of,
     pattern,
-    shown_url,
     unknown_keys,
     url_of,
     url_problem,
@@ -557,37 +556,3 @@ def _servers(load: Loader, raw: Mapping[str, Any]) -> tuple[ServerConfig, ...]:
             python = server.command in ("python", "python3")
             result.append(attrs.evolve(server, command=sys.executable) if python else server)
     return tuple(result)
-
-
-def describe(config: NodeConfig) -> str:
-    """A human-readable summary of a configuration, free of secrets (for ``check-config``)."""
-    auth = config.auth
-    keys = (f"{len(auth.secrets)} shared secret(s)" if auth.algorithm == "HS512"
-            else "Ed25519 key pair")
-    lines = [
-        f"node {config.id}",
-        f"  control   {config.control}",
-        f"  data      {config.data}",
-        f"  auth      jwt {auth.algorithm}, {keys}, token ttl {auth.token_ttl:g}s, leeway {auth.leeway:g}s",
-        f"  heartbeat every {config.heartbeat.interval:g}s, dead after {config.heartbeat.timeout:g}s",
-        f"  backoff   {config.backoff.initial:g}s .. {config.backoff.max:g}s (full jitter)",
-        f"  peers     {len(config.peers)}",
-    ]
-    for peer in config.peers:
-        how = f"dial {peer.control}" if peer.control else "dials in only"
-        own = ""
-        if peer.secrets:
-            own = f", own secret ({len(peer.secrets)})"
-        elif peer.public_keys:
-            own = f", {len(peer.public_keys)} public key(s)"
-        vouch = ", vouches for others' routes" if peer.vouch else ""
-        lines.append(f"    - {peer.id}: {how}{own}{vouch}")
-    if config.nodes:
-        lines.append(f"  nodes     {len(config.nodes)} (keys of nodes that are not peers)")
-    lines.append(f"  servers   {len(config.servers)}")
-    for server in config.servers:
-        # Arguments and URLs can carry credentials: show the command only, and URLs masked.
-        what = (f"stdio: {server.command} (+{len(server.args)} args)" if server.command
-                else f"http: {shown_url(server.url or '')}")
-        lines.append(f"    - {server.id}: {what} (prefix {server.exposed_prefix!r})")
-    return "\n".join(lines)

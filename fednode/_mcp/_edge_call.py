@@ -18,6 +18,7 @@ from mcp.server.context import ServerRequestContext
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
+from .._config._callers import Caller
 from .._errors import INTERNAL_ERROR, EdgeError
 
 __all__ = ["FORWARDED_METHODS", "KINDS", "EdgeCall", "Forwarder", "ProgressReporter"]
@@ -85,13 +86,15 @@ class EdgeCall:
             None for 2026-07-28 requests, which carry it in ``meta``.
         client_capabilities: the capabilities a legacy client declared, as a wire dict; None for
             2026-07-28 requests (see ``meta``).
+        caller: who is calling, as the edge established it (None: an anonymous client of this node).
     """
 
     def __init__(self, *, method: str, protocol_version: str, meta: Mapping[str, Any] | None = None,
                  session_key: str | None = None, request_id: str | int | None = None,
                  client_info: dict[str, Any] | None = None, client_capabilities: dict[str, Any] | None = None,
                  progress: ProgressReporter | None = None,
-                 ask: Callable[[str, Mapping[str, Any] | None], Awaitable[dict[str, Any]]] | None = None) -> None:
+                 ask: Callable[[str, Mapping[str, Any] | None], Awaitable[dict[str, Any]]] | None = None,
+                 caller: Caller | None = None) -> None:
         self.method = method
         self.protocol_version = protocol_version
         self.era: Literal["legacy", "modern"] = "modern" if protocol_version in MODERN_PROTOCOL_VERSIONS \
@@ -101,6 +104,7 @@ class EdgeCall:
         self.request_id = request_id
         self.client_info = client_info
         self.client_capabilities = client_capabilities
+        self.caller = caller
         self._progress = progress
         self._ask = ask
         self._notify: Callable[[str, Mapping[str, Any] | None], Awaitable[None]] | None = None

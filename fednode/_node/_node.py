@@ -13,16 +13,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 import trio
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from .._config._auth import AuthManager
 from .._config._config import NodeConfig, PeerConfig, ServerConfig
 from .._config._signing import Keyring
 from .._errors import (
     BindError,
-    FednodeError,
     PeerUnavailableError,
     UnknownPeerError,
     reraise,
@@ -51,8 +47,8 @@ from .._peers._supervisor import PeerStatus, PeerSupervisor
 from .._version import __version__
 from ._metrics import CONTENT_TYPE, NodeMetrics
 from ._reload import ReloadResult as ReloadResult
-from ._reload import plan_reload, read_new_config
-from ._status import node_status
+from ._reload import reload_node
+from ._status import node_status, status_routes
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
 
@@ -121,8 +117,7 @@ class Node:
                                         self._request_timeout)
         self.edge = MCPEdge(forwarder, name=f"fednode {config.id}", version=__version__, logger=self.log,
                             client_tokens=[t.reveal().decode() for t in config.clients.tokens],
-                            routes=[Route("/status", self._status_endpoint, methods=["GET"]),
-                                    Route("/metrics", self._metrics_endpoint, methods=["GET"])],
+                            routes=status_routes(self.status, self.metrics.render, CONTENT_TYPE),
                             limits=ClientLimits(config.clients, self.metrics.observe_limited))
         self.data_port: int | None = None
 
@@ -347,12 +342,6 @@ class Node:
         """Forwarded MCP requests being executed or passed on by this node right now."""
         return self.federation.in_flight + self.peers.passing_on()
 
-    async def _status_endpoint(self, request: Request) -> Response:
-        return JSONResponse(self.status())
-
-    async def _metrics_endpoint(self, request: Request) -> Response:
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
-
     async def reload(self, source: NodeConfig | str | os.PathLike[str]) -> ReloadResult:
         """Apply a new configuration (or re-read a file) without a restart.
 
@@ -364,45 +353,11 @@ class Node:
         refused and the running one stays. The outcome is logged and shown by status and metrics.
         """
         async with self._reload_lock:
-            new, error = read_new_config(source, self.id)
-            if new is None:
-                result = ReloadResult(ok=False, at=trio.current_time(), error=error,
-                                      summary="refused; the running configuration stays")
-                self.log.error("node.reload_refused", error=error)
-            else:
-                try:
-                    result = await self._apply(new)
-                    self.log.info("node.reloaded", summary=result.summary)
-                except (FednodeError, ValueError) as exc:  # e.g. the node began to shut down meanwhile
-                    result = ReloadResult(ok=False, at=trio.current_time(), error=f"reload stopped part-way: {exc}",
-                                          summary="failed part-way; see the error")
-                    self.log.error("node.reload_failed", error=str(exc))
+            result = await reload_node(self, source)
             self.reload_count += 1
             self.last_reload = result
             self.metrics.reloads.labels("ok" if result.ok else "refused").inc()
             return result
-
-    async def _apply(self, new: NodeConfig) -> ReloadResult:
-        plan = plan_reload(self.config, new)
-        self.config = plan.effective
-        before = self.auth.fingerprint()
-        self.auth.update(new.auth)
-        auth_changed = self.auth.fingerprint() != before
-        self.edge.set_clients(new.clients)
-        new_peers = {peer.id: peer for peer in new.peers}
-        self.peers.retune(new_peers[peer_id] for peer_id in plan.peers_retuned)  # their links stay up
-        for peer_id in plan.peers_removed:
-            if self.has_peer(peer_id):
-                await self.remove_peer(peer_id)
-        for peer_id in [*plan.peers_changed, *plan.peers_added]:
-            await self.register_peer(new_peers[peer_id], wait=False)
-        new_servers = {server.id: server for server in new.servers}
-        for server_id in plan.servers_removed:
-            if server_id in self.attached.upstreams:
-                await self.remove_server(server_id)
-        for server_id in [*plan.servers_changed, *plan.servers_added]:
-            await self.add_server(new_servers[server_id], wait=False)
-        return plan.result(auth_changed=auth_changed, at=trio.current_time())
 
     @property
     def data_url(self) -> str:

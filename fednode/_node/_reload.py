@@ -8,11 +8,14 @@ the plan (peers and servers removed, re-registered or added one at a time) and r
 from __future__ import annotations
 
 import os
+from typing import Any, Protocol
 
 import attrs
+import trio
 
+from .._config._auth import AuthManager
 from .._config._config import NodeConfig, PeerConfig, ServerConfig, load_config
-from .._errors import ConfigError
+from .._errors import ConfigError, FednodeError
 
 #: Sections a reload cannot change on a running node (they take effect at the next start).
 RESTART_ONLY = ("control", "data", "tls", "heartbeat", "backoff", "link", "shutdown_grace")
@@ -135,3 +138,66 @@ def read_new_config(source: NodeConfig | str | os.PathLike[str], node_id: str) -
     if new.id != node_id:
         return None, f"the new configuration is for node {new.id!r}, not {node_id!r} (node ids never change)"
     return new, None
+
+
+class Reloadable(Protocol):
+    """What a reload changes on a node (the node satisfies this)."""
+
+    id: str
+    config: NodeConfig
+    log: Any
+    auth: AuthManager
+    edge: Any
+    peers: Any
+    attached: Any
+
+    def has_peer(self, peer_id: str) -> bool: ...
+
+    async def remove_peer(self, peer_id: str) -> None: ...
+
+    async def register_peer(self, peer: PeerConfig, *, wait: bool = True, keep_retrying: bool = True) -> None: ...
+
+    async def remove_server(self, server_id: str) -> None: ...
+
+    async def add_server(self, config: ServerConfig, *, wait: bool = True, timeout: float = 30.0,
+                         server: Any = None) -> None: ...
+
+
+async def reload_node(node: Reloadable, source: NodeConfig | str | os.PathLike[str]) -> ReloadResult:
+    """Load ``source`` and apply it to ``node`` (see :meth:`fednode.Node.reload`); log the outcome."""
+    new, error = read_new_config(source, node.id)
+    if new is None:
+        node.log.error("node.reload_refused", error=error)
+        return ReloadResult(ok=False, at=trio.current_time(), error=error,
+                            summary="refused; the running configuration stays")
+    try:
+        result = await _apply(node, new)
+    except (FednodeError, ValueError) as exc:  # e.g. the node began to shut down meanwhile
+        node.log.error("node.reload_failed", error=str(exc))
+        return ReloadResult(ok=False, at=trio.current_time(), error=f"reload stopped part-way: {exc}",
+                            summary="failed part-way; see the error")
+    node.log.info("node.reloaded", summary=result.summary)
+    return result
+
+
+async def _apply(node: Reloadable, new: NodeConfig) -> ReloadResult:
+    plan = plan_reload(node.config, new)
+    node.config = plan.effective
+    before = node.auth.fingerprint()
+    node.auth.update(new.auth)
+    auth_changed = node.auth.fingerprint() != before
+    node.edge.set_clients(new.clients)
+    new_peers = {peer.id: peer for peer in new.peers}
+    node.peers.retune(new_peers[peer_id] for peer_id in plan.peers_retuned)  # their links stay up
+    for peer_id in plan.peers_removed:
+        if node.has_peer(peer_id):
+            await node.remove_peer(peer_id)
+    for peer_id in [*plan.peers_changed, *plan.peers_added]:
+        await node.register_peer(new_peers[peer_id], wait=False)
+    new_servers = {server.id: server for server in new.servers}
+    for server_id in plan.servers_removed:
+        if server_id in node.attached.upstreams:
+            await node.remove_server(server_id)
+    for server_id in [*plan.servers_changed, *plan.servers_added]:
+        await node.add_server(new_servers[server_id], wait=False)
+    return plan.result(auth_changed=auth_changed, at=trio.current_time())

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from .._federation._federation import Federation
 from .._mcp._upstream import UpstreamServer
@@ -111,3 +114,16 @@ def node_status(node: NodeView) -> dict[str, Any]:
                    "refused": dict(sorted(node.federation.routes_refused.items()))},
         "in_flight": node.in_flight(),
     }
+
+
+def status_routes(status: Callable[[], dict[str, Any]], metrics: Callable[[], bytes], content_type: str) -> list[Route]:
+    """The data port's ``GET /status`` (the JSON of ``status()``) and ``GET /metrics`` (``metrics()``, served as
+    ``content_type``)."""
+
+    async def status_endpoint(request: Request) -> Response:
+        return JSONResponse(status())
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics(), media_type=content_type)
+
+    return [Route("/status", status_endpoint, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
