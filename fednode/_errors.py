@@ -57,6 +57,9 @@ FORWARDING_LOOP = -32053
 #: The sender (a peer, a client token, a client address) is over its rate limit; ``data.retryAfter``
 #: says in how many seconds a request will be accepted again.
 RATE_LIMITED = -32054
+#: The tool or prompt is held: its definition changed since this node pinned it, and an operator has
+#: not accepted the change yet (``fednode pins accept``); ``data.changed`` names the fields.
+DEFINITION_HELD = -32060
 
 
 class FednodeError(Exception):
@@ -224,6 +227,10 @@ class RequestError(FednodeError):
 
 class ForwardError(RequestError):
     """A request could not be executed where it had to go (travels back to the caller unchanged)."""
+
+
+class StateError(FednodeError):
+    """The node's state (``[node] state_dir``, the pins file in it) cannot be used; the node does not start."""
 
 
 class HandshakeFailed(FednodeError):

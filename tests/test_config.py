@@ -257,7 +257,7 @@ _C = "ws://127.0.0.1:9002"
 
 BAD_CASES = [
     # unknown keys and wrong types
-    pytest.param(Bad("node.colour", "unknown key (allowed: control, data, id, shutdown_grace)",
+    pytest.param(Bad("node.colour", "unknown key (allowed: control, data, id, shutdown_grace, state_dir)",
                      _set("node", colour="blue"), run=True), id="unknown-key"),
     pytest.param(Bad("metrics", "unknown key (allowed: auth, backoff,", _replace("metrics", {"enabled": True})),
                  id="unknown-section"),

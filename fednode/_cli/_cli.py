@@ -17,11 +17,12 @@ import trio
 from .._config._config import NodeConfig
 from .._config._describe import describe
 from .._config._logging import LEVELS, configure_logging
-from .._errors import BindError, FednodeError, leaves
+from .._errors import BindError, FednodeError, StateError, leaves
 from .._node._node import Node, open_node
 from .._version import __version__
 from ._commands import EXIT_INTERRUPTED, config_file_options, config_path_from, debug_option, fail, register
 from ._commands import load_config_or_exit as _load_or_exit
+from ._pins import pins
 
 #: The garbage collector's thresholds in a ``fednode run`` / ``fednode mcp`` process (see
 #: :func:`tune_gc`). A node holds large, long-lived catalogs (a peer may make it hold 20,000
@@ -87,7 +88,7 @@ def _exit_for(exc: BaseException, node_id: str, debug: bool) -> NoReturn:
         fail("interrupted", EXIT_INTERRUPTED)
     lines = []
     for cause in causes:
-        if isinstance(cause, BindError):
+        if isinstance(cause, BindError | StateError):
             lines.append(f"cannot start node {node_id!r}: {cause}")
         elif isinstance(cause, FednodeError | OSError):
             lines.append(f"node {node_id!r} failed: {cause}")
@@ -173,3 +174,4 @@ def check_config(config_path: str | None, config_file: str | None) -> None:
 
 
 register(main)
+main.add_command(pins)

@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["DESCRIPTION_WIDTH", "format_result", "format_status", "format_table", "format_tools"]
+__all__ = ["DESCRIPTION_WIDTH", "format_held", "format_result", "format_status", "format_table", "format_tools"]
 
 #: Width of the description column of ``fednode tools``.
 DESCRIPTION_WIDTH = 72
@@ -137,4 +137,24 @@ def format_status(status: Mapping[str, Any]) -> str:
     lines.append(f"conflicts: {len(conflicts)}")
     lines += [f"  - {conflict}" for conflict in conflicts]
     lines.append(f"in flight: {status.get('in_flight', 0)}")
+    pins = status.get("pins")
+    if isinstance(pins, Mapping):
+        lines.append(_held_lines(pins, f"pins: {pins.get('total', 0)}"))
     return "\n".join(lines)
+
+
+def _held_lines(pins: Mapping[str, Any], head: str) -> str:
+    held = pins.get("held") or []
+    lines = [f"{head}, held: {len(held)}"]
+    if held:
+        rows = [(h.get("kind", "?")[:-1], h.get("name"), h.get("server"), h.get("origin"),
+                 ", ".join(h.get("changed") or [])) for h in held]
+        lines += ["  " + line for line in format_table(("KIND", "NAME", "SERVER", "ORIGIN", "CHANGED"), rows)]
+        lines.append("  accept with: fednode pins accept NAME (or --all)")
+    return "\n".join(lines)
+
+
+def format_held(answer: Mapping[str, Any]) -> str:
+    """The ``fednode pins list`` report: where pins are kept, how many, and the held items."""
+    where = answer.get("file") or "memory only (no [node] state_dir)"
+    return _held_lines(answer, f"pins: {answer.get('pins', 0)} in {where}")

@@ -108,6 +108,8 @@ class PeerConfig:
         rate: requests this peer may send (each over it is answered with a rate-limit error).
         vouch: whether routes from this peer whose origin or path cannot be verified are accepted on
             its word (and passed on signed by this node) instead of refused.
+        pin: whether the tool and prompt definitions learned from this peer are pinned (a changed one
+            is held until accepted); False re-pins them as they come.
     """
 
     id: str = attrs.field(validator=_check_id)
@@ -119,6 +121,7 @@ class PeerConfig:
     transit: bool = True
     vouch: bool = False
     rate: Rate = DEFAULT_PEER_RATE
+    pin: bool = True
 
     def exports(self, server_id: str) -> bool:
         """Whether routes to ``server_id`` may be advertised to this peer (``export``; default all)."""
@@ -158,6 +161,7 @@ class ServerConfig:
             the others are opened for legacy client sessions and for calls whose server may ask
             their client a question, at most half of them for the callers arriving through any one
             peer (or this node's own clients); callers beyond that share the shared connection.
+        pin: whether its tool and prompt definitions are pinned (a changed one is held until accepted).
     """
 
     id: Annotated[str, pattern(SERVER_ID_RE, "must match [a-z0-9][a-z0-9_-]{0,31}")]
@@ -173,6 +177,7 @@ class ServerConfig:
     ping_interval: Annotated[float, Duration(positive=False, at_most=MAX_REQUEST_TIMEOUT)] = 30.0
     ping_timeout: UpToADay = 10.0
     max_connections: Annotated[int, at_least(1)] = 8
+    pin: bool = True
 
     @property
     def exposed_prefix(self) -> str:
@@ -268,6 +273,8 @@ class NodeConfig:
     control: str = "ws://127.0.0.1:0"
     data: str = "http://127.0.0.1:0"
     shutdown_grace: float = 5.0
+    #: where the node keeps its state (pinned definitions); None: in memory only
+    state_dir: Path | None = None
     auth: AuthConfig = attrs.field(factory=AuthConfig)
     heartbeat: HeartbeatConfig = attrs.field(factory=HeartbeatConfig)
     backoff: BackoffConfig = attrs.field(factory=BackoffConfig)
@@ -341,6 +348,7 @@ class _NodeSection:
     control: Annotated[str, url_of(("ws", "wss"), own=True)] = "ws://127.0.0.1:0"
     data: Annotated[str, url_of(("http", "https"), own=True)] = "http://127.0.0.1:0"
     shutdown_grace: Seconds = 5.0
+    state_dir: Annotated[Path, FilePath()] | None = None
 
 
 @attrs.frozen
@@ -372,6 +380,7 @@ class _PeerEntry:
     transit: bool = True
     vouch: bool = False
     rate: RateLimit = DEFAULT_PEER_RATE
+    pin: bool = True
 
 
 @attrs.frozen
@@ -421,6 +430,7 @@ def _build(load: Loader, raw: Mapping[str, Any], source: str) -> NodeConfig:
             or tls is None or mcp is None or clients is None):
         raise ConfigError(source, load.problems or [("node", "incomplete configuration")])
     return NodeConfig(id=node.id, control=node.control, data=node.data, shutdown_grace=node.shutdown_grace,
+                      state_dir=node.state_dir,
                       auth=auth, heartbeat=heartbeat, backoff=backoff, link=link, tls=tls, peers=peers,
                       nodes=nodes, servers=servers, mcp=mcp, clients=clients, source=source)
 
@@ -500,7 +510,7 @@ def _peers(load: Loader, raw: Mapping[str, Any], node_id: str | None,
             seen[entry.id] = index
             result.append(PeerConfig(id=entry.id, control=entry.control, secrets=secrets, public_keys=keys,
                                      export=entry.export, import_=entry.import_, transit=entry.transit,
-                                     vouch=entry.vouch, rate=entry.rate))
+                                     vouch=entry.vouch, rate=entry.rate, pin=entry.pin))
     return tuple(result)
 
 

@@ -5,7 +5,8 @@ different servers claim one exposed name, a server attached to this node keeps i
 that claimed it first; the other is exposed with its owning node's id in front (tools, prompts) or
 not at all (resources, templates), and the conflict is reported. Names that left with their
 server's last route are remembered for a while (:mod:`fednode._federation._withdrawn`), so a client asking for
-one hears why it is unreachable rather than that it is unknown.
+one hears why it is unreachable rather than that it is unknown. Tools and prompts whose definitions
+changed since they were pinned (:mod:`fednode._federation._pins`) are held: left out, and refused by name.
 """
 
 from __future__ import annotations
@@ -16,9 +17,17 @@ import re
 from collections.abc import Collection, Generator, Mapping
 from typing import Any
 
-from .._errors import METHOD_NOT_FOUND, NODE_UNREACHABLE, SERVER_UNAVAILABLE, UNKNOWN_NAME, ForwardError
+from .._errors import (
+    DEFINITION_HELD,
+    METHOD_NOT_FOUND,
+    NODE_UNREACHABLE,
+    SERVER_UNAVAILABLE,
+    UNKNOWN_NAME,
+    ForwardError,
+)
 from ._claims import Entry, ServerClaim
 from ._pacer import drain
+from ._pins import Held, Pinning
 from ._routes import KINDS, Key, Route, item_name
 from ._withdrawn import WithdrawnNames, template_regex
 
@@ -38,12 +47,16 @@ class Catalog:
         incremental: reuse the entries of servers whose routes did not change since the last rebuild
             (:class:`fednode._federation._claims.ServerClaim`); False builds every entry afresh each
             time (the reference the incremental rebuild is tested against).
+        pins: the pinned definitions: items whose definitions changed are held (None: nothing is pinned).
     """
 
     def __init__(self, node_id: str, log: Any, withdrawn: WithdrawnNames | None = None, *,
-                 incremental: bool = True) -> None:
+                 incremental: bool = True, pins: Pinning | None = None) -> None:
         self.node_id = node_id
         self.incremental = incremental
+        self.pins = pins
+        #: per kind: the exposed names of the items held (left out of :attr:`entries`), each with why
+        self.held: dict[str, dict[str, tuple[Held, ...]]] = {kind: {} for kind in KINDS}
         # server id -> its entries as of the last rebuild (servers no longer routed are dropped)
         self._servers: dict[str, ServerClaim] = {}
         self.log = log
@@ -110,12 +123,14 @@ class Catalog:
 
     def _building(self, best: Mapping[Key, tuple[Route, str | None]], rtts: Mapping[str, float]
                   ) -> Generator[None, None, tuple[dict[str, dict[str, Entry]], dict[str, ServerClaim],
-                                                   dict[str, int], list[str], dict[tuple[str, str], list[str]]]]:
+                                                   dict[str, int], list[str], dict[tuple[str, str], list[str]],
+                                                   dict[str, dict[str, tuple[Held, ...]]]]]:
         # Group by server id: the same id on several nodes is one server with replicas.
         by_server: dict[str, list[tuple[Route, str | None]]] = {}
         for route, via in best.values():
             by_server.setdefault(route.server, []).append((route, via))
         entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        held_items: dict[str, dict[str, tuple[Held, ...]]] = {kind: {} for kind in KINDS}
         conflicts: list[str] = []
         contested: dict[tuple[str, str], list[str]] = {}  # (keeps the names, the other) -> contested names
         # Who keeps a contested name: a server attached here, then the one that claimed it first
@@ -132,6 +147,7 @@ class Catalog:
             # Nearest first: fewest hops, then the lowest RTT of the first hop (local is 0), then a stable order.
             replicas = sorted(by_server[server_id], key=lambda rv: (
                 len(rv[0].path), 0.0 if rv[1] is None else rtts.get(rv[1], inf), rv[0].origin))
+            held = (yield from self.pins.checking(replicas)) if self.pins is not None else {}
             claim = self._servers.get(server_id) if self.incremental else None
             if claim is None or not claim.same(replicas):
                 claim = ServerClaim(server_id, replicas)
@@ -139,10 +155,13 @@ class Catalog:
             for kind in KINDS:
                 taken = entries[kind]
                 plain = claim.plain[kind] if self.incremental else None
-                if plain is not None and taken.keys().isdisjoint(plain):
+                if plain is not None and not held and taken.keys().isdisjoint(plain):
                     taken.update(plain)  # no name contested: every item under its own name, in order
                     continue
-                for index, (exposed, _name, _definition) in enumerate(claim.items[kind]):
+                for index, (exposed, name, _definition) in enumerate(claim.items[kind]):
+                    if held and (kind, name) in held:
+                        held_items[kind][exposed] = held[(kind, name)]  # left out until accepted
+                        continue
                     if exposed in taken:
                         other = taken[exposed]
                         contested.setdefault((other.server, server_id), []).append(exposed)
@@ -159,11 +178,15 @@ class Catalog:
                                          f"the second is exposed as {renamed!r}")
                         exposed = renamed
                     taken[exposed] = claim.entry(kind, index, exposed)
-        return entries, claims, claimed, conflicts, contested
+        if self.pins is not None:
+            self.pins.retain(best.keys())
+        return entries, claims, claimed, conflicts, contested, held_items
 
     def _commit(self, entries: dict[str, dict[str, Entry]], claims: dict[str, ServerClaim], claimed: dict[str, int],
-                conflicts: list[str], contested: dict[tuple[str, str], list[str]]) -> None:
+                conflicts: list[str], contested: dict[tuple[str, str], list[str]],
+                held: dict[str, dict[str, tuple[Held, ...]]]) -> None:
         self.generation += 1
+        self.held = held
         self._servers = claims
         self._claimed = claimed
         self._log_conflicts(contested, conflicts)
@@ -236,7 +259,8 @@ class Catalog:
             name = params.get("name")
             entry = self.entries[kind].get(name) if isinstance(name, str) else None
             if entry is None:
-                raise self._withdrawn_error(kind, name) or ForwardError(UNKNOWN_NAME, f"Unknown {kind[:-1]}: {name}")
+                raise (self._held_error(kind, name) or self._withdrawn_error(kind, name)
+                       or ForwardError(UNKNOWN_NAME, f"Unknown {kind[:-1]}: {name}"))
             upstream_params["name"] = entry.name
             return entry, upstream_params
         if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
@@ -254,7 +278,9 @@ class Catalog:
                 if entry is not None:
                     upstream_params["ref"] = {**ref, "name": entry.name}
                     return entry, upstream_params
-                if (error := self._withdrawn_error("prompts", ref.get("name"))) is not None:
+                prompt = ref.get("name")
+                error = self._held_error("prompts", prompt) or self._withdrawn_error("prompts", prompt)
+                if error is not None:
                     raise error
             if isinstance(ref, dict) and ref.get("type") == "ref/resource":
                 uri = ref.get("uri", "")
@@ -267,11 +293,47 @@ class Catalog:
             raise ForwardError(UNKNOWN_NAME, f"Unknown completion reference: {json.dumps(ref)[:200]}")
         raise ForwardError(METHOD_NOT_FOUND, f"Method not forwarded: {method}")
 
+    def held_items(self) -> list[dict[str, Any]]:
+        """The tools and prompts held because their definitions changed (see :mod:`._pins`), by exposed name."""
+        return [item.to_json(exposed) for kind in ("tools", "prompts")
+                for exposed, items in sorted(self.held[kind].items()) for item in items]
+
+    def accept_held(self, names: list[str] | None) -> list[dict[str, Any]]:
+        """Pin the definitions the held items exposed as ``names`` (None: all of them) have now: an
+        operator accepted them. They are listed at the next rebuild (the caller's to start).
+
+        Returns:
+            The items accepted (as :meth:`held_items` shows them).
+
+        Raises:
+            LookupError: a name that is not held (saying whether it is listed, or unknown).
+        """
+        chosen: list[tuple[str, Held]] = []
+        for name in names if names is not None else sorted({*self.held["tools"], *self.held["prompts"]}):
+            found = [(name, item) for kind in ("tools", "prompts") for item in self.held[kind].get(name, ())]
+            if not found:
+                listed = any(name in self.entries[kind] for kind in ("tools", "prompts"))
+                raise LookupError(f"{name!r} is not held (it is listed and callable)" if listed else
+                                  f"no tool or prompt named {name!r} is held here (fednode pins list shows those held)")
+            chosen += found
+        if chosen and self.pins is not None:
+            self.pins.accept(item for _name, item in chosen)
+        return [item.to_json(name) for name, item in chosen]
+
     def _template_for(self, uri: str) -> Entry | None:
         for pattern, entry in self._templates:
             if pattern.match(uri):
                 return entry
         return None
+
+    def _held_error(self, kind: str, name: object) -> ForwardError | None:
+        """The error for a held tool or prompt, naming what changed (None: not held)."""
+        held = self.held[kind].get(name) if isinstance(name, str) else None
+        if not held:
+            return None
+        changed = sorted({field for item in held for field in item.changed})
+        return ForwardError(DEFINITION_HELD, held[0].message(str(name)),
+                            {"name": name, "server": held[0].server, "origin": held[0].origin, "changed": changed})
 
     def _withdrawn_error(self, kind: str, name: object) -> ForwardError | None:
         """The unreachable error for a name withdrawn recently (None: not one of those)."""

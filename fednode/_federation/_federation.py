@@ -43,6 +43,7 @@ from ._forwarding import (
 )
 from ._local import LocalServers, ProgressFn, ServerCatalogLike
 from ._pacer import Pacer
+from ._pins import Pinning, PinStore
 from ._route_intake import RouteIntake
 from ._route_proof import ROUTE_TTL, Proof, RouteProofs
 from ._routes import (
@@ -121,6 +122,9 @@ class Federation:
         started_at: when the node started (trio clock), for the ``first_list_wait`` bound.
         on_change: called with the kinds that changed (``tools``, ..., ``extensions``) whenever the
             exposed catalog changes; it must return at once (it runs inside the change).
+        pins: the pinned tool and prompt definitions (None: nothing is pinned or held).
+        pin_enabled: ``pin_enabled(via, server)``: whether the definitions of ``server`` reached
+            through peer ``via`` (None: attached here) are pinned (that peer's or server's ``pin``).
 
     The methods peers call on this node are in :attr:`handlers`, for the node to serve.
     """
@@ -130,7 +134,8 @@ class Federation:
                  request: Callable[..., Awaitable[Any]], notify: Callable[[str, str, Any], Awaitable[None]],
                  observe: Callable[..., None], started: Callable[[], bool], started_at: float,
                  on_change: Callable[[set[str]], None] = lambda kinds: None,
-                 refused: Callable[[str, str, str], None] | None = None) -> None:
+                 refused: Callable[[str, str, str], None] | None = None, pins: PinStore | None = None,
+                 pin_enabled: Callable[[str | None, str], bool] = lambda via, server: True) -> None:
         self.id = node_id
         self.log = log
         self._peers = peers
@@ -151,7 +156,9 @@ class Federation:
         self.routes_refused: collections.Counter[str] = collections.Counter()
         # names that left the catalog because every route to their server went: answered with the
         # unreachable error for a while instead of "unknown" (see _withdrawn)
-        self.catalog = Catalog(node_id, self.log, WithdrawnNames())
+        self.pins = pins
+        self.catalog = Catalog(node_id, self.log, WithdrawnNames(),
+                               pins=None if pins is None else Pinning(pins, node_id, pin_enabled))
         # Route updates from peers are merged and applied at a bounded rate (see _route_intake).
         self.intake = RouteIntake(self._apply_routes, known=lambda peer_id: self.table.learned.get(peer_id, {}),
                                   limits=self.table.limits, log=self.log)
@@ -465,6 +472,21 @@ class Federation:
     def resolve(self, method: str, params: Mapping[str, Any]) -> tuple[Entry, dict[str, Any]]:
         """Find the entry a client request is about (see :meth:`fednode._federation._catalog.Catalog.resolve`)."""
         return self.catalog.resolve(method, params)
+
+    def held(self) -> list[dict[str, Any]]:
+        """The tools and prompts held because their definitions changed (see :meth:`Catalog.held_items`)."""
+        return self.catalog.held_items()
+
+    def accept_pins(self, names: list[str] | None) -> list[dict[str, Any]]:
+        """Accept held items (see :meth:`Catalog.accept_held`): listed and callable again at once.
+
+        Raises:
+            LookupError: a name that is not held.
+        """
+        accepted = self.catalog.accept_held(names)
+        if accepted:
+            self._changed()
+        return accepted
 
     def routes_by_origin(self) -> dict[str, int]:
         """How many attached servers are reachable from here, per owning node (this one included)."""

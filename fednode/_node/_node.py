@@ -46,6 +46,7 @@ from .._peers._registry import PeerRegistry
 from .._peers._supervisor import PeerStatus, PeerSupervisor
 from .._version import __version__
 from ._metrics import CONTENT_TYPE, NodeMetrics
+from ._pins import PinKeeper
 from ._reload import ReloadResult as ReloadResult
 from ._reload import reload_node
 from ._status import node_status, status_routes
@@ -103,6 +104,8 @@ class Node:
         # servers' notifications for this node's legacy sessions with no request in flight, to the edge
         notices, self._notices_received = trio.open_memory_channel[Notice](NOTICE_BUFFER)
         calls = ClientCalls(config.id, notices, self._request_timeout)
+        #: the pinned tool and prompt definitions, kept in [node] state_dir (or in memory)
+        self.pin_keeper = PinKeeper(config.state_dir, self.log)
         self.attached = AttachedServers(config.id, nursery, backoff=config.backoff, log=self.log, jitter=jitter,
                                         request=self.request, notify=self.notify, routes=table,
                                         request_timeout=self._request_timeout, client=calls)
@@ -110,14 +113,16 @@ class Node:
                                      mcp=lambda: self.config.mcp, limits=config.link, request=self.request,
                                      notify=self.notify, observe=self.metrics.observe_forward,
                                      started=lambda: self.started, started_at=self.started_at,
-                                     on_change=self._catalog_changed, refused=self.metrics.observe_refused)
+                                     on_change=self._catalog_changed, refused=self.metrics.observe_refused,
+                                     pins=self.pin_keeper.store, pin_enabled=self._pin_enabled)
         self.handlers.merge(self.federation.handlers)
         self.handlers.merge(self.attached.sessions.handlers)
         forwarder = FederationForwarder(self.federation, calls, self.attached.sessions.end, config.id,
                                         self._request_timeout)
         self.edge = MCPEdge(forwarder, name=f"fednode {config.id}", version=__version__, logger=self.log,
                             client_tokens=[t.reveal().decode() for t in config.clients.tokens],
-                            routes=status_routes(self.status, self.metrics.render, CONTENT_TYPE),
+                            routes=[*status_routes(self.status, self.metrics.render, CONTENT_TYPE),
+                                    *self.pin_keeper.routes(self.federation, lambda: self.config.clients.tokens)],
                             limits=ClientLimits(config.clients, self.metrics.observe_limited))
         self.data_port: int | None = None
 
@@ -328,6 +333,15 @@ class Node:
         # Extensions the attached servers support (anywhere) are advertised to clients as ours.
         self.edge.catalog_changed(kinds - {"extensions"}, self.federation.extensions)
 
+    def _pin_enabled(self, via: str | None, server: str) -> bool:
+        """Whether the definitions of ``server`` reached through peer ``via`` (None: attached here) are
+        pinned: the ``pin`` of that peer, or of that server (read at each check: a reload may change it)."""
+        if via is None:
+            upstream = self.attached.upstreams.get(server)
+            return upstream is None or upstream.config.pin
+        peer = self.peers.peer_config(via)
+        return peer is None or peer.pin
+
     def count_refused(self, reason: str) -> None:
         """Count one refused authentication by reason (shown by the metrics)."""
         self.refused[reason] += 1
@@ -380,6 +394,7 @@ class Node:
         await self._nursery.start(self.edge.relay_notices, self._notices_received)
         await self._nursery.start(self.edge.announce_changes)
         await self._nursery.start(self.federation.refresh)
+        await self._nursery.start(self.pin_keeper.keep_saved)
         # Peers first: a configured peer dialing in the moment the listener opens must find its
         # supervisor (and its key) in place, not be refused as an unknown issuer.
         for peer in self.config.peers:
@@ -409,6 +424,7 @@ class Node:
                 started = trio.current_time()
                 self.log.info("node.shutdown", peers=len(self.peers.peer_ids()), grace=self.config.shutdown_grace)
                 await self.peers.close("node shutting down")
+                await self.pin_keeper.save()  # pins made in the last moments too
                 self._nursery.cancel_scope.cancel()
                 self.log.info("node.stopped", seconds=round(trio.current_time() - started, 3))
 

@@ -18,7 +18,7 @@ from .._config._config import NodeConfig, PeerConfig, ServerConfig, load_config
 from .._errors import ConfigError, FednodeError
 
 #: Sections a reload cannot change on a running node (they take effect at the next start).
-RESTART_ONLY = ("control", "data", "tls", "heartbeat", "backoff", "link", "shutdown_grace")
+RESTART_ONLY = ("control", "data", "tls", "heartbeat", "backoff", "link", "shutdown_grace", "state_dir")
 
 
 @attrs.frozen
