@@ -52,7 +52,8 @@ def open_state_dir(path: Path) -> Path:
         StateError: saying what is wrong with it.
     """
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.exists():
+            path.mkdir(mode=0o700, parents=True)
         info = path.stat()
     except OSError as exc:
         raise StateError(f"state_dir {path}: cannot create it: {exc.strerror or exc}") from None

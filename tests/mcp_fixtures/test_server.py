@@ -6,7 +6,7 @@ Run it as a subprocess::
                                              [--stubborn] [--spawn-child] [--leak-stdout]
                                              [--exit-after SECONDS] [--noise] [--refuse-log-level]
                                              [--http PORT] [--freezable]
-                                             [--slow-start SECONDS]
+                                             [--slow-start SECONDS] [--description-file PATH]
 
 It speaks both protocol eras (the SDK picks the era from the client's first request) over stdio, or
 Streamable HTTP on 127.0.0.1 with ``--http`` (it then prints ``url <URL>`` on stdout once listening;
@@ -46,6 +46,8 @@ Options that make it misbehave on purpose:
 
 ``--legacy-only`` with ``--http`` answers requests of the 2026-07-28 era with HTTP 400, as a server
 from before that era does.
+- ``--description-file PATH``: give ``echo`` the description in that file, read anew at each list (a
+  server changing a tool's definition under its clients: a "rug pull"); ``grow()`` makes clients list again.
 - ``--slow-start SECONDS``: answer ``server/discover``, ``initialize`` and the first page of each
   list only that long after receiving them (a server starting up on a busy machine); stdio only.
 """
@@ -107,8 +109,9 @@ class Fixture:
     """The server's state: the tool list grows at run time."""
 
     def __init__(self, name: str, many: int, page_size: int, refuse_log_level: bool = False,
-                 freezable: bool = False) -> None:
+                 freezable: bool = False, description_file: str | None = None) -> None:
         self.name = name
+        self.description_file = description_file
         self.page_size = page_size
         self.bus = InMemorySubscriptionBus()
         self.tools: list[types.Tool] = [
@@ -160,7 +163,12 @@ class Fixture:
         return items[start:end], (str(end) if end < len(items) else None)
 
     async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        tools, cursor = self.page(([ROOTS_TOOL] if _declares_roots(ctx) else []) + self.tools, params)
+        listed = self.tools
+        if self.description_file is not None:
+            description = (await anyio.Path(self.description_file).read_text(encoding="utf-8")).strip()
+            listed = [tool.model_copy(update={"description": description}) if tool.name == "echo" else tool
+                      for tool in listed]
+        tools, cursor = self.page(([ROOTS_TOOL] if _declares_roots(ctx) else []) + listed, params)
         return types.ListToolsResult(tools=tools, next_cursor=cursor)
 
     async def call_tool(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
@@ -399,6 +407,7 @@ def main() -> None:
     parser.add_argument("--http", type=int, default=None, metavar="PORT")
     parser.add_argument("--freezable", action="store_true")
     parser.add_argument("--slow-start", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--description-file", default=None, metavar="PATH")
     args = parser.parse_args()
 
     print(f"fixture {args.name} starting", file=sys.stderr, flush=True)
@@ -416,7 +425,8 @@ def main() -> None:
     if args.noise:
         sys.stdout.buffer.write(b"\xff\xfe not utf-8 \xc3\x28\n this is not JSON\n")
         sys.stdout.buffer.flush()
-    fixture = Fixture(args.name, args.many, args.page_size, args.refuse_log_level, args.freezable)
+    fixture = Fixture(args.name, args.many, args.page_size, args.refuse_log_level, args.freezable,
+                      args.description_file)
     if args.http is not None:
         trio.run(serve_http, fixture, args.http, args.legacy_only)
     else:
