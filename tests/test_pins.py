@@ -409,6 +409,28 @@ class TestPinsEndpoint:
                         if "fx__echo" in {tool.name for tool in (await client.list_tools()).tools}:
                             break
 
+    async def test_pin_false_applies_on_reload(self, tmp_path: Path) -> None:
+        description = tmp_path / "description"
+        description.write_text("Echo the text back.")
+        raw = {**node_config_raw("node-a"), "servers": [fixture(description)]}
+        with trio.fail_after(90):
+            async with fednode.open_node(fednode.NodeConfig.from_mapping(raw)) as node:
+                await node.federation.wait_for("fx__echo", timeout=60)
+                await trio.Path(description).write_text("changed")
+                async with Client(node.mcp_url, mode="2026-07-28", cache=None) as client:
+                    await client.call_tool("fx__grow", {})
+
+                async def held() -> bool:
+                    return await held_names(node.data_url + "/status") == ["fx__echo"]
+
+                await wait_until(held)
+                result = await node.reload(fednode.NodeConfig.from_mapping(
+                    {**raw, "servers": [{**fixture(description), "pin": False}]}))
+                assert result.ok and result.servers_changed == ("fx",)
+                await node.federation.wait_for("fx__echo", timeout=60)
+                assert node.federation.held() == []
+                assert node.federation.entries["tools"]["fx__echo"].definition["description"] == "changed"
+
     async def test_without_tokens_only_loopback(self) -> None:
         from fednode._node._pins import _loopback
 
