@@ -30,7 +30,7 @@ import fednode
 from fednode._errors import DEFINITION_HELD, ForwardError, StateError
 from fednode._federation import _pins
 from fednode._federation._catalog import Catalog
-from fednode._federation._pins import CHECK_STEP, Pinning, PinStore
+from fednode._federation._pins import CHECK_STEP, Pinning, PinStore, pin_key
 from fednode._federation._routes import Key, Route, packed
 from fednode._federation._withdrawn import WithdrawnNames
 from fednode._node._pins import PIN_FILE, PinKeeper, open_state_dir, write_atomically
@@ -40,6 +40,14 @@ from conftest import SECRET, node_config
 ME = "node-a"
 READ = {"name": "read", "description": "Read a file.", "inputSchema": {"type": "object"}}
 GREET = {"name": "greet", "description": "Greet someone.", "arguments": [{"name": "who"}]}
+
+
+def pinned_keys(store: PinStore) -> set[tuple[str, bytes]]:
+    return {(origin, key) for origin, group in store.pins.items() for key in group}
+
+
+def key(origin: str, server: str, kind: str, name: str) -> tuple[str, bytes]:
+    return origin, pin_key(server, kind, name)
 
 
 def route(origin: str = "node-c", server: str = "files", tools: tuple[dict[str, Any], ...] = (READ,),
@@ -54,7 +62,7 @@ class Pinned:
     """A catalog with pins, fed best routes by hand."""
 
     def __init__(self, store: PinStore | None = None, enabled: Any = lambda via, server: True) -> None:
-        self.store = store if store is not None else PinStore(clock=lambda: 1000.0)
+        self.store = store if store is not None else PinStore()
         self.catalog = Catalog(ME, structlog.get_logger(), WithdrawnNames(clock=lambda: 5.0, wall_clock=lambda: 1.0),
                                pins=Pinning(self.store, ME, enabled))
         self.best: dict[Key, tuple[Route, str | None]] = {}
@@ -82,7 +90,8 @@ class TestStore:
         pinned = Pinned()
         assert pinned.offer(route()) >= {"tools", "prompts"}
         assert pinned.listed() == ["files__read"] and pinned.listed("prompts") == ["files__greet"]
-        assert set(pinned.store.pins) == {("node-c", "files", "tools", "read"), ("node-c", "files", "prompts", "greet")}
+        assert pinned_keys(pinned.store) == {key("node-c", "files", "tools", "read"),
+                                             key("node-c", "files", "prompts", "greet")}
         assert pinned.catalog.held_items() == []
 
     def test_a_changed_definition_is_held_naming_the_fields_that_changed(self) -> None:
@@ -119,10 +128,10 @@ class TestStore:
         """Other fields (icons, _meta) may change without holding anything; the pin follows the text."""
         pinned = Pinned()
         pinned.offer(route())
-        before = pinned.store.get(("node-c", "files", "tools", "read"))
+        before = pinned.store.get(*key("node-c", "files", "tools", "read"))
         pinned.offer(route(tools=({**READ, "_meta": {"build": 2}, "icons": []},)))
         assert pinned.listed() == ["files__read"]
-        after = pinned.store.get(("node-c", "files", "tools", "read"))
+        after = pinned.store.get(*key("node-c", "files", "tools", "read"))
         assert before is not None and after is not None and before != after and before[8:] == after[8:]
 
     def test_accept_pins_the_new_definition_and_lists_it_again(self) -> None:
@@ -187,7 +196,7 @@ class TestStore:
         pinned.offer(route())
         pinned.offer(route(tools=()))  # the tool goes away...
         pinned.drop(("node-c", "files"))  # ...and so does the whole server
-        assert pinned.listed() == [] and ("node-c", "files", "tools", "read") in pinned.store.pins
+        assert pinned.listed() == [] and key("node-c", "files", "tools", "read") in pinned_keys(pinned.store)
         assert pinned.catalog.pins is not None and not pinned.catalog.pins._routes  # nothing kept for routes gone
         pinned.offer(route(tools=({**READ, "description": "back, changed"},)))
         assert pinned.listed() == [] and pinned.catalog.held_items()[0]["changed"] == ["description"]
@@ -240,25 +249,28 @@ class TestStore:
         assert len(pinned.store) == 4 * CHECK_STEP + 1
 
     def test_the_pins_are_bounded_and_pins_of_items_offered_now_stay(self) -> None:
-        store = PinStore(limit=20, clock=iter(range(1000)).__next__)
+        store = PinStore(limit=20)
         pinned = Pinned(store)
         pinned.offer(route())  # pinned first (the oldest pins), and offered all along
         for generation in range(5):  # a peer renaming its tools again and again
             pinned.offer(route("node-x", "junk", tools=tuple({**READ, "name": f"g{generation}_{i}"} for i in range(8)),
                                prompts=()))
         assert len(store) <= 20
-        assert ("node-c", "files", "tools", "read") in store.pins  # offered now
-        assert all(("node-x", "junk", "tools", f"g4_{i}") in store.pins for i in range(8))
-        assert ("node-x", "junk", "tools", "g0_0") not in store.pins  # the oldest went first
+        kept = pinned_keys(store)
+        assert len(kept) == len(store)
+        assert key("node-c", "files", "tools", "read") in kept  # offered now
+        assert all(key("node-x", "junk", "tools", f"g4_{i}") in kept for i in range(8))
+        assert key("node-x", "junk", "tools", "g0_0") not in kept  # the oldest went first
         # pins that went first are those whose origin no route names
-        old = PinStore(limit=4, clock=iter(range(1000)).__next__)
-        old.put(("node-c", "s", "tools", "kept"), b"x" * 48)
-        old.put(("node-c", "s", "tools", "old"), b"x" * 48)
+        old = PinStore(limit=4)
+        old.put(*key("node-c", "s", "tools", "kept"), b"x" * 48)
+        old.put(*key("node-c", "s", "tools", "old"), b"x" * 48)
         for index in range(3):
-            old.put(("gone", "s", "tools", f"t{index}"), b"x" * 48)
+            old.put(*key("gone", "s", "tools", f"t{index}"), b"x" * 48)
+        old.put(*key("gone", "s", "tools", "t0"), b"y" * 48)  # pinned again: the newest now
         assert old.trim(present=set(), known={"node-c"}) == 2
-        assert set(old.pins) == {("gone", "s", "tools", "t2"), ("node-c", "s", "tools", "kept"),
-                                 ("node-c", "s", "tools", "old")}
+        assert pinned_keys(old) == {key("gone", "s", "tools", "t0"), key("node-c", "s", "tools", "kept"),
+                                    key("node-c", "s", "tools", "old")} and len(old) == 3
 
 
 class TestPersistence:
@@ -270,8 +282,7 @@ class TestPersistence:
         assert (tmp_path / "state" / PIN_FILE).exists()
         assert [p.name for p in (tmp_path / "state").iterdir()] == [PIN_FILE]  # no temporary file left
         again = PinKeeper(tmp_path / "state", structlog.get_logger())  # the node restarted
-        assert {key: record for key, (record, _at) in again.store.pins.items()} == {
-            key: record for key, (record, _at) in keeper.store.pins.items()}
+        assert again.store.pins == keeper.store.pins and len(again.store) == 2
         restarted = Pinned(again.store)
         restarted.offer(route(tools=({**READ, "description": "changed while it was down"},)))
         assert restarted.listed() == [] and restarted.catalog.held_items()[0]["changed"] == ["description"]
@@ -287,13 +298,12 @@ class TestPersistence:
     @pytest.mark.parametrize(("text", "problem"), [
         ("{not json", "not valid JSON"),
         ('{"format": "other"}', "not a pins file"),
-        ('{"format": "fednode-pins", "version": 9, "pins": []}', "version 9 is not 1"),
-        ('{"format": "fednode-pins", "version": 1, "pins": [["a", "s", "tools", "t", "zz", 1]]}',
-         "pins[0]: hashes are not hexadecimal"),
-        ('{"format": "fednode-pins", "version": 1, "pins": [["a", "s", "tools", "t", "00", 1]]}',
-         "pins[0]: hashes have the wrong length"),
-        ('{"format": "fednode-pins", "version": 1, "pins": [["a", "s", "resources", "t", "00", 1]]}',
-         "pins[0] is not [origin, server, kind, name, hashes, pinned_at]"),
+        ('{"format": "fednode-pins", "version": 9, "pins": {}}', "version 9 is not 1"),
+        ('{"format": "fednode-pins", "version": 1, "pins": []}', '"pins" must be an object'),
+        ('{"format": "fednode-pins", "version": 1, "pins": {"a": {}}}', "pins['a'] must be a list"),
+        ('{"format": "fednode-pins", "version": 1, "pins": {"a": [1]}}', 'pins[\'a\'][0] is not "key:hashes"'),
+        ('{"format": "fednode-pins", "version": 1, "pins": {"a": ["zz:00"]}}', "pins['a'][0] is not hexadecimal"),
+        ('{"format": "fednode-pins", "version": 1, "pins": {"a": ["00:00"]}}', "pins['a'][0] has the wrong length"),
     ])
     def test_a_corrupt_file_is_a_clear_error(self, tmp_path: Path, text: str, problem: str) -> None:
         state = open_state_dir(tmp_path / "state")
@@ -510,7 +520,7 @@ async def test_a_changed_description_is_held_until_accepted(tmp_path: Path, desc
                 process.kill()
                 await process.wait()
     saved = json.loads((tmp_path / "state" / PIN_FILE).read_text())
-    assert ["node-a", "fx", "tools", "echo"] in [row[:4] for row in saved["pins"]]
+    assert pin_key("fx", "tools", "echo").hex() in [row.split(":")[0] for row in saved["pins"]["node-a"]]
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
 
 

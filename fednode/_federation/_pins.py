@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Collection, Generator, Iterable, Mapping
 from typing import Any
 
@@ -31,7 +30,7 @@ import attrs
 from .._errors import StateError
 from ._routes import Item, Key, Route, item_name, packed_item, unpacked
 
-__all__ = ["FIELDS", "MAX_PINS", "Held", "PinKey", "PinStore", "Pinning", "field_hashes"]
+__all__ = ["FIELDS", "MAX_PINS", "Held", "PinStore", "Pinning", "field_hashes", "pin_key"]
 
 #: The fields of a definition that are pinned, per kind (the name is part of the pin's key).
 FIELDS: Mapping[str, tuple[str, ...]] = {
@@ -46,9 +45,6 @@ MAX_PINS = 100_000
 CHECK_STEP = 500
 #: The pins file's format name and version.
 FORMAT, VERSION = "fednode-pins", 1
-
-PinKey = tuple[str, str, str, str]
-"""What a pin is held for: (owning node id, server id, kind, name at the server)."""
 
 _ABSENT = bytes(HASH)  # a field the definition does not have
 
@@ -116,45 +112,56 @@ class Held:
                 "origin": self.origin, "changed": list(self.changed)}
 
 
+def pin_key(server: str, kind: str, name: str) -> bytes:
+    """What a pin is kept under, beside its owning node: a hash of the server id, kind and name
+    (16 bytes, however long the names: a peer's long names cost no more to remember)."""
+    return hashlib.blake2b(f"{server}\0{kind}\0{name}".encode(), digest_size=16).digest()
+
+
 class PinStore:
-    """The pins: per :data:`PinKey`, the hashes of the pinned definition and when it was pinned.
+    """The pins: per owning node, per :func:`pin_key`, the hashes of the pinned definition (its *record*:
+    the hash of its text, then those of its fields).
+
+    Each node's pins are kept oldest first (a pin made again moves to the end), which is the order
+    :meth:`trim` drops them in.
 
     Args:
         limit: pins kept at most (see :meth:`trim`).
-        clock: wall-clock seconds (when a pin was made; kept across restarts).
         on_change: called after pins were added or changed (the node saves them soon after).
     """
 
-    def __init__(self, *, limit: int = MAX_PINS, clock: Callable[[], float] = time.time,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, *, limit: int = MAX_PINS, on_change: Callable[[], None] = lambda: None) -> None:
         self.limit = limit
-        self.clock = clock
         self.on_change = on_change
-        #: key -> (record: text hash then field hashes, when pinned)
-        self.pins: dict[PinKey, tuple[bytes, float]] = {}
+        #: owning node -> pin key -> record, oldest first
+        self.pins: dict[str, dict[bytes, bytes]] = {}
+        self._count = 0
         #: grows whenever a pin changes in a way that may change what is held (accepted, dropped)
         self.generation = 0
         #: grows at every change (the node saves when it differs from what it saved)
         self.changes = 0
 
     def __len__(self) -> int:
-        return len(self.pins)
+        return self._count
 
-    def get(self, key: PinKey) -> bytes | None:
-        """The record pinned for ``key`` (None: never seen, or dropped)."""
-        found = self.pins.get(key)
-        return found[0] if found is not None else None
+    def get(self, origin: str, key: bytes) -> bytes | None:
+        """The record pinned for ``key`` of ``origin`` (None: never seen, or dropped)."""
+        group = self.pins.get(origin)
+        return group.get(key) if group is not None else None
 
-    def put(self, key: PinKey, record: bytes) -> None:
-        """Pin ``record`` for ``key`` (first sight, or re-pinned without holding anything)."""
-        self.pins[key] = (record, self.clock())
+    def put(self, origin: str, key: bytes, record: bytes) -> None:
+        """Pin ``record`` for ``key`` of ``origin`` (first sight, or re-pinned without holding anything)."""
+        group = self.pins.setdefault(origin, {})
+        if group.pop(key, None) is None:
+            self._count += 1
+        group[key] = record
         self.changes += 1
 
-    def accept(self, records: Iterable[tuple[PinKey, bytes]]) -> int:
-        """Pin these records (an operator accepted them); returns how many."""
+    def accept(self, records: Iterable[tuple[str, bytes, bytes]]) -> int:
+        """Pin these ``(origin, key, record)`` (an operator accepted them); returns how many."""
         count = 0
-        for key, record in records:
-            self.put(key, record)
+        for origin, key, record in records:
+            self.put(origin, key, record)
             count += 1
         if count:
             self.generation += 1
@@ -165,31 +172,44 @@ class PinStore:
         """Tell the owner that pins were added (after a batch of :meth:`put`)."""
         self.on_change()
 
-    def trim(self, present: Collection[PinKey], known: Collection[str]) -> int:
+    def trim(self, present: Collection[tuple[str, bytes]], known: Collection[str]) -> int:
         """Drop pins beyond :attr:`limit` (down to nine tenths of it, so trims are rare); returns how many.
 
-        Those of items no route offers now go first, and among them those whose owning node is not
-        in ``known``, oldest first. The pin of an item offered now goes only when such items alone
-        are over the limit (it is then pinned anew when next seen).
+        Those of items no route offers now (not in ``present``) go first: of nodes not in ``known``
+        before the others, oldest first. The pin of an item offered now goes only when such items
+        alone are over the limit (it is then pinned anew when next seen).
         """
-        if len(self.pins) <= self.limit:
+        if self._count <= self.limit:
             return 0
-        keep = self.limit * 9 // 10
-        order = sorted(self.pins, key=lambda key: (key in present, key[0] in known, self.pins[key][1]))
-        dropped = order[:len(self.pins) - keep]
-        for key in dropped:
-            del self.pins[key]
-        if any(key in present for key in dropped):
-            self.generation += 1
+        excess = self._count - self.limit * 9 // 10
+        dropped = 0
+        offered_dropped = False
+        rounds = (([o for o in self.pins if o not in known], False), ([o for o in self.pins if o in known], False),
+                  (list(self.pins), True))
+        for origins, offered_too in rounds:
+            for origin in origins:
+                group = self.pins.get(origin, {})
+                for key in list(group):
+                    if dropped == excess:
+                        break
+                    if offered_too or (origin, key) not in present:
+                        del group[key]
+                        dropped += 1
+                        offered_dropped |= offered_too
+                if not group:
+                    self.pins.pop(origin, None)
+        if offered_dropped:
+            self.generation += 1  # pins of items offered now went: they are looked at again
+        self._count -= dropped
         self.changes += 1
         self.on_change()
-        return len(dropped)
+        return dropped
 
     # -- the file's contents ----------------------------------------------------------------
 
-    def snapshot(self) -> list[tuple[PinKey, tuple[bytes, float]]]:
+    def snapshot(self) -> list[tuple[str, list[tuple[bytes, bytes]]]]:
         """The pins as they are now (cheap; :func:`pins_json` makes the file's text of it, off the event loop)."""
-        return list(self.pins.items())
+        return [(origin, list(group.items())) for origin, group in self.pins.items()]
 
     def to_json(self) -> bytes:
         """The pins as the file holds them."""
@@ -214,31 +234,39 @@ class PinStore:
             raise bad(f"not a pins file (no \"format\": \"{FORMAT}\")")
         if document.get("version") != VERSION:
             raise bad(f"version {document.get('version')!r} is not {VERSION}")
-        rows = document.get("pins")
-        if not isinstance(rows, list):
-            raise bad("\"pins\" must be a list")
-        pins: dict[PinKey, tuple[bytes, float]] = {}
-        for index, row in enumerate(rows):
-            if not (isinstance(row, list) and len(row) == 6 and all(isinstance(v, str) for v in row[:5])
-                    and isinstance(row[5], int | float) and not isinstance(row[5], bool) and row[2] in FIELDS):
-                raise bad(f"pins[{index}] is not [origin, server, kind, name, hashes, pinned_at]")
-            try:
-                record = bytes.fromhex(row[4])
-            except ValueError:
-                raise bad(f"pins[{index}]: hashes are not hexadecimal") from None
-            if len(record) != HASH * (1 + len(FIELDS[row[2]])):
-                raise bad(f"pins[{index}]: hashes have the wrong length")
-            pins[(row[0], row[1], row[2], row[3])] = (record, float(row[5]))
-        self.pins = pins
+        nodes = document.get("pins")
+        if not isinstance(nodes, dict):
+            raise bad("\"pins\" must be an object (node id: list of pins)")
+        lengths = {HASH * (1 + len(fields)) for fields in FIELDS.values()}
+        pins: dict[str, dict[bytes, bytes]] = {}
+        count = 0
+        for origin, rows in nodes.items():
+            if not isinstance(rows, list):
+                raise bad(f"pins[{origin!r}] must be a list")
+            group = pins[origin] = {}
+            for index, row in enumerate(rows):
+                where = f"pins[{origin!r}][{index}]"
+                if not (isinstance(row, str) and row.count(":") == 1):
+                    raise bad(f"{where} is not \"key:hashes\"")
+                try:
+                    key, record = (bytes.fromhex(part) for part in row.split(":"))
+                except ValueError:
+                    raise bad(f"{where} is not hexadecimal") from None
+                if len(key) != 16 or len(record) not in lengths:
+                    raise bad(f"{where} has the wrong length")
+                group[key] = record
+            count += len(group)
+        self.pins, self._count = pins, count
         self.generation += 1
 
 
-def pins_json(pins: Iterable[tuple[PinKey, tuple[bytes, float]]]) -> bytes:
-    """The pins file's contents for ``pins`` (see :meth:`PinStore.snapshot`): one row per pin."""
-    rows = ",\n".join(json.dumps([*key, record.hex(), round(at, 3)], ensure_ascii=False)
-                      for key, (record, at) in pins)
+def pins_json(pins: Iterable[tuple[str, Iterable[tuple[bytes, bytes]]]]) -> bytes:
+    """The pins file's contents for ``pins`` (see :meth:`PinStore.snapshot`): per node, its pins oldest first."""
+    nodes = ",\n".join(f"{json.dumps(origin, ensure_ascii=False)}: [\n"
+                       + ",\n".join(f'"{key.hex()}:{record.hex()}"' for key, record in group) + "\n]"
+                       for origin, group in pins)
     head = json.dumps({"format": FORMAT, "version": VERSION, "fields": dict(FIELDS)})
-    return f'{head[:-1]}, "pins": [\n{rows}\n]}}\n'.encode()
+    return f'{head[:-1]}, "pins": {{\n{nodes}\n}}}}\n'.encode()
 
 
 @attrs.define
@@ -302,13 +330,13 @@ class Pinning:
             state = self._routes.get((item.origin, item.server))
             record = state.records.get((item.kind, item.name)) if state is not None else None
             if record is not None:
-                records.append(((item.origin, item.server, item.kind, item.name), record))
+                records.append((item.origin, pin_key(item.server, item.kind, item.name), record))
         return self.store.accept(records)
 
-    def _present(self) -> Generator[PinKey, None, None]:
+    def _present(self) -> Generator[tuple[str, bytes], None, None]:
         for (origin, server), state in self._routes.items():
             for kind, name in state.records:
-                yield (origin, server, kind, name)
+                yield origin, pin_key(server, kind, name)
 
     def _state(self, route: Route, enabled: bool) -> Generator[None, None, _RouteState]:
         state = self._routes.get(route.key)
@@ -335,14 +363,14 @@ class Pinning:
                 name = names[index] if names is not None else item_name(kind, unpacked(item))
                 if name is None:
                     continue
-                key = (route.origin, route.server, kind, name)
+                key = pin_key(route.server, kind, name)
                 text = text_hash(item)
-                pinned = self.store.get(key)
+                pinned = self.store.get(route.origin, key)
                 if pinned is not None and pinned[:HASH] == text:
                     records[(kind, name)] = pinned  # the text pinned: the same fields (not parsed)
                     continue
                 record = records[(kind, name)] = text + field_hashes(kind, unpacked(item))
-                self._compare(key, record, pinned, enabled, held)
+                self._compare(route, kind, name, key, record, pinned, enabled, held)
         return _RouteState(route.catalog, records, held, generation, enabled)
 
     def _comparing(self, route: Route, records: Mapping[tuple[str, str], bytes], enabled: bool
@@ -352,16 +380,15 @@ class Pinning:
         for count, ((kind, name), record) in enumerate(records.items()):
             if count % CHECK_STEP == CHECK_STEP - 1:
                 yield
-            key = (route.origin, route.server, kind, name)
-            self._compare(key, record, self.store.get(key), enabled, held)
+            key = pin_key(route.server, kind, name)
+            self._compare(route, kind, name, key, record, self.store.get(route.origin, key), enabled, held)
         return held
 
-    def _compare(self, key: PinKey, record: bytes, pinned: bytes | None, enabled: bool,
-                 held: dict[tuple[str, str], Held]) -> None:
+    def _compare(self, route: Route, kind: str, name: str, key: bytes, record: bytes, pinned: bytes | None,
+                 enabled: bool, held: dict[tuple[str, str], Held]) -> None:
         """Pin ``record`` when nothing is pinned, ``pin`` is off, or only the text changed; else hold it."""
         if pinned is None or not enabled or pinned[HASH:] == record[HASH:]:
             if pinned != record:
-                self.store.put(key, record)
+                self.store.put(route.origin, key, record)
             return
-        origin, server, kind, name = key
-        held[(kind, name)] = Held(kind, name, server, origin, changed_fields(kind, pinned, record))
+        held[(kind, name)] = Held(kind, name, route.server, route.origin, changed_fields(kind, pinned, record))
