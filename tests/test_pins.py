@@ -27,6 +27,7 @@ from test_cli_run import FEDNODE, read_events
 from test_mcp_chain import FIXTURE
 
 import fednode
+from fednode._config._describe import describe
 from fednode._errors import DEFINITION_HELD, ForwardError, StateError
 from fednode._federation import _pins
 from fednode._federation._catalog import Catalog
@@ -348,6 +349,28 @@ class TestPersistence:
         assert config.state_dir == tmp_path / "state"
         assert [p.pin for p in config.peers] == [False] and [s.pin for s in config.servers] == [False, True]
         assert node_config("node-a").state_dir is None
+        shown = describe(config)
+        assert f"  state     {tmp_path / 'state'} (pinned definitions)" in shown
+        assert "    - node-b: dials in only, definitions not pinned" in shown
+        assert "(prefix 'fx', definitions not pinned)" in shown and "(prefix 'gx')" in shown
+
+    @pytest.mark.parametrize("problem", ["shared", "corrupt"])
+    def test_fednode_run_refuses_to_start(self, tmp_path: Path, problem: str) -> None:
+        state = tmp_path / "state"
+        state.mkdir(mode=0o700)
+        if problem == "shared":
+            state.chmod(0o755)
+            expected = f"cannot start node 'node-a': state_dir {state}: group or other users have access to it"
+        else:
+            (state / PIN_FILE).write_text('{"format": "fednode-pins"')
+            expected = f"cannot start node 'node-a': pins file {state / PIN_FILE}: not valid JSON"
+        path = tmp_path / "node.toml"
+        path.write_text(f'[node]\nid = "node-a"\nstate_dir = "state"\ncontrol = "ws://127.0.0.1:0"\n'
+                        f'data = "http://127.0.0.1:0"\n[auth]\nsecret = "{SECRET}"\n')
+        done = subprocess.run([FEDNODE, "run", "--config", str(path)], capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin"}, check=False)
+        assert done.returncode == 1
+        assert done.stderr.splitlines()[-1].startswith(f"fednode: {expected}"), done.stderr
 
 
 def fixture(description_file: Path, server_id: str = "fx") -> dict[str, Any]:
@@ -564,3 +587,9 @@ async def run_scenario(client: Client, url: str, token: str, description: Path) 
     result = await client.call_tool("fx__echo", {"text": "hi"})
     assert not result.is_error
     assert await held_names(url + "/status", token) == []
+    every = await trio.to_thread.run_sync(lambda: pins_command("accept", "--all", url=url, token=token))
+    assert every.returncode == 0 and every.stdout == "nothing was held\n"
+    neither = await trio.to_thread.run_sync(lambda: pins_command("accept", url=url, token=token))
+    assert neither.returncode == 2 and "give the NAMES to accept, or --all" in neither.stderr
+    refused = await trio.to_thread.run_sync(lambda: pins_command("list", url=url, token="wrong-token-" + "w" * 8))
+    assert refused.returncode == 1 and "refused the client token (401 Unauthorized)" in refused.stderr

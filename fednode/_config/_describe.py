@@ -20,6 +20,8 @@ def describe(config: NodeConfig) -> str:
         f"  backoff   {config.backoff.initial:g}s .. {config.backoff.max:g}s (full jitter)",
         f"  peers     {len(config.peers)}",
     ]
+    if config.state_dir is not None:
+        lines.insert(-1, f"  state     {config.state_dir} (pinned definitions)")
     for peer in config.peers:
         how = f"dial {peer.control}" if peer.control else "dials in only"
         own = ""
@@ -28,7 +30,8 @@ def describe(config: NodeConfig) -> str:
         elif peer.public_keys:
             own = f", {len(peer.public_keys)} public key(s)"
         vouch = ", vouches for others' routes" if peer.vouch else ""
-        lines.append(f"    - {peer.id}: {how}{own}{vouch}")
+        pin = ", definitions not pinned" if not peer.pin else ""
+        lines.append(f"    - {peer.id}: {how}{own}{vouch}{pin}")
     if config.nodes:
         lines.append(f"  nodes     {len(config.nodes)} (keys of nodes that are not peers)")
     lines.append(f"  servers   {len(config.servers)}")
@@ -36,5 +39,6 @@ def describe(config: NodeConfig) -> str:
         # Arguments and URLs can carry credentials: show the command only, and URLs masked.
         what = (f"stdio: {server.command} (+{len(server.args)} args)" if server.command
                 else f"http: {shown_url(server.url or '')}")
-        lines.append(f"    - {server.id}: {what} (prefix {server.exposed_prefix!r})")
+        pin = ", definitions not pinned" if not server.pin else ""
+        lines.append(f"    - {server.id}: {what} (prefix {server.exposed_prefix!r}{pin})")
     return "\n".join(lines)
