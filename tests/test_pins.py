@@ -20,6 +20,7 @@ import httpx2
 import pytest
 import structlog
 import trio
+import trio.testing
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -34,7 +35,7 @@ from fednode._federation._catalog import Catalog
 from fednode._federation._pins import CHECK_STEP, Pinning, PinStore, pin_key
 from fednode._federation._routes import Key, Route, packed
 from fednode._federation._withdrawn import WithdrawnNames
-from fednode._node._pins import PIN_FILE, PinKeeper, open_state_dir, write_atomically
+from fednode._node._pins import PIN_FILE, SAVE_DELAY, PinKeeper, open_state_dir, write_atomically
 
 from conftest import SECRET, node_config
 
@@ -287,6 +288,25 @@ class TestPersistence:
         restarted = Pinned(again.store)
         restarted.offer(route(tools=({**READ, "description": "changed while it was down"},)))
         assert restarted.listed() == [] and restarted.catalog.held_items()[0]["changed"] == ["description"]
+
+    async def test_new_pins_are_saved_after_a_delay(self, tmp_path: Path,
+                                                     autojump_clock: trio.testing.MockClock) -> None:
+        keeper = PinKeeper(tmp_path / "state", structlog.get_logger())
+        file = tmp_path / "state" / PIN_FILE
+        async with trio.open_nursery() as nursery:
+            await nursery.start(keeper.keep_saved)
+            Pinned(keeper.store).offer(route())
+            await trio.sleep(SAVE_DELAY - 0.5)
+            assert not file.exists()  # (virtual time) the pins of a burst go together
+            for _ in range(10_000):  # the write runs in a thread: wait for it, bounded
+                if file.exists():
+                    break
+                await trio.sleep(0.01)
+            assert trio.current_time() >= SAVE_DELAY
+            saved = PinStore()
+            saved.load(file.read_bytes(), str(file))
+            assert saved.pins == keeper.store.pins
+            nursery.cancel_scope.cancel()
 
     def test_without_state_dir_pins_live_in_memory(self) -> None:
         with structlog.testing.capture_logs() as logs:

@@ -38,8 +38,9 @@ __all__ = ["PIN_FILE", "PinKeeper", "open_state_dir"]
 
 #: The pins file's name in the state directory.
 PIN_FILE = "pins.json"
-#: Seconds between new pins and their being saved (the pins of one start-up or update go together).
-SAVE_DELAY = 1.0
+#: Seconds between new pins and their being saved: the pins of a start-up or of a burst of updates go together,
+#: and a peer changing its routes without end makes the node write the file at most this often.
+SAVE_DELAY = 5.0
 #: Largest ``POST /pins/accept`` body read.
 MAX_BODY = 1024 * 1024
 
