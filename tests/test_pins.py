@@ -16,11 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx2
 import pytest
 import structlog
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -212,6 +215,25 @@ class TestStore:
         assert pinned.listed() == [] and pinned.catalog.held_items()[0]["origin"] == "node-c"
         assert "(server files on node-c)" in str(pinned.refusal("tools/call", {"name": "files__read"}))
 
+    def test_a_held_item_keeps_its_name(self) -> None:
+        """Names are given as if held items were listed: another server's tool does not take a held one's."""
+        pinned = Pinned()
+        other = attrs.evolve(route("node-d", "other"), prefix="files")
+        pinned.offer(route(), other)
+        assert pinned.listed() == ["files__read", "node-d__files__read"]
+        pinned.offer(route(tools=({**READ, "description": "changed"},)))
+        assert pinned.listed() == ["node-d__files__read"]
+        assert [h["name"] for h in pinned.catalog.held_items()] == ["files__read"]
+        assert pinned.refusal("tools/call", {"name": "files__read"}).code == DEFINITION_HELD
+
+    def test_a_name_twice_in_one_catalog(self) -> None:
+        """The first definition of a name is the one pinned; when it is held, so are the others."""
+        pinned = Pinned()
+        pinned.offer(route(tools=(READ, {**READ, "description": "a second read"})))
+        assert pinned.listed() == ["files__read", "node-c__files__read"] and pinned.catalog.held_items() == []
+        pinned.offer(route(tools=({**READ, "description": "changed"}, {**READ, "description": "a second read"})))
+        assert pinned.listed() == [] and len(pinned.catalog.held_items()) == 2
+
     def test_definitions_are_hashed_once_per_catalog(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A rebuild parses and hashes nothing of a catalog seen before, nor of one re-sent unchanged."""
         calls: list[str] = []
@@ -273,6 +295,42 @@ class TestStore:
         assert old.trim(present=set(), known={"node-c"}) == 2
         assert pinned_keys(old) == {key("gone", "s", "tools", "t0"), key("node-c", "s", "tools", "kept"),
                                     key("node-c", "s", "tools", "old")} and len(old) == 3
+
+
+@st.composite
+def pin_steps(draw: Any) -> tuple[str, Any]:
+    """A route set (tools whose descriptions may change), one gone, or every held item accepted."""
+    what = draw(st.sampled_from(("set", "set", "set", "drop", "accept")))
+    origin, server = draw(st.sampled_from(("node-b", "node-c"))), draw(st.sampled_from(("s1", "s2")))
+    tools = draw(st.lists(st.tuples(st.sampled_from(("a", "b", "c")), st.sampled_from(("x", "y"))), max_size=3))
+    prefix = draw(st.sampled_from(("s1", "s2", "")))
+    made = Route(origin=origin, server=server, prefix=prefix, path=(origin,), digest="d",
+                 catalog={"tools": tuple({"name": n, "description": d, "inputSchema": {"type": "object"}}
+                                         for n, d in tools), "prompts": (), "resources": (), "resourceTemplates": ()})
+    return what, packed(made)
+
+
+@given(st.lists(pin_steps(), min_size=1, max_size=20))
+@settings(max_examples=200, deadline=None)
+def test_held_items_are_the_same_in_incremental_and_full_rebuilds(steps: list[tuple[str, Route]]) -> None:
+    catalogs = [Catalog(ME, structlog.get_logger(), WithdrawnNames(clock=lambda: 5.0, wall_clock=lambda: 1.0),
+                        incremental=incremental, pins=Pinning(PinStore(), ME)) for incremental in (True, False)]
+    best: dict[Key, tuple[Route, str | None]] = {}
+    for what, offered in steps:
+        if what == "set":
+            best[offered.key] = (offered, offered.origin)
+        elif what == "drop":
+            best.pop(offered.key, None)
+        else:
+            for catalog in catalogs:
+                catalog.accept_held(None)
+        changed = [catalog.rebuild(best, {}, ()) for catalog in catalogs]
+        assert changed[0] == changed[1]
+        views = [({k: sorted(v) for k, v in c.entries.items()}, c.held_items(), c.list_items("tools"))
+                 for c in catalogs]
+        assert views[0] == views[1]
+        for name in catalogs[0].held["tools"]:
+            assert name not in catalogs[0].entries["tools"]
 
 
 class TestPersistence:

@@ -159,9 +159,6 @@ class Catalog:
                     taken.update(plain)  # no name contested: every item under its own name, in order
                     continue
                 for index, (exposed, name, _definition) in enumerate(claim.items[kind]):
-                    if held and (kind, name) in held:
-                        held_items[kind][exposed] = held[(kind, name)]  # left out until accepted
-                        continue
                     if exposed in taken:
                         other = taken[exposed]
                         contested.setdefault((other.server, server_id), []).append(exposed)
@@ -178,6 +175,12 @@ class Catalog:
                                          f"the second is exposed as {renamed!r}")
                         exposed = renamed
                     taken[exposed] = claim.entry(kind, index, exposed)
+                    if held and (kind, name) in held:
+                        held_items[kind][exposed] = held[(kind, name)]
+        # Held items keep their names (others are named as if they were listed), and are left out.
+        for kind, hidden in held_items.items():
+            for exposed in hidden:
+                del entries[kind][exposed]
         if self.pins is not None:
             self.pins.retain(best.keys())
         return entries, claims, claimed, conflicts, contested, held_items

@@ -361,8 +361,8 @@ class Pinning:
                 if count % CHECK_STEP == 0:
                     yield
                 name = names[index] if names is not None else item_name(kind, unpacked(item))
-                if name is None:
-                    continue
+                if name is None or (kind, name) in records:
+                    continue  # a name twice in one catalog: the first definition is the one pinned
                 key = pin_key(route.server, kind, name)
                 text = text_hash(item)
                 pinned = self.store.get(route.origin, key)
