@@ -152,7 +152,8 @@ class TestStatements:
     @pytest.mark.parametrize(("change", "reason"), [
         (lambda s, p: p["arguments"].update(text="other"), CallerRefusal.BAD_SIGNATURE),
         (lambda s, p: s["caller"].update(sub="admin@example.org"), CallerRefusal.BAD_SIGNATURE),
-        (lambda s, p: s.update(exp=s["exp"] + 3600), CallerRefusal.BAD_SIGNATURE),
+        (lambda s, p: s.update(exp=s["exp"] - 1), CallerRefusal.BAD_SIGNATURE),
+        (lambda s, p: s.update(exp=s["exp"] + 3600), CallerRefusal.FUTURE),
         (lambda s, p: s.update(sigs="none"), CallerRefusal.MALFORMED),
         (lambda s, p: s.update(nonce=7), CallerRefusal.MALFORMED),
         (lambda s, p: s["caller"].update(node="node-c"), CallerRefusal.SELF),

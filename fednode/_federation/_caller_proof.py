@@ -2,12 +2,13 @@
 
 For each request it forwards, the entry node (where the client is connected) signs a statement
 binding the caller (:class:`~fednode._config._callers.Caller`) to that one request: the owning node
-and server, the method, a digest of the request's params, when it was made, when it expires and a
-random nonce. It travels in ``fed/forward`` as ``caller``; transit nodes pass it on as it is and
-cannot change it (nor move it to another request). The owning node checks it with the entry node's
-keys (:class:`~fednode._config._signing.Keyring`: ``[[nodes]]``, ``[[peers]]`` or the shared
-``[auth]`` secret) and believes it as far as ``[[peers]] callers`` of the peer it came through
-allows; otherwise the caller is only that peer (``node:<peer>``).
+and server, the method, a digest of the request's params, when it was made, when it expires (30 s
+later at most: it only has to reach the owning node) and a random nonce. It travels in
+``fed/forward`` as ``caller``; transit nodes pass it on as it is and cannot change it (nor move it
+to another request). The owning node checks it with the entry node's keys
+(:class:`~fednode._config._signing.Keyring`: ``[[nodes]]``, ``[[peers]]`` or the shared ``[auth]``
+secret) and believes it as far as ``[[peers]] callers`` of the peer it came through allows;
+otherwise the caller is only that peer (``node:<peer>``).
 
 What is refused outright (a node or link tampering): a malformed statement, one whose signature does
 not verify, one expired or made in the future, one naming this node as the entry node, and one seen
@@ -35,8 +36,10 @@ from ._routes import Key, Route
 
 #: Clock difference between nodes tolerated when checking a statement's times.
 CLOCK_LEEWAY = 60.0
-#: Longest a statement may be valid for (a request's deadline is at most a day).
-MAX_STATEMENT_LIFETIME = 86400 + 60
+#: How long a statement is valid: it only has to reach the owning node (forwards are never queued on
+#: the way), and the owning node remembers each one it believed this long (and the leeway) to
+#: refuse replays, so this bounds that memory (its peers' rate limits bound how fast it fills).
+STATEMENT_TTL = 30
 #: The ``_meta`` key left out of the params digest: each hop may name its own span in it.
 TRACEPARENT = "traceparent"
 _MAX_NONCE = 64
@@ -98,7 +101,7 @@ class CallerStatements:
               timeout: float) -> dict[str, Any] | None:
         """This node's signed statement that ``caller`` makes this request (None: no key to sign with)."""
         issued = int(self._clock())
-        expires = issued + max(1, math.ceil(min(timeout, MAX_STATEMENT_LIFETIME - 60)))
+        expires = issued + max(1, min(math.ceil(timeout), STATEMENT_TTL))
         nonce = secrets.token_hex(12)
         wire = caller.to_wire()
         message = _message(wire, origin, server, method, params_digest(params), issued, expires, nonce)
@@ -132,7 +135,7 @@ class CallerStatements:
         now = self._clock()
         if expires < now - CLOCK_LEEWAY:
             raise _refused(CallerRefusal.EXPIRED, peer, "caller statement expired (check the nodes' clocks)")
-        if issued > now + CLOCK_LEEWAY or expires - issued > MAX_STATEMENT_LIFETIME:
+        if issued > now + CLOCK_LEEWAY or expires - issued > STATEMENT_TTL:
             raise _refused(CallerRefusal.FUTURE, peer, "caller statement issued in the future (check the nodes' "
                                                        "clocks) or valid for too long")
         message = _message(caller.to_wire(), origin, server, method, params_digest(params), issued, expires, nonce)
