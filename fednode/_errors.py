@@ -60,6 +60,9 @@ RATE_LIMITED = -32054
 #: The tool or prompt is held: its definition changed since this node pinned it, and an operator has
 #: not accepted the change yet (``fednode pins accept``); ``data.changed`` names the fields.
 DEFINITION_HELD = -32060
+#: The caller may not use that server or tool: the owning node's ``[[servers]] callers`` leaves it
+#: out (``data`` names the caller, the server and its node).
+FORBIDDEN = -32055
 
 
 class FednodeError(Exception):

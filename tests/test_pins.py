@@ -539,7 +539,7 @@ class TestPinsEndpoint:
                     {**raw, "servers": [{**fixture(description), "pin": False}]}))
                 assert result.ok and result.servers_changed == ("fx",)
                 await node.federation.wait_for("fx__echo", timeout=60)
-                assert node.federation.held() == []
+                assert node.federation.catalog.held_items() == []
                 assert node.federation.entries["tools"]["fx__echo"].definition["description"] == "changed"
 
     async def test_without_tokens_only_loopback(self) -> None:

@@ -25,6 +25,7 @@ from .._errors import (
     sole_leaf,
 )
 from .._federation._federation import Federation, new_routing_table
+from .._federation._pins import Pinning
 from .._federation._route_proof import RouteProofs
 from .._mcp._attached import AttachedServers
 from .._mcp._edge import MCPEdge
@@ -114,7 +115,7 @@ class Node:
                                      notify=self.notify, observe=self.metrics.observe_forward,
                                      started=lambda: self.started, started_at=self.started_at,
                                      on_change=self._catalog_changed, refused=self.metrics.observe_refused,
-                                     pins=self.pin_keeper.store, pin_enabled=self._pin_enabled)
+                                     pins=Pinning(self.pin_keeper.store, config.id, self._pin_enabled))
         self.handlers.merge(self.federation.handlers)
         self.handlers.merge(self.attached.sessions.handlers)
         forwarder = FederationForwarder(self.federation, calls, self.attached.sessions.end, config.id,

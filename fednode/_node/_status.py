@@ -113,8 +113,8 @@ def node_status(node: NodeView) -> dict[str, Any]:
                    "conflicts": list(node.federation.conflicts),
                    "refused": dict(sorted(node.federation.routes_refused.items()))},
         "in_flight": node.in_flight(),
-        "pins": {"total": len(node.federation.pins) if node.federation.pins is not None else 0,
-                 "held": node.federation.held()},
+        "pins": {"total": len(pins.store) if (pins := node.federation.catalog.pins) is not None else 0,
+                 "held": node.federation.catalog.held_items()},
     }
 
 
