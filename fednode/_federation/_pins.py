@@ -58,17 +58,15 @@ def text_hash(item: Item) -> bytes:
     return _digest(packed_item(item).encode())
 
 
+#: JSON with sorted keys: the same value hashes the same however its keys were ordered (one encoder,
+#: made once: ``json.dumps`` with options builds a new one at each call)
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
 def field_hashes(kind: str, definition: Mapping[str, Any]) -> bytes:
     """The hashes of the pinned fields of a definition of ``kind``, one after the other (see :data:`FIELDS`)."""
-    parts = []
-    for field in FIELDS[kind]:
-        if field not in definition:
-            parts.append(_ABSENT)
-        else:
-            text = json.dumps(definition[field], sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                              default=str)
-            parts.append(_digest(text.encode()))
-    return b"".join(parts)
+    return b"".join(_digest(_canonical(definition[field]).encode()) if field in definition else _ABSENT
+                    for field in FIELDS[kind])
 
 
 def changed_fields(kind: str, pinned: bytes, current: bytes) -> tuple[str, ...]:
