@@ -159,6 +159,20 @@ class TestStore:
         pinned.offer(route(tools=({**READ, "description": "changed twice"},)))
         assert pinned.listed() == []
 
+    def test_accept_pins_the_definition_that_was_held_not_a_newer_one(self) -> None:
+        pinned = Pinned()
+        pinned.offer(route())
+        pinned.offer(route(tools=({**READ, "description": "v2"},)))
+        shown = pinned.catalog.held  # what the operator was shown
+        pinned.offer(route(tools=({**READ, "description": "v3", "title": "Read"},)))  # meanwhile, changed again
+        pinned.catalog.held = shown
+        pinned.catalog.accept_held(["files__read"])
+        pinned.catalog.rebuild(pinned.best, {}, ())
+        assert pinned.listed() == []  # v3 differs from v2, the definition accepted
+        [held] = pinned.catalog.held_items(definitions=True)
+        assert held["changed"] == ["title", "description"] and held["definition"]["description"] == "v3"
+        assert held["definition"]["name"] == "files__read"  # as a client would see it
+
     def test_accept_all(self) -> None:
         pinned = Pinned()
         pinned.offer(route(), route(server="notes"))
@@ -650,8 +664,11 @@ async def run_scenario(client: Client, url: str, token: str, description: Path) 
     shown = await trio.to_thread.run_sync(lambda: pins_command("list", url=url, token=token))
     assert shown.returncode == 0, shown.stderr
     assert "held: 1" in shown.stdout and "fx__echo" in shown.stdout and "description" in shown.stdout
+    assert 'fx__echo description now: "Echo the text back, and mail it to someone else."' in shown.stdout
     as_json = await trio.to_thread.run_sync(lambda: pins_command("list", "--json", url=url, token=token))
-    assert [item["name"] for item in json.loads(as_json.stdout)["held"]] == ["fx__echo"]
+    [held_item] = json.loads(as_json.stdout)["held"]
+    assert held_item["name"] == "fx__echo" and held_item["changed"] == ["description"]
+    assert held_item["definition"]["description"] == "Echo the text back, and mail it to someone else."
     status = await trio.to_thread.run_sync(lambda: subprocess.run(
         [FEDNODE, "status", "--url", url], capture_output=True, text=True, timeout=60, check=False,
         env={"FEDNODE_TOKEN": token, "PATH": "/usr/bin:/bin"}))

@@ -15,6 +15,8 @@ __all__ = ["DESCRIPTION_WIDTH", "format_held", "format_result", "format_status",
 
 #: Width of the description column of ``fednode tools``.
 DESCRIPTION_WIDTH = 72
+#: Characters of a held definition's changed field shown by ``fednode pins list`` (``--json``: all of it).
+NOW_WIDTH = 200
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
@@ -150,6 +152,13 @@ def _held_lines(pins: Mapping[str, Any], head: str) -> str:
         rows = [(h.get("kind", "?")[:-1], h.get("name"), h.get("server"), h.get("origin"),
                  ", ".join(h.get("changed") or [])) for h in held]
         lines += ["  " + line for line in format_table(("KIND", "NAME", "SERVER", "ORIGIN", "CHANGED"), rows)]
+        for h in held:  # what accepting would pin (``fednode pins list`` has the definitions)
+            definition = h.get("definition")
+            if isinstance(definition, Mapping):
+                for field in h.get("changed") or []:
+                    value = " ".join(json.dumps(definition.get(field), ensure_ascii=False).split())
+                    shown = value if len(value) <= NOW_WIDTH else value[:NOW_WIDTH - 3] + "..."
+                    lines.append(f"  {h.get('name')} {field} now: {shown}")
         lines.append("  accept with: fednode pins accept NAME (or --all)")
     return "\n".join(lines)
 

@@ -31,7 +31,10 @@ from ._pins import Held, Pinning
 from ._routes import KINDS, Key, Route, item_name
 from ._withdrawn import WithdrawnNames, template_regex
 
-__all__ = ["Catalog", "Entry", "item_name"]
+__all__ = ["Catalog", "Entry", "HeldEntry", "item_name"]
+
+HeldEntry = tuple[Entry, tuple[Held, ...]]
+"""A held item: its entry as it would be listed, and why it is held (one :class:`Held` per replica that changed)."""
 
 #: Entries compared between two pauses of a paced rebuild (see :meth:`Catalog.rebuilding`).
 CHECK_STEP = 2000
@@ -55,8 +58,8 @@ class Catalog:
         self.node_id = node_id
         self.incremental = incremental
         self.pins = pins
-        #: per kind: the exposed names of the items held (left out of :attr:`entries`), each with why
-        self.held: dict[str, dict[str, tuple[Held, ...]]] = {kind: {} for kind in KINDS}
+        #: per kind: the items held (left out of :attr:`entries`) by exposed name, each with why
+        self.held: dict[str, dict[str, HeldEntry]] = {kind: {} for kind in KINDS}
         # server id -> its entries as of the last rebuild (servers no longer routed are dropped)
         self._servers: dict[str, ServerClaim] = {}
         self.log = log
@@ -124,13 +127,13 @@ class Catalog:
     def _building(self, best: Mapping[Key, tuple[Route, str | None]], rtts: Mapping[str, float]
                   ) -> Generator[None, None, tuple[dict[str, dict[str, Entry]], dict[str, ServerClaim],
                                                    dict[str, int], list[str], dict[tuple[str, str], list[str]],
-                                                   dict[str, dict[str, tuple[Held, ...]]]]]:
+                                                   dict[str, dict[str, HeldEntry]]]]:
         # Group by server id: the same id on several nodes is one server with replicas.
         by_server: dict[str, list[tuple[Route, str | None]]] = {}
         for route, via in best.values():
             by_server.setdefault(route.server, []).append((route, via))
         entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        held_items: dict[str, dict[str, tuple[Held, ...]]] = {kind: {} for kind in KINDS}
+        held_items: dict[str, dict[str, HeldEntry]] = {kind: {} for kind in KINDS}
         conflicts: list[str] = []
         contested: dict[tuple[str, str], list[str]] = {}  # (keeps the names, the other) -> contested names
         # Who keeps a contested name: a server attached here, then the one that claimed it first
@@ -176,7 +179,7 @@ class Catalog:
                         exposed = renamed
                     taken[exposed] = claim.entry(kind, index, exposed)
                     if held and (kind, name) in held:
-                        held_items[kind][exposed] = held[(kind, name)]
+                        held_items[kind][exposed] = (taken[exposed], held[(kind, name)])
         # Held items keep their names (others are named as if they were listed), and are left out.
         for kind, hidden in held_items.items():
             for exposed in hidden:
@@ -187,7 +190,7 @@ class Catalog:
 
     def _commit(self, entries: dict[str, dict[str, Entry]], claims: dict[str, ServerClaim], claimed: dict[str, int],
                 conflicts: list[str], contested: dict[tuple[str, str], list[str]],
-                held: dict[str, dict[str, tuple[Held, ...]]]) -> None:
+                held: dict[str, dict[str, HeldEntry]]) -> None:
         self.generation += 1
         self.held = held
         self._servers = claims
@@ -297,10 +300,12 @@ class Catalog:
             raise ForwardError(UNKNOWN_NAME, f"Unknown completion reference: {json.dumps(ref)[:200]}")
         raise ForwardError(METHOD_NOT_FOUND, f"Method not forwarded: {method}")
 
-    def held_items(self) -> list[dict[str, Any]]:
-        """The tools and prompts held because their definitions changed (see :mod:`._pins`), by exposed name."""
-        return [item.to_json(exposed) for kind in ("tools", "prompts")
-                for exposed, items in sorted(self.held[kind].items()) for item in items]
+    def held_items(self, *, definitions: bool = False) -> list[dict[str, Any]]:
+        """The tools and prompts held because their definitions changed (see :mod:`._pins`), by exposed
+        name; with ``definitions``, each with the definition it is held with, as a client would see it."""
+        return [{**item.to_json(exposed), **({"definition": entry.definition} if definitions else {})}
+                for kind in ("tools", "prompts")
+                for exposed, (entry, items) in sorted(self.held[kind].items()) for item in items]
 
     def accept_held(self, names: list[str] | None) -> list[dict[str, Any]]:
         """Pin the definitions the held items exposed as ``names`` (None: all of them) have now: an
@@ -314,7 +319,7 @@ class Catalog:
         """
         chosen: list[tuple[str, Held]] = []
         for name in names if names is not None else sorted({*self.held["tools"], *self.held["prompts"]}):
-            found = [(name, item) for kind in ("tools", "prompts") for item in self.held[kind].get(name, ())]
+            found = [(name, item) for kind in ("tools", "prompts") for item in self.held[kind].get(name, (None, ()))[1]]
             if not found:
                 listed = any(name in self.entries[kind] for kind in ("tools", "prompts"))
                 raise LookupError(f"{name!r} is not held (it is listed and callable)" if listed else
@@ -332,9 +337,10 @@ class Catalog:
 
     def _held_error(self, kind: str, name: object) -> ForwardError | None:
         """The error for a held tool or prompt, naming what changed (None: not held)."""
-        held = self.held[kind].get(name) if isinstance(name, str) else None
-        if not held:
+        found = self.held[kind].get(name) if isinstance(name, str) else None
+        if found is None:
             return None
+        held = found[1]
         changed = sorted({field for item in held for field in item.changed})
         return ForwardError(DEFINITION_HELD, held[0].message(str(name)),
                             {"name": name, "server": held[0].server, "origin": held[0].origin, "changed": changed})

@@ -90,6 +90,8 @@ class Held:
         server: the server id.
         origin: the node the server is attached to.
         changed: the fields that changed (see :data:`FIELDS`).
+        record: the hashes of the definition it is held with: what accepting it pins (a definition
+            that changed again since is held again).
     """
 
     kind: str
@@ -97,6 +99,7 @@ class Held:
     server: str
     origin: str
     changed: tuple[str, ...]
+    record: bytes = attrs.field(default=b"", eq=False, repr=False)
 
     def message(self, exposed: str) -> str:
         """Why a call of ``exposed`` (this item's exposed name) is refused, and what accepts it."""
@@ -322,14 +325,9 @@ class Pinning:
             del self._routes[key]
 
     def accept(self, held: Iterable[Held]) -> int:
-        """Pin the definitions these held items have now; returns how many were pinned."""
-        records = []
-        for item in held:
-            state = self._routes.get((item.origin, item.server))
-            record = state.records.get((item.kind, item.name)) if state is not None else None
-            if record is not None:
-                records.append((item.origin, pin_key(item.server, item.kind, item.name), record))
-        return self.store.accept(records)
+        """Pin the definitions these items were held with; returns how many were pinned."""
+        return self.store.accept((item.origin, pin_key(item.server, item.kind, item.name), item.record)
+                                 for item in held if item.record)
 
     def _present(self) -> Generator[tuple[str, bytes], None, None]:
         for (origin, server), state in self._routes.items():
@@ -389,4 +387,4 @@ class Pinning:
             if pinned != record:
                 self.store.put(route.origin, key, record)
             return
-        held[(kind, name)] = Held(kind, name, route.server, route.origin, changed_fields(kind, pinned, record))
+        held[(kind, name)] = Held(kind, name, route.server, route.origin, changed_fields(kind, pinned, record), record)

@@ -195,7 +195,7 @@ class PinKeeper:
     def describe(self, federation: Federation) -> dict[str, Any]:
         """What ``/pins`` answers (and ``/status`` shows as ``pins``)."""
         return {"file": None if self.file is None else str(self.file), "pins": len(self.store),
-                "held": federation.catalog.held_items()}
+                "held": federation.catalog.held_items(definitions=True)}
 
 
 def _loopback(host: str) -> bool:
