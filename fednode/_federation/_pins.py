@@ -10,12 +10,13 @@ re-pinned as they come). An item that goes away keeps its pin, so one that comes
 
 Each field is hashed on its own (:data:`FIELDS`), so a held item says what changed. Hashing happens
 once per catalog a route brings (a new advertisement brings a new catalog object), and a definition
-whose JSON text is the one pinned is not parsed at all: a route of 16,000 tools costs one short hash
-of each text. The pins are bounded (:data:`MAX_PINS`), so a peer renaming its tools without end
+whose JSON text is the one pinned is not parsed at all: a route of 16,000 tools re-sent unchanged
+costs one short hash of each text. The pins are bounded (:data:`MAX_PINS`), so a peer renaming its tools without end
 cannot grow them (nor the file they are kept in) without bound.
 
-Persistence is the node's (:mod:`fednode._node._state`): :meth:`PinStore.to_json` and
-:meth:`PinStore.from_json` are the file's contents, and ``on_change`` tells the node to save.
+Persistence is the node's (:mod:`fednode._node._pins`): :meth:`PinStore.snapshot` with
+:func:`pins_json`, and :meth:`PinStore.load`, are the file's contents, and ``on_change`` tells the
+node to save.
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ class Pinning:
 
     Args:
         store: the pins.
-        node_id: this node's id (its own pins are never dropped before another node's).
+        node_id: this node's id (its pins count as a known node's when pins are dropped).
         enabled: ``enabled(via, server)``: whether the items of ``server`` reached through peer ``via``
             (None: attached here) are pinned (``pin`` of that peer or server); read at each check.
     """
