@@ -192,6 +192,7 @@ class Catalog:
                 conflicts: list[str], contested: dict[tuple[str, str], list[str]],
                 held: dict[str, dict[str, HeldEntry]]) -> None:
         self.generation += 1
+        self._log_held(held)
         self.held = held
         self._servers = claims
         self._claimed = claimed
@@ -216,6 +217,14 @@ class Catalog:
             self.log.warning("catalog.conflict", servers=[keeper, other], kept_by=keeper, count=len(names),
                              names=list(names[:20]), example=example)
         self._conflict_sets = sets
+
+    def _log_held(self, held: Mapping[str, Mapping[str, HeldEntry]]) -> None:
+        """One warning per rebuild that holds items not held before (at most 20 of them named)."""
+        new = sorted((kind, name) for kind in ("tools", "prompts") for name in held[kind].keys() - self.held[kind])
+        if new:
+            kind, name = new[0]
+            self.log.warning("pins.held", count=len(new), names=[n for _k, n in new[:20]],
+                             example=held[kind][name][1][0].message(name))
 
     def _note_withdrawn(self, before: Mapping[str, Mapping[str, Entry]], routed: Collection[str],
                         attached: Collection[str]) -> None:

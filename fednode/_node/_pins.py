@@ -186,7 +186,7 @@ class PinKeeper:
                 return JSONResponse({"error": str(exc.args[0])}, status_code=404)
             await self.save()
             for item in accepted:
-                self.log.warning("pins.accepted", name=item["name"], server=item["server"], origin=item["origin"],
+                self.log.info("pins.accepted", name=item["name"], server=item["server"], origin=item["origin"],
                                  changed=item["changed"])
             return JSONResponse({"accepted": accepted})
 
