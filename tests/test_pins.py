@@ -358,7 +358,10 @@ class TestPersistence:
         pinned.offer(route())
         trio.run(keeper.save)
         assert (tmp_path / "state" / PIN_FILE).exists()
-        assert [p.name for p in (tmp_path / "state").iterdir()] == [PIN_FILE]  # no temporary file left
+        assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["lock", PIN_FILE]  # no temporary file
+        with pytest.raises(StateError, match="in use by another fednode process"):
+            PinKeeper(tmp_path / "state", structlog.get_logger())  # a second node on the same state_dir
+        keeper.close()  # the node stopped
         again = PinKeeper(tmp_path / "state", structlog.get_logger())  # the node restarted
         assert again.store.pins == keeper.store.pins and len(again.store) == 2
         restarted = Pinned(again.store)

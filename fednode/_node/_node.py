@@ -426,6 +426,7 @@ class Node:
                 self.log.info("node.shutdown", peers=len(self.peers.peer_ids()), grace=self.config.shutdown_grace)
                 await self.peers.close("node shutting down")
                 await self.pin_keeper.save()  # pins made in the last moments too
+                self.pin_keeper.close()
                 self._nursery.cancel_scope.cancel()
                 self.log.info("node.stopped", seconds=round(trio.current_time() - started, 3))
 

@@ -14,6 +14,8 @@ configured (never any other kind of credential), and come only from a loopback a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hmac
 import ipaddress
 import json
@@ -38,6 +40,8 @@ __all__ = ["PIN_FILE", "PinKeeper", "open_state_dir"]
 
 #: The pins file's name in the state directory.
 PIN_FILE = "pins.json"
+#: The file a node holds locked while it uses the state directory (two nodes would overwrite each other's pins).
+LOCK_FILE = "lock"
 #: Seconds between new pins and their being saved: the pins of a start-up or of a burst of updates go together,
 #: and a peer changing its routes without end makes the node write the file at most this often.
 SAVE_DELAY = 5.0
@@ -101,20 +105,33 @@ class PinKeeper:
         self.file = None if state_dir is None else open_state_dir(state_dir) / PIN_FILE
         self._saved = 0  # the store's change count last saved
         self._lock = trio.Lock()
+        self._held_lock: int | None = None  # the locked file's descriptor (None: not locked)
         if self.file is None:
             log.info("pins.memory_only", detail="no [node] state_dir: pinned definitions are kept in memory only "
                                                 "and pinned anew after a restart")
             return
+        self._held_lock = _lock(self.file.parent / LOCK_FILE)
         try:
             data = self.file.read_bytes()
         except FileNotFoundError:
             data = None
         except OSError as exc:
+            self.close()
             raise StateError(f"pins file {self.file}: cannot read it: {exc.strerror or exc}") from None
         if data is not None:
-            self.store.load(data, str(self.file))
+            try:
+                self.store.load(data, str(self.file))
+            except StateError:
+                self.close()
+                raise
         self._saved = self.store.changes
         log.info("pins.loaded", file=str(self.file), pins=len(self.store))
+
+    def close(self) -> None:
+        """Let go of the state directory (another node may use it from now on)."""
+        if self._held_lock is not None:
+            os.close(self._held_lock)  # closing the descriptor releases its lock
+            self._held_lock = None
 
     async def save(self) -> None:
         """Write the pins to the file now if they changed since last written (nothing without a file)."""
@@ -196,6 +213,26 @@ class PinKeeper:
         """What ``/pins`` answers (and ``/status`` shows as ``pins``)."""
         return {"file": None if self.file is None else str(self.file), "pins": len(self.store),
                 "held": federation.catalog.held_items(definitions=True)}
+
+
+def _lock(path: Path) -> int:
+    """Lock ``path`` (created 0600) for this process: the descriptor holding the lock.
+
+    Raises:
+        StateError: another process holds it.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StateError(f"state_dir {path.parent}: cannot open {path.name}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+        raise StateError(f"state_dir {path.parent}: in use by another fednode process (it holds {path}); "
+                         "give each node a state_dir of its own") from None
+    return descriptor
 
 
 def _loopback(host: str) -> bool:
