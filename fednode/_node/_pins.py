@@ -104,7 +104,7 @@ class PinKeeper:
         self.store = PinStore(on_change=self._changed.set)
         self.file = None if state_dir is None else open_state_dir(state_dir) / PIN_FILE
         self._saved = 0  # the store's change count last saved
-        self._lock = trio.Lock()
+        self._saving = trio.Lock()  # one write at a time
         self._held_lock: int | None = None  # the locked file's descriptor (None: not locked)
         if self.file is None:
             log.info("pins.memory_only", detail="no [node] state_dir: pinned definitions are kept in memory only "
@@ -135,7 +135,7 @@ class PinKeeper:
 
     async def save(self) -> None:
         """Write the pins to the file now if they changed since last written (nothing without a file)."""
-        async with self._lock:
+        async with self._saving:
             changes = self.store.changes
             if self.file is None or changes == self._saved:
                 return
