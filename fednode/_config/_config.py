@@ -42,9 +42,11 @@ from ._config_load import Rate as Rate
 from ._config_load import Secret as Secret
 from ._config_load import parse_duration as parse_duration
 from ._config_load import parse_rate as parse_rate
+from ._export_rules import SERVER_ID_RE as SERVER_ID_RE
+from ._export_rules import NameRules
+from ._export_rules import problems as rule_problems
 
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-SERVER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MIN_HS512_SECRET_BYTES = 64
 #: Longest link-token lifetime; peers refuse tokens that live longer.
 MAX_TOKEN_TTL = 3600.0
@@ -102,8 +104,9 @@ class PeerConfig:
         control: the peer's control URL (``ws://`` or ``wss://``); ``None`` for a peer that only dials in.
         secrets: HS512 secrets for this pair (the first signs, all verify); empty = use ``[auth]``'s.
         public_keys: EdDSA public keys of the peer (any verifies).
-        export: server ids whose routes this node shares with the peer (None = all).
-        import_: server ids whose routes this node accepts from the peer (None = all).
+        export: what this node shares with the peer (None = all): server ids, ``server.glob`` for
+            tools and prompts, ``!`` in front to exclude (see :mod:`fednode._config._export_rules`).
+        import_: what this node accepts from the peer (None = all), written as ``export``.
         transit: whether routes learned from other peers are re-advertised to this peer.
         rate: requests this peer may send (each over it is answered with a rate-limit error).
         vouch: whether routes from this peer whose origin or path cannot be verified are accepted on
@@ -119,14 +122,29 @@ class PeerConfig:
     transit: bool = True
     vouch: bool = False
     rate: Rate = DEFAULT_PEER_RATE
+    #: ``export`` and ``import_`` parsed (None: everything); ValueError here if an entry is invalid
+    export_rules: NameRules | None = attrs.field(init=False, eq=False, repr=False)
+    import_rules: NameRules | None = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        for name, entries in (("export_rules", self.export), ("import_rules", self.import_)):
+            object.__setattr__(self, name, None if entries is None else NameRules.parse(entries))
 
     def exports(self, server_id: str) -> bool:
         """Whether routes to ``server_id`` may be advertised to this peer (``export``; default all)."""
-        return self.export is None or server_id in self.export
+        return self.export_rules is None or self.export_rules.server(server_id)
 
     def imports(self, server_id: str) -> bool:
         """Whether routes to ``server_id`` are accepted from this peer (``import``; default all)."""
-        return self.import_ is None or server_id in self.import_
+        return self.import_rules is None or self.import_rules.server(server_id)
+
+    def exports_item(self, server_id: str, kind: str, name: str) -> bool:
+        """Whether the peer may see and call the item of ``kind`` called ``name`` at ``server_id``."""
+        return self.export_rules is None or self.export_rules.item(server_id, kind, name)
+
+    def imports_item(self, server_id: str, kind: str, name: str) -> bool:
+        """Whether this node's clients may see and call that item as the peer offers it."""
+        return self.import_rules is None or self.import_rules.item(server_id, kind, name)
 
 
 @attrs.frozen
@@ -492,6 +510,9 @@ def _peers(load: Loader, raw: Mapping[str, Any], node_id: str | None,
                     load.problem(f"{path}.{key}", "shared secrets are only used with algorithm = \"HS512\"")
             if entry.public_key is None and entry.public_keys is None:
                 load.problem(f"{path}.public_key", "EdDSA needs this peer's public key")
+        for key, entries in (("export", entry.export), ("import", entry.import_)):
+            for at, why in rule_problems(entries or ()):
+                load.problem(f"{path}.{key}[{at}]", why)
         if entry.id == node_id:
             load.problem(f"{path}.id", f"peer id {entry.id!r} is this node's own id")
         elif entry.id in seen:
