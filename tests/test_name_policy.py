@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+from test_federation import Catalog, eventually, names, tools, topology
 
 import fednode
 from fednode._errors import UNKNOWN_NAME, ForwardError
@@ -14,7 +15,6 @@ from fednode._federation import _name_policy
 from fednode._federation._route_proof import RouteProofs
 
 from helpers import keyring
-from test_federation import Catalog, eventually, names, topology, tools
 
 FILES = ("read_a", "read_b", "read_secret", "delete")
 EXPORT = ["files.read_*", "!files.read_secret"]
