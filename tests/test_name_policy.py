@@ -146,6 +146,23 @@ class TestImport:
                 await eventually(lambda: "notes__marker" in names(c))
                 assert names(c) == {"notes__add", "notes__marker"}
 
+    async def test_calls_go_only_to_replicas_whose_import_allows_them(self) -> None:
+        """files on node-b (one hop) and node-c (two, through node-d, whose import trims it)."""
+        policies = {("node-a", "node-d"): {"import_": ["files.read_*"]}}
+        with trio.fail_after(60):
+            async with topology([("node-a", "node-b"), ("node-a", "node-d"), ("node-d", "node-c")],
+                                policies) as nodes:
+                a = nodes["node-a"]
+                nodes["node-b"].federation.set_local_catalog("files", files())
+                nodes["node-c"].federation.set_local_catalog("files", files())
+                def origins(name: str) -> tuple[str, ...]:
+                    entry = a.federation.entries["tools"].get(name)
+                    return () if entry is None else entry.origins
+
+                await eventually(lambda: len(origins("files__read_a")) == 2)
+                assert origins("files__read_a") == ("node-b", "node-c")
+                assert origins("files__delete") == ("node-b",)  # never through node-d
+
 
 class TestEnforcement:
     """The exporting node refuses a forward for a tool or prompt its export leaves out, whatever is asked."""
