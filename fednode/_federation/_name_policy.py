@@ -96,7 +96,7 @@ class NamePolicy:
         self.node_id = node_id
         self._policy_for = policy_for
         self._log = log
-        # (rules, server, digest) -> trimmed route (None: the rules trim nothing)
+        # (with its own digest, rules, server, digest) -> trimmed route (None: the rules trim nothing)
         self._trimmed = _LRU(CACHE_SIZE)
         # (peer, via) + route key -> (route held, its trimmed copy) for the catalog's view
         self._imported: dict[tuple[str, Key], tuple[Route, Route]] = {}
@@ -106,17 +106,29 @@ class NamePolicy:
     # -- trimming -----------------------------------------------------------------------------
 
     def trimmed(self, route: Route, rules: NameRules | None) -> Route | None:
-        """``route`` with only the tools and prompts ``rules`` let through, with its digest (no proof);
-        None if they let through all of it (or none: see :meth:`NameRules.server`)."""
+        """``route`` with only the tools and prompts ``rules`` let through (its digest and proof kept,
+        not recomputed); None if they let through all of it (or none: see :meth:`NameRules.server`)."""
+        return self._cached(route, rules, signed=False)
+
+    def variant(self, route: Route, rules: NameRules | None) -> Route | None:
+        """:meth:`trimmed`, with the digest of the trimmed catalog and no proof (for this node's own
+        routes, which it signs)."""
+        return self._cached(route, rules, signed=True)
+
+    def _cached(self, route: Route, rules: NameRules | None, *, signed: bool) -> Route | None:
         if rules is None or rules.whole(route.server) or not rules.server(route.server):
             return None
-        key = (rules, route.server, route.digest)
+        key = (signed, rules, route.server, route.digest)
         cacheable = route.vouched_by is None  # a vouched route's digest was not checked against its catalog
         found = self._trimmed.get(key) if cacheable else None
         if found is not None:
             cached: Route | None = found[0]
             return cached
-        result = self._trim(route, rules)
+        result = self.trimmed(route, rules) if signed else self._trim(route, rules)
+        if result is not None and signed:
+            unpacked_catalog = {kind: [unpacked(item) for item in items] for kind, items in result.catalog.items()}
+            result = attrs.evolve(result, proof=None, digest=catalog_digest(
+                {**unpacked_catalog, "extensions": route.extensions, "timeout": route.timeout}))
         if cacheable:
             self._trimmed.put(key, (result,))
         return result
@@ -136,17 +148,14 @@ class NamePolicy:
                 names[kind] = tuple(name for _, name in kept)
         if not dropped:
             return None
-        unpacked_catalog = {kind: [unpacked(item) for item in items] for kind, items in catalog.items()}
-        digest = catalog_digest({**unpacked_catalog, "extensions": route.extensions, "timeout": route.timeout})
-        return attrs.evolve(route, catalog=catalog, names=names if route.names is not None else None,
-                            digest=digest, proof=None, size=0)
+        return attrs.evolve(route, catalog=catalog, names=names if route.names is not None else None, size=0)
 
     def variant_digests(self, route: Route, peers: Iterable[str]) -> frozenset[str]:
         """The digests of the variants of this node's own ``route`` that ``peers`` are offered."""
         digests = set()
         for peer_id in peers:
             policy = self._policy_for(peer_id)
-            variant = self.trimmed(route, policy.export_rules) if policy is not None else None
+            variant = self.variant(route, policy.export_rules) if policy is not None else None
             if variant is not None:
                 digests.add(variant.digest)
         return frozenset(digests)
@@ -158,7 +167,7 @@ class NamePolicy:
         node's own trimmed to the peer's ``export`` (with the proof of the full one: the same version
         covers every variant), a passed-on one as it is, or None if it must be held back."""
         if via is None:
-            variant = self.trimmed(route, policy.export_rules)
+            variant = self.variant(route, policy.export_rules)
             return route if variant is None else attrs.evolve(variant, proof=route.proof)
         return None if self.held_why(peer_id, policy, route, via) is not None else route
 
@@ -217,8 +226,6 @@ class NamePolicy:
                 trimmed: Route | None = held[1]
             else:
                 trimmed = self.trimmed(route, rules)
-                if trimmed is not None:
-                    trimmed = attrs.evolve(trimmed, digest=route.digest, proof=route.proof)
             if trimmed is None:
                 continue
             kept[(via, key)] = (route, trimmed)
