@@ -129,3 +129,34 @@ class NameRules:
         if self.only_exclusions or server in self.servers:
             return True
         return any(fnmatchcase(name, glob) for glob in self.globs.get(server, ()))
+
+
+class PeerRules:
+    """What a peer's ``export`` and ``import`` lists decide (:class:`fednode.PeerConfig` is one): parses
+    them after ``__init__`` (ValueError for an invalid entry) into ``export_rules``/``import_rules``."""
+
+    __slots__ = ()
+    export: tuple[str, ...] | None
+    import_: tuple[str, ...] | None
+    export_rules: NameRules | None
+    import_rules: NameRules | None
+
+    def __attrs_post_init__(self) -> None:
+        for name, entries in (("export_rules", self.export), ("import_rules", self.import_)):
+            object.__setattr__(self, name, None if entries is None else NameRules.parse(entries))
+
+    def exports(self, server_id: str) -> bool:
+        """Whether routes to ``server_id`` may be advertised to this peer (``export``; default all)."""
+        return self.export_rules is None or self.export_rules.server(server_id)
+
+    def imports(self, server_id: str) -> bool:
+        """Whether routes to ``server_id`` are accepted from this peer (``import``; default all)."""
+        return self.import_rules is None or self.import_rules.server(server_id)
+
+    def exports_item(self, server_id: str, kind: str, name: str) -> bool:
+        """Whether the peer may see and call the item of ``kind`` called ``name`` at ``server_id``."""
+        return self.export_rules is None or self.export_rules.item(server_id, kind, name)
+
+    def imports_item(self, server_id: str, kind: str, name: str) -> bool:
+        """Whether this node's clients may see and call that item as the peer offers it."""
+        return self.import_rules is None or self.import_rules.item(server_id, kind, name)

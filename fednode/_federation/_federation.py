@@ -21,15 +21,16 @@ import collections
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-import attrs
 import trio
 
+from .._config._callers import EVERYBODY, Caller
 from .._config._config import LinkConfig, MCPConfig, PeerConfig
 from .._config._logging import ThrottledLog
 from .._config._memory import MemoryTrimmer
 from .._peers._link import Handlers, Link, RequestContext
 from .._peers._supervisor import PeerSupervisor
 from ._advertiser import ROUTES_METHOD, Advertiser
+from ._caller_proof import CallerStatements
 from ._catalog import Catalog, Entry
 from ._forwarding import (
     CLIENT_CAPABILITIES_KEY,
@@ -177,7 +178,10 @@ class Federation:
             request=request, notify=notify, link_to=self._link_to, offered_path=self._offered_path,
             request_timeout=lambda: mcp().request_timeout, max_inflight=limits.max_inflight,
             observe=observe, is_settled=lambda: self._settled, wait_settled=self.wait_settled,
-            health_changed=self._changed, log=self.log, on_refused=refused, item_offered=self._item_offered)
+            health_changed=self._changed, log=self.log, on_refused=refused, item_offered=self.names.item_offered,
+            statements=None if self.proofs is None else CallerStatements(
+                node_id, self.proofs.keyring, on_unverified=self._caller_unverified,
+                trust=lambda peer_id: getattr(peers.peer_config(peer_id), "callers", None)))
         #: the methods peers call on this node, for the node to serve (see :meth:`Handlers.merge`)
         self.handlers = Handlers(
             requests={FORWARD_METHOD: self.forwarding.on_forward},
@@ -366,14 +370,13 @@ class Federation:
             prefix = local.prefix if local is not None else server_id
             extensions = dict(local.extensions) if local is not None else {}
             timeout = local.timeout if local is not None else None
-            digest = catalog_digest({**kinds, "extensions": extensions, "timeout": timeout})
+            callers = local.callers if local is not None else EVERYBODY
+            digest = catalog_digest({**kinds, "extensions": extensions, "timeout": timeout,
+                                     "callers": callers.to_wire()})
             route = Route(origin=self.id, server=server_id, prefix=prefix, path=(self.id,), digest=digest,
-                          catalog=kinds, extensions=extensions, timeout=timeout)
-            if self.proofs is not None:
-                # One version for the full catalog and the trimmed ones peers' exports are offered.
-                variants = self.names.variant_digests(route, self._peers.peer_ids())
-                route = attrs.evolve(route, proof=self.proofs.local_proof(server_id, digest, prefix, variants))
-            routes[(self.id, server_id)] = route
+                          catalog=kinds, extensions=extensions, timeout=timeout, callers=callers)
+            # Signed with one version for the full catalog and the trimmed ones peers' exports are offered.
+            routes[(self.id, server_id)] = self.names.signed(route, self.proofs, self._peers.peer_ids())
         if self.proofs is not None:
             self.proofs.keep_local(self._local_kinds)
         return routes
@@ -411,15 +414,7 @@ class Federation:
         if policy is None:
             return None
         path = self.table.offered_path(peer_id, policy, key, node_transit=self._mcp().transit)
-        if path is None:
-            return None
-        route, via = self.table.best[key]
-        return path if self.names.held_why(peer_id, policy, route, via) is None else None
-
-    def _item_offered(self, peer_id: str, server: str, kind: str, name: str) -> bool:
-        """Whether ``peer_id``'s ``export`` lets it call the item of ``kind`` called ``name`` at ``server``."""
-        policy = self._peers.peer_config(peer_id)
-        return policy is not None and policy.exports_item(server, kind, name)
+        return None if path is None else self.names.offered_path(peer_id, policy, path, self.table.best[key])
 
     async def _notify(self, peer_id: str, method: str, params: Any) -> None:
         await self._send_notification(peer_id, method, params)
@@ -427,6 +422,10 @@ class Federation:
     def best_routes(self) -> dict[Key, tuple[Route, str | None]]:
         """For each (origin, server): the best route and the peer it goes through (None = local)."""
         return self.table.best_routes(self._local_routes(), self._rtts(), trio.current_time())
+
+    def local_changed(self) -> None:
+        """How an attached server is advertised changed (its ``callers``): advertise it again."""
+        self._changed()
 
     def _changed(self) -> None:
         rtts = self._rtts()
@@ -472,9 +471,14 @@ class Federation:
 
     # -- looking things up --------------------------------------------------------------------
 
-    def list_items(self, kind: str) -> list[dict[str, Any]]:
-        """The exposed definitions of one kind, sorted by exposed name."""
-        return self.catalog.list_items(kind)
+    def list_items(self, kind: str, caller: Caller | None = None) -> list[dict[str, Any]]:
+        """The exposed definitions of one kind ``caller`` may use (None: an anonymous client of this
+        node), sorted by exposed name (see :meth:`CallerPolicy.usable_by`)."""
+        return self.catalog.list_items(kind, self.forwarding.callers.usable_by(caller or Caller(entry=self.id)))
+
+    def _caller_unverified(self, entry: str, reason: str) -> None:
+        self._throttled.warning("caller.unverified", key=entry, entry=entry, reason=reason,
+                                hint="configure that node's key in [[nodes]] to believe what it says of its callers")
 
     def tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
         """The input schema of an exposed tool (None: no such tool, or it has none)."""
@@ -493,8 +497,10 @@ class Federation:
         return self.table.next_hop((origin, server))
 
     async def execute(self, method: str, params: dict[str, Any], *, timeout: float | None = None,
-                      progress: ProgressFn | None = None, session: dict[str, Any] | None = None) -> dict[str, Any]:
+                      progress: ProgressFn | None = None, session: dict[str, Any] | None = None,
+                      caller: Caller | None = None) -> dict[str, Any]:
         """Run a client request wherever its server is (see :meth:`._forwarding.Forwarding.execute`)."""
-        return await self.forwarding.execute(method, params, timeout=timeout, progress=progress, session=session)
+        return await self.forwarding.execute(method, params, timeout=timeout, progress=progress, session=session,
+                                             caller=caller)
 
 

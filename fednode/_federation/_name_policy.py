@@ -26,7 +26,8 @@ from typing import Any, Protocol
 import attrs
 
 from .._config._export_rules import NAMED_KINDS, NameRules
-from ._routes import Item, Key, Route, catalog_digest, item_name, unpacked
+from ._route_proof import RouteProofs
+from ._routes import Item, Key, Path, Route, item_name, unpacked
 
 #: Trimmed catalogs (and "does it trim" answers) remembered; the least recently used go first.
 CACHE_SIZE = 1024
@@ -126,9 +127,7 @@ class NamePolicy:
             return cached
         result = self.trimmed(route, rules) if signed else self._trim(route, rules)
         if result is not None and signed:
-            unpacked_catalog = {kind: [unpacked(item) for item in items] for kind, items in result.catalog.items()}
-            result = attrs.evolve(result, proof=None, digest=catalog_digest(
-                {**unpacked_catalog, "extensions": route.extensions, "timeout": route.timeout}))
+            result = attrs.evolve(result, proof=None, digest=result.signed_digest())
         if cacheable:
             self._trimmed.put(key, (result,))
         return result
@@ -159,6 +158,25 @@ class NamePolicy:
             if variant is not None:
                 digests.add(variant.digest)
         return frozenset(digests)
+
+    def signed(self, route: Route, proofs: RouteProofs | None, peers: Iterable[str]) -> Route:
+        """This node's own ``route`` with the proof of its version (None ``proofs``: as it is), which
+        covers its variants for ``peers`` too (see :meth:`RouteProofs.local_proof`)."""
+        if proofs is None:
+            return route
+        variants = self.variant_digests(route, peers)
+        return attrs.evolve(route, proof=proofs.local_proof(route.server, route.digest, route.prefix, variants))
+
+    def item_offered(self, peer_id: str, server: str, kind: str, name: str) -> bool:
+        """Whether ``peer_id``'s ``export`` lets it call the item of ``kind`` called ``name`` at ``server``."""
+        policy = self._policy_for(peer_id)
+        return policy is not None and (policy.export_rules is None or policy.export_rules.item(server, kind, name))
+
+    def offered_path(self, peer_id: str, policy: RulesPolicy, path: Path,
+                     best: tuple[Route, str | None]) -> Path | None:
+        """``path``, the path the routing table offers ``peer_id`` for the route ``best`` (with the peer
+        it is learned from), unless tool-level rules hold it back."""
+        return path if self.held_why(peer_id, policy, *best) is None else None
 
     # -- what a peer is offered -----------------------------------------------------------------
 
