@@ -13,6 +13,7 @@ import fednode
 from fednode._errors import UNKNOWN_NAME, ForwardError
 from fednode._federation import _routes
 from fednode._federation._route_proof import RouteProofs
+from fednode._node._status import node_status
 
 from helpers import keyring
 
@@ -105,6 +106,7 @@ class TestPassedOn:
                 assert names(a) == {"notes__add", "notes__marker"}
                 assert b.federation.names.held_back == {
                     ("node-a", "node-c", "files"): "export to 'node-a' leaves out some of its tools or prompts"}
+                assert node_status(b)["routes"]["held_back"] == {"node-a": ["node-c/files"]}
                 # Nor can a reach it by asking: it is not offered.
                 with pytest.raises(fednode.RemoteError) as info:
                     await a.request("node-b", "fed/forward", forged("files", "read_a", origin="node-c"), timeout=30)
