@@ -5,14 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
+import structlog
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from test_federation import Catalog, eventually, names, tools, topology
 
 import fednode
+from fednode._config._export_rules import NameRules
 from fednode._errors import UNKNOWN_NAME, ForwardError
-from fednode._federation import _routes
+from fednode._federation import _name_policy, _routes
 from fednode._federation._route_proof import RouteProofs
+from fednode._federation._routes import Route, packed, unpacked
 from fednode._node._status import node_status
 
 from helpers import keyring
@@ -197,3 +203,33 @@ def test_variants_change_the_version() -> None:
     assert narrowed.version > first.version
     now[0] += proofs.ttl  # re-signed before it expires: a new version, the variants kept
     assert proofs.local_proof("files", "full", "files", frozenset({"v2"})).version > narrowed.version
+
+
+@given(st.lists(st.sampled_from(["files", "files.read_*", "!files.read_secret", "!files.d*", "files.delete",
+                                 "notes", "!notes"]), max_size=4),
+       st.lists(st.sampled_from(FILES), unique=True), st.booleans())
+def test_trimmed_catalogs_keep_exactly_what_the_rules_let_through(listed: list[str], tools_at: list[str],
+                                                                  packed_route: bool) -> None:
+    rules = NameRules.parse(listed)
+    catalog = files()
+    kinds = {"tools": tuple(t for t in catalog.tools if t["name"] in tools_at), "prompts": catalog.prompts,
+             "resources": catalog.resources, "resourceTemplates": ()}
+    route = Route(origin="node-b", server="files", prefix="files", path=("node-b",), digest="", catalog=kinds)
+    route = attrs.evolve(route, digest=route.signed_digest())
+    if packed_route:
+        route = packed(route)
+    policy = _name_policy.NamePolicy("node-b", lambda _peer: None, structlog.get_logger())
+    trimmed, variant = policy.trimmed(route, rules), policy.variant(route, rules)
+    if not rules.server("files") or all(rules.item("files", kind, str(name)) for kind in ("tools", "prompts")
+                                        for name in _name_policy.route_names(route, kind)):
+        assert trimmed is None and variant is None  # nothing to trim (or nothing offered at all)
+        return
+    assert trimmed is not None and variant is not None
+    for kind in ("tools", "prompts"):
+        expected = [name for name in _name_policy.route_names(route, kind) if rules.item("files", kind, str(name))]
+        assert list(_name_policy.route_names(trimmed, kind)) == expected
+        assert [unpacked(item)["name"] for item in variant.catalog[kind]] == expected
+    assert trimmed.catalog["resources"] == route.catalog["resources"]  # resources follow the server
+    assert trimmed.digest == route.digest  # kept: not hashed again
+    assert variant.digest == variant.signed_digest() != route.digest and variant.proof is None
+    assert policy.variant(route, rules) is variant  # cached
