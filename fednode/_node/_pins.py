@@ -198,9 +198,10 @@ class PinKeeper:
                                                               and all(isinstance(n, str) for n in names))):
                 return JSONResponse({"error": 'expected {"names": ["NAME", ...]} or {"all": true}'}, status_code=400)
             try:
-                accepted = federation.accept_pins(None if every else names)
+                accepted = federation.catalog.accept_held(None if every else names)
             except LookupError as exc:
                 return JSONResponse({"error": str(exc.args[0])}, status_code=404)
+            federation.local_changed()  # the catalog rebuilt with them: listed, and clients told, at once
             await self.save()
             for item in accepted:
                 self.log.info("pins.accepted", name=item["name"], server=item["server"], origin=item["origin"],
