@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from .._config._callers import Caller
 from .._errors import INTERNAL_ERROR, EdgeError
+from ._edge_http import client_caller
 
 __all__ = ["FORWARDED_METHODS", "KINDS", "EdgeCall", "Forwarder", "ProgressReporter"]
 
@@ -146,6 +147,8 @@ class EdgeCall:
             # with a related_request_id, minus the typed validation a raw forwarder must skip.
             ask=getattr(ctx.session, "_request_outbound", None) and partial(
                 ctx.session._request_outbound.send_raw_request, opts=None),
+            # Who the HTTP edge found the client to be (None on stdio: the node's own process).
+            caller=client_caller(getattr(ctx.request, "scope", None)),
         )
 
     @property
