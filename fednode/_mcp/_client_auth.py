@@ -175,10 +175,11 @@ class ClientAuth:
             return None
         config: OAuthConfig = verifier.config
         try:
-            return ProtectedResourceMetadata(resource=AnyHttpUrl(verifier.resource),
-                                             authorization_servers=[AnyHttpUrl(config.issuer)],
-                                             scopes_supported=list(config.scopes) or None,
-                                             bearer_methods_supported=["header"])
+            # As strings, validated by the model, which keeps a path-less URL as is (an issuer is
+            # compared exactly, RFC 8414: no trailing slash added).
+            return ProtectedResourceMetadata.model_validate({
+                "resource": verifier.resource, "authorization_servers": [config.issuer],
+                "scopes_supported": list(config.scopes) or None, "bearer_methods_supported": ["header"]})
         except ValidationError:
             return None
 
