@@ -271,10 +271,11 @@ class OAuthVerifier:
             # The key is bound to the token's algorithm: a key of another type (an RSA key for
             # EdDSA, any public key for HMAC) cannot be loaded for it and is refused here.
             key = jwt.PyJWK(jwk, algorithm=alg)
+        except (jwt.PyJWKError, jwt.InvalidKeyError):
+            raise TokenRefused("algorithm", "the token's algorithm does not fit its key") from None
+        try:
             claims = jwt.decode(token, key=key, algorithms=[alg], audience=self.resource, issuer=self.config.issuer,
                                 leeway=self.config.leeway, options={"require": ["exp", "iss", "aud"]})
-        except jwt.PyJWKError:
-            raise TokenRefused("algorithm", "the token's algorithm does not fit its key") from None
         except jwt.PyJWTError as exc:
             reason, description = next(((r, d) for kind, r, d in _REASONS if isinstance(exc, kind)),
                                        ("malformed", "the token is not valid"))
