@@ -39,6 +39,10 @@ METADATA_PATHS = ("/.well-known/oauth-protected-resource", "/.well-known/oauth-p
 #: Paths that never need a token.
 OPEN_PATHS = frozenset({"/healthz", *METADATA_PATHS})
 
+#: On a refusal: the request's body was not read, so the connection cannot carry another request;
+#: saying so keeps a client from sending its next one on it as the server closes it.
+_CLOSE = {"Connection": "close"}
+
 Admitted = tuple[Caller, str]
 """A request let through: its caller, and the key its requests are rate-limited under."""
 
@@ -121,7 +125,8 @@ class ClientAuth:
         except KeysUnavailable as exc:
             self._count("keys_unavailable")
             self.log.warning("edge.client_refused", reason="keys_unavailable", error=str(exc))
-            return PlainTextResponse(f"Service Unavailable: {exc}", status_code=503, headers={"Retry-After": "5"})
+            return PlainTextResponse(f"Service Unavailable: {exc}", status_code=503,
+                                     headers={"Retry-After": "5", **_CLOSE})
         missing = [needed for needed in self.verifier.config.scopes if needed not in access.scopes]
         if missing:
             return self._refuse("scope", 403, "insufficient_scope", f"the token lacks the scope {missing[0]!r}")
@@ -152,7 +157,7 @@ class ClientAuth:
         if verifier is None:  # static tokens only: as before OAuth, no metadata to point at
             parts = ['realm="fednode"'] + ([f'error="{error}"'] if error else [])
             return PlainTextResponse("Unauthorized", status_code=401,
-                                     headers={"WWW-Authenticate": "Bearer " + ", ".join(parts)})
+                                     headers={"WWW-Authenticate": "Bearer " + ", ".join(parts), **_CLOSE})
         parts = []
         if error is not None:
             parts += [f'error="{error}"', f'error_description="{_quoted(description)}"']
@@ -160,7 +165,8 @@ class ClientAuth:
         if verifier.config.scopes:
             parts.append(f'scope="{" ".join(verifier.config.scopes)}"')
         body = {"error": error or "invalid_request", "error_description": description}
-        return JSONResponse(body, status_code=status, headers={"WWW-Authenticate": "Bearer " + ", ".join(parts)})
+        return JSONResponse(body, status_code=status,
+                            headers={"WWW-Authenticate": "Bearer " + ", ".join(parts), **_CLOSE})
 
     # -- RFC 9728 metadata ----------------------------------------------------------------------
 
