@@ -35,6 +35,7 @@ from starlette.responses import Response
 import fednode
 from fednode._config._callers import Caller
 from fednode._config._config import ClientsConfig, Secret
+from fednode._config._describe import describe
 from fednode._config._oauth_config import NamedToken, OAuthConfig
 from fednode._errors import FetchError, TokenRefused
 from fednode._mcp._client_auth import ClientAuth
@@ -510,6 +511,9 @@ def test_configuration_problems_name_their_keys() -> None:
     assert [t.name for t in config.clients.tokens] == [None, None]
     assert config.clients.oauth is not None and config.clients.oauth.leeway == 30.0
     assert "EdDSA" in config.clients.oauth.algorithms and "HS256" not in config.clients.oauth.algorithms
+    summary = describe(config)  # fednode check-config: what authenticates clients, never a token
+    assert "clients   2 static token(s), 0 named; oauth from 'https://idp.example.org'" in summary
+    assert STATIC not in summary
 
 
 async def test_reload_applies_oauth_at_once() -> None:
