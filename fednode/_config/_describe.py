@@ -40,11 +40,11 @@ def describe(config: NodeConfig) -> str:
     clients = config.clients
     if clients.authenticated:
         named = sum(1 for token in clients.tokens if token.name is not None)
-        how = [f"{len(clients.tokens)} static token(s), {named} named"] if clients.tokens else []
+        ways = [f"{len(clients.tokens)} static token(s), {named} named"] if clients.tokens else []
         if clients.oauth is not None:
             oauth = clients.oauth
-            how.append(f"oauth from {shown_url(oauth.issuer)}, audience "
+            ways.append(f"oauth from {shown_url(oauth.issuer)}, audience "
                        f"{shown_url(oauth.audience) if oauth.audience else '{data}/mcp'}, "
                        f"scopes {' '.join(oauth.scopes) or '(none)'}")
-        lines.append(f"  clients   {'; '.join(how)}")
+        lines.append(f"  clients   {'; '.join(ways)}")
     return "\n".join(lines)
