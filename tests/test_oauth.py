@@ -542,3 +542,57 @@ async def test_reload_applies_oauth_at_once() -> None:
                 assert await status() == 200
                 assert (await http.get(a.data_url + "/.well-known/oauth-protected-resource")).status_code == 404
             nursery.cancel_scope.cancel()
+
+
+async def test_oauth_callers_are_rate_limited_per_subject() -> None:
+    """The rate key of an OAuth caller is its issuer and subject (and client), hashed: a new token of the
+    same subject shares its budget, another subject has its own, and the key shows neither."""
+    issuer = TestIssuer()
+    auth = ClientAuth("node-a", ClientsConfig(oauth=OAuthConfig(issuer=issuer.url)), resource=lambda: AUDIENCE)
+    assert auth.verifier is not None
+    auth.verifier.keys = KeySet(lambda: _document(issuer))
+
+    async def key(token: str) -> str:
+        admitted = await auth.admit({"type": "http", "path": "/mcp",
+                                     "headers": [(b"authorization", f"Bearer {token}".encode())]}, "10.0.0.1")
+        assert not isinstance(admitted, Response)
+        return admitted[1]
+
+    alice = await key(issuer.token(AUDIENCE, subject="alice@example.org"))
+    assert alice == await key(issuer.token(AUDIENCE, subject="alice@example.org", lifetime=600, alg="EdDSA"))
+    assert alice != await key(issuer.token(AUDIENCE, subject="bob@example.org"))
+    assert alice.startswith("oauth:") and "alice" not in alice
+
+
+async def _document(issuer: TestIssuer) -> Any:
+    return issuer.jwks()
+
+
+async def test_keys_from_a_file_and_unreachable_keys_over_http(tmp_path: Path) -> None:
+    """``jwks`` as a file; ``jwks`` at an address nobody answers: 503 with a clear message, the node carries on."""
+    issuer = TestIssuer()
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps(issuer.jwks()))
+    idp = "https://idp.example.org"  # never asked: the keys are in the file
+    raw = raw_config("node-a", clients={"oauth": {"issuer": idp, "jwks": str(jwks_file)}})
+    with trio.fail_after(60):
+        async with fednode.open_node(fednode.NodeConfig.from_mapping(raw)) as a, \
+                httpx2.AsyncClient(timeout=30) as http:
+            async def post(token: str) -> httpx2.Response:
+                return await http.post(a.mcp_url, json=LIST, headers=HEADERS | {"Authorization": f"Bearer {token}"})
+
+            assert (await post(issuer.token(a.mcp_url, alg="EdDSA", issuer=idp))).status_code == 200
+            raw["clients"]["oauth"]["jwks"] = "http://127.0.0.1:1/jwks.json"  # nothing listens on port 1
+            await a.reload(fednode.NodeConfig.from_mapping(raw))
+            response = await post(issuer.token(a.mcp_url, issuer=idp))
+            assert response.status_code == 503 and response.headers["retry-after"] == "5"
+            assert "cannot fetch the issuer's keys: http://127.0.0.1:1/jwks.json" in response.text
+            assert (await http.get(a.data_url + "/healthz")).status_code == 200
+            # Behind a proxy the resource may have another path: its metadata is served there too.
+            raw["clients"]["oauth"]["audience"] = "https://node-a.example.org/tenant/mcp"
+            await a.reload(fednode.NodeConfig.from_mapping(raw))
+            response = await http.post(a.mcp_url, json=LIST, headers=HEADERS)
+            metadata_url = challenge(response)["resource_metadata"]
+            assert metadata_url == "https://node-a.example.org/.well-known/oauth-protected-resource/tenant/mcp"
+            metadata = (await http.get(a.data_url + "/.well-known/oauth-protected-resource/tenant/mcp")).json()
+            assert metadata["resource"] == "https://node-a.example.org/tenant/mcp"

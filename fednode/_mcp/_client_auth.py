@@ -32,12 +32,12 @@ from .._config._oauth_config import OAuthConfig
 from .._errors import KeysUnavailable, TokenRefused
 from ._oauth import OAuthVerifier
 
-__all__ = ["METADATA_PATHS", "OPEN_PATHS", "Admitted", "ClientAuth"]
+__all__ = ["METADATA_PATH", "Admitted", "ClientAuth", "is_open"]
 
-#: Where the Protected Resource Metadata is served (RFC 9728: the well-known URL, and with /mcp after it).
-METADATA_PATHS = ("/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp")
-#: Paths that never need a token.
-OPEN_PATHS = frozenset({"/healthz", *METADATA_PATHS})
+#: Where the Protected Resource Metadata is served (RFC 9728: the well-known URL, and with the
+#: resource's path after it: /mcp, or whatever path ``audience`` has behind a proxy).
+METADATA_PATH = "/.well-known/oauth-protected-resource"
+METADATA_PATHS = (METADATA_PATH, METADATA_PATH + "/{resource:path}")
 
 #: On a refusal: the request's body was not read, so the connection cannot carry another request;
 #: saying so keeps a client from sending its next one on it as the server closes it.
@@ -106,7 +106,7 @@ class ClientAuth:
     async def admit(self, scope: Scope, address: str) -> Admitted | Response:
         """Let the request in ``scope`` through (its caller and rate key), or the response refusing it."""
         anonymous = Caller(entry=self.entry)
-        if not self.required or scope.get("path") in OPEN_PATHS:
+        if not self.required or is_open(str(scope.get("path", ""))):
             return anonymous, "address:" + address
         presented = _bearer(scope)
         if presented is None:
@@ -203,6 +203,11 @@ class ClientAuth:
     def routes(self) -> list[Route]:
         """The metadata routes (served without a token)."""
         return [Route(path, self.serve_metadata, methods=["GET"]) for path in METADATA_PATHS]
+
+
+def is_open(path: str) -> bool:
+    """Whether ``path`` is served without a token: ``/healthz`` and the resource metadata."""
+    return path in ("/healthz", METADATA_PATH) or path.startswith(METADATA_PATH + "/")
 
 
 def _bearer(scope: Scope) -> bytes | None:
