@@ -192,7 +192,7 @@ def _usable_keys(document: Any) -> dict[str, dict[str, Any]]:
         raise FetchError("the JWKS is not a JSON object")
     try:
         keyset = jwt.PyJWKSet.from_dict(document)
-    except jwt.PyJWTError as exc:
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:  # whatever odd key material raises
         raise FetchError(f"no usable keys in the JWKS: {exc}") from None
     usable = {key.key_id for key in keyset.keys if key.public_key_use in (None, "sig")}
     raw = document.get("keys") or []
@@ -264,7 +264,8 @@ class OAuthVerifier:
             raise TokenRefused("malformed", "the token's kid is not a string")
         jwk = await self.keys.find(kid)
         if jwk is None:
-            raise TokenRefused("unknown_key", "the token is signed with a key the issuer does not publish")
+            raise TokenRefused("unknown_key", "the token is signed with a key the issuer does not publish" if kid
+                               else "the token names no key (kid) and the issuer has several")
         if jwk.get("alg") not in (None, alg):
             raise TokenRefused("algorithm", "the token's algorithm does not fit its key")
         try:
