@@ -30,7 +30,9 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from oauth_issuer import RSA_KID, TestIssuer, serve_app
 from starlette.responses import Response
+from test_cli_run import read_events
 
 import fednode
 from fednode._config._callers import Caller
@@ -43,8 +45,6 @@ from fednode._mcp._oauth import KeySet, OAuthVerifier
 
 from conftest import SECRET, node_config, raw_config
 from helpers import BlackholeProxy
-from oauth_issuer import RSA_KID, TestIssuer, serve_app
-from test_cli_run import read_events
 
 FEDNODE = str(Path(sys.executable).parent / "fednode")
 FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")

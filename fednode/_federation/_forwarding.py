@@ -16,8 +16,10 @@ from typing import Any
 
 import trio
 
+from .._config._callers import Caller
 from .._errors import (
     DEADLINE_EXCEEDED,
+    FORBIDDEN,
     FORWARDING_LOOP,
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -39,6 +41,7 @@ from .._errors import (
 )
 from .._peers._link import Link, RequestContext, Transit
 from .._peers._shares import LOCAL, FairShares, Refusal
+from ._caller_proof import CallerPolicy, CallerStatements, forbidden
 from ._catalog import Catalog
 from ._local import LocalServers, ProgressFn, token_origin
 from ._routes import MAX_PATH, Key, Path
@@ -57,7 +60,7 @@ PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 MODERN_ERA = "2026-07-28"
 # error code -> the outcome label of forwarded-request metrics (any other code: "error")
 _OUTCOMES = {UNKNOWN_NAME: "unknown", NODE_UNREACHABLE: "unreachable", SERVER_UNAVAILABLE: "unavailable",
-             DEADLINE_EXCEEDED: "deadline", FORWARDING_LOOP: "loop", OVERLOADED: "busy"}
+             DEADLINE_EXCEEDED: "deadline", FORWARDING_LOOP: "loop", OVERLOADED: "busy", FORBIDDEN: "forbidden"}
 
 
 class ForwardShares:
@@ -145,6 +148,8 @@ class Forwarding:
         health_changed: called when a peer's forwards failing (or recovering) changed its preference
             in the routing table (the best routes must be recomputed).
         log: the node's logger.
+        statements: signs this node's statements of who is calling, and checks peers' (None: none are
+            made, and every caller arriving through a peer is that peer).
     """
 
     def __init__(self, node_id: str, table: RoutingTable, catalog: Catalog, local: LocalServers, *,
@@ -154,7 +159,8 @@ class Forwarding:
                  observe: Callable[[str, str, str, float], None], is_settled: Callable[[], bool],
                  wait_settled: Callable[[], Awaitable[None]], log: Any,
                  health_changed: Callable[[], None] = lambda: None,
-                 on_refused: Callable[[str, str, str], None] | None = None) -> None:
+                 on_refused: Callable[[str, str, str], None] | None = None,
+                 statements: CallerStatements | None = None) -> None:
         self.node_id = node_id
         self._table = table
         self._catalog = catalog
@@ -169,6 +175,8 @@ class Forwarding:
         self._wait_settled = wait_settled
         self._health_changed = health_changed
         self._log = log
+        #: who may use what, and who is calling
+        self.callers = CallerPolicy(node_id, local, lambda key: (table.best.get(key) or (None,))[0], statements)
         self.in_flight = 0  # client and peer requests being executed here (passed-on ones: see Link)
         #: fair shares of the requests sent on each link and of those run here
         self.shares = ForwardShares(node_id, max_inflight, on_refused)
@@ -181,18 +189,24 @@ class Forwarding:
         self._progress_relays: dict[str, Link] = {}
 
     async def execute(self, method: str, params: dict[str, Any], *, timeout: float | None = None,
-                      progress: ProgressFn | None = None, session: dict[str, Any] | None = None) -> dict[str, Any]:
+                      progress: ProgressFn | None = None, session: dict[str, Any] | None = None,
+                      caller: Caller | None = None) -> dict[str, Any]:
         """Run a client request wherever its server is, nearest replica first; return the raw result.
 
+        Only replicas whose owning node lets ``caller`` use the server are tried (its
+        ``[[servers]] callers``, as advertised with the route).
+
         Args:
+            caller: who is calling (None: an anonymous client of this node).
             progress: awaited with ``(progress, total, message)`` for each progress notification the
                 server sends about this request, all before this method returns.
 
         Raises:
             ForwardError / RequestError: with the code to give the client.
         """
-        return await self._measured("client", method, self._execute(method, params, timeout=timeout,
-                                                                    progress=progress, session=session))
+        return await self._measured("client", method, self._execute(
+            method, params, timeout=timeout, progress=progress, session=session,
+            caller=caller or Caller(entry=self.node_id)))
 
     async def _measured(self, source: str, method: str, work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
         """Await ``work`` counted as in flight, and record its outcome and latency in the node's metrics."""
@@ -214,7 +228,8 @@ class Forwarding:
             self._observe(source, method, outcome, trio.current_time() - started)
 
     async def _execute(self, method: str, params: dict[str, Any], *, timeout: float | None,
-                       progress: ProgressFn | None, session: dict[str, Any] | None) -> dict[str, Any]:
+                       progress: ProgressFn | None, session: dict[str, Any] | None,
+                       caller: Caller) -> dict[str, Any]:
         if method in TASK_METHODS:
             server, origins, upstream_params = self._resolve_task(params)
         else:
@@ -230,6 +245,10 @@ class Forwarding:
             parked_at = token_origin(params.get("requestState"))
             if parked_at in origins:
                 origins = (parked_at,)  # a retry answering a parked call goes where the call waits
+        allowed = tuple(origin for origin in origins if self.callers.rules_of(origin, server).allows(caller))
+        if origins and not allowed:
+            raise forbidden(caller, server, origins[0])
+        origins = allowed
         if timeout is None:
             # The owning node's [[servers]] timeout when it set one (it knows its slow servers),
             # else this node's [mcp] request_timeout.
@@ -243,7 +262,7 @@ class Forwarding:
                 self.session_used.setdefault(session["id"], set()).add((origin, server))
             try:
                 result = await self._send(origin, server, method, upstream_params, deadline, (), progress, session,
-                                          party=LOCAL)
+                                          party=LOCAL, caller=caller)
             except NotDelivered as exc:
                 last = exc.error  # fail over to the next replica: this one never saw the request
                 continue
@@ -273,8 +292,12 @@ class Forwarding:
 
     async def _send(self, origin: str, server: str, method: str, params: dict[str, Any], deadline: float,
                     trace: tuple[str, ...], progress: ProgressFn | None,
-                    session: dict[str, Any] | None = None, *, party: str) -> dict[str, Any]:
+                    session: dict[str, Any] | None = None, *, party: str, caller: Caller,
+                    statement: object = None) -> dict[str, Any]:
         """Run a request at ``origin`` (here, or through the next hop) for ``party`` (LOCAL or a peer).
+
+        ``caller`` is who is calling; ``statement``, the entry node's statement of it when the request
+        came from a peer (passed on as it is; this node states its own clients).
 
         The request holds a slot of the pool it uses (the node's, or the link's to the next hop)
         while it runs: each party and each server get their fair share (see :mod:`fednode._peers._shares`),
@@ -285,6 +308,9 @@ class Forwarding:
             raise ForwardError(DEADLINE_EXCEEDED, f"Deadline exceeded before reaching {server!r} on {origin!r}")
         key = (origin, server)
         if origin == self.node_id:
+            if not self.callers.rules_of(origin, server).allows(caller):
+                self._log.info("forward.forbidden", caller=str(caller), server=server, party=party)
+                raise forbidden(caller, server, origin)
             try:
                 pool = self.shares.acquire(None, party, key)
             except ForwardError as exc:
@@ -302,15 +328,21 @@ class Forwarding:
         except ForwardError as exc:
             raise NotDelivered(exc) from None
         try:
-            return await self._forward(via, origin, server, method, params, remaining, trace, progress, session)
+            return await self._forward(via, origin, server, method, params, remaining, trace, progress, session,
+                                       caller, statement)
         finally:
             pool.release(party, key)
 
     async def _forward(self, via: str, origin: str, server: str, method: str, params: dict[str, Any],
                        remaining: float, trace: tuple[str, ...], progress: ProgressFn | None,
-                       session: dict[str, Any] | None) -> dict[str, Any]:
+                       session: dict[str, Any] | None, caller: Caller, statement: object) -> dict[str, Any]:
         forward: dict[str, Any] = {"origin": origin, "server": server, "method": method, "params": params,
                                    "timeout": remaining, "trace": [*trace, self.node_id]}
+        if statement is None and caller.entry == self.node_id:
+            statement = self.callers.state(caller, origin=origin, server=server, method=method, params=params,
+                                           timeout=remaining)
+        if statement is not None:
+            forward["caller"] = statement
         if session is not None:
             forward["session"] = session
         if progress is None:
@@ -467,6 +499,7 @@ class Forwarding:
 
     async def _serve_forward(self, params: Any, context: RequestContext) -> Any:
         origin, server, method, upstream_params, timeout, trace = self._check_forward(params, context.peer_id)
+        caller = self.callers.believed(params, context.peer_id)
         deadline = trio.current_time() + timeout
         token = params.get("progress")
         progress: ProgressFn | None = None
@@ -477,7 +510,8 @@ class Forwarding:
                                            {"token": token, "progress": value, "total": total, "message": message})
         try:
             return await self._send(origin, server, method, upstream_params, deadline, tuple(trace), progress,
-                                    params.get("session"), party=context.peer_id)
+                                    params.get("session"), party=context.peer_id, caller=caller,
+                                    statement=params.get("caller"))
         except NotDelivered as exc:
             raise exc.error from None
 
@@ -488,3 +522,4 @@ async def _relay_progress(receive: trio.MemoryReceiveChannel[tuple[float, float 
         async for value, total, message in receive:
             with contextlib.suppress(Exception):  # the caller's progress sink failing must not fail the call
                 await progress(value, total, message)
+

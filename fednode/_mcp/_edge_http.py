@@ -21,18 +21,16 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._config._callers import Caller
 from .._config._config import ClientsConfig
 from .._peers._ratelimit import RateLimiter
 from ._client_auth import ClientAuth
+from ._edge_call import CALLER_KEY
 
-__all__ = ["BearerAuth", "BoundedEventStore", "ClientLimits", "client_caller", "client_key", "healthz", "serve_asgi"]
+__all__ = ["BearerAuth", "BoundedEventStore", "ClientLimits", "client_key", "healthz", "serve_asgi"]
 
 #: Where :class:`BearerAuth` leaves the key the client's requests are rate-limited under, in
 #: ``scope["state"]`` (the SDK hands handlers a Starlette request over the same scope).
 CLIENT_KEY = "fednode_client"
-#: Where :class:`BearerAuth` leaves the request's :class:`~fednode._config._callers.Caller`.
-CLIENT_CALLER = "fednode_caller"
 
 
 class ClientLimits:
@@ -83,13 +81,6 @@ class ClientLimits:
             self._connections[address] = count
         else:
             del self._connections[address]
-
-
-def client_caller(scope: Scope | None) -> Caller | None:
-    """The caller :class:`BearerAuth` established for an HTTP request (None: not an HTTP request of the edge)."""
-    state = scope.get("state") if isinstance(scope, dict) else None
-    caller = state.get(CLIENT_CALLER) if isinstance(state, dict) else None
-    return caller if isinstance(caller, Caller) else None
 
 
 def client_key(scope: Scope) -> str | None:
@@ -174,7 +165,7 @@ class BearerAuth:
     A request ``auth`` refuses is answered here (401, 403 or 503). With ``limits``, it also keeps
     each source address to its ``max_connections`` (HTTP 429 with ``Retry-After`` beyond). A request
     let through carries its caller and the key its JSON-RPC requests are rate-limited under in its
-    scope's state (see :func:`client_key`, :func:`client_caller`).
+    scope's state (see :func:`client_key`, :func:`~fednode._mcp._edge_call.caller_of`).
     """
 
     def __init__(self, app: ASGIApp, auth: ClientAuth, limits: ClientLimits | None = None) -> None:
@@ -202,7 +193,7 @@ class BearerAuth:
                 return
             caller, key = admitted
             # A new state dict: hypercorn's may be shared by the requests of one connection.
-            scope["state"] = {**(scope.get("state") or {}), CLIENT_KEY: key, CLIENT_CALLER: caller}
+            scope["state"] = {**(scope.get("state") or {}), CLIENT_KEY: key, CALLER_KEY: caller}
             await self._serve(scope, receive, send)
         finally:
             if limits is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import trio
 from mcp.shared.exceptions import MCPError
 
+from .._config._callers import Caller
 from .._errors import DEADLINE_EXCEEDED, INTERNAL_ERROR, EdgeError, RequestError
 from .._federation._federation import CLIENT_CAPABILITIES_KEY, Federation
 from ._edge_call import EdgeCall
@@ -110,8 +111,8 @@ class FederationForwarder:
         if used:
             self._end_session(session_id, used)
 
-    def list_items(self, kind: str) -> list[dict[str, Any]]:
-        return self.federation.list_items(kind)
+    def list_items(self, kind: str, caller: Caller | None = None) -> list[dict[str, Any]]:
+        return self.federation.list_items(kind, caller)
 
     async def wait_settled(self) -> None:
         await self.federation.wait_settled()
@@ -147,7 +148,8 @@ class FederationForwarder:
             meta.setdefault(CLIENT_CAPABILITIES_KEY, call.client_capabilities or {})
             params = {**params, "_meta": meta}
         try:
-            result = await self.federation.execute(method, params, progress=progress, session=session)
+            result = await self.federation.execute(method, params, progress=progress, session=session,
+                                                   caller=call.caller)
             # A 2026-07-28 server asks for input by returning input_required; a legacy client
             # expects to be asked directly. Ask it on its request's stream and retry, as its SDK would.
             delay = 0.05
@@ -171,7 +173,8 @@ class FederationForwarder:
                     delay = min(delay * 2, 0.25)
                 if isinstance(result.get("requestState"), str):
                     retry["requestState"] = result["requestState"]
-                result = await self.federation.execute(method, retry, progress=progress, session=session)
+                result = await self.federation.execute(method, retry, progress=progress, session=session,
+                                                       caller=call.caller)
             raise EdgeError(INTERNAL_ERROR, f"the server asked for input more than {MAX_INPUT_ROUNDS} times")
         except RequestError as exc:
             raise EdgeError(exc.code, str(exc), exc.data) from None
