@@ -596,3 +596,34 @@ async def test_keys_from_a_file_and_unreachable_keys_over_http(tmp_path: Path) -
             assert metadata_url == "https://node-a.example.org/.well-known/oauth-protected-resource/tenant/mcp"
             metadata = (await http.get(a.data_url + "/.well-known/oauth-protected-resource/tenant/mcp")).json()
             assert metadata["resource"] == "https://node-a.example.org/tenant/mcp"
+
+
+async def test_an_oauth_subject_two_hops_away_meets_the_owners_policy() -> None:
+    """node-a (OAuth) - node-b - node-c, whose server allows ``sub:*@example.org`` only: alice's token
+    lists and calls it from node-a; mallory's neither sees it nor may call it."""
+    from mcp.shared.exceptions import MCPError
+
+    from fednode._errors import FORBIDDEN
+
+    issuer = TestIssuer()
+    fx = fednode.ServerConfig(id="fx", command=sys.executable, args=(FIXTURE,), callers=("sub:*@example.org",))
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(issuer.serve)
+            async with fednode.open_node(node_config("node-a", clients=oauth_clients(issuer))) as a, \
+                    fednode.open_node(node_config("node-b")) as b, fednode.open_node(node_config("node-c")) as c:
+                for left, right in ((a, b), (b, c)):
+                    await right.register_peer(fednode.PeerConfig(id=left.id), wait=False)
+                    await left.register_peer(fednode.PeerConfig(id=right.id, control=right.control_url))
+                await c.add_server(fx, timeout=60)
+                await a.federation.wait_for("fx__add", timeout=60)
+                url = a.mcp_url
+                assert await call_add(url, bearer(issuer.token(url, subject="alice@example.org"))) == 42
+                http_client = bearer(issuer.token(url, subject="mallory@evil.example"))
+                async with http_client, Client(streamable_http_client(url, http_client=http_client),
+                                               mode="2026-07-28", cache=None) as client:
+                    assert "fx__add" not in {t.name for t in (await client.list_tools()).tools}
+                    with pytest.raises(MCPError) as refused:
+                        await client.call_tool("fx__add", {"a": 1, "b": 2})
+                    assert refused.value.error.code == FORBIDDEN
+            nursery.cancel_scope.cancel()
