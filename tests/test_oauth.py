@@ -627,3 +627,21 @@ async def test_an_oauth_subject_two_hops_away_meets_the_owners_policy() -> None:
                         await client.call_tool("fx__add", {"a": 1, "b": 2})
                     assert refused.value.error.code == FORBIDDEN
             nursery.cancel_scope.cancel()
+
+
+async def test_the_verifier_is_the_sdks_token_verifier() -> None:
+    """OAuthVerifier is the SDK's ``TokenVerifier``: its bearer backend accepts and refuses with it."""
+    from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
+    from starlette.requests import HTTPConnection
+
+    issuer = TestIssuer()
+    backend = BearerAuthBackend(verifier_for(issuer, issuer.jwks(), []))
+
+    def connection(token: str) -> HTTPConnection:
+        return HTTPConnection({"type": "http", "headers": [(b"authorization", f"Bearer {token}".encode())]})
+
+    authenticated = await backend.authenticate(connection(issuer.token(AUDIENCE, alg="EdDSA")))
+    assert authenticated is not None
+    credentials, user = authenticated
+    assert credentials.scopes == ["mcp"] and user.access_token.subject == "alice@example.org"  # type: ignore[attr-defined]
+    assert await backend.authenticate(connection(issuer.token("https://other.example.org/mcp"))) is None
