@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from .._errors import InvalidValue
-from ._config_load import Check, Duration, FilePath, Rule, Secret, min_length, url_problem
+from ._config_load import Check, Duration, Rule, Secret, min_length, url_problem
 
 __all__ = ["ALLOWED_ALGORITHMS", "DEFAULT_ALGORITHMS", "ClientToken", "NamedToken", "OAuthConfig",
            "TokenEntry", "TokenItem", "is_loopback_url"]
@@ -81,7 +81,8 @@ class JwksSource(Rule):
             if problem:
                 raise InvalidValue(problem)
             return str(text)
-        path = FilePath(readable=True).structure(text, str, loader)
+        path = loader.path(text)  # (already expanded: FilePath would expand it a second time)
+        loader.read(path)
         return str(path)
 
 
