@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from .._errors import InvalidValue
-from ._config_load import Check, Duration, Rule, Secret, min_length, url_problem
+from ._config_load import Check, Duration, Rule, Secret, min_length, url_of, url_problem
 
 __all__ = ["ALLOWED_ALGORITHMS", "DEFAULT_ALGORITHMS", "ClientToken", "NamedToken", "OAuthConfig",
            "TokenEntry", "TokenItem", "is_loopback_url"]
@@ -105,7 +105,8 @@ class OAuthConfig:
 
     issuer: SecureUrl
     jwks: Annotated[str, JwksSource()] | None = None
-    audience: SecureUrl | None = None
+    # Any http(s) URL: it names this resource, and [node] data may be plain HTTP on a private network.
+    audience: Annotated[str, url_of(("http", "https"))] | None = None
     scopes: Annotated[tuple[str, ...], Check(_scopes_problem)] = ()
     algorithms: Annotated[tuple[str, ...], Check(_algorithms_problem)] = DEFAULT_ALGORITHMS
     leeway: Annotated[float, Duration(positive=False, at_most=MAX_LEEWAY,
