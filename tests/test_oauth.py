@@ -41,7 +41,7 @@ from fednode._config._describe import describe
 from fednode._config._oauth_config import NamedToken, OAuthConfig
 from fednode._errors import FetchError, TokenRefused
 from fednode._mcp._client_auth import ClientAuth
-from fednode._mcp._oauth import KeySet, OAuthVerifier
+from fednode._mcp._oauth import KeySet, OAuthVerifier, jwks_loader, metadata_urls
 
 from conftest import SECRET, node_config, raw_config
 from helpers import BlackholeProxy
@@ -645,3 +645,30 @@ async def test_the_verifier_is_the_sdks_token_verifier() -> None:
     credentials, user = authenticated
     assert credentials.scopes == ["mcp"] and user.access_token.subject == "alice@example.org"  # type: ignore[attr-defined]
     assert await backend.authenticate(connection(issuer.token("https://other.example.org/mcp"))) is None
+
+
+async def test_keys_found_from_the_issuers_metadata() -> None:
+    """RFC 8414 metadata first, then OpenID Connect discovery; metadata naming another issuer, or keys at
+    a plain http:// address off loopback, are not followed."""
+    idp = "https://idp.example.org/tenant"
+    assert metadata_urls(idp) == ["https://idp.example.org/.well-known/oauth-authorization-server/tenant",
+                                  "https://idp.example.org/tenant/.well-known/openid-configuration"]
+    documents: dict[str, Any] = {metadata_urls(idp)[1]: {"issuer": idp, "jwks_uri": "https://keys.example.org/k"},
+                                 "https://keys.example.org/k": {"keys": []}}
+    asked: list[str] = []
+
+    async def fetch(url: str) -> Any:
+        asked.append(url)
+        if url not in documents:
+            raise FetchError(f"{url}: HTTP 404")
+        return documents[url]
+
+    load = jwks_loader(OAuthConfig(issuer=idp), fetch)
+    assert await load() == {"keys": []}
+    assert asked == [*metadata_urls(idp), "https://keys.example.org/k"]
+    documents[metadata_urls(idp)[1]] = {"issuer": "https://evil.example.org", "jwks_uri": "https://keys.example.org/k"}
+    with pytest.raises(FetchError, match="its issuer is not"):
+        await load()
+    documents[metadata_urls(idp)[1]] = {"issuer": idp, "jwks_uri": "http://keys.example.org/k"}
+    with pytest.raises(FetchError, match="no https jwks_uri"):
+        await load()
