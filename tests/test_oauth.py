@@ -41,7 +41,7 @@ from fednode._config._describe import describe
 from fednode._config._oauth_config import NamedToken, OAuthConfig
 from fednode._errors import FetchError, TokenRefused
 from fednode._mcp._client_auth import ClientAuth
-from fednode._mcp._oauth import KeySet, OAuthVerifier, jwks_loader, metadata_urls
+from fednode._mcp._oauth import KeySet, OAuthVerifier, fetch_json, jwks_loader, metadata_urls
 
 from conftest import SECRET, node_config, raw_config
 from helpers import BlackholeProxy
@@ -672,3 +672,31 @@ async def test_keys_found_from_the_issuers_metadata() -> None:
     documents[metadata_urls(idp)[1]] = {"issuer": idp, "jwks_uri": "http://keys.example.org/k"}
     with pytest.raises(FetchError, match="no https jwks_uri"):
         await load()
+
+
+async def test_fetched_documents_are_bounded() -> None:
+    """A JWKS or metadata document is read up to a size, only from a 200, and must be JSON."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def huge(request: Any) -> Response:
+        return PlainTextResponse("x" * 2_000_000)
+
+    async def missing(request: Any) -> Response:
+        return PlainTextResponse("no", status_code=404)
+
+    async def redirect(request: Any) -> Response:
+        return Response(status_code=302, headers={"Location": "/huge"})
+
+    app = Starlette(routes=[Route("/huge", huge), Route("/missing", missing), Route("/redirect", redirect)])
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            base = f"http://127.0.0.1:{await nursery.start(serve_app, app)}"
+            for path, problem in (("/huge", "larger than 524288 bytes"), ("/missing", "HTTP 404"),
+                                  ("/redirect", "HTTP 302")):
+                with pytest.raises(FetchError, match=problem):
+                    await fetch_json(base + path)
+            with pytest.raises(FetchError, match="not JSON"):
+                await fetch_json(base + "/huge", max_bytes=3_000_000)
+            nursery.cancel_scope.cancel()
