@@ -9,6 +9,8 @@ a peer. The verifier's own rules (key rotation and its refetch limit) run under 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import subprocess
 import sys
@@ -23,8 +25,10 @@ import jwt
 import pytest
 import trio
 import trio.testing
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import RSAAlgorithm
+from jwt.utils import base64url_encode
 from mcp import Client
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.streamable_http import streamable_http_client
@@ -115,16 +119,10 @@ def challenge(response: httpx2.Response) -> dict[str, str]:
 
 def hs256_with_public_key(issuer: TestIssuer, audience: str) -> str:
     """A token whose header says HS256, MAC'd with the issuer's public key (the classic confusion attack)."""
-    from cryptography.hazmat.primitives import serialization
     public = issuer.rsa.public_key().public_bytes(serialization.Encoding.PEM,
                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
-    good = issuer.token(audience)
-    payload = jwt.decode(good, options={"verify_signature": False})
+    payload = jwt.decode(issuer.token(audience), options={"verify_signature": False})
     # PyJWT refuses to MAC with a PEM key, so the forgery is made by hand, as an attacker would.
-    import hashlib
-    import hmac
-
-    from jwt.utils import base64url_encode
     header = base64url_encode(json.dumps({"alg": "HS256", "typ": "JWT", "kid": RSA_KID}).encode())
     body = base64url_encode(json.dumps(payload).encode())
     signature = base64url_encode(hmac.new(public, header + b"." + body, hashlib.sha256).digest())
