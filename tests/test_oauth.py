@@ -32,10 +32,16 @@ from jwt.utils import base64url_encode
 from mcp import Client
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
+from mcp.server.mcpserver import MCPServer
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from mcp.shared.exceptions import MCPError
 from oauth_issuer import RSA_KID, TestIssuer, serve_app
-from starlette.responses import Response
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 from test_cli_run import read_events
 
 import fednode
@@ -43,7 +49,7 @@ from fednode._config._callers import Caller
 from fednode._config._config import ClientsConfig, Secret
 from fednode._config._describe import describe
 from fednode._config._oauth_config import NamedToken, OAuthConfig
-from fednode._errors import FetchError, TokenRefused
+from fednode._errors import FORBIDDEN, FetchError, TokenRefused
 from fednode._mcp._client_auth import ClientAuth
 from fednode._mcp._oauth import KeySet, OAuthVerifier, fetch_json, jwks_loader, metadata_urls
 
@@ -246,8 +252,6 @@ class RecordingProxy(BlackholeProxy):
 
 def recording_server(seen: list[list[tuple[bytes, bytes]]]) -> Any:
     """A Streamable HTTP MCP server (SDK) whose every HTTP request's headers are kept in ``seen``."""
-    from mcp.server.mcpserver import MCPServer
-
     server = MCPServer("recorder")
 
     @server.tool()
@@ -599,10 +603,6 @@ async def test_keys_from_a_file_and_unreachable_keys_over_http(tmp_path: Path) -
 async def test_an_oauth_subject_two_hops_away_meets_the_owners_policy() -> None:
     """node-a (OAuth) - node-b - node-c, whose server allows ``sub:*@example.org`` only: alice's token
     lists and calls it from node-a; mallory's neither sees it nor may call it."""
-    from mcp.shared.exceptions import MCPError
-
-    from fednode._errors import FORBIDDEN
-
     issuer = TestIssuer()
     fx = fednode.ServerConfig(id="fx", command=sys.executable, args=(FIXTURE,), callers=("sub:*@example.org",))
     with trio.fail_after(120):
@@ -629,9 +629,6 @@ async def test_an_oauth_subject_two_hops_away_meets_the_owners_policy() -> None:
 
 async def test_the_verifier_is_the_sdks_token_verifier() -> None:
     """OAuthVerifier is the SDK's ``TokenVerifier``: its bearer backend accepts and refuses with it."""
-    from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
-    from starlette.requests import HTTPConnection
-
     issuer = TestIssuer()
     backend = BearerAuthBackend(verifier_for(issuer, issuer.jwks(), []))
 
@@ -674,10 +671,6 @@ async def test_keys_found_from_the_issuers_metadata() -> None:
 
 async def test_fetched_documents_are_bounded() -> None:
     """A JWKS or metadata document is read up to a size, only from a 200, and must be JSON."""
-    from starlette.applications import Starlette
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Route
-
     async def huge(request: Any) -> Response:
         return PlainTextResponse("x" * 2_000_000)
 
