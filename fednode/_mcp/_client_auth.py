@@ -30,7 +30,7 @@ from .._config._callers import Caller
 from .._config._config import ClientsConfig
 from .._config._oauth_config import OAuthConfig
 from .._errors import KeysUnavailable, TokenRefused
-from ._oauth import OAuthVerifier
+from ._oauth import RETRY_INTERVAL, OAuthVerifier
 
 __all__ = ["METADATA_PATH", "Admitted", "ClientAuth", "is_open"]
 
@@ -127,7 +127,7 @@ class ClientAuth:
             self._count("keys_unavailable")
             self.log.warning("edge.client_refused", reason="keys_unavailable", error=str(exc))
             return PlainTextResponse(f"Service Unavailable: {exc}", status_code=503,
-                                     headers={"Retry-After": "5", **_CLOSE})
+                                     headers={"Retry-After": f"{RETRY_INTERVAL:.0f}", **_CLOSE})
         except Exception:  # a token PyJWT let through in a shape nobody foresaw: refused, never a 500
             self.log.exception("edge.token_check_failed")
             return self._refuse("malformed", 401, "invalid_token", "the token is not valid")
