@@ -31,6 +31,7 @@ from jwt.algorithms import RSAAlgorithm
 from jwt.utils import base64url_encode
 from mcp import Client
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
+from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
 from mcp.server.mcpserver import MCPServer
@@ -65,13 +66,14 @@ HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Versio
            "Mcp-Method": "tools/list"}
 
 
-def node_toml(node_id: str, issuer: TestIssuer, extra: str = "") -> str:
+def node_toml(node_id: str, issuer: TestIssuer | str, extra: str = "") -> str:
     """A node's configuration: OAuth from ``issuer`` (keys found from its metadata), a named static token."""
+    issuer_url = issuer if isinstance(issuer, str) else issuer.url
     return (f'[node]\nid = "{node_id}"\ncontrol = "ws://127.0.0.1:0"\ndata = "http://127.0.0.1:0"\n'
             'shutdown_grace = "2s"\n[auth]\nsecret = "${TEST_SECRET}"\n'
             '[heartbeat]\ninterval = "0.5s"\ntimeout = "30s"\n'
             f'[clients]\ntokens = [{{ token = "{STATIC}", name = "ops" }}]\n'
-            f'[clients.oauth]\nissuer = "{issuer.url}"\nscopes = ["mcp"]\n{extra}')
+            f'[clients.oauth]\nissuer = "{issuer_url}"\nscopes = ["mcp"]\n{extra}')
 
 
 @asynccontextmanager
@@ -94,6 +96,23 @@ async def fednode_run(path: Path) -> AsyncIterator[tuple[str, list[dict[str, Any
         if process.returncode is None:  # only the process this test started, by its own handle
             process.kill()
             await process.wait()
+
+
+async def test_fednode_mcp_stays_local(tmp_path: Path) -> None:
+    """`fednode mcp` (stdio) is the node's own process: [clients.oauth] does not apply to it (nor is its
+    issuer, unreachable here, ever asked)."""
+    path = tmp_path / "node-s.toml"
+    path.write_text(node_toml("node-s", "https://idp.invalid", f'[[servers]]\nid = "fx"\n'
+                              f'command = {json.dumps(sys.executable)}\nargs = [{json.dumps(FIXTURE)}]\n'))
+    params = StdioServerParameters(command=FEDNODE, args=["mcp", "--config", str(path)],
+                                   env={"PATH": "/usr/bin:/bin", "TEST_SECRET": SECRET})
+    with trio.fail_after(120):
+        async with Client(params, mode="2026-07-28", cache=None) as client:
+            with trio.fail_after(60):
+                while "fx__add" not in {t.name for t in (await client.list_tools()).tools}:
+                    await trio.sleep(0.1)
+            result = await client.call_tool("fx__add", {"a": 1, "b": 2})
+            assert not result.is_error
 
 
 def bearer(token: str) -> httpx2.AsyncClient:
