@@ -222,6 +222,10 @@ async def test_fednode_run_is_an_oauth_resource_server(tmp_path: Path) -> None:
                 assert resource == {"resource": url, "authorization_servers": [issuer.url],
                                     "scopes_supported": ["mcp"], "bearer_methods_supported": ["header"]}
                 assert (await http.get(f"{base}/.well-known/oauth-protected-resource")).json() == resource
+                preflight = await http.options(found["resource_metadata"], headers={
+                    "Origin": "https://client.example", "Access-Control-Request-Method": "GET"})
+                assert preflight.status_code == 200  # browser-based clients may read it cross-origin
+                assert preflight.headers["access-control-allow-origin"] == "*"
                 server = resource["authorization_servers"][0]
                 as_metadata = (await http.get(f"{server}/.well-known/oauth-authorization-server")).json()
                 assert as_metadata["token_endpoint"] == f"{issuer.url}/token"

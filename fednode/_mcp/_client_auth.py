@@ -18,7 +18,7 @@ from typing import Any, cast
 import structlog
 import trio
 from mcp.server.auth.handlers.metadata import ProtectedResourceMetadataHandler
-from mcp.server.auth.routes import build_resource_metadata_url
+from mcp.server.auth.routes import build_resource_metadata_url, cors_middleware
 from mcp.shared.auth import ProtectedResourceMetadata
 from pydantic import AnyHttpUrl, ValidationError
 from starlette.requests import Request
@@ -202,7 +202,9 @@ class ClientAuth:
 
     def routes(self) -> list[Route]:
         """The metadata routes (served without a token)."""
-        return [Route(path, self.serve_metadata, methods=["GET"]) for path in METADATA_PATHS]
+        # With the SDK's CORS handling of these routes: browser-based clients read them cross-origin.
+        return [Route(path, endpoint=cors_middleware(self.serve_metadata, ["GET", "OPTIONS"]),
+                      methods=["GET", "OPTIONS"]) for path in METADATA_PATHS]
 
 
 def is_open(path: str) -> bool:
