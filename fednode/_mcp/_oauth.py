@@ -140,7 +140,7 @@ class KeySet:
         self._error = ""
         self._generation = 0  # fetches done: a waiter that sees it changed need not fetch again
         self._lock = trio.Lock()
-        #: fetches attempted (for tests and status)
+        #: fetches attempted (tests count them)
         self.fetches = 0
 
     async def find(self, kid: str | None) -> dict[str, Any] | None:
