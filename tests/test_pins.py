@@ -563,6 +563,33 @@ class TestPinsEndpoint:
                 assert node.federation.catalog.held_items() == []
                 assert node.federation.entries["tools"]["fx__echo"].definition["description"] == "changed"
 
+    async def test_oauth_tokens_are_not_enough(self) -> None:
+        """With [clients.oauth], /pins still needs a static token when there are any, or a loopback address."""
+        from oauth_issuer import TestIssuer
+
+        issuer = TestIssuer()
+        static = "static-token-" + "s" * 16
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(issuer.serve)
+                oauth = {"issuer": issuer.url, "scopes": ["mcp"]}
+                only_oauth = fednode.NodeConfig.from_mapping({**node_config_raw("node-a"), "clients": {"oauth": oauth}})
+                both = fednode.NodeConfig.from_mapping({**node_config_raw("node-b"),
+                                                        "clients": {"oauth": oauth, "tokens": [static]}})
+                async with fednode.open_node(only_oauth) as a, fednode.open_node(both) as b, \
+                        httpx2.AsyncClient(timeout=30) as http:
+                    assert (await http.get(a.mcp_url)).status_code == 401  # OAuth is on
+                    assert (await http.get(a.data_url + "/pins")).status_code == 200  # from this host
+                    access = issuer.token(b.mcp_url)
+                    assert (await http.post(b.mcp_url, headers={"Authorization": f"Bearer {access}"},
+                                            json={})).status_code != 401  # a token the edge accepts...
+                    refused = await http.get(b.data_url + "/pins", headers={"Authorization": f"Bearer {access}"})
+                    assert refused.status_code == 401  # ...is not one for /pins
+                    assert refused.json() == {"error": "a static [clients] token is required"}
+                    allowed = await http.get(b.data_url + "/pins", headers={"Authorization": f"Bearer {static}"})
+                    assert allowed.status_code == 200
+                nursery.cancel_scope.cancel()
+
     async def test_without_tokens_only_loopback(self) -> None:
         from fednode._node._pins import _loopback
 

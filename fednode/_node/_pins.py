@@ -9,7 +9,8 @@ rename): soon after new definitions were pinned, and before an operator's accept
 
 ``GET /pins`` lists the held items and ``POST /pins/accept`` (``{"names": [...]}`` or ``{"all": true}``)
 accepts them, for ``fednode pins``. They need one of the static ``[clients] tokens`` when tokens are
-configured (never any other kind of credential), and come only from a loopback address otherwise.
+configured (never any other kind of credential: the edge lets these paths through unchecked, see
+:func:`fednode._mcp._client_auth.is_open`), and come only from a loopback address otherwise.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .._config._config_load import Secret
+from .._config._oauth_config import NamedToken
 from .._errors import StateError
 from .._federation._federation import Federation
 from .._federation._pins import PinStore, pins_json
@@ -158,7 +159,7 @@ class PinKeeper:
             self.store.on_change = self._changed.set
             await self.save()
 
-    def routes(self, federation: Federation, tokens: Callable[[], Sequence[Secret]]) -> list[Route]:
+    def routes(self, federation: Federation, tokens: Callable[[], Sequence[NamedToken]]) -> list[Route]:
         """``GET /pins`` and ``POST /pins/accept`` for ``federation``; ``tokens()`` gives ``[clients] tokens``."""
 
         def refused(request: Request) -> Response | None:
