@@ -40,7 +40,7 @@ from fednode._federation._routes import Key, Route, packed
 from fednode._federation._withdrawn import WithdrawnNames
 from fednode._node._pins import PIN_FILE, SAVE_DELAY, PinKeeper, open_state_dir, write_atomically
 
-from conftest import SECRET, node_config
+from conftest import SECRET, node_config, raw_config
 
 ME = "node-a"
 READ = {"name": "read", "description": "Read a file.", "inputSchema": {"type": "object"}}
@@ -493,7 +493,7 @@ class TestPinsEndpoint:
     async def test_pins_need_a_static_token(self, tmp_path: Path) -> None:
         token = "client-token-" + "x" * 16
         (tmp_path / "description").write_text("Echo the text back.")
-        config = fednode.NodeConfig.from_mapping({**node_config_raw("node-a"), "clients": {"tokens": [token]},
+        config = fednode.NodeConfig.from_mapping({**raw_config("node-a"), "clients": {"tokens": [token]},
                                                   "servers": [fixture(tmp_path / "description")]})
         with trio.fail_after(60):
             async with fednode.open_node(config) as node, httpx2.AsyncClient(timeout=30) as http:
@@ -519,7 +519,7 @@ class TestPinsEndpoint:
     async def test_accepting_tells_clients_the_list_changed(self, tmp_path: Path) -> None:
         description = tmp_path / "description"
         description.write_text("Echo the text back.")
-        config = fednode.NodeConfig.from_mapping({**node_config_raw("node-a"), "servers": [fixture(description)]})
+        config = fednode.NodeConfig.from_mapping({**raw_config("node-a"), "servers": [fixture(description)]})
         with trio.fail_after(90):
             async with fednode.open_node(config) as node, httpx2.AsyncClient(timeout=30) as http, \
                     Client(node.mcp_url, mode="2026-07-28", cache=None) as client:
@@ -544,7 +544,7 @@ class TestPinsEndpoint:
     async def test_pin_false_applies_on_reload(self, tmp_path: Path) -> None:
         description = tmp_path / "description"
         description.write_text("Echo the text back.")
-        raw = {**node_config_raw("node-a"), "servers": [fixture(description)]}
+        raw = {**raw_config("node-a"), "servers": [fixture(description)]}
         with trio.fail_after(90):
             async with fednode.open_node(fednode.NodeConfig.from_mapping(raw)) as node:
                 await node.federation.wait_for("fx__echo", timeout=60)
@@ -556,10 +556,12 @@ class TestPinsEndpoint:
                     return await held_names(node.data_url + "/status") == ["fx__echo"]
 
                 await wait_until(held)
+                pid = node.servers()["fx"].pid
                 result = await node.reload(fednode.NodeConfig.from_mapping(
                     {**raw, "servers": [{**fixture(description), "pin": False}]}))
-                assert result.ok and result.servers_changed == ("fx",)
-                await node.federation.wait_for("fx__echo", timeout=60)
+                assert result.ok and result.servers_retuned == ("fx",) and result.servers_changed == ()
+                assert "fx__echo" in node.federation.entries["tools"]  # at once
+                assert node.servers()["fx"].pid == pid  # not restarted
                 assert node.federation.catalog.held_items() == []
                 assert node.federation.entries["tools"]["fx__echo"].definition["description"] == "changed"
 
@@ -573,8 +575,8 @@ class TestPinsEndpoint:
             async with trio.open_nursery() as nursery:
                 await nursery.start(issuer.serve)
                 oauth = {"issuer": issuer.url, "scopes": ["mcp"]}
-                only_oauth = fednode.NodeConfig.from_mapping({**node_config_raw("node-a"), "clients": {"oauth": oauth}})
-                both = fednode.NodeConfig.from_mapping({**node_config_raw("node-b"),
+                only_oauth = fednode.NodeConfig.from_mapping({**raw_config("node-a"), "clients": {"oauth": oauth}})
+                both = fednode.NodeConfig.from_mapping({**raw_config("node-b"),
                                                         "clients": {"oauth": oauth, "tokens": [static]}})
                 async with fednode.open_node(only_oauth) as a, fednode.open_node(both) as b, \
                         httpx2.AsyncClient(timeout=30) as http:
@@ -590,6 +592,31 @@ class TestPinsEndpoint:
                     assert allowed.status_code == 200
                 nursery.cancel_scope.cancel()
 
+    async def test_a_peers_pin_false_applies_on_reload(self, tmp_path: Path) -> None:
+        description = tmp_path / "description"
+        description.write_text("Echo the text back.")
+        with trio.fail_after(120):
+            async with fednode.open_node(node_config("node-b", [{"id": "node-a"}])) as b:
+                raw = raw_config("node-a", [{"id": "node-b", "control": b.control_url}])
+                async with fednode.open_node(fednode.NodeConfig.from_mapping(raw)) as a:
+                    await b.add_server(fednode.ServerConfig(id="fx", command=sys.executable,
+                                                            args=(FIXTURE, "--description-file", str(description))),
+                                       timeout=60)
+                    await a.federation.wait_for("fx__echo", timeout=60)
+                    await trio.Path(description).write_text("changed")
+                    async with Client(a.mcp_url, mode="2026-07-28", cache=None) as client:
+                        await client.call_tool("fx__grow", {})
+
+                    async def held() -> bool:
+                        return await held_names(a.data_url + "/status") == ["fx__echo"]
+
+                    await wait_until(held)
+                    raw["peers"][0]["pin"] = False
+                    result = await a.reload(fednode.NodeConfig.from_mapping(raw))
+                    assert result.ok and result.peers_retuned == ("node-b",) and result.peers_changed == ()
+                    assert "fx__echo" in a.federation.entries["tools"]  # at once, the link kept
+                    assert a.peer_states()["node-b"].reconnects == 0
+
     async def test_without_tokens_only_loopback(self) -> None:
         from fednode._node._pins import _loopback
 
@@ -597,12 +624,6 @@ class TestPinsEndpoint:
         with trio.fail_after(60):
             async with fednode.open_node(node_config("node-a")) as node, httpx2.AsyncClient(timeout=30) as http:
                 assert (await http.get(node.data_url + "/pins")).status_code == 200
-
-
-def node_config_raw(node_id: str) -> dict[str, Any]:
-    from conftest import raw_config
-
-    return raw_config(node_id)
 
 
 # -- real processes -----------------------------------------------------------------------------
@@ -638,7 +659,7 @@ async def test_a_changed_description_is_held_until_accepted(tmp_path: Path, desc
     """`fednode run` with a stdio server whose tool's description changes: held, refused, listed by
     `fednode pins list`, and back after `fednode pins accept`; a restart keeps the pins."""
     token = "client-token-" + "z" * 16
-    raw = node_config_raw("node-a")
+    raw = raw_config("node-a")
     raw["node"]["state_dir"] = str(tmp_path / "state")
     raw["clients"] = {"tokens": [token]}
     raw["servers"] = [fixture(description)]

@@ -116,7 +116,7 @@ class AttachedServers:
         return self.upstreams.keys()
 
     def retune(self, config: ServerConfig) -> None:
-        """Use ``config`` for an attached server whose ``callers`` alone changed (it keeps running)."""
+        """Use ``config`` for an attached server whose ``callers`` or ``pin`` alone changed (it keeps running)."""
         upstream = self.upstreams.get(config.id)
         if upstream is not None:
             upstream.config = config

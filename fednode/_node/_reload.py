@@ -32,8 +32,9 @@ class ReloadResult:
         at: trio clock time of the reload.
         peers_added, peers_removed, peers_changed, servers_added, servers_removed, servers_changed:
             the ids concerned (changed ones were re-registered or restarted).
-        peers_retuned: peers whose ``rate`` or ``callers`` alone changed (applied at once; their links stay up).
-        servers_retuned: servers whose ``callers`` alone changed (advertised again; not restarted).
+        peers_retuned: peers whose ``rate``, ``callers`` or ``pin`` alone changed (applied at once; their
+            links stay up).
+        servers_retuned: servers whose ``callers`` or ``pin`` alone changed (advertised again; not restarted).
         auth_changed: the ``[auth]`` keys or rules changed (used for new links from now on).
         restart_needed: changed sections that only take effect when the node is restarted.
     """
@@ -63,8 +64,8 @@ class ReloadPlan:
             :data:`RESTART_ONLY` kept as they are until the next start.
         peers_added, peers_removed, peers_changed, servers_added, servers_removed, servers_changed:
             the ids concerned, sorted.
-        peers_retuned: peers whose ``rate`` or ``callers`` alone changed, sorted (not in ``peers_changed``).
-        servers_retuned: servers whose ``callers`` alone changed, sorted (not in ``servers_changed``).
+        peers_retuned: peers whose ``rate``, ``callers`` or ``pin`` alone changed, sorted (not in ``peers_changed``).
+        servers_retuned: servers whose ``callers`` or ``pin`` alone changed, sorted (not in ``servers_changed``).
         restart_needed: the sections that changed but only take effect at the next start.
         mcp_changed, clients_changed, nodes_changed: whether ``[mcp]`` / ``[clients]`` / ``[[nodes]]``
             changed (they apply at once).
@@ -111,13 +112,14 @@ def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
     servers = _differences(old.servers, new.servers)
     before = {peer.id: peer for peer in old.peers}
     after = {peer.id: peer for peer in new.peers}
-    # A peer whose rate or callers alone changed keeps its link: they apply to its next request.
-    retuned = tuple(i for i in peers[2]
-                    if attrs.evolve(before[i], rate=after[i].rate, callers=after[i].callers) == after[i])
-    # A server whose callers alone changed keeps running: its routes are advertised again.
+    # A peer whose rate, callers or pin alone changed keeps its link: they apply to its next request
+    # (pin: to its routes, checked again at once).
+    retuned = tuple(i for i in peers[2] if attrs.evolve(before[i], rate=after[i].rate, callers=after[i].callers,
+                                                        pin=after[i].pin) == after[i])
+    # A server whose callers or pin alone changed keeps running: its routes are advertised (checked) again.
     old_servers, new_servers = {s.id: s for s in old.servers}, {s.id: s for s in new.servers}
-    servers_retuned = tuple(i for i in servers[2]
-                            if attrs.evolve(old_servers[i], callers=new_servers[i].callers) == new_servers[i])
+    servers_retuned = tuple(i for i in servers[2] if attrs.evolve(
+        old_servers[i], callers=new_servers[i].callers, pin=new_servers[i].pin) == new_servers[i])
     return ReloadPlan(
         effective=attrs.evolve(new, **{name: getattr(old, name) for name in RESTART_ONLY}),
         peers_added=peers[0], peers_removed=peers[1], peers_changed=tuple(i for i in peers[2] if i not in retuned),
@@ -215,6 +217,6 @@ async def _apply(node: Reloadable, new: NodeConfig) -> ReloadResult:
         await node.add_server(new_servers[server_id], wait=False)
     for server_id in plan.servers_retuned:
         node.attached.retune(new_servers[server_id])
-    if plan.servers_retuned:
+    if plan.servers_retuned or plan.peers_retuned:  # (a peer's pin: its routes checked again)
         node.federation.local_changed()
     return plan.result(auth_changed=auth_changed, at=trio.current_time())
