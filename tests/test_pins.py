@@ -32,7 +32,7 @@ from test_mcp_chain import FIXTURE
 
 import fednode
 from fednode._config._describe import describe
-from fednode._errors import DEFINITION_HELD, ForwardError, StateError
+from fednode._errors import DEFINITION_HELD, FORBIDDEN, ForwardError, StateError
 from fednode._federation import _pins
 from fednode._federation._catalog import Catalog
 from fednode._federation._pins import CHECK_STEP, Pinning, PinStore, pin_key
@@ -616,6 +616,38 @@ class TestPinsEndpoint:
                     assert result.ok and result.peers_retuned == ("node-b",) and result.peers_changed == ()
                     assert "fx__echo" in a.federation.entries["tools"]  # at once, the link kept
                     assert a.peer_states()["node-b"].reconnects == 0
+
+    async def test_held_is_told_only_to_callers_who_may_use_the_server(self, tmp_path: Path) -> None:
+        description = tmp_path / "description"
+        description.write_text("Echo the text back.")
+        ops, other = "ops-token-" + "o" * 16, "other-token-" + "t" * 16
+        config = fednode.NodeConfig.from_mapping({
+            **raw_config("node-a"), "clients": {"tokens": [{"token": ops, "name": "ops"}, other]},
+            "servers": [{**fixture(description), "callers": ["sub:ops"]}]})
+
+        def client_with(node: fednode.Node, token: str) -> tuple[httpx2.AsyncClient, Client]:
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
+            return http, Client(streamable_http_client(node.mcp_url, http_client=http), mode="2026-07-28", cache=None)
+
+        with trio.fail_after(90):
+            async with fednode.open_node(config) as node:
+                await node.federation.wait_for("fx__echo", timeout=60)
+                await trio.Path(description).write_text("changed")
+                ops_http, ops_client = client_with(node, ops)
+                other_http, other_client = client_with(node, other)
+                async with ops_http, ops_client, other_http, other_client:
+                    await ops_client.call_tool("fx__grow", {})
+
+                    async def held() -> bool:
+                        return [h["name"] for h in node.federation.catalog.held_items()] == ["fx__echo"]
+
+                    await wait_until(held)
+                    with pytest.raises(MCPError) as told:
+                        await ops_client.call_tool("fx__echo", {"text": "hi"})
+                    assert told.value.code == DEFINITION_HELD
+                    with pytest.raises(MCPError) as refused:
+                        await other_client.call_tool("fx__echo", {"text": "hi"})
+                    assert refused.value.code == FORBIDDEN and "changed" not in refused.value.message
 
     async def test_without_tokens_only_loopback(self) -> None:
         from fednode._node._pins import _loopback

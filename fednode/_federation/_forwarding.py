@@ -19,6 +19,7 @@ import trio
 from .._config._callers import Caller
 from .._errors import (
     DEADLINE_EXCEEDED,
+    DEFINITION_HELD,
     FORBIDDEN,
     FORWARDING_LOOP,
     INTERNAL_ERROR,
@@ -123,6 +124,16 @@ class ForwardShares:
         who = "This node's clients hold" if party == LOCAL else f"Peer {party!r} holds"
         where = f"at {self.node_id!r}" if via is None else f"from {self.node_id!r} to {via!r}"
         raise ForwardError(OVERLOADED, f"{who} their fair share of the requests in flight {where}; retry later")
+
+
+def _shown_to(error: ForwardError, callers: CallerPolicy, caller: Caller) -> ForwardError:
+    """``error``, or FORBIDDEN if it says an item is held (:data:`DEFINITION_HELD`) and ``caller`` may not use
+    its server anyway: what changed in a tool is told only to those who may call it."""
+    data = error.data
+    if (error.code == DEFINITION_HELD and isinstance(data, dict)
+            and not callers.rules_of(data["origin"], data["server"]).allows(caller)):
+        return forbidden(caller, data["server"], data["origin"])
+    return error
 
 
 class Forwarding:
@@ -242,7 +253,7 @@ class Forwarding:
                 entry, upstream_params = self._catalog.resolve(method, params)
             except ForwardError as exc:
                 if exc.code != UNKNOWN_NAME or self._is_settled():
-                    raise
+                    raise _shown_to(exc, self.callers, caller) from None
                 # Right after start-up the name may be on its way (as for lists): wait, once.
                 await self._wait_settled()
                 entry, upstream_params = self._catalog.resolve(method, params)
