@@ -226,6 +226,10 @@ class ForwardError(RequestError):
     """A request could not be executed where it had to go (travels back to the caller unchanged)."""
 
 
+class AuditError(FednodeError):
+    """The audit log (``[audit] path``) cannot be opened; the message names the file and why."""
+
+
 class HandshakeFailed(FednodeError):
     """The link handshake failed; ``str()`` says why in one line."""
 

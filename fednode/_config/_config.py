@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .._errors import ConfigError, InvalidValue
+from ._audit_config import AuditConfig
 from ._config_load import (
     Duration,
     FilePath,
@@ -278,6 +279,7 @@ class NodeConfig:
     servers: tuple[ServerConfig, ...] = ()
     mcp: MCPConfig = attrs.field(factory=MCPConfig)
     clients: ClientsConfig = attrs.field(factory=ClientsConfig)
+    audit: AuditConfig = attrs.field(factory=AuditConfig)
     source: str = attrs.field(default="<config>", eq=False)
 
     @classmethod
@@ -385,7 +387,8 @@ class _NodeEntry:
     public_keys: tuple[Ed25519PublicKey, ...] | None = None
 
 
-_SECTIONS = ("node", "auth", "heartbeat", "backoff", "link", "tls", "peers", "nodes", "servers", "mcp", "clients")
+_SECTIONS = ("node", "auth", "heartbeat", "backoff", "link", "tls", "peers", "nodes", "servers", "mcp", "clients",
+             "audit")
 
 
 def _build(load: Loader, raw: Mapping[str, Any], source: str) -> NodeConfig:
@@ -417,12 +420,13 @@ def _build(load: Loader, raw: Mapping[str, Any], source: str) -> NodeConfig:
     servers = _servers(load, raw)
     mcp = load.structure(raw.get("mcp", {}), MCPConfig, "mcp")
     clients = load.structure(raw.get("clients", {}), ClientsConfig, "clients")
+    audit = load.structure(raw.get("audit", {}), AuditConfig, "audit")
     if (load.problems or node is None or auth is None or heartbeat is None or backoff is None or link is None
-            or tls is None or mcp is None or clients is None):
+            or tls is None or mcp is None or clients is None or audit is None):
         raise ConfigError(source, load.problems or [("node", "incomplete configuration")])
     return NodeConfig(id=node.id, control=node.control, data=node.data, shutdown_grace=node.shutdown_grace,
                       auth=auth, heartbeat=heartbeat, backoff=backoff, link=link, tls=tls, peers=peers,
-                      nodes=nodes, servers=servers, mcp=mcp, clients=clients, source=source)
+                      nodes=nodes, servers=servers, mcp=mcp, clients=clients, audit=audit, source=source)
 
 
 def _secrets(load: Loader, entry: _AuthSection | _PeerEntry | _NodeEntry, path: str) -> tuple[Secret, ...]:

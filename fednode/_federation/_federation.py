@@ -23,12 +23,14 @@ from typing import Any, Protocol
 
 import trio
 
+from .._config._callers import Caller
 from .._config._config import LinkConfig, MCPConfig, PeerConfig
 from .._config._logging import ThrottledLog
 from .._config._memory import MemoryTrimmer
 from .._peers._link import Handlers, Link, RequestContext
 from .._peers._supervisor import PeerSupervisor
 from ._advertiser import ROUTES_METHOD, Advertiser
+from ._audit import AuditLog
 from ._catalog import Catalog, Entry
 from ._forwarding import (
     CLIENT_CAPABILITIES_KEY,
@@ -121,6 +123,7 @@ class Federation:
         started_at: when the node started (trio clock), for the ``first_list_wait`` bound.
         on_change: called with the kinds that changed (``tools``, ..., ``extensions``) whenever the
             exposed catalog changes; it must return at once (it runs inside the change).
+        audit: the node's audit log (see :mod:`fednode._federation._audit`).
 
     The methods peers call on this node are in :attr:`handlers`, for the node to serve.
     """
@@ -130,7 +133,7 @@ class Federation:
                  request: Callable[..., Awaitable[Any]], notify: Callable[[str, str, Any], Awaitable[None]],
                  observe: Callable[..., None], started: Callable[[], bool], started_at: float,
                  on_change: Callable[[set[str]], None] = lambda kinds: None,
-                 refused: Callable[[str, str, str], None] | None = None) -> None:
+                 refused: Callable[[str, str, str], None] | None = None, audit: AuditLog | None = None) -> None:
         self.id = node_id
         self.log = log
         self._peers = peers
@@ -173,7 +176,7 @@ class Federation:
             request=request, notify=notify, link_to=self._link_to, offered_path=self._offered_path,
             request_timeout=lambda: mcp().request_timeout, max_inflight=limits.max_inflight,
             observe=observe, is_settled=lambda: self._settled, wait_settled=self.wait_settled,
-            health_changed=self._changed, log=self.log, on_refused=refused)
+            health_changed=self._changed, log=self.log, on_refused=refused, audit=audit)
         #: the methods peers call on this node, for the node to serve (see :meth:`Handlers.merge`)
         self.handlers = Handlers(
             requests={FORWARD_METHOD: self.forwarding.on_forward},
@@ -475,8 +478,10 @@ class Federation:
         return self.table.next_hop((origin, server))
 
     async def execute(self, method: str, params: dict[str, Any], *, timeout: float | None = None,
-                      progress: ProgressFn | None = None, session: dict[str, Any] | None = None) -> dict[str, Any]:
+                      progress: ProgressFn | None = None, session: dict[str, Any] | None = None,
+                      caller: Caller | None = None) -> dict[str, Any]:
         """Run a client request wherever its server is (see :meth:`._forwarding.Forwarding.execute`)."""
-        return await self.forwarding.execute(method, params, timeout=timeout, progress=progress, session=session)
+        return await self.forwarding.execute(method, params, timeout=timeout, progress=progress, session=session,
+                                             caller=caller)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from .._config._callers import Caller
 from .._errors import (
     DEADLINE_EXCEEDED,
     FORWARDING_LOOP,
@@ -39,10 +40,12 @@ from .._errors import (
 )
 from .._peers._link import Link, RequestContext, Transit
 from .._peers._shares import LOCAL, FairShares, Refusal
+from ._audit import AuditEntry, AuditLog, item_name, outcome_of
 from ._catalog import Catalog
 from ._local import LocalServers, ProgressFn, token_origin
 from ._routes import MAX_PATH, Key, Path
 from ._routing import RoutingTable
+from ._traceparent import trace_of, with_traceparent
 
 FORWARD_METHOD = "fed/forward"
 PROGRESS_METHOD = "fed/progress"
@@ -145,6 +148,7 @@ class Forwarding:
         health_changed: called when a peer's forwards failing (or recovering) changed its preference
             in the routing table (the best routes must be recomputed).
         log: the node's logger.
+        audit: the node's audit log (a line per request served or passed on; none if not given).
     """
 
     def __init__(self, node_id: str, table: RoutingTable, catalog: Catalog, local: LocalServers, *,
@@ -154,8 +158,9 @@ class Forwarding:
                  observe: Callable[[str, str, str, float], None], is_settled: Callable[[], bool],
                  wait_settled: Callable[[], Awaitable[None]], log: Any,
                  health_changed: Callable[[], None] = lambda: None,
-                 on_refused: Callable[[str, str, str], None] | None = None) -> None:
+                 on_refused: Callable[[str, str, str], None] | None = None, audit: AuditLog | None = None) -> None:
         self.node_id = node_id
+        self.audit = audit or AuditLog(node_id, log=log)
         self._table = table
         self._catalog = catalog
         self._local = local
@@ -181,40 +186,52 @@ class Forwarding:
         self._progress_relays: dict[str, Link] = {}
 
     async def execute(self, method: str, params: dict[str, Any], *, timeout: float | None = None,
-                      progress: ProgressFn | None = None, session: dict[str, Any] | None = None) -> dict[str, Any]:
+                      progress: ProgressFn | None = None, session: dict[str, Any] | None = None,
+                      caller: Caller | None = None) -> dict[str, Any]:
         """Run a client request wherever its server is, nearest replica first; return the raw result.
 
         Args:
             progress: awaited with ``(progress, total, message)`` for each progress notification the
                 server sends about this request, all before this method returns.
+            caller: who is calling (None: an anonymous client of this node).
 
         Raises:
             ForwardError / RequestError: with the code to give the client.
         """
+        # The client's trace goes on (a new one if it sent none valid), with this node's span as parent.
+        trace = trace_of(params)
+        entry = AuditEntry(role="entry", method=method, trace=trace, path=[self.node_id],
+                           caller=caller or Caller(entry=self.node_id), name=item_name(method, params))
+        params = with_traceparent(params, trace.child())
         return await self._measured("client", method, self._execute(method, params, timeout=timeout,
-                                                                    progress=progress, session=session))
+                                                                    progress=progress, session=session,
+                                                                    audit=entry), entry)
 
-    async def _measured(self, source: str, method: str, work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-        """Await ``work`` counted as in flight, and record its outcome and latency in the node's metrics."""
+    async def _measured(self, source: str, method: str, work: Awaitable[dict[str, Any]],
+                        entry: AuditEntry) -> dict[str, Any]:
+        """Await ``work`` counted as in flight, record its outcome and latency in the node's metrics,
+        and its audit line."""
         started = trio.current_time()
-        outcome = "cancelled"
+        outcome, audited, code = "cancelled", "cancelled", None
         self.in_flight += 1
         try:
             result = await work
-            outcome = "tool_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
+            outcome = audited = "tool_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
             return result
         except RequestError as exc:
-            outcome = _OUTCOMES.get(exc.code, "error")
+            outcome, audited, code = _OUTCOMES.get(exc.code, "error"), outcome_of(exc.code), exc.code
             raise
         except Exception:
-            outcome = "internal"
+            outcome, audited, code = "internal", "error", INTERNAL_ERROR
             raise
         finally:
             self.in_flight -= 1
             self._observe(source, method, outcome, trio.current_time() - started)
+            self.audit.record(entry, audited, code)
 
     async def _execute(self, method: str, params: dict[str, Any], *, timeout: float | None,
-                       progress: ProgressFn | None, session: dict[str, Any] | None) -> dict[str, Any]:
+                       progress: ProgressFn | None, session: dict[str, Any] | None,
+                       audit: AuditEntry) -> dict[str, Any]:
         if method in TASK_METHODS:
             server, origins, upstream_params = self._resolve_task(params)
         else:
@@ -230,6 +247,8 @@ class Forwarding:
             parked_at = token_origin(params.get("requestState"))
             if parked_at in origins:
                 origins = (parked_at,)  # a retry answering a parked call goes where the call waits
+            audit.original = item_name(method, upstream_params)
+        audit.server = server
         if timeout is None:
             # The owning node's [[servers]] timeout when it set one (it knows its slow servers),
             # else this node's [mcp] request_timeout.
@@ -239,6 +258,7 @@ class Forwarding:
         deadline = trio.current_time() + timeout
         last: ForwardError | None = None
         for origin in origins:
+            audit.origin = origin
             if session is not None:
                 self.session_used.setdefault(session["id"], set()).add((origin, server))
             try:
@@ -431,17 +451,22 @@ class Forwarding:
         """
         if isinstance(params, dict) and params.get("origin") == self.node_id:
             return None  # checked once, by on_forward
-        origin, server, _method, _params, timeout, trace = self._check_forward(params, context.peer_id)
-        via = self._next_hop(origin, server)
-        onward = self._link_to(via) if via is not None else None
-        if via is None or onward is None or not onward.is_up:
-            raise ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable")
-        token = params.get("progress")
-        if isinstance(token, str) and (token in self._progress_relays or token in self._progress_routes):
-            return None  # a reused token: the task path mints a fresh one
-        # The request holds a slot of the link's fair shares until it is over (done), like one of ours.
-        party, key = context.peer_id, (origin, server)
-        pool = self.shares.acquire(via, party, key)
+        entry = AuditEntry.served(self.node_id, params, self.caller_of(params, context))
+        try:
+            origin, server, _method, upstream_params, timeout, trace = self._check_forward(params, context.peer_id)
+            via = self._next_hop(origin, server)
+            onward = self._link_to(via) if via is not None else None
+            if via is None or onward is None or not onward.is_up:
+                raise ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable")
+            token = params.get("progress")
+            if isinstance(token, str) and (token in self._progress_relays or token in self._progress_routes):
+                return None  # a reused token: the task path mints a fresh one
+            # The request holds a slot of the link's fair shares until it is over (done), like one of ours.
+            party, key = context.peer_id, (origin, server)
+            pool = self.shares.acquire(via, party, key)
+        except ForwardError as exc:
+            self.audit.record(entry, outcome_of(exc.code), exc.code)
+            raise
         if isinstance(token, str):
             self._progress_relays[token] = inbound
 
@@ -449,6 +474,8 @@ class Forwarding:
             pool.release(party, key)
             if isinstance(token, str):
                 del self._progress_relays[token]
+            self.audit.record(entry, outcome_of(transit.code) if transit.outcome == "error" else transit.outcome,
+                              transit.code)
 
         def error(why: str) -> tuple[int, str]:
             if why == "timeout":
@@ -457,16 +484,25 @@ class Forwarding:
                 return NODE_UNREACHABLE, f"Link to {via!r} lost while forwarding to {origin!r}: {why[6:]}"
             return INTERNAL_ERROR, f"Cannot forward to {origin!r}: {why}"
 
-        return Transit(onward=onward, params={**params, "timeout": timeout, "trace": [*trace, self.node_id]},
-                       timeout=timeout, error=error, done=done)
+        transit = Transit(onward=onward, timeout=timeout, error=error, done=done, params={
+            **params, "timeout": timeout, "trace": [*trace, self.node_id],
+            "params": with_traceparent(upstream_params, entry.trace.child())})
+        return transit
+
+    def caller_of(self, params: Any, context: RequestContext) -> Caller:
+        """Who is calling, as this node believes it, for a fed/forward from a peer."""
+        return Caller.of_node(context.peer_id)
 
     async def on_forward(self, params: Any, context: RequestContext) -> Any:
         method = params.get("method") if isinstance(params, dict) else None
+        entry = AuditEntry.served(self.node_id, params, self.caller_of(params, context))
         return await self._measured("peer", method if isinstance(method, str) else "other",
-                                    self._serve_forward(params, context))
+                                    self._serve_forward(params, context, entry), entry)
 
-    async def _serve_forward(self, params: Any, context: RequestContext) -> Any:
+    async def _serve_forward(self, params: Any, context: RequestContext, entry: AuditEntry) -> Any:
         origin, server, method, upstream_params, timeout, trace = self._check_forward(params, context.peer_id)
+        # The trace goes on to the next hop (or the attached server, which may use it) with this node's span.
+        upstream_params = with_traceparent(upstream_params, entry.trace.child())
         deadline = trio.current_time() + timeout
         token = params.get("progress")
         progress: ProgressFn | None = None

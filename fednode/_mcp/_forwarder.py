@@ -16,6 +16,7 @@ from mcp.shared.exceptions import MCPError
 
 from .._errors import DEADLINE_EXCEEDED, INTERNAL_ERROR, EdgeError, RequestError
 from .._federation._federation import CLIENT_CAPABILITIES_KEY, Federation
+from .._federation._traceparent import trace_of, with_traceparent
 from ._edge_call import EdgeCall
 
 #: Rounds of input_required answered for one request before giving up.
@@ -137,6 +138,8 @@ class FederationForwarder:
 
     async def _forward(self, method: str, params: dict[str, Any], call: EdgeCall,
                        session: dict[str, Any] | None) -> dict[str, Any]:
+        # One trace for every round of a request that asks its client for input (the client's, or a new one).
+        params = with_traceparent(params, trace_of(params))
         meta = params.get("_meta")
         wants_progress = isinstance(meta, dict) and meta.get("progressToken") is not None
         progress = call.report_progress if wants_progress else None
@@ -147,7 +150,8 @@ class FederationForwarder:
             meta.setdefault(CLIENT_CAPABILITIES_KEY, call.client_capabilities or {})
             params = {**params, "_meta": meta}
         try:
-            result = await self.federation.execute(method, params, progress=progress, session=session)
+            result = await self.federation.execute(method, params, progress=progress, session=session,
+                                                   caller=call.caller)
             # A 2026-07-28 server asks for input by returning input_required; a legacy client
             # expects to be asked directly. Ask it on its request's stream and retry, as its SDK would.
             delay = 0.05
@@ -171,7 +175,8 @@ class FederationForwarder:
                     delay = min(delay * 2, 0.25)
                 if isinstance(result.get("requestState"), str):
                     retry["requestState"] = result["requestState"]
-                result = await self.federation.execute(method, retry, progress=progress, session=session)
+                result = await self.federation.execute(method, retry, progress=progress, session=session,
+                                                       caller=call.caller)
             raise EdgeError(INTERNAL_ERROR, f"the server asked for input more than {MAX_INPUT_ROUNDS} times")
         except RequestError as exc:
             raise EdgeError(exc.code, str(exc), exc.data) from None

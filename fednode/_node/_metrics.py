@@ -53,6 +53,9 @@ class NodeMetrics:
         self.share_refused = Counter("fednode_share_refused", "Requests refused with -32004 for lack of a fair "
                                      "share, by pool (link, node), reason (share, server) and party (peer or local).",
                                      ["pool", "reason", "party"], registry=self.registry)
+        self.audit_lines = Counter("fednode_audit_lines", "Audit log lines, by outcome: written, or dropped "
+                                   "(the buffer was full or the file could not be written).",
+                                   ["outcome"], registry=self.registry)
         self.registry.register(_StateCollector(node))
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
@@ -76,6 +79,10 @@ class NodeMetrics:
     def observe_refused(self, pool: str, reason: str, party: str) -> None:
         """Record one request refused for lack of a fair share (see :mod:`fednode._peers._shares`)."""
         self.share_refused.labels(pool, reason, party).inc()
+
+    def observe_audit(self, outcome: str, lines: int) -> None:
+        """Record audit log lines ``written`` or ``dropped``."""
+        self.audit_lines.labels(outcome).inc(lines)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
