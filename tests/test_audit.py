@@ -302,6 +302,24 @@ class TestThroughTheChain:
         assert handed is not None and handed.trace_id == EXAMPLE[3:35] and handed.parent_id != EXAMPLE[36:52]
         assert 'fednode_audit_lines_total{outcome="written"} 4.0' in metrics
 
+    async def test_refusals_at_transit_and_owner(self, tmp_path: Path) -> None:
+        """A fed/forward a node refuses by its own checks (a loop, a server it does not offer) is audited as refused."""
+        with trio.fail_after(90):
+            async with audited_chain(tmp_path) as nodes:
+                a = nodes["node-a"]
+                forward = {"origin": "node-c", "server": "fx", "method": "tools/call", "timeout": 10,
+                           "params": {"name": "echo", "arguments": {"text": SECRETISH}}, "trace": ["node-b"]}
+                with pytest.raises(fednode.RemoteError, match="loop"):
+                    await a.request("node-b", "fed/forward", forward, timeout=30)
+                with pytest.raises(fednode.RemoteError, match="not offered"):
+                    await a.request("node-b", "fed/forward", {**forward, "origin": "node-b", "trace": ["node-a"]},
+                                    timeout=30)
+                found = await until_lines(tmp_path / "node-b.jsonl", 2)
+        assert [(x["role"], x["outcome"], x["code"], x["path"]) for x in found] == [
+            ("transit", "refused", -32053, ["node-b", "node-b"]), ("owner", "refused", -32602, ["node-a", "node-b"])]
+        assert all(x["caller"] == {"node": "node-a", "kind": "node"} and x["original"] == "echo" for x in found)
+        assert SECRETISH not in json.dumps(found)
+
     async def test_reload_reopens_and_may_move_the_log(self, tmp_path: Path) -> None:
         with trio.fail_after(90):
             async with audited_chain(tmp_path) as nodes:

@@ -92,6 +92,7 @@ class AuditEntry:
         origin: the owning node.
         time: when the request arrived (wall clock).
         started: when the request arrived (Trio clock, for its duration).
+        outcome: the outcome whatever the error code says (``refused``: by this node's own checks).
     """
 
     role: str
@@ -105,6 +106,7 @@ class AuditEntry:
     origin: str | None = None
     time: float = attrs.field(factory=time.time)
     started: float = attrs.field(factory=trio.current_time)
+    outcome: str | None = None
 
     @classmethod
     def served(cls, node_id: str, forward: object, caller: Caller) -> AuditEntry:

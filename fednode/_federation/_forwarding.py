@@ -219,7 +219,7 @@ class Forwarding:
             outcome = audited = "tool_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
             return result
         except RequestError as exc:
-            outcome, audited, code = _OUTCOMES.get(exc.code, "error"), outcome_of(exc.code), exc.code
+            outcome, audited, code = _OUTCOMES.get(exc.code, "error"), entry.outcome or outcome_of(exc.code), exc.code
             raise
         except Exception:
             outcome, audited, code = "internal", "error", INTERNAL_ERROR
@@ -444,6 +444,15 @@ class Forwarding:
         timeout = min(float(timeout), limit)
         return origin, server, method, upstream_params, timeout, trace
 
+    def _checked(self, params: Any, peer_id: str,
+                 entry: AuditEntry) -> tuple[str, str, str, dict[str, Any], float, list[str]]:
+        """:meth:`_check_forward`, its refusals audited as such (malformed, a loop, not offered to the peer)."""
+        try:
+            return self._check_forward(params, peer_id)
+        except ForwardError:
+            entry.outcome = "refused"
+            raise
+
     def transit(self, params: Any, context: RequestContext, inbound: Link) -> Transit | None:
         """Pass a fed/forward for a server on another node straight on to the next hop (run by the reader).
 
@@ -453,7 +462,7 @@ class Forwarding:
             return None  # checked once, by on_forward
         entry = AuditEntry.served(self.node_id, params, self.caller_of(params, context))
         try:
-            origin, server, _method, upstream_params, timeout, trace = self._check_forward(params, context.peer_id)
+            origin, server, _method, upstream_params, timeout, trace = self._checked(params, context.peer_id, entry)
             via = self._next_hop(origin, server)
             onward = self._link_to(via) if via is not None else None
             if via is None or onward is None or not onward.is_up:
@@ -465,7 +474,7 @@ class Forwarding:
             party, key = context.peer_id, (origin, server)
             pool = self.shares.acquire(via, party, key)
         except ForwardError as exc:
-            self.audit.record(entry, outcome_of(exc.code), exc.code)
+            self.audit.record(entry, entry.outcome or outcome_of(exc.code), exc.code)
             raise
         if isinstance(token, str):
             self._progress_relays[token] = inbound
@@ -500,7 +509,7 @@ class Forwarding:
                                     self._serve_forward(params, context, entry), entry)
 
     async def _serve_forward(self, params: Any, context: RequestContext, entry: AuditEntry) -> Any:
-        origin, server, method, upstream_params, timeout, trace = self._check_forward(params, context.peer_id)
+        origin, server, method, upstream_params, timeout, trace = self._checked(params, context.peer_id, entry)
         # The trace goes on to the next hop (or the attached server, which may use it) with this node's span.
         upstream_params = with_traceparent(upstream_params, entry.trace.child())
         deadline = trio.current_time() + timeout
