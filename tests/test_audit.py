@@ -25,6 +25,7 @@ from test_mcp_chain import FIXTURE, fixture_server
 
 import fednode
 from fednode._config._callers import Caller
+from fednode._config._describe import describe
 from fednode._errors import AuditError
 from fednode._federation._audit import AuditEntry, AuditLog, item_name, outcome_of
 from fednode._federation._traceparent import (
@@ -238,6 +239,7 @@ class TestWriter:
         config = tmp_path / "node.toml"
         config.write_text(f'[node]\nid = "node-a"\n[auth]\nsecret = "{SECRET}"\n[audit]\npath = "logs/audit.jsonl"\n')
         assert fednode.load_config(config).audit.path == tmp_path / "logs" / "audit.jsonl"
+        assert f"  audit     {tmp_path / 'logs' / 'audit.jsonl'}" in describe(fednode.load_config(config)).splitlines()
         config.write_text(f'[node]\nid = "node-a"\n[auth]\nsecret = "{SECRET}"\n[audit]\nfile = "x"\n')
         with pytest.raises(fednode.ConfigError, match=r"audit\.file"):
             fednode.load_config(config)

@@ -37,4 +37,6 @@ def describe(config: NodeConfig) -> str:
         what = (f"stdio: {server.command} (+{len(server.args)} args)" if server.command
                 else f"http: {shown_url(server.url or '')}")
         lines.append(f"    - {server.id}: {what} (prefix {server.exposed_prefix!r})")
+    if config.audit.path is not None:
+        lines.append(f"  audit     {config.audit.path}")
     return "\n".join(lines)

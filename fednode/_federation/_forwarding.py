@@ -462,20 +462,23 @@ class Forwarding:
             return None  # checked once, by on_forward
         entry = AuditEntry.served(self.node_id, params, self.caller_of(params, context))
         try:
-            origin, server, _method, upstream_params, timeout, trace = self._checked(params, context.peer_id, entry)
-            via = self._next_hop(origin, server)
-            onward = self._link_to(via) if via is not None else None
-            if via is None or onward is None or not onward.is_up:
-                raise ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable")
-            token = params.get("progress")
-            if isinstance(token, str) and (token in self._progress_relays or token in self._progress_routes):
-                return None  # a reused token: the task path mints a fresh one
-            # The request holds a slot of the link's fair shares until it is over (done), like one of ours.
-            party, key = context.peer_id, (origin, server)
-            pool = self.shares.acquire(via, party, key)
-        except ForwardError as exc:
+            return self._pass_on(params, context, inbound, entry)
+        except ForwardError as exc:  # refused here: answered at once by the link
             self.audit.record(entry, entry.outcome or outcome_of(exc.code), exc.code)
             raise
+
+    def _pass_on(self, params: Any, context: RequestContext, inbound: Link, entry: AuditEntry) -> Transit | None:
+        origin, server, _method, upstream_params, timeout, trace = self._checked(params, context.peer_id, entry)
+        via = self._next_hop(origin, server)
+        onward = self._link_to(via) if via is not None else None
+        if via is None or onward is None or not onward.is_up:
+            raise ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable")
+        token = params.get("progress")
+        if isinstance(token, str) and (token in self._progress_relays or token in self._progress_routes):
+            return None  # a reused token: the task path mints a fresh one
+        # The request holds a slot of the link's fair shares until it is over (done), like one of ours.
+        party, key = context.peer_id, (origin, server)
+        pool = self.shares.acquire(via, party, key)
         if isinstance(token, str):
             self._progress_relays[token] = inbound
 
