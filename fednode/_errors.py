@@ -57,6 +57,9 @@ FORWARDING_LOOP = -32053
 #: The sender (a peer, a client token, a client address) is over its rate limit; ``data.retryAfter``
 #: says in how many seconds a request will be accepted again.
 RATE_LIMITED = -32054
+#: The caller may not use that server or tool: the owning node's ``[[servers]] callers`` leaves it
+#: out (``data`` names the caller, the server and its node).
+FORBIDDEN = -32055
 
 
 class FednodeError(Exception):

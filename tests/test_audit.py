@@ -28,6 +28,7 @@ from fednode._config._callers import Caller
 from fednode._config._describe import describe
 from fednode._errors import AuditError
 from fednode._federation._audit import AuditEntry, AuditLog, item_name, outcome_of
+from fednode._federation._caller_proof import params_digest
 from fednode._federation._traceparent import (
     TraceParent,
     new_trace,
@@ -105,6 +106,17 @@ class TestTraceparent:
         assert params["_meta"]["traceparent"] == EXAMPLE  # the client's params are not changed
         assert trace_of({}).trace_id != trace_of({}).trace_id
         assert trace_of({"_meta": "not an object"}).trace_id != trace.trace_id
+
+
+    def test_a_hop_adding_its_span_leaves_the_caller_statement_valid(self) -> None:
+        """Each hop puts its own span in _meta.traceparent, where there may have been no _meta at all:
+        the params digest a caller statement is bound to does not change."""
+        bare = {"name": "echo", "arguments": {"text": "x"}}
+        digest = params_digest(bare)
+        assert params_digest(with_traceparent(bare, new_trace())) == digest
+        assert params_digest({**bare, "_meta": {}}) == digest
+        with_token = {**bare, "_meta": {"progressToken": 1}}
+        assert params_digest(with_traceparent(with_token, new_trace())) == params_digest(with_token) != digest
 
 
 class TestLine:
@@ -303,6 +315,38 @@ class TestThroughTheChain:
         handed = parse_traceparent(meta.structured_content["traceparent"])
         assert handed is not None and handed.trace_id == EXAMPLE[3:35] and handed.parent_id != EXAMPLE[36:52]
         assert 'fednode_audit_lines_total{outcome="written"} 4.0' in metrics
+
+    async def test_the_caller_as_each_node_believes_it(self, tmp_path: Path) -> None:
+        """The entry node's signed statement of the caller is believed at transit and owner nodes alike
+        (their lines name the subject and the entry node); a statement changed on the way is not: the
+        owning node refuses the request, and both lines name only the peer it came from."""
+        alice = Caller(entry="node-a", kind="oauth", subject="alice@example.org", client="cli", scopes=("mcp",))
+        with trio.fail_after(90):
+            async with audited_chain(tmp_path) as nodes:
+                a = nodes["node-a"]
+                call = {"name": "fx__echo", "arguments": {"text": "hello"}}
+                result = await a.federation.execute("tools/call", call, caller=alice)
+                assert result.get("isError") is not True
+                statements = a.federation.forwarding.callers.statements
+                assert statements is not None
+                params = {"name": "echo", "arguments": {"text": "hello"}}
+                statement = statements.state(Caller(entry="node-a", kind="token", subject="bob"), origin="node-c",
+                                             server="fx", method="tools/call", params=params, timeout=20)
+                assert statement is not None
+                forged = {**statement, "caller": {**statement["caller"], "sub": "alice@example.org"}}
+                forward = {"origin": "node-c", "server": "fx", "method": "tools/call", "params": params,
+                           "timeout": 20, "trace": ["node-a"], "caller": forged}
+                with pytest.raises(fednode.RemoteError) as refused:
+                    await a.request("node-b", "fed/forward", forward, timeout=30)
+                assert refused.value.code == -32055
+                lines = {node_id: await until_lines(tmp_path / f"{node_id}.jsonl", count)
+                         for node_id, count in (("node-a", 1), ("node-b", 2), ("node-c", 2))}
+        believed = [lines["node-a"][0], lines["node-b"][0], lines["node-c"][0]]
+        assert [x["caller"] for x in believed] == [alice.to_wire()] * 3
+        assert len({x["trace"] for x in believed}) == 1
+        assert lines["node-b"][1]["caller"] == {"node": "node-a", "kind": "node"}
+        assert (lines["node-c"][1]["caller"], lines["node-c"][1]["outcome"], lines["node-c"][1]["code"]) == (
+            {"node": "node-b", "kind": "node"}, "refused", -32055)
 
     async def test_refusals_at_transit_and_owner(self, tmp_path: Path) -> None:
         """A fed/forward a node refuses by its own checks (a loop, a server it does not offer) is audited as refused."""

@@ -462,7 +462,7 @@ class TestBadConfiguration:
         assert problems.keys() == {"peers[0].import", "peers[0].export[1]", "peers[0].colour", "servers[0].env.TZ"}
         assert problems["peers[0].import"] == "expected a list of strings, got str"
         assert problems["peers[0].export[1]"] == "expected a string, got int"
-        assert problems["peers[0].colour"].startswith("unknown key (allowed: control, export, id, import, ")
+        assert problems["peers[0].colour"].startswith("unknown key (allowed: callers, control, export, id, import, ")
         assert problems["servers[0].env.TZ"] == "expected a string, got int"
 
     def test_library_error_carries_source_and_problems(self, tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ class FakeForwarder:
         self.slow_started = trio.Event()
         self.slow_cancelled = trio.Event()
 
-    def list_items(self, kind: str) -> list[dict[str, Any]]:
+    def list_items(self, kind: str, caller: Any = None) -> list[dict[str, Any]]:
         return self.catalog[kind]
 
     def tool_input_schema(self, name: str) -> dict[str, Any] | None:

@@ -9,7 +9,9 @@ it came through (``Caller.of_node``).
 A caller is matched by its *principals*, strings of the form ``node:<entry node>``,
 ``sub:<subject>``, ``client:<client id>``, ``scope:<scope>`` and ``anonymous``. A rule list
 (:class:`CallerRules`, ``[[servers]] callers``) holds globs over them (``sub:*@example.org``), ``*``
-for everybody, and exclusions written ``!rule`` that win over any inclusion.
+for everybody, and exclusions written ``!rule`` that win over any inclusion. Parts joined by ``&``
+must all match (``node:node-a&scope:eng``: callers of node-a with the ``eng`` scope, whatever
+another node says of its own callers).
 """
 
 from __future__ import annotations
@@ -115,13 +117,21 @@ def rule_problem(rule: object) -> str | None:
     """Why ``rule`` is not a valid caller rule, or None."""
     if not isinstance(rule, str) or not rule:
         return "a caller rule must be a non-empty string"
+    if len(rule) > _MAX_TEXT:
+        return f"caller rule {rule[:40]!r}... is longer than {_MAX_TEXT} characters"
     body = rule[1:] if rule.startswith("!") else rule
-    if body in ("*", "anonymous"):
-        return None
-    if not body.startswith(PRINCIPAL_PREFIXES) or body.endswith(":"):
-        return (f"caller rule {rule[:80]!r} must be '*', 'anonymous' or start with one of "
-                f"{', '.join(PRINCIPAL_PREFIXES)} followed by a name or glob (e.g. 'sub:*@example.org')")
+    for part in body.split("&"):
+        if part in ("*", "anonymous"):
+            continue
+        if not part.startswith(PRINCIPAL_PREFIXES) or part.endswith(":"):
+            return (f"caller rule {rule[:80]!r} must be '*', 'anonymous' or start with one of "
+                    f"{', '.join(PRINCIPAL_PREFIXES)} followed by a name or glob (e.g. 'sub:*@example.org'), "
+                    f"parts joined by '&' all matching")
     return None
+
+
+def _matches(body: str, principals: tuple[str, ...]) -> bool:
+    return all(part == "*" or any(fnmatch.fnmatchcase(p, part) for p in principals) for part in body.split("&"))
 
 
 @attrs.frozen
@@ -165,7 +175,7 @@ class CallerRules:
         for rule in self.rules:
             excluded = rule.startswith("!")
             body = rule[1:] if excluded else rule
-            if body == "*" or any(fnmatch.fnmatchcase(p, body) for p in principals):
+            if _matches(body, principals):
                 if excluded:
                     return False
                 allowed = True
@@ -174,3 +184,7 @@ class CallerRules:
     def to_wire(self) -> list[str] | None:
         """As advertised with a route (None: everybody)."""
         return None if self.rules is None else list(self.rules)
+
+
+#: The rules that allow every caller (no ``callers`` given).
+EVERYBODY = CallerRules()

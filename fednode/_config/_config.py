@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .._errors import ConfigError, InvalidValue
 from ._audit_config import AuditConfig
+from ._callers import MAX_RULES, CallerRules, rule_problem
 from ._config_load import (
     Duration,
     FilePath,
@@ -52,6 +53,7 @@ MAX_TOKEN_TTL = 3600.0
 MAX_REQUEST_TIMEOUT = 86400.0  # longest deadline of a forwarded request: a day
 MAX_FIRST_LIST_WAIT = 300.0  # longest a client's first list may be held at start-up
 ALGORITHMS = ("HS512", "EdDSA")
+CALLER_TRUST = ("any", "own", "none")  # [[peers]] callers
 
 # What the file may give, as field types (see fednode._config._config_load for the rules).
 NodeId = Annotated[str, pattern(NODE_ID_RE, "must match [a-z0-9][a-z0-9-]{0,62}")]
@@ -109,6 +111,9 @@ class PeerConfig:
         rate: requests this peer may send (each over it is answered with a rate-limit error).
         vouch: whether routes from this peer whose origin or path cannot be verified are accepted on
             its word (and passed on signed by this node) instead of refused.
+        callers: whose identity this peer is believed about in the requests it sends: ``any`` (every
+            caller whose entry node's signed statement verifies), ``own`` (only callers whose entry
+            node is the peer itself) or ``none`` (every caller arriving through it is ``node:<peer>``).
     """
 
     id: str = attrs.field(validator=_check_id)
@@ -120,6 +125,7 @@ class PeerConfig:
     transit: bool = True
     vouch: bool = False
     rate: Rate = DEFAULT_PEER_RATE
+    callers: str = "any"
 
     def exports(self, server_id: str) -> bool:
         """Whether routes to ``server_id`` may be advertised to this peer (``export``; default all)."""
@@ -159,6 +165,9 @@ class ServerConfig:
             the others are opened for legacy client sessions and for calls whose server may ask
             their client a question, at most half of them for the callers arriving through any one
             peer (or this node's own clients); callers beyond that share the shared connection.
+        callers: who may use this server (see :class:`~fednode._config._callers.CallerRules`);
+            None: everybody this node serves. Advertised with its routes, so other nodes hide its
+            items from callers it would refuse.
     """
 
     id: Annotated[str, pattern(SERVER_ID_RE, "must match [a-z0-9][a-z0-9_-]{0,31}")]
@@ -174,6 +183,12 @@ class ServerConfig:
     ping_interval: Annotated[float, Duration(positive=False, at_most=MAX_REQUEST_TIMEOUT)] = 30.0
     ping_timeout: UpToADay = 10.0
     max_connections: Annotated[int, at_least(1)] = 8
+    callers: tuple[str, ...] | None = None
+
+    @property
+    def caller_rules(self) -> CallerRules:
+        """``callers`` as rules (checked when the configuration was loaded)."""
+        return CallerRules(self.callers)
 
     @property
     def exposed_prefix(self) -> str:
@@ -374,6 +389,8 @@ class _PeerEntry:
     transit: bool = True
     vouch: bool = False
     rate: RateLimit = DEFAULT_PEER_RATE
+    callers: Annotated[str, one_of(CALLER_TRUST, "callers must be one of \"any\", \"own\", \"none\"; "
+                                                 "got {value!r}")] = "any"
 
 
 @attrs.frozen
@@ -504,7 +521,7 @@ def _peers(load: Loader, raw: Mapping[str, Any], node_id: str | None,
             seen[entry.id] = index
             result.append(PeerConfig(id=entry.id, control=entry.control, secrets=secrets, public_keys=keys,
                                      export=entry.export, import_=entry.import_, transit=entry.transit,
-                                     vouch=entry.vouch, rate=entry.rate))
+                                     vouch=entry.vouch, rate=entry.rate, callers=entry.callers))
     return tuple(result)
 
 
@@ -552,6 +569,11 @@ def _servers(load: Loader, raw: Mapping[str, Any]) -> tuple[ServerConfig, ...]:
             load.problem(f"{path}.headers", "headers are only used with url")
         elif server.url is not None and any(key in table for key in ("args", "env", "cwd")):
             load.problem(path, "args, env and cwd are only used with command")
+        for rule_index, rule in enumerate(server.callers or ()):
+            if (problem := rule_problem(rule)) is not None:
+                load.problem(f"{path}.callers[{rule_index}]", problem)
+        if server.callers is not None and len(server.callers) > MAX_RULES:
+            load.problem(f"{path}.callers", f"at most {MAX_RULES} caller rules")
         if server.id in seen:
             load.problem(f"{path}.id", f"duplicate server id {server.id!r} (also servers[{seen[server.id]}])")
         if len(load.problems) == before:

@@ -13,11 +13,12 @@ and reopened on reload (SIGHUP), so logrotate may move it away.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import trio
 from .._config._callers import Caller
 from .._errors import (
     DEADLINE_EXCEEDED,
+    FORBIDDEN,
     FORWARDING_LOOP,
     MISSING_CAPABILITY,
     NODE_UNREACHABLE,
@@ -34,6 +36,7 @@ from .._errors import (
     RATE_LIMITED,
     SERVER_UNAVAILABLE,
     AuditError,
+    ForwardError,
 )
 from ._routes import MAX_PATH
 from ._traceparent import TraceParent, trace_of
@@ -50,7 +53,7 @@ OUTCOMES = ("ok", "tool_error", "refused", "error", "timeout", "unreachable", "c
 # error code -> outcome (any other code: "error")
 _BY_CODE = {DEADLINE_EXCEEDED: "timeout", NODE_UNREACHABLE: "unreachable", SERVER_UNAVAILABLE: "unreachable",
             OVERLOADED: "refused", RATE_LIMITED: "refused", FORWARDING_LOOP: "refused",
-            MISSING_CAPABILITY: "refused"}
+            MISSING_CAPABILITY: "refused", FORBIDDEN: "refused"}
 
 
 def outcome_of(code: int | None) -> str:
@@ -124,6 +127,15 @@ class AuditEntry:
         return cls(role="owner" if origin == node_id else "transit", method=method, trace=trace_of(params),
                    caller=caller, path=[*before, node_id], original=item_name(method, params),
                    server=_text(fields.get("server")), origin=origin)
+
+    @contextlib.contextmanager
+    def refusing(self) -> Iterator[None]:
+        """A ForwardError raised in the block is this node's refusal, whatever its code."""
+        try:
+            yield
+        except ForwardError:
+            self.outcome = "refused"
+            raise
 
     def line(self, node_id: str, outcome: str, code: int | None, now: float) -> dict[str, Any]:
         """The audit line (a JSON object) of this request, over with ``outcome`` at Trio time ``now``."""

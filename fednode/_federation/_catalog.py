@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Collection, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
 from typing import Any
 
 from .._errors import METHOD_NOT_FOUND, NODE_UNREACHABLE, SERVER_UNAVAILABLE, UNKNOWN_NAME, ForwardError
@@ -212,9 +212,10 @@ class Catalog:
 
     # -- looking things up --------------------------------------------------------------------
 
-    def list_items(self, kind: str) -> list[dict[str, Any]]:
-        """The exposed definitions of one kind, sorted by exposed name."""
-        return [entry.definition for _, entry in sorted(self.entries.get(kind, {}).items())]
+    def list_items(self, kind: str, allowed: Callable[[Entry], bool] | None = None) -> list[dict[str, Any]]:
+        """The exposed definitions of one kind (those ``allowed`` says yes to), sorted by exposed name."""
+        return [entry.definition for _, entry in sorted(self.entries.get(kind, {}).items())
+                if allowed is None or allowed(entry)]
 
     def tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
         """The input schema of an exposed tool (None: no such tool, or it has none)."""

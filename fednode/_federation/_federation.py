@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import trio
 
-from .._config._callers import Caller
+from .._config._callers import EVERYBODY, Caller
 from .._config._config import LinkConfig, MCPConfig, PeerConfig
 from .._config._logging import ThrottledLog
 from .._config._memory import MemoryTrimmer
@@ -31,6 +31,7 @@ from .._peers._link import Handlers, Link, RequestContext
 from .._peers._supervisor import PeerSupervisor
 from ._advertiser import ROUTES_METHOD, Advertiser
 from ._audit import AuditLog
+from ._caller_proof import CallerStatements
 from ._catalog import Catalog, Entry
 from ._forwarding import (
     CLIENT_CAPABILITIES_KEY,
@@ -176,7 +177,10 @@ class Federation:
             request=request, notify=notify, link_to=self._link_to, offered_path=self._offered_path,
             request_timeout=lambda: mcp().request_timeout, max_inflight=limits.max_inflight,
             observe=observe, is_settled=lambda: self._settled, wait_settled=self.wait_settled,
-            health_changed=self._changed, log=self.log, on_refused=refused, audit=audit)
+            health_changed=self._changed, log=self.log, on_refused=refused, audit=audit,
+            statements=None if self.proofs is None else CallerStatements(
+                node_id, self.proofs.keyring, on_unverified=self._caller_unverified,
+                trust=lambda peer_id: getattr(peers.peer_config(peer_id), "callers", None)))
         #: the methods peers call on this node, for the node to serve (see :meth:`Handlers.merge`)
         self.handlers = Handlers(
             requests={FORWARD_METHOD: self.forwarding.on_forward},
@@ -364,11 +368,13 @@ class Federation:
             prefix = local.prefix if local is not None else server_id
             extensions = dict(local.extensions) if local is not None else {}
             timeout = local.timeout if local is not None else None
-            digest = catalog_digest({**kinds, "extensions": extensions, "timeout": timeout})
+            callers = local.callers if local is not None else EVERYBODY
+            digest = catalog_digest({**kinds, "extensions": extensions, "timeout": timeout,
+                                     "callers": callers.to_wire()})
             proof = self.proofs.local_proof(server_id, digest, prefix) if self.proofs is not None else None
             routes[(self.id, server_id)] = Route(
                 origin=self.id, server=server_id, prefix=prefix, path=(self.id,), digest=digest, catalog=kinds,
-                extensions=extensions, timeout=timeout, proof=proof)
+                extensions=extensions, timeout=timeout, proof=proof, callers=callers)
         if self.proofs is not None:
             self.proofs.keep_local(self._local_kinds)
         return routes
@@ -414,6 +420,10 @@ class Federation:
         """For each (origin, server): the best route and the peer it goes through (None = local)."""
         return self.table.best_routes(self._local_routes(), self._rtts(), trio.current_time())
 
+    def local_changed(self) -> None:
+        """How an attached server is advertised changed (its ``callers``): advertise it again."""
+        self._changed()
+
     def _changed(self) -> None:
         rtts = self._rtts()
         best = self.table.update(self._local_routes(), rtts, trio.current_time())
@@ -457,9 +467,14 @@ class Federation:
 
     # -- looking things up --------------------------------------------------------------------
 
-    def list_items(self, kind: str) -> list[dict[str, Any]]:
-        """The exposed definitions of one kind, sorted by exposed name."""
-        return self.catalog.list_items(kind)
+    def list_items(self, kind: str, caller: Caller | None = None) -> list[dict[str, Any]]:
+        """The exposed definitions of one kind ``caller`` may use (None: an anonymous client of this
+        node), sorted by exposed name (see :meth:`CallerPolicy.usable_by`)."""
+        return self.catalog.list_items(kind, self.forwarding.callers.usable_by(caller or Caller(entry=self.id)))
+
+    def _caller_unverified(self, entry: str, reason: str) -> None:
+        self._throttled.warning("caller.unverified", key=entry, entry=entry, reason=reason,
+                                hint="configure that node's key in [[nodes]] to believe what it says of its callers")
 
     def tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
         """The input schema of an exposed tool (None: no such tool, or it has none)."""

@@ -19,6 +19,7 @@ import trio
 from .._config._callers import Caller
 from .._errors import (
     DEADLINE_EXCEEDED,
+    FORBIDDEN,
     FORWARDING_LOOP,
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -38,14 +39,16 @@ from .._errors import (
     RequestTimeoutError,
     UnknownPeerError,
 )
-from .._peers._link import Link, RequestContext, Transit
+from .._peers._link import Link, RequestContext
 from .._peers._shares import LOCAL, FairShares, Refusal
 from ._audit import AuditEntry, AuditLog, item_name, outcome_of
+from ._caller_proof import CallerPolicy, CallerStatements, forbidden
 from ._catalog import Catalog
 from ._local import LocalServers, ProgressFn, token_origin
 from ._routes import MAX_PATH, Key, Path
 from ._routing import RoutingTable
 from ._traceparent import trace_of, with_traceparent
+from ._transit import TransitPath
 
 FORWARD_METHOD = "fed/forward"
 PROGRESS_METHOD = "fed/progress"
@@ -60,7 +63,7 @@ PROTOCOL_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 MODERN_ERA = "2026-07-28"
 # error code -> the outcome label of forwarded-request metrics (any other code: "error")
 _OUTCOMES = {UNKNOWN_NAME: "unknown", NODE_UNREACHABLE: "unreachable", SERVER_UNAVAILABLE: "unavailable",
-             DEADLINE_EXCEEDED: "deadline", FORWARDING_LOOP: "loop", OVERLOADED: "busy"}
+             DEADLINE_EXCEEDED: "deadline", FORWARDING_LOOP: "loop", OVERLOADED: "busy", FORBIDDEN: "forbidden"}
 
 
 class ForwardShares:
@@ -148,6 +151,8 @@ class Forwarding:
         health_changed: called when a peer's forwards failing (or recovering) changed its preference
             in the routing table (the best routes must be recomputed).
         log: the node's logger.
+        statements: signs this node's statements of who is calling, and checks peers' (None: none are
+            made, and every caller arriving through a peer is that peer).
         audit: the node's audit log (a line per request served or passed on; none if not given).
     """
 
@@ -158,7 +163,8 @@ class Forwarding:
                  observe: Callable[[str, str, str, float], None], is_settled: Callable[[], bool],
                  wait_settled: Callable[[], Awaitable[None]], log: Any,
                  health_changed: Callable[[], None] = lambda: None,
-                 on_refused: Callable[[str, str, str], None] | None = None, audit: AuditLog | None = None) -> None:
+                 on_refused: Callable[[str, str, str], None] | None = None,
+                 statements: CallerStatements | None = None, audit: AuditLog | None = None) -> None:
         self.node_id = node_id
         self.audit = audit or AuditLog(node_id, log=log)
         self._table = table
@@ -174,6 +180,8 @@ class Forwarding:
         self._wait_settled = wait_settled
         self._health_changed = health_changed
         self._log = log
+        #: who may use what, and who is calling
+        self.callers = CallerPolicy(node_id, local, lambda key: (table.best.get(key) or (None,))[0], statements)
         self.in_flight = 0  # client and peer requests being executed here (passed-on ones: see Link)
         #: fair shares of the requests sent on each link and of those run here
         self.shares = ForwardShares(node_id, max_inflight, on_refused)
@@ -184,28 +192,36 @@ class Forwarding:
         self._progress_routes: dict[str, trio.MemorySendChannel[tuple[float, float | None, str | None]]] = {}
         #: progress tokens of requests passed on by this node -> the link their notifications go back on
         self._progress_relays: dict[str, Link] = {}
+        #: passes a fed/forward for another node's server straight on (run by the link's reader; see _transit)
+        self.transit = TransitPath(node_id, check=self._check_forward, next_hop=self._next_hop, link_to=link_to,
+                                   acquire=self.shares.acquire, relays=self._progress_relays,
+                                   in_use=self._progress_routes.__contains__, audit=self.audit,
+                                   believed=self.callers.believed).transit
 
     async def execute(self, method: str, params: dict[str, Any], *, timeout: float | None = None,
                       progress: ProgressFn | None = None, session: dict[str, Any] | None = None,
                       caller: Caller | None = None) -> dict[str, Any]:
         """Run a client request wherever its server is, nearest replica first; return the raw result.
 
+        Only replicas whose owning node lets ``caller`` use the server are tried (its
+        ``[[servers]] callers``, as advertised with the route).
+
         Args:
+            caller: who is calling (None: an anonymous client of this node).
             progress: awaited with ``(progress, total, message)`` for each progress notification the
                 server sends about this request, all before this method returns.
-            caller: who is calling (None: an anonymous client of this node).
 
         Raises:
             ForwardError / RequestError: with the code to give the client.
         """
+        caller = caller or Caller(entry=self.node_id)
         # The client's trace goes on (a new one if it sent none valid), with this node's span as parent.
         trace = trace_of(params)
-        entry = AuditEntry(role="entry", method=method, trace=trace, path=[self.node_id],
-                           caller=caller or Caller(entry=self.node_id), name=item_name(method, params))
+        entry = AuditEntry(role="entry", method=method, trace=trace, path=[self.node_id], caller=caller,
+                           name=item_name(method, params))
         params = with_traceparent(params, trace.child())
-        return await self._measured("client", method, self._execute(method, params, timeout=timeout,
-                                                                    progress=progress, session=session,
-                                                                    audit=entry), entry)
+        return await self._measured("client", method, self._execute(
+            method, params, timeout=timeout, progress=progress, session=session, caller=caller, audit=entry), entry)
 
     async def _measured(self, source: str, method: str, work: Awaitable[dict[str, Any]],
                         entry: AuditEntry) -> dict[str, Any]:
@@ -231,7 +247,7 @@ class Forwarding:
 
     async def _execute(self, method: str, params: dict[str, Any], *, timeout: float | None,
                        progress: ProgressFn | None, session: dict[str, Any] | None,
-                       audit: AuditEntry) -> dict[str, Any]:
+                       caller: Caller, audit: AuditEntry) -> dict[str, Any]:
         if method in TASK_METHODS:
             server, origins, upstream_params = self._resolve_task(params)
         else:
@@ -249,6 +265,11 @@ class Forwarding:
                 origins = (parked_at,)  # a retry answering a parked call goes where the call waits
             audit.original = item_name(method, upstream_params)
         audit.server = server
+        allowed = tuple(origin for origin in origins if self.callers.rules_of(origin, server).allows(caller))
+        if origins and not allowed:
+            audit.origin = origins[0]
+            raise forbidden(caller, server, origins[0])
+        origins = allowed
         if timeout is None:
             # The owning node's [[servers]] timeout when it set one (it knows its slow servers),
             # else this node's [mcp] request_timeout.
@@ -263,7 +284,7 @@ class Forwarding:
                 self.session_used.setdefault(session["id"], set()).add((origin, server))
             try:
                 result = await self._send(origin, server, method, upstream_params, deadline, (), progress, session,
-                                          party=LOCAL)
+                                          party=LOCAL, caller=caller)
             except NotDelivered as exc:
                 last = exc.error  # fail over to the next replica: this one never saw the request
                 continue
@@ -293,8 +314,12 @@ class Forwarding:
 
     async def _send(self, origin: str, server: str, method: str, params: dict[str, Any], deadline: float,
                     trace: tuple[str, ...], progress: ProgressFn | None,
-                    session: dict[str, Any] | None = None, *, party: str) -> dict[str, Any]:
+                    session: dict[str, Any] | None = None, *, party: str, caller: Caller,
+                    statement: object = None) -> dict[str, Any]:
         """Run a request at ``origin`` (here, or through the next hop) for ``party`` (LOCAL or a peer).
+
+        ``caller`` is who is calling; ``statement``, the entry node's statement of it when the request
+        came from a peer (passed on as it is; this node states its own clients).
 
         The request holds a slot of the pool it uses (the node's, or the link's to the next hop)
         while it runs: each party and each server get their fair share (see :mod:`fednode._peers._shares`),
@@ -305,6 +330,9 @@ class Forwarding:
             raise ForwardError(DEADLINE_EXCEEDED, f"Deadline exceeded before reaching {server!r} on {origin!r}")
         key = (origin, server)
         if origin == self.node_id:
+            if not self.callers.rules_of(origin, server).allows(caller):
+                self._log.info("forward.forbidden", caller=str(caller), server=server, party=party)
+                raise forbidden(caller, server, origin)
             try:
                 pool = self.shares.acquire(None, party, key)
             except ForwardError as exc:
@@ -322,15 +350,21 @@ class Forwarding:
         except ForwardError as exc:
             raise NotDelivered(exc) from None
         try:
-            return await self._forward(via, origin, server, method, params, remaining, trace, progress, session)
+            return await self._forward(via, origin, server, method, params, remaining, trace, progress, session,
+                                       caller, statement)
         finally:
             pool.release(party, key)
 
     async def _forward(self, via: str, origin: str, server: str, method: str, params: dict[str, Any],
                        remaining: float, trace: tuple[str, ...], progress: ProgressFn | None,
-                       session: dict[str, Any] | None) -> dict[str, Any]:
+                       session: dict[str, Any] | None, caller: Caller, statement: object) -> dict[str, Any]:
         forward: dict[str, Any] = {"origin": origin, "server": server, "method": method, "params": params,
                                    "timeout": remaining, "trace": [*trace, self.node_id]}
+        if statement is None and caller.entry == self.node_id:
+            statement = self.callers.state(caller, origin=origin, server=server, method=method, params=params,
+                                           timeout=remaining)
+        if statement is not None:
+            forward["caller"] = statement
         if session is not None:
             forward["session"] = session
         if progress is None:
@@ -444,75 +478,17 @@ class Forwarding:
         timeout = min(float(timeout), limit)
         return origin, server, method, upstream_params, timeout, trace
 
-    def _checked(self, params: Any, peer_id: str,
-                 entry: AuditEntry) -> tuple[str, str, str, dict[str, Any], float, list[str]]:
-        """:meth:`_check_forward`, its refusals audited as such (malformed, a loop, not offered to the peer)."""
-        try:
-            return self._check_forward(params, peer_id)
-        except ForwardError:
-            entry.outcome = "refused"
-            raise
-
-    def transit(self, params: Any, context: RequestContext, inbound: Link) -> Transit | None:
-        """Pass a fed/forward for a server on another node straight on to the next hop (run by the reader).
-
-        Returns None for this node's own servers (served by :meth:`on_forward` in a task).
-        """
-        if isinstance(params, dict) and params.get("origin") == self.node_id:
-            return None  # checked once, by on_forward
-        entry = AuditEntry.served(self.node_id, params, self.caller_of(params, context))
-        try:
-            return self._pass_on(params, context, inbound, entry)
-        except ForwardError as exc:  # refused here: answered at once by the link
-            self.audit.record(entry, entry.outcome or outcome_of(exc.code), exc.code)
-            raise
-
-    def _pass_on(self, params: Any, context: RequestContext, inbound: Link, entry: AuditEntry) -> Transit | None:
-        origin, server, _method, upstream_params, timeout, trace = self._checked(params, context.peer_id, entry)
-        via = self._next_hop(origin, server)
-        onward = self._link_to(via) if via is not None else None
-        if via is None or onward is None or not onward.is_up:
-            raise ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable")
-        token = params.get("progress")
-        if isinstance(token, str) and (token in self._progress_relays or token in self._progress_routes):
-            return None  # a reused token: the task path mints a fresh one
-        # The request holds a slot of the link's fair shares until it is over (done), like one of ours.
-        party, key = context.peer_id, (origin, server)
-        pool = self.shares.acquire(via, party, key)
-        if isinstance(token, str):
-            self._progress_relays[token] = inbound
-
-        def done() -> None:
-            pool.release(party, key)
-            if isinstance(token, str):
-                del self._progress_relays[token]
-            self.audit.record(entry, outcome_of(transit.code) if transit.outcome == "error" else transit.outcome,
-                              transit.code)
-
-        def error(why: str) -> tuple[int, str]:
-            if why == "timeout":
-                return DEADLINE_EXCEEDED, f"Deadline exceeded waiting for {server!r} on {origin!r}"
-            if why.startswith("lost: "):
-                return NODE_UNREACHABLE, f"Link to {via!r} lost while forwarding to {origin!r}: {why[6:]}"
-            return INTERNAL_ERROR, f"Cannot forward to {origin!r}: {why}"
-
-        transit = Transit(onward=onward, timeout=timeout, error=error, done=done, params={
-            **params, "timeout": timeout, "trace": [*trace, self.node_id],
-            "params": with_traceparent(upstream_params, entry.trace.child())})
-        return transit
-
-    def caller_of(self, params: Any, context: RequestContext) -> Caller:
-        """Who is calling, as this node believes it, for a fed/forward from a peer."""
-        return Caller.of_node(context.peer_id)
-
     async def on_forward(self, params: Any, context: RequestContext) -> Any:
         method = params.get("method") if isinstance(params, dict) else None
-        entry = AuditEntry.served(self.node_id, params, self.caller_of(params, context))
+        # the peer until its statement of the caller is believed (or refused)
+        entry = AuditEntry.served(self.node_id, params, Caller.of_node(context.peer_id))
         return await self._measured("peer", method if isinstance(method, str) else "other",
                                     self._serve_forward(params, context, entry), entry)
 
     async def _serve_forward(self, params: Any, context: RequestContext, entry: AuditEntry) -> Any:
-        origin, server, method, upstream_params, timeout, trace = self._checked(params, context.peer_id, entry)
+        with entry.refusing():  # by this node's own checks (malformed, a loop, not offered to the peer)
+            origin, server, method, upstream_params, timeout, trace = self._check_forward(params, context.peer_id)
+        caller = entry.caller = self.callers.believed(params, context.peer_id)
         # The trace goes on to the next hop (or the attached server, which may use it) with this node's span.
         upstream_params = with_traceparent(upstream_params, entry.trace.child())
         deadline = trio.current_time() + timeout
@@ -525,7 +501,8 @@ class Forwarding:
                                            {"token": token, "progress": value, "total": total, "message": message})
         try:
             return await self._send(origin, server, method, upstream_params, deadline, tuple(trace), progress,
-                                    params.get("session"), party=context.peer_id)
+                                    params.get("session"), party=context.peer_id, caller=caller,
+                                    statement=params.get("caller"))
         except NotDelivered as exc:
             raise exc.error from None
 
@@ -536,3 +513,4 @@ async def _relay_progress(receive: trio.MemoryReceiveChannel[tuple[float, float 
         async for value, total, message in receive:
             with contextlib.suppress(Exception):  # the caller's progress sink failing must not fail the call
                 await progress(value, total, message)
+

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from .._config._callers import EVERYBODY, CallerRules
 from .._peers._shares import LOCAL
 
 #: Awaited with ``(progress, total, message)`` for each progress notification about a request.
@@ -24,11 +25,12 @@ TOKEN_PREFIX = "fednode1."
 
 @attrs.frozen
 class LocalRoute:
-    """How an attached server is advertised: the prefix of its names, its extensions, its timeout."""
+    """How an attached server is advertised: the prefix of its names, its extensions, its timeout, who may use it."""
 
     prefix: str
     extensions: Mapping[str, Any] = attrs.field(factory=dict)
     timeout: float | None = None
+    callers: CallerRules = EVERYBODY
 
 
 class ServerCatalogLike(Protocol):

@@ -17,6 +17,7 @@ import attrs
 import mcp_types
 from pydantic import BaseModel, ValidationError
 
+from .._config._callers import EVERYBODY, CallerRules
 from .._config._config import MAX_REQUEST_TIMEOUT
 from ._route_proof import Proof, Tombstone
 
@@ -78,6 +79,8 @@ class Route:
     vouched_by: str | None = attrs.field(default=None, eq=False)
     #: the name of each definition by kind, in the catalog's order, kept by :func:`packed` (None: not kept)
     names: Mapping[str, tuple[str | None, ...]] | None = attrs.field(default=None, eq=False, repr=False)
+    #: who may use the server, as its owning node says (``[[servers]] callers``; covered by the digest)
+    callers: CallerRules = attrs.field(default=EVERYBODY, eq=False)
 
     @property
     def items(self) -> int:
@@ -100,6 +103,8 @@ class Route:
                 "extensions": dict(self.extensions)}
         if self.timeout is not None:
             wire["timeout"] = self.timeout
+        if not self.callers.everybody:
+            wire["callers"] = self.callers.to_wire()
         if proof is not None:
             wire["proof"] = proof.to_wire()
         return wire
@@ -114,6 +119,8 @@ class Route:
         text = f'{head[:-1]},"catalog":{{{catalog}}},"extensions":{compact_json(dict(self.extensions))}'
         if self.timeout is not None:
             text += f',"timeout":{compact_json(self.timeout)}'
+        if not self.callers.everybody:
+            text += f',"callers":{compact_json(self.callers.to_wire())}'
         if proof is not None:
             text += f',"proof":{compact_json(proof.to_wire())}'
         return text + "}"
@@ -124,7 +131,8 @@ class Route:
 
     def signed_digest(self) -> str:
         """The digest of this route's catalog, extensions and timeout, as the origin computes it."""
-        return catalog_digest({**self.unpacked_catalog(), "extensions": self.extensions, "timeout": self.timeout})
+        return catalog_digest({**self.unpacked_catalog(), "extensions": self.extensions, "timeout": self.timeout,
+                               "callers": self.callers.to_wire()})
 
 
 def packed(route: Route) -> Route:
@@ -159,10 +167,12 @@ compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, defau
 
 
 def catalog_digest(catalog: Mapping[str, Any]) -> str:
-    """A content hash of a catalog (and its server's extensions and timeout), so unchanged ones are never re-sent."""
+    """A content hash of a catalog (and its server's extensions, timeout and callers), so unchanged ones are never
+    re-sent; the origin signs it, so it covers everything the origin says about its server."""
     hashed = {k: catalog.get(k, ()) for k in (*KINDS, "extensions")}
-    if catalog.get("timeout") is not None:
-        hashed["timeout"] = catalog["timeout"]
+    for key in ("timeout", "callers"):
+        if catalog.get(key) is not None:
+            hashed[key] = catalog[key]
     text = json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -195,9 +205,13 @@ def route_from_wire(item: object) -> Route:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
                                 or not 0 < timeout <= MAX_REQUEST_TIMEOUT):
         raise ValueError(f"timeout must be a number of seconds in (0, {MAX_REQUEST_TIMEOUT:g}]")
+    callers = item.get("callers")
+    if callers is not None and not (isinstance(callers, list) and all(isinstance(c, str) for c in callers)):
+        raise ValueError("callers must be a list of strings")
+    rules = CallerRules.parse(callers)  # (a ValueError names the bad rule)
     proof = item.get("proof")
     return Route(origin=origin, server=server, prefix=prefix, path=tuple(path), digest=digest, catalog=kinds,
-                 extensions=extensions, timeout=None if timeout is None else float(timeout),
+                 extensions=extensions, timeout=None if timeout is None else float(timeout), callers=rules,
                  proof=None if proof is None else Proof.from_wire(proof, len(path)))
 
 
@@ -236,7 +250,7 @@ def measured(route: Route) -> Route:
     proof), so the per-peer byte limit bounds all of it.
     """
     fields = [route.catalog, route.extensions, route.origin, route.server, route.prefix, route.digest, route.path,
-              None if route.proof is None else route.proof.to_wire()]
+              None if route.proof is None else route.proof.to_wire(), route.callers.to_wire()]
     return attrs.evolve(route, size=len(json.dumps(fields, separators=(",", ":"), ensure_ascii=False, default=str)))
 
 

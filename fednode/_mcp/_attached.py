@@ -115,6 +115,12 @@ class AttachedServers:
     def ids(self) -> Collection[str]:
         return self.upstreams.keys()
 
+    def retune(self, config: ServerConfig) -> None:
+        """Use ``config`` for an attached server whose ``callers`` alone changed (it keeps running)."""
+        upstream = self.upstreams.get(config.id)
+        if upstream is not None:
+            upstream.config = config
+
     def route_of(self, server_id: str) -> LocalRoute | None:
         upstream = self.upstreams.get(server_id)
         if upstream is None:
@@ -123,7 +129,8 @@ class AttachedServers:
         found = capabilities.get("extensions") if isinstance(capabilities, dict) else None
         timeout = upstream.config.timeout
         return LocalRoute(prefix=upstream.config.exposed_prefix, extensions=found if isinstance(found, dict) else {},
-                          timeout=min(timeout, MAX_REQUEST_TIMEOUT) if timeout is not None else None)
+                          timeout=min(timeout, MAX_REQUEST_TIMEOUT) if timeout is not None else None,
+                          callers=upstream.config.caller_rules)
 
     def starting(self) -> list[str]:
         return sorted(server_id for server_id, upstream in self.upstreams.items()

@@ -55,7 +55,7 @@ from .._errors import (
     sole_leaf,
 )
 from .._peers._serving import retry_after
-from ._edge_call import FORWARDED_METHODS, EdgeCall, Forwarder
+from ._edge_call import FORWARDED_METHODS, EdgeCall, Forwarder, caller_of
 from ._edge_http import BearerAuth, BoundedEventStore, ClientLimits, client_key, healthz, serve_asgi
 from ._edge_results import decode_cursor, encode_cursor, shape_result
 
@@ -312,7 +312,7 @@ class MCPEdge:
         cursor = (ctx.params or {}).get("cursor")
         offset = decode_cursor(kind, cursor) if cursor is not None else 0
         try:
-            items = self.forwarder.list_items(kind)
+            items = self.forwarder.list_items(kind, caller_of(ctx))
         except Exception as exc:
             self.log.exception("edge.list_failed", kind=kind)
             raise MCPError(INTERNAL_ERROR, "Internal error", None) from exc

@@ -32,12 +32,26 @@ FORWARDED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "c
                                "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
 
 
+#: Where the HTTP edge leaves the :class:`Caller` it established, in the request scope's ``state``.
+CALLER_KEY = "fednode_caller"
+
+
+def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller | None:
+    """The caller the HTTP edge established for this request (None: stdio, or none established)."""
+    request = ctx.request
+    scope = getattr(request, "scope", None)
+    state = scope.get("state") if isinstance(scope, dict) else None
+    caller = state.get(CALLER_KEY) if isinstance(state, dict) else None
+    return caller if isinstance(caller, Caller) else None
+
+
 class Forwarder(Protocol):
     """What the edge needs from the node: the federated catalog and a way to execute requests."""
 
-    def list_items(self, kind: str) -> list[dict[str, Any]]:
-        """The federated definitions of ``kind`` (one of :data:`KINDS`), already renamed to their
-        exposed names, as raw dicts returned to clients unchanged."""
+    def list_items(self, kind: str, caller: Caller | None = None) -> list[dict[str, Any]]:
+        """The federated definitions of ``kind`` (one of :data:`KINDS`) that ``caller`` may use (None:
+        an anonymous client of this node), already renamed to their exposed names, as raw dicts
+        returned to clients unchanged."""
         ...
 
     def tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
@@ -139,6 +153,7 @@ class EdgeCall:
             request_id=ctx.request_id,
             client_info=_dump(client_params.client_info) if client_params is not None else None,
             client_capabilities=_dump(capabilities) if capabilities is not None else None,
+            caller=caller_of(ctx),
             # The SDK sends it against the caller's progress token, on this request's stream.
             progress=ctx.session.report_progress,
             # Server-to-client requests ride this request's own stream (legacy eras only). The

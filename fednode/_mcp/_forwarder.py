@@ -14,6 +14,7 @@ from typing import Any
 import trio
 from mcp.shared.exceptions import MCPError
 
+from .._config._callers import Caller
 from .._errors import DEADLINE_EXCEEDED, INTERNAL_ERROR, EdgeError, RequestError
 from .._federation._federation import CLIENT_CAPABILITIES_KEY, Federation
 from .._federation._traceparent import trace_of, with_traceparent
@@ -111,8 +112,8 @@ class FederationForwarder:
         if used:
             self._end_session(session_id, used)
 
-    def list_items(self, kind: str) -> list[dict[str, Any]]:
-        return self.federation.list_items(kind)
+    def list_items(self, kind: str, caller: Caller | None = None) -> list[dict[str, Any]]:
+        return self.federation.list_items(kind, caller)
 
     async def wait_settled(self) -> None:
         await self.federation.wait_settled()

@@ -32,7 +32,8 @@ class ReloadResult:
         at: trio clock time of the reload.
         peers_added, peers_removed, peers_changed, servers_added, servers_removed, servers_changed:
             the ids concerned (changed ones were re-registered or restarted).
-        peers_retuned: peers whose ``rate`` alone changed (applied at once; their links stay up).
+        peers_retuned: peers whose ``rate`` or ``callers`` alone changed (applied at once; their links stay up).
+        servers_retuned: servers whose ``callers`` alone changed (advertised again; not restarted).
         auth_changed: the ``[auth]`` keys or rules changed (used for new links from now on).
         restart_needed: changed sections that only take effect when the node is restarted.
     """
@@ -48,6 +49,7 @@ class ReloadResult:
     servers_removed: tuple[str, ...] = ()
     servers_changed: tuple[str, ...] = ()
     peers_retuned: tuple[str, ...] = ()
+    servers_retuned: tuple[str, ...] = ()
     auth_changed: bool = False
     restart_needed: tuple[str, ...] = ()
 
@@ -61,7 +63,8 @@ class ReloadPlan:
             :data:`RESTART_ONLY` kept as they are until the next start.
         peers_added, peers_removed, peers_changed, servers_added, servers_removed, servers_changed:
             the ids concerned, sorted.
-        peers_retuned: peers whose ``rate`` alone changed, sorted (not in ``peers_changed``).
+        peers_retuned: peers whose ``rate`` or ``callers`` alone changed, sorted (not in ``peers_changed``).
+        servers_retuned: servers whose ``callers`` alone changed, sorted (not in ``servers_changed``).
         restart_needed: the sections that changed but only take effect at the next start.
         mcp_changed, clients_changed, nodes_changed: whether ``[mcp]`` / ``[clients]`` / ``[[nodes]]``
             changed (they apply at once).
@@ -79,13 +82,15 @@ class ReloadPlan:
     mcp_changed: bool
     clients_changed: bool
     nodes_changed: bool = False
+    servers_retuned: tuple[str, ...] = ()
 
     def result(self, *, auth_changed: bool, at: float) -> ReloadResult:
         """The outcome once the plan is applied, with a one-line summary such as ``peers +c; servers ~two``."""
         parts = [f"{what} {sign}{','.join(ids)}" for what, sign, ids in (
             ("peers", "+", self.peers_added), ("peers", "-", self.peers_removed), ("peers", "~", self.peers_changed),
             ("servers", "+", self.servers_added), ("servers", "-", self.servers_removed),
-            ("servers", "~", self.servers_changed), ("peer rates", "~", self.peers_retuned)) if ids]
+            ("servers", "~", self.servers_changed), ("peer rates", "~", self.peers_retuned),
+            ("server callers", "~", self.servers_retuned)) if ids]
         parts += [f"{name} changed" for name, changed in (
             ("auth", auth_changed), ("nodes", self.nodes_changed), ("mcp", self.mcp_changed),
             ("clients", self.clients_changed)) if changed]
@@ -95,7 +100,8 @@ class ReloadPlan:
             ok=True, at=at, summary="; ".join(parts) or "no changes",
             peers_added=self.peers_added, peers_removed=self.peers_removed, peers_changed=self.peers_changed,
             servers_added=self.servers_added, servers_removed=self.servers_removed,
-            servers_changed=self.servers_changed, peers_retuned=self.peers_retuned, auth_changed=auth_changed,
+            servers_changed=self.servers_changed, peers_retuned=self.peers_retuned,
+            servers_retuned=self.servers_retuned, auth_changed=auth_changed,
             restart_needed=self.restart_needed)
 
 
@@ -105,13 +111,19 @@ def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
     servers = _differences(old.servers, new.servers)
     before = {peer.id: peer for peer in old.peers}
     after = {peer.id: peer for peer in new.peers}
-    # A peer whose rate alone changed keeps its link: the new rate applies to its next request.
-    retuned = tuple(i for i in peers[2] if attrs.evolve(before[i], rate=after[i].rate) == after[i])
+    # A peer whose rate or callers alone changed keeps its link: they apply to its next request.
+    retuned = tuple(i for i in peers[2]
+                    if attrs.evolve(before[i], rate=after[i].rate, callers=after[i].callers) == after[i])
+    # A server whose callers alone changed keeps running: its routes are advertised again.
+    old_servers, new_servers = {s.id: s for s in old.servers}, {s.id: s for s in new.servers}
+    servers_retuned = tuple(i for i in servers[2]
+                            if attrs.evolve(old_servers[i], callers=new_servers[i].callers) == new_servers[i])
     return ReloadPlan(
         effective=attrs.evolve(new, **{name: getattr(old, name) for name in RESTART_ONLY}),
         peers_added=peers[0], peers_removed=peers[1], peers_changed=tuple(i for i in peers[2] if i not in retuned),
         peers_retuned=retuned,
-        servers_added=servers[0], servers_removed=servers[1], servers_changed=servers[2],
+        servers_added=servers[0], servers_removed=servers[1],
+        servers_changed=tuple(i for i in servers[2] if i not in servers_retuned), servers_retuned=servers_retuned,
         restart_needed=tuple(name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name)),
         mcp_changed=old.mcp != new.mcp, clients_changed=old.clients != new.clients,
         nodes_changed=old.nodes != new.nodes)
@@ -151,6 +163,7 @@ class Reloadable(Protocol):
     peers: Any
     attached: Any
     audit: Any
+    federation: Any
 
     def has_peer(self, peer_id: str) -> bool: ...
 
@@ -208,4 +221,8 @@ async def _apply(node: Reloadable, new: NodeConfig) -> ReloadResult:
             await node.remove_server(server_id)
     for server_id in [*plan.servers_changed, *plan.servers_added]:
         await node.add_server(new_servers[server_id], wait=False)
+    for server_id in plan.servers_retuned:
+        node.attached.retune(new_servers[server_id])
+    if plan.servers_retuned:
+        node.federation.local_changed()
     return plan.result(auth_changed=auth_changed, at=trio.current_time())
