@@ -148,6 +148,21 @@ class TestLine:
         line = odd.line("node-b", "error", -32602, odd.started)
         assert odd.role == "transit" and len(line["method"]) == 512 and line["path"] == ["node-b"]
 
+    async def test_text_utf8_cannot_encode_is_written_escaped(self, tmp_path: Path) -> None:
+        """A peer's JSON may carry lone surrogates (``"\\ud800"``): the writer must not fail on them."""
+        path = tmp_path / "audit.jsonl"
+        audit = AuditLog("node-b", log=structlog.get_logger())
+        audit.open(path)
+        entry = AuditEntry.served("node-b", json.loads('{"method": "tools/call", "server": "\\ud800x", '
+                                                       '"params": {"name": "\\udfff"}}'), Caller.of_node("node-a"))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(audit.run)
+            audit.record(entry, "refused", -32602)
+            [line] = await until_lines(path, 1)
+            nursery.cancel_scope.cancel()
+        assert (line["server"], line["original"]) == ("\ud800x", "\udfff") and audit.dropped == 0
+        audit.close()
+
     @pytest.mark.parametrize(("method", "params", "name"), [
         ("tools/call", {"name": "fx__add", "arguments": {"a": SECRETISH}}, "fx__add"),
         ("prompts/get", {"name": "fx__greet"}, "fx__greet"),
@@ -246,6 +261,17 @@ class TestWriter:
             async with fednode.open_node(node_config("node-a", audit={"path": str(missing)})):
                 pass
         assert str(missing) in str(caught.value) and "No such file" in str(caught.value)
+
+    async def test_fednode_run_names_the_audit_log_it_cannot_open(self, tmp_path: Path) -> None:
+        path = _node_file(tmp_path, "node-a", "")
+        path.write_text(path.read_text().replace('path = "node-a.jsonl"', 'path = "missing/audit.jsonl"'))
+        with trio.fail_after(60):
+            result = await trio.run_process([FEDNODE, "run", "--config", str(path)], capture_stderr=True,
+                                            capture_stdout=True, check=False,
+                                            env={"TEST_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
+        last = result.stderr.decode().strip().splitlines()[-1]
+        assert result.returncode == 1
+        assert last.startswith("fednode: ") and str(tmp_path / "missing" / "audit.jsonl") in last, last
 
     def test_the_path_is_relative_to_the_configuration_file(self, tmp_path: Path) -> None:
         config = tmp_path / "node.toml"

@@ -157,8 +157,8 @@ def _open(path: Path) -> int:
 
 def _write(fd: int, lines: list[dict[str, Any]]) -> None:
     """Write ``lines`` as JSON lines (in the worker thread: encoding costs the loop nothing)."""
-    data = b"".join(json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-                    for line in lines)
+    # ASCII with escapes: a peer's text may hold lone surrogates, which UTF-8 cannot encode.
+    data = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
     view = memoryview(data)
     while view:  # O_APPEND writes of a regular file are whole in practice; loop for the rest anyway
         written = os.write(fd, view)
