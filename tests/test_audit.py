@@ -220,7 +220,9 @@ class TestWriter:
                                                                            autojump_clock: trio.testing.MockClock,
                                                                            ) -> None:
         path = tmp_path / "audit.jsonl"
-        audit = AuditLog("node-a", log=structlog.get_logger(), capacity=3)
+        counted: list[tuple[str, int]] = []
+        audit = AuditLog("node-a", log=structlog.get_logger(), capacity=3,
+                         counted=lambda outcome, n: counted.append((outcome, n)))
         audit.open(path)
         with structlog.testing.capture_logs() as logs:
             for _ in range(5):  # no writer running: the buffer fills
@@ -232,6 +234,7 @@ class TestWriter:
             audit.record(entry_for(), "ok")
         warnings = [(e["event"], e["lines"]) for e in logs if e["log_level"] == "warning"]
         assert audit.dropped == 4 and warnings == [("audit.dropped", 1), ("audit.dropped", 3)]
+        assert counted == [("dropped", 1)] * 4
         audit.close()  # what the buffer held is written (as at shutdown)
         assert len(lines_of(path)) == 3 and audit.written == 3
 
