@@ -44,9 +44,11 @@ from ._config_load import Rate as Rate
 from ._config_load import Secret as Secret
 from ._config_load import parse_duration as parse_duration
 from ._config_load import parse_rate as parse_rate
+from ._export_rules import SERVER_ID_RE as SERVER_ID_RE
+from ._export_rules import NameRules, PeerRules
+from ._export_rules import problems as rule_problems
 
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-SERVER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MIN_HS512_SECRET_BYTES = 64
 #: Longest link-token lifetime; peers refuse tokens that live longer.
 MAX_TOKEN_TTL = 3600.0
@@ -97,7 +99,7 @@ def _check_ws_url(instance: object, attribute: attrs.Attribute[str | None], valu
 
 
 @attrs.frozen
-class PeerConfig:
+class PeerConfig(PeerRules):
     """One peer of this node.
 
     Attributes:
@@ -105,8 +107,9 @@ class PeerConfig:
         control: the peer's control URL (``ws://`` or ``wss://``); ``None`` for a peer that only dials in.
         secrets: HS512 secrets for this pair (the first signs, all verify); empty = use ``[auth]``'s.
         public_keys: EdDSA public keys of the peer (any verifies).
-        export: server ids whose routes this node shares with the peer (None = all).
-        import_: server ids whose routes this node accepts from the peer (None = all).
+        export: what this node shares with the peer (None = all): server ids, ``server.glob`` for
+            tools and prompts, ``!`` in front to exclude (see :mod:`fednode._config._export_rules`).
+        import_: what this node accepts from the peer (None = all), written as ``export``.
         transit: whether routes learned from other peers are re-advertised to this peer.
         rate: requests this peer may send (each over it is answered with a rate-limit error).
         vouch: whether routes from this peer whose origin or path cannot be verified are accepted on
@@ -126,14 +129,9 @@ class PeerConfig:
     vouch: bool = False
     rate: Rate = DEFAULT_PEER_RATE
     callers: str = "any"
-
-    def exports(self, server_id: str) -> bool:
-        """Whether routes to ``server_id`` may be advertised to this peer (``export``; default all)."""
-        return self.export is None or server_id in self.export
-
-    def imports(self, server_id: str) -> bool:
-        """Whether routes to ``server_id`` are accepted from this peer (``import``; default all)."""
-        return self.import_ is None or server_id in self.import_
+    #: ``export`` and ``import_`` parsed (see :class:`PeerRules`, which decides with them)
+    export_rules: NameRules | None = attrs.field(init=False, eq=False, repr=False)
+    import_rules: NameRules | None = attrs.field(init=False, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -513,6 +511,9 @@ def _peers(load: Loader, raw: Mapping[str, Any], node_id: str | None,
                     load.problem(f"{path}.{key}", "shared secrets are only used with algorithm = \"HS512\"")
             if entry.public_key is None and entry.public_keys is None:
                 load.problem(f"{path}.public_key", "EdDSA needs this peer's public key")
+        for key, entries in (("export", entry.export), ("import", entry.import_)):
+            for at, why in rule_problems(entries or ()):
+                load.problem(f"{path}.{key}[{at}]", why)
         if entry.id == node_id:
             load.problem(f"{path}.id", f"peer id {entry.id!r} is this node's own id")
         elif entry.id in seen:

@@ -11,6 +11,7 @@ import trio
 from .._config._logging import ThrottledLog
 from .._errors import FednodeError
 from .._peers._wire import RawJSON
+from ._name_policy import NamePolicy
 from ._pacer import Pacer
 from ._route_proof import Proof, Tombstone
 from ._routes import Key, Path, Route, compact_json
@@ -35,12 +36,14 @@ class Advertiser:
         log: where what could not be sent is logged.
         attest: the proof a route carries to a peer, with this node's attestation (None: routes
             are sent without proofs). Raises :class:`fednode._errors.FednodeError` if it cannot sign.
+        names: applies the peers' tool-level ``export``/``import`` rules (None: server ids only).
     """
 
     def __init__(self, table: RoutingTable, *, connected_peers: Callable[[], list[str]],
                  policy_for: Callable[[str], PeerPolicy | None], node_transit: Callable[[], bool],
                  notify: Callable[[str, str, Any], Awaitable[None]], max_message_size: int, log: Any,
-                 attest: Callable[[Route, Path, str], Proof] | None = None) -> None:
+                 attest: Callable[[Route, Path, str], Proof] | None = None,
+                 names: NamePolicy | None = None) -> None:
         self._table = table
         self._connected_peers = connected_peers
         self._policy_for = policy_for
@@ -49,6 +52,7 @@ class Advertiser:
         self._max_message_size = max_message_size
         self._log = log
         self._attest = attest
+        self._names = names
         # for lines a peer can cause at will, and repeated ones
         self._throttled = ThrottledLog(log)
         self._dirty = trio.Event()
@@ -92,7 +96,23 @@ class Advertiser:
         policy = self._policy_for(peer_id)
         if policy is None:
             return {}
-        return self._table.offers(peer_id, policy, node_transit=self._node_transit())
+        offers = self._table.offers(peer_id, policy, node_transit=self._node_transit())
+        if self._names is None:
+            return offers
+        # Tool-level rules: this node's own routes trimmed per peer, passed-on ones whole or not at all.
+        result: dict[Key, tuple[Route, Path]] = {}
+        held: dict[Key, str] = {}
+        for key, (route, path) in offers.items():
+            via = self._table.best[key][1]
+            why = self._names.held_why(peer_id, policy, route, via)
+            if why is not None:
+                held[key] = why
+                continue
+            offered = self._names.offered(peer_id, policy, route, via)
+            if offered is not None:
+                result[key] = (offered, path)
+        self._names.note_held(peer_id, held)
+        return result
 
     def revocations(self, peer_id: str) -> dict[Key, Tombstone]:
         """The tombstones ``peer_id`` is passed now (see :meth:`RoutingTable.revocations`)."""

@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 
+from .._config._export_rules import NAMED_KINDS
+from ._name_policy import route_names
 from ._routes import KINDS, Item, Route, item_name, unpacked
 
 #: Replicas of one server, nearest first: each route and the peer it goes through (None: attached here).
@@ -80,6 +82,20 @@ class ServerClaim:
         #: exposed name (the catalog then resolves them one by one)
         self.plain: dict[str, dict[str, Entry] | None] = {}
         self._made: dict[tuple[str, int, str], Entry] = {}
+        # kind -> name -> the origins of the replicas that have it, for kinds whose replicas differ
+        # (one reached through a peer whose ``import`` leaves some out, say): a call for an item
+        # goes only to the replicas that offer it.
+        self._holders: dict[str, dict[str, tuple[str, ...]]] = {}
+        if len(replicas) > 1:
+            for kind in NAMED_KINDS:
+                held = [(route.origin, set(route_names(route, kind))) for route, _ in replicas]
+                if any(offered != held[0][1] for _, offered in held[1:]):
+                    holders: dict[str, list[str]] = {}
+                    for origin, offered in held:
+                        for item in offered:
+                            if item is not None:
+                                holders.setdefault(item, []).append(origin)
+                    self._holders[kind] = {name: tuple(origins) for name, origins in holders.items()}
         for kind in KINDS:
             items: list[tuple[str, str, Item]] = []
             names = nearest.names.get(kind) if nearest.names is not None else None  # kept when packed
@@ -107,6 +123,8 @@ class ServerClaim:
                 source = dict(definition)
                 if kind in ("tools", "prompts"):
                     source["name"] = exposed
+            holders = self._holders.get(kind)
+            origins = holders.get(name, self.origins) if holders is not None else self.origins
             made = self._made[(kind, index, exposed)] = Entry(
-                kind=kind, exposed=exposed, name=name, server=self.server, source=source, origins=self.origins)
+                kind=kind, exposed=exposed, name=name, server=self.server, source=source, origins=origins)
         return made

@@ -45,6 +45,7 @@ from ._forwarding import (
     Forwarding,
 )
 from ._local import LocalServers, ProgressFn, ServerCatalogLike
+from ._name_policy import NamePolicy
 from ._pacer import Pacer
 from ._route_intake import RouteIntake
 from ._route_proof import ROUTE_TTL, Proof, RouteProofs
@@ -159,10 +160,12 @@ class Federation:
         # Route updates from peers are merged and applied at a bounded rate (see _route_intake).
         self.intake = RouteIntake(self._apply_routes, known=lambda peer_id: self.table.learned.get(peer_id, {}),
                                   limits=self.table.limits, log=self.log)
+        #: tool-level export/import rules applied to routes (see _name_policy)
+        self.names = NamePolicy(node_id, peers.peer_config, self.log)
         self.advertiser = Advertiser(self.table, connected_peers=peers.connected_peers, policy_for=peers.peer_config,
                                      node_transit=lambda: mcp().transit, notify=self._notify,
                                      max_message_size=limits.max_message_size, log=self.log,
-                                     attest=self._attest if self.proofs is not None else None)
+                                     attest=self._attest if self.proofs is not None else None, names=self.names)
         #: gives the memory of routes that went back to the system
         self.trimmer = MemoryTrimmer()
         self._catalog_event = trio.Event()
@@ -177,7 +180,8 @@ class Federation:
             request=request, notify=notify, link_to=self._link_to, offered_path=self._offered_path,
             request_timeout=lambda: mcp().request_timeout, max_inflight=limits.max_inflight,
             observe=observe, is_settled=lambda: self._settled, wait_settled=self.wait_settled,
-            health_changed=self._changed, log=self.log, on_refused=refused, audit=audit,
+            health_changed=self._changed, log=self.log, on_refused=refused, item_offered=self.names.item_offered,
+            audit=audit,
             statements=None if self.proofs is None else CallerStatements(
                 node_id, self.proofs.keyring, on_unverified=self._caller_unverified,
                 trust=lambda peer_id: getattr(peers.peer_config(peer_id), "callers", None)))
@@ -261,6 +265,7 @@ class Federation:
     def link_down(self, peer_id: str) -> None:
         """The link to ``peer_id`` is gone: drop every route learned over it, and its pending updates, now."""
         self.intake.drop(peer_id)
+        self.names.forget(peer_id)
         self.forwarding.shares.set_peers([p for p in self._peers.connected_peers() if p != peer_id])
         if self.table.link_down(peer_id):
             self._changed()
@@ -371,10 +376,10 @@ class Federation:
             callers = local.callers if local is not None else EVERYBODY
             digest = catalog_digest({**kinds, "extensions": extensions, "timeout": timeout,
                                      "callers": callers.to_wire()})
-            proof = self.proofs.local_proof(server_id, digest, prefix) if self.proofs is not None else None
-            routes[(self.id, server_id)] = Route(
-                origin=self.id, server=server_id, prefix=prefix, path=(self.id,), digest=digest, catalog=kinds,
-                extensions=extensions, timeout=timeout, proof=proof, callers=callers)
+            route = Route(origin=self.id, server=server_id, prefix=prefix, path=(self.id,), digest=digest,
+                          catalog=kinds, extensions=extensions, timeout=timeout, callers=callers)
+            # Signed with one version for the full catalog and the trimmed ones peers' exports are offered.
+            routes[(self.id, server_id)] = self.names.signed(route, self.proofs, self._peers.peer_ids())
         if self.proofs is not None:
             self.proofs.keep_local(self._local_kinds)
         return routes
@@ -411,7 +416,8 @@ class Federation:
         policy = self._peers.peer_config(peer_id)
         if policy is None:
             return None
-        return self.table.offered_path(peer_id, policy, key, node_transit=self._mcp().transit)
+        path = self.table.offered_path(peer_id, policy, key, node_transit=self._mcp().transit)
+        return None if path is None else self.names.offered_path(peer_id, policy, path, self.table.best[key])
 
     async def _notify(self, peer_id: str, method: str, params: Any) -> None:
         await self._send_notification(peer_id, method, params)
@@ -427,14 +433,15 @@ class Federation:
     def _changed(self) -> None:
         rtts = self._rtts()
         best = self.table.update(self._local_routes(), rtts, trio.current_time())
-        self._rebuilt(best, self.catalog.rebuild(best, rtts, self._local.ids()))
+        self._rebuilt(best, self.catalog.rebuild(self.names.imported_view(best), rtts, self._local.ids()))
 
     async def _changed_paced(self, pacer: Pacer) -> None:
         """:meth:`_changed`, the catalog rebuilt a server at a time (letting others run in between)."""
         for _attempt in range(2):
             rtts = self._rtts()
             best = self.table.update(self._local_routes(), rtts, trio.current_time())
-            changed = await pacer.drive(self.catalog.rebuilding(best, rtts, self._local.ids()))
+            changed = await pacer.drive(self.catalog.rebuilding(self.names.imported_view(best), rtts,
+                                                                self._local.ids()))
             if changed is not None:
                 self._rebuilt(best, changed)
                 return

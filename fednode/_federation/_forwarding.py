@@ -45,6 +45,7 @@ from ._audit import AuditEntry, AuditLog, item_name, outcome_of
 from ._caller_proof import CallerPolicy, CallerStatements, forbidden
 from ._catalog import Catalog
 from ._local import LocalServers, ProgressFn, token_origin
+from ._name_policy import forwarded_item
 from ._routes import MAX_PATH, Key, Path
 from ._routing import RoutingTable
 from ._traceparent import trace_of, with_traceparent
@@ -151,6 +152,8 @@ class Forwarding:
         health_changed: called when a peer's forwards failing (or recovering) changed its preference
             in the routing table (the best routes must be recomputed).
         log: the node's logger.
+        item_offered: whether a peer's ``export`` lets it call a tool or prompt: ``(peer, server, kind,
+            name)``; a fed/forward for one it does not is refused (None: server ids decide alone).
         statements: signs this node's statements of who is calling, and checks peers' (None: none are
             made, and every caller arriving through a peer is that peer).
         audit: the node's audit log (a line per request served or passed on; none if not given).
@@ -164,6 +167,7 @@ class Forwarding:
                  wait_settled: Callable[[], Awaitable[None]], log: Any,
                  health_changed: Callable[[], None] = lambda: None,
                  on_refused: Callable[[str, str, str], None] | None = None,
+                 item_offered: Callable[[str, str, str, str], bool] | None = None,
                  statements: CallerStatements | None = None, audit: AuditLog | None = None) -> None:
         self.node_id = node_id
         self.audit = audit or AuditLog(node_id, log=log)
@@ -174,6 +178,7 @@ class Forwarding:
         self._notify = notify
         self._link_to = link_to
         self._offered_path = offered_path
+        self._item_offered = item_offered
         self._request_timeout = request_timeout
         self._observe = observe
         self._is_settled = is_settled
@@ -452,7 +457,7 @@ class Forwarding:
         Returns ``(origin, server, method, params, timeout, trace)``.
 
         Raises:
-            ForwardError: malformed (-32602), a forwarding loop, or a server not offered to the peer.
+            ForwardError: malformed (-32602), a forwarding loop, or a server, tool or prompt not offered to the peer.
         """
         if not isinstance(params, dict):
             raise ForwardError(INVALID_PARAMS, "fed/forward params must be an object")
@@ -469,6 +474,11 @@ class Forwarding:
         if self._offered_path(peer_id, (origin, server)) is None:
             self._log.warning("forward.refused", peer=peer_id, origin=origin, server=server)
             raise ForwardError(UNKNOWN_NAME, f"Server {server!r} on {origin!r} is not offered to {peer_id!r}")
+        item = forwarded_item(method, upstream_params)
+        if item is not None and self._item_offered is not None and not self._item_offered(peer_id, server, *item):
+            self._log.warning("forward.refused", peer=peer_id, origin=origin, server=server, item=item[1][:128])
+            raise ForwardError(UNKNOWN_NAME, f"{item[0][:-1].capitalize()} {item[1][:128]!r} of server {server!r} "
+                                             f"on {origin!r} is not offered to {peer_id!r}")
         session = params.get("session")
         if session is not None and not (isinstance(session, dict) and isinstance(session.get("id"), str)):
             raise ForwardError(INVALID_PARAMS, "malformed session in fed/forward")

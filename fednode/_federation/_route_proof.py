@@ -176,8 +176,8 @@ class RouteProofs:
         self.ttl = ttl
         self.leeway = leeway
         self.max_versions = max_versions
-        # server attached here -> ((digest, prefix) signed, version, expires)
-        self._local: dict[str, tuple[tuple[str, str], int, int]] = {}
+        # server attached here -> ((digest, prefix, variants' digests) signed, version, expires)
+        self._local: dict[str, tuple[tuple[str, str, frozenset[str]], int, int]] = {}
         self._last_version = 0
         #: (origin, server) -> the highest version verified, and when it expires
         self.versions: dict[Key, tuple[int, int]] = {}
@@ -187,17 +187,23 @@ class RouteProofs:
 
     # -- this node's own servers ------------------------------------------------------------
 
-    def local_proof(self, server: str, digest: str, prefix: str) -> Proof:
+    def local_proof(self, server: str, digest: str, prefix: str, variants: frozenset[str] = frozenset()) -> Proof:
         """The version and expiry of this node's advertisement of ``server`` (no attestation yet).
 
         A new version when the catalog or prefix changed, or half the lifetime has passed.
+
+        Args:
+            variants: the digests of the trimmed catalogs of ``server`` offered to peers whose
+                ``export`` leaves out some of its tools (see :mod:`fednode._federation._name_policy`).
+                Every variant is advertised with this version, and a new version is signed when they
+                change: a peer whose export was narrowed cannot be given its older, wider variant again.
         """
         now = self.clock()
         state = self._local.get(server)
-        if state is None or state[0] != (digest, prefix) or state[2] - now <= self.ttl / 2:
+        if state is None or state[0] != (digest, prefix, variants) or state[2] - now <= self.ttl / 2:
             version = max(int(now * 1000), self._last_version + 1)
             self._last_version = version
-            state = self._local[server] = ((digest, prefix), version, int(now + self.ttl))
+            state = self._local[server] = ((digest, prefix, variants), version, int(now + self.ttl))
             if self.tombstones.pop((self.node_id, server), None) is not None:  # attached again
                 self.versions.pop((self.node_id, server), None)
         return Proof(version=state[1], expires=state[2])

@@ -33,6 +33,7 @@ from typing import Protocol
 
 import attrs
 
+from .._config._export_rules import NameRules
 from ._pacer import drain
 from ._route_proof import RouteProofs, RouteRefusal, Tombstone
 from ._routes import MAX_PATH, Advertisement, Key, Limits, Path, Route, checked_route, measured, packed
@@ -64,6 +65,16 @@ class PeerPolicy(Protocol):
     @property
     def vouch(self) -> bool:
         """Whether routes from this peer that cannot be verified are accepted on its word."""
+        ...
+
+    @property
+    def export_rules(self) -> NameRules | None:
+        """Its ``export`` parsed (tool-level rules, see :mod:`fednode._federation._name_policy`; None: all)."""
+        ...
+
+    @property
+    def import_rules(self) -> NameRules | None:
+        """Its ``import`` parsed (None: all)."""
         ...
 
 

@@ -111,7 +111,8 @@ def node_status(node: NodeView) -> dict[str, Any]:
         "servers": servers,
         "routes": {"total": sum(by_origin.values()), "by_origin": dict(sorted(by_origin.items())),
                    "conflicts": list(node.federation.conflicts),
-                   "refused": dict(sorted(node.federation.routes_refused.items()))},
+                   "refused": dict(sorted(node.federation.routes_refused.items())),
+                   "held_back": node.federation.names.held_back_status()},
         "in_flight": node.in_flight(),
     }
 
