@@ -303,11 +303,12 @@ async def audited_chain(tmp_path: Path) -> AsyncIterator[dict[str, fednode.Node]
 class TestThroughTheChain:
     """Every node a request passes through writes one line; the lines share the trace id."""
 
-    async def test_entry_transit_and_owner_lines(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+    async def test_entry_transit_and_owner_lines(self, tmp_path: Path, mode: str) -> None:
         with trio.fail_after(90):
             async with audited_chain(tmp_path) as nodes:
                 a = nodes["node-a"]
-                async with Client(a.mcp_url, mode="2026-07-28") as client:
+                async with Client(a.mcp_url, mode=mode) as client:
                     echoed = await client.call_tool("fx__echo", {"text": SECRETISH})
                     failed = await client.call_tool("fx__fail", {"token": SECRETISH})
                     with pytest.raises(MCPError):
