@@ -336,6 +336,28 @@ class StatusError(Exception):
     """``fednode status`` failed in a way already worded for the user."""
 
 
+class FetchError(Exception):
+    """A document of an OAuth issuer (JWKS or metadata) could not be fetched or read; says what and where."""
+
+
+class KeysUnavailable(Exception):
+    """The OAuth issuer's keys cannot be had now: a client's token cannot be checked (HTTP 503)."""
+
+
+class TokenRefused(Exception):
+    """A client's OAuth access token is refused.
+
+    Attributes:
+        reason: a short label for logs and metrics (``expired``, ``audience``, ``unknown_key``...).
+        description: what is wrong, for the client (``error_description``) and the log.
+    """
+
+    def __init__(self, reason: str, description: str) -> None:
+        super().__init__(description)
+        self.reason = reason
+        self.description = description
+
+
 # -- exception groups ---------------------------------------------------------------------------
 
 

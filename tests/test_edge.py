@@ -483,6 +483,7 @@ async def test_stdio(mode: str) -> None:
                         await c.call_tool("nope", {})
                     assert info.value.code == -32602
                     call = forwarder.calls[-1][2]
+                    assert call.caller is None  # stdio: the node's own process, no client identity
                     if mode == "legacy":
                         assert call.era == "legacy" and call.session_key is not None
                         assert edge.legacy_sessions == [call.session_key]

@@ -65,7 +65,8 @@ class TestStatusAndMetrics:
             [peer] = status["peers"]
             assert peer["id"] == "node-b" and peer["state"] == "up" and peer["direction"] == "outbound"
             assert peer["reconnects"] == 0 and peer["last_error"] is None and peer["last_seen_s"] < 30
-            assert status["routes"] == {"total": 1, "by_origin": {"node-b": 1}, "conflicts": [], "refused": {}}
+            assert status["routes"] == {"total": 1, "by_origin": {"node-b": 1}, "conflicts": [], "refused": {},
+                                        "held_back": {}}
             assert status["servers"] == [] and status["in_flight"] == 0
             b_status = (await get(b, "/status")).json()
             [server] = b_status["servers"]

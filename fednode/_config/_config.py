@@ -47,6 +47,7 @@ from ._config_load import parse_rate as parse_rate
 from ._export_rules import SERVER_ID_RE as SERVER_ID_RE
 from ._export_rules import NameRules, PeerRules
 from ._export_rules import problems as rule_problems
+from ._oauth_config import OAuthConfig, TokenItem
 
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MIN_HS512_SECRET_BYTES = 64
@@ -66,8 +67,6 @@ UpToADay = Annotated[float, Duration(at_most=MAX_REQUEST_TIMEOUT)]
 HS512Secret = Annotated[Secret, min_length(
     MIN_HS512_SECRET_BYTES, "HS512 secret is {length} bytes; at least {minimum} are required (make one with: "
     "python3 -c 'import secrets; print(secrets.token_urlsafe(64))')")]
-ClientToken = Annotated[Secret, min_length(16, "client token is {length} characters; use at least {minimum}",
-                                          characters=True)]
 ReadableFile = Annotated[Path, FilePath(readable=True)]
 RateLimit = Annotated[Rate, RateRule()]
 
@@ -208,17 +207,25 @@ class MCPConfig:
 
 @attrs.frozen
 class ClientsConfig:
-    """MCP client access (``[clients]``): bearer tokens required on ``{data}/mcp`` when any are set.
+    """MCP client access (``[clients]``): a bearer token is required on ``{data}/mcp`` when tokens or
+    ``oauth`` are set.
 
     Attributes:
-        tokens: the client tokens (none: no token needed).
+        tokens: the static client tokens, each maybe named (none, and no ``oauth``: no token needed).
+        oauth: JWT access tokens from an OAuth issuer (see :mod:`fednode._config._oauth_config`).
         rate: requests per client token, or per source address when no tokens are configured.
         max_connections: concurrent HTTP connections per source address.
     """
 
-    tokens: tuple[ClientToken, ...] = attrs.field(default=(), repr=False)
+    tokens: tuple[TokenItem, ...] = attrs.field(default=(), repr=False)
     rate: RateLimit = DEFAULT_CLIENT_RATE
     max_connections: Annotated[int, at_least(1)] = DEFAULT_MAX_CONNECTIONS
+    oauth: OAuthConfig | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether clients must present a token."""
+        return bool(self.tokens) or self.oauth is not None
 
 
 @attrs.frozen

@@ -37,6 +37,16 @@ def describe(config: NodeConfig) -> str:
         what = (f"stdio: {server.command} (+{len(server.args)} args)" if server.command
                 else f"http: {shown_url(server.url or '')}")
         lines.append(f"    - {server.id}: {what} (prefix {server.exposed_prefix!r})")
+    clients = config.clients
+    if clients.authenticated:
+        named = sum(1 for token in clients.tokens if token.name is not None)
+        ways = [f"{len(clients.tokens)} static token(s), {named} named"] if clients.tokens else []
+        if clients.oauth is not None:
+            oauth = clients.oauth
+            ways.append(f"oauth from {shown_url(oauth.issuer)}, audience "
+                       f"{shown_url(oauth.audience) if oauth.audience else '{data}/mcp'}, "
+                       f"scopes {' '.join(oauth.scopes) or '(none)'}")
+        lines.append(f"  clients   {'; '.join(ways)}")
     if config.audit.path is not None:
         lines.append(f"  audit     {config.audit.path}")
     return "\n".join(lines)

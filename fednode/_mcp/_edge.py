@@ -55,6 +55,7 @@ from .._errors import (
     sole_leaf,
 )
 from .._peers._serving import retry_after
+from ._client_auth import ClientAuth
 from ._edge_call import FORWARDED_METHODS, EdgeCall, Forwarder, caller_of
 from ._edge_http import BearerAuth, BoundedEventStore, ClientLimits, client_key, healthz, serve_asgi
 from ._edge_results import decode_cursor, encode_cursor, shape_result
@@ -125,21 +126,22 @@ class MCPEdge:
         name: the server name reported to clients.
         version: the server version reported to clients.
         logger: a structlog-style logger (default ``structlog.get_logger("fednode.edge")``).
-        client_tokens: when non-empty, HTTP requests other than ``/healthz`` must carry
-            ``Authorization: Bearer <one of them>``.
+        client_tokens: static (unnamed) client tokens, when no ``auth`` is given: HTTP requests
+            other than ``/healthz`` must then carry ``Authorization: Bearer <one of them>``.
         routes: more Starlette routes served beside /mcp and /healthz; they need a client token
             like /mcp when tokens are configured.
         limits: the ``[clients]`` rate and connection limits on HTTP (None: none).
+        auth: who HTTP clients are (``[clients]`` tokens and OAuth); default: ``client_tokens`` only.
     """
 
     def __init__(self, forwarder: Forwarder, *, name: str, version: str, logger: Any = None,
                  client_tokens: Sequence[str] = (), routes: Sequence[Route] = (),
-                 limits: ClientLimits | None = None) -> None:
+                 limits: ClientLimits | None = None, auth: ClientAuth | None = None) -> None:
         self.forwarder = forwarder
         self.limits = limits
         self.log: Any = logger if logger is not None else structlog.get_logger("fednode.edge")
         self.routes: list[Route] = list(routes)
-        self._tokens = [token.encode() for token in client_tokens]
+        self.auth = auth if auth is not None else ClientAuth(tokens=client_tokens, log=self.log)
         self._bus = InMemorySubscriptionBus()
         self._listen = ListenHandler(self._bus)
         # Live legacy connections (HTTP sessions and stdio) -> their session key; entries remove
@@ -161,15 +163,16 @@ class MCPEdge:
         self.server.middleware.append(self._middleware)
 
     def set_clients(self, clients: ClientsConfig) -> None:
-        """Apply a reloaded ``[clients]`` section: its tokens, and (if limits are kept) its ``rate`` and
-        ``max_connections`` from now on."""
-        self.set_client_tokens([token.reveal().decode() for token in clients.tokens])
+        """Apply a reloaded ``[clients]`` section: its tokens and ``oauth``, and (if limits are kept) its
+        ``rate`` and ``max_connections`` from now on."""
+        self.auth.update(clients)
         if self.limits is not None:
             self.limits.update(clients, trio.current_time())
 
     def set_client_tokens(self, tokens: Sequence[str]) -> None:
-        """Replace the client tokens (also for apps already serving); empty = no token needed."""
-        self._tokens[:] = [token.encode() for token in tokens]
+        """Replace the static client tokens (unnamed; also for apps already serving); none (and no
+        OAuth) = no token needed."""
+        self.auth.set_tokens((token.encode(), None) for token in tokens)
 
     @property
     def legacy_sessions(self) -> list[str]:
@@ -188,12 +191,12 @@ class MCPEdge:
         app = self.server.streamable_http_app(
             streamable_http_path=path,
             host=host,
-            custom_starlette_routes=[Route("/healthz", healthz, methods=["GET"]), *self.routes],
+            custom_starlette_routes=[Route("/healthz", healthz, methods=["GET"]), *self.auth.routes(), *self.routes],
             # Resumable SSE (priming events, Last-Event-ID) and a retry hint, as the spec asks.
             event_store=BoundedEventStore(),
             retry_interval=1000,
         )
-        return BearerAuth(app, self._tokens, self.limits)
+        return BearerAuth(app, self.auth, self.limits)
 
     async def serve_http(self, host: str, port: int, *, path: str = "/mcp", certfile: str | None = None,
                          keyfile: str | None = None,

@@ -1,4 +1,4 @@
-"""The HTTP side of the client edge: serving an ASGI app with hypercorn, client tokens, SSE resumption.
+"""The HTTP side of the client edge: serving an ASGI app with hypercorn, client authentication, SSE resumption.
 
 None of it knows MCP: :meth:`~fednode._mcp._edge.MCPEdge.asgi_app` builds the app (the SDK's Streamable
 HTTP transport) with these parts and :meth:`~fednode._mcp._edge.MCPEdge.serve_http` serves it here.
@@ -7,11 +7,9 @@ HTTP transport) with these parts and :meth:`~fednode._mcp._edge.MCPEdge.serve_ht
 from __future__ import annotations
 
 import collections
-import hashlib
-import hmac
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
@@ -25,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._config._config import ClientsConfig
 from .._peers._ratelimit import RateLimiter
+from ._client_auth import ClientAuth
+from ._edge_call import CALLER_KEY
 
 __all__ = ["BearerAuth", "BoundedEventStore", "ClientLimits", "client_key", "healthz", "serve_asgi"]
 
@@ -160,16 +160,17 @@ async def healthz(request: Request) -> Response:
 
 
 class BearerAuth:
-    """ASGI middleware: while ``tokens`` is non-empty, every HTTP request except ``/healthz`` needs one of them.
+    """ASGI middleware: who each HTTP request is from (see :class:`~fednode._mcp._client_auth.ClientAuth`).
 
-    With ``limits``, it also keeps each source address to its ``max_connections`` (HTTP 429 with
-    ``Retry-After`` beyond), and names the key the request's JSON-RPC requests are rate-limited
-    under (see :func:`client_key`): the token's (a hash of it), or the address when no tokens are set.
+    A request ``auth`` refuses is answered here (401, 403 or 503). With ``limits``, it also keeps
+    each source address to its ``max_connections`` (HTTP 429 with ``Retry-After`` beyond). A request
+    let through carries its caller and the key its JSON-RPC requests are rate-limited under in its
+    scope's state (see :func:`client_key`, :func:`~fednode._mcp._edge_call.caller_of`).
     """
 
-    def __init__(self, app: ASGIApp, tokens: list[bytes], limits: ClientLimits | None = None) -> None:
+    def __init__(self, app: ASGIApp, auth: ClientAuth, limits: ClientLimits | None = None) -> None:
         self.app = app
-        self.tokens = tokens
+        self.auth = auth
         self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -186,16 +187,13 @@ class BearerAuth:
             await response(scope, receive, send)
             return
         try:
-            token = self._authorized(scope) if self.tokens else None
-            if self.tokens and scope["path"] != "/healthz" and token is None:
-                response = PlainTextResponse("Unauthorized", status_code=401,
-                                             headers={"WWW-Authenticate": 'Bearer realm="fednode"'})
-                await response(scope, receive, send)
+            admitted = await self.auth.admit(scope, address)
+            if isinstance(admitted, Response):
+                await admitted(scope, receive, send)
                 return
-            # Never the token itself: a short hash names it in the limiter's memory.
-            key = "token:" + hashlib.sha256(token).hexdigest()[:16] if token is not None else "address:" + address
+            caller, key = admitted
             # A new state dict: hypercorn's may be shared by the requests of one connection.
-            scope["state"] = {**(scope.get("state") or {}), CLIENT_KEY: key}
+            scope["state"] = {**(scope.get("state") or {}), CLIENT_KEY: key, CALLER_KEY: caller}
             await self._serve(scope, receive, send)
         finally:
             if limits is not None:
@@ -216,21 +214,3 @@ class BearerAuth:
                 await send(message)
 
         await self.app(scope, receive, send_last_shielded)
-
-    def _authorized(self, scope: Scope) -> bytes | None:
-        """The configured token the request presents (None: none of them)."""
-        headers = cast(Iterable[tuple[bytes, bytes]], scope["headers"])
-        value = next((v for k, v in headers if k == b"authorization"), None)
-        if value is None:
-            return None
-        scheme, _, presented = value.partition(b" ")
-        if scheme.lower() != b"bearer":
-            return None
-        presented = presented.strip()
-        # Compare against every token without stopping early: timing then says nothing about
-        # which token (or how much of one) matched.
-        matched = None
-        for token in self.tokens:
-            if hmac.compare_digest(presented, token):
-                matched = token
-        return matched

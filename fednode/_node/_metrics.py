@@ -53,6 +53,10 @@ class NodeMetrics:
         self.share_refused = Counter("fednode_share_refused", "Requests refused with -32004 for lack of a fair "
                                      "share, by pool (link, node), reason (share, server) and party (peer or local).",
                                      ["pool", "reason", "party"], registry=self.registry)
+        self.client_refused = Counter("fednode_client_refused", "HTTP requests of MCP clients refused by their "
+                                      "authentication, by reason (missing, token, expired, audience, issuer, "
+                                      "unknown_key, algorithm, signature, scope, keys_unavailable...).",
+                                      ["reason"], registry=self.registry)
         self.audit_lines = Counter("fednode_audit_lines", "Audit log lines, by outcome: written, or dropped "
                                    "(the buffer was full or the file could not be written).",
                                    ["outcome"], registry=self.registry)
@@ -75,6 +79,10 @@ class NodeMetrics:
     def observe_limited(self, limit: str, peer: str = "") -> None:
         """Record one request (or connection) refused over ``limit`` (``peer``, ``client`` or ``connections``)."""
         self.rate_limited.labels(limit, peer).inc()
+
+    def observe_client_refused(self, reason: str) -> None:
+        """Record one HTTP request refused by client authentication (a short, bounded ``reason``)."""
+        self.client_refused.labels(reason).inc()
 
     def observe_refused(self, pool: str, reason: str, party: str) -> None:
         """Record one request refused for lack of a fair share (see :mod:`fednode._peers._shares`)."""

@@ -28,6 +28,7 @@ from .._federation._audit import AuditLog
 from .._federation._federation import Federation, new_routing_table
 from .._federation._route_proof import RouteProofs
 from .._mcp._attached import AttachedServers
+from .._mcp._client_auth import ClientAuth
 from .._mcp._edge import MCPEdge
 from .._mcp._edge_http import ClientLimits
 from .._mcp._forwarder import NOTICE_BUFFER, ClientCalls, FederationForwarder, Notice
@@ -119,9 +120,11 @@ class Node:
         self.handlers.merge(self.attached.sessions.handlers)
         forwarder = FederationForwarder(self.federation, calls, self.attached.sessions.end, config.id,
                                         self._request_timeout)
+        # Who HTTP clients are ([clients] tokens, [clients.oauth]); the default audience is {data}/mcp.
+        auth = ClientAuth(config.id, config.clients, resource=lambda: self.mcp_url, log=self.log,
+                          on_refused=self.metrics.observe_client_refused)
         self.edge = MCPEdge(forwarder, name=f"fednode {config.id}", version=__version__, logger=self.log,
-                            client_tokens=[t.reveal().decode() for t in config.clients.tokens],
-                            routes=status_routes(self.status, self.metrics.render, CONTENT_TYPE),
+                            auth=auth, routes=status_routes(self.status, self.metrics.render, CONTENT_TYPE),
                             limits=ClientLimits(config.clients, self.metrics.observe_limited))
         self.data_port: int | None = None
 
