@@ -20,8 +20,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from oauth_issuer import TestIssuer
 from test_cli_run import FEDNODE, read_events
 from test_mcp_chain import FIXTURE, fixture_server
+from test_oauth import bearer, call_add, oauth_clients
 
 import fednode
 from fednode._config._callers import Caller
@@ -377,6 +379,33 @@ class TestThroughTheChain:
         assert lines["node-b"][1]["caller"] == {"node": "node-a", "kind": "node"}
         assert (lines["node-c"][1]["caller"], lines["node-c"][1]["outcome"], lines["node-c"][1]["code"]) == (
             {"node": "node-b", "kind": "node"}, "refused", -32055)
+
+    async def test_an_oauth_subject_two_hops_away(self, tmp_path: Path) -> None:
+        """An SDK client with a token from the test issuer calls a tool two hops away: the owning node's
+        line names its subject and the entry node, with the entry node's trace id; no token is logged."""
+        issuer = TestIssuer()
+        audit = {i: {"path": str(tmp_path / f"node-{i}.jsonl")} for i in "abc"}
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(issuer.serve)
+                async with fednode.open_node(node_config("node-a", clients=oauth_clients(issuer),
+                                                         audit=audit["a"])) as a, \
+                        fednode.open_node(node_config("node-b", audit=audit["b"])) as b, \
+                        fednode.open_node(node_config("node-c", audit=audit["c"])) as c:
+                    for left, right in ((a, b), (b, c)):
+                        await right.register_peer(fednode.PeerConfig(id=left.id), wait=False)
+                        await left.register_peer(fednode.PeerConfig(id=right.id, control=right.control_url))
+                    await c.add_server(fixture_server(), timeout=60)
+                    token = issuer.token(a.mcp_url, subject="alice@example.org")
+                    assert await call_add(a.mcp_url, bearer(token)) == 42
+                    lines = {node_id: await until_lines(tmp_path / f"{node_id}.jsonl", 1)
+                             for node_id in ("node-a", "node-b", "node-c")}
+                nursery.cancel_scope.cancel()
+        entry, owner = lines["node-a"][0], lines["node-c"][0]
+        assert owner["role"] == "owner" and owner["trace"] == entry["trace"] == lines["node-b"][0]["trace"]
+        assert owner["caller"]["sub"] == entry["caller"]["sub"] == "alice@example.org"
+        assert owner["caller"]["node"] == "node-a" and owner["caller"]["kind"] == "oauth"
+        assert all(token not in json.dumps(found) for found in lines.values())
 
     async def test_refusals_at_transit_and_owner(self, tmp_path: Path) -> None:
         """A fed/forward a node refuses by its own checks (a loop, a server it does not offer) is audited as refused."""
