@@ -236,6 +236,10 @@ class StateError(FednodeError):
     """The node's state (``[node] state_dir``, the pins file in it) cannot be used; the node does not start."""
 
 
+class AuditError(FednodeError):
+    """The audit log (``[audit] path``) cannot be opened; the message names the file and why."""
+
+
 class HandshakeFailed(FednodeError):
     """The link handshake failed; ``str()`` says why in one line."""
 

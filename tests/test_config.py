@@ -259,7 +259,7 @@ BAD_CASES = [
     # unknown keys and wrong types
     pytest.param(Bad("node.colour", "unknown key (allowed: control, data, id, shutdown_grace, state_dir)",
                      _set("node", colour="blue"), run=True), id="unknown-key"),
-    pytest.param(Bad("metrics", "unknown key (allowed: auth, backoff,", _replace("metrics", {"enabled": True})),
+    pytest.param(Bad("metrics", "unknown key (allowed: audit, auth, backoff,", _replace("metrics", {"enabled": True})),
                  id="unknown-section"),
     pytest.param(Bad("link.max_inflight", "expected an integer, got str", _set("link", max_inflight="many")),
                  id="wrong-type"),

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .._errors import ConfigError, InvalidValue
+from ._audit_config import AuditConfig
 from ._callers import MAX_RULES, CallerRules, rule_problem
 from ._config_load import (
     Duration,
@@ -112,8 +113,7 @@ class PeerConfig(PeerRules):
         rate: requests this peer may send (each over it is answered with a rate-limit error).
         vouch: whether routes from this peer whose origin or path cannot be verified are accepted on
             its word (and passed on signed by this node) instead of refused.
-        pin: whether the tool and prompt definitions learned from this peer are pinned (a changed one
-            is held until accepted); False re-pins them as they come.
+        pin: whether the definitions learned from this peer are pinned (a changed one held until accepted).
         callers: whose identity this peer is believed about in the requests it sends: ``any`` (every
             caller whose entry node's signed statement verifies), ``own`` (only callers whose entry
             node is the peer itself) or ``none`` (every caller arriving through it is ``node:<peer>``).
@@ -293,8 +293,7 @@ class NodeConfig:
     control: str = "ws://127.0.0.1:0"
     data: str = "http://127.0.0.1:0"
     shutdown_grace: float = 5.0
-    #: where the node keeps its state (pinned definitions); None: in memory only
-    state_dir: Path | None = None
+    state_dir: Path | None = None  # where pinned definitions are kept (None: in memory only)
     auth: AuthConfig = attrs.field(factory=AuthConfig)
     heartbeat: HeartbeatConfig = attrs.field(factory=HeartbeatConfig)
     backoff: BackoffConfig = attrs.field(factory=BackoffConfig)
@@ -305,6 +304,7 @@ class NodeConfig:
     servers: tuple[ServerConfig, ...] = ()
     mcp: MCPConfig = attrs.field(factory=MCPConfig)
     clients: ClientsConfig = attrs.field(factory=ClientsConfig)
+    audit: AuditConfig = attrs.field(factory=AuditConfig)
     source: str = attrs.field(default="<config>", eq=False)
 
     @classmethod
@@ -416,7 +416,8 @@ class _NodeEntry:
     public_keys: tuple[Ed25519PublicKey, ...] | None = None
 
 
-_SECTIONS = ("node", "auth", "heartbeat", "backoff", "link", "tls", "peers", "nodes", "servers", "mcp", "clients")
+_SECTIONS = ("node", "auth", "heartbeat", "backoff", "link", "tls", "peers", "nodes", "servers", "mcp", "clients",
+             "audit")
 
 
 def _build(load: Loader, raw: Mapping[str, Any], source: str) -> NodeConfig:
@@ -448,13 +449,13 @@ def _build(load: Loader, raw: Mapping[str, Any], source: str) -> NodeConfig:
     servers = _servers(load, raw)
     mcp = load.structure(raw.get("mcp", {}), MCPConfig, "mcp")
     clients = load.structure(raw.get("clients", {}), ClientsConfig, "clients")
+    audit = load.structure(raw.get("audit", {}), AuditConfig, "audit")
     if (load.problems or node is None or auth is None or heartbeat is None or backoff is None or link is None
-            or tls is None or mcp is None or clients is None):
+            or tls is None or mcp is None or clients is None or audit is None):
         raise ConfigError(source, load.problems or [("node", "incomplete configuration")])
     return NodeConfig(id=node.id, control=node.control, data=node.data, shutdown_grace=node.shutdown_grace,
-                      state_dir=node.state_dir,
-                      auth=auth, heartbeat=heartbeat, backoff=backoff, link=link, tls=tls, peers=peers,
-                      nodes=nodes, servers=servers, mcp=mcp, clients=clients, source=source)
+                      state_dir=node.state_dir, auth=auth, heartbeat=heartbeat, backoff=backoff, link=link, tls=tls,
+                      peers=peers, nodes=nodes, servers=servers, mcp=mcp, clients=clients, audit=audit, source=source)
 
 
 def _secrets(load: Loader, entry: _AuthSection | _PeerEntry | _NodeEntry, path: str) -> tuple[Secret, ...]:

@@ -51,4 +51,6 @@ def describe(config: NodeConfig) -> str:
                        f"{shown_url(oauth.audience) if oauth.audience else '{data}/mcp'}, "
                        f"scopes {' '.join(oauth.scopes) or '(none)'}")
         lines.append(f"  clients   {'; '.join(ways)}")
+    if config.audit.path is not None:
+        lines.append(f"  audit     {config.audit.path}")
     return "\n".join(lines)

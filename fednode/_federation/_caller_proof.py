@@ -57,10 +57,12 @@ class CallerRefusal(enum.StrEnum):
 
 
 def params_digest(params: Mapping[str, Any]) -> str:
-    """The digest of a request's params a statement is bound to (``_meta.traceparent`` left out)."""
+    """The digest of a request's params a statement is bound to (``_meta.traceparent`` left out, and a
+    ``_meta`` with nothing else: a hop may add one where there was none)."""
     meta = params.get("_meta")
-    if isinstance(meta, Mapping) and TRACEPARENT in meta:
-        params = {**params, "_meta": {k: v for k, v in meta.items() if k != TRACEPARENT}}
+    if isinstance(meta, Mapping):
+        rest = {k: v for k, v in meta.items() if k != TRACEPARENT}
+        params = {**params, "_meta": rest} if rest else {k: v for k, v in params.items() if k != "_meta"}
     try:
         text = canonical(params)
     except (TypeError, ValueError):  # not JSON (cannot come off the wire): bound to nothing it could match

@@ -30,6 +30,7 @@ from .._config._memory import MemoryTrimmer
 from .._peers._link import Handlers, Link, RequestContext
 from .._peers._supervisor import PeerSupervisor
 from ._advertiser import ROUTES_METHOD, Advertiser
+from ._audit import AuditLog
 from ._caller_proof import CallerStatements
 from ._catalog import Catalog, Entry
 from ._forwarding import (
@@ -46,7 +47,6 @@ from ._forwarding import (
 from ._local import LocalServers, ProgressFn, ServerCatalogLike
 from ._name_policy import NamePolicy
 from ._pacer import Pacer
-from ._pins import Pinning
 from ._route_intake import RouteIntake
 from ._route_proof import ROUTE_TTL, Proof, RouteProofs
 from ._routes import (
@@ -125,7 +125,7 @@ class Federation:
         started_at: when the node started (trio clock), for the ``first_list_wait`` bound.
         on_change: called with the kinds that changed (``tools``, ..., ``extensions``) whenever the
             exposed catalog changes; it must return at once (it runs inside the change).
-        pins: the pinned tool and prompt definitions, applied to routes (None: nothing is pinned or held).
+        audit: the node's audit log (see :mod:`fednode._federation._audit`).
 
     The methods peers call on this node are in :attr:`handlers`, for the node to serve.
     """
@@ -135,7 +135,7 @@ class Federation:
                  request: Callable[..., Awaitable[Any]], notify: Callable[[str, str, Any], Awaitable[None]],
                  observe: Callable[..., None], started: Callable[[], bool], started_at: float,
                  on_change: Callable[[set[str]], None] = lambda kinds: None,
-                 refused: Callable[[str, str, str], None] | None = None, pins: Pinning | None = None) -> None:
+                 refused: Callable[[str, str, str], None] | None = None, audit: AuditLog | None = None) -> None:
         self.id = node_id
         self.log = log
         self._peers = peers
@@ -156,7 +156,7 @@ class Federation:
         self.routes_refused: collections.Counter[str] = collections.Counter()
         # names that left the catalog because every route to their server went: answered with the
         # unreachable error for a while instead of "unknown" (see _withdrawn)
-        self.catalog = Catalog(node_id, self.log, WithdrawnNames(), pins=pins)
+        self.catalog = Catalog(node_id, self.log, WithdrawnNames())
         # Route updates from peers are merged and applied at a bounded rate (see _route_intake).
         self.intake = RouteIntake(self._apply_routes, known=lambda peer_id: self.table.learned.get(peer_id, {}),
                                   limits=self.table.limits, log=self.log)
@@ -181,6 +181,7 @@ class Federation:
             request_timeout=lambda: mcp().request_timeout, max_inflight=limits.max_inflight,
             observe=observe, is_settled=lambda: self._settled, wait_settled=self.wait_settled,
             health_changed=self._changed, log=self.log, on_refused=refused, item_offered=self.names.item_offered,
+            audit=audit,
             statements=None if self.proofs is None else CallerStatements(
                 node_id, self.proofs.keyring, on_unverified=self._caller_unverified,
                 trust=lambda peer_id: getattr(peers.peer_config(peer_id), "callers", None)))

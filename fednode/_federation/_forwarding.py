@@ -40,14 +40,17 @@ from .._errors import (
     RequestTimeoutError,
     UnknownPeerError,
 )
-from .._peers._link import Link, RequestContext, Transit
+from .._peers._link import Link, RequestContext
 from .._peers._shares import LOCAL, FairShares, Refusal
+from ._audit import AuditEntry, AuditLog, item_name, outcome_of
 from ._caller_proof import CallerPolicy, CallerStatements, forbidden
 from ._catalog import Catalog
 from ._local import LocalServers, ProgressFn, token_origin
 from ._name_policy import forwarded_item
 from ._routes import MAX_PATH, Key, Path
 from ._routing import RoutingTable
+from ._traceparent import trace_of, with_traceparent
+from ._transit import TransitPath
 
 FORWARD_METHOD = "fed/forward"
 PROGRESS_METHOD = "fed/progress"
@@ -164,6 +167,7 @@ class Forwarding:
             name)``; a fed/forward for one it does not is refused (None: server ids decide alone).
         statements: signs this node's statements of who is calling, and checks peers' (None: none are
             made, and every caller arriving through a peer is that peer).
+        audit: the node's audit log (a line per request served or passed on; none if not given).
     """
 
     def __init__(self, node_id: str, table: RoutingTable, catalog: Catalog, local: LocalServers, *,
@@ -175,8 +179,9 @@ class Forwarding:
                  health_changed: Callable[[], None] = lambda: None,
                  on_refused: Callable[[str, str, str], None] | None = None,
                  item_offered: Callable[[str, str, str, str], bool] | None = None,
-                 statements: CallerStatements | None = None) -> None:
+                 statements: CallerStatements | None = None, audit: AuditLog | None = None) -> None:
         self.node_id = node_id
+        self.audit = audit or AuditLog(node_id, log=log)
         self._table = table
         self._catalog = catalog
         self._local = local
@@ -203,6 +208,11 @@ class Forwarding:
         self._progress_routes: dict[str, trio.MemorySendChannel[tuple[float, float | None, str | None]]] = {}
         #: progress tokens of requests passed on by this node -> the link their notifications go back on
         self._progress_relays: dict[str, Link] = {}
+        #: passes a fed/forward for another node's server straight on (run by the link's reader; see _transit)
+        self.transit = TransitPath(node_id, check=self._check_forward, next_hop=self._next_hop, link_to=link_to,
+                                   acquire=self.shares.acquire, relays=self._progress_relays,
+                                   in_use=self._progress_routes.__contains__, audit=self.audit,
+                                   believed=self.callers.believed).transit
 
     async def execute(self, method: str, params: dict[str, Any], *, timeout: float | None = None,
                       progress: ProgressFn | None = None, session: dict[str, Any] | None = None,
@@ -220,32 +230,40 @@ class Forwarding:
         Raises:
             ForwardError / RequestError: with the code to give the client.
         """
+        caller = caller or Caller(entry=self.node_id)
+        # The client's trace goes on (a new one if it sent none valid), with this node's span as parent.
+        trace = trace_of(params)
+        entry = AuditEntry(role="entry", method=method, trace=trace, path=[self.node_id], caller=caller,
+                           name=item_name(method, params))
+        params = with_traceparent(params, trace.child())
         return await self._measured("client", method, self._execute(
-            method, params, timeout=timeout, progress=progress, session=session,
-            caller=caller or Caller(entry=self.node_id)))
+            method, params, timeout=timeout, progress=progress, session=session, caller=caller, audit=entry), entry)
 
-    async def _measured(self, source: str, method: str, work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-        """Await ``work`` counted as in flight, and record its outcome and latency in the node's metrics."""
+    async def _measured(self, source: str, method: str, work: Awaitable[dict[str, Any]],
+                        entry: AuditEntry) -> dict[str, Any]:
+        """Await ``work`` counted as in flight, record its outcome and latency in the node's metrics,
+        and its audit line."""
         started = trio.current_time()
-        outcome = "cancelled"
+        outcome, audited, code = "cancelled", "cancelled", None
         self.in_flight += 1
         try:
             result = await work
-            outcome = "tool_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
+            outcome = audited = "tool_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
             return result
         except RequestError as exc:
-            outcome = _OUTCOMES.get(exc.code, "error")
+            outcome, audited, code = _OUTCOMES.get(exc.code, "error"), entry.outcome or outcome_of(exc.code), exc.code
             raise
         except Exception:
-            outcome = "internal"
+            outcome, audited, code = "internal", "error", INTERNAL_ERROR
             raise
         finally:
             self.in_flight -= 1
             self._observe(source, method, outcome, trio.current_time() - started)
+            self.audit.record(entry, audited, code)
 
     async def _execute(self, method: str, params: dict[str, Any], *, timeout: float | None,
                        progress: ProgressFn | None, session: dict[str, Any] | None,
-                       caller: Caller) -> dict[str, Any]:
+                       caller: Caller, audit: AuditEntry) -> dict[str, Any]:
         if method in TASK_METHODS:
             server, origins, upstream_params = self._resolve_task(params)
         else:
@@ -261,8 +279,11 @@ class Forwarding:
             parked_at = token_origin(params.get("requestState"))
             if parked_at in origins:
                 origins = (parked_at,)  # a retry answering a parked call goes where the call waits
+            audit.original = item_name(method, upstream_params)
+        audit.server = server
         allowed = tuple(origin for origin in origins if self.callers.rules_of(origin, server).allows(caller))
         if origins and not allowed:
+            audit.origin = origins[0]
             raise forbidden(caller, server, origins[0])
         origins = allowed
         if timeout is None:
@@ -274,6 +295,7 @@ class Forwarding:
         deadline = trio.current_time() + timeout
         last: ForwardError | None = None
         for origin in origins:
+            audit.origin = origin
             if session is not None:
                 self.session_used.setdefault(session["id"], set()).add((origin, server))
             try:
@@ -477,50 +499,19 @@ class Forwarding:
         timeout = min(float(timeout), limit)
         return origin, server, method, upstream_params, timeout, trace
 
-    def transit(self, params: Any, context: RequestContext, inbound: Link) -> Transit | None:
-        """Pass a fed/forward for a server on another node straight on to the next hop (run by the reader).
-
-        Returns None for this node's own servers (served by :meth:`on_forward` in a task).
-        """
-        if isinstance(params, dict) and params.get("origin") == self.node_id:
-            return None  # checked once, by on_forward
-        origin, server, _method, _params, timeout, trace = self._check_forward(params, context.peer_id)
-        via = self._next_hop(origin, server)
-        onward = self._link_to(via) if via is not None else None
-        if via is None or onward is None or not onward.is_up:
-            raise ForwardError(NODE_UNREACHABLE, f"Node {origin!r} (server {server!r}) is unreachable")
-        token = params.get("progress")
-        if isinstance(token, str) and (token in self._progress_relays or token in self._progress_routes):
-            return None  # a reused token: the task path mints a fresh one
-        # The request holds a slot of the link's fair shares until it is over (done), like one of ours.
-        party, key = context.peer_id, (origin, server)
-        pool = self.shares.acquire(via, party, key)
-        if isinstance(token, str):
-            self._progress_relays[token] = inbound
-
-        def done() -> None:
-            pool.release(party, key)
-            if isinstance(token, str):
-                del self._progress_relays[token]
-
-        def error(why: str) -> tuple[int, str]:
-            if why == "timeout":
-                return DEADLINE_EXCEEDED, f"Deadline exceeded waiting for {server!r} on {origin!r}"
-            if why.startswith("lost: "):
-                return NODE_UNREACHABLE, f"Link to {via!r} lost while forwarding to {origin!r}: {why[6:]}"
-            return INTERNAL_ERROR, f"Cannot forward to {origin!r}: {why}"
-
-        return Transit(onward=onward, params={**params, "timeout": timeout, "trace": [*trace, self.node_id]},
-                       timeout=timeout, error=error, done=done)
-
     async def on_forward(self, params: Any, context: RequestContext) -> Any:
         method = params.get("method") if isinstance(params, dict) else None
+        # the peer until its statement of the caller is believed (or refused)
+        entry = AuditEntry.served(self.node_id, params, Caller.of_node(context.peer_id))
         return await self._measured("peer", method if isinstance(method, str) else "other",
-                                    self._serve_forward(params, context))
+                                    self._serve_forward(params, context, entry), entry)
 
-    async def _serve_forward(self, params: Any, context: RequestContext) -> Any:
-        origin, server, method, upstream_params, timeout, trace = self._check_forward(params, context.peer_id)
-        caller = self.callers.believed(params, context.peer_id)
+    async def _serve_forward(self, params: Any, context: RequestContext, entry: AuditEntry) -> Any:
+        with entry.refusing():  # by this node's own checks (malformed, a loop, not offered to the peer)
+            origin, server, method, upstream_params, timeout, trace = self._check_forward(params, context.peer_id)
+        caller = entry.caller = self.callers.believed(params, context.peer_id)
+        # The trace goes on to the next hop (or the attached server, which may use it) with this node's span.
+        upstream_params = with_traceparent(upstream_params, entry.trace.child())
         deadline = trio.current_time() + timeout
         token = params.get("progress")
         progress: ProgressFn | None = None

@@ -17,6 +17,7 @@ from mcp.shared.exceptions import MCPError
 from .._config._callers import Caller
 from .._errors import DEADLINE_EXCEEDED, INTERNAL_ERROR, EdgeError, RequestError
 from .._federation._federation import CLIENT_CAPABILITIES_KEY, Federation
+from .._federation._traceparent import trace_of, with_traceparent
 from ._edge_call import EdgeCall
 
 #: Rounds of input_required answered for one request before giving up.
@@ -138,6 +139,8 @@ class FederationForwarder:
 
     async def _forward(self, method: str, params: dict[str, Any], call: EdgeCall,
                        session: dict[str, Any] | None) -> dict[str, Any]:
+        # One trace for every round of a request that asks its client for input (the client's, or a new one).
+        params = with_traceparent(params, trace_of(params))
         meta = params.get("_meta")
         wants_progress = isinstance(meta, dict) and meta.get("progressToken") is not None
         progress = call.report_progress if wants_progress else None

@@ -57,6 +57,9 @@ class NodeMetrics:
                                       "authentication, by reason (missing, token, expired, audience, issuer, "
                                       "unknown_key, algorithm, signature, scope, keys_unavailable...).",
                                       ["reason"], registry=self.registry)
+        self.audit_lines = Counter("fednode_audit_lines", "Audit log lines, by outcome: written, or dropped "
+                                   "(the buffer was full or the file could not be written).",
+                                   ["outcome"], registry=self.registry)
         self.registry.register(_StateCollector(node))
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
@@ -84,6 +87,10 @@ class NodeMetrics:
     def observe_refused(self, pool: str, reason: str, party: str) -> None:
         """Record one request refused for lack of a fair share (see :mod:`fednode._peers._shares`)."""
         self.share_refused.labels(pool, reason, party).inc()
+
+    def observe_audit(self, outcome: str, lines: int) -> None:
+        """Record audit log lines ``written`` or ``dropped``."""
+        self.audit_lines.labels(outcome).inc(lines)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -24,6 +24,7 @@ from .._errors import (
     reraise,
     sole_leaf,
 )
+from .._federation._audit import AuditLog
 from .._federation._federation import Federation, new_routing_table
 from .._federation._pins import Pinning
 from .._federation._route_proof import RouteProofs
@@ -85,6 +86,8 @@ class Node:
         #: whether start-up is done: the configured peers and servers are registered
         self.started = False
         self.metrics = NodeMetrics(self)
+        #: the audit log (``[audit]``): opened at start-up, reopened on reload
+        self.audit = AuditLog(config.id, log=self.log, counted=self.metrics.observe_audit)
         self.handlers = Handlers(on_rtt=self.metrics.observe_rtt, admit=lambda peer_id: self.peers.admit(peer_id))
         self.peers = PeerRegistry(config.id, nursery, handshake=self._handshake, settings=self._link_settings,
                                   handlers=self.handlers, on_link=self._link_changed, auth=self.auth,
@@ -116,7 +119,9 @@ class Node:
                                      notify=self.notify, observe=self.metrics.observe_forward,
                                      started=lambda: self.started, started_at=self.started_at,
                                      on_change=self._catalog_changed, refused=self.metrics.observe_refused,
-                                     pins=Pinning(self.pin_keeper.store, config.id, self._pin_enabled))
+                                     audit=self.audit)
+        # Pinned definitions are checked by the catalog's rebuilds (none has run yet).
+        self.federation.catalog.pins = Pinning(self.pin_keeper.store, config.id, self._pin_enabled)
         self.handlers.merge(self.federation.handlers)
         self.handlers.merge(self.attached.sessions.handlers)
         forwarder = FederationForwarder(self.federation, calls, self.attached.sessions.end, config.id,
@@ -394,6 +399,8 @@ class Node:
         await self.edge.serve_stdio()
 
     async def _start(self) -> None:
+        self.audit.open(self.config.audit.path)  # a path that cannot be opened stops the start here
+        await self._nursery.start(self.audit.run)
         await self._nursery.start(self.federation.exchange_routes)
         await self._nursery.start(self.attached.sessions.relay)
         await self._nursery.start(self.edge.relay_notices, self._notices_received)
@@ -505,10 +512,16 @@ async def open_node(config: NodeConfig, *, jitter: Callable[[float], float] | No
 
 async def _run_node_tasks(config: NodeConfig, jitter: Callable[[float], float] | None, *,
                           task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
-    with trio.CancelScope(shield=True):
-        async with trio.open_nursery() as nursery:
-            task_status.started(Node(config, nursery, jitter=jitter))
-            await trio.sleep_forever()  # until Node._shutdown cancels this nursery
+    node: Node | None = None
+    try:
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                node = Node(config, nursery, jitter=jitter)
+                task_status.started(node)
+                await trio.sleep_forever()  # until Node._shutdown cancels this nursery
+    finally:
+        if node is not None:
+            node.audit.close()  # the lines of requests that ended while the node stopped, too
 
 
 async def serve(config: NodeConfig, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:

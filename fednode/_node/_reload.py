@@ -164,6 +164,7 @@ class Reloadable(Protocol):
     edge: Any
     peers: Any
     attached: Any
+    audit: Any
     federation: Any
 
     def has_peer(self, peer_id: str) -> bool: ...
@@ -184,6 +185,13 @@ async def reload_node(node: Reloadable, source: NodeConfig | str | os.PathLike[s
     if new is None:
         node.log.error("node.reload_refused", error=error)
         return ReloadResult(ok=False, at=trio.current_time(), error=error,
+                            summary="refused; the running configuration stays")
+    try:
+        # Reopened on every reload, for logrotate (SIGHUP): the file may have been moved away.
+        await node.audit.reopen(new.audit.path)
+    except FednodeError as exc:
+        node.log.error("node.reload_refused", error=str(exc))
+        return ReloadResult(ok=False, at=trio.current_time(), error=str(exc),
                             summary="refused; the running configuration stays")
     try:
         result = await _apply(node, new)

@@ -102,7 +102,10 @@ class Transit:
         error: ``error(why)`` gives the ``(code, message)`` answered when the request fails here:
             ``why`` is ``"timeout"`` or ``"lost: <reason>"`` (the onward link ended first), or
             ``"too large: <detail>"`` (the onward frame would exceed ``max_message_size``).
-        done: called once when the request is over, however it ended.
+        done: called once when the request is over, however it ended (``outcome`` and ``code`` say how).
+        outcome: how it ended, set before ``done`` is called: ``ok``, ``tool_error`` (a result
+            with ``isError``), ``error`` (answered with the error ``code``, from onward or from here)
+            or ``cancelled`` (the asker cancelled it, or its link ended).
     """
 
     onward: Link
@@ -110,6 +113,8 @@ class Transit:
     timeout: float
     error: Callable[[str], tuple[int, str]]
     done: Callable[[], None] | None = None
+    outcome: str = "cancelled"
+    code: int | None = None
     inbound: Link | None = None
     inbound_id: int = 0
     onward_id: int = 0
@@ -436,6 +441,7 @@ class Link:
         transit.inbound, transit.inbound_id = self, request.id
         if not onward.is_up:
             code, text = transit.error(f"lost: {onward.end_reason}")
+            transit.outcome, transit.code = "error", code
             if transit.done is not None:
                 transit.done()
             await inbound.reply(request.id, wire.Error(id=request.id, code=code, message=text))
@@ -464,7 +470,8 @@ class Link:
                     if not pending.done.is_set():
                         pending.result = result
                         pending.done.set()
-                elif (transit := self._transits_out.get(request_id)) is not None and _finish_transit(transit):
+                elif ((transit := self._transits_out.get(request_id)) is not None
+                      and _finish_transit(transit, "tool_error" if _is_tool_error(result) else "ok")):
                     assert transit.inbound is not None
                     await transit.inbound._out.relay(wire.Response(id=transit.inbound_id, result=result), None)
             case wire.Ping(seq=seq):
@@ -488,7 +495,8 @@ class Link:
                     if not pending.done.is_set():
                         pending.error = RemoteError(self.peer_id, code, text, data)
                         pending.done.set()
-                elif (transit := self._transits_out.get(request_id)) is not None and _finish_transit(transit):
+                elif (transit := self._transits_out.get(request_id)) is not None and _finish_transit(
+                        transit, "error", code):
                     assert transit.inbound is not None
                     await transit.inbound._out.relay(
                         wire.Error(id=transit.inbound_id, code=code, message=text, data=data), None)
@@ -531,15 +539,21 @@ class Link:
             await trio.sleep_until(min(heartbeat.next_event_at(), stuck_at))
 
 
-def _finish_transit(transit: Transit) -> bool:
-    """End a passed-on request: forget it on both links; False if it had ended already."""
+def _finish_transit(transit: Transit, outcome: str = "cancelled", code: int | None = None) -> bool:
+    """End a passed-on request (how: see :attr:`Transit.outcome`): forget it on both links; False if it
+    had ended already."""
     if transit.onward._transits_out.pop(transit.onward_id, None) is None:
         return False
     assert transit.inbound is not None
     transit.inbound._transits_in.pop(transit.inbound_id, None)
+    transit.outcome, transit.code = outcome, code
     if transit.done is not None:
         transit.done()
     return True
+
+
+def _is_tool_error(result: Any) -> bool:
+    return isinstance(result, dict) and result.get("isError") is True
 
 
 def _too_large(transit: Transit, exc: ProtocolError) -> None:
@@ -549,7 +563,7 @@ def _too_large(transit: Transit, exc: ProtocolError) -> None:
 
 def _fail_transit(transit: Transit, why: str) -> None:
     """End a passed-on request here, answering the asker with the error for ``why`` (queued)."""
-    if _finish_transit(transit):
+    code, text = transit.error(why)
+    if _finish_transit(transit, "error", code):
         assert transit.inbound is not None
-        code, text = transit.error(why)
         transit.inbound._out.enqueue(wire.Error(id=transit.inbound_id, code=code, message=text), None)

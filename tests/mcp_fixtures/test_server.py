@@ -226,6 +226,7 @@ class Fixture:
                 meta = (ctx.params or {}).get("_meta") or {}
                 return types.CallToolResult(content=_text(", ".join(sorted(meta))), structured_content={
                     "keys": sorted(meta), "progressToken": meta.get("progressToken"),
+                    "traceparent": meta.get("traceparent"),
                     "capabilities": meta.get("io.modelcontextprotocol/clientCapabilities")})
             case name if any(tool.name == name for tool in self.tools):
                 return types.CallToolResult(content=_text(name))
