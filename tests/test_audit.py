@@ -190,10 +190,11 @@ def lines_of(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-async def until_lines(path: Path, count: int, timeout: float = 30) -> list[dict[str, Any]]:
-    """The lines of ``path`` once there are at least ``count`` (bounded: a busy machine writes late)."""
+async def until_lines(path: Path, count: int, timeout: float = 30, *, lists: bool = True) -> list[dict[str, Any]]:
+    """The lines of ``path`` once there are at least ``count`` (bounded: a busy machine writes late);
+    without ``lists``, those of list requests (the SDK client may send its own) are left out."""
     with trio.fail_after(timeout):
-        while len(found := lines_of(path)) < count:
+        while len(found := [x for x in lines_of(path) if lists or not x["method"].endswith("/list")]) < count:
             await trio.sleep(0.02)
     return found
 
@@ -311,6 +312,7 @@ class TestThroughTheChain:
             async with audited_chain(tmp_path) as nodes:
                 a = nodes["node-a"]
                 async with Client(a.mcp_url, mode=mode) as client:
+                    await client.list_tools()
                     echoed = await client.call_tool("fx__echo", {"text": SECRETISH})
                     failed = await client.call_tool("fx__fail", {"token": SECRETISH})
                     with pytest.raises(MCPError):
@@ -318,14 +320,19 @@ class TestThroughTheChain:
                     meta = await client.call_tool("fx__meta", {}, meta={"traceparent": EXAMPLE})
                 assert SECRETISH in str(echoed.content) and failed.is_error
                 lines = {node_id: await until_lines(tmp_path / f"{node_id}.jsonl", count)
-                         for node_id, count in (("node-a", 4), ("node-b", 3), ("node-c", 3))}
-                while a.audit.written < 4:  # counted once the worker thread is back
+                         for node_id, count in (("node-a", 5), ("node-b", 3), ("node-c", 3))}
+                while a.audit.written < len(lines["node-a"]):  # counted once the worker thread is back
                     await trio.sleep(0.02)
                 metrics = (await _get(a, "/metrics")).text
         for found in lines.values():
             assert SECRETISH not in json.dumps(found)
             assert all(list(line) == LINE_KEYS for line in found)
         a_lines, b_lines, c_lines = lines["node-a"], lines["node-b"], lines["node-c"]
+        # The list the client sent (and any its SDK sent itself) is a request served at the entry node.
+        listed = [x for x in a_lines if x["method"] == "tools/list"]
+        assert listed and all((x["role"], x["name"], x["outcome"], x["path"]) == ("entry", None, "ok", ["node-a"])
+                              for x in listed)
+        a_lines = [x for x in a_lines if x["method"] != "tools/list"]
         assert [(x["role"], x["name"], x["original"], x["outcome"]) for x in a_lines] == [
             ("entry", "fx__echo", "echo", "ok"), ("entry", "fx__fail", "fail", "tool_error"),
             ("entry", "fx__nope", None, "error"), ("entry", "fx__meta", "meta", "ok")]
@@ -346,7 +353,7 @@ class TestThroughTheChain:
         assert meta.structured_content is not None
         handed = parse_traceparent(meta.structured_content["traceparent"])
         assert handed is not None and handed.trace_id == EXAMPLE[3:35] and handed.parent_id != EXAMPLE[36:52]
-        assert 'fednode_audit_lines_total{outcome="written"} 4.0' in metrics
+        assert f'fednode_audit_lines_total{{outcome="written"}} {len(lines["node-a"])}.0' in metrics
 
     async def test_the_caller_as_each_node_believes_it(self, tmp_path: Path) -> None:
         """The entry node's signed statement of the caller is believed at transit and owner nodes alike
@@ -399,7 +406,12 @@ class TestThroughTheChain:
                     token = issuer.token(a.mcp_url, subject="alice@example.org")
                     assert await call_add(a.mcp_url, bearer(token)) == 42
                     lines = {node_id: await until_lines(tmp_path / f"{node_id}.jsonl", 1)
-                             for node_id in ("node-a", "node-b", "node-c")}
+                             for node_id in ("node-b", "node-c")}
+                    with trio.fail_after(30):
+                        while not (calls := [x for x in lines_of(tmp_path / "node-a.jsonl")
+                                             if x["method"] == "tools/call"]):
+                            await trio.sleep(0.02)
+                    lines["node-a"] = calls
                 nursery.cancel_scope.cancel()
         entry, owner = lines["node-a"][0], lines["node-c"][0]
         assert owner["role"] == "owner" and owner["trace"] == entry["trace"] == lines["node-b"][0]["trace"]
@@ -432,16 +444,16 @@ class TestThroughTheChain:
                 elsewhere = tmp_path / "elsewhere.jsonl"
                 async with Client(a.mcp_url, mode="2026-07-28") as client:
                     await client.call_tool("fx__echo", {"text": "one"})
-                    await until_lines(tmp_path / "node-a.jsonl", 1)
+                    await until_lines(tmp_path / "node-a.jsonl", 1, lists=False)
                     result = await a.reload(node_config("node-a", audit={"path": str(elsewhere)}))
                     assert result.ok
                     await client.call_tool("fx__echo", {"text": "two"})
-                    await until_lines(elsewhere, 1)
+                    await until_lines(elsewhere, 1, lists=False)
                     result = await a.reload(node_config("node-a", audit={"path": str(tmp_path / "no" / "x")}))
                     assert not result.ok and "no/x" in (result.error or "")
                     await client.call_tool("fx__echo", {"text": "three"})  # the open file stays in use
-                    await until_lines(elsewhere, 2)
-        assert len(lines_of(tmp_path / "node-a.jsonl")) == 1
+                    await until_lines(elsewhere, 2, lists=False)
+        assert len([x for x in lines_of(tmp_path / "node-a.jsonl") if x["method"] == "tools/call"]) == 1
 
 
 async def _get(node: fednode.Node, path: str) -> Any:
@@ -506,7 +518,7 @@ async def test_three_fednode_run_processes_share_a_trace_and_sighup_reopens(tmp_
                         await trio.sleep(0.1)  # C's catalog reaches A in its own time
                     first = await client.call_tool("fx__add", {"a": 1, "b": 2})
                     assert not first.is_error
-                    found = {node_id: await until_lines(tmp_path / f"{node_id}.jsonl", 1, timeout=60)
+                    found = {node_id: await until_lines(tmp_path / f"{node_id}.jsonl", 1, timeout=60, lists=False)
                              for node_id in ("node-a", "node-b", "node-c")}
                     c_file = tmp_path / "node-c.jsonl"
                     c_file.rename(tmp_path / "node-c.jsonl.1")
@@ -537,5 +549,5 @@ async def test_three_fednode_run_processes_share_a_trace_and_sighup_reopens(tmp_
     assert [line["trace"] for line in lines_of(tmp_path / "node-c.jsonl.1")] == [c_line["trace"]]
     assert len(reopened) == 1 and reopened[0]["trace"] != c_line["trace"] and reopened[0]["outcome"] == "ok"
     # the second call's entry line (at A, written whenever A got to it) has the trace of C's new line
-    second_a = await until_lines(tmp_path / "node-a.jsonl", 2, timeout=30)
+    second_a = await until_lines(tmp_path / "node-a.jsonl", 2, timeout=30, lists=False)
     assert second_a[1]["trace"] == reopened[0]["trace"]

@@ -30,7 +30,7 @@ from .._config._memory import MemoryTrimmer
 from .._peers._link import Handlers, Link, RequestContext
 from .._peers._supervisor import PeerSupervisor
 from ._advertiser import ROUTES_METHOD, Advertiser
-from ._audit import AuditLog
+from ._audit import AuditEntry, AuditLog
 from ._caller_proof import CallerStatements
 from ._catalog import Catalog, Entry
 from ._forwarding import (
@@ -64,6 +64,7 @@ from ._routes import (
     valid_items,
 )
 from ._routing import RoutingTable
+from ._traceparent import trace_of
 from ._withdrawn import WithdrawnNames
 
 __all__ = [
@@ -76,6 +77,11 @@ __all__ = [
 
 _CATALOG_FIELDS = {"tools": "tools", "prompts": "prompts", "resources": "resources",
                    "resourceTemplates": "resource_templates"}
+
+
+#: The client method that lists each kind (for audit lines).
+LIST_METHODS = {"tools": "tools/list", "prompts": "prompts/list", "resources": "resources/list",
+                "resourceTemplates": "resources/templates/list"}
 
 
 class Peers(Protocol):
@@ -476,8 +482,15 @@ class Federation:
 
     def list_items(self, kind: str, caller: Caller | None = None) -> list[dict[str, Any]]:
         """The exposed definitions of one kind ``caller`` may use (None: an anonymous client of this
-        node), sorted by exposed name (see :meth:`CallerPolicy.usable_by`)."""
-        return self.catalog.list_items(kind, self.forwarding.callers.usable_by(caller or Caller(entry=self.id)))
+        node), sorted by exposed name (see :meth:`CallerPolicy.usable_by`). Audited as a request
+        served here (a list request carries no trace of its own: a new one)."""
+        who = caller or Caller(entry=self.id)
+        items = self.catalog.list_items(kind, self.forwarding.callers.usable_by(who))
+        audit = self.forwarding.audit
+        if audit.enabled:
+            audit.record(AuditEntry(role="entry", method=LIST_METHODS[kind], trace=trace_of(None), caller=who,
+                                    path=[self.id]), "ok")
+        return items
 
     def _caller_unverified(self, entry: str, reason: str) -> None:
         self._throttled.warning("caller.unverified", key=entry, entry=entry, reason=reason,
