@@ -56,6 +56,11 @@ _BY_CODE = {DEADLINE_EXCEEDED: "timeout", NODE_UNREACHABLE: "unreachable", SERVE
             MISSING_CAPABILITY: "refused", FORBIDDEN: "refused"}
 
 
+#: The client method that lists each kind.
+LIST_METHODS = {"tools": "tools/list", "prompts": "prompts/list", "resources": "resources/list",
+                "resourceTemplates": "resources/templates/list"}
+
+
 def outcome_of(code: int | None) -> str:
     """The audit outcome of a request answered with JSON-RPC error ``code``."""
     return _BY_CODE.get(code, "error") if code is not None else "error"
@@ -222,6 +227,12 @@ class AuditLog:
         old, self._fd, self.path = self._fd, fd, path
         if old is not None:
             os.close(old)
+
+    def listed(self, kind: str, caller: Caller) -> None:
+        """Record a list of ``kind`` served to ``caller`` here (a list request carries no trace: a new one)."""
+        if self.enabled:
+            self.record(AuditEntry(role="entry", method=LIST_METHODS[kind], trace=trace_of(None), caller=caller,
+                                   path=[self.node_id]), "ok")
 
     def record(self, entry: AuditEntry, outcome: str, code: int | None = None) -> None:
         """Queue the line of ``entry`` (over with ``outcome``); never blocks. Dropped and counted when full."""

@@ -18,6 +18,7 @@ start-up hold (clients' first lists wait until the federation has settled).
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -30,7 +31,7 @@ from .._config._memory import MemoryTrimmer
 from .._peers._link import Handlers, Link, RequestContext
 from .._peers._supervisor import PeerSupervisor
 from ._advertiser import ROUTES_METHOD, Advertiser
-from ._audit import AuditEntry, AuditLog
+from ._audit import AuditLog
 from ._caller_proof import CallerStatements
 from ._catalog import Catalog, Entry
 from ._forwarding import (
@@ -64,7 +65,6 @@ from ._routes import (
     valid_items,
 )
 from ._routing import RoutingTable
-from ._traceparent import trace_of
 from ._withdrawn import WithdrawnNames
 
 __all__ = [
@@ -79,9 +79,10 @@ _CATALOG_FIELDS = {"tools": "tools", "prompts": "prompts", "resources": "resourc
                    "resourceTemplates": "resource_templates"}
 
 
-#: The client method that lists each kind (for audit lines).
-LIST_METHODS = {"tools": "tools/list", "prompts": "prompts/list", "resources": "resources/list",
-                "resourceTemplates": "resources/templates/list"}
+def unverified(log: ThrottledLog, entry: str, reason: str) -> None:
+    """Log a caller statement not believed for want of the entry node's key (a configuration gap)."""
+    log.warning("caller.unverified", key=entry, entry=entry, reason=reason,
+                hint="configure that node's key in [[nodes]] to believe what it says of its callers")
 
 
 class Peers(Protocol):
@@ -189,7 +190,7 @@ class Federation:
             health_changed=self._changed, log=self.log, on_refused=refused, item_offered=self.names.item_offered,
             audit=audit,
             statements=None if self.proofs is None else CallerStatements(
-                node_id, self.proofs.keyring, on_unverified=self._caller_unverified,
+                node_id, self.proofs.keyring, on_unverified=functools.partial(unverified, self._throttled),
                 trust=lambda peer_id: getattr(peers.peer_config(peer_id), "callers", None)))
         #: the methods peers call on this node, for the node to serve (see :meth:`Handlers.merge`)
         self.handlers = Handlers(
@@ -485,16 +486,8 @@ class Federation:
         node), sorted by exposed name (see :meth:`CallerPolicy.usable_by`). Audited as a request
         served here (a list request carries no trace of its own: a new one)."""
         who = caller or Caller(entry=self.id)
-        items = self.catalog.list_items(kind, self.forwarding.callers.usable_by(who))
-        audit = self.forwarding.audit
-        if audit.enabled:
-            audit.record(AuditEntry(role="entry", method=LIST_METHODS[kind], trace=trace_of(None), caller=who,
-                                    path=[self.id]), "ok")
-        return items
-
-    def _caller_unverified(self, entry: str, reason: str) -> None:
-        self._throttled.warning("caller.unverified", key=entry, entry=entry, reason=reason,
-                                hint="configure that node's key in [[nodes]] to believe what it says of its callers")
+        self.forwarding.audit.listed(kind, who)
+        return self.catalog.list_items(kind, self.forwarding.callers.usable_by(who))
 
     def tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
         """The input schema of an exposed tool (None: no such tool, or it has none)."""
