@@ -434,7 +434,8 @@ class Federation:
         return self.table.best_routes(self._local_routes(), self._rtts(), trio.current_time())
 
     def local_changed(self) -> None:
-        """How an attached server is advertised changed (its ``callers``): advertise it again."""
+        """Something local that routes or the catalog depend on changed (an attached server's
+        ``callers``, pins accepted): recompute the best routes and the catalog, and advertise."""
         self._changed()
 
     def _changed(self) -> None:
