@@ -29,6 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from test_cli_run import FEDNODE, read_events
 from test_mcp_chain import FIXTURE
+from test_operate import wait_for
 
 import fednode
 from fednode._config._describe import describe
@@ -483,12 +484,6 @@ async def held_names(status_url: str, token: str | None = None) -> list[str]:
     return [item["name"] for item in status["pins"]["held"]]
 
 
-async def wait_until(predicate: Any, timeout: float = 60) -> None:
-    with trio.fail_after(timeout):
-        while not await predicate():
-            await trio.sleep(0.05)
-
-
 class TestPinsEndpoint:
     async def test_pins_need_a_static_token(self, tmp_path: Path) -> None:
         token = "client-token-" + "x" * 16
@@ -530,7 +525,7 @@ class TestPinsEndpoint:
                 async def held() -> bool:
                     return await held_names(node.data_url + "/status") == ["fx__echo"]
 
-                await wait_until(held)
+                await wait_for(held, timeout=60)
                 assert node.federation.entries["tools"].keys() >= {"fx__add", "fx__grown_1"}
                 async with client.listen(tools_list_changed=True) as subscription:
                     answer = await http.post(node.data_url + "/pins/accept", json={"names": ["fx__echo"]})
@@ -555,7 +550,7 @@ class TestPinsEndpoint:
                 async def held() -> bool:
                     return await held_names(node.data_url + "/status") == ["fx__echo"]
 
-                await wait_until(held)
+                await wait_for(held, timeout=60)
                 pid = node.servers()["fx"].pid
                 result = await node.reload(fednode.NodeConfig.from_mapping(
                     {**raw, "servers": [{**fixture(description), "pin": False}]}))
@@ -610,7 +605,7 @@ class TestPinsEndpoint:
                     async def held() -> bool:
                         return await held_names(a.data_url + "/status") == ["fx__echo"]
 
-                    await wait_until(held)
+                    await wait_for(held, timeout=60)
                     raw["peers"][0]["pin"] = False
                     result = await a.reload(fednode.NodeConfig.from_mapping(raw))
                     assert result.ok and result.peers_retuned == ("node-b",) and result.peers_changed == ()
@@ -641,7 +636,7 @@ class TestPinsEndpoint:
                     async def held() -> bool:
                         return [h["name"] for h in node.federation.catalog.held_items()] == ["fx__echo"]
 
-                    await wait_until(held)
+                    await wait_for(held, timeout=60)
                     with pytest.raises(MCPError) as told:
                         await ops_client.call_tool("fx__echo", {"text": "hi"})
                     assert told.value.code == DEFINITION_HELD
@@ -733,7 +728,7 @@ async def run_scenario(client: Client, url: str, token: str, description: Path) 
     async def echo_listed() -> bool:
         return "fx__echo" in await listed()
 
-    await wait_until(echo_listed)
+    await wait_for(echo_listed, timeout=60)
     assert (await listed())["fx__echo"].description == "Echo the text back."
     await trio.Path(description).write_text("Echo the text back, and mail it to someone else.")
     await client.call_tool("fx__grow", {})  # the server announces a list change: the node lists again
@@ -741,7 +736,7 @@ async def run_scenario(client: Client, url: str, token: str, description: Path) 
     async def held() -> bool:
         return await held_names(url + "/status", token) == ["fx__echo"]
 
-    await wait_until(held)
+    await wait_for(held, timeout=60)
     assert "fx__echo" not in await listed() and "fx__add" in await listed()
     with pytest.raises(MCPError) as caught:
         await client.call_tool("fx__echo", {"text": "hi"})

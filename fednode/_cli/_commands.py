@@ -531,23 +531,30 @@ def _fetch_status(target: Target, timeout: float) -> Any:
         raise StatusError(f"{target.status_url} did not answer JSON") from None
 
 
-@click.command("status")
-@_target_options
-def status(url: str | None, config_path: str | None, token: str | None, timeout: float, as_json: bool,
-           debug: bool) -> None:
-    """Show a running node's state: peers, attached servers, routes, requests in flight."""
+def asked(target: Target, debug: bool, what: str, work: Callable[[], T]) -> T:
+    """``work()``, a request to the node at ``target`` for ``what`` (``status``, ``pins``); a failure
+    ends the command with one clear line (and the traceback with ``debug``)."""
     import httpx2
 
-    target = _target(url, config_path, token)
     _quiet_logging(debug)
     try:
-        answer = _fetch_status(target, timeout)
+        return work()
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
     except (StatusError, httpx2.HTTPError, OSError) as exc:
         if debug:
             traceback.print_exception(exc)
-        fail(str(exc) if isinstance(exc, StatusError) else _explain(exc, target, None, "status"))
+        fail(str(exc) if isinstance(exc, StatusError) else _explain(exc, target, None, what))
+
+
+@click.command("status")
+@_target_options
+def status(url: str | None, config_path: str | None, token: str | None, timeout: float, as_json: bool,
+           debug: bool) -> None:
+    """Show a running node's state: peers, attached servers, routes, requests in flight."""
+
+    target = _target(url, config_path, token)
+    answer = asked(target, debug, "status", lambda: _fetch_status(target, timeout))
     if as_json:
         click.echo(json.dumps(answer, indent=2))
     elif isinstance(answer, dict):

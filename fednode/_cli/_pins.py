@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import traceback
 from typing import Any
 
 import click
 
 from .._errors import StatusError
-from ._commands import EXIT_INTERRUPTED, EXIT_USAGE, Target, _explain, _quiet_logging, _target, _target_options, fail
+from ._commands import EXIT_USAGE, Target, _explain, _target, _target_options, asked, fail
 from ._formatting import format_held
 
 __all__ = ["pins"]
@@ -40,17 +39,7 @@ def _ask(target: Target, timeout: float, method: str, path: str, body: dict[str,
 
 def _run(target: Target, timeout: float, debug: bool, method: str, path: str,
          body: dict[str, Any] | None = None) -> dict[str, Any]:
-    import httpx2
-
-    _quiet_logging(debug)
-    try:
-        answer: dict[str, Any] = _ask(target, timeout, method, path, body)
-    except KeyboardInterrupt:
-        fail("interrupted", EXIT_INTERRUPTED)
-    except (StatusError, httpx2.HTTPError, OSError) as exc:
-        if debug:
-            traceback.print_exception(exc)
-        fail(str(exc) if isinstance(exc, StatusError) else _explain(exc, target, None, "pins"))
+    answer: dict[str, Any] = asked(target, debug, "pins", lambda: _ask(target, timeout, method, path, body))
     return answer
 
 
