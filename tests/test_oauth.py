@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -43,7 +42,7 @@ from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from test_cli_run import read_events
+from test_cli_run import fednode_run as cli_run
 
 import fednode
 from fednode._config._callers import Caller
@@ -78,24 +77,9 @@ def node_toml(node_id: str, issuer: TestIssuer | str, extra: str = "") -> str:
 
 @asynccontextmanager
 async def fednode_run(path: Path) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """`fednode run` as a child process; yields its ``{data}/mcp`` URL and its log events (live)."""
-    events: list[dict[str, Any]] = []
-    process = await trio.lowlevel.open_process(
-        [FEDNODE, "run", "--config", str(path)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL, env={"TEST_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
-    try:
-        async with trio.open_nursery() as nursery:
-            assert process.stderr is not None
-            nursery.start_soon(read_events, process.stderr, events)
-            with trio.fail_after(60):
-                while not any(e["event"] == "node.started" for e in events):
-                    await trio.sleep(0.02)
-            yield next(str(e["url"]) for e in events if e["event"] == "edge.listening"), events
-            nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:  # only the process this test started, by its own handle
-            process.kill()
-            await process.wait()
+    """`fednode run` as a child process (test_cli_run's); yields its ``{data}/mcp`` URL and its log events."""
+    async with cli_run(path) as (_process, events, _control, _nursery):
+        yield next(str(e["url"]) for e in events if e["event"] == "edge.listening"), events
 
 
 async def test_fednode_mcp_stays_local(tmp_path: Path) -> None:

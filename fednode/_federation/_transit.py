@@ -66,15 +66,20 @@ class TransitPath:
         """
         if isinstance(params, dict) and params.get("origin") == self.node_id:
             return None  # checked once, by on_forward
-        entry = AuditEntry.served(self.node_id, params, Caller.of_node(context.peer_id))
+        # Without an audit log this node records nothing of the request: no entry, and the trace
+        # goes on as it came (no span of this node's, so the params are passed on as they are).
+        entry = AuditEntry.served(self.node_id, params, Caller.of_node(context.peer_id)) \
+            if self._audit.enabled else None
         try:
             return self._pass_on(params, context, inbound, entry)
         except ForwardError as exc:
             # This node declined it: unless no route was left, a refusal, whatever its code.
-            self._audit.record(entry, "unreachable" if exc.code == NODE_UNREACHABLE else "refused", exc.code)
+            if entry is not None:
+                self._audit.record(entry, "unreachable" if exc.code == NODE_UNREACHABLE else "refused", exc.code)
             raise
 
-    def _pass_on(self, params: Any, context: RequestContext, inbound: Link, entry: AuditEntry) -> Transit | None:
+    def _pass_on(self, params: Any, context: RequestContext, inbound: Link,
+                 entry: AuditEntry | None) -> Transit | None:
         origin, server, _method, upstream_params, timeout, trace = self._check(params, context.peer_id)
         via = self._next_hop(origin, server)
         onward = self._link_to(via) if via is not None else None
@@ -86,7 +91,7 @@ class TransitPath:
         # The request holds a slot of the link's fair shares until it is over (done), like one of ours.
         party, key = context.peer_id, (origin, server)
         pool = self._acquire(via, party, key)
-        if self._audit.enabled:  # checking the caller statement costs a signature check: only when recorded
+        if entry is not None:  # checking the caller statement costs a signature check: only when recorded
             entry.caller = self._believed_here(params, party)
         if isinstance(token, str):
             self._relays[token] = inbound
@@ -95,8 +100,9 @@ class TransitPath:
             pool.release(party, key)
             if isinstance(token, str):
                 del self._relays[token]
-            outcome = outcome_of(transit.code) if transit.outcome == "error" else transit.outcome
-            self._audit.record(entry, outcome, transit.code)
+            if entry is not None:
+                outcome = outcome_of(transit.code) if transit.outcome == "error" else transit.outcome
+                self._audit.record(entry, outcome, transit.code)
 
         def error(why: str) -> tuple[int, str]:
             if why == "timeout":
@@ -105,10 +111,10 @@ class TransitPath:
                 return NODE_UNREACHABLE, f"Link to {via!r} lost while forwarding to {origin!r}: {why[6:]}"
             return INTERNAL_ERROR, f"Cannot forward to {origin!r}: {why}"
 
-        # The trace goes on with this node's span as the parent.
-        transit = Transit(onward=onward, timeout=timeout, error=error, done=done, params={
-            **params, "timeout": timeout, "trace": [*trace, self.node_id],
-            "params": with_traceparent(upstream_params, entry.trace.child())})
+        onward_params = {**params, "timeout": timeout, "trace": [*trace, self.node_id]}
+        if entry is not None:  # the trace goes on with this node's span as the parent
+            onward_params["params"] = with_traceparent(upstream_params, entry.trace.child())
+        transit = Transit(onward=onward, timeout=timeout, error=error, done=done, params=onward_params)
         return transit
 
     def _believed_here(self, params: Mapping[str, Any], peer_id: str) -> Caller:
