@@ -181,3 +181,25 @@ async def test_a_legacy_session_is_held_open_while_a_request_of_it_runs_here(
         assert served(edge) == 1
         await trio.sleep(31 * 60)  # now idle: the session ends
         assert session not in manager._server_instances
+
+
+async def test_mcp_param_headers_are_checked_against_the_schema() -> None:
+    """A tool whose schema declares an ``Mcp-Param-*`` header: a request whose header disagrees with its
+    argument is the SDK's to refuse; one that agrees is served here (the schema's reading is cached)."""
+    forwarder = FakeForwarder()
+    schema = {"type": "object", "properties": {"text": {"type": "string", "x-mcp-header": "Text"}}}
+    forwarder.catalog["tools"][0]["inputSchema"] = schema
+    with trio.fail_after(60):
+        async with running_edge(forwarder) as (edge, url), httpx2.AsyncClient() as http:
+            body, headers = modern_request("tools/call", {"name": "echo", "arguments": {"text": "x"}}, "echo")
+            wrong = await http.post(url, content=json.dumps(body), headers=headers | {"Mcp-Param-Text": "y"})
+            assert (wrong.status_code, wrong.json()["error"]["code"]) == (400, HEADER_MISMATCH)
+            missing = await http.post(url, content=json.dumps(body), headers=headers)
+            assert missing.json()["error"]["code"] == HEADER_MISMATCH
+            assert served(edge) == 0
+            for _ in range(2):
+                right = await http.post(url, content=json.dumps(body), headers=headers | {"Mcp-Param-Text": "x"})
+                assert right.json()["result"]["structuredContent"] == ECHO_RESULT["structuredContent"]
+            assert served(edge) == 2
+            wrong = await http.post(url, content=json.dumps(body), headers=headers | {"Mcp-Param-Text": "z"})
+            assert wrong.status_code == 400 and served(edge) == 2

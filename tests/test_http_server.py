@@ -199,7 +199,8 @@ async def test_an_app_without_a_lifespan_is_served_and_a_failing_one_stops_the_s
         async with trio.open_nursery() as nursery:
             port = await nursery.start(serve_http, bare, "127.0.0.1", 0)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
-            assert (await exchange(stream, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")).startswith(b"HTTP/1.1 204 ")
+            answer = await exchange(stream, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 204 ")
             nursery.cancel_scope.cancel()
         with pytest.raises(BaseException) as failed:
             async with trio.open_nursery() as nursery:
