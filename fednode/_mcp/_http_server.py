@@ -10,8 +10,9 @@ directly, and spawns nothing per request. What it does:
   HEAD; HTTPS when given an SSL context (HTTP/1.1 only, offered by ALPN);
 * the ASGI 3 ``http`` and ``lifespan`` protocols: ``receive`` gives the body, then waits for the
   client to go away (``http.disconnect``); an app that never reads the body has it drained;
-* bounds against slow or hostile clients: a connection idle for :data:`KEEP_ALIVE` seconds, or
-  whose request head takes longer than :data:`HEAD_TIMEOUT` once started, is closed; a head over
+* bounds against slow or hostile clients: a connection idle for :data:`KEEP_ALIVE` seconds, whose
+  request head takes longer than :data:`HEAD_TIMEOUT` once started, or whose body stalls that long,
+  is closed; a head over
   :data:`MAX_HEAD` bytes is answered 431, a body over :data:`MAX_BODY` bytes 413, malformed HTTP 400.
 
 It does not do HTTP/2, websockets or trailers; the edge needs none of them.
@@ -178,6 +179,7 @@ class _Connection:
         self.ping_at = math.inf
         self._since = trio.current_time()  # idle since (or the head began at, once data is buffered)
         self._head_begun = False
+        self._last_read = self._since
         self._discard = False  # a refused request: what else comes is read and dropped
         self._arrived = trio.lowlevel.ParkingLot()  # the serving task waits here for data
         self._room = trio.lowlevel.ParkingLot()  # the reader waits here while too much is buffered
@@ -199,6 +201,8 @@ class _Connection:
 
     def _deadline(self) -> float:
         if self.busy:
+            if self.h11.their_state is h11.SEND_BODY:  # a body still arriving: HEAD_TIMEOUT between reads
+                return min(self.ping_at, self._last_read + HEAD_TIMEOUT)
             return self.ping_at
         if self._head_begun:
             return self._since + HEAD_TIMEOUT
@@ -223,16 +227,20 @@ class _Connection:
                     data = b""
             self._timer = None
             if timer.cancelled_caught:
-                if not (self.busy and self.pinger is not None):
-                    self._lost()  # idle too long, or a head too slow
-                    return
-                interval, callback = self.pinger
-                self.ping_at = trio.current_time() + interval
-                try:
-                    await callback()
-                except Exception:
-                    _log.exception("edge.http_ping_failed")
-                continue
+                now = trio.current_time()
+                if self.busy and self.pinger is not None and now >= self.ping_at:
+                    interval, callback = self.pinger
+                    self.ping_at = now + interval
+                    try:
+                        await callback()
+                    except Exception:
+                        _log.exception("edge.http_ping_failed")
+                    continue
+                if now < self._deadline():
+                    continue  # the state moved on while reading (a body ended): a later deadline
+                self._lost()  # idle too long, or a head or body too slow
+                return
+            self._last_read = trio.current_time()
             if self.gone.is_set():
                 return
             if not data:
