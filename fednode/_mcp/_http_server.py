@@ -326,6 +326,8 @@ class _Connection:
 
     async def _drain(self) -> bool:
         """Read what is left of a request body the app did not read; False when the connection must close."""
+        if self.h11.their_state is h11.DONE:
+            return True  # the app read it all (the usual case: no timer needed)
         drained = 0
         with trio.move_on_after(HEAD_TIMEOUT):
             while self.h11.their_state is h11.SEND_BODY:
