@@ -6,9 +6,11 @@ import json
 from typing import Any
 
 import httpx2
+import mcp_types
 import pytest
 import trio
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 from mcp_types import HEADER_MISMATCH
 from oauth_issuer import serve_app
 from test_edge import ECHO_RESULT, MODERN, PROMPT_RESULT, RESOURCE_RESULT, FakeForwarder, client, dump, running_edge
@@ -52,7 +54,7 @@ async def test_the_hot_requests_take_the_fast_path(mode: str) -> None:
     assert call.era == ("legacy" if mode == "legacy" else "modern")
     if mode == "legacy":
         assert call.session_key is not None and call.client_info is not None and call.client_info["name"]
-        assert not call.can_ask
+        assert call.can_ask  # on the request's own stream, answered by a POST the fast path takes
 
 
 def mcp_ref() -> Any:
@@ -92,21 +94,44 @@ async def test_requests_the_rules_refuse_are_left_to_the_sdk() -> None:
             assert served(edge) == 1
 
 
-async def test_a_legacy_client_that_can_be_asked_is_served_by_the_sdk() -> None:
-    """A client declaring elicitation may be asked mid-call on its request's stream: the SDK serves it."""
+class AskingForwarder(FakeForwarder):
+    """``ask`` asks the client (elicitation) and answers with what it said."""
+
+    async def forward(self, method: str, params: dict[str, Any], call: EdgeCall) -> dict[str, Any]:
+        if params.get("name") != "ask":
+            return await super().forward(method, params, call)
+        self.calls.append((method, params, call))
+        answer = await call.ask("elicitation/create", {"message": "Your name?", "requestedSchema": {
+            "type": "object", "properties": {"name": {"type": "string"}}}})
+        return {"content": [{"type": "text", "text": json.dumps(answer, sort_keys=True)}]}
+
+
+async def test_a_legacy_request_served_here_asks_its_client_on_its_stream() -> None:
+    """Elicitation (sampling, roots) from the middle of a legacy call: the question goes out on the
+    request's own stream and the client's answer, POSTed to the session, comes back here."""
+    asked: list[str] = []
 
     async def elicit(context: Any, params: Any) -> Any:
-        raise AssertionError("not asked in this test")
+        asked.append(params.message)
+        return mcp_types.ElicitResult(action="accept", content={"name": "ada"})
 
-    forwarder = FakeForwarder()
+    async def refuse(context: Any, params: Any) -> Any:
+        return mcp_types.ErrorData(code=-32042, message="not now")
+
+    forwarder = AskingForwarder()
+    forwarder.catalog["tools"].append({"name": "ask", "inputSchema": {"type": "object"}})
     with trio.fail_after(60):
-        async with running_edge(forwarder) as (edge, url), \
-                Client(url, mode="legacy", cache=None, elicitation_callback=elicit) as c:
-            called = dump(await c.call_tool("echo", {}))
-            assert called["structuredContent"] == ECHO_RESULT["structuredContent"]
-            assert served(edge) == 0
-            _, _, call = forwarder.calls[-1]
-            assert call.can_ask
+        async with running_edge(forwarder) as (edge, url):
+            async with Client(url, mode="legacy", cache=None, elicitation_callback=elicit) as c:
+                called = dump(await c.call_tool("ask", {}))
+                assert json.loads(called["content"][0]["text"]) == {"action": "accept", "content": {"name": "ada"}}
+                assert asked == ["Your name?"]
+                assert served(edge) >= 1 and forwarder.calls[-1][2].can_ask
+            async with Client(url, mode="legacy", cache=None, elicitation_callback=refuse) as c:
+                with pytest.raises(MCPError) as refused:
+                    await c.call_tool("ask", {})
+                assert (refused.value.code, refused.value.message) == (-32042, "not now")
+            assert edge.fast._asks == {}  # nothing left waiting
 
 
 async def test_a_silent_request_turns_into_a_pinged_stream(autojump_clock: trio.testing.MockClock) -> None:

@@ -15,17 +15,18 @@ The answer is JSON when nothing comes before the result; a notification (progres
 upstream's log messages) first turns it into an SSE stream, as the SDK does. A silent request
 commits to SSE after :data:`PING_INTERVAL` seconds and pings to keep proxies from timing it out.
 The client closing the response cancels the request (in both eras: nothing could deliver its
-result any more). Legacy-era requests are served here only for sessions whose client declared
-none of sampling, elicitation or roots (the node can then never need to ask it anything on the
-request's stream); a legacy client's ``notifications/cancelled`` for a request served here
-cancels it. SSE answers from here carry no event ids: a client that loses one cannot resume it.
+result any more); a legacy client's ``notifications/cancelled`` for a request served here cancels it.
+A legacy request's questions to its client (elicitation, sampling, roots) go out on the request's own
+stream, as the SDK sends them, and the client's POSTed answer is taken here. SSE answers from here
+carry no event ids: a client that loses one cannot resume it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +54,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._errors import RATE_LIMITED
+from .._errors import INTERNAL_ERROR, RATE_LIMITED
 from .._peers._serving import retry_after
 from ._edge_call import CALLER_KEY, EdgeCall
 from ._edge_http import CLIENT_KEY
@@ -72,7 +73,6 @@ HOT_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "tools/l
 #: Seconds of silence after which a request's answer commits to SSE and is pinged.
 PING_INTERVAL = 15.0
 _LISTS = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list"})
-_ASKING = ("sampling", "elicitation", "roots")
 _CLIENT_STATE = "fednode.edge.fast.client"
 _SCHEMAS = 4096  # tools whose schema's Mcp-Param-* reading is kept
 _ROUTING = frozenset({b"mcp-protocol-version", b"mcp-method", b"mcp-name"})
@@ -115,6 +115,16 @@ class _Plan:
         self.session_id: str | None = None
         self.connection: Connection | None = None
         self.transport: Any = None
+
+
+class _Asked:
+    """A question asked of a legacy client: its answer (a JSON-RPC response) once it comes."""
+
+    __slots__ = ("answer", "done")
+
+    def __init__(self) -> None:
+        self.answer: dict[str, Any] | None = None
+        self.done = trio.Event()
 
 
 class _Reply:
@@ -190,6 +200,9 @@ class FastPath:
         #: (session id, request id) of the legacy requests in flight here -> their cancel scopes.
         self._inflight: dict[tuple[str, str | int], trio.CancelScope] = {}
         self._schemas: dict[str, tuple[Any, bool]] = {}
+        #: (session id, request id) of the questions asked of legacy clients here -> their answers
+        self._asks: dict[tuple[str, str | int], _Asked] = {}
+        self._ask_ids = itertools.count(1)
         self.served = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -205,12 +218,18 @@ class FastPath:
                 plan = await self._plan(scope, headers, body)
         if plan is None:
             await self.app(scope, _replay(chunks, receive), send)
-        else:
+        elif isinstance(plan, _Plan):
             self.served += 1
             await self._serve(plan, receive, send, scope.get("extensions", {}).get("fednode.watch"))
+        else:  # a client's answer to a question asked here: taken, as the SDK takes the answers it gets
+            session = [(b"mcp-session-id", plan.encode())]
+            await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0"),
+                                                                                  *session]})
+            await send({"type": "http.response.body", "body": b""})
 
-    async def _plan(self, scope: Scope, headers: _Headers, body: bytes) -> _Plan | None:
-        """What to serve, or None to leave the request to the SDK."""
+    async def _plan(self, scope: Scope, headers: _Headers, body: bytes) -> _Plan | str | None:
+        """What to serve; or the session id of an answer delivered here (to acknowledge); or None to
+        leave the request to the SDK."""
         has_json, has_sse = check_accept_headers(SimpleNamespace(headers=headers))  # type: ignore[arg-type]
         if not (has_json and has_sse):
             return None
@@ -224,6 +243,8 @@ class FastPath:
         if "id" not in decoded:
             self._cancel(decoded, headers)
             return None
+        if "method" not in decoded:
+            return self._answered(decoded, headers)
         method, params, request_id = decoded.get("method"), decoded.get("params", {}), decoded["id"]
         if (method not in HOT_METHODS or not isinstance(params, dict) or isinstance(request_id, bool)
                 or not isinstance(request_id, str | int) or decoded.keys() - {"jsonrpc", "id", "method", "params"}):
@@ -286,7 +307,7 @@ class FastPath:
         connection = self.edge.legacy_connection(session_id)
         if (transport is None or connection is None or transport.is_terminated
                 or getattr(self.manager, "_session_owners", {}).get(session_id) is not None
-                or connection.protocol_version != version or _can_be_asked(connection)):
+                or connection.protocol_version != version):
             return None
         idle = getattr(transport, "idle_scope", None)
         if idle is not None and idle.cancel_called:
@@ -298,6 +319,50 @@ class FastPath:
         plan = _Plan(decoded["method"], params, decoded["id"], version)
         plan.session_id, plan.connection, plan.transport = session_id, connection, transport
         return plan
+
+    def _answered(self, decoded: dict[str, Any], headers: _Headers) -> str | None:
+        """A legacy client's answer to a request asked on a fast-path request's stream: delivered to it
+        (the session id, for the acknowledgement), else None (the SDK's, or nobody's)."""
+        session_id = headers.get("mcp-session-id")
+        asked = self._asks.get((session_id, decoded["id"])) if session_id is not None else None
+        if asked is None or asked.answer is not None or ("result" in decoded) == ("error" in decoded):
+            return None
+        asked.answer = decoded
+        asked.done.set()
+        return session_id
+
+    def _asker(self, plan: _Plan, reply: _Reply) -> Callable[[str, Mapping[str, Any] | None],
+                                                             Awaitable[dict[str, Any]]]:
+        """How a legacy request served here asks its client something: a request on the request's own
+        stream (as the SDK sends one), answered by the client's POST of the response."""
+        session_id = plan.session_id
+        assert session_id is not None
+
+        async def ask(method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+            request_id = f"fednode-{next(self._ask_ids)}"
+            key = (session_id, request_id)
+            asked = self._asks[key] = _Asked()
+            try:
+                message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+                if params is not None:
+                    message["params"] = dict(params)
+                await reply.event(message)
+                await asked.done.wait()
+            finally:
+                del self._asks[key]
+            answer = asked.answer or {}
+            error = answer.get("error")
+            if error is not None:
+                error = error if isinstance(error, dict) else {}
+                code = error.get("code")
+                raise MCPError(code if isinstance(code, int) and not isinstance(code, bool) else INTERNAL_ERROR,
+                               str(error.get("message", "")), error.get("data"))
+            result = answer.get("result")
+            if not isinstance(result, dict):
+                raise MCPError(INTERNAL_ERROR, f"the client's answer to {method} is not an object")
+            return result
+
+        return ask
 
     def _cancel(self, decoded: dict[str, Any], headers: _Headers) -> None:
         """A legacy ``notifications/cancelled`` for a request served here cancels it (the SDK still
@@ -383,7 +448,8 @@ class FastPath:
 
         call = EdgeCall(method=plan.method, protocol_version=plan.version, meta=meta, session_key=plan.session_id,
                         request_id=plan.request_id, client_info=client_info, client_capabilities=capabilities,
-                        progress=progress, caller=plan.caller, notify=notify)
+                        progress=progress, caller=plan.caller, notify=notify,
+                        ask=self._asker(plan, reply) if plan.session_id is not None else None)
         return await edge.answer_forwarded(dict(plan.params), call)
 
 
@@ -436,13 +502,6 @@ def _client_of(connection: Connection | None) -> tuple[dict[str, Any] | None, di
             params.capabilities.model_dump(by_alias=True, mode="json", exclude_none=True))
         connection.state[_CLIENT_STATE] = known
     return known
-
-
-def _can_be_asked(connection: Connection) -> bool:
-    """Whether the client declared a capability the node may use to ask it something mid-request."""
-    params = connection.client_params
-    capabilities = params.capabilities if params is not None else None
-    return capabilities is not None and any(getattr(capabilities, name, None) is not None for name in _ASKING)
 
 
 def _error(error: ErrorData) -> dict[str, Any]:
