@@ -28,7 +28,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import trio
@@ -56,14 +56,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import INTERNAL_ERROR, RATE_LIMITED
 from .._peers._serving import retry_after
-from ._edge_call import CALLER_KEY, EdgeCall
+from ._edge_call import CALLER_KEY, EdgeCall, Forwarder
 from ._edge_http import CLIENT_KEY
 from ._http_server import Watch
 
 if TYPE_CHECKING:
     from mcp.server.connection import Connection
 
-    from ._edge import MCPEdge
+    from .._config._callers import Caller
+    from ._edge_http import ClientLimits
 
 __all__ = ["HOT_METHODS", "PING_INTERVAL", "FastPath"]
 
@@ -179,6 +180,23 @@ def _sse(message: Mapping[str, Any]) -> bytes:
     return b"event: message\r\ndata: " + json.dumps(message, separators=(",", ":")).encode() + b"\r\n\r\n"
 
 
+class EdgeParts(Protocol):
+    """What the fast path uses of the edge (:class:`~fednode._mcp._edge.MCPEdge`)."""
+
+    @property
+    def forwarder(self) -> Forwarder: ...
+
+    @property
+    def limits(self) -> ClientLimits | None: ...
+
+    def legacy_connection(self, session_id: str) -> Connection | None: ...
+
+    async def answer_list(self, method: str, params: Mapping[str, Any] | None, version: str,
+                          caller: Caller | None) -> dict[str, Any]: ...
+
+    async def answer_forwarded(self, params: dict[str, Any], call: EdgeCall) -> dict[str, Any]: ...
+
+
 class FastPath:
     """ASGI middleware serving the hot MCP requests at ``path`` itself; everything else goes to ``app``.
 
@@ -190,7 +208,7 @@ class FastPath:
         manager: the SDK's session manager (legacy sessions are looked up in it).
     """
 
-    def __init__(self, app: ASGIApp, edge: MCPEdge, *, path: str, security: TransportSecuritySettings | None,
+    def __init__(self, app: ASGIApp, edge: EdgeParts, *, path: str, security: TransportSecuritySettings | None,
                  manager: Any) -> None:
         self.app = app
         self.edge = edge

@@ -30,6 +30,8 @@ from typing import Any
 import h11
 import trio
 
+from .._errors import BodyTooLarge
+
 __all__ = ["HEAD_TIMEOUT", "KEEP_ALIVE", "MAX_BODY", "MAX_HEAD", "Watch", "serve_http"]
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]],
@@ -54,10 +56,6 @@ _LINGER = 1.0
 
 _log = logging.getLogger("fednode.edge.http")
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
-
-
-class _TooLarge(Exception):
-    """The request body went over :data:`MAX_BODY`."""
 
 
 class _Exchange:
@@ -91,7 +89,7 @@ class _Exchange:
             if isinstance(event, h11.Data):
                 self.body_bytes += len(event.data)
                 if self.body_bytes > MAX_BODY:
-                    raise _TooLarge
+                    raise BodyTooLarge
                 return {"type": "http.request", "body": bytes(event.data), "more_body": True}
             if isinstance(event, h11.EndOfMessage):
                 self.body_done = True
@@ -364,7 +362,7 @@ class _Connection:
         exchange = _Exchange(self, request)
         try:
             await self.server.app(self._scope(request), exchange.receive, exchange.send)
-        except _TooLarge:
+        except BodyTooLarge:
             if not exchange.headers_sent:
                 await self._refuse(413)
             return
