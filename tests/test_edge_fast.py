@@ -13,7 +13,17 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import HEADER_MISMATCH
 from oauth_issuer import serve_app
-from test_edge import ECHO_RESULT, MODERN, PROMPT_RESULT, RESOURCE_RESULT, FakeForwarder, client, dump, running_edge
+from test_edge import (
+    ECHO_RESULT,
+    MODERN,
+    PROMPT_RESULT,
+    RESOURCE_RESULT,
+    FakeForwarder,
+    cancel_a_slow_call,
+    client,
+    dump,
+    running_edge,
+)
 
 from fednode._mcp._edge import MCPEdge
 from fednode._mcp._edge_call import EdgeCall
@@ -246,11 +256,5 @@ async def test_under_another_asgi_server_the_fast_path_watches_with_a_task(mode:
                 called = dump(await c.call_tool("echo", {"text": "x"}))
                 assert called["structuredContent"] == ECHO_RESULT["structuredContent"]
                 assert served(edge) >= 1
-                with trio.move_on_after(30) as scope:
-                    async with trio.open_nursery() as calls:
-                        calls.start_soon(c.call_tool, "slow", {})
-                        await forwarder.slow_started.wait()
-                        calls.cancel_scope.cancel()
-                assert not scope.cancelled_caught
-                await forwarder.slow_cancelled.wait()
+                await cancel_a_slow_call(c, forwarder)
             nursery.cancel_scope.cancel()
