@@ -1,0 +1,61 @@
+"""scripts/bench_load.py (issue 14's load generator) drives a real node and checks every answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import fednode
+
+from conftest import node_config
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_load.py"
+FIXTURE = str(Path(__file__).parent / "mcp_fixtures" / "test_server.py")
+
+
+async def load(*args: str) -> dict[str, Any]:
+    """Run the generator as its users do; the JSON result it prints last."""
+    with trio.fail_after(60):
+        done = await trio.run_process([sys.executable, str(SCRIPT), "--workers", "2", "--calls", "20",
+                                       "--duration", "50", "--json", *args],
+                                      capture_stdout=True, capture_stderr=True, check=False)
+    out = done.stdout.decode()
+    assert done.returncode == 0, out + done.stderr.decode()
+    result: dict[str, Any] = json.loads(out.splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("mode", ["2026-07-28", "legacy"])
+async def test_two_client_processes_through_a_node(mode: str) -> None:
+    server = fednode.ServerConfig(id="fx", command=sys.executable, args=(FIXTURE,))
+    async with fednode.open_node(node_config("node-a")) as node:
+        await node.add_server(server, timeout=60)
+        await node.federation.wait_for("fx__add", timeout=30)
+        result = await load("--url", node.mcp_url, "--tool", "fx__add", "--mode", mode,
+                            "--pid", f"self={os.getpid()}")
+    assert (result["calls"], result["failures"], result["error"]) == (40, 0, None)
+    assert result["p50_ms"] > 0 and result["rate"] > 0
+    assert result["cpu"]["self"] > 0  # the node runs in this process: its CPU time was read
+
+
+async def test_a_wrong_answer_is_counted_not_fatal() -> None:
+    server = fednode.ServerConfig(id="fx", command=sys.executable, args=(FIXTURE,))
+    async with fednode.open_node(node_config("node-a")) as node:
+        await node.add_server(server, timeout=60)
+        await node.federation.wait_for("fx__fail", timeout=30)
+        # ``fail`` answers with an isError result: a call the checker must not count as done
+        result = await load("--url", node.mcp_url, "--tool", "fx__fail", "--warmup", "0")
+    assert (result["calls"], result["failures"], result["kinds"]) == (0, 40, {"wrong result": 40})
+    assert "isError" in result["examples"][0]
+
+
+async def test_null_server_ceiling() -> None:
+    result = await load("--null", "--mode", "legacy")
+    assert (result["calls"], result["failures"]) == (40, 0)
+    assert result["cpu"]["null server"] >= 0
