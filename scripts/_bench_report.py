@@ -130,7 +130,7 @@ def report_sequential(rows: list[Row], args: argparse.Namespace) -> None:
             f"{row.p(0.5):>8.2f} {spread(row.round_p50):<14}{row.p(0.99):>7.2f}{same_text:>15}{http_text:>16}"
             + (f"   (dropped: {row.error})" if row.error else ""))
     say()
-    say("CPU per sequential call, ms (utime+stime from /proc/PID/stat, per process; median of all rounds' total, "
+    say("CPU per sequential call, ms (user+system per process, from /proc/PID/task/*/schedstat; all rounds together "
         "[min-max per round]; 'server' = the fixture the call ends at; 'client' = this process, the SDK client)")
     say(f"  {'path':<42}{'mode':<12}" + "".join(f"{c:>19}" for c in CPU_COLUMNS))
     for row in rows:

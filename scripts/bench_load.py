@@ -50,6 +50,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -359,8 +360,13 @@ class LoadPool:
         return answer
 
     def run(self, label: str, url: str, mode: str, tool: str, *, seconds: float, max_calls: int = 10**7,
-            warmup: int = 3, pids: dict[str, list[int]] | None = None) -> LoadResult:
-        """One synchronised run of all workers against ``url``; never raises for a failed call."""
+            warmup: int = 3, pids: Callable[[], dict[str, list[int]]] | None = None) -> LoadResult:
+        """One synchronised run of all workers against ``url``; never raises for a failed call.
+
+        ``pids`` names the processes whose CPU time to read; it is called once the workers are ready,
+        so that it finds the processes their sessions started (a legacy session at a node may start
+        its own upstream server process).
+        """
         result = LoadResult(label, mode, self.workers, seconds)
         jobs = [{"op": "job", "url": url, "mode": mode, "tool": tool, "warmup": warmup,
                  "max_calls": max_calls, "index": index} for index in range(self.workers)]
@@ -375,11 +381,12 @@ class LoadPool:
         self._send({"op": "go", "start": start, "deadline": deadline})
         if refused:  # the others still run (and close their sessions), but the figures would mislead
             result.error = f"{len(refused)} of {self.workers} workers failed to start, e.g. {refused[0]}"
+        processes = pids() if pids is not None else {}
         time.sleep(max(0.0, start - time.monotonic()))
-        before = {name: sum(cpu_seconds(pid) for pid in ids) for name, ids in (pids or {}).items()}
+        before = {name: sum(cpu_seconds(pid) for pid in ids) for name, ids in processes.items()}
         # Read the CPU times at the deadline, or once every worker is done if that comes first (--calls).
         done = [self._answer(index, deadline) for index in range(self.workers)]
-        result.cpu = {name: sum(cpu_seconds(pid) for pid in ids) - before[name] for name, ids in (pids or {}).items()}
+        result.cpu = {name: sum(cpu_seconds(pid) for pid in ids) - before[name] for name, ids in processes.items()}
         if all(answer is not None for answer in done):
             result.seconds = max(1e-3, min(seconds, max(answer.get("end", deadline) for answer in done
                                                          if answer is not None) - start))
@@ -528,7 +535,8 @@ def main(args: argparse.Namespace) -> None:
             pool = LoadPool(args.workers, Path(tmp))
             try:
                 result = pool.run("null server" if args.null else url, url, args.mode, args.tool,
-                                  seconds=args.duration, max_calls=args.calls, warmup=args.warmup, pids=pids)
+                                  seconds=args.duration, max_calls=args.calls, warmup=args.warmup,
+                                  pids=lambda: pids)
             finally:
                 pool.close()
         print(result.line(), flush=True)

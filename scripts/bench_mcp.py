@@ -20,8 +20,9 @@ last hop and the fixture. Every ratio compares paths with the same upstream tran
 Phase 1, sequential (one caller, the official SDK's ``mcp.Client``, ``cache=None``): every client
 is opened and warmed up, then ``--rounds`` rounds alternate between the paths (in a rotating
 order) so that drift hits all alike; each row reports calls/s, p50 and p99 with the spread of the
-per-round p50 (min-max), and the CPU time each process spent per call (``/proc/PID/stat``
-utime+stime; per node, proxy, fixture and this client), median and min-max over the rounds.
+per-round p50 (min-max), and the CPU time each process spent per call (user+system, from
+``/proc/PID/task/*/schedstat`` in ns; ``/proc/PID/stat`` counts 10 ms ticks; per node, proxy,
+fixture and this client), over all rounds together and min-max per round.
 
 Phase 2, load (``bench_load.py``): ``--workers`` client processes, each with a lean raw-HTTP
 client and one call in flight, synchronised start, ``--load-seconds`` per run, ``--load-rounds``
@@ -175,7 +176,8 @@ async def measure_sequential(rows: list[Row], args: argparse.Namespace, profilin
 # -- phase 2: load from client processes -------------------------------------------------------------
 
 
-async def measure_load(targets: list[tuple[str, str, str, str, dict[str, list[int]]]], args: argparse.Namespace,
+async def measure_load(targets: list[tuple[str, str, str, str, Callable[[], dict[str, list[int]]]]],
+                       args: argparse.Namespace,
                        work: Path) -> dict[tuple[str, str], list[LoadResult]]:
     """Each (key, mode, url, tool, pids) target ``--load-rounds`` times, rotating; each run printed as it ends."""
     results: dict[tuple[str, str], list[LoadResult]] = {}
@@ -346,19 +348,23 @@ async def main(args: argparse.Namespace, profile_dir: Path | None, devnull: Text
                         except Exception as exc:
                             row.drop(exc)
                     phase = time.perf_counter()
-                    await measure_sequential(rows, args, profiling)
-                    say(f"sequential phase: {time.perf_counter() - phase:.1f}s")
-                report_sequential(rows, args)
+                    try:
+                        await measure_sequential(rows, args, profiling)
+                        say(f"sequential phase: {time.perf_counter() - phase:.1f}s")
+                    finally:  # also when interrupted: what was measured so far
+                        report_sequential(rows, args)
 
-            targets = []
+            targets: list[tuple[str, str, str, str, Callable[[], dict[str, list[int]]]]] = []
             for key in args.load_paths:
                 if key == "null":
                     null_server, null_url = start_null_server(lifetime=3600)
-                    targets += [("null", mode, null_url, "add", {"null server": [null_server.pid]})
-                                for mode in args.modes]
+                    null_pids: Callable[[], dict[str, list[int]]] = functools.partial(
+                        dict, {"null server": [null_server.pid]})
+                    targets += [("null", mode, null_url, "add", null_pids) for mode in args.modes]
                 elif key in by_key:
                     spec = by_key[key]
-                    targets += [(key, mode, spec.target(mode), spec.tool, spec.cpu(mode)) for mode in args.modes]
+                    targets += [(key, mode, spec.target(mode), spec.tool, functools.partial(spec.cpu, mode))
+                                for mode in args.modes]
             if targets:
                 load = await measure_load(targets, args, work)
                 report_load(load, args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,14 @@ async def test_null_server_ceiling() -> None:
     result = await load("--null", "--mode", "legacy")
     assert (result["calls"], result["failures"]) == (40, 0)
     assert result["cpu"]["null server"] >= 0
+
+
+def test_usage_errors_name_the_choices() -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_mcp.py"), "--load-paths", "node1,nonsense"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "unknown --load-paths ['nonsense']; choose from null, direct-http, node1" in done.stderr
+    done = subprocess.run([sys.executable, str(SCRIPT), "--url", "http://127.0.0.1:1/mcp", "--null"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "give exactly one of --url and --null" in done.stderr
