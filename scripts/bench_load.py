@@ -429,7 +429,9 @@ class LoadPool:
 # -- a null server: the generator's ceiling -------------------------------------------------------
 
 NULL_SERVER = r"""
-import asyncio, json, sys
+import asyncio, json, os, sys, threading
+# It ends when its parent does (its stdin closes), or after its lifetime (argv[1] seconds).
+threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: null-session\r\ncontent-length: "
 class Null(asyncio.Protocol):
     def connection_made(self, transport):
@@ -469,7 +471,7 @@ asyncio.run(main())
 
 def start_null_server(lifetime: float) -> tuple[subprocess.Popen[str], str]:
     """The null server as a subprocess that exits by itself after ``lifetime`` s; (process, URL)."""
-    proc = subprocess.Popen([sys.executable, "-c", NULL_SERVER, str(lifetime)], stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-c", NULL_SERVER, str(lifetime)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().split()
@@ -482,6 +484,8 @@ def start_null_server(lifetime: float) -> tuple[subprocess.Popen[str], str]:
 
 def stop(proc: subprocess.Popen[str]) -> None:
     """End a process this script started, by its PID (terminate, then kill after 5 s)."""
+    if proc.stdin is not None:
+        proc.stdin.close()
     if proc.poll() is None:
         proc.terminate()
         try:

@@ -178,9 +178,9 @@ async def measure_sequential(rows: list[Row], args: argparse.Namespace, profilin
 
 async def measure_load(targets: list[tuple[str, str, str, str, Callable[[], dict[str, list[int]]]]],
                        args: argparse.Namespace,
-                       work: Path) -> dict[tuple[str, str], list[LoadResult]]:
-    """Each (key, mode, url, tool, pids) target ``--load-rounds`` times, rotating; each run printed as it ends."""
-    results: dict[tuple[str, str], list[LoadResult]] = {}
+                       work: Path, results: dict[tuple[str, str], list[LoadResult]]) -> None:
+    """Each (key, mode, url, tool, pids) target ``--load-rounds`` times, rotating, into ``results``;
+    each run printed as it ends."""
     say(f"load: {args.workers} client processes (lean raw-HTTP client, 1 call in flight each), "
         f"{args.load_seconds:g} s per run, {args.load_rounds} round(s); each run as it ends:")
     pool = await trio.to_thread.run_sync(LoadPool, args.workers, work)
@@ -199,7 +199,6 @@ async def measure_load(targets: list[tuple[str, str, str, str, Callable[[], dict
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(pool.close)
-    return results
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -220,6 +219,187 @@ LABELS = {
 }
 
 
+class Bench:
+    """The processes of one run (fixtures, nodes A - B - C, FastMCP proxies) and the paths through them."""
+
+    def __init__(self, args: argparse.Namespace, work: Path, profile_dir: Path | None, devnull: TextIO) -> None:
+        self.args, self.work, self.profile_dir, self.devnull = args, work, profile_dir, devnull
+        self.procs: dict[str, Proc] = {}
+        self.fastmcp_urls: dict[tuple[str, str, str], str] = {}
+        self.direct_url = self.upstream_url = self.a_url = ""
+
+    async def start(self, have_fastmcp: bool) -> None:
+        procs, work = self.procs, self.work
+        for name in ("direct-http", "upstream-http"):
+            procs[name] = Proc(name, [sys.executable, *fixture_args(name, "--http", "0")], work, pipe_stdout=True)
+            await procs[name].start()
+        self.direct_url = await procs["direct-http"].read_line("url", 30)
+        self.upstream_url = upstream = await procs["upstream-http"].read_line("url", 30)
+        setups = [(kind, session, mode) for kind in ("stdio", "http") for session in ("reused", "fresh")
+                  for mode in self.args.modes] if have_fastmcp else []
+        ports = free_ports(6 + len(setups))
+        control, data = dict(zip("abc", ports[0:3], strict=True)), dict(zip("abc", ports[3:6], strict=True))
+        configs = {
+            "a": node_toml("node-a", control["a"], data["a"], [("node-b", control["b"])],
+                           [("fxa", "fxa"), ("fxh", upstream)]),
+            "b": node_toml("node-b", control["b"], data["b"], [("node-a", None), ("node-c", control["c"])],
+                           [("fxb", "fxb"), ("fxbh", upstream)]),
+            "c": node_toml("node-c", control["c"], data["c"], [("node-b", None)], [("fxc", "fxc")]),
+        }
+        for n, text in configs.items():
+            path = work / f"node-{n}.toml"
+            path.write_text(text)
+            procs[f"node-{n}"] = Proc(f"node-{n}", node_argv(path, self.profile_dir, f"node-{n}"), work)
+        # One proxy per era and setup: a reused session has one era, and a "fresh" proxy serving both
+        # eras restarts a stdio upstream at every switch between them (~1 s), which rounds would measure.
+        for (kind, session, mode), port in zip(setups, ports[6:], strict=True):
+            name = f"fastmcp-{kind}-{session}-{ERA[mode]}"
+            backend = [sys.executable, *fixture_args(f"up-{name}")] if kind == "stdio" else [upstream]
+            procs[name] = Proc(name, [sys.executable, "-c", FASTMCP_PROXY, str(port), kind, session, mode, *backend],
+                               work)
+            self.fastmcp_urls[(kind, session, mode)] = f"http://{HOST}:{port}/mcp"
+        for proc in procs.values():
+            if proc.process is None:
+                await proc.start()
+        for n in "abc":
+            await procs[f"node-{n}"].wait_port(data[n], 30)
+        self.a_url = f"http://{HOST}:{data['a']}/mcp"
+        wanted = {"fxa__add", "fxb__add", "fxc__add", "fxh__add", "fxbh__add"}
+        async with Client(self.a_url, mode="legacy", cache=None) as probe:
+            with trio.fail_after(60):
+                while True:
+                    for n in "abc":
+                        procs[f"node-{n}"].check_running()
+                    if wanted <= {tool.name for tool in (await probe.list_tools()).tools}:
+                        break
+                    await trio.sleep(0.1)
+        for (kind, session, mode), url in self.fastmcp_urls.items():
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            await procs[f"fastmcp-{kind}-{session}-{ERA[mode]}"].wait_port(port, 60)
+
+    def pid(self, name: str) -> list[int]:
+        return [self.procs[name].pid]
+
+    def nodes(self, *letters: str) -> dict[str, list[int]]:
+        return {f"node {n.upper()}": self.pid(f"node-{n}") for n in letters}
+
+    def paths(self) -> list[PathSpec]:
+        """Every path of this run, each with its client target and the processes whose CPU counts."""
+        pid, nodes, a_url = self.pid, self.nodes, self.a_url
+
+        def stdio_target(mode: str) -> Any:
+            params = StdioServerParameters(command=sys.executable, args=fixture_args(f"direct-stdio-{ERA[mode]}"))
+            return stdio_client(params, errlog=self.devnull)
+
+        def fastmcp(kind: str, session: str) -> PathSpec:
+            def name(mode: str) -> str:
+                return f"fastmcp-{kind}-{session}-{ERA[mode]}"
+
+            def cpu(mode: str) -> dict[str, list[int]]:
+                server = fixture_pids(f"up-{name(mode)}", prefix=True) if kind == "stdio" else pid("upstream-http")
+                return {"proxy": pid(name(mode)), "server": server}
+            key = f"fastmcp-{kind}" + ("-fresh" if session == "fresh" else "")
+            return PathSpec(key, LABELS[key], "add", lambda m: self.fastmcp_urls[(kind, session, m)], cpu, kind,
+                            fresh=session == "fresh")
+
+        return [
+            PathSpec("direct-http", LABELS["direct-http"], "add", lambda m: self.direct_url,
+                     lambda m: {"server": pid("direct-http")}, "http"),
+            PathSpec("direct-stdio", LABELS["direct-stdio"], "add", stdio_target,
+                     lambda m: {"server": fixture_pids(f"direct-stdio-{ERA[m]}")}, "stdio"),
+            PathSpec("node1", LABELS["node1"], "fxa__add", lambda m: a_url,
+                     lambda m: {**nodes("a"), "server": fixture_pids("fxa")}, "stdio"),
+            PathSpec("node1-http", LABELS["node1-http"], "fxh__add", lambda m: a_url,
+                     lambda m: {**nodes("a"), "server": pid("upstream-http")}, "http"),
+            PathSpec("node2", LABELS["node2"], "fxb__add", lambda m: a_url,
+                     lambda m: {**nodes("a", "b"), "server": fixture_pids("fxb")}, "stdio"),
+            PathSpec("node2-http", LABELS["node2-http"], "fxbh__add", lambda m: a_url,
+                     lambda m: {**nodes("a", "b"), "server": pid("upstream-http")}, "http"),
+            PathSpec("node3", LABELS["node3"], "fxc__add", lambda m: a_url,
+                     lambda m: {**nodes("a", "b", "c"), "server": fixture_pids("fxc")}, "stdio"),
+            *([fastmcp(kind, session) for kind in ("stdio", "http") for session in ("reused", "fresh")]
+              if self.fastmcp_urls else []),
+        ]
+
+    def profiling(self, on: bool) -> None:
+        """Switch the nodes' cProfile on or off (``--profile``)."""
+        if self.profile_dir is not None:
+            for n in "abc":
+                process = self.procs[f"node-{n}"].process
+                if process is not None and process.returncode is None:
+                    process.send_signal(signal.SIGUSR1 if on else signal.SIGUSR2)
+
+    async def stop(self) -> None:
+        """End every process (by PID), then report node exit statuses and unexpected log lines."""
+        procs = self.procs
+        with trio.CancelScope(shield=True):
+            statuses = {}
+            for name in reversed(list(procs)):  # FastMCP proxies, then C, B, A, then the HTTP fixtures
+                statuses[name] = await procs[name].stop()
+            left = sweep_fixtures()
+        bad = {name: status for name, status in statuses.items()
+               if name.startswith("node-") and status not in (0, None)}
+        if bad:
+            say(f"note: node exit statuses {bad} (0 expected after SIGTERM); logs:")
+            for name in bad:
+                say(procs[name].log_tail())
+        if left:
+            say(f"note: killed {len(left)} leftover fixture process(es): {left}")
+        for name in (name for name in procs if name.startswith("node-")):
+            problems, expected = procs[name].log_problems()
+            if problems:
+                say(f"note: {name} logged {len(problems)} unexpected warning(s)/error(s) (and {expected} expected: "
+                    "resource conflicts, dials before a peer listens, upstream connections shared under load), e.g.:")
+                for line in problems[:4]:
+                    say(f"  | {line[:300]}")
+
+
+async def run_phases(bench: Bench, rows: list[Row], load: dict[tuple[str, str], list[LoadResult]]) -> None:
+    """Sequential, then load; ``rows`` and ``load`` filled as measured, each phase's table printed as it ends."""
+    args = bench.args
+    paths = bench.paths()
+    rows += [Row(path, mode, args.fresh_calls if path.fresh else args.calls)
+             for path in paths if path.key in args.paths for mode in args.modes]
+    if rows:
+        async with AsyncExitStack() as clients:
+            say("connecting SDK clients ...", end=" ")
+            for row in rows:
+                try:
+                    row.client = await clients.enter_async_context(
+                        Client(row.path.target(row.mode), mode=row.mode, cache=None))
+                except Exception as exc:
+                    row.drop(exc)
+            phase = time.perf_counter()
+            try:
+                await measure_sequential(rows, args, bench.profiling)
+                say(f"sequential phase: {time.perf_counter() - phase:.1f}s")
+            finally:  # also when interrupted: what was measured so far
+                report_sequential(rows, args)
+    by_key = {path.key: path for path in paths}
+    targets: list[tuple[str, str, str, str, Callable[[], dict[str, list[int]]]]] = []
+    null_server = None
+    try:
+        for key in args.load_paths:
+            if key == "null":
+                null_server, null_url = start_null_server(lifetime=3600)  # or until this process ends
+                null_pids: Callable[[], dict[str, list[int]]] = functools.partial(
+                    dict, {"null server": [null_server.pid]})
+                targets += [("null", mode, null_url, "add", null_pids) for mode in args.modes]
+            elif key in by_key:
+                spec = by_key[key]
+                targets += [(key, mode, spec.target(mode), spec.tool, functools.partial(spec.cpu, mode))
+                            for mode in args.modes]
+        if targets:
+            try:
+                await measure_load(targets, args, bench.work, load)
+            finally:
+                report_load(load, args)
+    finally:
+        if null_server is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(stop, null_server)
+
+
 async def main(args: argparse.Namespace, profile_dir: Path | None, devnull: TextIO) -> None:
     started = time.perf_counter()
     say(f"fednode MCP benchmark: python {platform.python_version()}, mcp {package_version('mcp')}, "
@@ -231,169 +411,20 @@ async def main(args: argparse.Namespace, profile_dir: Path | None, devnull: Text
     say(f"FastMCP rows: {fastmcp_note}")
     rows: list[Row] = []
     load: dict[tuple[str, str], list[LoadResult]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-mcp-") as tmp:
-        work = Path(tmp)
-        procs: dict[str, Proc] = {}
-        null_server = None
-        try:
-            say("starting fixtures, nodes and proxies ...", end=" ")
-            phase = time.perf_counter()
-            for name in ("direct-http", "upstream-http"):
-                procs[name] = Proc(name, [sys.executable, *fixture_args(name, "--http", "0")], work, pipe_stdout=True)
-                await procs[name].start()
-            direct_url = await procs["direct-http"].read_line("url", 30)
-            upstream_url = await procs["upstream-http"].read_line("url", 30)
-            fastmcp_setups = [(kind, session, mode) for kind in ("stdio", "http") for session in ("reused", "fresh")
-                              for mode in args.modes] if have_fastmcp else []
-            ports = free_ports(6 + len(fastmcp_setups))
-            control = dict(zip("abc", ports[0:3], strict=True))
-            data = dict(zip("abc", ports[3:6], strict=True))
-            configs = {
-                "a": node_toml("node-a", control["a"], data["a"], [("node-b", control["b"])],
-                               [("fxa", "fxa"), ("fxh", upstream_url)]),
-                "b": node_toml("node-b", control["b"], data["b"], [("node-a", None), ("node-c", control["c"])],
-                               [("fxb", "fxb"), ("fxbh", upstream_url)]),
-                "c": node_toml("node-c", control["c"], data["c"], [("node-b", None)], [("fxc", "fxc")]),
-            }
-            for n, text in configs.items():
-                path = work / f"node-{n}.toml"
-                path.write_text(text)
-                procs[f"node-{n}"] = Proc(f"node-{n}", node_argv(path, profile_dir, f"node-{n}"), work)
-            # One proxy per era and setup: a reused session has one era, and a "fresh" proxy serving both
-            # eras restarts a stdio upstream at every switch between them (~1 s), which rounds would measure.
-            fastmcp_urls: dict[tuple[str, str, str], str] = {}
-            for (kind, session, mode), port in zip(fastmcp_setups, ports[6:], strict=True):
-                name = f"fastmcp-{kind}-{session}-{ERA[mode]}"
-                backend = [sys.executable, *fixture_args(f"up-{name}")] if kind == "stdio" else [upstream_url]
-                procs[name] = Proc(name, [sys.executable, "-c", FASTMCP_PROXY, str(port), kind, session, mode,
-                                          *backend], work)
-                fastmcp_urls[(kind, session, mode)] = f"http://{HOST}:{port}/mcp"
-            for proc in procs.values():
-                if proc.process is None:
-                    await proc.start()
-            for n in "abc":
-                await procs[f"node-{n}"].wait_port(data[n], 30)
-            a_url = f"http://{HOST}:{data['a']}/mcp"
-            wanted = {"fxa__add", "fxb__add", "fxc__add", "fxh__add", "fxbh__add"}
-            async with Client(a_url, mode="legacy", cache=None) as probe:
-                with trio.fail_after(60):
-                    while True:
-                        for n in "abc":
-                            procs[f"node-{n}"].check_running()
-                        if wanted <= {tool.name for tool in (await probe.list_tools()).tools}:
-                            break
-                        await trio.sleep(0.1)
-            for (kind, session, mode), url in fastmcp_urls.items():
-                port = int(url.rsplit(":", 1)[1].split("/")[0])
-                await procs[f"fastmcp-{kind}-{session}-{ERA[mode]}"].wait_port(port, 60)
-            say(f"{time.perf_counter() - phase:.1f}s")
-
-            def pid(name: str) -> list[int]:
-                return [procs[name].pid]
-
-            def nodes(*letters: str) -> dict[str, list[int]]:
-                return {f"node {n.upper()}": pid(f"node-{n}") for n in letters}
-
-            def stdio_target(mode: str) -> Any:
-                params = StdioServerParameters(command=sys.executable, args=fixture_args(f"direct-stdio-{ERA[mode]}"))
-                return stdio_client(params, errlog=devnull)
-
-            def fastmcp(kind: str, session: str) -> PathSpec:
-                def name(mode: str) -> str:
-                    return f"fastmcp-{kind}-{session}-{ERA[mode]}"
-
-                def cpu(mode: str) -> dict[str, list[int]]:
-                    server = fixture_pids(f"up-{name(mode)}", prefix=True) if kind == "stdio" else pid("upstream-http")
-                    return {"proxy": pid(name(mode)), "server": server}
-                key = f"fastmcp-{kind}" + ("-fresh" if session == "fresh" else "")
-                return PathSpec(key, LABELS[key], "add", lambda m: fastmcp_urls[(kind, session, m)], cpu, kind,
-                                fresh=session == "fresh")
-
-            paths = [
-                PathSpec("direct-http", LABELS["direct-http"], "add", lambda m: direct_url,
-                         lambda m: {"server": pid("direct-http")}, "http"),
-                PathSpec("direct-stdio", LABELS["direct-stdio"], "add", stdio_target,
-                         lambda m: {"server": fixture_pids(f"direct-stdio-{ERA[m]}")}, "stdio"),
-                PathSpec("node1", LABELS["node1"], "fxa__add", lambda m: a_url,
-                         lambda m: {**nodes("a"), "server": fixture_pids("fxa")}, "stdio"),
-                PathSpec("node1-http", LABELS["node1-http"], "fxh__add", lambda m: a_url,
-                         lambda m: {**nodes("a"), "server": pid("upstream-http")}, "http"),
-                PathSpec("node2", LABELS["node2"], "fxb__add", lambda m: a_url,
-                         lambda m: {**nodes("a", "b"), "server": fixture_pids("fxb")}, "stdio"),
-                PathSpec("node2-http", LABELS["node2-http"], "fxbh__add", lambda m: a_url,
-                         lambda m: {**nodes("a", "b"), "server": pid("upstream-http")}, "http"),
-                PathSpec("node3", LABELS["node3"], "fxc__add", lambda m: a_url,
-                         lambda m: {**nodes("a", "b", "c"), "server": fixture_pids("fxc")}, "stdio"),
-                *([fastmcp(kind, session) for kind in ("stdio", "http") for session in ("reused", "fresh")]
-                  if have_fastmcp else []),
-            ]
-            by_key = {path.key: path for path in paths}
-
-            def profiling(on: bool) -> None:
-                if profile_dir is not None:
-                    for n in "abc":
-                        process = procs[f"node-{n}"].process
-                        if process is not None and process.returncode is None:
-                            process.send_signal(signal.SIGUSR1 if on else signal.SIGUSR2)
-
-            rows = [Row(path, mode, args.fresh_calls if path.fresh else args.calls)
-                    for path in paths if path.key in args.paths for mode in args.modes]
-            if rows:
-                async with AsyncExitStack() as clients:
-                    say("connecting SDK clients ...", end=" ")
-                    for row in rows:
-                        try:
-                            row.client = await clients.enter_async_context(
-                                Client(row.path.target(row.mode), mode=row.mode, cache=None))
-                        except Exception as exc:
-                            row.drop(exc)
-                    phase = time.perf_counter()
-                    try:
-                        await measure_sequential(rows, args, profiling)
-                        say(f"sequential phase: {time.perf_counter() - phase:.1f}s")
-                    finally:  # also when interrupted: what was measured so far
-                        report_sequential(rows, args)
-
-            targets: list[tuple[str, str, str, str, Callable[[], dict[str, list[int]]]]] = []
-            for key in args.load_paths:
-                if key == "null":
-                    null_server, null_url = start_null_server(lifetime=3600)
-                    null_pids: Callable[[], dict[str, list[int]]] = functools.partial(
-                        dict, {"null server": [null_server.pid]})
-                    targets += [("null", mode, null_url, "add", null_pids) for mode in args.modes]
-                elif key in by_key:
-                    spec = by_key[key]
-                    targets += [(key, mode, spec.target(mode), spec.tool, functools.partial(spec.cpu, mode))
-                                for mode in args.modes]
-            if targets:
-                load = await measure_load(targets, args, work)
-                report_load(load, args)
-        finally:
-            with trio.CancelScope(shield=True):
-                if null_server is not None:
-                    await trio.to_thread.run_sync(stop, null_server)
-                statuses = {}
-                for name in reversed(list(procs)):  # FastMCP proxies, then A, B, C, then the HTTP fixtures
-                    statuses[name] = await procs[name].stop()
-                left = sweep_fixtures()
-                bad = {name: status for name, status in statuses.items()
-                       if name.startswith("node-") and status not in (0, None)}
-                if bad:
-                    say(f"note: node exit statuses {bad} (0 expected after SIGTERM); logs:")
-                    for name in bad:
-                        say(procs[name].log_tail())
-                if left:
-                    say(f"note: killed {len(left)} leftover fixture process(es): {left}")
-                for name in (name for name in procs if name.startswith("node-")):
-                    problems, expected = procs[name].log_problems()
-                    if problems:
-                        say(f"note: {name} logged {len(problems)} unexpected warning(s)/error(s) (and {expected} "
-                            "expected: resource conflicts, dials before a peer listens, upstream connections shared "
-                            "under load), e.g.:")
-                        for line in problems[:4]:
-                            say(f"  | {line[:300]}")
-
-    report_targets(rows, load, args, fastmcp_note)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-mcp-") as tmp:
+            bench = Bench(args, Path(tmp), profile_dir, devnull)
+            try:
+                say("starting fixtures, nodes and proxies ...", end=" ")
+                phase = time.perf_counter()
+                await bench.start(have_fastmcp)
+                say(f"{time.perf_counter() - phase:.1f}s")
+                await run_phases(bench, rows, load)
+            finally:
+                await bench.stop()
+    finally:  # also when interrupted: the targets, as far as they were measured
+        if rows or load:
+            report_targets(rows, load, args, fastmcp_note)
     if profile_dir is not None:
         say()
         say(f"CPU profiles of the nodes during the sequential phase ({profile_dir}/node-*.prof):")
@@ -406,6 +437,21 @@ async def main(args: argparse.Namespace, profile_dir: Path | None, devnull: Text
                 say(f"  node-{n}: no profile written")
     say(f"total {time.perf_counter() - started:.1f}s; load average now {os.getloadavg()[0]:.2f} (other processes "
         f"on this machine shift every figure; the ratios of one run are measured side by side); run tag {TAG}")
+
+
+async def main_until_signalled(args: argparse.Namespace, profile_dir: Path | None, devnull: TextIO) -> None:
+    """``main``, cancelled by SIGTERM or SIGHUP: what was measured is printed and every process ended."""
+    async with trio.open_nursery() as nursery:
+        async def watch() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    say(f"\n{signal.Signals(signum).name}: stopping; what was measured follows")
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(watch)
+        await main(args, profile_dir, devnull)
+        nursery.cancel_scope.cancel()
 
 
 def keys(parser: argparse.ArgumentParser, option: str, text: str, known: tuple[str, ...]) -> list[str]:
@@ -464,7 +510,7 @@ def run(args: argparse.Namespace) -> None:
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
     with open(os.devnull, "w") as devnull:  # the direct stdio fixture's stderr
-        trio.run(main, args, profile_dir, devnull)
+        trio.run(main_until_signalled, args, profile_dir, devnull)
 
 
 if __name__ == "__main__":
