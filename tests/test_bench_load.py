@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 import fednode
@@ -32,28 +31,21 @@ async def load(*args: str) -> dict[str, Any]:
     return result
 
 
-@pytest.mark.parametrize("mode", ["2026-07-28", "legacy"])
-async def test_two_client_processes_through_a_node(mode: str) -> None:
+async def test_two_client_processes_through_a_node_and_a_wrong_answer_counted() -> None:
     server = fednode.ServerConfig(id="fx", command=sys.executable, args=(FIXTURE,))
     async with fednode.open_node(node_config("node-a")) as node:
         await node.add_server(server, timeout=60)
-        await node.federation.wait_for("fx__add", timeout=30)
-        result = await load("--url", node.mcp_url, "--tool", "fx__add", "--mode", mode,
-                            "--pid", f"self={os.getpid()}")
-    assert (result["calls"], result["failures"], result["error"]) == (40, 0, None)
-    assert result["p50_ms"] > 0 and result["rate"] > 0
-    assert result["cpu"]["self"] > 0  # the node runs in this process: its CPU time was read
-
-
-async def test_a_wrong_answer_is_counted_not_fatal() -> None:
-    server = fednode.ServerConfig(id="fx", command=sys.executable, args=(FIXTURE,))
-    async with fednode.open_node(node_config("node-a")) as node:
-        await node.add_server(server, timeout=60)
-        await node.federation.wait_for("fx__fail", timeout=30)
+        await node.federation.wait_for("fx__add", "fx__fail", timeout=30)
+        results = {mode: await load("--url", node.mcp_url, "--tool", "fx__add", "--mode", mode,
+                                    "--pid", f"self={os.getpid()}") for mode in ("2026-07-28", "legacy")}
         # ``fail`` answers with an isError result: a call the checker must not count as done
-        result = await load("--url", node.mcp_url, "--tool", "fx__fail", "--warmup", "0")
-    assert (result["calls"], result["failures"], result["kinds"]) == (0, 40, {"wrong result": 40})
-    assert "isError" in result["examples"][0]
+        wrong = await load("--url", node.mcp_url, "--tool", "fx__fail", "--warmup", "0")
+    for result in results.values():
+        assert (result["calls"], result["failures"], result["error"]) == (40, 0, None)
+        assert result["p50_ms"] > 0 and result["rate"] > 0
+        assert result["cpu"]["self"] > 0  # the node runs in this process: its CPU time was read
+    assert (wrong["calls"], wrong["failures"], wrong["kinds"]) == (0, 40, {"wrong result": 40})
+    assert "isError" in wrong["examples"][0]
 
 
 async def test_null_server_ceiling() -> None:
