@@ -31,8 +31,9 @@ second and "calls/s of its own CPU budget" (calls/s / CPU s per s). A null JSON-
 the generator's own ceiling.
 
 A failed call is counted (by kind, with an example) and the run goes on; a path that keeps failing
-is dropped with a note. Results are printed as each phase ends. The issue's targets are printed
-as PASS/FAIL lines with the measured figures, never as an exit status.
+is dropped with a note. Results are printed as each phase ends (each load run as it ends), and
+what was measured is printed too when the run is stopped (Ctrl-C, SIGTERM, SIGHUP). The issue's
+targets are printed as PASS/FAIL lines with the measured figures, never as an exit status.
 
 Process layout: nodes (``fednode run``, a chain A - B - C from generated TOML), fixtures, proxies
 and load workers are subprocesses; the SDK clients run in this process; all on 127.0.0.1. On a
