@@ -273,6 +273,7 @@ class LoadResult:
     examples: list[str] = field(default_factory=list)
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
+    late: int = 0  # calls answered after the deadline: not counted
     client_cpu: float = 0.0  # CPU seconds of all workers over the window
     cpu: dict[str, float] = field(default_factory=dict)  # process name -> CPU seconds over the window
     error: str | None = None
@@ -294,7 +295,8 @@ class LoadResult:
             return f"{self.label} [{self.mode}]: not measured: {self.error}"
         text = (f"{self.label} [{self.mode}], {self.workers} client processes, {self.seconds:.1f} s: "
                 f"{self.rate:,.0f} calls/s, p50 {self.p50_ms:.2f} ms, p99 {self.p99_ms:.2f} ms, "
-                f"{self.failures} failed; clients {self.client_cpu / self.seconds:.2f} CPU s/s")
+                f"{self.failures} failed, {self.late} answered after the deadline (not counted); "
+                f"clients {self.client_cpu / self.seconds:.2f} CPU s/s")
         for name in self.cpu:
             text += (f"; {name} {self.cpu_per_s(name):.2f} CPU s/s, {1000 * self.cpu[name] / max(self.calls, 1):.2f}"
                      f" ms/call, {self.budget_rate(name):,.0f} calls/s of its CPU")
@@ -404,6 +406,7 @@ class LoadPool:
                 result.kinds[kind] = result.kinds.get(kind, 0) + count
             result.examples += answer["examples"][: MAX_EXAMPLES - len(result.examples)]
         result.client_cpu = sum(answer["cpu"] for answer in answers)
+        result.late = sum(answer["late"] for answer in answers)
         if samples:
             result.p50_ms, result.p99_ms = percentile(samples, 0.5) / 1000, percentile(samples, 0.99) / 1000
         return result
