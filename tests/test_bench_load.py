@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import trio
 
 import fednode
@@ -63,3 +66,29 @@ def test_usage_errors_name_the_choices() -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "give exactly one of --url and --null" in done.stderr
+
+
+class FakeClient:
+    """An SDK client stand-in: add(2, 1) raises, add(3, 1) answers wrongly, anything from 100 on raises."""
+
+    async def call_tool(self, name: str, arguments: dict[str, int]) -> Any:
+        a, b = arguments["a"], arguments["b"]
+        if a == 2 or a >= 100:
+            raise RuntimeError(f"boom {a}")
+        return SimpleNamespace(is_error=False, structured_content={"result": a + b + (a == 3)})
+
+
+async def test_sequential_phase_counts_a_failed_call_and_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    bench_mcp = importlib.import_module("bench_mcp")
+    report = importlib.import_module("_bench_report")
+    spec = report.PathSpec("fake", "fake", "add", lambda mode: None, lambda mode: {}, "http")
+    row = report.Row(spec, "legacy", 6, client=FakeClient())
+    samples: list[int] = []
+    await bench_mcp.run_sequential(row, 6, 0, samples)
+    assert (len(samples), row.failures, row.kinds) == (4, 2, {"RuntimeError": 2})
+    assert "boom 2" in row.examples[0] and "unexpected result for add(3, 1)" in row.examples[1]
+    # A path that keeps failing is dropped (PathBroken), after a bounded number of calls.
+    with pytest.raises(bench_mcp.PathBroken, match="10 calls failed in a row"):
+        await bench_mcp.run_sequential(row, 1000, 100, samples)
+    assert row.failures == 2 + 10 and len(samples) == 4
