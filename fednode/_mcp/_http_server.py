@@ -32,8 +32,9 @@ __all__ = ["HEAD_TIMEOUT", "KEEP_ALIVE", "MAX_BODY", "MAX_HEAD", "serve_http"]
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]],
                     Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
 
-#: Seconds a keep-alive connection may sit idle between requests (and before its first one).
-KEEP_ALIVE = 5.0
+#: Seconds a keep-alive connection may sit idle between requests (and before its first one): longer than
+#: the common clients keep an idle connection (httpx: 5 s), so that they, not the server, close it.
+KEEP_ALIVE = 15.0
 #: Seconds a request head may take to arrive once its first byte has.
 HEAD_TIMEOUT = 10.0
 #: Bytes a request head (request line and headers) may take.
@@ -45,6 +46,8 @@ _READ_AHEAD = 64 * 1024
 _READ_SIZE = 64 * 1024
 #: Bytes of an unread request body drained to keep the connection open (beyond: it is closed).
 _DRAIN = 64 * 1024
+#: Seconds a refused request's connection lingers, reading, before it is closed.
+_LINGER = 1.0
 
 _log = logging.getLogger("fednode.edge.http")
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
@@ -196,6 +199,11 @@ class _Connection:
                 while True:
                     event = self.h11.next_event()
                     if isinstance(event, h11.Request):
+                        # h11 bounds a head still arriving; one that came whole in a read is measured here.
+                        if len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers) \
+                                > MAX_HEAD:
+                            await self._refuse(431)
+                            return None
                         return event
                     if event is not h11.NEED_DATA or self.gone.is_set():
                         return None  # ConnectionClosed, or PAUSED after a close
@@ -210,24 +218,37 @@ class _Connection:
         return None
 
     async def _refuse(self, status: int) -> None:
-        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            with trio.move_on_after(1.0):
-                reason = b"Request Header Fields Too Large" if status == 431 else b""
-                data = self.h11.send(h11.Response(status_code=status, headers=[
-                    (b"content-length", b"0"), (b"connection", b"close")], reason=reason))
-                await self.write(data + self.h11.send(h11.EndOfMessage()))
+        """Answer ``status`` and end the connection, reading a little of what the client still sends so
+        that closing with it unread does not reset the connection before the client reads the answer."""
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        reason = b"Request Header Fields Too Large" if status == 431 else b""
+        data = self.h11.send(h11.Response(status_code=status, reason=reason, headers=[
+            (b"content-length", b"0"), (b"connection", b"close")]))
+        with trio.move_on_after(_LINGER):
+            await self.write(data + self.h11.send(h11.EndOfMessage()))
+            send_eof = getattr(self.stream, "send_eof", None)
+            if send_eof is not None and not self.gone.is_set():
+                await send_eof()
+                drained = 0
+                while drained < _DRAIN * 4:
+                    chunk = await self.stream.receive_some(_READ_SIZE)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
 
     async def _drain(self) -> bool:
         """Read what is left of a request body the app did not read; False when the connection must close."""
         drained = 0
-        while self.h11.their_state is h11.SEND_BODY:
-            with trio.move_on_after(HEAD_TIMEOUT):
+        with trio.move_on_after(HEAD_TIMEOUT):
+            while self.h11.their_state is h11.SEND_BODY:
                 event = await self.next_event()
                 if isinstance(event, h11.Data):
                     drained += len(event.data)
-                    if drained <= _DRAIN:
-                        continue
-                return False
+                    if drained > _DRAIN:
+                        return False
+                elif not isinstance(event, h11.EndOfMessage):
+                    return False
         return self.h11.their_state is h11.DONE
 
     def _scope(self, request: h11.Request) -> dict[str, Any]:
