@@ -10,8 +10,10 @@ import pytest
 import trio
 from mcp import Client
 from mcp_types import HEADER_MISMATCH
+from oauth_issuer import serve_app
 from test_edge import ECHO_RESULT, MODERN, PROMPT_RESULT, RESOURCE_RESULT, FakeForwarder, client, dump, running_edge
 
+from fednode._mcp._edge import MCPEdge
 from fednode._mcp._edge_call import EdgeCall
 from fednode._mcp._edge_fast import PING_INTERVAL
 
@@ -181,3 +183,49 @@ async def test_a_legacy_session_is_held_open_while_a_request_of_it_runs_here(
         assert served(edge) == 1
         await trio.sleep(31 * 60)  # now idle: the session ends
         assert session not in manager._server_instances
+
+
+async def test_mcp_param_headers_are_checked_against_the_schema() -> None:
+    """A tool whose schema declares an ``Mcp-Param-*`` header: a request whose header disagrees with its
+    argument is the SDK's to refuse; one that agrees is served here (the schema's reading is cached)."""
+    forwarder = FakeForwarder()
+    schema = {"type": "object", "properties": {"text": {"type": "string", "x-mcp-header": "Text"}}}
+    forwarder.catalog["tools"][0]["inputSchema"] = schema
+    with trio.fail_after(60):
+        async with running_edge(forwarder) as (edge, url), httpx2.AsyncClient() as http:
+            body, headers = modern_request("tools/call", {"name": "echo", "arguments": {"text": "x"}}, "echo")
+            wrong = await http.post(url, content=json.dumps(body), headers=headers | {"Mcp-Param-Text": "y"})
+            assert (wrong.status_code, wrong.json()["error"]["code"]) == (400, HEADER_MISMATCH)
+            missing = await http.post(url, content=json.dumps(body), headers=headers)
+            assert missing.json()["error"]["code"] == HEADER_MISMATCH
+            assert served(edge) == 0
+            for _ in range(2):
+                right = await http.post(url, content=json.dumps(body), headers=headers | {"Mcp-Param-Text": "x"})
+                assert right.json()["result"]["structuredContent"] == ECHO_RESULT["structuredContent"]
+            assert served(edge) == 2
+            wrong = await http.post(url, content=json.dumps(body), headers=headers | {"Mcp-Param-Text": "z"})
+            assert wrong.status_code == 400 and served(edge) == 2
+
+
+@pytest.mark.parametrize("mode", ["legacy", MODERN])
+async def test_under_another_asgi_server_the_fast_path_watches_with_a_task(mode: str) -> None:
+    """``MCPEdge.asgi_app`` embedded in another ASGI server (hypercorn): without the edge server's
+    ``fednode.watch``, the fast path watches for the client leaving with a task of its own."""
+    forwarder = FakeForwarder()
+    edge = MCPEdge(forwarder, name="edge-test", version="9.9.9")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_app, edge.asgi_app(host="127.0.0.1"))
+            url = f"http://127.0.0.1:{port}/mcp"
+            async with client(url, mode) as c:
+                called = dump(await c.call_tool("echo", {"text": "x"}))
+                assert called["structuredContent"] == ECHO_RESULT["structuredContent"]
+                assert served(edge) >= 1
+                with trio.move_on_after(30) as scope:
+                    async with trio.open_nursery() as calls:
+                        calls.start_soon(c.call_tool, "slow", {})
+                        await forwarder.slow_started.wait()
+                        calls.cancel_scope.cancel()
+                assert not scope.cancelled_caught
+                await forwarder.slow_cancelled.wait()
+            nursery.cancel_scope.cancel()

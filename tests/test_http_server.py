@@ -199,9 +199,22 @@ async def test_an_app_without_a_lifespan_is_served_and_a_failing_one_stops_the_s
         async with trio.open_nursery() as nursery:
             port = await nursery.start(serve_http, bare, "127.0.0.1", 0)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
-            assert (await exchange(stream, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")).startswith(b"HTTP/1.1 204 ")
+            answer = await exchange(stream, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 204 ")
             nursery.cancel_scope.cancel()
         with pytest.raises(BaseException) as failed:
             async with trio.open_nursery() as nursery:
                 await nursery.start(serve_http, broken, "127.0.0.1", 0)
         assert "failed to start: no database" in str(sole_leaf(failed.value))
+
+
+async def test_a_stalled_body_closes_the_connection(autojump_clock: trio.testing.MockClock) -> None:
+    app = App()
+    with trio.fail_after(3 * HEAD_TIMEOUT):
+        async with running(app) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+            started = trio.current_time()
+            assert await stream.receive_some(10) == b""
+            assert trio.current_time() - started == pytest.approx(HEAD_TIMEOUT, abs=0.01)
+    assert app.requests == []  # the app never got a whole body

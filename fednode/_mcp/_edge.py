@@ -10,7 +10,8 @@ The forwarded and listed methods are answered from a ``Server.middleware`` that 
 result dict without calling the rest of the chain: that skips the SDK's result sieve
 (``extra="ignore"`` would drop fields the node must pass through unchanged), so the edge owns
 the envelope of those results itself (see :mod:`fednode._mcp._edge_results`). The HTTP transport's own
-parts (hypercorn, client tokens, the SSE event store) are in :mod:`fednode._mcp._edge_http`.
+parts (client tokens, the SSE event store, serving) are in :mod:`fednode._mcp._edge_http`, the hot
+requests' fast path in :mod:`fednode._mcp._edge_fast` and the HTTP server in :mod:`fednode._mcp._http_server`.
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ class MCPEdge:
     async def serve_http(self, host: str, port: int, *, path: str = "/mcp", certfile: str | None = None,
                          keyfile: str | None = None,
                          task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve :meth:`asgi_app` with hypercorn's Trio worker until cancelled (HTTPS with a cert and key).
+        """Serve :meth:`asgi_app` with the edge's HTTP/1.1 server until cancelled (HTTPS with a cert and key).
 
         ``task_status.started(port)`` reports the bound port once listening (useful with port 0).
         Cancelling the task stops the server at once, open streams included.

@@ -57,6 +57,7 @@ from .._errors import RATE_LIMITED
 from .._peers._serving import retry_after
 from ._edge_call import CALLER_KEY, EdgeCall
 from ._edge_http import CLIENT_KEY
+from ._http_server import Watch
 
 if TYPE_CHECKING:
     from mcp.server.connection import Connection
@@ -206,7 +207,7 @@ class FastPath:
             await self.app(scope, _replay(chunks, receive), send)
         else:
             self.served += 1
-            await self._serve(plan, receive, send)
+            await self._serve(plan, receive, send, scope.get("extensions", {}).get("fednode.watch"))
 
     async def _plan(self, scope: Scope, headers: _Headers, body: bytes) -> _Plan | None:
         """What to serve, or None to leave the request to the SDK."""
@@ -310,7 +311,7 @@ class FastPath:
         if scope is not None:
             scope.cancel()
 
-    async def _serve(self, plan: _Plan, receive: Receive, send: Send) -> None:
+    async def _serve(self, plan: _Plan, receive: Receive, send: Send, watch: Watch | None) -> None:
         extra = [(b"mcp-session-id", plan.session_id.encode())] if plan.session_id is not None else []
         reply = _Reply(send, extra)
         key = (plan.session_id, plan.request_id) if plan.session_id is not None else None
@@ -318,15 +319,22 @@ class FastPath:
             if key is not None:
                 self._inflight[key] = cancel
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_watch, receive, cancel, reply)
+                if watch is not None:
+                    # The edge's own HTTP server watches the connection anyway: no task of our own.
+                    watch.cancel_on_disconnect(cancel)
+                    watch.every(PING_INTERVAL, reply.ping)
                     message, status = await self._answer(plan, reply)
                     await reply.finish(message, status)
-                    nursery.cancel_scope.cancel()
+                else:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_watch, receive, cancel, reply)
+                        message, status = await self._answer(plan, reply)
+                        await reply.finish(message, status)
+                        nursery.cancel_scope.cancel()
             finally:
                 if key is not None:
                     self._inflight.pop(key, None)
-        if cancel.cancelled_caught and not reply.done and not reply.gone:
+        if cancel.cancelled_caught and not reply.done and not reply.gone and not (watch is not None and watch.gone):
             # Cancelled by the client's notifications/cancelled: the request gets no answer.
             with trio.move_on_after(5.0):
                 await reply.finish(None)

@@ -191,7 +191,7 @@ class BearerAuth:
                 await admitted(scope, receive, send)
                 return
             caller, key = admitted
-            # A new state dict: hypercorn's may be shared by the requests of one connection.
+            # A new state dict: the server's may be shared by the requests of one connection.
             scope["state"] = {**(scope.get("state") or {}), CLIENT_KEY: key, CALLER_KEY: caller}
             await self._serve(scope, receive, send)
         finally:
@@ -199,9 +199,15 @@ class BearerAuth:
                 limits.disconnect(address)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if "fednode.watch" in scope.get("extensions", ()):
+            # The edge's own server finishes an exchange without waking the app's wait for
+            # http.disconnect (the hazard below), so the end of a response needs no shield there.
+            await self.app(scope, receive, send)
+            return
 
         async def send_last_shielded(message: Message) -> None:
-            # Sending the end of a response makes hypercorn finish the exchange inside this call:
+            # Sending the end of a response makes an ASGI server such as hypercorn (when the app is
+            # embedded in one) finish the exchange inside this call:
             # close the connection (Connection: close) or arm its keep-alive timer. It also wakes the
             # app's wait for http.disconnect, and the SDK then cancels its handler, this call
             # included: hypercorn's close was cut off, and the connection stayed open until the

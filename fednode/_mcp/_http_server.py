@@ -10,8 +10,9 @@ directly, and spawns nothing per request. What it does:
   HEAD; HTTPS when given an SSL context (HTTP/1.1 only, offered by ALPN);
 * the ASGI 3 ``http`` and ``lifespan`` protocols: ``receive`` gives the body, then waits for the
   client to go away (``http.disconnect``); an app that never reads the body has it drained;
-* bounds against slow or hostile clients: a connection idle for :data:`KEEP_ALIVE` seconds, or
-  whose request head takes longer than :data:`HEAD_TIMEOUT` once started, is closed; a head over
+* bounds against slow or hostile clients: a connection idle for :data:`KEEP_ALIVE` seconds, whose
+  request head takes longer than :data:`HEAD_TIMEOUT` once started, or whose body stalls that long,
+  is closed; a head over
   :data:`MAX_HEAD` bytes is answered 431, a body over :data:`MAX_BODY` bytes 413, malformed HTTP 400.
 
 It does not do HTTP/2, websockets or trailers; the edge needs none of them.
@@ -19,7 +20,9 @@ It does not do HTTP/2, websockets or trailers; the edge needs none of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,7 +30,7 @@ from typing import Any
 import h11
 import trio
 
-__all__ = ["HEAD_TIMEOUT", "KEEP_ALIVE", "MAX_BODY", "MAX_HEAD", "serve_http"]
+__all__ = ["HEAD_TIMEOUT", "KEEP_ALIVE", "MAX_BODY", "MAX_HEAD", "Watch", "serve_http"]
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]],
                     Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
@@ -76,7 +79,7 @@ class _Exchange:
             return {"type": "http.disconnect"}
         if not self.body_done:
             return await self._body_part()
-        await connection.wait_gone()
+        await connection.gone.wait()
         return {"type": "http.disconnect"}
 
     async def _body_part(self) -> dict[str, Any]:
@@ -95,7 +98,6 @@ class _Exchange:
                 return {"type": "http.request", "body": b"", "more_body": False}
             # ConnectionClosed (or anything else) in the middle of a body: the client has gone.
             self.body_done = True
-            self.connection.gone.set()
             return {"type": "http.disconnect"}
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -128,8 +130,38 @@ class _Exchange:
                 await self.connection.write(data)
 
 
+class Watch:
+    """What an app may ask of the connection while its request is in flight (ASGI extension
+    ``fednode.watch`` in the request's scope): work the connection's reader does anyway, so the app
+    needs no task of its own to watch for the client leaving or to keep a quiet stream alive."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+
+    @property
+    def gone(self) -> bool:
+        """The client has gone away."""
+        return self._connection.gone.is_set()
+
+    def cancel_on_disconnect(self, scope: trio.CancelScope) -> None:
+        """Cancel ``scope`` if the client goes away before the request's answer is complete."""
+        self._connection.on_gone = scope
+        if self._connection.gone.is_set():
+            scope.cancel()
+
+    def every(self, interval: float, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await ``callback`` every ``interval`` seconds until the request's answer is complete."""
+        connection = self._connection
+        connection.pinger = (interval, callback)
+        connection.ping_at = trio.current_time() + interval
+        connection.retime()
+
+
 class _Connection:
-    """One client connection: reads requests with h11 and runs the app for each, one at a time."""
+    """One client connection: its reader task reads the socket (and keeps its timeouts); the
+    connection's own task runs the app for each request, one at a time."""
 
     def __init__(self, server: _Server, stream: trio.abc.Stream, client: tuple[str, int] | None,
                  local: tuple[str, int] | None) -> None:
@@ -139,89 +171,148 @@ class _Connection:
         self.local = local
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.gone = trio.Event()
-        self._reading = False
+        #: a request is being served (from its head to the end of its answer)
+        self.busy = False
+        #: what the request in flight asked for (see Watch)
+        self.on_gone: trio.CancelScope | None = None
+        self.pinger: tuple[float, Callable[[], Awaitable[None]]] | None = None
+        self.ping_at = math.inf
+        self._since = trio.current_time()  # idle since (or the head began at, once data is buffered)
+        self._head_begun = False
+        self._last_read = self._since
+        self._discard = False  # a refused request: what else comes is read and dropped
+        self._arrived = trio.lowlevel.ParkingLot()  # the serving task waits here for data
+        self._room = trio.lowlevel.ParkingLot()  # the reader waits here while too much is buffered
+        self._timer: trio.CancelScope | None = None
 
     async def write(self, data: bytes) -> None:
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.gone.set()
+            self._lost()
 
-    async def _read(self) -> None:
-        try:
-            data = await self.stream.receive_some(_READ_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
-        if not data:
+    def _lost(self) -> None:
+        """The client is gone (or the connection is being closed): wake whoever waits for it."""
+        if not self.gone.is_set():
             self.gone.set()
-        self.h11.receive_data(bytes(data))
+            if self.on_gone is not None:
+                self.on_gone.cancel()
+        self._arrived.unpark_all()
+
+    def _deadline(self) -> float:
+        if self.busy:
+            if self.h11.their_state is h11.SEND_BODY:  # a body still arriving: HEAD_TIMEOUT between reads
+                return min(self.ping_at, self._last_read + HEAD_TIMEOUT)
+            return self.ping_at
+        if self._head_begun:
+            return self._since + HEAD_TIMEOUT
+        return self._since + KEEP_ALIVE
+
+    def retime(self) -> None:
+        """The reader's deadline follows the state (idle, a head arriving, a request in flight)."""
+        if self._timer is not None:
+            self._timer.deadline = self._deadline()
+
+    async def read_loop(self) -> None:
+        """Read the socket into h11 until the client goes or a timeout closes the connection."""
+        while not self.gone.is_set():
+            if len(self.h11.trailing_data[0]) > _READ_AHEAD and not self._discard:
+                await self._room.park()  # the serving task makes room as it takes events
+                continue
+            with trio.CancelScope(deadline=self._deadline()) as timer:
+                self._timer = timer
+                try:
+                    data = await self.stream.receive_some(_READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+            self._timer = None
+            if timer.cancelled_caught:
+                now = trio.current_time()
+                if self.busy and self.pinger is not None and now >= self.ping_at:
+                    interval, callback = self.pinger
+                    self.ping_at = now + interval
+                    try:
+                        await callback()
+                    except Exception:
+                        _log.exception("edge.http_ping_failed")
+                    continue
+                if now < self._deadline():
+                    continue  # the state moved on while reading (a body ended): a later deadline
+                self._lost()  # idle too long, or a head or body too slow
+                return
+            self._last_read = trio.current_time()
+            if self.gone.is_set():
+                return
+            if not data:
+                self.h11.receive_data(b"")
+                self._lost()
+                return
+            if self._discard:
+                continue
+            self.h11.receive_data(bytes(data))
+            if not self.busy and not self._head_begun:
+                self._head_begun = True
+                self._since = trio.current_time()
+            self._arrived.unpark_all()
 
     async def next_event(self) -> Any:
-        """The next h11 event, reading as needed (an h11 ConnectionClosed at end of input)."""
+        """The next h11 event, waiting for the reader as needed (an h11 ConnectionClosed once gone)."""
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
+                self._room.unpark_all()
                 return event
             if self.gone.is_set():
                 return h11.ConnectionClosed()
-            await self._read()
-
-    async def wait_gone(self) -> None:
-        """Return once the client has closed the connection (reading ahead a bounded pipelined request)."""
-        if self._reading:
-            await self.gone.wait()
-            return
-        self._reading = True
-        try:
-            while not self.gone.is_set():
-                if len(self.h11.trailing_data[0]) > _READ_AHEAD:
-                    await self.gone.wait()
-                    return
-                await self._read()
-        finally:
-            self._reading = False
+            await self._arrived.park()
 
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.read_loop)
+            try:
+                await self._serve_all()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _serve_all(self) -> None:
         while True:
             request = await self._next_request()
             if request is None:
                 return
+            self.busy, self._head_begun = True, False
+            self.retime()
             await self._serve(request)
             if self.h11.our_state is not h11.DONE or self.gone.is_set() or not await self._drain():
                 return
             self.h11.start_next_cycle()
+            self.busy, self.on_gone, self.pinger, self.ping_at = False, None, None, math.inf
+            self._head_begun = bool(self.h11.trailing_data[0])  # a pipelined request, read ahead
+            self._since = trio.current_time()
+            self.retime()
 
     async def _next_request(self) -> h11.Request | None:
-        """The next request's head within the idle and head timeouts; None when the connection should close."""
-        with trio.move_on_after(KEEP_ALIVE) as timer:
-            begun = False
-            try:
-                while True:
-                    event = self.h11.next_event()
-                    if isinstance(event, h11.Request):
-                        # h11 bounds a head still arriving; one that came whole in a read is measured here.
-                        if len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers) \
-                                > MAX_HEAD:
-                            await self._refuse(431)
-                            return None
-                        return event
-                    if event is not h11.NEED_DATA or self.gone.is_set():
-                        return None  # ConnectionClosed, or PAUSED after a close
-                    if not begun and self.h11.trailing_data[0]:
-                        # The head has begun: from now on it has HEAD_TIMEOUT to arrive whole.
-                        begun = True
-                        timer.deadline = trio.current_time() + HEAD_TIMEOUT
-                    await self._read()
-            except h11.RemoteProtocolError as exc:
-                await self._refuse(exc.error_status_hint)
-                return None
-        return None
+        """The next request's head (the reader keeps the idle and head timeouts); None to close."""
+        try:
+            event = await self.next_event()
+        except h11.RemoteProtocolError as exc:
+            await self._refuse(exc.error_status_hint)
+            return None
+        if not isinstance(event, h11.Request):
+            return None  # ConnectionClosed
+        # h11 bounds a head still arriving; one that came whole in a read is measured here.
+        if len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers) > MAX_HEAD:
+            await self._refuse(431)
+            return None
+        return event
 
     async def _refuse(self, status: int) -> None:
-        """Answer ``status`` and end the connection, reading a little of what the client still sends so
-        that closing with it unread does not reset the connection before the client reads the answer."""
-        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        """Answer ``status`` and end the connection, reading (and dropping) a little of what the client
+        still sends, so that closing with it unread does not reset the connection before the client
+        has read the answer."""
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or self.gone.is_set():
             return
+        self._discard = True
+        self._room.unpark_all()
         reason = b"Request Header Fields Too Large" if status == 431 else b""
         data = self.h11.send(h11.Response(status_code=status, reason=reason, headers=[
             (b"content-length", b"0"), (b"connection", b"close")]))
@@ -229,16 +320,14 @@ class _Connection:
             await self.write(data + self.h11.send(h11.EndOfMessage()))
             send_eof = getattr(self.stream, "send_eof", None)
             if send_eof is not None and not self.gone.is_set():
-                await send_eof()
-                drained = 0
-                while drained < _DRAIN * 4:
-                    chunk = await self.stream.receive_some(_READ_SIZE)
-                    if not chunk:
-                        break
-                    drained += len(chunk)
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await send_eof()
+                await self.gone.wait()
 
     async def _drain(self) -> bool:
         """Read what is left of a request body the app did not read; False when the connection must close."""
+        if self.h11.their_state is h11.DONE:
+            return True  # the app read it all (the usual case: no timer needed)
         drained = 0
         with trio.move_on_after(HEAD_TIMEOUT):
             while self.h11.their_state is h11.SEND_BODY:
@@ -268,6 +357,7 @@ class _Connection:
             "client": self.client,
             "server": self.local,
             "state": dict(self.server.lifespan_state),
+            "extensions": {"fednode.watch": Watch(self)},
         }
 
     async def _serve(self, request: h11.Request) -> None:
