@@ -11,8 +11,8 @@ directly, and spawns nothing per request. What it does:
 * the ASGI 3 ``http`` and ``lifespan`` protocols: ``receive`` gives the body, then waits for the
   client to go away (``http.disconnect``); an app that never reads the body has it drained;
 * bounds against slow or hostile clients: a connection idle for :data:`KEEP_ALIVE` seconds, whose
-  request head takes longer than :data:`HEAD_TIMEOUT` once started, or whose body stalls that long,
-  is closed; a head over
+  request head takes longer than :data:`HEAD_TIMEOUT` once started, whose body stalls that long, or
+  that takes nothing of its answer for :data:`WRITE_TIMEOUT` seconds, is closed; a head over
   :data:`MAX_HEAD` bytes is answered 431, a body over :data:`MAX_BODY` bytes 413, malformed HTTP 400.
 
 It does not do HTTP/2, websockets or trailers; the edge needs none of them.
@@ -32,7 +32,7 @@ import trio
 
 from .._errors import BodyTooLarge
 
-__all__ = ["HEAD_TIMEOUT", "KEEP_ALIVE", "MAX_BODY", "MAX_HEAD", "Watch", "serve_http"]
+__all__ = ["HEAD_TIMEOUT", "KEEP_ALIVE", "MAX_BODY", "MAX_HEAD", "WRITE_TIMEOUT", "Watch", "serve_http"]
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]],
                     Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
@@ -42,6 +42,9 @@ ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]],
 KEEP_ALIVE = 15.0
 #: Seconds a request head may take to arrive once its first byte has.
 HEAD_TIMEOUT = 10.0
+#: Seconds a write may wait for the client to take the next :data:`_READ_SIZE` bytes of an answer; a
+#: client that takes nothing for that long (never reads its answer) is given up as gone.
+WRITE_TIMEOUT = 30.0
 #: Bytes a request head (request line and headers) may take.
 MAX_HEAD = 32 * 1024
 #: Bytes a request body may take (the SDK refuses MCP messages over 4 MiB itself).
@@ -184,8 +187,17 @@ class _Connection:
         self._timer: trio.CancelScope | None = None
 
     async def write(self, data: bytes) -> None:
+        # In pieces, each with its own timeout: a slow reader that takes data is served, one that
+        # takes none would otherwise hold the answer, the app and the connection forever.
+        view = memoryview(data)
         try:
-            await self.stream.send_all(data)
+            for start in range(0, len(view), _READ_SIZE):
+                with trio.move_on_after(WRITE_TIMEOUT) as timer:
+                    await self.stream.send_all(view[start:start + _READ_SIZE])
+                if timer.cancelled_caught:
+                    _log.info("edge.http_write_timeout")
+                    self._lost()
+                    return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._lost()
 
