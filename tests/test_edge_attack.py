@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from typing import Any
 
+import httpx2
 import pytest
 import trio
-from test_http_server import App, running
+from test_edge import FakeForwarder, running_edge
+from test_edge_fast import modern_request, served
+from test_http_server import App, exchange, running
 
 from fednode._mcp._http_server import WRITE_TIMEOUT
+
+LEGACY = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+VERSION = "2025-11-25"
 
 
 class BigApp(App):
@@ -48,3 +55,54 @@ async def test_a_client_that_never_reads_its_answer_is_dropped(autojump_clock: t
             await app.finished.wait()
             assert trio.current_time() - started == pytest.approx(WRITE_TIMEOUT, abs=0.01)
             await stream.aclose()
+
+
+async def open_legacy(http: httpx2.AsyncClient, url: str) -> str:
+    """A new legacy session (initialized): its id."""
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+    opened = await http.post(url, content=json.dumps(init), headers=LEGACY)
+    session = str(opened.headers["mcp-session-id"])
+    await http.post(url, content=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+                    headers=LEGACY | {"Mcp-Session-Id": session, "MCP-Protocol-Version": VERSION})
+    return session
+
+
+async def raw_post(port: int, body: Any, headers: list[tuple[str, str]]) -> bytes:
+    """POST ``body`` to /mcp with exactly ``headers`` (duplicates kept, in order) and read the answer."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        return await exchange(stream, f"POST /mcp HTTP/1.1\r\n{head}Content-Length: {len(data)}\r\n"
+                                      f"Connection: close\r\n\r\n".encode() + data)
+    finally:
+        await stream.aclose()
+
+
+async def test_duplicate_headers_are_read_as_the_sdk_reads_them() -> None:
+    """The SDK (Starlette) reads the first of a repeated header: a forbidden Host or Origin first, an
+    allowed one after it, is the SDK's to refuse, and the fast path must not serve it; a repeated
+    session id is the first one's request."""
+    forwarder = FakeForwarder()
+    with trio.fail_after(60):
+        async with running_edge(forwarder) as (edge, url):
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            body, headers = modern_request("tools/call", {"name": "echo", "arguments": {"text": "x"}}, "echo")
+            plain = list(headers.items())
+            good = ("Host", f"127.0.0.1:{port}")
+            fine = await raw_post(port, body, [good, *plain])
+            assert fine.startswith(b"HTTP/1.1 200 ") and served(edge) == 1
+            rebound = await raw_post(port, body, [("Host", "evil.example"), good, *plain])
+            assert rebound.startswith(b"HTTP/1.1 400 ")  # h11 refuses a repeated Host itself
+            foreign = await raw_post(port, body, [good, ("Origin", "http://evil.example"),
+                                                  ("Origin", f"http://127.0.0.1:{port}"), *plain])
+            assert foreign.startswith(b"HTTP/1.1 403 "), foreign
+            assert served(edge) == 1 and len(forwarder.calls) == 1
+            async with httpx2.AsyncClient() as http:
+                first, second = await open_legacy(http, url), await open_legacy(http, url)
+            call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}
+            both = await raw_post(port, call, [good, *LEGACY.items(), ("MCP-Protocol-Version", VERSION),
+                                               ("Mcp-Session-Id", first), ("Mcp-Session-Id", second)])
+            assert f"mcp-session-id: {first}\r\n".encode() in both
+            assert forwarder.calls[-1][2].session_key in (None, first)

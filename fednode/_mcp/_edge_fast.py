@@ -82,13 +82,14 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no
 
 
 class _Headers:
-    """A request's headers as the SDK's checks read them: ``get`` by lowercase name, ``items`` in order."""
+    """A request's headers as the SDK's checks read them: ``get`` by lowercase name (the first of a
+    repeated header, as Starlette's ``Headers.get``), ``items`` in order."""
 
     __slots__ = ("_map", "_pairs")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self._pairs = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
-        self._map = dict(self._pairs)
+        self._map = dict(reversed(self._pairs))
 
     def get(self, key: str, default: str | None = None) -> str | None:
         return self._map.get(key, default)
