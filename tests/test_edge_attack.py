@@ -106,3 +106,31 @@ async def test_duplicate_headers_are_read_as_the_sdk_reads_them() -> None:
                                                ("Mcp-Session-Id", first), ("Mcp-Session-Id", second)])
             assert f"mcp-session-id: {first}\r\n".encode() in both
             assert forwarder.calls[-1][2].session_key in (None, first)
+
+
+async def test_odd_json_rpc_on_the_fast_path_is_left_to_the_sdk() -> None:
+    """JSON the fast path cannot take (an unhashable method or id, JSON bombs) goes to the SDK, which
+    answers it; nothing fails with a 500."""
+    forwarder = FakeForwarder()
+    with trio.fail_after(60):
+        async with running_edge(forwarder) as (edge, url):
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            async with httpx2.AsyncClient() as http:
+                session = await open_legacy(http, url)
+            host = ("Host", f"127.0.0.1:{port}")
+            legacy = [host, *LEGACY.items(), ("MCP-Protocol-Version", VERSION), ("Mcp-Session-Id", session)]
+            _, modern = modern_request("tools/call", {"name": "echo"}, "echo")
+            deep = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"a":' + \
+                b"[" * 100_000 + b"]" * 100_000 + b"}}}"
+            huge = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"a":' + \
+                b"9" * 100_000 + b"}}}"
+            for body, headers in [
+                ({"jsonrpc": "2.0", "id": 1, "method": ["tools/call"], "params": {}}, legacy),
+                ({"jsonrpc": "2.0", "id": [1], "result": {}}, legacy),
+                ({"jsonrpc": "2.0", "id": {"a": 1}, "error": {"code": 1, "message": "x"}}, legacy),
+                ({"jsonrpc": "2.0", "id": 1, "method": {"a": 1}, "params": {}}, [host, *modern.items()]),
+                (deep, legacy), (huge, legacy), (deep, [host, *modern.items()]),
+            ]:
+                answer = await raw_post(port, body, headers)
+                assert answer.startswith(b"HTTP/1.1 ") and not answer.startswith(b"HTTP/1.1 500 "), (body, answer)
+            assert served(edge) == 0 and forwarder.calls == []

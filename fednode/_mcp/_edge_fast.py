@@ -265,8 +265,9 @@ class FastPath:
         if "method" not in decoded:
             return self._answered(decoded, headers)
         method, params, request_id = decoded.get("method"), decoded.get("params", {}), decoded["id"]
-        if (method not in HOT_METHODS or not isinstance(params, dict) or isinstance(request_id, bool)
-                or not isinstance(request_id, str | int) or decoded.keys() - {"jsonrpc", "id", "method", "params"}):
+        if (not isinstance(method, str) or method not in HOT_METHODS or not isinstance(params, dict)
+                or isinstance(request_id, bool) or not isinstance(request_id, str | int)
+                or decoded.keys() - {"jsonrpc", "id", "method", "params"}):
             return None
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             plan = self._modern(decoded, headers, scope)
@@ -342,8 +343,10 @@ class FastPath:
     def _answered(self, decoded: dict[str, Any], headers: _Headers) -> str | None:
         """A legacy client's answer to a request asked on a fast-path request's stream: delivered to it
         (the session id, for the acknowledgement), else None (the SDK's, or nobody's)."""
-        session_id = headers.get("mcp-session-id")
-        asked = self._asks.get((session_id, decoded["id"])) if session_id is not None else None
+        session_id, request_id = headers.get("mcp-session-id"), decoded["id"]
+        if session_id is None or not isinstance(request_id, str):
+            return None  # asked here are only string ids (and an unhashable one must not get near a dict)
+        asked = self._asks.get((session_id, request_id))
         if asked is None or asked.answer is not None or ("result" in decoded) == ("error" in decoded):
             return None
         asked.answer = decoded
