@@ -134,3 +134,17 @@ async def test_odd_json_rpc_on_the_fast_path_is_left_to_the_sdk() -> None:
                 answer = await raw_post(port, body, headers)
                 assert answer.startswith(b"HTTP/1.1 ") and not answer.startswith(b"HTTP/1.1 500 "), (body, answer)
             assert served(edge) == 0 and forwarder.calls == []
+
+
+async def test_a_request_with_both_content_length_and_chunked_is_refused() -> None:
+    """Framed both ways (the request smuggling ambiguity): 400 and the connection closes (RFC 9112,
+    6.1), so whatever the two framings disagree about is never read as a next request."""
+    app = App()
+    with trio.fail_after(30):
+        async with running(app) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            answer = await exchange(stream, b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 30\r\n"
+                                            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                                            b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 400 ") and b"connection: close" in answer
+            assert app.requests == []

@@ -313,6 +313,12 @@ class _Connection:
         if len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers) > MAX_HEAD:
             await self._refuse(431)
             return None
+        names = {name for name, _ in event.headers}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            # Framed two ways (h11 goes by the chunks): a proxy in front may go by the length, and read
+            # what follows differently; refused, and the connection closed (RFC 9112, 6.1).
+            await self._refuse(400)
+            return None
         return event
 
     async def _refuse(self, status: int) -> None:
