@@ -13,7 +13,7 @@ from test_edge import FakeForwarder, running_edge
 from test_edge_fast import modern_request, served
 from test_http_server import App, exchange, running
 
-from fednode._mcp._http_server import WRITE_TIMEOUT
+from fednode._mcp._http_server import BODY_TIMEOUT, HEAD_TIMEOUT, WRITE_TIMEOUT
 
 LEGACY = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 VERSION = "2025-11-25"
@@ -148,3 +148,23 @@ async def test_a_request_with_both_content_length_and_chunked_is_refused() -> No
                                             b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n")
             assert answer.startswith(b"HTTP/1.1 400 ") and b"connection: close" in answer
             assert app.requests == []
+
+
+async def test_a_body_trickled_in_closes_the_connection(autojump_clock: trio.testing.MockClock) -> None:
+    """A byte of body every few seconds never stalls for HEAD_TIMEOUT, yet a body may take only
+    BODY_TIMEOUT seconds in all (else one client holds a connection, and its app, for ever)."""
+    app = App()
+    with trio.fail_after(10 * BODY_TIMEOUT):
+        async with running(app) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n")
+            started = trio.current_time()
+            closed = False
+            for _ in range(1000):
+                await stream.send_all(b"a")
+                with trio.move_on_after(HEAD_TIMEOUT - 1):
+                    closed = await stream.receive_some(10) == b""
+                if closed:
+                    break
+            assert closed and trio.current_time() - started == pytest.approx(BODY_TIMEOUT, abs=0.01)
+    assert app.requests == []

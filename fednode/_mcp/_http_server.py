@@ -11,7 +11,8 @@ directly, and spawns nothing per request. What it does:
 * the ASGI 3 ``http`` and ``lifespan`` protocols: ``receive`` gives the body, then waits for the
   client to go away (``http.disconnect``); an app that never reads the body has it drained;
 * bounds against slow or hostile clients: a connection idle for :data:`KEEP_ALIVE` seconds, whose
-  request head takes longer than :data:`HEAD_TIMEOUT` once started, whose body stalls that long, or
+  request head takes longer than :data:`HEAD_TIMEOUT` once started, whose body stalls that long (or
+  takes over :data:`BODY_TIMEOUT` in all), or
   that takes nothing of its answer for :data:`WRITE_TIMEOUT` seconds, is closed; a head over
   :data:`MAX_HEAD` bytes is answered 431, a body over :data:`MAX_BODY` bytes 413, malformed HTTP 400.
 
@@ -32,7 +33,7 @@ import trio
 
 from .._errors import BodyTooLarge
 
-__all__ = ["HEAD_TIMEOUT", "KEEP_ALIVE", "MAX_BODY", "MAX_HEAD", "WRITE_TIMEOUT", "Watch", "serve_http"]
+__all__ = ["BODY_TIMEOUT", "HEAD_TIMEOUT", "KEEP_ALIVE", "MAX_BODY", "MAX_HEAD", "WRITE_TIMEOUT", "Watch", "serve_http"]
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]],
                     Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
@@ -42,6 +43,9 @@ ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]],
 KEEP_ALIVE = 15.0
 #: Seconds a request head may take to arrive once its first byte has.
 HEAD_TIMEOUT = 10.0
+#: Seconds a request body may take in all (one trickled in a byte at a time never stalls for
+#: :data:`HEAD_TIMEOUT`): at 70 KB/s, enough for the 4 MiB the SDK takes of an MCP message.
+BODY_TIMEOUT = 60.0
 #: Seconds a write may wait for the client to take the next :data:`_READ_SIZE` bytes of an answer; a
 #: client that takes nothing for that long (never reads its answer) is given up as gone.
 WRITE_TIMEOUT = 30.0
@@ -178,7 +182,8 @@ class _Connection:
         self.on_gone: trio.CancelScope | None = None
         self.pinger: tuple[float, Callable[[], Awaitable[None]]] | None = None
         self.ping_at = math.inf
-        self._since = trio.current_time()  # idle since (or the head began at, once data is buffered)
+        #: idle since (or the head began at, once data is buffered; or the request's head came at, when busy)
+        self._since = trio.current_time()
         self._head_begun = False
         self._last_read = self._since
         self._discard = False  # a refused request: what else comes is read and dropped
@@ -212,7 +217,7 @@ class _Connection:
     def _deadline(self) -> float:
         if self.busy:
             if self.h11.their_state is h11.SEND_BODY:  # a body still arriving: HEAD_TIMEOUT between reads
-                return min(self.ping_at, self._last_read + HEAD_TIMEOUT)
+                return min(self.ping_at, self._last_read + HEAD_TIMEOUT, self._since + BODY_TIMEOUT)
             return self.ping_at
         if self._head_begun:
             return self._since + HEAD_TIMEOUT
@@ -289,7 +294,7 @@ class _Connection:
             request = await self._next_request()
             if request is None:
                 return
-            self.busy, self._head_begun = True, False
+            self.busy, self._head_begun, self._since = True, False, trio.current_time()
             self.retime()
             await self._serve(request)
             if self.h11.our_state is not h11.DONE or self.gone.is_set() or not await self._drain():
