@@ -168,3 +168,18 @@ async def test_a_body_trickled_in_closes_the_connection(autojump_clock: trio.tes
                     break
             assert closed and trio.current_time() - started == pytest.approx(BODY_TIMEOUT, abs=0.01)
     assert app.requests == []
+
+
+async def test_an_answer_before_the_continue_closes_the_connection(autojump_clock: trio.testing.MockClock) -> None:
+    """An app answers an ``Expect: 100-continue`` request without reading its body: the client may now
+    send the body or not, so the connection cannot tell a next request from that body; it closes at
+    once (Connection: close) rather than reading either as the other."""
+    app = App()
+    async with running(app) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        answer = await exchange(stream, b"POST /unread HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
+                                        b"Content-Length: 5\r\n\r\n")
+        started = trio.current_time()
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"connection: close" in answer.lower()
+        assert await stream.receive_some(10) == b""
+        assert trio.current_time() == started

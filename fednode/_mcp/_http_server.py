@@ -124,6 +124,10 @@ class _Exchange:
             data = b""
             if not self.headers_sent:
                 status, headers = self.started
+                if h11_conn.they_are_waiting_for_100_continue:
+                    # Answered before the body was asked for: the client may send it or not, so what
+                    # comes next could be either; the connection closes after this answer.
+                    headers = [*headers, (b"connection", b"close")]
                 data = h11_conn.send(h11.Response(status_code=status, headers=headers))
                 self.headers_sent = True
             if body and not self.head:
