@@ -10,7 +10,7 @@ import httpx2
 import pytest
 import trio
 from test_edge import FakeForwarder, running_edge
-from test_edge_fast import modern_request, served
+from test_edge_fast import AskingForwarder, modern_request, served
 from test_http_server import App, exchange, running
 
 from fednode._mcp._http_server import BODY_TIMEOUT, HEAD_TIMEOUT, WRITE_TIMEOUT
@@ -183,3 +183,43 @@ async def test_an_answer_before_the_continue_closes_the_connection(autojump_cloc
         assert answer.startswith(b"HTTP/1.1 200 ") and b"connection: close" in answer.lower()
         assert await stream.receive_some(10) == b""
         assert trio.current_time() == started
+
+
+async def test_another_session_cannot_answer_or_cancel_a_question() -> None:
+    """A legacy request served here asks its client (``fednode-N``): another session's client POSTing
+    an answer to that id, or a ``notifications/cancelled`` for the request, reaches neither; the
+    asking session's own answer does."""
+    forwarder = AskingForwarder()
+    forwarder.catalog["tools"].append({"name": "ask", "inputSchema": {"type": "object"}})
+    with trio.fail_after(60):
+        async with running_edge(forwarder) as (edge, url):
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            host = ("Host", f"127.0.0.1:{port}")
+            async with httpx2.AsyncClient() as http:
+                mine, theirs = await open_legacy(http, url), await open_legacy(http, url)
+
+            def headers(session: str) -> list[tuple[str, str]]:
+                return [host, *LEGACY.items(), ("MCP-Protocol-Version", VERSION), ("Mcp-Session-Id", session)]
+
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            call = json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                               "params": {"name": "ask", "arguments": {}}}).encode()
+            head = "".join(f"{name}: {value}\r\n" for name, value in headers(mine))
+            await stream.send_all(f"POST /mcp HTTP/1.1\r\n{head}Content-Length: {len(call)}\r\n\r\n".encode() + call)
+            received = b""
+            while b"\r\n\r\n" not in received.partition(b"data: ")[2]:
+                received += await stream.receive_some(65536)
+            question = json.loads(received.partition(b"data: ")[2].partition(b"\r\n")[0])
+            assert question["method"] == "elicitation/create" and question["id"].startswith("fednode-")
+            answer = {"jsonrpc": "2.0", "id": question["id"],
+                      "result": {"action": "accept", "content": {"name": "eve"}}}
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5}}
+            for forged in (answer, cancel):
+                await raw_post(port, forged, headers(theirs))
+            assert list(edge.fast._asks) == [(mine, question["id"])] and (mine, 5) in edge.fast._inflight
+            answer["result"]["content"] = {"name": "ada"}
+            assert (await raw_post(port, answer, headers(mine))).startswith(b"HTTP/1.1 202 ")
+            while b'"id":5' not in received:
+                received += await stream.receive_some(65536)
+            assert b'\\"ada\\"' in received and b'\\"eve\\"' not in received
+            await stream.aclose()
