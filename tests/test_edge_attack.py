@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
+import ssl
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -12,8 +15,9 @@ import trio
 from test_edge import FakeForwarder, running_edge
 from test_edge_fast import AskingForwarder, modern_request, served
 from test_http_server import App, exchange, running
+from test_tls import self_signed
 
-from fednode._mcp._http_server import BODY_TIMEOUT, HEAD_TIMEOUT, WRITE_TIMEOUT
+from fednode._mcp._http_server import BODY_TIMEOUT, HEAD_TIMEOUT, KEEP_ALIVE, WRITE_TIMEOUT, serve_http
 
 LEGACY = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 VERSION = "2025-11-25"
@@ -223,3 +227,28 @@ async def test_another_session_cannot_answer_or_cancel_a_question() -> None:
                 received += await stream.receive_some(65536)
             assert b'\\"ada\\"' in received and b'\\"eve\\"' not in received
             await stream.aclose()
+
+
+async def test_tls_handshakes_that_never_finish_are_closed(tmp_path: Path,
+                                                          autojump_clock: trio.testing.MockClock) -> None:
+    """HTTPS: a client that connects and says nothing, or starts a handshake and stalls, is closed
+    after KEEP_ALIVE seconds like any idle connection; a real client is served meanwhile."""
+    cert, key = self_signed(tmp_path, "edge")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    app = App()
+    with trio.fail_after(10 * KEEP_ALIVE):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(functools.partial(serve_http, app, "127.0.0.1", 0, ssl_context=context))
+            started = trio.current_time()
+            silent = await trio.open_tcp_stream("127.0.0.1", port)
+            stalled = await trio.open_tcp_stream("127.0.0.1", port)
+            await stalled.send_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's first bytes
+            client = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port),
+                                    ssl.create_default_context(cafile=str(cert)), server_hostname="127.0.0.1")
+            answer = await exchange(client, b"GET /ok HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            for stream in (silent, stalled):
+                assert await stream.receive_some(10) == b""
+                assert trio.current_time() - started == pytest.approx(KEEP_ALIVE, abs=0.01)
+            nursery.cancel_scope.cancel()
