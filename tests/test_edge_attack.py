@@ -13,10 +13,11 @@ import httpx2
 import pytest
 import trio
 from test_edge import FakeForwarder, running_edge
-from test_edge_fast import AskingForwarder, modern_request, served
+from test_edge_fast import AskingForwarder, GatedForwarder, modern_request, served
 from test_http_server import App, exchange, running
 from test_tls import self_signed
 
+from fednode._mcp import _http_server
 from fednode._mcp._http_server import BODY_TIMEOUT, HEAD_TIMEOUT, KEEP_ALIVE, WRITE_TIMEOUT, serve_http
 
 LEGACY = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -252,3 +253,44 @@ async def test_tls_handshakes_that_never_finish_are_closed(tmp_path: Path,
                 assert await stream.receive_some(10) == b""
                 assert trio.current_time() - started == pytest.approx(KEEP_ALIVE, abs=0.01)
             nursery.cancel_scope.cancel()
+
+
+async def test_pipelined_requests_behind_a_slow_one_are_answered_in_order() -> None:
+    """A slow call, then many requests (more than the server reads ahead) in one write: each is
+    answered once, in order, on the one connection, once the slow one is."""
+    forwarder = GatedForwarder()
+    forwarder.catalog["tools"].append({"name": "gated", "inputSchema": {"type": "object"}})
+    with trio.fail_after(60):
+        async with running_edge(forwarder) as (edge, url):
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            requests = b""
+            for number in range(1, 402):
+                body, headers = modern_request("tools/call", {"name": "gated" if number == 1 else "echo",
+                                                              "arguments": {"text": "x" * 200}},
+                                               "gated" if number == 1 else "echo", request_id=number)
+                data = json.dumps(body).encode()
+                head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+                requests += (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}"
+                             f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+            assert len(requests) > 2 * _http_server._READ_AHEAD
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            ids: list[int] = []
+            received = b""
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream.send_all, requests)  # the kernel's buffers do not take it all
+                await forwarder.gated.wait()
+                forwarder.gate.set()
+                while len(ids) < 401:
+                    chunk = await stream.receive_some(65536)
+                    assert chunk, "the connection closed"
+                    received += chunk
+                    head, sep, rest = received.partition(b"\r\n\r\n")
+                    while sep and b"content-length: " in head:
+                        length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+                        if len(rest) < length:
+                            break
+                        ids.append(json.loads(rest[:length])["id"])
+                        received = rest[length:]
+                        head, sep, rest = received.partition(b"\r\n\r\n")
+            assert ids == list(range(1, 402)) and served(edge) == 401
+            await stream.aclose()
