@@ -294,3 +294,35 @@ async def test_pipelined_requests_behind_a_slow_one_are_answered_in_order() -> N
                         head, sep, rest = received.partition(b"\r\n\r\n")
             assert ids == list(range(1, 402)) and served(edge) == 401
             await stream.aclose()
+
+
+async def test_a_new_connection_beyond_the_maximum_closes_the_one_idle_longest(
+        monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock) -> None:
+    """Idle connections cannot take all the node's descriptors: beyond MAX_CONNECTIONS, a new one
+    closes the one idle longest at once; when every one is serving a request, the new one is closed."""
+    monkeypatch.setattr(_http_server, "MAX_CONNECTIONS", 3)
+    app = App()
+    with trio.fail_after(KEEP_ALIVE / 2):  # mock time: nothing here waits for a timeout
+        async with running(app) as port:
+            oldest = await trio.open_tcp_stream("127.0.0.1", port)
+            idle = await trio.open_tcp_stream("127.0.0.1", port)
+            used = await trio.open_tcp_stream("127.0.0.1", port)
+            assert (await exchange(idle, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+            assert (await exchange(used, b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+            new = await trio.open_tcp_stream("127.0.0.1", port)
+            assert (await exchange(new, b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+            assert await oldest.receive_some(10) == b""  # idle since it opened: the longest
+            newer = await trio.open_tcp_stream("127.0.0.1", port)
+            assert (await exchange(newer, b"GET /d HTTP/1.1\r\nHost: h\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+            assert await idle.receive_some(10) == b""  # idle since /a: longer than the others
+            # every connection serving a request (a stream): the next one is closed at once
+            for stream in (used, new, newer):
+                await stream.send_all(b"GET /stream HTTP/1.1\r\nHost: h\r\n\r\n")
+                assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 200 ")
+            refused = await trio.open_tcp_stream("127.0.0.1", port)
+            try:
+                answer = await exchange(refused, b"GET /e HTTP/1.1\r\nHost: h\r\n\r\n")
+            except trio.BrokenResourceError:  # reset: closed before it could send
+                answer = b""
+            assert answer == b""
+    assert [scope["path"] for scope, _ in app.requests] == ["/a", "/b", "/c", "/d", "/stream", "/stream", "/stream"]

@@ -33,7 +33,8 @@ import trio
 
 from .._errors import BodyTooLarge
 
-__all__ = ["BODY_TIMEOUT", "HEAD_TIMEOUT", "KEEP_ALIVE", "MAX_BODY", "MAX_HEAD", "WRITE_TIMEOUT", "Watch", "serve_http"]
+__all__ = ["BODY_TIMEOUT", "HEAD_TIMEOUT", "KEEP_ALIVE", "MAX_BODY", "MAX_CONNECTIONS", "MAX_HEAD", "WRITE_TIMEOUT",
+           "Watch", "serve_http"]
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]],
                     Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
@@ -53,6 +54,22 @@ WRITE_TIMEOUT = 30.0
 MAX_HEAD = 32 * 1024
 #: Bytes a request body may take (the SDK refuses MCP messages over 4 MiB itself).
 MAX_BODY = 16 * 1024 * 1024
+
+
+def _half_the_descriptors() -> int:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 4096
+    return 4096 if soft == resource.RLIM_INFINITY else max(64, soft // 2)
+
+
+#: Connections served at once: half the process's file descriptors (the rest are the node's: its
+#: peers, its servers' pipes). A new connection beyond closes the one idle longest, or, when every
+#: one is serving a request, is closed itself: many idle clients cannot starve the node of descriptors.
+MAX_CONNECTIONS = _half_the_descriptors()
 #: Bytes of a pipelined next request read ahead while a response is still being served.
 _READ_AHEAD = 64 * 1024
 _READ_SIZE = 64 * 1024
@@ -210,6 +227,10 @@ class _Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._lost()
 
+    def close(self) -> None:
+        """End the connection (an idle one: its serving task sees the end and returns)."""
+        self._lost()
+
     def _lost(self) -> None:
         """The client is gone (or the connection is being closed): wake whoever waits for it."""
         if not self.gone.is_set():
@@ -305,6 +326,7 @@ class _Connection:
                 return
             self.h11.start_next_cycle()
             self.busy, self.on_gone, self.pinger, self.ping_at = False, None, None, math.inf
+            self.server.idle_again(self)
             self._head_begun = bool(self.h11.trailing_data[0])  # a pipelined request, read ahead
             self._since = trio.current_time()
             self.retime()
@@ -419,6 +441,22 @@ class _Server:
         self.app = app
         self.scheme = scheme
         self.lifespan_state: dict[str, Any] = {}
+        #: the open connections, the one idle longest first
+        self.connections: dict[_Connection, None] = {}
+
+    def idle_again(self, connection: _Connection) -> None:
+        """``connection`` finished a request: now the one idle the shortest."""
+        if self.connections.pop(connection, False) is None:
+            self.connections[connection] = None
+
+    def _make_room(self) -> bool:
+        """Close the connection idle longest for a new one (False: none is idle)."""
+        idle = next((connection for connection in self.connections if not connection.busy), None)
+        if idle is None:
+            return False
+        del self.connections[idle]
+        idle.close()
+        return True
 
     async def connection(self, stream: trio.abc.Stream) -> None:
         socket_stream = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
@@ -431,10 +469,14 @@ class _Server:
                 return  # gone before it was served
         connection = _Connection(self, stream, client, local)
         try:
+            if len(self.connections) >= MAX_CONNECTIONS and not self._make_room():
+                return  # every connection is serving: this one waits for none of them
+            self.connections[connection] = None
             await connection.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away (or a TLS handshake failed)
         finally:
+            self.connections.pop(connection, None)
             await trio.aclose_forcefully(stream)
 
     async def lifespan(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
