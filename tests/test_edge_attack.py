@@ -326,3 +326,30 @@ async def test_a_new_connection_beyond_the_maximum_closes_the_one_idle_longest(
                 answer = b""
             assert answer == b""
     assert [scope["path"] for scope, _ in app.requests] == ["/a", "/b", "/c", "/d", "/stream", "/stream", "/stream"]
+
+
+async def test_head_on_mcp_and_a_half_closed_request() -> None:
+    """HEAD on /mcp is answered with a head only, and the connection goes on; a client that half-closes
+    after its request has gone as far as the edge can tell: its call is cancelled, its connection closed."""
+    forwarder = FakeForwarder()
+    with trio.fail_after(60):
+        async with running_edge(forwarder) as (edge, url):
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(f"HEAD /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some(65536)
+            assert head.startswith(b"HTTP/1.1 405 ") and head.endswith(b"\r\n\r\n")  # and no body after it
+            healthy = await exchange(stream, f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            assert healthy.startswith(b"HTTP/1.1 200 ") and healthy.endswith(b"ok")
+            body, headers = modern_request("tools/call", {"name": "slow"}, "slow")
+            data = json.dumps(body).encode()
+            lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            await stream.send_all(f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{lines}"
+                                  f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+            await forwarder.slow_started.wait()
+            await stream.send_eof()
+            await forwarder.slow_cancelled.wait()
+            assert await stream.receive_some(65536) == b""
+            assert served(edge) == 1
