@@ -18,6 +18,7 @@ from test_http_server import App, exchange, running
 from test_tls import self_signed
 
 from fednode._mcp import _http_server
+from fednode._mcp._edge_fast import PING_INTERVAL
 from fednode._mcp._http_server import BODY_TIMEOUT, HEAD_TIMEOUT, KEEP_ALIVE, WRITE_TIMEOUT, serve_http
 
 LEGACY = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -353,3 +354,30 @@ async def test_head_on_mcp_and_a_half_closed_request() -> None:
             await forwarder.slow_cancelled.wait()
             assert await stream.receive_some(65536) == b""
             assert served(edge) == 1
+
+
+async def test_a_quiet_request_is_pinged_with_pipelined_requests_behind_it(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The server reads only so far ahead of the request it serves; waiting for room, its reader still
+    pings that request's quiet answer (PING_INTERVAL), as it does when nothing is pipelined."""
+    forwarder = FakeForwarder()
+    async with running_edge(forwarder) as (edge, url):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        body, headers = modern_request("tools/call", {"name": "slow"}, "slow")
+        data = json.dumps(body).encode()
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        behind = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        behind *= 2 * _http_server._READ_AHEAD // len(behind)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{lines}"
+                              f"Content-Length: {len(data)}\r\n\r\n".encode() + data + behind)
+        await forwarder.slow_started.wait()
+        started = trio.current_time()
+        received = b""
+        with trio.fail_after(2 * PING_INTERVAL):
+            while b": ping" not in received:
+                received += await stream.receive_some(65536)
+        assert trio.current_time() - started == pytest.approx(PING_INTERVAL, abs=0.1)
+        await stream.aclose()
+        await forwarder.slow_cancelled.wait()
+        assert served(edge) == 1

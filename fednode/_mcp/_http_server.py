@@ -211,6 +211,7 @@ class _Connection:
         self._arrived = trio.lowlevel.ParkingLot()  # the serving task waits here for data
         self._room = trio.lowlevel.ParkingLot()  # the reader waits here while too much is buffered
         self._timer: trio.CancelScope | None = None
+        self._parked = False  # the reader waits for room (see read_loop)
 
     async def write(self, data: bytes) -> None:
         # In pieces, each with its own timeout: a slow reader that takes data is served, one that
@@ -240,6 +241,8 @@ class _Connection:
         self._arrived.unpark_all()
 
     def _deadline(self) -> float:
+        if self._parked:
+            return self.ping_at
         if self.busy:
             if self.h11.their_state is h11.SEND_BODY:  # a body still arriving: HEAD_TIMEOUT between reads
                 return min(self.ping_at, self._last_read + HEAD_TIMEOUT, self._since + BODY_TIMEOUT)
@@ -256,16 +259,20 @@ class _Connection:
     async def read_loop(self) -> None:
         """Read the socket into h11 until the client goes or a timeout closes the connection."""
         while not self.gone.is_set():
-            if len(self.h11.trailing_data[0]) > _READ_AHEAD and not self._discard:
-                await self._room.park()  # the serving task makes room as it takes events
-                continue
+            # Enough read ahead: wait for the serving task to make room as it takes events (pinging
+            # a quiet answer meanwhile: the client is not slow, the request in front of its next is).
+            self._parked = len(self.h11.trailing_data[0]) > _READ_AHEAD and not self._discard
+            data: bytes | bytearray | None = None
             with trio.CancelScope(deadline=self._deadline()) as timer:
                 self._timer = timer
                 try:
-                    data = await self.stream.receive_some(_READ_SIZE)
+                    if self._parked:
+                        await self._room.park()
+                    else:
+                        data = await self.stream.receive_some(_READ_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
-            self._timer = None
+            self._timer, parked, self._parked = None, self._parked, False
             if timer.cancelled_caught:
                 now = trio.current_time()
                 if self.busy and self.pinger is not None and now >= self.ping_at:
@@ -276,10 +283,12 @@ class _Connection:
                     except Exception:
                         _log.exception("edge.http_ping_failed")
                     continue
-                if now < self._deadline():
+                if parked or now < self._deadline():
                     continue  # the state moved on while reading (a body ended): a later deadline
                 self._lost()  # idle too long, or a head or body too slow
                 return
+            if data is None:
+                continue  # room was made
             self._last_read = trio.current_time()
             if self.gone.is_set():
                 return
