@@ -381,3 +381,21 @@ async def test_a_quiet_request_is_pinged_with_pipelined_requests_behind_it(
         await stream.aclose()
         await forwarder.slow_cancelled.wait()
         assert served(edge) == 1
+
+
+@pytest.mark.parametrize("rest", [b"abc", b"zz\r\nnot a chunk\r\n"])
+async def test_a_broken_unread_body_ends_only_its_connection(rest: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """The app answers without reading the body; what is left of it is cut short (the client closes)
+    or badly chunked: that connection ends, as expected (no error logged), and the server goes on."""
+    app = App()
+    framing = b"Content-Length: 10" if rest == b"abc" else b"Transfer-Encoding: chunked"
+    with trio.fail_after(30):
+        async with running(app) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            answer = await exchange(stream, b"POST /unread HTTP/1.1\r\nHost: h\r\n" + framing + b"\r\n\r\n" + rest)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            await stream.send_eof()
+            assert await stream.receive_some(10) == b""  # that connection has ended
+            other = await trio.open_tcp_stream("127.0.0.1", port)
+            assert (await exchange(other, b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]

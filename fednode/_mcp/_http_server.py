@@ -387,7 +387,10 @@ class _Connection:
         drained = 0
         with trio.move_on_after(HEAD_TIMEOUT):
             while self.h11.their_state is h11.SEND_BODY:
-                event = await self.next_event()
+                try:
+                    event = await self.next_event()
+                except h11.RemoteProtocolError:
+                    return False  # cut short or badly chunked: nothing more can be read of it
                 if isinstance(event, h11.Data):
                     drained += len(event.data)
                     if drained > _DRAIN:
@@ -484,6 +487,9 @@ class _Server:
             await connection.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away (or a TLS handshake failed)
+        except Exception:
+            # What one connection did must never end the server (and every other connection with it).
+            _log.exception("edge.http_connection_failed")
         finally:
             self.connections.pop(connection, None)
             await trio.aclose_forcefully(stream)
