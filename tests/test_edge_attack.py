@@ -399,3 +399,31 @@ async def test_a_broken_unread_body_ends_only_its_connection(rest: bytes, caplog
             other = await trio.open_tcp_stream("127.0.0.1", port)
             assert (await exchange(other, b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
+class SlowApp(App):
+    """``/later`` reads its body only after :data:`LATER` seconds (an authentication that must fetch keys)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/later":
+            await trio.sleep(LATER)
+        await super().__call__(scope, receive, send)
+
+
+LATER = BODY_TIMEOUT + HEAD_TIMEOUT
+
+
+async def test_an_app_slow_to_read_a_body_the_client_sent_keeps_its_connection(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The body timeouts measure the client, not the app: a whole body sent at once, read by the app
+    only later, is answered; a body stalled while the app waits for it still ends the connection."""
+    app = SlowApp()
+    with trio.fail_after(10 * LATER):
+        async with running(app) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            answer = await exchange(stream, b"POST /later HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello")
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"got hello")
+            await stream.send_all(b"POST /later HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhel")
+            started = trio.current_time()
+            assert await stream.receive_some(10) == b""  # the app waits for the rest: the client stalls
+            assert trio.current_time() - started == pytest.approx(LATER + HEAD_TIMEOUT, abs=0.01)

@@ -203,8 +203,7 @@ class _Connection:
         self.on_gone: trio.CancelScope | None = None
         self.pinger: tuple[float, Callable[[], Awaitable[None]]] | None = None
         self.ping_at = math.inf
-        #: idle since (or the head began at, once data is buffered; or the request's head came at, when busy)
-        self._since = trio.current_time()
+        self._since = trio.current_time()  # idle since (or the head began at, once data is buffered)
         self._head_begun = False
         self._last_read = self._since
         self._discard = False  # a refused request: what else comes is read and dropped
@@ -212,6 +211,8 @@ class _Connection:
         self._room = trio.lowlevel.ParkingLot()  # the reader waits here while too much is buffered
         self._timer: trio.CancelScope | None = None
         self._parked = False  # the reader waits for room (see read_loop)
+        self._wanted: float | None = None  # the serving task waits for data since
+        self._body_asked = math.inf  # the request's app first waited for its body at
 
     async def write(self, data: bytes) -> None:
         # In pieces, each with its own timeout: a slow reader that takes data is served, one that
@@ -244,8 +245,11 @@ class _Connection:
         if self._parked:
             return self.ping_at
         if self.busy:
-            if self.h11.their_state is h11.SEND_BODY:  # a body still arriving: HEAD_TIMEOUT between reads
-                return min(self.ping_at, self._last_read + HEAD_TIMEOUT, self._since + BODY_TIMEOUT)
+            if self.h11.their_state is h11.SEND_BODY and self._wanted is not None:
+                # The app waits for a body still arriving: HEAD_TIMEOUT between reads, BODY_TIMEOUT in
+                # all, counted from when the app asked (the app's own delays are not the client's).
+                return min(self.ping_at, max(self._last_read, self._wanted) + HEAD_TIMEOUT,
+                           self._body_asked + BODY_TIMEOUT)
             return self.ping_at
         if self._head_begun:
             return self._since + HEAD_TIMEOUT
@@ -313,7 +317,13 @@ class _Connection:
                 return event
             if self.gone.is_set():
                 return h11.ConnectionClosed()
-            await self._arrived.park()
+            self._wanted = trio.current_time()
+            self._body_asked = min(self._body_asked, self._wanted)
+            self.retime()
+            try:
+                await self._arrived.park()
+            finally:
+                self._wanted = None
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -328,7 +338,7 @@ class _Connection:
             request = await self._next_request()
             if request is None:
                 return
-            self.busy, self._head_begun, self._since = True, False, trio.current_time()
+            self.busy, self._head_begun, self._body_asked = True, False, math.inf
             self.retime()
             await self._serve(request)
             if self.h11.our_state is not h11.DONE or self.gone.is_set() or not await self._drain():
