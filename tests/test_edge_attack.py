@@ -427,3 +427,22 @@ async def test_an_app_slow_to_read_a_body_the_client_sent_keeps_its_connection(
             started = trio.current_time()
             assert await stream.receive_some(10) == b""  # the app waits for the rest: the client stalls
             assert trio.current_time() - started == pytest.approx(LATER + HEAD_TIMEOUT, abs=0.01)
+
+
+
+async def test_an_app_failing_because_its_client_left_logs_no_error(
+        caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock) -> None:
+    """The client leaves mid-body before the app reads it: the app fails at ``http.disconnect`` (as
+    Starlette's ``ClientDisconnect`` does): that is the client's going, not an error of the node (no
+    traceback at ERROR, which any client could cause at will); an app failing for itself still is one."""
+    app = SlowApp()
+    with trio.fail_after(10 * LATER):
+        async with running(app) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"POST /later HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhel")
+            await stream.send_eof()
+            assert await stream.receive_some(10) == b""  # the app failed (it wanted a body) and it ended
+            assert not [record for record in caplog.records if record.levelname == "ERROR"]
+            failing = await trio.open_tcp_stream("127.0.0.1", port)
+            assert (await exchange(failing, b"GET /fail HTTP/1.1\r\nHost: h\r\n\r\n")).startswith(b"HTTP/1.1 500 ")
+    assert [record.getMessage() for record in caplog.records if record.levelname == "ERROR"] == ["edge.http_app_failed"]

@@ -442,7 +442,10 @@ class _Connection:
                 await self._refuse(exc.error_status_hint)
             return
         except Exception:
-            _log.exception("edge.http_app_failed")
+            if self.gone.is_set():  # failed for its client's going (a body cut short): not the node's error
+                _log.debug("edge.http_app_failed_client_gone", exc_info=True)
+            else:
+                _log.exception("edge.http_app_failed")
         if not exchange.complete and not self.gone.is_set():
             if exchange.headers_sent:
                 return  # a response cut short: the connection closes (run sees our state)
