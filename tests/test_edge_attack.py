@@ -6,6 +6,7 @@ import functools
 import json
 import socket
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +75,42 @@ async def open_legacy(http: httpx2.AsyncClient, url: str) -> str:
     return session
 
 
-async def raw_post(port: int, body: Any, headers: list[tuple[str, str]]) -> bytes:
-    """POST ``body`` to /mcp with exactly ``headers`` (duplicates kept, in order) and read the answer."""
+async def answer_ids(stream: trio.SocketStream, count: int) -> list[int]:
+    """The JSON-RPC ids of the next ``count`` sized JSON answers on ``stream``, in order."""
+    ids: list[int] = []
+    received = b""
+    while len(ids) < count:
+        chunk = await stream.receive_some(65536)
+        assert chunk, "the connection closed"
+        received += chunk
+        head, sep, rest = received.partition(b"\r\n\r\n")
+        while sep and b"content-length: " in head:
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(rest) < length:
+                break
+            ids.append(json.loads(rest[:length])["id"])
+            received = rest[length:]
+            head, sep, rest = received.partition(b"\r\n\r\n")
+    return ids
+
+
+def post(body: Any, headers: Iterable[tuple[str, str]]) -> bytes:
+    """A POST to /mcp of ``body`` (JSON, or bytes as they are) with exactly ``headers`` (duplicates kept)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return f"POST /mcp HTTP/1.1\r\n{head}Content-Length: {len(data)}\r\n\r\n".encode() + data
+
+
+def host(port: int) -> tuple[str, str]:
+    """The Host header of a request to the edge on ``port``."""
+    return "Host", f"127.0.0.1:{port}"
+
+
+async def raw_post(port: int, body: Any, headers: list[tuple[str, str]]) -> bytes:
+    """POST ``body`` to /mcp with exactly ``headers`` on a connection of its own; the answer."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     try:
-        return await exchange(stream, f"POST /mcp HTTP/1.1\r\n{head}Content-Length: {len(data)}\r\n"
-                                      f"Connection: close\r\n\r\n".encode() + data)
+        return await exchange(stream, post(body, [*headers, ("Connection", "close")]))
     finally:
         await stream.aclose()
 
@@ -96,7 +125,7 @@ async def test_duplicate_headers_are_read_as_the_sdk_reads_them() -> None:
             port = int(url.rsplit(":", 1)[1].split("/")[0])
             body, headers = modern_request("tools/call", {"name": "echo", "arguments": {"text": "x"}}, "echo")
             plain = list(headers.items())
-            good = ("Host", f"127.0.0.1:{port}")
+            good = host(port)
             fine = await raw_post(port, body, [good, *plain])
             assert fine.startswith(b"HTTP/1.1 200 ") and served(edge) == 1
             rebound = await raw_post(port, body, [("Host", "evil.example"), good, *plain])
@@ -123,8 +152,8 @@ async def test_odd_json_rpc_on_the_fast_path_is_left_to_the_sdk() -> None:
             port = int(url.rsplit(":", 1)[1].split("/")[0])
             async with httpx2.AsyncClient() as http:
                 session = await open_legacy(http, url)
-            host = ("Host", f"127.0.0.1:{port}")
-            legacy = [host, *LEGACY.items(), ("MCP-Protocol-Version", VERSION), ("Mcp-Session-Id", session)]
+            here = host(port)
+            legacy = [here, *LEGACY.items(), ("MCP-Protocol-Version", VERSION), ("Mcp-Session-Id", session)]
             _, modern = modern_request("tools/call", {"name": "echo"}, "echo")
             deep = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"a":' + \
                 b"[" * 100_000 + b"]" * 100_000 + b"}}}"
@@ -134,8 +163,8 @@ async def test_odd_json_rpc_on_the_fast_path_is_left_to_the_sdk() -> None:
                 ({"jsonrpc": "2.0", "id": 1, "method": ["tools/call"], "params": {}}, legacy),
                 ({"jsonrpc": "2.0", "id": [1], "result": {}}, legacy),
                 ({"jsonrpc": "2.0", "id": {"a": 1}, "error": {"code": 1, "message": "x"}}, legacy),
-                ({"jsonrpc": "2.0", "id": 1, "method": {"a": 1}, "params": {}}, [host, *modern.items()]),
-                (deep, legacy), (huge, legacy), (deep, [host, *modern.items()]),
+                ({"jsonrpc": "2.0", "id": 1, "method": {"a": 1}, "params": {}}, [here, *modern.items()]),
+                (deep, legacy), (huge, legacy), (deep, [here, *modern.items()]),
             ]:
                 answer = await raw_post(port, body, headers)
                 assert answer.startswith(b"HTTP/1.1 ") and not answer.startswith(b"HTTP/1.1 500 "), (body, answer)
@@ -200,18 +229,16 @@ async def test_another_session_cannot_answer_or_cancel_a_question() -> None:
     with trio.fail_after(60):
         async with running_edge(forwarder) as (edge, url):
             port = int(url.rsplit(":", 1)[1].split("/")[0])
-            host = ("Host", f"127.0.0.1:{port}")
+            here = host(port)
             async with httpx2.AsyncClient() as http:
                 mine, theirs = await open_legacy(http, url), await open_legacy(http, url)
 
             def headers(session: str) -> list[tuple[str, str]]:
-                return [host, *LEGACY.items(), ("MCP-Protocol-Version", VERSION), ("Mcp-Session-Id", session)]
+                return [here, *LEGACY.items(), ("MCP-Protocol-Version", VERSION), ("Mcp-Session-Id", session)]
 
             stream = await trio.open_tcp_stream("127.0.0.1", port)
-            call = json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
-                               "params": {"name": "ask", "arguments": {}}}).encode()
-            head = "".join(f"{name}: {value}\r\n" for name, value in headers(mine))
-            await stream.send_all(f"POST /mcp HTTP/1.1\r\n{head}Content-Length: {len(call)}\r\n\r\n".encode() + call)
+            call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {}}}
+            await stream.send_all(post(call, headers(mine)))
             received = b""
             while b"\r\n\r\n" not in received.partition(b"data: ")[2]:
                 received += await stream.receive_some(65536)
@@ -269,30 +296,14 @@ async def test_pipelined_requests_behind_a_slow_one_are_answered_in_order() -> N
                 body, headers = modern_request("tools/call", {"name": "gated" if number == 1 else "echo",
                                                               "arguments": {"text": "x" * 200}},
                                                "gated" if number == 1 else "echo", request_id=number)
-                data = json.dumps(body).encode()
-                head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-                requests += (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}"
-                             f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+                requests += post(body, [host(port), *headers.items()])
             assert len(requests) > 2 * _http_server._READ_AHEAD
             stream = await trio.open_tcp_stream("127.0.0.1", port)
-            ids: list[int] = []
-            received = b""
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stream.send_all, requests)  # the kernel's buffers do not take it all
                 await forwarder.gated.wait()
                 forwarder.gate.set()
-                while len(ids) < 401:
-                    chunk = await stream.receive_some(65536)
-                    assert chunk, "the connection closed"
-                    received += chunk
-                    head, sep, rest = received.partition(b"\r\n\r\n")
-                    while sep and b"content-length: " in head:
-                        length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
-                        if len(rest) < length:
-                            break
-                        ids.append(json.loads(rest[:length])["id"])
-                        received = rest[length:]
-                        head, sep, rest = received.partition(b"\r\n\r\n")
+                ids = await answer_ids(stream, 401)
             assert ids == list(range(1, 402)) and served(edge) == 401
             await stream.aclose()
 
@@ -345,10 +356,7 @@ async def test_head_on_mcp_and_a_half_closed_request() -> None:
             healthy = await exchange(stream, f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
             assert healthy.startswith(b"HTTP/1.1 200 ") and healthy.endswith(b"ok")
             body, headers = modern_request("tools/call", {"name": "slow"}, "slow")
-            data = json.dumps(body).encode()
-            lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-            await stream.send_all(f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{lines}"
-                                  f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+            await stream.send_all(post(body, [host(port), *headers.items()]))
             await forwarder.slow_started.wait()
             await stream.send_eof()
             await forwarder.slow_cancelled.wait()
@@ -364,13 +372,10 @@ async def test_a_quiet_request_is_pinged_with_pipelined_requests_behind_it(
     async with running_edge(forwarder) as (edge, url):
         port = int(url.rsplit(":", 1)[1].split("/")[0])
         body, headers = modern_request("tools/call", {"name": "slow"}, "slow")
-        data = json.dumps(body).encode()
-        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         behind = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
         behind *= 2 * _http_server._READ_AHEAD // len(behind)
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{lines}"
-                              f"Content-Length: {len(data)}\r\n\r\n".encode() + data + behind)
+        await stream.send_all(post(body, [host(port), *headers.items()]) + behind)
         await forwarder.slow_started.wait()
         started = trio.current_time()
         received = b""
@@ -446,3 +451,30 @@ async def test_an_app_failing_because_its_client_left_logs_no_error(
             failing = await trio.open_tcp_stream("127.0.0.1", port)
             assert (await exchange(failing, b"GET /fail HTTP/1.1\r\nHost: h\r\n\r\n")).startswith(b"HTTP/1.1 500 ")
     assert [record.getMessage() for record in caplog.records if record.levelname == "ERROR"] == ["edge.http_app_failed"]
+
+
+async def test_concurrent_clients_each_get_their_own_answers() -> None:
+    """Many connections at once, each with several requests pipelined: every answer goes to the
+    connection that asked, in the order asked."""
+    forwarder = FakeForwarder()
+    got: dict[int, list[int]] = {}
+    with trio.fail_after(60):
+        async with running_edge(forwarder) as (edge, url):
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+
+            async def one(client: int) -> None:
+                requests = b""
+                for k in range(5):
+                    body, headers = modern_request("tools/call", {"name": "echo", "arguments": {"text": "x"}}, "echo",
+                                                   request_id=client * 100 + k)
+                    requests += post(body, [host(port), *headers.items()])
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(requests)
+                got[client] = await answer_ids(stream, 5)
+                await stream.aclose()
+
+            async with trio.open_nursery() as nursery:
+                for client in range(40):
+                    nursery.start_soon(one, client)
+    assert got == {client: [client * 100 + k for k in range(5)] for client in range(40)}
+    assert served(edge) == 200
