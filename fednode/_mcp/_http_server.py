@@ -12,9 +12,10 @@ directly, and spawns nothing per request. What it does:
   client to go away (``http.disconnect``); an app that never reads the body has it drained;
 * bounds against slow or hostile clients: a connection idle for :data:`KEEP_ALIVE` seconds, whose
   request head takes longer than :data:`HEAD_TIMEOUT` once started, whose body stalls that long (or
-  takes over :data:`BODY_TIMEOUT` in all), or
-  that takes nothing of its answer for :data:`WRITE_TIMEOUT` seconds, is closed; a head over
-  :data:`MAX_HEAD` bytes is answered 431, a body over :data:`MAX_BODY` bytes 413, malformed HTTP 400.
+  takes over :data:`BODY_TIMEOUT` in all) while the app waits for it, or that takes nothing of its
+  answer for :data:`WRITE_TIMEOUT` seconds, is closed; beyond :data:`MAX_CONNECTIONS`, the one idle
+  longest is; a head over :data:`MAX_HEAD` bytes is answered 431, a body over :data:`MAX_BODY` bytes
+  413, malformed HTTP (a body framed both by length and by chunks included) 400.
 
 It does not do HTTP/2, websockets or trailers; the edge needs none of them.
 """
