@@ -25,6 +25,7 @@ from typing import Generic, TypeVar
 import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.events import TextMessage
 
 from .._errors import INTERNAL_ERROR, LinkClosedError, MessageTooLargeError, ProtocolError
 from . import _wire as wire
@@ -87,6 +88,7 @@ class FrameSender(Generic[Tag]):
             tuple[wire.Message, Tag | None] | Outgoing](math.inf)
         self._write_done = trio.lowlevel.ParkingLot()  # where the sender waits for a direct write to end
         self._sender_waits = False
+        self._lock = direct_lock(ws)
 
     def _closed_error(self, state: str = "is closed") -> LinkClosedError:
         return LinkClosedError(self.peer_id, f"link to {self.peer_id!r} {state} ({self.closed})")
@@ -134,7 +136,7 @@ class FrameSender(Generic[Tag]):
         self.writer = writer
         self.writing_since = self.clock.current_time()
         try:
-            await self.ws.send_message(text)
+            await send_text(self.ws, text, self._lock)
         except ConnectionClosed as exc:
             self._on_lost(describe_close(exc))
             raise self._closed_error("closed") from None
@@ -244,6 +246,41 @@ class FrameSender(Generic[Tag]):
             self.enqueue(message, tag)
             return
         await self.send_frame(message, tag)
+
+
+def direct_lock(ws: WebSocketConnection) -> trio.StrictFIFOLock | trio.Lock | None:
+    """The send lock of a trio-websocket connection, if :func:`send_text` can use it (else None)."""
+    lock = getattr(ws, "_stream_lock", None)
+    parts = ("_close_reason", "_wsproto", "_stream", "_abort_web_socket")
+    usable = isinstance(lock, trio.StrictFIFOLock | trio.Lock) and all(hasattr(ws, name) for name in parts)
+    return lock if usable else None
+
+
+async def send_text(ws: WebSocketConnection, text: str, lock: trio.StrictFIFOLock | trio.Lock | None) -> None:
+    """``ws.send_message(text)``, without the checkpoint of taking its send ``lock`` when it is free.
+
+    trio-websocket serialises writers (us, and its reader task's pongs and close frames) with a
+    lock whose ``acquire`` yields to the scheduler even when the lock is free: one more pass of the
+    event loop (an ``epoll_wait`` and the loop's own work) for every frame. Taken with
+    ``acquire_nowait`` when free, the frame is written as ``send_message`` writes it (the socket's
+    send still checkpoints); when the lock is held or the connection is closing (or ``lock`` is
+    None: see :func:`direct_lock`), ``send_message`` does it all.
+
+    Raises:
+        ConnectionClosed: as ``send_message``.
+    """
+    if lock is None or lock.locked() or ws._close_reason is not None:
+        await ws.send_message(text)
+        return
+    data = ws._wsproto.send(TextMessage(data=text))
+    lock.acquire_nowait()
+    try:
+        await ws._stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await ws._abort_web_socket()
+        raise ConnectionClosed(ws._close_reason) from None
+    finally:
+        lock.release()
 
 
 def describe_close(exc: ConnectionClosed) -> str:
