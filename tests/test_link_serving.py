@@ -10,10 +10,11 @@ import pytest
 import trio
 import trio.testing
 from test_link import INTERVAL, linked_pair
+from trio_websocket import WebSocketConnection, WebSocketRequest, connect_websocket, serve_websocket
 
 from fednode import _errors as errors
 from fednode._peers._link import Handlers
-from fednode._peers._sender import direct_lock, send_text
+from fednode._peers._sender import FrameSender, direct_lock, send_text
 from fednode._peers._serving import IDLE_WORKERS, RequestContext
 
 from memws import ws_pair
@@ -182,3 +183,76 @@ class TestSendText:
             with pytest.raises(ConnectionClosed):
                 await send_text(ws, "late", lock)
             nursery.cancel_scope.cancel()
+
+
+class TestSendTextOverTcp:
+    """Over a real socket the frame goes straight to it: no pass of the event loop when it fits."""
+
+    async def test_a_frame_that_fits_costs_no_checkpoint(self) -> None:
+        async with trio.open_nursery() as nursery:
+            ws, peer = await tcp_pair(nursery)
+            lock = direct_lock(ws)
+            assert lock is not None
+            steps = _Steps(trio.lowlevel.current_task())
+            trio.lowlevel.add_instrument(steps)
+            await send_text(ws, "straight to the socket", lock)
+            trio.lowlevel.remove_instrument(steps)
+            assert steps.steps == 0
+            with trio.fail_after(30):
+                assert await peer.get_message() == "straight to the socket"
+            await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+    async def test_a_frame_larger_than_the_socket_takes_is_written_whole(self) -> None:
+        async with trio.open_nursery() as nursery:
+            ws, peer = await tcp_pair(nursery, max_message_size=64 * 1024 * 1024)
+            lock = direct_lock(ws)
+            big = "x" * (16 * 1024 * 1024)  # far more than the socket buffers: part of it waits in send_all
+            with trio.fail_after(60):
+                async with trio.open_nursery() as both:
+                    both.start_soon(send_text, ws, big, lock)
+                    assert await peer.get_message() == big
+                await send_text(ws, "next", lock)
+                assert await peer.get_message() == "next"
+            await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+    async def test_a_cancelled_writer_writes_nothing(self) -> None:
+        async with trio.open_nursery() as nursery:
+            ws, peer = await tcp_pair(nursery)
+            link_ws = make_sender(ws)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await link_ws.write("never")
+            await link_ws.write("only this")
+            with trio.fail_after(30):
+                assert await peer.get_message() == "only this"
+            await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def tcp_pair(nursery: trio.Nursery, **options: Any) -> tuple[WebSocketConnection, WebSocketConnection]:
+    """A (client, server) trio-websocket pair over TCP on 127.0.0.1."""
+    accepted: list[WebSocketConnection] = []
+    ready = trio.Event()
+
+    async def handler(request: WebSocketRequest) -> None:
+        accepted.append(await request.accept())
+        ready.set()
+        await trio.sleep_forever()
+
+    server = await nursery.start(partial(serve_websocket, handler, "127.0.0.1", 0, None, **options))
+    client = await connect_websocket(nursery, "127.0.0.1", server.port, "/", use_ssl=False, **options)
+    with trio.fail_after(30):
+        await ready.wait()
+    return client, accepted[0]
+
+
+def make_sender(ws: WebSocketConnection) -> FrameSender[None]:
+    def lost(reason: str) -> None:
+        raise AssertionError(reason)
+
+    def too_large(tag: None, exc: errors.ProtocolError) -> None:
+        raise AssertionError(exc)
+
+    return FrameSender(ws, peer_id="peer", max_message_size=1 << 20, on_lost=lost, on_too_large=too_large)

@@ -19,6 +19,7 @@ per frame.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -32,6 +33,10 @@ from . import _wire as wire
 
 #: Control and relayed frames that may wait in the queue before control frames are dropped.
 CONTROL_QUEUE = 64
+
+#: Frames the sender task writes in a row before it lets other tasks run (a frame the socket takes
+#: at once is written without a checkpoint, see :func:`send_text`).
+DRAIN_BATCH = 16
 
 #: What a relayed frame carries along, handed back when it cannot be sent (a link's Transit).
 Tag = TypeVar("Tag")
@@ -125,11 +130,13 @@ class FrameSender(Generic[Tag]):
         taken for the stall limit: the peer has stopped reading, and closing the stream frees the
         writer. When a request (``writer``) writes its own frame and is still at it at its deadline,
         the deadline keeper closes the link: only that frees the caller, and the frame may be
-        half-written.
+        half-written. A frame the socket takes at once costs no pass of the event loop (see
+        :func:`send_text`); a cancelled caller writes nothing, as before.
 
         Raises:
             LinkClosedError: the link is closed, or closed before the frame was written.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled writer writes nothing (not a yield)
         if self.closed is not None:
             raise self._closed_error()
         self.writing = True
@@ -170,7 +177,8 @@ class FrameSender(Generic[Tag]):
         """The sender task: write the queued frames in order, until the link ends (see :meth:`close`)."""
         queue = self._queue_recv
         async for item in queue:
-            while True:  # drain without a checkpoint per frame: writing is checkpoint enough
+            drained = 0
+            while True:  # drain with a checkpoint only every DRAIN_BATCH frames
                 try:
                     if self.writing:  # a frame written directly, before this one was queued
                         self._sender_waits = True
@@ -189,6 +197,9 @@ class FrameSender(Generic[Tag]):
                     raise
                 finally:
                     self.queued -= 1
+                drained += 1
+                if drained % DRAIN_BATCH == 0:
+                    await trio.lowlevel.checkpoint()
                 try:
                     item = queue.receive_nowait()
                 except trio.WouldBlock:
@@ -257,14 +268,16 @@ def direct_lock(ws: WebSocketConnection) -> trio.StrictFIFOLock | trio.Lock | No
 
 
 async def send_text(ws: WebSocketConnection, text: str, lock: trio.StrictFIFOLock | trio.Lock | None) -> None:
-    """``ws.send_message(text)``, without the checkpoint of taking its send ``lock`` when it is free.
+    """``ws.send_message(text)``, without its checkpoints when the socket takes the frame at once.
 
-    trio-websocket serialises writers (us, and its reader task's pongs and close frames) with a
-    lock whose ``acquire`` yields to the scheduler even when the lock is free: one more pass of the
-    event loop (an ``epoll_wait`` and the loop's own work) for every frame. Taken with
-    ``acquire_nowait`` when free, the frame is written as ``send_message`` writes it (the socket's
-    send still checkpoints); when the lock is held or the connection is closing (or ``lock`` is
-    None: see :func:`direct_lock`), ``send_message`` does it all.
+    ``send_message`` costs two passes of the event loop (an ``epoll_wait`` and the loop's own work)
+    per frame even when nothing has to wait: trio-websocket's send ``lock`` yields on ``acquire``
+    when it is free, and the socket's send yields after sending. Here the free lock is taken with
+    ``acquire_nowait`` and, over plain TCP, the frame is written to the non-blocking socket
+    directly; only what the socket does not take at once (or any frame over TLS) goes through
+    ``send_all``, which waits as usual. So a frame that fits costs no checkpoint: the frame sender
+    checkpoints between frames itself (see :meth:`FrameSender.run`). When the lock is held or the
+    connection is closing (or ``lock`` is None: see :func:`direct_lock`), ``send_message`` does it all.
 
     Raises:
         ConnectionClosed: as ``send_message``.
@@ -275,7 +288,19 @@ async def send_text(ws: WebSocketConnection, text: str, lock: trio.StrictFIFOLoc
     data = ws._wsproto.send(TextMessage(data=text))
     lock.acquire_nowait()
     try:
-        await ws._stream.send_all(data)
+        stream = ws._stream
+        if type(stream) is trio.SocketStream and not stream.socket.did_shutdown_SHUT_WR:
+            fd = stream.socket.fileno()
+            sent = 0
+            if fd >= 0:
+                try:
+                    sent = os.write(fd, data)
+                except OSError:  # would block, or broken: send_all waits, or says what broke
+                    sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        await stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         await ws._abort_web_socket()
         raise ConnectionClosed(ws._close_reason) from None
