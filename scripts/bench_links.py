@@ -396,6 +396,7 @@ class MemoryDelta:
 
     def __init__(self, top: int) -> None:
         self.top = top
+        self.up: int | None = None  # links up when measured (fednode)
         self.traced = 0
         self.rss: int | None = None
         self.sites: list[tuple[str, int]] = []
@@ -491,9 +492,7 @@ async def bench_node_memory(links: int, interval: float, idle: float, top: int) 
         for spoke in spokes:
             await spoke.wait_connected(timeout=60)
         await trio.sleep(idle)
-        up = len(hub.connected_peers())
-        if up != links:
-            raise RuntimeError(f"only {up} of {links} fednode links stayed up while idle")
+        links_delta.up = len(hub.connected_peers())
         links_delta.end()
         tracemalloc.stop()  # teardown of 2 x links sockets is much faster untraced
     return nodes_delta, links_delta
@@ -683,6 +682,9 @@ def report(args: argparse.Namespace, trips: tuple[Stats, Stats, Stats], hop: tup
     per_link = n_link / 1024
     rtt_ok = rtt_ratio <= RTT_TARGET
     mem_ok = per_link <= LINK_TARGET_KIB
+    if node_mem.up is not None and node_mem.up != L:
+        print(f"  WARNING: only {node_mem.up} of {L} fednode links were up when memory was measured (the "
+              "machine too busy for the heartbeat?): the memory figures are not reliable; run again")
     print()
     print("Targets")
     print(f"  [{'PASS' if rtt_ok else 'FAIL'}] echo on the forward path (sequential p50) <= {RTT_TARGET}x bare "
