@@ -3,13 +3,14 @@ deadlines kept by a task only once there are any. Behaviour first (deadlines, ca
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from test_link import INTERVAL, linked_pair
+from test_link import INTERVAL, linked_pair, make_link
 from trio_websocket import WebSocketConnection, WebSocketRequest, connect_websocket, serve_websocket
 
 from fednode import _errors as errors
@@ -256,3 +257,21 @@ def make_sender(ws: WebSocketConnection) -> FrameSender[None]:
         raise AssertionError(exc)
 
     return FrameSender(ws, peer_id="peer", max_message_size=1 << 20, on_lost=lost, on_too_large=too_large)
+
+
+class TestSendCheckpoints:
+    async def test_link_send_still_checkpoints_once(self) -> None:
+        """Frames the socket takes at once cost no checkpoint inside the link, but the public send still
+        yields once, so a caller sending frame after frame (a route flood) lets other tasks run between them."""
+        async with trio.open_nursery() as nursery:
+            ws, peer = await tcp_pair(nursery)
+            link = make_link(ws, "node-a", "node-b")
+            steps = _Steps(trio.lowlevel.current_task())
+            trio.lowlevel.add_instrument(steps)
+            await link.notify("nobody/listens", {"n": 1})
+            trio.lowlevel.remove_instrument(steps)
+            assert steps.steps == 1
+            with trio.fail_after(30):
+                assert json.loads(await peer.get_message())["method"] == "nobody/listens"
+            await ws.aclose()
+            nursery.cancel_scope.cancel()

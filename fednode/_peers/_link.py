@@ -318,6 +318,9 @@ class Link:
             A frame still waiting for its turn is not sent.
         """
         await self._out.send(message)
+        # A frame the socket takes at once costs no checkpoint (see send_text): a caller sending frame
+        # after frame (a route flood) still lets the other tasks run between them.
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     def forward_notification(self, method: str, params: Any) -> None:
         """Queue a notification for this peer without waiting (dropped while the queue is long)."""
