@@ -131,7 +131,8 @@ class Handlers:
     ``inline`` handlers are plain functions run by the link's reader itself, saving a task per
     request; they must return at once (no I/O, no waiting). A ``transit`` handler, also run by the
     reader, returns a :class:`Transit` to pass the request on to another link, or None to have it
-    served by ``requests[method]`` after all. Everything else runs in its own task.
+    served by ``requests[method]`` after all. Everything else runs in a task (one serving one request
+    at a time, kept for the next when it is done: see :mod:`fednode._peers._serving`).
     """
 
     requests: dict[str, RequestHandler] = attrs.field(factory=dict)
