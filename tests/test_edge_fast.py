@@ -258,3 +258,21 @@ async def test_under_another_asgi_server_the_fast_path_watches_with_a_task(mode:
                 assert served(edge) >= 1
                 await cancel_a_slow_call(c, forwarder)
             nursery.cancel_scope.cancel()
+
+
+async def test_answers_nobody_asked_for_are_left_to_the_sdk() -> None:
+    """A POSTed JSON-RPC response the fast path did not ask for (any id, even one that is not a string)
+    goes to the SDK, which acknowledges or refuses it as before; nothing is delivered or fails here."""
+    forwarder = FakeForwarder()
+    with trio.fail_after(60):
+        async with running_edge(forwarder) as (edge, url), httpx2.AsyncClient() as http:
+            legacy = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+            init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+            session = (await http.post(url, content=json.dumps(init), headers=legacy)).headers["mcp-session-id"]
+            headers = legacy | {"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+            for answer_id in ([1], {"a": 1}, "fednode-1", 7):
+                answer = {"jsonrpc": "2.0", "id": answer_id, "result": {}}
+                response = await http.post(url, content=json.dumps(answer), headers=headers)
+                assert response.status_code in (202, 400), response.text
+            assert edge.fast._asks == {} and served(edge) == 0

@@ -341,8 +341,10 @@ class FastPath:
     def _answered(self, decoded: dict[str, Any], headers: _Headers) -> str | None:
         """A legacy client's answer to a request asked on a fast-path request's stream: delivered to it
         (the session id, for the acknowledgement), else None (the SDK's, or nobody's)."""
-        session_id = headers.get("mcp-session-id")
-        asked = self._asks.get((session_id, decoded["id"])) if session_id is not None else None
+        session_id, answer_id = headers.get("mcp-session-id"), decoded["id"]
+        if session_id is None or not isinstance(answer_id, str):  # every id asked here is a string
+            return None
+        asked = self._asks.get((session_id, answer_id))
         if asked is None or asked.answer is not None or ("result" in decoded) == ("error" in decoded):
             return None
         asked.answer = decoded
