@@ -222,8 +222,8 @@ async def test_an_answer_before_the_continue_closes_the_connection(autojump_cloc
 
 async def test_another_session_cannot_answer_or_cancel_a_question() -> None:
     """A legacy request served here asks its client (``fednode-N``): another session's client POSTing
-    an answer to that id, or a ``notifications/cancelled`` for the request, reaches neither; the
-    asking session's own answer does."""
+    an answer to that id, or a ``notifications/cancelled`` for the request, reaches neither, nor does
+    an answer with headers the SDK refuses; the asking session's own answer does."""
     forwarder = AskingForwarder()
     forwarder.catalog["tools"].append({"name": "ask", "inputSchema": {"type": "object"}})
     with trio.fail_after(60):
@@ -249,6 +249,9 @@ async def test_another_session_cannot_answer_or_cancel_a_question() -> None:
             cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5}}
             for forged in (answer, cancel):
                 await raw_post(port, forged, headers(theirs))
+            # the right session, headers the SDK refuses (a version of no era): the SDK's to refuse
+            wrong = [*headers(mine)[:-2], ("MCP-Protocol-Version", "1999-01-01"), ("Mcp-Session-Id", mine)]
+            assert (await raw_post(port, answer, wrong)).startswith(b"HTTP/1.1 400 ")
             assert list(edge.fast._asks) == [(mine, question["id"])] and (mine, 5) in edge.fast._inflight
             answer["result"]["content"] = {"name": "ada"}
             assert (await raw_post(port, answer, headers(mine))).startswith(b"HTTP/1.1 202 ")

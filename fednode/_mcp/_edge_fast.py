@@ -346,6 +346,12 @@ class FastPath:
         session_id, answer_id = headers.get("mcp-session-id"), decoded["id"]
         if session_id is None or not isinstance(answer_id, str):  # every id asked here is a string
             return None
+        # What the SDK checks of an answer POSTed to a legacy session: a legacy era's version (or
+        # none), a live session, the owner's credential; an answer it would refuse is its to refuse.
+        version, transport = headers.get("mcp-protocol-version"), self.manager._server_instances.get(session_id)
+        if ((version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS) or transport is None
+                or transport.is_terminated or getattr(self.manager, "_session_owners", {}).get(session_id) is not None):
+            return None
         asked = self._asks.get((session_id, answer_id))
         if asked is None or asked.answer is not None or ("result" in decoded) == ("error" in decoded):
             return None
