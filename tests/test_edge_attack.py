@@ -250,8 +250,10 @@ async def test_another_session_cannot_answer_or_cancel_a_question() -> None:
             for forged in (answer, cancel):
                 await raw_post(port, forged, headers(theirs))
             # the right session, headers the SDK refuses (a version of no era): the SDK's to refuse
+            assert list(edge.fast._asks) == [(mine, question["id"])] and (mine, 5) in edge.fast._inflight
             wrong = [*headers(mine)[:-2], ("MCP-Protocol-Version", "1999-01-01"), ("Mcp-Session-Id", mine)]
-            assert (await raw_post(port, answer, wrong)).startswith(b"HTTP/1.1 400 ")
+            for forged in (answer, cancel):
+                assert (await raw_post(port, forged, wrong)).startswith(b"HTTP/1.1 400 ")
             assert list(edge.fast._asks) == [(mine, question["id"])] and (mine, 5) in edge.fast._inflight
             answer["result"]["content"] = {"name": "ada"}
             assert (await raw_post(port, answer, headers(mine))).startswith(b"HTTP/1.1 202 ")

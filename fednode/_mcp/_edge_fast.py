@@ -340,17 +340,22 @@ class FastPath:
         plan.session_id, plan.connection, plan.transport = session_id, connection, transport
         return plan
 
+    def _sdk_takes(self, session_id: str, headers: _Headers) -> bool:
+        """Whether the SDK would take a message (an answer, a notification) POSTed to a legacy session:
+        a legacy era's version (or none), a live session, no owner's credential to check. One it would
+        refuse is its to refuse: nothing of it is acted on here."""
+        version, transport = headers.get("mcp-protocol-version"), self.manager._server_instances.get(session_id)
+        return not ((version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS) or transport is None
+                    or transport.is_terminated
+                    or getattr(self.manager, "_session_owners", {}).get(session_id) is not None)
+
     def _answered(self, decoded: dict[str, Any], headers: _Headers) -> str | None:
         """A legacy client's answer to a request asked on a fast-path request's stream: delivered to it
         (the session id, for the acknowledgement), else None (the SDK's, or nobody's)."""
         session_id, answer_id = headers.get("mcp-session-id"), decoded["id"]
         if session_id is None or not isinstance(answer_id, str):  # every id asked here is a string
             return None
-        # What the SDK checks of an answer POSTed to a legacy session: a legacy era's version (or
-        # none), a live session, the owner's credential; an answer it would refuse is its to refuse.
-        version, transport = headers.get("mcp-protocol-version"), self.manager._server_instances.get(session_id)
-        if ((version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS) or transport is None
-                or transport.is_terminated or getattr(self.manager, "_session_owners", {}).get(session_id) is not None):
+        if not self._sdk_takes(session_id, headers):
             return None
         asked = self._asks.get((session_id, answer_id))
         if asked is None or asked.answer is not None or ("result" in decoded) == ("error" in decoded):
@@ -397,7 +402,8 @@ class FastPath:
         acknowledges the notification, 202, and ignores the id it does not know)."""
         session_id = headers.get("mcp-session-id")
         params = decoded.get("params")
-        if decoded.get("method") != "notifications/cancelled" or session_id is None or not isinstance(params, dict):
+        if (decoded.get("method") != "notifications/cancelled" or session_id is None or not isinstance(params, dict)
+                or not self._sdk_takes(session_id, headers)):
             return None
         request_id = params.get("requestId")
         scope = self._inflight.get((session_id, request_id)) if isinstance(request_id, str | int) else None
