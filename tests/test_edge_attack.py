@@ -49,19 +49,32 @@ class BigApp(App):
         self.finished.set()
 
 
-async def test_a_client_that_never_reads_its_answer_is_dropped(autojump_clock: trio.testing.MockClock) -> None:
+@pytest.mark.parametrize("tls", [False, True])
+async def test_a_client_that_never_reads_its_answer_is_dropped(
+        tls: bool, tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """A large answer to a client that takes none of it: once the socket takes nothing for
     WRITE_TIMEOUT seconds, the connection is given up (the app's sends return, nothing is held)."""
     app = BigApp()
+    server_context = client_context = None
+    if tls:
+        cert, key = self_signed(tmp_path, "edge")
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_context.load_cert_chain(cert, key)
+        client_context = ssl.create_default_context(cafile=str(cert))
     with trio.fail_after(10 * WRITE_TIMEOUT):
-        async with running(app) as port:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(functools.partial(serve_http, app, "127.0.0.1", 0, ssl_context=server_context))
+            sock = await trio.open_tcp_stream("127.0.0.1", port)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stream: trio.abc.Stream = sock
+            if client_context is not None:
+                stream = trio.SSLStream(sock, client_context, server_hostname="127.0.0.1")
             await stream.send_all(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n")
+            started = trio.current_time()
             await app.finished.wait()
             assert trio.current_time() - started == pytest.approx(WRITE_TIMEOUT, abs=0.01)
-            await stream.aclose()
+            await trio.aclose_forcefully(stream)
+            nursery.cancel_scope.cancel()
 
 
 async def open_legacy(http: httpx2.AsyncClient, url: str) -> str:

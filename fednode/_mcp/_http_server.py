@@ -213,22 +213,40 @@ class _Connection:
         self._timer: trio.CancelScope | None = None
         self._parked = False  # the reader waits for room (see read_loop)
         self._wanted: float | None = None  # the serving task waits for data since
+        self._writing_since: float | None = None  # a write (a piece of one) waits for the socket since
         self._body_asked = math.inf  # the request's app first waited for its body at
 
     async def write(self, data: bytes) -> None:
-        # In pieces, each with its own timeout: a slow reader that takes data is served, one that
-        # takes none would otherwise hold the answer, the app and the connection forever.
-        view = memoryview(data)
+        # In pieces, each timed (by the reader, see _write_stalled: a cancel scope per write would cost
+        # more than the rest of a small request's writing): a slow reader that takes data is served,
+        # one that takes none would otherwise hold the answer, the app and the connection for ever.
         try:
-            for start in range(0, len(view), _READ_SIZE):
-                with trio.move_on_after(WRITE_TIMEOUT) as timer:
+            if len(data) <= _READ_SIZE:
+                self._writing_since = trio.current_time()
+                await self.stream.send_all(data)
+            else:
+                view = memoryview(data)
+                for start in range(0, len(view), _READ_SIZE):
+                    self._writing_since = trio.current_time()
                     await self.stream.send_all(view[start:start + _READ_SIZE])
-                if timer.cancelled_caught:
-                    _log.info("edge.http_write_timeout")
-                    self._lost()
-                    return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._lost()
+        finally:
+            self._writing_since = None
+
+    def _write_stalled(self, now: float) -> bool:
+        """Whether a write has waited WRITE_TIMEOUT for the client to take anything; if so, it is
+        ended (the socket closed under it) and the client given up as gone."""
+        since = self._writing_since
+        if since is None or now < since + WRITE_TIMEOUT:
+            return False
+        _log.info("edge.http_write_timeout")
+        self._lost()
+        stream = self.stream.transport_stream if isinstance(self.stream, trio.SSLStream) else self.stream
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            sock.close()  # wakes the write waiting on it (ClosedResourceError)
+        return True
 
     def close(self) -> None:
         """End the connection (an idle one: its serving task sees the end and returns)."""
@@ -243,15 +261,16 @@ class _Connection:
         self._arrived.unpark_all()
 
     def _deadline(self) -> float:
-        if self._parked:
-            return self.ping_at
-        if self.busy:
-            if self.h11.their_state is h11.SEND_BODY and self._wanted is not None:
+        if self._parked or self.busy:
+            # A write cannot tell the reader it began: while busy, it looks every WRITE_TIMEOUT.
+            since = self._writing_since
+            deadline = min(self.ping_at, (since if since is not None else trio.current_time()) + WRITE_TIMEOUT)
+            if not self._parked and self.h11.their_state is h11.SEND_BODY and self._wanted is not None:
                 # The app waits for a body still arriving: HEAD_TIMEOUT between reads, BODY_TIMEOUT in
                 # all, counted from when the app asked (the app's own delays are not the client's).
-                return min(self.ping_at, max(self._last_read, self._wanted) + HEAD_TIMEOUT,
+                return min(deadline, max(self._last_read, self._wanted) + HEAD_TIMEOUT,
                            self._body_asked + BODY_TIMEOUT)
-            return self.ping_at
+            return deadline
         if self._head_begun:
             return self._since + HEAD_TIMEOUT
         return self._since + KEEP_ALIVE
@@ -283,11 +302,17 @@ class _Connection:
                 if self.busy and self.pinger is not None and now >= self.ping_at:
                     interval, callback = self.pinger
                     self.ping_at = now + interval
-                    try:
-                        await callback()
-                    except Exception:
-                        _log.exception("edge.http_ping_failed")
+                    with trio.move_on_after(WRITE_TIMEOUT) as pinging:  # this task cannot time its own write
+                        try:
+                            await callback()
+                        except Exception:
+                            _log.exception("edge.http_ping_failed")
+                    if pinging.cancelled_caught:
+                        self._lost()
+                        return
                     continue
+                if self._write_stalled(now):
+                    return
                 if parked or now < self._deadline():
                     continue  # the state moved on while reading (a body ended): a later deadline
                 self._lost()  # idle too long, or a head or body too slow
@@ -318,9 +343,10 @@ class _Connection:
                 return event
             if self.gone.is_set():
                 return h11.ConnectionClosed()
-            self._wanted = trio.current_time()
-            self._body_asked = min(self._body_asked, self._wanted)
-            self.retime()
+            if self.busy:  # the app waits for its body: the body timeouts run (see _deadline)
+                self._wanted = trio.current_time()
+                self._body_asked = min(self._body_asked, self._wanted)
+                self.retime()
             try:
                 await self._arrived.park()
             finally:
