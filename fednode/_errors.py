@@ -339,6 +339,10 @@ class NotDelivered(Exception):
         super().__init__(str(error))
 
 
+class BodyTooLarge(Exception):
+    """An HTTP request body went over the edge server's limit (answered 413)."""
+
+
 class StatusError(Exception):
     """``fednode status`` failed in a way already worded for the user."""
 

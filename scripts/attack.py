@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from bench_mcp import HOST, Proc, free_ports, percentile, q  # scripts/: the benchmark's process helpers
+from _bench_procs import HOST, Proc, free_ports, percentile, q  # scripts/: the benchmark's process helpers
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from trio_websocket import ConnectionClosed, WebSocketConnection

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fednode._federation._catalog import Catalog
-from fednode._federation._routes import Key, Route
+from fednode._federation._routes import Key, Route, packed
 from fednode._federation._withdrawn import WithdrawnNames
 
 ME = "node-a"
@@ -112,3 +112,25 @@ def test_a_rebuild_reuses_the_entries_of_servers_that_did_not_change() -> None:
     # Nothing changed: nothing reported, the same entries again.
     assert catalog.rebuild(dict(best), {}, ()) == set()
     assert all(catalog.entries["tools"][name] is entry for name, entry in after.items())
+
+
+def test_a_packed_tool_schema_is_parsed_once_per_entry() -> None:
+    """Asked for every call of a tool: the same schema object while its entry stands, a new one after."""
+    catalog = Catalog(ME, structlog.get_logger())
+
+    def best(description: str) -> dict[Key, tuple[Route, str | None]]:
+        tools = ({"name": "t", "description": description,
+                  "inputSchema": {"type": "object", "properties": {"a": {"type": "string"}}}},)
+        route = packed(Route(origin="node-b", server="s", prefix="s", path=("node-b",), digest=description,
+                             catalog={"tools": tools, "prompts": (), "resources": (), "resourceTemplates": ()}))
+        return {("node-b", "s"): (route, "node-b")}
+
+    catalog.rebuild(best("one"), {}, ())
+    assert isinstance(catalog.entries["tools"]["s__t"].source, str)  # packed
+    first = catalog.tool_input_schema("s__t")
+    assert first == {"type": "object", "properties": {"a": {"type": "string"}}}
+    assert catalog.tool_input_schema("s__t") is first
+    catalog.rebuild(best("two"), {}, ())
+    again = catalog.tool_input_schema("s__t")
+    assert again == first and again is not first
+    assert catalog.tool_input_schema("nothing") is None

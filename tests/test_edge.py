@@ -304,15 +304,20 @@ async def test_client_cancel_cancels_forward(mode: str) -> None:
     forwarder = FakeForwarder()
     with trio.fail_after(60):
         async with running_edge(forwarder) as (_, url), client(url, mode) as c:
-            with trio.move_on_after(30) as scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(c.call_tool, "slow", {})
-                    await forwarder.slow_started.wait()
-                    nursery.cancel_scope.cancel()
-            assert not scope.cancelled_caught
-            await forwarder.slow_cancelled.wait()
+            await cancel_a_slow_call(c, forwarder)
             # The session still works afterwards.
             assert dump(await c.call_tool("echo", {}))["structuredContent"] == ECHO_RESULT["structuredContent"]
+
+
+async def cancel_a_slow_call(c: Client, forwarder: FakeForwarder) -> None:
+    """Call ``slow``, cancel the call once the forwarder has it, and see the forward cancelled."""
+    with trio.move_on_after(30) as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(c.call_tool, "slow", {})
+            await forwarder.slow_started.wait()
+            nursery.cancel_scope.cancel()
+    assert not scope.cancelled_caught
+    await forwarder.slow_cancelled.wait()
 
 
 @pytest.mark.parametrize("mode", ["legacy", MODERN])

@@ -1,6 +1,6 @@
 """structlog set-up for the command line (JSON lines or console on stderr), and rate-limited lines.
 
-Libraries underneath (the MCP SDK, hypercorn) log through the standard library; their warnings and
+Libraries underneath (the MCP SDK, Starlette) log through the standard library; their warnings and
 errors are rendered by the same renderer, so stderr stays one format (one JSON object per line).
 """
 
@@ -51,7 +51,7 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
 
 
 class _ClientGoneFilter(logging.Filter):
-    """A client that hung up in the middle of its request is not the node's error: hypercorn and the
+    """A client that hung up in the middle of its request is not the node's error: the edge's server and the
     SDK report each one as an error with a traceback, so a burst of them floods the log. They become
     debug records (shown only at ``--log-level debug``)."""
 

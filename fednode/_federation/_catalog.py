@@ -33,6 +33,9 @@ from ._withdrawn import WithdrawnNames, template_regex
 
 __all__ = ["Catalog", "Entry", "HeldEntry", "item_name"]
 
+#: Tools whose unpacked input schema is kept (those called most recently; bounded).
+_SCHEMAS_KEPT = 1024
+
 HeldEntry = tuple[Entry, tuple[Held, ...]]
 """A held item: its entry as it would be listed, and why it is held (one :class:`Held` per replica that changed)."""
 
@@ -66,6 +69,8 @@ class Catalog:
         self.withdrawn = withdrawn if withdrawn is not None else WithdrawnNames()
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self.conflicts: list[str] = []
+        # exposed tool name -> (its entry, the input schema unpacked from it): see tool_input_schema
+        self._schemas: dict[str, tuple[Entry, Mapping[str, Any] | None]] = {}
         # server id -> when its exposed names were first claimed (an ever-increasing number): older
         # claims keep their names when another server claims the same ones
         self._claimed: dict[str, int] = {}
@@ -258,8 +263,19 @@ class Catalog:
     def tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
         """The input schema of an exposed tool (None: no such tool, or it has none)."""
         entry = self.entries["tools"].get(name)
-        schema = entry.definition.get("inputSchema") if entry is not None else None
-        return schema if isinstance(schema, Mapping) else None
+        if entry is None:
+            return None
+        known = self._schemas.get(name)
+        if known is not None and known[0] is entry:
+            return known[1]
+        # Asked for every call of the tool: a packed definition is parsed once per entry, not each time
+        # (the same object is returned while the entry stands, so callers can cache what they derive).
+        schema = entry.definition.get("inputSchema")
+        shown = schema if isinstance(schema, Mapping) else None
+        if len(self._schemas) >= _SCHEMAS_KEPT:
+            self._schemas.clear()
+        self._schemas[name] = (entry, shown)
+        return shown
 
     def resolve(self, method: str, params: Mapping[str, Any]) -> tuple[Entry, dict[str, Any]]:
         """Find the entry a client request is about; returns it and the params to send upstream.

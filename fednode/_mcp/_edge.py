@@ -10,7 +10,8 @@ The forwarded and listed methods are answered from a ``Server.middleware`` that 
 result dict without calling the rest of the chain: that skips the SDK's result sieve
 (``extra="ignore"`` would drop fields the node must pass through unchanged), so the edge owns
 the envelope of those results itself (see :mod:`fednode._mcp._edge_results`). The HTTP transport's own
-parts (hypercorn, client tokens, the SSE event store) are in :mod:`fednode._mcp._edge_http`.
+parts (client tokens, the SSE event store, serving) are in :mod:`fednode._mcp._edge_http`, the hot
+requests' fast path in :mod:`fednode._mcp._edge_fast` and the HTTP server in :mod:`fednode._mcp._http_server`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pydantic import BaseModel
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from .._config._callers import Caller
 from .._config._config import ClientsConfig
 from .._errors import (
     HEADER_MISMATCH,
@@ -57,6 +59,7 @@ from .._errors import (
 from .._peers._serving import retry_after
 from ._client_auth import ClientAuth
 from ._edge_call import FORWARDED_METHODS, EdgeCall, Forwarder, caller_of
+from ._edge_fast import FastPath
 from ._edge_http import BearerAuth, BoundedEventStore, ClientLimits, client_key, healthz, serve_asgi
 from ._edge_results import decode_cursor, encode_cursor, shape_result
 
@@ -147,8 +150,12 @@ class MCPEdge:
         # Live legacy connections (HTTP sessions and stdio) -> their session key; entries remove
         # themselves when the SDK unwinds the connection's exit stack.
         self._legacy: dict[Connection, str] = {}
+        # The same HTTP connections by session id (for the fast path, see _edge_fast).
+        self._legacy_ids: dict[str, Connection] = {}
         # catalog kinds changed and not yet announced (see announce_changes)
         self._changed_kinds: set[str] = set()
+        #: the fast path of the app :meth:`asgi_app` built last (None before)
+        self.fast: FastPath | None = None
         self._kinds_changed = trio.Event()
         self.server = _EdgeServer(name, version=version, get_tool_input_schema=self._tool_input_schema,
                                   on_subscriptions_listen=self._listen)
@@ -196,12 +203,14 @@ class MCPEdge:
             event_store=BoundedEventStore(),
             retry_interval=1000,
         )
-        return BearerAuth(app, self.auth, self.limits)
+        manager = self.server.session_manager
+        self.fast = FastPath(app, self, path=path, security=manager.security_settings, manager=manager)
+        return BearerAuth(self.fast, self.auth, self.limits)
 
     async def serve_http(self, host: str, port: int, *, path: str = "/mcp", certfile: str | None = None,
                          keyfile: str | None = None,
                          task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve :meth:`asgi_app` with hypercorn's Trio worker until cancelled (HTTPS with a cert and key).
+        """Serve :meth:`asgi_app` with the edge's HTTP/1.1 server until cancelled (HTTPS with a cert and key).
 
         ``task_status.started(port)`` reports the bound port once listening (useful with port 0).
         Cancelling the task stops the server at once, open streams included.
@@ -286,15 +295,18 @@ class MCPEdge:
 
     async def _serve(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         if ctx.method in _LIST_METHODS:
-            # Right after start-up the catalog may still be filling in (peers linking, servers
-            # starting): a client must not take an empty or partial list for the federation's.
-            settled = getattr(self.forwarder, "wait_settled", None)
-            if settled is not None:
-                await settled()
-            result = self._list(ctx)
-        else:
-            result = await self._forward(ctx)
-        return shape_result(self.server, ctx.method, ctx.protocol_version, result)
+            return await self.answer_list(ctx.method, ctx.params, ctx.protocol_version, caller_of(ctx))
+        return await self._forward(ctx)
+
+    async def answer_list(self, method: str, params: Mapping[str, Any] | None, version: str,
+                          caller: Caller | None) -> dict[str, Any]:
+        """The result of a list request (one page), shaped for ``version``; MCPError for a bad cursor."""
+        # Right after start-up the catalog may still be filling in (peers linking, servers
+        # starting): a client must not take an empty or partial list for the federation's.
+        settled = getattr(self.forwarder, "wait_settled", None)
+        if settled is not None:
+            await settled()
+        return shape_result(self.server, method, version, self._list(method, params, caller))
 
     def _check_request(self, ctx: ServerRequestContext[Any, Any]) -> None:
         # What the SDK does before its handlers, which the short-circuit skips: request-surface
@@ -310,12 +322,12 @@ class MCPEdge:
         if connection is not None and not connection.initialize_accepted:
             raise MCPError(INVALID_PARAMS, "Invalid request parameters", "")
 
-    def _list(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
-        kind = _LIST_METHODS[ctx.method]
-        cursor = (ctx.params or {}).get("cursor")
+    def _list(self, method: str, params: Mapping[str, Any] | None, caller: Caller | None) -> dict[str, Any]:
+        kind = _LIST_METHODS[method]
+        cursor = (params or {}).get("cursor")
         offset = decode_cursor(kind, cursor) if cursor is not None else 0
         try:
-            items = self.forwarder.list_items(kind, caller_of(ctx))
+            items = self.forwarder.list_items(kind, caller)
         except Exception as exc:
             self.log.exception("edge.list_failed", kind=kind)
             raise MCPError(INTERNAL_ERROR, "Internal error", None) from exc
@@ -333,9 +345,13 @@ class MCPEdge:
             if header is not None and header.strip() != (task_id if isinstance(task_id, str) else ""):
                 raise MCPError(HEADER_MISMATCH, "Mcp-Name header does not match params.taskId")
         call = EdgeCall._from_context(ctx, self._session_key(ctx))
+        return await self.answer_forwarded(dict(ctx.params or {}), call)
+
+    async def answer_forwarded(self, params: dict[str, Any], call: EdgeCall) -> dict[str, Any]:
+        """The result of a forwarded request, shaped for the call's version; MCPError for the client."""
         try:
             # Any: the forwarder is the node's code, but what it returns goes on the wire.
-            result: Any = await self.forwarder.forward(ctx.method, dict(ctx.params or {}), call)
+            result: Any = await self.forwarder.forward(call.method, params, call)
         except (EdgeError, MCPError) as exc:
             raise _as_mcp_error(exc) from exc
         except BaseExceptionGroup as group:
@@ -346,12 +362,12 @@ class MCPEdge:
                 raise
             raise _as_mcp_error(sole) from group
         except Exception as exc:
-            self.log.exception("edge.forward_failed", method=ctx.method)
+            self.log.exception("edge.forward_failed", method=call.method)
             raise MCPError(INTERNAL_ERROR, "Internal error", None) from exc
         if not isinstance(result, dict):
-            self.log.error("edge.forward_bad_result", method=ctx.method, type=type(result).__name__)
+            self.log.error("edge.forward_bad_result", method=call.method, type=type(result).__name__)
             raise MCPError(INTERNAL_ERROR, "Internal error", None)
-        return result
+        return shape_result(self.server, call.method, call.protocol_version, result)
 
     def _session_key(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
         """The legacy connection's key, registering the connection for list_changed; None if modern."""
@@ -366,8 +382,16 @@ class MCPEdge:
             connection.state[_SESSION_KEY_STATE] = key
             self._legacy[connection] = key
             connection.exit_stack.callback(self._legacy.pop, connection, None)
+            if connection.session_id is not None:
+                self._legacy_ids[connection.session_id] = connection
+                connection.exit_stack.callback(self._legacy_ids.pop, connection.session_id, None)
             connection.exit_stack.callback(self._session_ended, key)
         return key
+
+    def legacy_connection(self, session_id: str) -> Connection | None:
+        """The initialized legacy HTTP connection of a session id (None: unknown, or not initialized)."""
+        connection = self._legacy_ids.get(session_id)
+        return connection if connection is not None and connection.initialize_accepted else None
 
     def _session_ended(self, key: str) -> None:
         ended = getattr(self.forwarder, "session_ended", None)

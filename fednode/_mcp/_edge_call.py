@@ -108,7 +108,8 @@ class EdgeCall:
                  client_info: dict[str, Any] | None = None, client_capabilities: dict[str, Any] | None = None,
                  progress: ProgressReporter | None = None,
                  ask: Callable[[str, Mapping[str, Any] | None], Awaitable[dict[str, Any]]] | None = None,
-                 caller: Caller | None = None) -> None:
+                 caller: Caller | None = None,
+                 notify: Callable[[str, Mapping[str, Any] | None], Awaitable[None]] | None = None) -> None:
         self.method = method
         self.protocol_version = protocol_version
         self.era: Literal["legacy", "modern"] = "modern" if protocol_version in MODERN_PROTOCOL_VERSIONS \
@@ -121,7 +122,7 @@ class EdgeCall:
         self.caller = caller
         self._progress = progress
         self._ask = ask
-        self._notify: Callable[[str, Mapping[str, Any] | None], Awaitable[None]] | None = None
+        self._notify = notify
 
     @classmethod
     def _from_context(cls, ctx: ServerRequestContext[Any, Any], session_key: str | None) -> EdgeCall:

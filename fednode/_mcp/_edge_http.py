@@ -1,4 +1,4 @@
-"""The HTTP side of the client edge: serving an ASGI app with hypercorn, client authentication, SSE resumption.
+"""The HTTP side of the client edge: serving its ASGI app, client authentication, SSE resumption.
 
 None of it knows MCP: :meth:`~fednode._mcp._edge.MCPEdge.asgi_app` builds the app (the SDK's Streamable
 HTTP transport) with these parts and :meth:`~fednode._mcp._edge.MCPEdge.serve_http` serves it here.
@@ -7,14 +7,12 @@ HTTP transport) with these parts and :meth:`~fednode._mcp._edge.MCPEdge.serve_ht
 from __future__ import annotations
 
 import collections
-import logging
 import secrets
+import ssl
 from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
-import hypercorn.config
-import hypercorn.trio
 import trio
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from starlette.requests import Request
@@ -25,6 +23,7 @@ from .._config._config import ClientsConfig
 from .._peers._ratelimit import RateLimiter
 from ._client_auth import ClientAuth
 from ._edge_call import CALLER_KEY
+from ._http_server import serve_http
 
 __all__ = ["BearerAuth", "BoundedEventStore", "ClientLimits", "client_key", "healthz", "serve_asgi"]
 
@@ -97,22 +96,22 @@ def _address(scope: Scope) -> str:
 
 async def serve_asgi(app: ASGIApp, host: str, port: int, *, path: str, certfile: str | None, keyfile: str | None,
                      log: Any, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve ``app`` with hypercorn's Trio worker until cancelled (HTTPS with a cert and key).
+    """Serve ``app`` with the edge's HTTP/1.1 server until cancelled (HTTPS with a cert and key).
 
     ``task_status.started(port)`` reports the bound port once listening (useful with port 0);
     ``path`` only goes into the ``edge.listening`` log line.
     Cancelling the task stops the server at once, open streams included.
     """
-    config = hypercorn.config.Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    context = None
     if certfile is not None:
-        config.certfile, config.keyfile = certfile, keyfile
-    config.accesslog = None
-    config.errorlog = logging.getLogger("fednode.edge.http")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(certfile, keyfile)
+        context.set_alpn_protocols(["http/1.1"])
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(partial(hypercorn.trio.serve, cast(Any, app), config))
-        bound = int(binds[0].rsplit(":", 1)[1])
-        log.info("edge.listening", url=f"{binds[0]}{path}")
+        bound: int = await nursery.start(partial(serve_http, cast(Any, app), host, port, ssl_context=context))
+        scheme = "https" if context is not None else "http"
+        shown = f"[{host}]" if ":" in host else host
+        log.info("edge.listening", url=f"{scheme}://{shown}:{bound}{path}")
         task_status.started(bound)
 
 
@@ -192,7 +191,7 @@ class BearerAuth:
                 await admitted(scope, receive, send)
                 return
             caller, key = admitted
-            # A new state dict: hypercorn's may be shared by the requests of one connection.
+            # A new state dict: the server's may be shared by the requests of one connection.
             scope["state"] = {**(scope.get("state") or {}), CLIENT_KEY: key, CALLER_KEY: caller}
             await self._serve(scope, receive, send)
         finally:
@@ -200,9 +199,15 @@ class BearerAuth:
                 limits.disconnect(address)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if "fednode.watch" in scope.get("extensions", ()):
+            # The edge's own server finishes an exchange without waking the app's wait for
+            # http.disconnect (the hazard below), so the end of a response needs no shield there.
+            await self.app(scope, receive, send)
+            return
 
         async def send_last_shielded(message: Message) -> None:
-            # Sending the end of a response makes hypercorn finish the exchange inside this call:
+            # Sending the end of a response makes an ASGI server such as hypercorn (when the app is
+            # embedded in one) finish the exchange inside this call:
             # close the connection (Connection: close) or arm its keep-alive timer. It also wakes the
             # app's wait for http.disconnect, and the SDK then cancels its handler, this call
             # included: hypercorn's close was cut off, and the connection stayed open until the

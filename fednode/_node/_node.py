@@ -446,7 +446,7 @@ async def start_listening(nursery: trio.Nursery, role: str, url: str, server: Ca
     """Start a listening task (``role`` at ``url``) in ``nursery``; return the port it bound.
 
     Raises:
-        BindError: it could not listen on ``url`` (hypercorn reports that from inside nested
+        BindError: it could not listen on ``url`` (the servers report that from inside nested
             nurseries; the operating system's error is the one cause).
     """
     try:
