@@ -10,8 +10,9 @@ The converse holds too: a peer that stops reading cannot hold the link up. Only 
 ping we sent and have not seen answered counts (ping seqs are random, so they cannot be guessed),
 and a frame we write that the peer does not take within the stall limit closes the link.
 
-A link runs four tasks (see :meth:`Link.run`): the reader, the sender, the heartbeat and the
-deadline keeper. Their state lives in parts of their own, each given what it needs when built:
+A link runs four tasks (see :meth:`Link.run`): the reader, the sender, the heartbeat and, from the
+first request sent on it (an idle link saves the task), the deadline keeper. Their state lives in
+parts of their own, each given what it needs when built:
 :class:`~fednode._peers._heartbeat.Heartbeat` (pings due, pongs matched, dead-at; no I/O),
 :class:`~fednode._peers._sender.FrameSender` (one frame written at a time, the send queue),
 :class:`~fednode._peers._requests.RequestTable` (requests sent and not answered, with their deadlines) and
@@ -130,7 +131,8 @@ class Handlers:
     ``inline`` handlers are plain functions run by the link's reader itself, saving a task per
     request; they must return at once (no I/O, no waiting). A ``transit`` handler, also run by the
     reader, returns a :class:`Transit` to pass the request on to another link, or None to have it
-    served by ``requests[method]`` after all. Everything else runs in its own task.
+    served by ``requests[method]`` after all. Everything else runs in a task (one serving one request
+    at a time, kept for the next when it is done: see :mod:`fednode._peers._serving`).
     """
 
     requests: dict[str, RequestHandler] = attrs.field(factory=dict)
@@ -193,6 +195,8 @@ class Link:
         self._close_text = "closing"
         self._close_timeout = settings.shutdown_grace
         self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._keeping = False  # the deadline keeper has been started
         self._requests = RequestTable[Transit]()
         self._pending = self._requests.pending  # our requests waiting for answers, by id
         self._transits_in: dict[int, Transit] = {}  # requests from this peer passed on, by its ids
@@ -240,11 +244,12 @@ class Link:
         """
         try:
             async with trio.open_nursery() as nursery:
-                self._scope = nursery.cancel_scope
+                self._scope, self._nursery = nursery.cancel_scope, nursery
                 nursery.start_soon(self._reader)
                 nursery.start_soon(self._out.run)
                 nursery.start_soon(self._heartbeat)
-                nursery.start_soon(self._deadline_keeper)
+                if self._pending or self._transits_out:  # sent before the link ran
+                    self._keep_deadlines()
         finally:
             self._end(self.end_reason or f"closed locally: {self._close_text}")
             with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
@@ -314,6 +319,9 @@ class Link:
             A frame still waiting for its turn is not sent.
         """
         await self._out.send(message)
+        # A frame the socket takes at once costs no checkpoint (see send_text): a caller sending frame
+        # after frame (a route flood) still lets the other tasks run between them.
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     def forward_notification(self, method: str, params: Any) -> None:
         """Queue a notification for this peer without waiting (dropped while the queue is long)."""
@@ -345,6 +353,7 @@ class Link:
         request_id = self._requests.new_id()
         text = self._out.encode(wire.Request(id=request_id, method=method, params=params, timeout=timeout))
         pending = self._requests.add(request_id, trio.current_time() + timeout)
+        self._keep_deadlines()
         queued: Outgoing | None = None
         written = False
         try:
@@ -375,6 +384,12 @@ class Link:
         if pending.error is not None:
             raise pending.error
         return pending.result
+
+    def _keep_deadlines(self) -> None:
+        """Start the deadline keeper once there is a deadline to keep (an idle link saves the task)."""
+        if not self._keeping and self._nursery is not None and self.end_reason is None:
+            self._keeping = True
+            self._nursery.start_soon(self._deadline_keeper)
 
     async def _deadline_keeper(self) -> None:
         """Fail requests whose deadline has passed; sleeps until the earliest live deadline."""
@@ -447,6 +462,7 @@ class Link:
             await inbound.reply(request.id, wire.Error(id=request.id, code=code, message=text))
             return
         transit.onward_id = onward_id = onward._requests.add_passed(transit, trio.current_time() + transit.timeout)
+        onward._keep_deadlines()
         self._transits_in[request.id] = transit
         await onward._out.relay(wire.Request(id=onward_id, method=request.method, params=transit.params,
                                              timeout=transit.timeout), transit)

@@ -48,7 +48,9 @@ class RequestTable(Generic[Passed]):
         self._next_id = 1
         self._heap: list[tuple[float, int]] = []  # (deadline, request id)
         self._sweep_at = math.inf  # when the keeper looks next
-        self._wake = trio.Event()  # set when a deadline earlier than that is added
+        # set when a deadline earlier than that is added (None until the keeper first looks: an idle
+        # link's keeper is not started, see Link._keep_deadlines, and it looks before it waits)
+        self._wake: trio.Event | None = None
 
     def new_id(self) -> int:
         """An id for the next request sent on the link."""
@@ -71,7 +73,7 @@ class RequestTable(Generic[Passed]):
 
     def _schedule(self, deadline: float, request_id: int) -> None:
         heapq.heappush(self._heap, (deadline, request_id))
-        if deadline < self._sweep_at:
+        if deadline < self._sweep_at and self._wake is not None:
             self._wake.set()
 
     def expired(self, now: float) -> Iterator[Pending | Passed]:
@@ -103,5 +105,6 @@ class RequestTable(Generic[Passed]):
 
     async def wait(self) -> None:
         """Sleep until the earliest deadline left by :meth:`expired`, or until an earlier one is added."""
+        assert self._wake is not None, "expired() comes first"
         with trio.move_on_at(self._sweep_at):
             await self._wake.wait()

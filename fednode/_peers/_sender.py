@@ -19,18 +19,24 @@ per frame.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.events import TextMessage
 
 from .._errors import INTERNAL_ERROR, LinkClosedError, MessageTooLargeError, ProtocolError
 from . import _wire as wire
 
 #: Control and relayed frames that may wait in the queue before control frames are dropped.
 CONTROL_QUEUE = 64
+
+#: Frames the sender task writes in a row before it lets other tasks run (a frame the socket takes
+#: at once is written without a checkpoint, see :func:`send_text`).
+DRAIN_BATCH = 16
 
 #: What a relayed frame carries along, handed back when it cannot be sent (a link's Transit).
 Tag = TypeVar("Tag")
@@ -87,6 +93,7 @@ class FrameSender(Generic[Tag]):
             tuple[wire.Message, Tag | None] | Outgoing](math.inf)
         self._write_done = trio.lowlevel.ParkingLot()  # where the sender waits for a direct write to end
         self._sender_waits = False
+        self._lock = direct_lock(ws)
 
     def _closed_error(self, state: str = "is closed") -> LinkClosedError:
         return LinkClosedError(self.peer_id, f"link to {self.peer_id!r} {state} ({self.closed})")
@@ -123,18 +130,20 @@ class FrameSender(Generic[Tag]):
         taken for the stall limit: the peer has stopped reading, and closing the stream frees the
         writer. When a request (``writer``) writes its own frame and is still at it at its deadline,
         the deadline keeper closes the link: only that frees the caller, and the frame may be
-        half-written.
+        half-written. A frame the socket takes at once costs no pass of the event loop (see
+        :func:`send_text`); a cancelled caller writes nothing, as before.
 
         Raises:
             LinkClosedError: the link is closed, or closed before the frame was written.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled writer writes nothing (not a yield)
         if self.closed is not None:
             raise self._closed_error()
         self.writing = True
         self.writer = writer
         self.writing_since = self.clock.current_time()
         try:
-            await self.ws.send_message(text)
+            await send_text(self.ws, text, self._lock)
         except ConnectionClosed as exc:
             self._on_lost(describe_close(exc))
             raise self._closed_error("closed") from None
@@ -168,7 +177,8 @@ class FrameSender(Generic[Tag]):
         """The sender task: write the queued frames in order, until the link ends (see :meth:`close`)."""
         queue = self._queue_recv
         async for item in queue:
-            while True:  # drain without a checkpoint per frame: writing is checkpoint enough
+            drained = 0
+            while True:  # drain with a checkpoint only every DRAIN_BATCH frames
                 try:
                     if self.writing:  # a frame written directly, before this one was queued
                         self._sender_waits = True
@@ -187,6 +197,9 @@ class FrameSender(Generic[Tag]):
                     raise
                 finally:
                     self.queued -= 1
+                drained += 1
+                if drained % DRAIN_BATCH == 0:
+                    await trio.lowlevel.checkpoint()
                 try:
                     item = queue.receive_nowait()
                 except trio.WouldBlock:
@@ -244,6 +257,55 @@ class FrameSender(Generic[Tag]):
             self.enqueue(message, tag)
             return
         await self.send_frame(message, tag)
+
+
+def direct_lock(ws: WebSocketConnection) -> trio.StrictFIFOLock | trio.Lock | None:
+    """The send lock of a trio-websocket connection, if :func:`send_text` can use it (else None)."""
+    lock = getattr(ws, "_stream_lock", None)
+    parts = ("_close_reason", "_wsproto", "_stream", "_abort_web_socket")
+    usable = isinstance(lock, trio.StrictFIFOLock | trio.Lock) and all(hasattr(ws, name) for name in parts)
+    return lock if usable else None
+
+
+async def send_text(ws: WebSocketConnection, text: str, lock: trio.StrictFIFOLock | trio.Lock | None) -> None:
+    """``ws.send_message(text)``, without its checkpoints when the socket takes the frame at once.
+
+    ``send_message`` costs two passes of the event loop (an ``epoll_wait`` and the loop's own work)
+    per frame even when nothing has to wait: trio-websocket's send ``lock`` yields on ``acquire``
+    when it is free, and the socket's send yields after sending. Here the free lock is taken with
+    ``acquire_nowait`` and, over plain TCP, the frame is written to the non-blocking socket
+    directly; only what the socket does not take at once (or any frame over TLS) goes through
+    ``send_all``, which waits as usual. So a frame that fits costs no checkpoint: the frame sender
+    checkpoints between frames itself (see :meth:`FrameSender.run`). When the lock is held or the
+    connection is closing (or ``lock`` is None: see :func:`direct_lock`), ``send_message`` does it all.
+
+    Raises:
+        ConnectionClosed: as ``send_message``.
+    """
+    if lock is None or lock.locked() or ws._close_reason is not None:
+        await ws.send_message(text)
+        return
+    data = ws._wsproto.send(TextMessage(data=text))
+    lock.acquire_nowait()
+    try:
+        stream = ws._stream
+        if type(stream) is trio.SocketStream and not stream.socket.did_shutdown_SHUT_WR:
+            fd = stream.socket.fileno()
+            sent = 0
+            if fd >= 0:
+                try:
+                    sent = os.write(fd, data)
+                except OSError:  # would block, or broken: send_all waits, or says what broke
+                    sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await ws._abort_web_socket()
+        raise ConnectionClosed(ws._close_reason) from None
+    finally:
+        lock.release()
 
 
 def describe_close(exc: ConnectionClosed) -> str:

@@ -1,9 +1,14 @@
 """Serving what a peer asks of us over a link: its requests and notifications.
 
-Every request is handled in its own task (or, for inline handlers, by the link's reader itself),
+Every request is handled in a task of its own (or, for inline handlers, by the link's reader itself),
 and keeps a ``max_inflight`` slot until its answer has been sent (or dropped with the link): a peer
 that stops reading cannot make us hold more than ``max_inflight`` requests and answers. Requests
 the link passes on to another link count against the same limit.
+
+A task that has answered its request waits for the next one (up to :data:`IDLE_WORKERS` of them per
+link), so a request usually costs neither a task spawn nor a cancel scope of its own: each such
+worker serves its requests one at a time under one scope, which carries the deadline of the request
+being served and is cancelled when the peer cancels that request (the worker then ends).
 """
 
 from __future__ import annotations
@@ -59,6 +64,22 @@ class MethodTable(Protocol):
     def admit(self) -> Callable[[str], float] | None: ...
 
 
+#: Tasks per link kept waiting for the peer's next request once they have answered one.
+IDLE_WORKERS = 4
+
+
+class _Worker:
+    """A task serving the peer's requests one at a time (see :meth:`Serving.start_request`)."""
+
+    __slots__ = ("request", "scope", "task")
+
+    def __init__(self, request: wire.Request) -> None:
+        self.request: wire.Request | None = request  # the one being served (None while idle)
+        #: cancelled when the peer cancels the request being served, or at its deadline (for good)
+        self.scope = trio.CancelScope()
+        self.task: trio.lowlevel.Task | None = None
+
+
 def retry_after(seconds: float) -> float:
     """A retry hint for a client or peer: ``seconds`` rounded up to the millisecond."""
     return math.ceil(seconds * 1000) / 1000
@@ -93,9 +114,11 @@ class Serving:
         self._on_duplicate = on_duplicate
         self.log = log
         self._throttled = throttled
-        #: requests being served, by the peer's ids: cancelling the scope stops the handler
-        self.scopes: dict[int, trio.CancelScope] = {}
+        #: requests being served, by the peer's ids: cancelling the scope stops the handler (None: the
+        #: handler is done and the answer is being sent; too late to stop)
+        self.scopes: dict[int, trio.CancelScope | None] = {}
         self._notifying = 0
+        self._idle: list[_Worker] = []  # workers waiting for a request, the last one idle first
 
     def _busy(self) -> bool:
         return len(self.scopes) + len(self._passing_on) + self._notifying >= self.max_inflight
@@ -120,10 +143,11 @@ class Serving:
 
     def cancel(self, request_id: int) -> bool:
         """Stop serving a request the peer cancelled; False if it is not served here."""
-        scope = self.scopes.get(request_id)
-        if scope is None:
+        if request_id not in self.scopes:
             return False
-        scope.cancel()
+        scope = self.scopes[request_id]
+        if scope is not None:
+            scope.cancel()
         return True
 
     def error_reply(self, request: wire.Request, exc: Exception) -> wire.Error:
@@ -146,36 +170,71 @@ class Serving:
         await self.reply(request.id, reply)
 
     def start_request(self, request: wire.Request, nursery: trio.Nursery, *, admitted: bool = False) -> None:
-        """Serve a request in its own task in ``nursery`` (unless :meth:`admit` refuses it)."""
+        """Serve a request in a task (unless :meth:`admit` refuses it): an idle worker, else a new one."""
         if not admitted and not self.admit(request):
             return
-        scope = trio.CancelScope()
+        if self._idle:
+            worker = self._idle.pop()
+            worker.request = request
+            assert worker.task is not None
+            trio.lowlevel.reschedule(worker.task)
+        else:
+            worker = _Worker(request)
+            nursery.start_soon(self._work, worker)
         if request.timeout is not None and math.isfinite(request.timeout) and request.timeout > 0:
-            scope.relative_deadline = request.timeout
-        self.scopes[request.id] = scope
-        nursery.start_soon(self._serve_request, request, scope)
+            worker.scope.deadline = trio.current_time() + request.timeout
+        self.scopes[request.id] = worker.scope
 
-    async def _serve_request(self, request: wire.Request, scope: trio.CancelScope) -> None:
-        # The request keeps its max_inflight slot until its answer is sent (or dropped with the link),
-        # so a peer that stops reading cannot make us hold more than max_inflight requests and answers.
-        reply: wire.Message | None = None
+    async def _work(self, worker: _Worker) -> None:
+        """Serve the worker's request, then each one handed to it while idle, until it is not needed.
+
+        One cancel scope serves them all: it carries the deadline of the request being served, and a
+        cancel from the peer (or that deadline) cancels it for good, ending the worker. The answer is
+        sent with no deadline, and a cancel arriving then changes nothing (as before a task per request).
+        """
+        worker.task = trio.lowlevel.current_task()
+        scope = worker.scope
+        with scope:
+            while True:
+                request = worker.request
+                assert request is not None
+                # The request keeps its max_inflight slot until its answer is sent (or dropped with the
+                # link), so a peer that stops reading cannot make us hold more than max_inflight of them.
+                try:
+                    reply = await self._handle(request)  # cancelled: by the peer, or past the deadline
+                    # (a deadline passing between the handler's last checkpoint and here still stops
+                    # the answer: the caller gave up at that same deadline)
+                    scope.deadline = math.inf
+                    self.scopes[request.id] = None
+                    await self.reply(request.id, reply)
+                finally:
+                    del self.scopes[request.id]
+                if scope.cancel_called or len(self._idle) >= IDLE_WORKERS:
+                    return
+                await self._next(worker)
+        # else cancelled by the caller or past its deadline: nobody waits for an answer
+
+    async def _next(self, worker: _Worker) -> None:
+        """Wait, idle, until :meth:`start_request` hands the worker a request."""
+        worker.request = None  # (its params are not kept alive while idle)
+        self._idle.append(worker)
+
+        def abort(_: object) -> trio.lowlevel.Abort:  # the link is ending
+            self._idle.remove(worker)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def _handle(self, request: wire.Request) -> wire.Message:
+        """The answer to a request: its handler's result, or the error it raised."""
+        handler = self.handlers.requests.get(request.method)
+        if handler is None:
+            return wire.Error(id=request.id, code=METHOD_NOT_FOUND, message=f"unknown method {request.method[:100]!r}")
+        context = RequestContext(peer_id=self.peer_id, method=request.method, timeout=request.timeout)
         try:
-            with scope:
-                handler = self.handlers.requests.get(request.method)
-                if handler is None:
-                    reply = wire.Error(id=request.id, code=METHOD_NOT_FOUND,
-                                       message=f"unknown method {request.method[:100]!r}")
-                else:
-                    context = RequestContext(peer_id=self.peer_id, method=request.method, timeout=request.timeout)
-                    try:
-                        reply = wire.Response(id=request.id, result=await handler(request.params, context))
-                    except Exception as exc:
-                        reply = self.error_reply(request, exc)
-            # else cancelled by the caller or past its deadline: nobody waits for an answer
-            if reply is not None:
-                await self.reply(request.id, reply)
-        finally:
-            del self.scopes[request.id]
+            return wire.Response(id=request.id, result=await handler(request.params, context))
+        except Exception as exc:
+            return self.error_reply(request, exc)
 
     async def reply(self, request_id: int, reply: wire.Message) -> None:
         """Send the answer to a request; one that cannot be sent becomes an internal error."""
