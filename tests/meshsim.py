@@ -210,8 +210,14 @@ class Traffic:
 
 
 class CountingWebSocket:
-    """A WebSocket whose every sent message is counted in :class:`Traffic` (the link writes each of
-    its frames with one ``send_message``); everything else is the wrapped connection's."""
+    """A WebSocket whose every sent message is counted in :class:`Traffic`; everything else is the
+    wrapped connection's.
+
+    It has no send lock of its own to show (``_stream_lock``), so the link's frame sender writes
+    every frame with ``send_message`` (see :func:`fednode._peers._sender.direct_lock`), where it is
+    counted, rather than on its direct path past it (which saves checkpoints on real sockets only,
+    and changes nothing of what is sent).
+    """
 
     def __init__(self, ws: WebSocketConnection, traffic: Traffic) -> None:
         self._ws = ws
@@ -222,6 +228,8 @@ class CountingWebSocket:
         await self._ws.send_message(message)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_stream_lock":
+            raise AttributeError(name)
         return getattr(self._ws, name)
 
 
