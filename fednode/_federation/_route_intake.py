@@ -77,17 +77,21 @@ class PendingRoutes:
 
     @property
     def withdrawals(self) -> bool:
-        """Whether withdrawals are pending that can be applied ahead of the rest (see :meth:`take_withdrawals`)."""
-        return bool(self.withdrawn) and not self.full and self.complete and self.earlier is None
+        """Whether withdrawals (or tombstones) are pending that can be applied ahead of the rest (see
+        :meth:`take_withdrawals`)."""
+        return bool(self.withdrawn or self.revoked) and not self.full and self.complete and self.earlier is None
 
     def take_withdrawals(self) -> Advertisement:
-        """The pending withdrawals alone, as one advertisement; the routes to set stay pending.
+        """The pending withdrawals and tombstones alone, as one advertisement; the routes to set stay
+        pending.
 
         Applying them first and the rest later leaves the table as applying all at once would: a key
-        is never both withdrawn and set here (the later frame's word replaces the earlier's).
+        is never both withdrawn and set here (the later frame's word replaces the earlier's), and
+        tombstones apply in any order. A withdrawal goes with the origin's tombstone, if it came with
+        one: the old advertisement is barred from the moment it is withdrawn.
         """
-        taken = Advertisement(routes=(), withdrawn=tuple(sorted(self.withdrawn)))
-        self.withdrawn = set()
+        taken = Advertisement(routes=(), withdrawn=tuple(sorted(self.withdrawn)), revoked=tuple(self.revoked.values()))
+        self.withdrawn, self.revoked = set(), {}
         return taken
 
     @property
