@@ -218,3 +218,33 @@ async def test_a_stalled_body_closes_the_connection(autojump_clock: trio.testing
             assert await stream.receive_some(10) == b""
             assert trio.current_time() - started == pytest.approx(HEAD_TIMEOUT, abs=0.01)
     assert app.requests == []  # the app never got a whole body
+
+
+async def test_a_client_leaving_mid_body_is_a_disconnect_for_the_app() -> None:
+    seen: list[str] = []
+    done = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            return
+        try:
+            while (message := await receive())["type"] == "http.request":
+                seen.append(message["type"])
+            seen.append(message["type"])
+        finally:
+            done.set()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_http, app, "127.0.0.1", 0)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+            while not seen:
+                await trio.sleep(0.01)
+            await stream.aclose()
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    assert seen[-1] == "http.disconnect"

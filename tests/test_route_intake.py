@@ -159,6 +159,32 @@ class TestRouteIntake:
             assert latest.catalog["tools"][0]["name"] == "t99"
             nursery.cancel_scope.cancel()
 
+    async def test_withdrawals_go_ahead_once_between_two_updates(self, autojump_clock: trio.testing.MockClock
+                                                                 ) -> None:
+        """News of a loss is not held for the interval (it must outrun the longer paths peers fall
+        back on), but only once between two updates: a peer cannot double the rate more than that."""
+        applied: list[tuple[float, tuple[str, ...], tuple[str, ...], tuple[Key, ...]]] = []
+        intake = RouteIntake(synchronous(lambda peer, adv: applied.append(
+            (trio.current_time(), tuple(r.server for r in adv.routes), tuple(s for _o, s in adv.withdrawn),
+             tuple(tombstone.key for tombstone in adv.revoked)))),
+            known=lambda peer: {("node-b", "s"), ("node-b", "x")}, limits=ROOMY, log=structlog.get_logger("test"))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(intake.run)
+            intake.offer("node-b", advert(route("node-b", "s")))
+            await trio.sleep(0.1)
+            # ahead of the interval, with the origin's tombstone that came with it
+            intake.offer("node-b", Advertisement(withdrawn=(("node-b", "x"),),
+                                                 revoked=(Tombstone("node-b", "x", 2, 99),)))
+            await trio.sleep(0.1)
+            intake.offer("node-b", advert(route("node-b", "y")))  # waits for the interval
+            await trio.sleep(0.1)
+            intake.offer("node-b", advert(withdrawn=(("node-b", "s"),)))  # once only: waits too
+            await trio.sleep(2)
+            nursery.cancel_scope.cancel()
+        assert [(t, routes, gone) for t, routes, gone, _revoked in applied] == [
+            (0.0, ("s",), ()), (pytest.approx(0.1), (), ("x",)), (0.5, ("y",), ("s",))]
+        assert [revoked for *_, revoked in applied] == [(), (("node-b", "x"),), ()]
+
     async def test_updates_keep_coming_at_most_twice_a_second(self, autojump_clock: trio.testing.MockClock) -> None:
         applied: list[float] = []
         intake = RouteIntake(synchronous(lambda peer, adv: applied.append(trio.current_time())), known=lambda peer: {},

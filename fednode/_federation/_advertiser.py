@@ -1,8 +1,19 @@
 """Sending each peer what changed in the routes this node offers it (``fed/routes``), with the
-origins' tombstones of withdrawn servers it has not been sent yet."""
+origins' tombstones of withdrawn servers it has not been sent yet.
+
+A route that got worse (a longer path than the one the peer was last sent) is withdrawn from the
+peer at once and offered again only :data:`WORSE_HOLD` later (ghost flushing). When a node dies or
+a link goes, the routes through it do not vanish everywhere at once: each node falls back on the
+longer paths its other peers sent before they heard the news, most of them through the same loss.
+Offered on at once, those ghosts would travel as fast as the news, and every node would try
+ever longer dead paths, one round per advertisement interval on every link, until MAX_PATH (a path
+vector's path exploration). Withdrawn instead, the news outruns them: once it has gone round, a
+longer path still held is a real one, and it goes out when its hold ends.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -13,6 +24,7 @@ from .._errors import FednodeError
 from .._peers._wire import RawJSON
 from ._name_policy import NamePolicy
 from ._pacer import Pacer
+from ._route_intake import ROUTE_UPDATES_PER_SECOND
 from ._route_proof import Proof, Tombstone
 from ._routes import Key, Path, Route, compact_json
 from ._routing import PeerPolicy, RoutingTable
@@ -21,6 +33,10 @@ ROUTES_METHOD = "fed/routes"
 #: Advertisement frames are packed up to this size (bytes of JSON); a route larger than it is sent
 #: in a frame of its own (up to the link's ``max_message_size``).
 FRAME_TARGET = 64 * 1024
+#: How long a route that got worse for a peer is withdrawn from it before it is offered again
+#: (seconds): one interval of the peer's route intake (see :mod:`fednode._federation._route_intake`),
+#: by when the withdrawals caused by the same loss have been applied around it.
+WORSE_HOLD = 1.0 / ROUTE_UPDATES_PER_SECOND
 
 
 class Advertiser:
@@ -58,6 +74,9 @@ class Advertiser:
         self._dirty = trio.Event()
         # peers an advertisement is being sent to -> whether another is due when it is done
         self._advertising: dict[str, bool] = {}
+        # peer -> routes that got worse for it, withdrawn until when (trio time); see WORSE_HOLD
+        self._held: dict[str, dict[Key, float]] = {}
+        self._holds_changed = trio.Event()
 
     def changed(self) -> None:
         """Something peers are offered may have changed: compare and send (from :meth:`run`)."""
@@ -71,6 +90,7 @@ class Advertiser:
         """
         task_status.started()
         async with trio.open_nursery() as senders:
+            senders.start_soon(self._release_holds)
             while True:
                 await self._dirty.wait()
                 self._dirty = trio.Event()
@@ -90,6 +110,37 @@ class Advertiser:
                 self._advertising[peer_id] = False
         finally:
             del self._advertising[peer_id]
+
+    async def _release_holds(self) -> None:
+        """Advertise again whenever a hold ends (see :data:`WORSE_HOLD`). Runs until cancelled."""
+        while True:
+            self._holds_changed = trio.Event()
+            ends = min((until for held in self._held.values() for until in held.values()), default=math.inf)
+            with trio.move_on_at(ends):
+                await self._holds_changed.wait()
+                continue
+            now = trio.current_time()
+            for held in self._held.values():
+                for key in [key for key, until in held.items() if until <= now]:
+                    del held[key]
+            self.changed()
+
+    def _hold_worse(self, peer_id: str, offers: dict[Key, tuple[Route, Path]]) -> None:
+        """Leave out of ``offers`` the routes whose path is longer than the one ``peer_id`` was last
+        sent (and those still held): they are withdrawn from it until their hold ends."""
+        previous = self._table.advertised.get(peer_id)
+        if previous is None:  # a full advertisement: nothing was sent that could have got worse
+            self._held.pop(peer_id, None)
+            return
+        held = self._held.setdefault(peer_id, {})
+        ends = trio.current_time() + WORSE_HOLD
+        for key, (_route, path) in offers.items():
+            sent = previous.get(key)
+            if sent is not None and len(path) > len(sent[0]) and key not in held:
+                held[key] = ends
+                self._holds_changed.set()
+        for key in held:
+            offers.pop(key, None)
 
     def offers(self, peer_id: str) -> dict[Key, tuple[Route, Path]]:
         """What ``peer_id`` is offered now (see :meth:`fednode._federation._routing.RoutingTable.offers`)."""
@@ -124,6 +175,7 @@ class Advertiser:
     async def _advertise(self, peer_id: str) -> None:
         epoch = self._table.link_epoch(peer_id)
         offers = self.offers(peer_id)
+        self._hold_worse(peer_id, offers)
         revocations = self.revocations(peer_id)
         delta = self._table.delta(peer_id, offers, revocations)
         # Signing and measuring each route is work in proportion to what is offered: in slices.

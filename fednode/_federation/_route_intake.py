@@ -10,7 +10,10 @@ validated. A task per peer with pending updates, started in :class:`RouteIntake`
 applies them at most :data:`ROUTE_UPDATES_PER_SECOND` times a second, and spaced so that applying
 them takes at most :data:`ROUTE_APPLY_SHARE` of the node's time (a large catalog costs more to
 rebuild); whatever arrives meanwhile is merged, so a burst of N frames is applied as one. The first
-update after a quiet moment is applied at once. An update is applied a route at a time, letting the
+update after a quiet moment is applied at once, and so are the withdrawals pending, once between two
+of those updates: news of a loss must travel faster than the longer paths peers fall back on (see
+:mod:`fednode._federation._advertiser`); a withdrawal needs an announcement before it, so this at
+most doubles the rate. An update is applied a route at a time, letting the
 node's other tasks run between short slices (:mod:`fednode._federation._pacer`), so that a large one
 never holds clients' calls for long.
 
@@ -71,6 +74,25 @@ class PendingRoutes:
         """Whether nothing is pending."""
         return (not self.full and not self.routes and not self.withdrawn and not self.revoked
                 and self.earlier is None)
+
+    @property
+    def withdrawals(self) -> bool:
+        """Whether withdrawals (or tombstones) are pending that can be applied ahead of the rest (see
+        :meth:`take_withdrawals`)."""
+        return bool(self.withdrawn or self.revoked) and not self.full and self.complete and self.earlier is None
+
+    def take_withdrawals(self) -> Advertisement:
+        """The pending withdrawals and tombstones alone, as one advertisement; the routes to set stay
+        pending.
+
+        Applying them first and the rest later leaves the table as applying all at once would: a key
+        is never both withdrawn and set here (the later frame's word replaces the earlier's), and
+        tombstones apply in any order. A withdrawal goes with the origin's tombstone, if it came with
+        one: the old advertisement is barred from the moment it is withdrawn.
+        """
+        taken = Advertisement(routes=(), withdrawn=tuple(sorted(self.withdrawn)), revoked=tuple(self.revoked.values()))
+        self.withdrawn, self.revoked = set(), {}
+        return taken
 
     @property
     def ready(self) -> bool:
@@ -158,6 +180,8 @@ class _Peer:
     pending: PendingRoutes = attrs.field(factory=PendingRoutes)
     #: the earliest time the next update may be applied
     next_at: float = float("-inf")
+    #: whether withdrawals were applied ahead since the last update (once between two)
+    early: bool = False
     #: the task applying this peer's updates, while there is one
     worker: trio.CancelScope | None = None
     arrived: trio.Event = attrs.field(factory=trio.Event)
@@ -235,24 +259,43 @@ class RouteIntake:
         try:
             with scope:
                 while True:
-                    await trio.sleep_until(peer.next_at)  # meanwhile, frames are merged
+                    # Meanwhile, frames are merged; withdrawals go ahead, once between two updates.
+                    ahead = False
+                    if peer.next_at > trio.current_time():
+                        with trio.move_on_at(peer.next_at):
+                            while peer.early or not peer.pending.withdrawals:
+                                peer.arrived = trio.Event()
+                                await peer.arrived.wait()
+                            ahead = True
+                    if ahead:
+                        peer.early = True
+                        await self._apply_now(peer_id, peer, peer.pending.take_withdrawals())
+                        continue
+                    peer.early = False
                     while not peer.pending.ready:
                         if peer.pending.empty:
                             return  # the next frame starts another task
                         peer.arrived = trio.Event()  # a full advertisement is still arriving
                         await peer.arrived.wait()
-                    advertisement = peer.pending.take()
                     started = trio.current_time()
-                    pacer = Pacer()
-                    try:
-                        await self._apply(peer_id, advertisement, pacer)
-                    except Exception:  # a bug must not stop the node (nor this peer's later updates)
-                        self._log.exception("routes.apply_failed", peer=peer_id)
-                    # What the apply cost is the time it ran, not the time others ran in between.
-                    peer.next_at = started + max(self.interval, pacer.busy / ROUTE_APPLY_SHARE)
+                    busy = await self._apply_now(peer_id, peer, peer.pending.take())
+                    peer.next_at = started + max(self.interval, busy / ROUTE_APPLY_SHARE)
         finally:
             if peer.worker is scope:
                 peer.worker = None
+
+    async def _apply_now(self, peer_id: str, peer: _Peer, advertisement: Advertisement) -> float:
+        """Apply ``advertisement``; returns the time that took (the time others ran in between not counted).
+        An update applied ahead pushes the next one back by what it cost, beyond the interval."""
+        started = trio.current_time()
+        pacer = Pacer()
+        try:
+            await self._apply(peer_id, advertisement, pacer)
+        except Exception:  # a bug must not stop the node (nor this peer's later updates)
+            self._log.exception("routes.apply_failed", peer=peer_id)
+        if peer.early:
+            peer.next_at = max(peer.next_at, started + pacer.busy / ROUTE_APPLY_SHARE)
+        return pacer.busy
 
     def stats(self) -> dict[str, Any]:
         """Per peer with updates pending: how many routes, items and bytes (for tests and status)."""

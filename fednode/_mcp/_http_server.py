@@ -110,7 +110,12 @@ class _Exchange:
         if h11_conn.they_are_waiting_for_100_continue:
             await self.connection.write(h11_conn.send(h11.InformationalResponse(status_code=100, headers=[])))
         while True:
-            event = await self.connection.next_event()
+            try:
+                event = await self.connection.next_event()
+            except h11.RemoteProtocolError:
+                if not self.connection.gone.is_set():
+                    raise  # a malformed body: answered 400 (see _Connection._serve)
+                event = None  # the client left in the middle of its body
             if isinstance(event, h11.Data):
                 self.body_bytes += len(event.data)
                 if self.body_bytes > MAX_BODY:
