@@ -496,3 +496,22 @@ async def test_concurrent_clients_each_get_their_own_answers() -> None:
                     nursery.start_soon(one, client)
     assert got == {client: [client * 100 + k for k in range(5)] for client in range(40)}
     assert served(edge) == 200
+
+
+async def test_a_client_gone_before_its_body_was_whole_is_not_answered(caplog: pytest.LogCaptureFixture) -> None:
+    """A POST whose client leaves mid-body: there is no one to answer, so the SDK is not asked to (it
+    would open a session for nothing and log an error, with a traceback, for each such client)."""
+    forwarder = FakeForwarder()
+    with trio.fail_after(60):
+        async with running_edge(forwarder) as (edge, url):
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            for version in ([], [("MCP-Protocol-Version", VERSION)]):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+                                      + "".join(f"{name}: {value}\r\n" for name, value in
+                                                [*LEGACY.items(), *version]).encode()
+                                      + b'Content-Length: 100\r\n\r\n{"jsonrpc":')
+                await stream.send_eof()
+                assert await stream.receive_some(65536) == b""
+            assert edge.server.session_manager._server_instances == {}
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]

@@ -230,6 +230,8 @@ class FastPath:
             return
         chunks: list[Message] = []
         body = await _read_body(receive, chunks)
+        if chunks[-1]["type"] == "http.disconnect":
+            return  # the client left before its body was whole: no one to answer (nor the SDK to ask)
         plan = None
         if body is not None:
             headers = _Headers(scope["headers"])
@@ -544,7 +546,7 @@ def _error(error: ErrorData) -> dict[str, Any]:
 
 async def _read_body(receive: Receive, chunks: list[Message]) -> bytes | None:
     """The request's body (each message kept in ``chunks``); None when it is over the SDK's size limit
-    or the client went away (the SDK then answers as it would)."""
+    (the SDK then answers as it would) or the client went away (the last message: ``http.disconnect``)."""
     size = 0
     while True:
         message = await receive()
