@@ -11,14 +11,15 @@ anything else, including every request a rule refuses, goes on to the SDK unchan
 it as it always did. So an error's wording and status stay the SDK's, and the fast path only ever
 serves requests the SDK would have served.
 
-The answer is JSON when nothing comes before the result; a notification (progress, or the
-upstream's log messages) first turns it into an SSE stream, as the SDK does. A silent request
-commits to SSE after :data:`PING_INTERVAL` seconds and pings to keep proxies from timing it out.
-The client closing the response cancels the request (in both eras: nothing could deliver its
-result any more); a legacy client's ``notifications/cancelled`` for a request served here cancels it.
-A legacy request's questions to its client (elicitation, sampling, roots) go out on the request's own
-stream, as the SDK sends them, and the client's POSTed answer is taken here. SSE answers from here
-carry no event ids: a client that loses one cannot resume it.
+Answers are shaped as the SDK shapes them: at 2026-07-28 JSON when nothing comes before the
+result, and an SSE stream once a notification (progress, or the upstream's log messages) comes
+first; in the legacy era an SSE stream with its priming event, each event kept in the SDK's event
+store (replayable with ``Last-Event-ID``). A silent request commits to SSE after
+:data:`PING_INTERVAL` seconds and pings to keep proxies from timing it out. The client closing the
+response cancels the request (in both eras: nothing could deliver the rest of its answer); a legacy
+client's ``notifications/cancelled`` for a request served here cancels it. A legacy request's
+questions to its client (elicitation, sampling, roots) go out on the request's own stream, as the
+SDK sends them, and the client's POSTed answer is taken here.
 """
 
 from __future__ import annotations
