@@ -210,9 +210,9 @@ async def test_a_legacy_session_is_held_open_while_a_request_of_it_runs_here(
             await trio.sleep(45 * 60)  # longer than the SDK's idle timeout (30 minutes)
             assert session in manager._server_instances
             forwarder.gate.set()
-        # silent for longer than the ping interval: the answer came as an SSE stream, pinged
+        # an SSE stream (as the SDK answers legacy requests): its priming event, then pings while silent
         answer = answers[0].text
-        assert answer.startswith(": ping")
+        assert answer.startswith("id: ") and "\r\n\r\n: ping\r\n" in answer
         last = json.loads([line for line in answer.splitlines() if line.startswith("data: ")][-1][6:])
         assert last["result"]["structuredContent"] == ECHO_RESULT["structuredContent"]
         assert served(edge) == 1
@@ -276,3 +276,37 @@ async def test_answers_nobody_asked_for_are_left_to_the_sdk() -> None:
                 response = await http.post(url, content=json.dumps(answer), headers=headers)
                 assert response.status_code in (202, 400), response.text
             assert edge.fast._asks == {} and served(edge) == 0
+
+
+async def test_a_legacy_answer_is_an_sse_stream_a_client_can_replay() -> None:
+    """As the SDK answers a legacy request: SSE, a priming event first, every event kept in the event
+    store under the request's stream, so ``GET`` with ``Last-Event-ID`` replays the answer."""
+    forwarder = FakeForwarder()
+    with trio.fail_after(60):
+        async with running_edge(forwarder) as (edge, url), httpx2.AsyncClient() as http:
+            legacy = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+            init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+            session = (await http.post(url, content=json.dumps(init), headers=legacy)).headers["mcp-session-id"]
+            headers = legacy | {"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+            await http.post(url, content=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+                            headers=headers)
+            call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}
+            answer = await http.post(url, content=json.dumps(call), headers=headers)
+            assert served(edge) == 1
+            assert answer.headers["content-type"] == "text/event-stream"
+            assert answer.headers["mcp-session-id"] == session
+            events = [dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+                      for block in answer.text.split("\r\n\r\n") if block]
+            assert "id" in events[0] and events[0]["retry"] == "1000"  # the priming event (empty data)
+            assert "data: \r\n" in answer.text.split("\r\n\r\n")[0] + "\r\n"
+            assert json.loads(events[-1]["data"])["result"]["structuredContent"] == ECHO_RESULT["structuredContent"]
+            replayed = ""
+            async with http.stream("GET", url, headers=headers | {"Accept": "text/event-stream",
+                                                                   "Last-Event-ID": events[0]["id"]}) as stream:
+                async for chunk in stream.aiter_text():
+                    replayed += chunk
+                    if events[-1]["id"] in replayed and '"id":5' in replayed:
+                        break
+            assert json.loads(events[-1]["data"])["id"] == 5
+            assert '"id":5' in replayed and events[-1]["id"] in replayed

@@ -11,14 +11,15 @@ anything else, including every request a rule refuses, goes on to the SDK unchan
 it as it always did. So an error's wording and status stay the SDK's, and the fast path only ever
 serves requests the SDK would have served.
 
-The answer is JSON when nothing comes before the result; a notification (progress, or the
-upstream's log messages) first turns it into an SSE stream, as the SDK does. A silent request
-commits to SSE after :data:`PING_INTERVAL` seconds and pings to keep proxies from timing it out.
-The client closing the response cancels the request (in both eras: nothing could deliver its
-result any more); a legacy client's ``notifications/cancelled`` for a request served here cancels it.
-A legacy request's questions to its client (elicitation, sampling, roots) go out on the request's own
-stream, as the SDK sends them, and the client's POSTed answer is taken here. SSE answers from here
-carry no event ids: a client that loses one cannot resume it.
+Answers are shaped as the SDK shapes them: at 2026-07-28 JSON when nothing comes before the
+result, and an SSE stream once a notification (progress, or the upstream's log messages) comes
+first; in the legacy era an SSE stream with its priming event, each event kept in the SDK's event
+store (replayable with ``Last-Event-ID``). A silent request commits to SSE after
+:data:`PING_INTERVAL` seconds and pings to keep proxies from timing it out. The client closing the
+response cancels the request (in both eras: nothing could deliver the rest of its answer); a legacy
+client's ``notifications/cancelled`` for a request served here cancels it. A legacy request's
+questions to its client (elicitation, sampling, roots) go out on the request's own stream, as the
+SDK sends them, and the client's POSTed answer is taken here.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import trio
-from mcp.server.streamable_http import check_accept_headers
+from mcp.server.streamable_http import REQUEST_CANCELLED, check_accept_headers
 from mcp.server.transport_security import (
     DEFAULT_MAX_REQUEST_BODY_SIZE,
     TransportSecurityMiddleware,
@@ -50,7 +51,7 @@ from mcp.shared.inbound import (
 )
 from mcp_types import PROTOCOL_VERSION_META_KEY, ErrorData
 from mcp_types import methods as mcp_methods
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, is_version_at_least
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -129,29 +130,67 @@ class _Asked:
         self.done = trio.Event()
 
 
-class _Reply:
-    """The answer to one request: JSON if nothing comes before the result, else an SSE stream."""
+class _Stored:
+    """A message kept in the SDK's event store as the JSON it was sent as (the store and the SDK's
+    replay read it through ``model_dump_json``, as they read the SDK's own messages)."""
 
-    def __init__(self, send: Send, extra_headers: list[tuple[bytes, bytes]]) -> None:
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def model_dump_json(self, **_: Any) -> str:
+        return self.text
+
+
+class _Reply:
+    """The answer to one request.
+
+    2026-07-28: JSON if nothing comes before the result, else an SSE stream. Legacy (``stream``
+    given: the SDK's event store and the request's stream id): an SSE stream, as the SDK answers, its
+    priming event first (2025-11-25 and later), every event kept in the event store under the request's
+    stream, so a client can replay them with ``Last-Event-ID``.
+    """
+
+    def __init__(self, send: Send, extra_headers: list[tuple[bytes, bytes]], *, legacy: bool = False,
+                 stream: tuple[Any, str] | None = None, retry: int | None = None) -> None:
         self._send = send
         self._extra = extra_headers
         self._lock = trio.Lock()
+        self._legacy = legacy
+        self._stream = stream
+        self._retry = retry
         self.streaming = False
         self.done = False
         #: the client went away (nothing more can reach it)
         self.gone = False
 
     async def _commit(self) -> None:
-        if not self.streaming:
-            self.streaming = True
-            await self._send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + self._extra})
+        if self.streaming:
+            return
+        self.streaming = True
+        await self._send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + self._extra})
+        if self._stream is not None:
+            store, stream_id = self._stream
+            priming = f"id: {await store.store_event(stream_id, None)}\r\ndata: \r\n"
+            if self._retry is not None:
+                priming += f"retry: {self._retry}\r\n"
+            await self._send({"type": "http.response.body", "body": (priming + "\r\n").encode(), "more_body": True})
+
+    async def _sse(self, message: Mapping[str, Any]) -> bytes:
+        text = json.dumps(message, separators=(",", ":"))
+        if self._stream is None:
+            return f"event: message\r\ndata: {text}\r\n\r\n".encode()
+        store, stream_id = self._stream
+        event_id = await store.store_event(stream_id, _Stored(text))
+        return f"event: message\r\nid: {event_id}\r\ndata: {text}\r\n\r\n".encode()
 
     async def event(self, message: Mapping[str, Any]) -> None:
         """Put a message (a notification) on the stream, ahead of the answer."""
         async with self._lock:
             if not self.done:
                 await self._commit()
-                await self._send({"type": "http.response.body", "body": _sse(message), "more_body": True})
+                await self._send({"type": "http.response.body", "body": await self._sse(message), "more_body": True})
 
     async def ping(self) -> None:
         async with self._lock:
@@ -160,14 +199,14 @@ class _Reply:
                 await self._send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
 
     async def finish(self, message: Mapping[str, Any] | None, status: int = 200) -> None:
-        """End the answer with ``message`` (None: with nothing, for a request the client cancelled)."""
+        """End the answer with ``message`` (None: with nothing more)."""
         async with self._lock:
             if self.done:
                 return
             self.done = True
-            if self.streaming or message is None:
+            if self.streaming or self._legacy or message is None:
                 await self._commit()
-                body = _sse(message) if message is not None else b""
+                body = await self._sse(message) if message is not None else b""
                 await self._send({"type": "http.response.body", "body": body, "more_body": False})
                 return
             data = json.dumps(message, separators=(",", ":")).encode()
@@ -175,10 +214,6 @@ class _Reply:
                        *self._extra]
             await self._send({"type": "http.response.start", "status": status, "headers": headers})
             await self._send({"type": "http.response.body", "body": data, "more_body": False})
-
-
-def _sse(message: Mapping[str, Any]) -> bytes:
-    return b"event: message\r\ndata: " + json.dumps(message, separators=(",", ":")).encode() + b"\r\n\r\n"
 
 
 class EdgeParts(Protocol):
@@ -413,8 +448,14 @@ class FastPath:
             scope.cancel()
 
     async def _serve(self, plan: _Plan, receive: Receive, send: Send, watch: Watch | None) -> None:
-        extra = [(b"mcp-session-id", plan.session_id.encode())] if plan.session_id is not None else []
-        reply = _Reply(send, extra)
+        if plan.session_id is None:
+            reply = _Reply(send, [])
+        else:
+            store = getattr(self.manager, "event_store", None)
+            primed = store is not None and is_version_at_least(plan.version, "2025-11-25")
+            reply = _Reply(send, [(b"mcp-session-id", plan.session_id.encode())], legacy=True,
+                           stream=(store, str(plan.request_id)) if primed else None,
+                           retry=getattr(self.manager, "retry_interval", None))
         key = (plan.session_id, plan.request_id) if plan.session_id is not None else None
         with _holding(plan.transport), trio.CancelScope() as cancel:
             if key is not None:
@@ -436,9 +477,11 @@ class FastPath:
                 if key is not None:
                     self._inflight.pop(key, None)
         if cancel.cancelled_caught and not reply.done and not reply.gone and not (watch is not None and watch.gone):
-            # Cancelled by the client's notifications/cancelled: the request gets no answer.
+            # Cancelled by the client's notifications/cancelled: the legacy wire ends a request's
+            # stream only with an answer for its id, so it gets one (as the SDK answers).
             with trio.move_on_after(5.0):
-                await reply.finish(None)
+                await reply.finish({"jsonrpc": "2.0", "id": plan.request_id,
+                                    "error": {"code": REQUEST_CANCELLED, "message": "Request cancelled"}})
 
     async def _answer(self, plan: _Plan, reply: _Reply) -> tuple[dict[str, Any], int]:
         try:
