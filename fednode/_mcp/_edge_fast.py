@@ -58,6 +58,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .._errors import INTERNAL_ERROR, RATE_LIMITED
 from .._peers._serving import retry_after
 from ._edge_call import CALLER_KEY, EdgeCall, Forwarder
+from ._edge_headers import RequestHeaders as _Headers
 from ._edge_http import CLIENT_KEY
 from ._http_server import Watch
 
@@ -80,26 +81,6 @@ _SCHEMAS = 4096  # tools whose schema's Mcp-Param-* reading is kept
 _ROUTING = frozenset({b"mcp-protocol-version", b"mcp-method", b"mcp-name"})
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"),
                 (b"x-accel-buffering", b"no")]
-
-
-class _Headers:
-    """A request's headers as the SDK's checks read them: ``get`` by lowercase name (the first of a
-    repeated header, as Starlette's ``Headers.get``), ``items`` in order."""
-
-    __slots__ = ("_map", "_pairs")
-
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self._pairs = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
-        self._map = dict(reversed(self._pairs))
-
-    def get(self, key: str, default: str | None = None) -> str | None:
-        return self._map.get(key, default)
-
-    def items(self) -> list[tuple[str, str]]:
-        return self._pairs
-
-    def as_dict(self) -> dict[str, str]:
-        return self._map
 
 
 class _Plan:
