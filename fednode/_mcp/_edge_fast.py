@@ -146,17 +146,24 @@ class _Reply:
         #: the client went away (nothing more can reach it)
         self.gone = False
 
-    async def _commit(self) -> None:
-        if self.streaming:
-            return
-        self.streaming = True
-        await self._send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + self._extra})
-        if self._stream is not None:
-            store, stream_id = self._stream
-            priming = f"id: {await store.store_event(stream_id, None)}\r\ndata: \r\n"
-            if self._retry is not None:
-                priming += f"retry: {self._retry}\r\n"
-            await self._send({"type": "http.response.body", "body": (priming + "\r\n").encode(), "more_body": True})
+    async def _put(self, message: Mapping[str, Any] | bytes | None, *, last: bool = False) -> None:
+        """Send a message (or raw SSE bytes) on the stream, starting it first if need be: its headers
+        and priming event go out in the same write, the priming event stored first."""
+        body = b""
+        if not self.streaming:
+            self.streaming = True
+            await self._send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + self._extra})
+            if self._stream is not None:
+                store, stream_id = self._stream
+                priming = f"id: {await store.store_event(stream_id, None)}\r\ndata: \r\n"
+                if self._retry is not None:
+                    priming += f"retry: {self._retry}\r\n"
+                body = (priming + "\r\n").encode()
+        if isinstance(message, bytes):
+            body += message
+        elif message is not None:
+            body += await self._sse(message)
+        await self._send({"type": "http.response.body", "body": body, "more_body": not last})
 
     async def _sse(self, message: Mapping[str, Any]) -> bytes:
         text = json.dumps(message, separators=(",", ":"))
@@ -170,14 +177,12 @@ class _Reply:
         """Put a message (a notification) on the stream, ahead of the answer."""
         async with self._lock:
             if not self.done:
-                await self._commit()
-                await self._send({"type": "http.response.body", "body": await self._sse(message), "more_body": True})
+                await self._put(message)
 
     async def ping(self) -> None:
         async with self._lock:
             if not self.done:
-                await self._commit()
-                await self._send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+                await self._put(b": ping\r\n\r\n")
 
     async def finish(self, message: Mapping[str, Any] | None, status: int = 200) -> None:
         """End the answer with ``message`` (None: with nothing more)."""
@@ -186,9 +191,7 @@ class _Reply:
                 return
             self.done = True
             if self.streaming or self._legacy or message is None:
-                await self._commit()
-                body = await self._sse(message) if message is not None else b""
-                await self._send({"type": "http.response.body", "body": body, "more_body": False})
+                await self._put(message, last=True)
                 return
             data = json.dumps(message, separators=(",", ":")).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
