@@ -225,6 +225,21 @@ def report_targets(rows: list[Row], load: dict[tuple[str, str], list[LoadResult]
     loads = {key: summary for key, results in load.items() if (summary := summarize(results)) is not None}
     label = {row.path.key: row.path.label for row in rows} | {key: r[0].label for (key, _), r in load.items()}
     n = args.workers
+
+    def ratio_lines(mode: str, ours: str, ref: str, target: float) -> list[tuple[bool | None, str]]:
+        """``ours`` over ``ref`` in calls/s, sequentially and under load, each against ``target``."""
+        found: list[tuple[bool | None, str]] = []
+        a, b = by.get((ours, mode)), by.get((ref, mode))
+        if a is not None and b is not None:
+            ratio = a.rate() / b.rate()
+            found.append((ratio >= target, f"{mode}, {a.path.label} / {b.path.label}, sequential: "
+                                           f"{ratio:.2f}x ({a.rate():,.0f} vs {b.rate():,.0f} calls/s)"))
+        x, y = loads.get((ours, mode)), loads.get((ref, mode))
+        if x is not None and y is not None:
+            ratio = x.rate / y.rate
+            found.append((ratio >= target, f"{mode}, {label[ours]} / {label[ref]}, {n} client processes: "
+                                           f"{ratio:.2f}x ({x.rate:,.0f} vs {y.rate:,.0f} calls/s)"))
+        return found
     checks: list[tuple[str, list[Line]]] = []
 
     lines: list[Line] = []
@@ -252,16 +267,7 @@ def report_targets(rows: list[Row], load: dict[tuple[str, str], list[LoadResult]
     lines = []
     for mode in args.modes:
         for ours, ref in (("node2-http", "direct-http"), ("node2", "direct-stdio")):
-            a, b = by.get((ours, mode)), by.get((ref, mode))
-            if a is not None and b is not None:
-                ratio = a.rate() / b.rate()
-                lines.append((ratio >= RATIO_TARGET, f"{mode}, {a.path.label} / {b.path.label}, sequential: "
-                                                     f"{ratio:.2f}x ({a.rate():,.0f} vs {b.rate():,.0f} calls/s)"))
-            x, y = loads.get((ours, mode)), loads.get((ref, mode))
-            if x is not None and y is not None:
-                ratio = x.rate / y.rate
-                lines.append((ratio >= RATIO_TARGET, f"{mode}, {label[ours]} / {label[ref]}, {n} client processes: "
-                                                     f"{ratio:.2f}x ({x.rate:,.0f} vs {y.rate:,.0f} calls/s)"))
+            lines += ratio_lines(mode, ours, ref, RATIO_TARGET)
         if ("node2", mode) in loads:
             lines.append((None, f"{mode}, stdio upstream, {n} client processes: no reference (the load clients "
                                 "speak HTTP; a direct stdio server has one client)"))
@@ -270,17 +276,7 @@ def report_targets(rows: list[Row], load: dict[tuple[str, str], list[LoadResult]
     lines = []
     for mode in args.modes:
         for ours, theirs in (("node1", "fastmcp-stdio"), ("node1-http", "fastmcp-http")):
-            a, b = by.get((ours, mode)), by.get((theirs, mode))
-            if a is not None and b is not None:
-                ratio = a.rate() / b.rate()
-                lines.append((ratio >= FASTMCP_TARGET, f"{mode}, {a.path.label} / {b.path.label}, sequential: "
-                                                       f"{ratio:.2f}x ({a.rate():,.0f} vs {b.rate():,.0f} calls/s)"))
-            x, y = loads.get((ours, mode)), loads.get((theirs, mode))
-            if x is not None and y is not None:
-                ratio = x.rate / y.rate
-                lines.append((ratio >= FASTMCP_TARGET, f"{mode}, {label[ours]} / {label[theirs]}, {n} client "
-                                                       f"processes: {ratio:.2f}x ({x.rate:,.0f} vs {y.rate:,.0f} "
-                                                       "calls/s)"))
+            lines += ratio_lines(mode, ours, theirs, FASTMCP_TARGET)
     if not lines:
         lines.append((None, f"not measured in this run (FastMCP: {fastmcp_note})"))
     checks.append((f"fednode (1 node) >= {FASTMCP_TARGET:g}x FastMCP with a reused session, same upstream transport",

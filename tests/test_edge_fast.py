@@ -40,6 +40,19 @@ def modern_request(method: str, params: dict[str, Any], name: str | None = None,
     return body, HEADERS | {"Mcp-Method": method} | ({"Mcp-Name": name} if name else {})
 
 
+async def legacy_session(http: httpx2.AsyncClient, url: str, *, initialized: bool = True) -> dict[str, str]:
+    """Open a 2025-11-25 session with raw HTTP (initialize, then notifications/initialized); its headers."""
+    legacy = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+    session = (await http.post(url, content=json.dumps(init), headers=legacy)).headers["mcp-session-id"]
+    headers = legacy | {"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+    if initialized:
+        await http.post(url, content=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+                        headers=headers)
+    return headers
+
+
 def served(edge: Any) -> int:
     return int(edge.fast.served)
 
@@ -189,14 +202,8 @@ async def test_a_legacy_session_is_held_open_while_a_request_of_it_runs_here(
     forwarder = GatedForwarder()
     forwarder.catalog["tools"].append({"name": "gated", "inputSchema": {"type": "object"}})
     async with running_edge(forwarder) as (edge, url), httpx2.AsyncClient(timeout=None) as http:
-        legacy = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
-        opened = await http.post(url, content=json.dumps(init), headers=legacy)
-        session = opened.headers["mcp-session-id"]
-        headers = legacy | {"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
-        await http.post(url, content=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-                        headers=headers)
+        headers = await legacy_session(http, url)
+        session = headers["Mcp-Session-Id"]
         manager = edge.server.session_manager
         call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "gated", "arguments": {}}}
         answers: list[Any] = []
@@ -266,11 +273,7 @@ async def test_answers_nobody_asked_for_are_left_to_the_sdk() -> None:
     forwarder = FakeForwarder()
     with trio.fail_after(60):
         async with running_edge(forwarder) as (edge, url), httpx2.AsyncClient() as http:
-            legacy = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-            init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
-            session = (await http.post(url, content=json.dumps(init), headers=legacy)).headers["mcp-session-id"]
-            headers = legacy | {"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+            headers = await legacy_session(http, url, initialized=False)
             for answer_id in ([1], {"a": 1}, "fednode-1", 7):
                 answer = {"jsonrpc": "2.0", "id": answer_id, "result": {}}
                 response = await http.post(url, content=json.dumps(answer), headers=headers)
@@ -284,13 +287,8 @@ async def test_a_legacy_answer_is_an_sse_stream_a_client_can_replay() -> None:
     forwarder = FakeForwarder()
     with trio.fail_after(60):
         async with running_edge(forwarder) as (edge, url), httpx2.AsyncClient() as http:
-            legacy = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-            init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
-            session = (await http.post(url, content=json.dumps(init), headers=legacy)).headers["mcp-session-id"]
-            headers = legacy | {"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
-            await http.post(url, content=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-                            headers=headers)
+            headers = await legacy_session(http, url)
+            session = headers["Mcp-Session-Id"]
             call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}
             answer = await http.post(url, content=json.dumps(call), headers=headers)
             assert served(edge) == 1
