@@ -185,6 +185,36 @@ class TestRouteIntake:
             (0.0, ("s",), ()), (pytest.approx(0.1), (), ("x",)), (0.5, ("y",), ("s",))]
         assert [revoked for *_, revoked in applied] == [(), (("node-b", "x"),), ()]
 
+    async def test_a_withdrawal_arriving_while_its_route_is_being_applied_is_kept(
+            self, autojump_clock: trio.testing.MockClock) -> None:
+        """An update is applied a route at a time, so a route it sets is not yet among those accepted
+        while it runs: a withdrawal of it arriving then is still applied after it (it was dropped as
+        naming nothing, and the route stayed for good)."""
+        table: set[Key] = set()
+        applied: list[tuple[tuple[Key, ...], tuple[Key, ...]]] = []
+        halfway = trio.Event()
+        go_on = trio.Event()
+
+        async def apply(peer: str, adv: Advertisement, pacer: Any) -> None:
+            applied.append((tuple(r.key for r in adv.routes), tuple(adv.withdrawn)))
+            if adv.routes:
+                halfway.set()
+                await go_on.wait()  # the routes go into the table at the end of the apply
+            table.update(r.key for r in adv.routes)
+            table.difference_update(adv.withdrawn)
+
+        intake = RouteIntake(apply, known=lambda peer: table, limits=ROOMY, log=structlog.get_logger("test"))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(intake.run)
+            intake.offer("node-b", advert(route("node-b", "s")))
+            await halfway.wait()
+            intake.offer("node-b", advert(withdrawn=(("node-b", "s"),)))
+            go_on.set()
+            await trio.sleep(2)
+            nursery.cancel_scope.cancel()
+        assert applied == [((("node-b", "s"),), ()), ((), (("node-b", "s"),))]
+        assert table == set()
+
     async def test_updates_keep_coming_at_most_twice_a_second(self, autojump_clock: trio.testing.MockClock) -> None:
         applied: list[float] = []
         intake = RouteIntake(synchronous(lambda peer, adv: applied.append(trio.current_time())), known=lambda peer: {},

@@ -26,7 +26,7 @@ pending ones go with the peer's link (:meth:`RouteIntake.drop`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from typing import Any
 
 import attrs
@@ -185,6 +185,30 @@ class _Peer:
     #: the task applying this peer's updates, while there is one
     worker: trio.CancelScope | None = None
     arrived: trio.Event = attrs.field(factory=trio.Event)
+    #: the keys of the routes the update being applied sets (not all in the table yet)
+    applying: frozenset[Key] = frozenset()
+
+
+class _Known:
+    """The keys a peer's withdrawal can name: the routes accepted from it so far, and those the update
+    being applied is adding a route at a time (a withdrawal of one of those must not be dropped as
+    naming nothing: the route would stay once its apply ends)."""
+
+    __slots__ = ("_accepted", "_applying")
+
+    def __init__(self, accepted: Collection[Key], applying: frozenset[Key]) -> None:
+        self._accepted = accepted
+        self._applying = applying
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._applying or key in self._accepted
+
+    def __iter__(self) -> Iterator[Key]:
+        yield from self._accepted
+        yield from (key for key in self._applying if key not in self._accepted)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 class RouteIntake:
@@ -237,7 +261,9 @@ class RouteIntake:
         peer = self._peers.get(peer_id)
         if peer is None:
             peer = self._peers[peer_id] = _Peer()
-        refused = peer.pending.add(advertisement, self._known(peer_id), self.limits)
+        known = self._known(peer_id)
+        refused = peer.pending.add(advertisement, _Known(known, peer.applying) if peer.applying else known,
+                                   self.limits)
         peer.arrived.set()
         if peer.worker is None and self._nursery is not None:
             self._start(peer_id, peer)
@@ -289,10 +315,13 @@ class RouteIntake:
         An update applied ahead pushes the next one back by what it cost, beyond the interval."""
         started = trio.current_time()
         pacer = Pacer()
+        peer.applying = frozenset(route.key for route in advertisement.routes)
         try:
             await self._apply(peer_id, advertisement, pacer)
         except Exception:  # a bug must not stop the node (nor this peer's later updates)
             self._log.exception("routes.apply_failed", peer=peer_id)
+        finally:
+            peer.applying = frozenset()
         if peer.early:
             peer.next_at = max(peer.next_at, started + pacer.busy / ROUTE_APPLY_SHARE)
         return pacer.busy
